@@ -1,0 +1,281 @@
+package wire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/driftstore/driftstore/cas"
+)
+
+// Chunk stream, version 1: many chunks in their stored form in one HTTP body.
+//
+//	stream  = magic frame* trailer
+//	magic   = "DSCS" 0x01                         (5 bytes; the last byte is the version)
+//	frame   = 0x01 digest[32] codec[1] size:uvarint storedLen:uvarint stored[storedLen]
+//	trailer = 0x00 count:uvarint                   (count = number of frames; nothing follows)
+//
+// size is the chunk's uncompressed length, stored its bytes as the codec keeps them. Chunks
+// travel as stored: the sender does not recompress and the receiver verifies each one against
+// its digest before committing it. A stream that ends before its trailer is truncated; the frames
+// read whole before the cut are still good, each on its own.
+const streamMagic = "DSCS\x01"
+
+const (
+	tagFrame   = 0x01
+	tagTrailer = 0x00
+)
+
+// StoredChunk is one chunk in its stored form as it travels in a chunk stream.
+type StoredChunk struct {
+	Digest cas.Digest
+	Codec  cas.Codec
+	Size   int64  // uncompressed length
+	Stored []byte // the bytes as the codec keeps them
+}
+
+// ChunkStreamWriter writes a chunk stream. It is not safe for concurrent use.
+type ChunkStreamWriter struct {
+	w       *bufio.Writer
+	started bool
+	count   uint64
+	err     error // sticky: after a failed write the writer refuses further use
+	scratch [1 + 32 + 1 + 2*binary.MaxVarintLen64]byte
+}
+
+// NewChunkStreamWriter returns a writer that frames chunks onto w. Call Close to write the
+// trailer; Close does not close w.
+func NewChunkStreamWriter(w io.Writer) *ChunkStreamWriter {
+	return &ChunkStreamWriter{w: bufio.NewWriterSize(w, 64<<10)}
+}
+
+// WriteChunk appends one frame. stored is only read during the call. It returns the number of
+// bytes written for the frame.
+func (sw *ChunkStreamWriter) WriteChunk(c StoredChunk) (int, error) {
+	if sw.err != nil {
+		return 0, sw.err
+	}
+	n := 0
+	if !sw.started {
+		sw.started = true
+		m, err := sw.w.WriteString(streamMagic)
+		n += m
+		if err != nil {
+			sw.err = err
+			return n, err
+		}
+	}
+	h := sw.scratch[:0]
+	h = append(h, tagFrame)
+	h = append(h, c.Digest[:]...)
+	h = append(h, byte(c.Codec))
+	h = binary.AppendUvarint(h, uint64(c.Size))
+	h = binary.AppendUvarint(h, uint64(len(c.Stored)))
+	m, err := sw.w.Write(h)
+	n += m
+	if err == nil {
+		m, err = sw.w.Write(c.Stored)
+		n += m
+	}
+	if err != nil {
+		sw.err = err
+		return n, err
+	}
+	sw.count++
+	return n, nil
+}
+
+// Flush sends buffered frames on to the underlying writer.
+func (sw *ChunkStreamWriter) Flush() error {
+	if sw.err != nil {
+		return sw.err
+	}
+	if err := sw.w.Flush(); err != nil {
+		sw.err = err
+	}
+	return sw.err
+}
+
+// Close writes the trailer and flushes. The writer cannot be used afterwards.
+func (sw *ChunkStreamWriter) Close() error {
+	if sw.err != nil {
+		return sw.err
+	}
+	if !sw.started {
+		if _, err := sw.w.WriteString(streamMagic); err != nil {
+			sw.err = err
+			return err
+		}
+	}
+	t := binary.AppendUvarint([]byte{tagTrailer}, sw.count)
+	if _, err := sw.w.Write(t); err != nil {
+		sw.err = err
+		return err
+	}
+	err := sw.w.Flush()
+	sw.err = errors.New("chunk stream writer closed")
+	return err
+}
+
+// StreamLimits bound what a ChunkStreamReader accepts.
+type StreamLimits struct {
+	MaxChunkSize  int64 // largest uncompressed size a frame may declare
+	MaxStoredSize int64 // largest stored form a frame may carry
+	MaxChunks     int64 // most frames in one stream (0: no limit)
+}
+
+// ChunkStreamReader reads a chunk stream. It is not safe for concurrent use.
+type ChunkStreamReader struct {
+	r      *bufio.Reader
+	lim    StreamLimits
+	buf    []byte
+	count  uint64
+	state  int // 0: before magic, 1: in frames, 2: done
+	err    error
+	nbytes int64
+}
+
+// NewChunkStreamReader reads frames from r under the given limits.
+func NewChunkStreamReader(r io.Reader, lim StreamLimits) *ChunkStreamReader {
+	return &ChunkStreamReader{r: bufio.NewReaderSize(r, 64<<10), lim: lim}
+}
+
+// BytesRead is how many bytes of the stream have been consumed so far.
+func (sr *ChunkStreamReader) BytesRead() int64 { return sr.nbytes }
+
+// Next returns the next chunk. The returned StoredChunk's Stored slice belongs to the reader and
+// is valid only until the next call to Next. At the trailer Next returns io.EOF; a stream cut off
+// before its trailer gives an error wrapping io.ErrUnexpectedEOF; a malformed stream or one over
+// the limits gives an error wrapping ErrMalformed or ErrTooLarge. Errors are sticky.
+func (sr *ChunkStreamReader) Next() (StoredChunk, error) {
+	if sr.err != nil {
+		return StoredChunk{}, sr.err
+	}
+	c, err := sr.next()
+	if err != nil {
+		sr.err = err
+	}
+	return c, err
+}
+
+func (sr *ChunkStreamReader) next() (StoredChunk, error) {
+	if sr.state == 0 {
+		var m [len(streamMagic)]byte
+		if _, err := sr.readFull(m[:]); err != nil {
+			return StoredChunk{}, err
+		}
+		if string(m[:]) != streamMagic {
+			return StoredChunk{}, fmt.Errorf("%w: not a version 1 chunk stream", ErrMalformed)
+		}
+		sr.state = 1
+	}
+	if sr.state == 2 {
+		return StoredChunk{}, io.EOF
+	}
+	var tag [1]byte
+	if _, err := sr.readFull(tag[:]); err != nil {
+		return StoredChunk{}, err
+	}
+	switch tag[0] {
+	case tagTrailer:
+		n, err := sr.uvarint()
+		if err != nil {
+			return StoredChunk{}, err
+		}
+		if n != sr.count {
+			return StoredChunk{}, fmt.Errorf("%w: trailer counts %d chunks, stream had %d", ErrMalformed, n, sr.count)
+		}
+		// Nothing may follow the trailer.
+		if _, err := sr.r.ReadByte(); err != io.EOF {
+			if err != nil {
+				return StoredChunk{}, err
+			}
+			return StoredChunk{}, fmt.Errorf("%w: data after the trailer", ErrMalformed)
+		}
+		sr.state = 2
+		return StoredChunk{}, io.EOF
+	case tagFrame:
+	default:
+		return StoredChunk{}, fmt.Errorf("%w: unknown frame tag %#x", ErrMalformed, tag[0])
+	}
+	if sr.lim.MaxChunks > 0 && sr.count >= uint64(sr.lim.MaxChunks) {
+		return StoredChunk{}, fmt.Errorf("%w: more than %d chunks in one stream", ErrTooLarge, sr.lim.MaxChunks)
+	}
+	var hdr [33]byte
+	if _, err := sr.readFull(hdr[:]); err != nil {
+		return StoredChunk{}, err
+	}
+	var c StoredChunk
+	copy(c.Digest[:], hdr[:32])
+	c.Codec = cas.Codec(hdr[32])
+	size, err := sr.uvarint()
+	if err != nil {
+		return StoredChunk{}, err
+	}
+	storedLen, err := sr.uvarint()
+	if err != nil {
+		return StoredChunk{}, err
+	}
+	if size > uint64(sr.lim.MaxChunkSize) {
+		return StoredChunk{}, fmt.Errorf("%w: chunk %s declares %d bytes, limit %d", ErrTooLarge, c.Digest, size, sr.lim.MaxChunkSize)
+	}
+	if storedLen > uint64(sr.lim.MaxStoredSize) {
+		return StoredChunk{}, fmt.Errorf("%w: chunk %s carries %d stored bytes, limit %d", ErrTooLarge, c.Digest, storedLen, sr.lim.MaxStoredSize)
+	}
+	c.Size = int64(size)
+	// Grow the buffer with the bytes that actually arrive, so that a frame that lies about its
+	// length costs no more memory than the bytes sent.
+	n := int(storedLen)
+	sr.buf = sr.buf[:0]
+	for len(sr.buf) < n {
+		step := n - len(sr.buf)
+		if step > 1<<20 {
+			step = 1 << 20
+		}
+		if cap(sr.buf)-len(sr.buf) < step {
+			nb := make([]byte, len(sr.buf), min(n, max(2*cap(sr.buf), len(sr.buf)+step)))
+			copy(nb, sr.buf)
+			sr.buf = nb
+		}
+		start := len(sr.buf)
+		sr.buf = sr.buf[:start+step]
+		if _, err := sr.readFull(sr.buf[start:]); err != nil {
+			return StoredChunk{}, err
+		}
+	}
+	c.Stored = sr.buf[:n]
+	sr.count++
+	return c, nil
+}
+
+func (sr *ChunkStreamReader) readFull(p []byte) (int, error) {
+	n, err := io.ReadFull(sr.r, p)
+	sr.nbytes += int64(n)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return n, fmt.Errorf("chunk stream cut off after %d chunks: %w", sr.count, io.ErrUnexpectedEOF)
+	}
+	return n, err
+}
+
+func (sr *ChunkStreamReader) uvarint() (uint64, error) {
+	var v uint64
+	for i := 0; i < binary.MaxVarintLen64; i++ {
+		var b [1]byte
+		if _, err := sr.readFull(b[:]); err != nil {
+			return 0, err
+		}
+		if i == binary.MaxVarintLen64-1 && b[0] > 1 {
+			return 0, fmt.Errorf("%w: varint overflows 64 bits", ErrMalformed)
+		}
+		v |= uint64(b[0]&0x7f) << (7 * i)
+		if b[0] < 0x80 {
+			if i > 0 && b[0] == 0 {
+				return 0, fmt.Errorf("%w: varint not in shortest form", ErrMalformed)
+			}
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: varint too long", ErrMalformed)
+}
