@@ -1,0 +1,213 @@
+package index
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/driftstore/driftstore/cas"
+)
+
+// LengthMismatchError reports a manifest chunk whose length differs from the recorded size.
+type LengthMismatchError struct {
+	Digest         cas.Digest
+	Length, Record int64
+}
+
+func (e *LengthMismatchError) Error() string {
+	return fmt.Sprintf("chunk %s: manifest says %d bytes, recorded size is %d", e.Digest, e.Length, e.Record)
+}
+
+// PutManifest encodes m and commits it. It is refused with a *MissingChunksError (wrapping
+// ErrMissingChunks, listing every missing digest) unless every chunk m names is recorded, with a
+// *LengthMismatchError when a chunk's length differs from its record, and with ErrMissingParent
+// when m has a parent the index lacks. Putting a manifest that is already present succeeds and
+// restarts its grace period. Returns the manifest's ID.
+func (ix *Index) PutManifest(ctx context.Context, m *Manifest) (ID, error) {
+	data, id, err := m.Encode()
+	if err != nil {
+		return ID{}, err
+	}
+	return id, ix.putManifest(ctx, m, data, id)
+}
+
+// PutManifestBytes is PutManifest for an encoded manifest from any source: data is decoded
+// strictly (see Decode) before anything is written. data is only read during the call.
+func (ix *Index) PutManifestBytes(ctx context.Context, data []byte) (ID, error) {
+	m, err := Decode(data)
+	if err != nil {
+		return ID{}, err
+	}
+	id := cas.Sum(data)
+	return id, ix.putManifest(ctx, m, data, id)
+}
+
+func (ix *Index) putManifest(ctx context.Context, m *Manifest, data []byte, id ID) error {
+	if err := ctxErr(ctx); err != nil {
+		return err
+	}
+	now := ix.now()
+	err := ix.update(func(tx *bolt.Tx) error {
+		chunks := tx.Bucket(bucketChunks)
+		if missing := missingIn(chunks, m.Digests()); len(missing) > 0 {
+			return &MissingChunksError{Missing: missing}
+		}
+		for _, r := range m.Regions {
+			for _, c := range r.Chunks {
+				rec, err := decodeChunkRecord(c.Digest, chunks.Get(c.Digest[:]))
+				if err != nil {
+					return err
+				}
+				if rec.Size != c.Length {
+					return &LengthMismatchError{Digest: c.Digest, Length: c.Length, Record: rec.Size}
+				}
+			}
+		}
+		mb := tx.Bucket(bucketManifests)
+		if !m.Parent.IsZero() && mb.Get(m.Parent[:]) == nil {
+			return fmt.Errorf("%w: %s", ErrMissingParent, m.Parent)
+		}
+		if mb.Get(id[:]) == nil {
+			if err := mb.Put(id[:], data); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketMtimes).Put(id[:], putTime(nil, now))
+	})
+	if err != nil {
+		return fmt.Errorf("put manifest %s: %w", id, err)
+	}
+	return nil
+}
+
+// ManifestBytes returns the canonical bytes of manifest id, verified against the ID. The slice is
+// the caller's.
+func (ix *Index) ManifestBytes(id ID) ([]byte, error) {
+	var out []byte
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketManifests).Get(id[:])
+		if v == nil {
+			return fmt.Errorf("%w: %s", ErrManifestNotFound, id)
+		}
+		if cas.Sum(v) != id {
+			return fmt.Errorf("%w: manifest %s: stored bytes hash to %s", ErrCorruptIndex, id, cas.Sum(v))
+		}
+		out = append([]byte(nil), v...)
+		return nil
+	})
+	return out, err
+}
+
+// Manifest returns manifest id, decoded and verified. Errors: ErrManifestNotFound, or
+// ErrCorruptIndex when the stored bytes do not match the ID or do not decode.
+func (ix *Index) Manifest(id ID) (*Manifest, error) {
+	data, err := ix.ManifestBytes(id)
+	if err != nil {
+		return nil, err
+	}
+	m, err := Decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: manifest %s: %w", ErrCorruptIndex, id, err)
+	}
+	return m, nil
+}
+
+// HasManifest reports whether manifest id is present.
+func (ix *Index) HasManifest(id ID) (bool, error) {
+	var ok bool
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bucketManifests).Get(id[:]) != nil
+		return nil
+	})
+	return ok, err
+}
+
+// ManifestInfo summarises one stored manifest.
+type ManifestInfo struct {
+	ID      ID
+	Kind    string
+	Parent  ID
+	Regions int
+	Chunks  int   // chunk references, counting repeats
+	Size    int64 // total bytes of all regions
+	Put     time.Time
+	Err     error // non-nil when the stored manifest does not decode; the other fields are zero
+}
+
+// Manifests lists every stored manifest in ID order. A manifest that does not decode is listed
+// with Err set rather than failing the whole listing.
+func (ix *Index) Manifests() ([]ManifestInfo, error) {
+	var out []ManifestInfo
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		mt := tx.Bucket(bucketMtimes)
+		return tx.Bucket(bucketManifests).ForEach(func(k, v []byte) error {
+			id, ok := digestKey(k)
+			if !ok {
+				out = append(out, ManifestInfo{Err: fmt.Errorf("%w: manifest key %x", ErrCorruptIndex, k)})
+				return nil
+			}
+			info := ManifestInfo{ID: id}
+			if t := mt.Get(k); len(t) == 8 {
+				info.Put = getTime(t)
+			}
+			m, err := Decode(v)
+			if err == nil && cas.Sum(v) != id {
+				err = fmt.Errorf("stored bytes hash to %s", cas.Sum(v))
+			}
+			if err != nil {
+				info.Err = fmt.Errorf("%w: manifest %s: %w", ErrCorruptIndex, id, err)
+				out = append(out, info)
+				return nil
+			}
+			info.Kind, info.Parent, info.Regions, info.Size = m.Kind, m.Parent, len(m.Regions), m.Size()
+			for _, r := range m.Regions {
+				info.Chunks += len(r.Chunks)
+			}
+			out = append(out, info)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// FindManifests returns the IDs of manifests whose hex form starts with prefix (lowercase hex,
+// with or without the "blake3:" tag), in ID order, at most limit of them (limit <= 0: all).
+func (ix *Index) FindManifests(prefix string, limit int) ([]ID, error) {
+	prefix = strings.TrimPrefix(prefix, "blake3:")
+	if prefix == "" || len(prefix) > 64 {
+		return nil, fmt.Errorf("%w: prefix %q: want 1..64 hex digits", cas.ErrBadDigest, trunc(prefix))
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := prefix[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return nil, fmt.Errorf("%w: prefix %q: not lowercase hex", cas.ErrBadDigest, trunc(prefix))
+		}
+	}
+	// Seek to the first key at or after the prefix's bytes (an odd digit count rounds down).
+	seek, _ := hex.DecodeString(prefix[:len(prefix)/2*2])
+	if len(prefix)%2 == 1 {
+		hi, _ := hex.DecodeString(prefix[len(prefix)-1:] + "0")
+		seek = append(seek, hi...)
+	}
+	var out []ID
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketManifests).Cursor()
+		for k, _ := c.Seek(seek); k != nil; k, _ = c.Next() {
+			if !strings.HasPrefix(hex.EncodeToString(k), prefix) {
+				break
+			}
+			if id, ok := digestKey(k); ok {
+				out = append(out, id)
+			}
+			if limit > 0 && len(out) >= limit {
+				break
+			}
+		}
+		return nil
+	})
+	return out, err
+}
