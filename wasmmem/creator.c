@@ -32,7 +32,9 @@ typedef struct {
   size_t size;      // accessible bytes, what wasmtime sees
   size_t committed; // bytes from base that are PROT_READ|PROT_WRITE (size rounded up to a page)
   size_t capacity;  // reserved bytes, excluding the guard
-  size_t map_len;   // capacity + guard: the whole mapping starting at base
+  size_t map_len;   // capacity + guard, from base
+  uint8_t *raw;     // the whole reservation: [raw, raw+raw_len) contains [base, base+map_len)
+  size_t raw_len;
   size_t max_bytes;
   size_t page;
   uintptr_t id;
@@ -96,7 +98,7 @@ static wasmtime_error_t *dsw_grow_memory(void *env, size_t new_size) {
 static void dsw_release_memory(void *env) {
   dsw_region *r = env;
   dswGoRegionReleased(r->id, r->base);
-  munmap(r->base, r->map_len);
+  munmap(r->raw, r->raw_len);
   free(r);
 }
 
@@ -134,23 +136,20 @@ static wasmtime_error_t *dsw_new_memory(void *env, const wasm_memorytype_t *ty, 
   uint8_t *raw = mmap(NULL, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (raw == MAP_FAILED)
     return errorf("mmap reservation", total, 0, errno);
+  // The slack before and after the aligned span stays reserved (PROT_NONE)
+  // and is unmapped with the rest on release: trimming it costs a munmap per
+  // instance for nothing.
   uint8_t *base = (uint8_t *)round_up((uintptr_t)raw, c->align);
-  size_t head = (size_t)(base - raw);
-  size_t tail = total - head - map_len;
-  if (head)
-    munmap(raw, head);
-  if (tail)
-    munmap(base + map_len, tail);
 
   size_t commit = round_up(minimum, page);
   if (commit && mprotect(base, commit, PROT_READ | PROT_WRITE) != 0) {
     int err = errno;
-    munmap(base, map_len);
+    munmap(raw, total);
     return errorf("mprotect initial commit", commit, 0, err);
   }
   dsw_region *r = calloc(1, sizeof *r);
   if (r == NULL) {
-    munmap(base, map_len);
+    munmap(raw, total);
     return errorf("out of memory", sizeof *r, 0, ENOMEM);
   }
   r->base = base;
@@ -158,13 +157,15 @@ static wasmtime_error_t *dsw_new_memory(void *env, const wasm_memorytype_t *ty, 
   r->committed = commit;
   r->capacity = cap;
   r->map_len = map_len;
+  r->raw = raw;
+  r->raw_len = total;
   r->max_bytes = c->max_bytes;
   r->page = page;
   r->id = c->id;
 
   char *msg = dswGoRegionCreated(c->id, base, minimum, cap, guard);
   if (msg != NULL) {
-    munmap(base, map_len);
+    munmap(raw, total);
     free(r);
     return go_error(msg);
   }
