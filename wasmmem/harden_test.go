@@ -383,3 +383,71 @@ func TestConcurrentInstances(t *testing.T) {
 		t.Fatalf("hook: created %d grew %d released %d", h.created.Load(), h.grew.Load(), h.released.Load())
 	}
 }
+
+// A region created for an instantiation that fails later (here: the start
+// function traps) is released like any other.
+func TestFailedInstantiationReleases(t *testing.T) {
+	e := newEnv(t, Options{}, `(module (memory (export "mem") 1)
+	  (func $boom unreachable) (start $boom))`)
+	h := &failingHook{}
+	e.c.SetHook(h)
+	for range 5 {
+		if _, err := e.instantiate(); err == nil {
+			t.Fatal("instantiation with a trapping start function succeeded")
+		}
+	}
+	if h.created.Load() != 5 || h.released.Load() != 5 || e.c.Live() != 0 {
+		t.Fatalf("created %d released %d live %d", h.created.Load(), h.released.Load(), e.c.Live())
+	}
+}
+
+func installed(c *Creator) int {
+	installsMu.RLock()
+	defer installsMu.RUnlock()
+	n := 0
+	for _, v := range installs {
+		if v == c {
+			n++
+		}
+	}
+	return n
+}
+
+// wasmtime finalizes the creator when the engine (or an unused config) goes;
+// that drops the creator from the package registry.
+func TestCreatorFinalized(t *testing.T) {
+	c := NewCreator(Options{})
+	unused := wasmtime.NewConfig()
+	c.Install(unused)
+	cfg := wasmtime.NewConfig()
+	c.Install(cfg)
+	if installed(c) != 2 {
+		t.Fatalf("installed %d times, want 2", installed(c))
+	}
+	unused.Close()
+	if installed(c) != 1 {
+		t.Fatalf("closing an unused config left %d installs", installed(c))
+	}
+	engine := wasmtime.NewEngineWithConfig(cfg)
+	wasm, err := wasmtime.Wat2Wasm(testWAT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	module, err := wasmtime.NewModule(engine, wasm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := wasmtime.NewStore(engine)
+	if _, err := wasmtime.NewInstance(store, module, nil); err != nil {
+		t.Fatal(err)
+	}
+	module.Close()
+	engine.Close() // the store still holds the engine
+	if installed(c) != 1 || c.Live() != 1 {
+		t.Fatalf("after engine.Close with a live store: installs %d live %d", installed(c), c.Live())
+	}
+	store.Close()
+	if installed(c) != 0 || c.Live() != 0 {
+		t.Fatalf("after the last store: installs %d live %d", installed(c), c.Live())
+	}
+}
