@@ -184,8 +184,8 @@ const chunkElems = 1 << 18
 // Write streams the synthetic GGUF file to w, generating weights in parallel chunks on up to
 // GOMAXPROCS goroutines; memory use is a few MiB per goroutine whatever the model size.
 // progress, if not nil, is called after each batch of chunks with the bytes written so far and
-// the total.
-func (s SynthSpec) Write(w io.Writer, progress func(done, total uint64)) error {
+// the total; an error it returns stops the write and is returned.
+func (s SynthSpec) Write(w io.Writer, progress func(done, total uint64) error) error {
 	if err := s.check(); err != nil {
 		return err
 	}
@@ -234,7 +234,9 @@ func (s SynthSpec) Write(w io.Writer, progress func(done, total uint64)) error {
 				}
 			}
 			if progress != nil {
-				progress(wr.Written(), wr.Size())
+				if err := progress(wr.Written(), wr.Size()); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -242,7 +244,7 @@ func (s SynthSpec) Write(w io.Writer, progress func(done, total uint64)) error {
 }
 
 // WriteFile writes the synthetic model to path atomically (temporary file, sync, rename).
-func (s SynthSpec) WriteFile(path string, progress func(done, total uint64)) error {
+func (s SynthSpec) WriteFile(path string, progress func(done, total uint64) error) error {
 	return WriteFileAtomic(path, func(w io.Writer) error { return s.Write(w, progress) })
 }
 
