@@ -1,0 +1,249 @@
+// Package cpu holds the CPU compute kernels of the Llama forward pass:
+// matmul against weights in GGML encodings (F32, F16, BF16, Q8_0), RMSNorm,
+// RoPE, attention over a block-major KV cache, SwiGLU, softmax, embedding
+// lookup. Kernels are pure functions over Go slices; they know nothing of
+// Wasm or model files. The engine bounds-checks guest offsets and then calls
+// these on slices of the guest's linear memory.
+//
+// The heavy kernels (matmul, attention) are C, compiled through cgo: portable
+// C, plus AVX2/FMA/F16C variants chosen at run time when the CPU has them.
+// The package API is the seam: hand-written SIMD for other targets replaces
+// internals only.
+//
+// # Determinism
+//
+// Every result is bit-identical across runs and for any thread count: work
+// is split only along independent outputs, and every reduction runs in one
+// fixed order. Moreover a token's result never depends on the other tokens
+// of the call (the batch size n, or where the token sits in it): MatMul's
+// dot products use one canonical order (eight lane partial sums, a fixed
+// tree, then the k%8 tail) in both its one-token and its batched kernels,
+// and Attention's row t depends only on q row t, pos0+t and the cache. So a
+// prompt fed in one batch produces the same activations and KV bytes as fed
+// one token at a time. Results may differ between the SIMD and the portable
+// kernels (fused vs separate multiply-add), i.e. between machines.
+//
+// # Errors
+//
+// Kernels panic on inconsistent arguments (short slices, bad shapes): the
+// caller validates untrusted input before calling; a panic here is a bug in
+// the caller.
+package cpu
+
+// #cgo CFLAGS: -O3 -std=c11
+// #cgo LDFLAGS: -lm
+// #include "kernels.h"
+import "C"
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+)
+
+var simdAvailable = C.ds_init() != 0
+
+// Backend names the kernel set in use: "avx2" (AVX2+FMA+F16C) or "generic".
+func Backend() string {
+	if C.ds_using_simd() != 0 {
+		return "avx2"
+	}
+	return "generic"
+}
+
+// setGeneric forces the portable kernels (on=true) or restores the best
+// available ones. Tests only; not safe while kernels run.
+func setGeneric(on bool) {
+	v := C.int(0)
+	if on {
+		v = 1
+	}
+	C.ds_set_generic(v)
+}
+
+// DType values match GGML type ids.
+type DType uint32
+
+const (
+	F32  DType = 0
+	F16  DType = 1
+	Q8_0 DType = 8
+	BF16 DType = 30
+)
+
+// Q8_0 block: an f16 scale followed by 32 int8 values.
+const (
+	q8BlockElems = 32
+	q8BlockBytes = 34
+)
+
+func (t DType) String() string {
+	switch t {
+	case F32:
+		return "F32"
+	case F16:
+		return "F16"
+	case Q8_0:
+		return "Q8_0"
+	case BF16:
+		return "BF16"
+	}
+	return fmt.Sprintf("DType(%d)", uint32(t))
+}
+
+// RowBytes is the size in bytes of one row of cols elements of type t, or
+// an error if t is not supported or cols is not valid for t.
+func (t DType) RowBytes(cols int) (int, error) {
+	if cols < 0 {
+		return 0, fmt.Errorf("cpu: negative column count %d", cols)
+	}
+	switch t {
+	case F32:
+		return cols * 4, nil
+	case F16, BF16:
+		return cols * 2, nil
+	case Q8_0:
+		if cols%q8BlockElems != 0 {
+			return 0, fmt.Errorf("cpu: Q8_0 needs columns in multiples of 32, got %d", cols)
+		}
+		return cols / q8BlockElems * q8BlockBytes, nil
+	}
+	return 0, fmt.Errorf("cpu: unsupported weight type %v", t)
+}
+
+// Weights is a row-major Rows×Cols matrix in Type's encoding (GGML layout;
+// Q8_0: blocks of 32 = f16 scale + 32 int8; Cols % 32 == 0 for Q8_0). Data
+// is only read; kernels keep no reference to it after they return.
+type Weights struct {
+	Type       DType
+	Rows, Cols int
+	Data       []byte
+}
+
+// maxDim bounds Rows and Cols so C int arithmetic never overflows.
+const maxDim = 1 << 30
+
+// Validate reports whether the type is supported and len(Data) is exactly
+// Rows rows of Cols elements.
+func (w *Weights) Validate() error {
+	if w.Rows < 0 || w.Cols < 0 || w.Rows > maxDim || w.Cols > maxDim {
+		return fmt.Errorf("cpu: bad weight shape %d×%d", w.Rows, w.Cols)
+	}
+	rb, err := w.Type.RowBytes(w.Cols)
+	if err != nil {
+		return err
+	}
+	if want := int64(rb) * int64(w.Rows); int64(len(w.Data)) != want {
+		return fmt.Errorf("cpu: %v %d×%d weights need %d bytes, have %d", w.Type, w.Rows, w.Cols, want, len(w.Data))
+	}
+	return nil
+}
+
+// Pool runs kernels on a fixed number of threads: the calling goroutine
+// plus Threads()-1 persistent worker goroutines. Every result is
+// bit-identical for any thread count and across runs.
+//
+// A Pool may be used from several goroutines; kernel calls that use more
+// than one thread are serialized. After Close, kernels still work, on the
+// calling goroutine alone.
+type Pool struct {
+	threads int
+
+	mu     sync.Mutex // guards jobs and closed; held for the duration of a multi-threaded call
+	jobs   []chan func(tid int)
+	done   chan struct{}
+	closed bool
+}
+
+// NewPool starts a pool of threads threads (at least 1).
+func NewPool(threads int) *Pool {
+	if threads < 1 {
+		threads = 1
+	}
+	p := &Pool{threads: threads, done: make(chan struct{}, threads)}
+	for i := 1; i < threads; i++ {
+		ch := make(chan func(int))
+		p.jobs = append(p.jobs, ch)
+		go func(tid int) {
+			for f := range ch {
+				f(tid)
+				p.done <- struct{}{}
+			}
+		}(i)
+	}
+	return p
+}
+
+// Threads is the number of threads kernels run on.
+func (p *Pool) Threads() int { return p.threads }
+
+// Close stops the worker goroutines. It is idempotent.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	p.closed = true
+	for _, ch := range p.jobs {
+		close(ch)
+	}
+	p.jobs = nil
+}
+
+// run calls f(tid) on up to want threads at once (tid 0 is the caller) and
+// returns when all are done. f must share out its work itself (an atomic
+// unit counter), so the number of threads never changes what is computed.
+func (p *Pool) run(want int, f func(tid int)) {
+	if want > p.threads {
+		want = p.threads
+	}
+	if want <= 1 {
+		f(0)
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		f(0)
+		return
+	}
+	for i := 0; i < want-1; i++ {
+		p.jobs[i] <- f
+	}
+	f(0)
+	for i := 0; i < want-1; i++ {
+		<-p.done
+	}
+}
+
+// threadsFor picks how many threads a call with the given number of
+// independent units and total work (roughly, multiply-adds) is worth.
+func (p *Pool) threadsFor(units int, work int64) int {
+	const minWorkPerThread = 1 << 15
+	t := p.threads
+	if int64(t) > work/minWorkPerThread {
+		t = int(work / minWorkPerThread)
+	}
+	if t > units {
+		t = units
+	}
+	if t < 1 {
+		t = 1
+	}
+	return t
+}
+
+// parallelFor runs body(u) for u in [0, units), spread over the pool.
+func (p *Pool) parallelFor(units int, work int64, body func(u int)) {
+	var next atomic.Int64
+	p.run(p.threadsFor(units, work), func(int) {
+		for {
+			u := int(next.Add(1) - 1)
+			if u >= units {
+				return
+			}
+			body(u)
+		}
+	})
+}

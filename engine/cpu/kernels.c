@@ -1,0 +1,620 @@
+// CPU kernels for package cpu. See kernels.h for the worker protocol.
+//
+// Two implementations of every kernel live here: portable C (the "generic"
+// path) and AVX2+FMA+F16C variants compiled with per-function target
+// attributes and picked at run time. The file itself is compiled without
+// -mavx2 so the binary runs on any x86-64 (and any other architecture: the
+// SIMD half is compiled only on x86).
+//
+// Reduction order. Every dot product over k (matmul rows, attention scores)
+// uses one canonical order, whatever the kernel shape, batch size or thread
+// count: eight partial sums, lane j accumulating k = j, j+8, j+16, ... in
+// increasing k; then the fixed tree ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7));
+// then the k % 8 tail terms one by one. The SIMD path accumulates with fused
+// multiply-add, the generic path with a rounded multiply and an add (the file
+// is compiled as ISO C (-std=c11), where GCC never fuses on its
+// own). Hence a token's matmul output does not depend on how many tokens
+// share the call, which makes batched prefill bit-identical to one token at
+// a time.
+
+#include "kernels.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define DS_X86 1
+#include <immintrin.h>
+#endif
+
+static int ds_simd = 0;      // SIMD kernels usable on this CPU
+static int ds_generic = 0;   // forced off (tests)
+
+int ds_init(void) {
+#ifdef DS_X86
+  __builtin_cpu_init();
+  ds_simd = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+            __builtin_cpu_supports("f16c");
+#endif
+  return ds_simd;
+}
+
+void ds_set_generic(int on) { ds_generic = on; }
+int ds_using_simd(void) { return ds_simd && !ds_generic; }
+
+static int64_t next_unit(int64_t *ctr) {
+  return __atomic_fetch_add(ctr, 1, __ATOMIC_RELAXED);
+}
+
+// ---------------------------------------------------------------------------
+// Scalar conversions (exact IEEE binary16 <-> binary32, round to nearest even).
+
+static inline float half_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t mant = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13) | (mant ? 0x400000u : 0);  // NaNs come out quiet
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {
+    // Subnormal: normalize.
+    int e = -1;
+    do {
+      e++;
+      mant <<= 1;
+    } while ((mant & 0x400) == 0);
+    bits = sign | ((uint32_t)(112 - e) << 23) | ((mant & 0x3ff) << 13);
+  }
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+static inline uint16_t float_to_half(float f) {
+  uint32_t b;
+  memcpy(&b, &f, 4);
+  uint16_t sign = (uint16_t)((b >> 16) & 0x8000);
+  int exp = (int)((b >> 23) & 0xff);
+  uint32_t mant = b & 0x7fffff;
+  if (exp == 0xff) {
+    if (mant) return sign | 0x7e00 | (uint16_t)(mant >> 13);
+    return sign | 0x7c00;
+  }
+  int e = exp - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    mant |= 0x800000;
+    unsigned shift = (unsigned)(14 - e);
+    uint32_t h = mant >> shift;
+    uint32_t rem = mant & ((1u << shift) - 1);
+    uint32_t half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1))) h++;
+    return sign | (uint16_t)h;
+  }
+  uint32_t h = ((uint32_t)e << 10) | (mant >> 13);
+  uint32_t rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
+  return sign | (uint16_t)h;
+}
+
+static inline float bf16_to_float(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+static inline uint16_t load_u16(const uint8_t *p) {
+  uint16_t v;
+  memcpy(&v, p, 2);
+  return v;
+}
+
+static inline size_t row_bytes(int type, int cols) {
+  switch (type) {
+    case DS_F32: return (size_t)cols * 4;
+    case DS_F16:
+    case DS_BF16: return (size_t)cols * 2;
+    case DS_Q8_0: return (size_t)(cols / 32) * 34;
+  }
+  return 0;
+}
+
+// Weight element k of a row, as float32 (Q8_0: the rounded product d*q).
+static inline float weight_at(int type, const uint8_t *row, int k) {
+  switch (type) {
+    case DS_F32: {
+      float f;
+      memcpy(&f, row + (size_t)k * 4, 4);
+      return f;
+    }
+    case DS_F16: return half_to_float(load_u16(row + (size_t)k * 2));
+    case DS_BF16: return bf16_to_float(load_u16(row + (size_t)k * 2));
+    case DS_Q8_0: {
+      const uint8_t *blk = row + (size_t)(k / 32) * 34;
+      return half_to_float(load_u16(blk)) * (float)(int8_t)blk[2 + k % 32];
+    }
+  }
+  return 0;
+}
+
+static inline void dequant_row(float *dst, int type, const uint8_t *row, int cols) {
+  if (type == DS_F32) {
+    memcpy(dst, row, (size_t)cols * 4);
+    return;
+  }
+  if (type == DS_Q8_0) {
+    for (int b = 0; b < cols / 32; b++) {
+      const uint8_t *blk = row + (size_t)b * 34;
+      float d = half_to_float(load_u16(blk));
+      for (int i = 0; i < 32; i++) dst[b * 32 + i] = d * (float)(int8_t)blk[2 + i];
+    }
+    return;
+  }
+  for (int k = 0; k < cols; k++) dst[k] = weight_at(type, row, k);
+}
+
+// Canonical dot product, portable version.
+static float dot_generic(const float *a, const float *b, int len) {
+  float l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int nv = len / 8;
+  for (int i = 0; i < nv; i++)
+    for (int j = 0; j < 8; j++) l[j] = l[j] + a[i * 8 + j] * b[i * 8 + j];
+  float a0 = l[0] + l[4], a1 = l[1] + l[5], a2 = l[2] + l[6], a3 = l[3] + l[7];
+  float s = (a0 + a2) + (a1 + a3);
+  for (int k = nv * 8; k < len; k++) s = s + a[k] * b[k];
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// Matmul: units.
+
+#define GEMV_MAX_N 3   // n up to this: weights converted on the fly
+#define UNIT_ROWS_GEMV 32
+#define UNIT_ROWS_GEMM 16
+#define KCV 32         // k-chunk of the packed path, in 8-float vectors (256 cols)
+#define TT 96          // token tile of the packed path (multiple of 3)
+
+static inline int unit_rows(int n) {
+  return n <= GEMV_MAX_N ? UNIT_ROWS_GEMV : UNIT_ROWS_GEMM;
+}
+
+int64_t ds_matmul_units(int rows, int n) {
+  int ur = unit_rows(n);
+  return ((int64_t)rows + ur - 1) / ur;
+}
+
+static void matmul_generic(int type, int rows, int cols, const uint8_t *data,
+                           float *out, const float *x, int n, int64_t *ctr) {
+  size_t rb = row_bytes(type, cols);
+  int ur = unit_rows(n);
+  int64_t units = ds_matmul_units(rows, n);
+  float *w = malloc(((size_t)cols + 1) * sizeof(float));
+  if (!w) abort();
+  for (int64_t u; (u = next_unit(ctr)) < units;) {
+    int r0 = (int)(u * ur), r1 = r0 + ur < rows ? r0 + ur : rows;
+    for (int r = r0; r < r1; r++) {
+      dequant_row(w, type, data + (size_t)r * rb, cols);
+      for (int t = 0; t < n; t++)
+        out[(size_t)t * rows + r] = dot_generic(w, x + (size_t)t * cols, cols);
+    }
+  }
+  free(w);
+}
+
+#ifdef DS_X86
+#define SIMD __attribute__((target("avx2,fma,f16c")))
+#define SIMD_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
+
+SIMD_INLINE float hsum8(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v);
+  __m128 hi = _mm256_extractf128_ps(v, 1);
+  __m128 a = _mm_add_ps(lo, hi);                      // a_j = l_j + l_{j+4}
+  __m128 b = _mm_add_ps(a, _mm_movehl_ps(a, a));      // b0 = a0+a2, b1 = a1+a3
+  __m128 c = _mm_add_ss(b, _mm_shuffle_ps(b, b, 1));  // b0 + b1
+  return _mm_cvtss_f32(c);
+}
+
+SIMD_INLINE float fma1(float a, float b, float c) {
+  return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
+}
+
+// 8 weights starting at column 8*i of a row, as float32.
+SIMD_INLINE __m256 load_w(int type, const uint8_t *row, int i) {
+  switch (type) {
+    case DS_F32: return _mm256_loadu_ps((const float *)row + (size_t)i * 8);
+    case DS_F16:
+      return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + (size_t)i * 16)));
+    case DS_BF16:
+      return _mm256_castsi256_ps(_mm256_slli_epi32(
+          _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(row + (size_t)i * 16))), 16));
+    default: {  // DS_Q8_0
+      const uint8_t *blk = row + (size_t)(i >> 2) * 34;
+      float d = _cvtsh_ss(load_u16(blk));
+      __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 2 + (i & 3) * 8)));
+      return _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(d));
+    }
+  }
+}
+
+SIMD_INLINE float finish(__m256 acc, int type, const uint8_t *row, const float *x, int cols) {
+  float s = hsum8(acc);
+  for (int k = cols & ~7; k < cols; k++) s = fma1(weight_at(type, row, k), x[k], s);
+  return s;
+}
+
+// Direct kernel: MR rows x NR tokens over all of k, converting weights in
+// registers. Used when n is small (decode): weights are read exactly once.
+SIMD_INLINE void direct_kernel(int type, int MR, int NR, const uint8_t *row0, size_t rb,
+                               const float *x, int cols, float *out, size_t ostride) {
+  __m256 acc[4][GEMV_MAX_N];
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; r++)
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; j++) acc[r][j] = _mm256_setzero_ps();
+  int nv = cols / 8;
+  for (int i = 0; i < nv; i++) {
+    __m256 xv[GEMV_MAX_N];
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; j++) xv[j] = _mm256_loadu_ps(x + (size_t)j * cols + (size_t)i * 8);
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; r++) {
+      __m256 w = load_w(type, row0 + (size_t)r * rb, i);
+#pragma GCC unroll 3
+      for (int j = 0; j < NR; j++) acc[r][j] = _mm256_fmadd_ps(w, xv[j], acc[r][j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; r++)
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; j++)
+      out[(size_t)j * ostride + r] =
+          finish(acc[r][j], type, row0 + (size_t)r * rb, x + (size_t)j * cols, cols);
+}
+
+#define DIRECT_FN(NAME, TYPE)                                                          \
+  static SIMD void NAME(int rows, int cols, const uint8_t *data, float *out,           \
+                        const float *x, int n, int r0, int r1) {                       \
+    size_t rb = row_bytes(TYPE, cols);                                                 \
+    int r = r0;                                                                        \
+    for (; r + 4 <= r1; r += 4) {                                                      \
+      const uint8_t *w = data + (size_t)r * rb;                                        \
+      if (n == 1) direct_kernel(TYPE, 4, 1, w, rb, x, cols, out + r, rows);            \
+      else if (n == 2) direct_kernel(TYPE, 4, 2, w, rb, x, cols, out + r, rows);       \
+      else direct_kernel(TYPE, 4, 3, w, rb, x, cols, out + r, rows);                   \
+    }                                                                                  \
+    for (; r < r1; r++) {                                                              \
+      const uint8_t *w = data + (size_t)r * rb;                                        \
+      if (n == 1) direct_kernel(TYPE, 1, 1, w, rb, x, cols, out + r, rows);            \
+      else if (n == 2) direct_kernel(TYPE, 1, 2, w, rb, x, cols, out + r, rows);       \
+      else direct_kernel(TYPE, 1, 3, w, rb, x, cols, out + r, rows);                   \
+    }                                                                                  \
+  }
+
+DIRECT_FN(direct_f32, DS_F32)
+DIRECT_FN(direct_f16, DS_F16)
+DIRECT_FN(direct_bf16, DS_BF16)
+DIRECT_FN(direct_q8, DS_Q8_0)
+
+// Packed path. For a unit of up to 16 rows, a token tile of up to TT tokens
+// and a k-chunk of up to KCV vectors, the weights are converted once into
+// wp, laid out [row quad][vector i][row in quad][8], and reused by every
+// token of the tile. p holds the eight lane partial sums of every
+// (row, token) of the tile across k-chunks, [row][token][8].
+
+SIMD_INLINE void pack_kernel(int type, float *wp, const uint8_t *row0, size_t rb,
+                             int nrows, int v0, int kv) {
+  for (int r = 0; r < UNIT_ROWS_GEMM; r++) {
+    float *dst = wp + (size_t)(r / 4) * kv * 32 + (r % 4) * 8;
+    if (r >= nrows) {
+      for (int i = 0; i < kv; i++) _mm256_store_ps(dst + (size_t)i * 32, _mm256_setzero_ps());
+      continue;
+    }
+    const uint8_t *row = row0 + (size_t)r * rb;
+    for (int i = 0; i < kv; i++) _mm256_store_ps(dst + (size_t)i * 32, load_w(type, row, v0 + i));
+  }
+}
+
+SIMD_INLINE void micro_kernel(int NR, const float *wp, const float *x, size_t xs, float *p,
+                              size_t ps, int kv, int init) {
+  __m256 acc[4][3];
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; r++)
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; j++)
+      acc[r][j] = init ? _mm256_setzero_ps() : _mm256_load_ps(p + r * ps + j * 8);
+  for (int i = 0; i < kv; i++) {
+    __m256 xv[3];
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; j++) xv[j] = _mm256_loadu_ps(x + j * xs + (size_t)i * 8);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+      __m256 w = _mm256_load_ps(wp + (size_t)i * 32 + r * 8);
+#pragma GCC unroll 3
+      for (int j = 0; j < NR; j++) acc[r][j] = _mm256_fmadd_ps(w, xv[j], acc[r][j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; r++)
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; j++) _mm256_store_ps(p + r * ps + j * 8, acc[r][j]);
+}
+
+static SIMD void micro3(const float *wp, const float *x, size_t xs, float *p, size_t ps,
+                        int kv, int init) {
+  micro_kernel(3, wp, x, xs, p, ps, kv, init);
+}
+static SIMD void micro2(const float *wp, const float *x, size_t xs, float *p, size_t ps,
+                        int kv, int init) {
+  micro_kernel(2, wp, x, xs, p, ps, kv, init);
+}
+static SIMD void micro1(const float *wp, const float *x, size_t xs, float *p, size_t ps,
+                        int kv, int init) {
+  micro_kernel(1, wp, x, xs, p, ps, kv, init);
+}
+
+#define PACK_FN(NAME, TYPE)                                                            \
+  static SIMD void NAME(float *wp, const uint8_t *row0, size_t rb, int nrows, int v0,  \
+                        int kv) {                                                      \
+    pack_kernel(TYPE, wp, row0, rb, nrows, v0, kv);                                    \
+  }
+PACK_FN(pack_f32, DS_F32)
+PACK_FN(pack_f16, DS_F16)
+PACK_FN(pack_bf16, DS_BF16)
+PACK_FN(pack_q8, DS_Q8_0)
+
+static SIMD void gemm_unit(int type, int rows, int cols, const uint8_t *data, float *out,
+                           const float *x, int n, int r0, int r1, float *wp, float *p) {
+  size_t rb = row_bytes(type, cols);
+  const uint8_t *row0 = data + (size_t)r0 * rb;
+  int nrows = r1 - r0;
+  int nquads = (nrows + 3) / 4;
+  int nv = cols / 8;
+  const size_t ps = (size_t)TT * 8;
+  for (int t0 = 0; t0 < n; t0 += TT) {
+    int tn = n - t0 < TT ? n - t0 : TT;
+    const float *xt = x + (size_t)t0 * cols;
+    if (nv == 0) memset(p, 0, sizeof(float) * UNIT_ROWS_GEMM * TT * 8);
+    for (int v0 = 0; v0 < nv; v0 += KCV) {
+      int kv = nv - v0 < KCV ? nv - v0 : KCV;
+      switch (type) {
+        case DS_F32: pack_f32(wp, row0, rb, nrows, v0, kv); break;
+        case DS_F16: pack_f16(wp, row0, rb, nrows, v0, kv); break;
+        case DS_BF16: pack_bf16(wp, row0, rb, nrows, v0, kv); break;
+        default: pack_q8(wp, row0, rb, nrows, v0, kv); break;
+      }
+      int init = v0 == 0;
+      for (int t = 0; t < tn; t += 3) {
+        const float *xs = xt + (size_t)t * cols + (size_t)v0 * 8;
+        for (int q = 0; q < nquads; q++) {
+          const float *w = wp + (size_t)q * kv * 32;
+          float *pp = p + ((size_t)q * 4 * TT + t) * 8;
+          switch (tn - t) {
+            case 1: micro1(w, xs, cols, pp, ps, kv, init); break;
+            case 2: micro2(w, xs, cols, pp, ps, kv, init); break;
+            default: micro3(w, xs, cols, pp, ps, kv, init); break;
+          }
+        }
+      }
+    }
+    for (int r = 0; r < nrows; r++) {
+      const uint8_t *row = row0 + (size_t)r * rb;
+      for (int t = 0; t < tn; t++)
+        out[(size_t)(t0 + t) * rows + r0 + r] =
+            finish(_mm256_load_ps(p + ((size_t)r * TT + t) * 8), type, row,
+                   xt + (size_t)t * cols, cols);
+    }
+  }
+}
+
+static SIMD void matmul_simd(int type, int rows, int cols, const uint8_t *data, float *out,
+                             const float *x, int n, int64_t *ctr) {
+  int ur = unit_rows(n);
+  int64_t units = ds_matmul_units(rows, n);
+  float *buf = NULL;
+  if (n > GEMV_MAX_N) {
+    buf = aligned_alloc(32, sizeof(float) * (UNIT_ROWS_GEMM * KCV * 8 + UNIT_ROWS_GEMM * TT * 8));
+    if (!buf) abort();
+  }
+  for (int64_t u; (u = next_unit(ctr)) < units;) {
+    int r0 = (int)(u * ur), r1 = r0 + ur < rows ? r0 + ur : rows;
+    if (n > GEMV_MAX_N) {
+      gemm_unit(type, rows, cols, data, out, x, n, r0, r1, buf, buf + UNIT_ROWS_GEMM * KCV * 8);
+      continue;
+    }
+    switch (type) {
+      case DS_F32: direct_f32(rows, cols, data, out, x, n, r0, r1); break;
+      case DS_F16: direct_f16(rows, cols, data, out, x, n, r0, r1); break;
+      case DS_BF16: direct_bf16(rows, cols, data, out, x, n, r0, r1); break;
+      default: direct_q8(rows, cols, data, out, x, n, r0, r1); break;
+    }
+  }
+  free(buf);
+}
+#endif  // DS_X86
+
+void ds_matmul_worker(int type, int rows, int cols, const void *data, float *out,
+                      const float *x, int n, int64_t *ctr) {
+#ifdef DS_X86
+  if (ds_using_simd()) {
+    matmul_simd(type, rows, cols, data, out, x, n, ctr);
+    return;
+  }
+#endif
+  matmul_generic(type, rows, cols, data, out, x, n, ctr);
+}
+
+// ---------------------------------------------------------------------------
+// Attention. A unit is one (token, KV head) pair: the query heads sharing
+// that KV head are processed together so K and V are converted once.
+
+static void load_kv_row(float *dst, const uint8_t *src, int hd, int kvtype) {
+#ifdef DS_X86
+  if (ds_using_simd() && kvtype == DS_F16) {
+    ds_f16_to_f32(dst, (const uint16_t *)src, hd);
+    return;
+  }
+#endif
+  if (kvtype == DS_F16) {
+    for (int d = 0; d < hd; d++) dst[d] = half_to_float(load_u16(src + 2 * d));
+  } else {
+    memcpy(dst, src, (size_t)hd * 4);
+  }
+}
+
+#ifdef DS_X86
+static SIMD float dot_simd(const float *a, const float *b, int len) {
+  __m256 acc = _mm256_setzero_ps();
+  int nv = len / 8;
+  for (int i = 0; i < nv; i++)
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * 8), _mm256_loadu_ps(b + i * 8), acc);
+  float s = hsum8(acc);
+  for (int k = nv * 8; k < len; k++) s = fma1(a[k], b[k], s);
+  return s;
+}
+
+// o[d] += w * v[d], d < len, each element one fused multiply-add.
+static SIMD void axpy_simd(float *o, float w, const float *v, int len) {
+  __m256 wv = _mm256_set1_ps(w);
+  int d = 0;
+  for (; d + 8 <= len; d += 8)
+    _mm256_storeu_ps(o + d, _mm256_fmadd_ps(wv, _mm256_loadu_ps(v + d), _mm256_loadu_ps(o + d)));
+  for (; d < len; d++) o[d] = fma1(w, v[d], o[d]);
+}
+#endif
+
+static float dot_any(const float *a, const float *b, int len) {
+#ifdef DS_X86
+  if (ds_using_simd()) return dot_simd(a, b, len);
+#endif
+  return dot_generic(a, b, len);
+}
+
+static void axpy_any(float *o, float w, const float *v, int len) {
+#ifdef DS_X86
+  if (ds_using_simd()) {
+    axpy_simd(o, w, v, len);
+    return;
+  }
+#endif
+  for (int d = 0; d < len; d++) o[d] = o[d] + w * v[d];
+}
+
+void ds_attention_worker(float *out, const float *q, int n, int nheads, int pos0, int bsize,
+                         int nkv, int hd, int kvtype, void **blocks, int64_t *ctr) {
+  int ratio = nheads / nkv;
+  size_t es = kvtype == DS_F16 ? 2 : 4;
+  size_t rowb = (size_t)nkv * hd * es;        // one position, all KV heads
+  size_t voff = (size_t)bsize * rowb;         // V after K within a block
+  int maxctx = pos0 + n;
+  float *scores = malloc(sizeof(float) * ((size_t)ratio * maxctx + (size_t)ratio * hd + hd));
+  if (!scores) abort();
+  float *o = scores + (size_t)ratio * maxctx;
+  float *kv = o + (size_t)ratio * hd;
+  float scale = 1.0f / sqrtf((float)hd);
+  int64_t units = (int64_t)n * nkv;
+  for (int64_t u; (u = next_unit(ctr)) < units;) {
+    int t = (int)(u / nkv), g = (int)(u % nkv);
+    int ctx = pos0 + t + 1;
+    const float *qt = q + (size_t)t * nheads * hd + (size_t)g * ratio * hd;
+    for (int p = 0; p < ctx; p++) {
+      const uint8_t *kp = (const uint8_t *)blocks[p / bsize] + (size_t)(p % bsize) * rowb +
+                          (size_t)g * hd * es;
+      load_kv_row(kv, kp, hd, kvtype);
+      for (int h = 0; h < ratio; h++)
+        scores[(size_t)h * ctx + p] = dot_any(qt + (size_t)h * hd, kv, hd) * scale;
+    }
+    float sums[ratio];
+    for (int h = 0; h < ratio; h++) {
+      float *s = scores + (size_t)h * ctx;
+      float m = s[0];
+      for (int p = 1; p < ctx; p++) m = s[p] > m ? s[p] : m;
+      float sum = 0;
+      for (int p = 0; p < ctx; p++) {
+        s[p] = expf(s[p] - m);
+        sum += s[p];
+      }
+      sums[h] = sum;
+    }
+    memset(o, 0, sizeof(float) * (size_t)ratio * hd);
+    for (int p = 0; p < ctx; p++) {
+      const uint8_t *vp = (const uint8_t *)blocks[p / bsize] + voff +
+                          (size_t)(p % bsize) * rowb + (size_t)g * hd * es;
+      load_kv_row(kv, vp, hd, kvtype);
+      for (int h = 0; h < ratio; h++)
+        axpy_any(o + (size_t)h * hd, scores[(size_t)h * ctx + p], kv, hd);
+    }
+    for (int h = 0; h < ratio; h++) {
+      float inv = 1.0f / sums[h];
+      float *dst = out + (size_t)t * nheads * hd + (size_t)(g * ratio + h) * hd;
+      for (int d = 0; d < hd; d++) dst[d] = o[(size_t)h * hd + d] * inv;
+    }
+  }
+  free(scores);
+}
+
+// ---------------------------------------------------------------------------
+// Elementwise kernels (one implementation: results do not depend on the path).
+
+void ds_swiglu(float *out, const float *gate, const float *up, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    float g = gate[i];
+    float s = g / (1.0f + expf(-g));
+    out[i] = s * up[i];
+  }
+}
+
+void ds_softmax(float *x, int64_t n) {
+  if (n <= 0) return;
+  float m = x[0];
+  for (int64_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+  double sum = 0;
+  for (int64_t i = 0; i < n; i++) {
+    x[i] = expf(x[i] - m);
+    sum += x[i];
+  }
+  float inv = (float)(1.0 / sum);
+  for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+#ifdef DS_X86
+static SIMD void f16_to_f32_simd(float *dst, const uint16_t *src, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+  for (; i < n; i++) dst[i] = _cvtsh_ss(src[i]);
+}
+static SIMD void f32_to_f16_simd(uint16_t *dst, const float *src, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128((__m128i *)(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; i++) dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT);
+}
+#endif
+
+void ds_f16_to_f32(float *dst, const uint16_t *src, int64_t n) {
+#ifdef DS_X86
+  if (ds_using_simd()) {
+    f16_to_f32_simd(dst, src, n);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; i++) dst[i] = half_to_float(src[i]);
+}
+
+void ds_f32_to_f16(uint16_t *dst, const float *src, int64_t n) {
+#ifdef DS_X86
+  if (ds_using_simd()) {
+    f32_to_f16_simd(dst, src, n);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; i++) dst[i] = float_to_half(src[i]);
+}
