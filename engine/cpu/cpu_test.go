@@ -627,11 +627,13 @@ func TestPanicsOnBadArguments(t *testing.T) {
 		"matmul short x":   func() { p.MatMul(make([]float32, 8), w, make([]float32, 15), 2) },
 		"matmul bad data":  func() { p.MatMul(make([]float32, 4), &Weights{F32, 4, 8, make([]byte, 127)}, make([]float32, 8), 1) },
 		"attention past":   func() { p.Attention(make([]float32, 8), make([]float32, 8), 1, 1, 16, l, blocks) },
-		"attention gqa":    func() { p.Attention(make([]float32, 24), make([]float32, 24), 1, 3, 0, KVLayout{16, 2, 8, F16}, blocks) },
-		"store short blk":  func() { StoreKV(l, [][]byte{make([]byte, 10)}, make([]float32, 8), make([]float32, 8), 1, 0) },
-		"store bad type":   func() { StoreKV(KVLayout{16, 1, 8, BF16}, blocks, make([]float32, 8), make([]float32, 8), 1, 0) },
-		"embed bad id":     func() { Embed(make([]float32, 8), w, []int32{4}) },
-		"rope short":       func() { p.RoPE(make([]float32, 7), 1, 1, 8, 0, 10000) },
+		"attention gqa": func() {
+			p.Attention(make([]float32, 24), make([]float32, 24), 1, 3, 0, KVLayout{16, 2, 8, F16}, blocks)
+		},
+		"store short blk": func() { StoreKV(l, [][]byte{make([]byte, 10)}, make([]float32, 8), make([]float32, 8), 1, 0) },
+		"store bad type":  func() { StoreKV(KVLayout{16, 1, 8, BF16}, blocks, make([]float32, 8), make([]float32, 8), 1, 0) },
+		"embed bad id":    func() { Embed(make([]float32, 8), w, []int32{4}) },
+		"rope short":      func() { p.RoPE(make([]float32, 7), 1, 1, 8, 0, 10000) },
 	}
 	for name, f := range cases {
 		func() {
