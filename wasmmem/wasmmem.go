@@ -12,10 +12,26 @@
 // collected) the hook's RegionReleased runs, the region leaves the registry,
 // and the whole reservation is unmapped.
 //
-// Ownership: wasmtime owns a Region's memory; the host may read and write
-// the bytes of a live region (the guest is single-threaded per store, so
-// coordinate with it as with any wasmtime memory). Memories made by the host
-// with wasmtime.NewMemory do not go through the creator and are not Regions.
+// Ownership: wasmtime owns a Region's lifetime (the memory lives as long as
+// its Store); the Creator only tracks it. The host may read and write the
+// bytes of a live region between guest calls or from host functions called
+// by the guest, as with any wasmtime memory. Memories made by the host with
+// wasmtime.NewMemory do not go through the creator and are not Regions.
+//
+// Bounds: only [0, Len) of a region is ever readable or writable; the rest
+// of the reservation and the guard stay PROT_NONE, since wasmtime's compiled
+// code relies on faults there for its bounds checks.
+//
+// Implementation: reservation, commit, grow and unmap are plain mmap/mprotect
+// in C (creator.c), so wasmtime's frequent get-memory callback never enters
+// Go. Go is entered once per creation, growth and release to keep the
+// registry and run the Hook. wasmtime tells us a memory is gone by calling
+// the linear memory's finalizer when it drops it (Store.Close or the store's
+// finalizer).
+//
+// Thread-safety: wasmtime may create and drop memories from several threads
+// at once; the Creator's registry is locked and all its methods are safe for
+// concurrent use.
 package wasmmem
 
 import (
@@ -47,8 +63,9 @@ type Options struct {
 // are called synchronously from wasmtime's callbacks, on whatever goroutine
 // or thread is instantiating, growing or dropping the memory, possibly
 // several at once for different regions; never concurrently for one region.
-// They must not block on the instance's own store and must not panic (a
-// panic is recovered and turned into an error, or ignored on release).
+// They must not call into wasmtime for the store being instantiated, grown
+// or dropped, must not block waiting for it, and should not panic (a panic
+// is recovered and turned into an error, or ignored on release).
 type Hook interface {
 	// RegionCreated runs after the initial commit, before the instance is
 	// visible to anyone. An error fails the instantiation.
@@ -115,7 +132,9 @@ func (c *Creator) currentHook() Hook {
 // Lookup returns the live region whose base is base, which is what
 // (*wasmtime.Memory).Data returns for an instance memory of this creator's
 // engine. It reports false for any other address, including host-created
-// memories and released regions.
+// memories and released regions. It takes a read lock: cheap, but callers on
+// a hot path should keep the *Region of an instance rather than look it up
+// per call.
 func (c *Creator) Lookup(base uintptr) (*Region, bool) {
 	c.mu.RLock()
 	r, ok := c.regions[base]
@@ -160,9 +179,11 @@ func (r *Region) Guard() int { return r.guard }
 func (r *Region) Released() bool { return r.released.Load() }
 
 // Bytes returns the accessible bytes, [Base, Base+Len). The slice aliases the
-// guest's memory and stays valid until the next grow of this memory (after
-// which it is still valid but short: call Bytes again) or its release (after
-// which touching it faults). It returns nil once the region is released.
+// guest's memory; it is not a copy. Contract: it is valid until the next grow
+// of this memory or its release, whichever comes first; call Bytes again
+// after a grow. (Regions never move, so an older slice still addresses the
+// same bytes after a grow, only shorter; after release touching it faults.)
+// It returns nil once the region is released.
 func (r *Region) Bytes() []byte {
 	if r.released.Load() {
 		return nil
