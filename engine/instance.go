@@ -1,0 +1,602 @@
+package engine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"unsafe"
+
+	"github.com/bytecodealliance/wasmtime-go/v39"
+
+	"github.com/driftstore/driftstore/engine/cpu"
+	"github.com/driftstore/driftstore/guest"
+	"github.com/driftstore/driftstore/wasmmem"
+)
+
+// BlockAlign is the alignment of every KV block region in linear memory (and of the memory's
+// base): the largest OS page size driftstore targets.
+const BlockAlign = 16 << 10
+
+// KVType is the element type of the KV cache.
+type KVType uint8
+
+const (
+	KVDefault KVType = iota // F16
+	KVF16
+	KVF32
+)
+
+func (t KVType) norm() KVType {
+	if t == KVDefault {
+		return KVF16
+	}
+	return t
+}
+
+// GGML returns the GGML type id (F16 1, F32 0).
+func (t KVType) GGML() uint32 {
+	if t.norm() == KVF32 {
+		return 0
+	}
+	return 1
+}
+
+// String is "f16" or "f32".
+func (t KVType) String() string {
+	if t.norm() == KVF32 {
+		return "f32"
+	}
+	return "f16"
+}
+
+// ParseKVType parses "f16" or "f32".
+func ParseKVType(s string) (KVType, error) {
+	switch s {
+	case "f16", "F16":
+		return KVF16, nil
+	case "f32", "F32":
+		return KVF32, nil
+	}
+	return 0, fmt.Errorf("KV type %q: want f16 or f32", s)
+}
+
+// KVLayout is the KV cache layout of an instance. Layer l's positions are grouped in blocks of
+// BlockSize; block b holds positions [b*BlockSize, (b+1)*BlockSize): K as
+// [BlockSize][KVHeads][HeadDim] then V likewise, little-endian Type elements, BlockBytes in
+// all, contiguous at a BlockAlign-aligned offset of linear memory. Positions not yet written
+// are zero.
+type KVLayout struct {
+	Layers, BlockSize, KVHeads, HeadDim int
+	Type                                KVType
+	BlockBytes                          int
+}
+
+func (l KVLayout) cpu() cpu.KVLayout {
+	t := cpu.F16
+	if l.Type.norm() == KVF32 {
+		t = cpu.F32
+	}
+	return cpu.KVLayout{BlockSize: l.BlockSize, NKVHeads: l.KVHeads, HeadDim: l.HeadDim, KVType: t}
+}
+
+// KVRegion is one KV block of one layer in linear memory.
+type KVRegion struct {
+	Layer, Block int
+	Offset       uint32 // BlockAlign-aligned
+	Length       uint32 // KVLayout.BlockBytes
+}
+
+// Sampler holds the sampling settings. Temp 0 is greedy (argmax, lowest id on ties); otherwise
+// the logits are divided by Temp, restricted to the TopK best (0: all) and then to the
+// smallest set whose probability reaches TopP (1: all), and drawn with the instance's RNG
+// (xoshiro256** seeded from Seed, its state in guest memory).
+type Sampler struct {
+	Temp float32
+	TopK int
+	TopP float32
+	Seed uint64
+}
+
+// InstanceOptions configures a new instance; zero values pick the defaults.
+type InstanceOptions struct {
+	KVType    KVType // default F16
+	BlockSize int    // positions per KV block; default 16
+	Threads   int    // host threads for the ops; default 1
+	Batch     int    // prefill batch (tokens per forward pass); default 64
+	Sampler   Sampler
+}
+
+// Instance is one guest: its store, linear memory (a wasmmem Region) and the conversation
+// state inside it. Not safe for concurrent use. After ErrTrap every call fails; Close it.
+type Instance struct {
+	model  *Model
+	store  *wasmtime.Store
+	inst   *wasmtime.Instance
+	region *wasmmem.Region
+	exec   Exec
+	layout KVLayout
+	opts   InstanceOptions
+
+	fns map[string]*wasmtime.Func
+
+	fault  error // the last refused host op
+	dead   error // set once the guest trapped
+	closed bool
+
+	idBuf  []int32
+	blkBuf [][]byte
+}
+
+var guestExports = []string{
+	"abi_version", "init", "set_sampler", "buf", "feed", "sample", "step", "position", "tokens",
+	"logits", "kv_regions", "kv_alloc", "state_save", "state_load", "last_error", "nop_loop",
+}
+
+// NewInstance starts a guest for the model: instantiates the module on fresh linear memory,
+// initializes the guest with the KV layout and sampler.
+func (m *Model) NewInstance(opts InstanceOptions) (*Instance, error) {
+	if opts.BlockSize == 0 {
+		opts.BlockSize = 16
+	}
+	if opts.Threads <= 0 {
+		opts.Threads = 1
+	}
+	if opts.Batch <= 0 {
+		opts.Batch = 64
+	}
+	if opts.BlockSize < 1 || opts.BlockSize > 4096 || opts.Batch > 4096 {
+		return nil, fmt.Errorf("engine: block size %d or batch %d out of range (1..4096)", opts.BlockSize, opts.Batch)
+	}
+	opts.KVType = opts.KVType.norm()
+	in, err := m.instantiate(m.engine.module, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := in.start(); err != nil {
+		in.Close()
+		return nil, err
+	}
+	return in, nil
+}
+
+// instantiate makes the store and instance and finds the memory region (no guest calls other
+// than the reactor's _initialize).
+func (m *Model) instantiate(mod *wasmtime.Module, opts InstanceOptions) (*Instance, error) {
+	e := m.engine
+	h := m.hyper
+	esz := 2
+	if opts.KVType == KVF32 {
+		esz = 4
+	}
+	in := &Instance{
+		model: m, opts: opts,
+		layout: KVLayout{Layers: h.Layers, BlockSize: opts.BlockSize, KVHeads: h.KVHeads, HeadDim: h.HeadDim,
+			Type: opts.KVType, BlockBytes: 2 * opts.BlockSize * h.KVHeads * h.HeadDim * esz},
+		fns: map[string]*wasmtime.Func{},
+	}
+	exec, err := m.weights.NewExec(opts.Threads)
+	if err != nil {
+		return nil, fmt.Errorf("engine: new instance: %w", err)
+	}
+	in.exec = exec
+	in.store = wasmtime.NewStoreWithData(e.wt, in)
+	wc := wasmtime.NewWasiConfig()
+	wc.InheritStderr() // a guest panic prints its message there
+	in.store.SetWasi(wc)
+	inst, err := e.linker.Instantiate(in.store, mod)
+	if err != nil {
+		in.Close()
+		return nil, fmt.Errorf("engine: instantiate guest: %w", err)
+	}
+	in.inst = inst
+	ex := inst.GetExport(in.store, "memory")
+	if ex == nil || ex.Memory() == nil {
+		in.Close()
+		return nil, errors.New("engine: guest exports no memory")
+	}
+	mem := ex.Memory()
+	r, ok := e.creator.Lookup(uintptr(mem.Data(in.store)))
+	if !ok {
+		in.Close()
+		return nil, errors.New("engine: guest memory is not a wasmmem region")
+	}
+	in.region = r
+	if f := inst.GetFunc(in.store, "_initialize"); f != nil {
+		if _, err := f.Call(in.store); err != nil {
+			in.Close()
+			return nil, fmt.Errorf("engine: guest _initialize: %w", err)
+		}
+	}
+	return in, nil
+}
+
+func (in *Instance) start() error {
+	for _, name := range guestExports {
+		f := in.inst.GetFunc(in.store, name)
+		if f == nil {
+			return fmt.Errorf("engine: guest lacks export %s", name)
+		}
+		in.fns[name] = f
+	}
+	v, err := in.callI64("abi_version")
+	if err != nil {
+		return err
+	}
+	if v != guest.ABIVersion {
+		return fmt.Errorf("engine: guest ABI version %d, engine speaks %d", v, guest.ABIVersion)
+	}
+	if err := in.callStatus("init", int32(in.opts.KVType.GGML()), int32(in.opts.BlockSize), int32(in.opts.Batch)); err != nil {
+		return err
+	}
+	return in.SetSampler(in.opts.Sampler)
+}
+
+func (in *Instance) idScratch(n int) []int32 {
+	if cap(in.idBuf) < n {
+		in.idBuf = make([]int32, n)
+	}
+	return in.idBuf[:n]
+}
+
+func (in *Instance) blockScratch(n int) [][]byte {
+	if cap(in.blkBuf) < n {
+		in.blkBuf = make([][]byte, n)
+	}
+	return in.blkBuf[:n]
+}
+
+// call invokes an export, turning traps into ErrTrap (and killing the instance).
+func (in *Instance) call(name string, args ...any) (any, error) {
+	if in.closed {
+		return nil, ErrClosed
+	}
+	if in.dead != nil {
+		return nil, in.dead
+	}
+	in.fault = nil
+	r, err := in.fns[name].Call(in.store, args...)
+	if err != nil {
+		if in.fault != nil {
+			in.dead = fmt.Errorf("%w in %s: %w", ErrTrap, name, in.fault)
+		} else {
+			in.dead = fmt.Errorf("%w in %s: %v", ErrTrap, name, err)
+		}
+		return nil, in.dead
+	}
+	return r, nil
+}
+
+func (in *Instance) callI64(name string, args ...any) (int64, error) {
+	r, err := in.call(name, args...)
+	if err != nil {
+		return 0, err
+	}
+	switch v := r.(type) {
+	case int32:
+		return int64(v), nil
+	case int64:
+		return v, nil
+	}
+	return 0, fmt.Errorf("engine: export %s returned %T", name, r)
+}
+
+// callU32 calls an export that returns an offset (u32).
+func (in *Instance) callU32(name string, args ...any) (uint32, error) {
+	v, err := in.callI64(name, args...)
+	return uint32(v), err
+}
+
+// callStatus calls an export returning 0 or a negative error.
+func (in *Instance) callStatus(name string, args ...any) error {
+	v, err := in.callI64(name, args...)
+	if err != nil {
+		return err
+	}
+	if v < 0 {
+		return in.guestError(name)
+	}
+	return nil
+}
+
+func (in *Instance) guestError(name string) error {
+	off, err := in.callU32("last_error")
+	if err != nil {
+		return err
+	}
+	msg, err := in.record(off)
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: %s: %s", ErrGuest, name, msg)
+}
+
+// record reads a length-prefixed record at off (checked against memory).
+func (in *Instance) record(off uint32) ([]byte, error) {
+	mem := in.region.Bytes()
+	if uint64(off)+4 > uint64(len(mem)) {
+		return nil, fmt.Errorf("%w: record offset %d outside memory", ErrGuest, off)
+	}
+	n := binary.LittleEndian.Uint32(mem[off:])
+	end := uint64(off) + 4 + uint64(n)
+	if end > uint64(len(mem)) {
+		return nil, fmt.Errorf("%w: record [%d, %d) outside memory", ErrGuest, off, end)
+	}
+	return mem[off+4 : end : end], nil
+}
+
+// write copies data into the guest's transfer buffer.
+func (in *Instance) write(data []byte) error {
+	n := len(data)
+	if n > math.MaxInt32 {
+		return fmt.Errorf("engine: %d bytes is too much to hand to the guest", n)
+	}
+	off, err := in.callU32("buf", int32(n))
+	if err != nil {
+		return err
+	}
+	mem := in.region.Bytes()
+	if uint64(off)+uint64(n) > uint64(len(mem)) {
+		return fmt.Errorf("%w: transfer buffer outside memory", ErrGuest)
+	}
+	copy(mem[off:], data)
+	return nil
+}
+
+// Prefill runs the forward pass over tokens (in batches of InstanceOptions.Batch), appending
+// them to the history; afterwards Logits holds the last token's logits.
+func (in *Instance) Prefill(tokens []int32) error {
+	if len(tokens) == 0 {
+		return nil
+	}
+	b := make([]byte, 4*len(tokens))
+	for i, t := range tokens {
+		binary.LittleEndian.PutUint32(b[4*i:], uint32(t))
+	}
+	if err := in.write(b); err != nil {
+		return err
+	}
+	return in.callStatus("feed", int32(len(tokens)))
+}
+
+// Sample draws the next token from the current logits without feeding it (the RNG advances).
+func (in *Instance) Sample() (int32, error) {
+	v, err := in.callI64("sample")
+	if err != nil {
+		return 0, err
+	}
+	if v < 0 {
+		return 0, in.guestError("sample")
+	}
+	return int32(v), nil
+}
+
+// Step samples the next token, feeds it (one forward pass) and returns it.
+func (in *Instance) Step() (int32, error) {
+	v, err := in.callI64("step")
+	if err != nil {
+		return 0, err
+	}
+	if v < 0 {
+		return 0, in.guestError("step")
+	}
+	return int32(v), nil
+}
+
+// Generate runs n Steps, calling fn (if not nil) after each with the token; an error from fn
+// stops generation and is returned. It returns the tokens generated so far.
+func (in *Instance) Generate(n int, fn func(tok int32) error) ([]int32, error) {
+	out := make([]int32, 0, n)
+	for i := 0; i < n; i++ {
+		t, err := in.Step()
+		if err != nil {
+			return out, err
+		}
+		out = append(out, t)
+		if fn != nil {
+			if err := fn(t); err != nil {
+				return out, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// SetSampler replaces the sampling settings and reseeds the RNG.
+func (in *Instance) SetSampler(s Sampler) error {
+	if s.TopP == 0 {
+		s.TopP = 1
+	}
+	if s.TopK < 0 {
+		return fmt.Errorf("engine: top-k %d is negative", s.TopK)
+	}
+	if err := in.callStatus("set_sampler", s.Temp, int32(s.TopK), s.TopP, int64(s.Seed)); err != nil {
+		return err
+	}
+	in.opts.Sampler = s
+	return nil
+}
+
+// Position is the number of tokens fed so far.
+func (in *Instance) Position() (int, error) {
+	v, err := in.callI64("position")
+	return int(uint32(v)), err
+}
+
+// Tokens returns a copy of the token history.
+func (in *Instance) Tokens() ([]int32, error) {
+	n, err := in.Position()
+	if err != nil || n == 0 {
+		return nil, err
+	}
+	off, err := in.callU32("tokens")
+	if err != nil {
+		return nil, err
+	}
+	b, err := in.span(off, uint64(n)*4, "token history")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int32, n)
+	for i := range out {
+		out[i] = int32(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+	return out, nil
+}
+
+func (in *Instance) span(off uint32, n uint64, what string) ([]byte, error) {
+	mem := in.region.Bytes()
+	if uint64(off)+n > uint64(len(mem)) {
+		return nil, fmt.Errorf("%w: %s [%d, +%d) outside memory", ErrGuest, what, off, n)
+	}
+	return mem[off : uint64(off)+n], nil
+}
+
+// Logits returns a copy of the last token's logits, nil before any token was fed.
+func (in *Instance) Logits() ([]float32, error) {
+	off, err := in.callU32("logits")
+	if err != nil || off == 0 {
+		return nil, err
+	}
+	v := in.model.hyper.Vocab
+	b, err := in.span(off, uint64(v)*4, "logits")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]float32, v)
+	copy(out, unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), v))
+	return out, nil
+}
+
+// Layout returns the instance's KV layout.
+func (in *Instance) Layout() KVLayout { return in.layout }
+
+// Options returns the options the instance runs with (sampler as last set).
+func (in *Instance) Options() InstanceOptions { return in.opts }
+
+// Model returns the instance's model.
+func (in *Instance) Model() *Model { return in.model }
+
+// Region returns the instance's linear memory.
+func (in *Instance) Region() *wasmmem.Region { return in.region }
+
+// Memory returns the instance's linear memory bytes. The slice aliases the guest's memory: it
+// is valid until the next call into the guest (which may grow it) or Close; the caller must
+// not write it while the guest could read it, except into regions from AllocKV before
+// LoadState.
+func (in *Instance) Memory() []byte { return in.region.Bytes() }
+
+// KVRegions lists the KV block regions in use (those holding positions [0, Position)),
+// layer-major. Each is checked to lie in memory with the layout's length and alignment.
+func (in *Instance) KVRegions() ([]KVRegion, error) {
+	off, err := in.callU32("kv_regions")
+	if err != nil {
+		return nil, err
+	}
+	return in.parseRegions("kv_regions", off)
+}
+
+// AllocKV makes sure KV blocks cover positions [0, npos) and returns their regions (like
+// KVRegions for npos). Restore calls it on a fresh instance, writes each block's bytes into
+// Memory()[Offset:Offset+Length], then calls LoadState.
+func (in *Instance) AllocKV(npos int) ([]KVRegion, error) {
+	if npos < 0 || npos > math.MaxInt32 {
+		return nil, fmt.Errorf("engine: AllocKV(%d) out of range", npos)
+	}
+	off, err := in.callU32("kv_alloc", int32(npos))
+	if err != nil {
+		return nil, err
+	}
+	if off == 0 {
+		return nil, in.guestError("kv_alloc")
+	}
+	return in.parseRegions("kv_alloc", off)
+}
+
+func (in *Instance) parseRegions(name string, off uint32) ([]KVRegion, error) {
+	rec, err := in.record(off)
+	if err != nil {
+		return nil, err
+	}
+	if len(rec) < 4 {
+		return nil, fmt.Errorf("%w: %s: short record", ErrGuest, name)
+	}
+	n := binary.LittleEndian.Uint32(rec)
+	// The record's length prefix is the guest's outBuf size; the count must fit in it.
+	if uint64(n)*16 > uint64(len(rec)-4) {
+		return nil, fmt.Errorf("%w: %s: %d regions do not fit the record", ErrGuest, name, n)
+	}
+	mem := uint64(in.region.Len())
+	out := make([]KVRegion, n)
+	for i := range out {
+		p := rec[4+16*i:]
+		r := KVRegion{
+			Layer: int(binary.LittleEndian.Uint32(p)), Block: int(binary.LittleEndian.Uint32(p[4:])),
+			Offset: binary.LittleEndian.Uint32(p[8:]), Length: binary.LittleEndian.Uint32(p[12:]),
+		}
+		if r.Layer >= in.layout.Layers || int(r.Length) != in.layout.BlockBytes || r.Offset%BlockAlign != 0 ||
+			uint64(r.Offset)+uint64(r.Length) > mem {
+			return nil, fmt.Errorf("%w: %s: bad region %+v", ErrGuest, name, r)
+		}
+		out[i] = r
+	}
+	return out, nil
+}
+
+// SaveState returns the small state: everything but the KV blocks (position, token history,
+// sampler settings, RNG state, last logits), in the guest's versioned format (guest/ABI.md).
+func (in *Instance) SaveState() ([]byte, error) {
+	off, err := in.callU32("state_save")
+	if err != nil {
+		return nil, err
+	}
+	if off == 0 {
+		return nil, in.guestError("state_save")
+	}
+	rec, err := in.record(off)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(nil), rec...), nil
+}
+
+// LoadState replaces the small state with one from SaveState. The KV blocks for its position
+// must have been allocated (AllocKV) and filled first. On error the state is unchanged.
+func (in *Instance) LoadState(state []byte) error {
+	if err := in.write(state); err != nil {
+		return err
+	}
+	if err := in.callStatus("state_load", int32(len(state))); err != nil {
+		return err
+	}
+	if len(state) >= 36+8 {
+		in.opts.Sampler = Sampler{
+			Temp: math.Float32frombits(binary.LittleEndian.Uint32(state[24:])),
+			TopK: int(binary.LittleEndian.Uint32(state[28:])),
+			TopP: math.Float32frombits(binary.LittleEndian.Uint32(state[32:])),
+			Seed: binary.LittleEndian.Uint64(state[36:]),
+		}
+	}
+	return nil
+}
+
+// NopLoop makes the guest call the empty host op n times (host-op call overhead).
+func (in *Instance) NopLoop(n int) error {
+	_, err := in.call("nop_loop", int32(n))
+	return err
+}
+
+// Close releases the store (and so the linear memory region) and the executor. Idempotent.
+func (in *Instance) Close() error {
+	if in.closed {
+		return nil
+	}
+	in.closed = true
+	if in.store != nil {
+		in.store.Close()
+	}
+	if in.exec != nil {
+		in.exec.Close()
+	}
+	return nil
+}

@@ -1,0 +1,190 @@
+//go:build wasip1
+
+package main
+
+import (
+	"math"
+	"slices"
+)
+
+// The RNG is xoshiro256** seeded through SplitMix64; its four words live in guest memory (rng)
+// and travel with the small state, so a restored instance continues the same random stream.
+
+func setSeed(seed uint64) {
+	s := seed
+	for i := range rng {
+		s += 0x9e3779b97f4a7c15
+		z := s
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+		z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+		rng[i] = z ^ (z >> 31)
+	}
+}
+
+func rotl(x uint64, k uint) uint64 { return x<<k | x>>(64-k) }
+
+func next64() uint64 {
+	r := rotl(rng[1]*5, 7) * 9
+	t := rng[1] << 17
+	rng[2] ^= rng[0]
+	rng[3] ^= rng[1]
+	rng[1] ^= rng[2]
+	rng[0] ^= rng[3]
+	rng[2] ^= t
+	rng[3] = rotl(rng[3], 45)
+	return r
+}
+
+// uniform returns a float64 in [0, 1).
+func uniform() float64 { return float64(next64()>>11) * (1.0 / (1 << 53)) }
+
+// logit reads logits[i], treating NaN as -Inf so that ordering is total.
+func logit(i int32) float32 {
+	l := logits[i]
+	if l != l {
+		return float32(math.Inf(-1))
+	}
+	return l
+}
+
+// before orders candidates by logit descending, then id ascending: a total, deterministic order.
+func before(a, b int32) bool {
+	la, lb := logit(a), logit(b)
+	if la != lb {
+		return la > lb
+	}
+	return a < b
+}
+
+func argmax() int32 {
+	best := int32(0)
+	for i := int32(1); i < int32(cfg.vocab); i++ {
+		if before(i, best) {
+			best = i
+		}
+	}
+	return best
+}
+
+// sampleNext picks the next token: greedy when temp == 0, else temperature, top-k and top-p
+// (nucleus) sampling with the RNG. The same logits, settings and RNG state always give the
+// same token.
+func sampleNext() int32 {
+	if smp.temp == 0 {
+		return argmax()
+	}
+	v := int32(cfg.vocab)
+	c := cand[:0]
+	k := int32(smp.topK)
+	if k > 0 && k < v {
+		c = topK(c, int(k))
+	} else {
+		for i := int32(0); i < v; i++ {
+			c = append(c, i)
+		}
+		if smp.topP < 1 {
+			slices.SortFunc(c, cmpCand)
+		}
+	}
+	// Softmax with temperature, in float64, relative to the largest logit.
+	maxL := float64(logit(c[0]))
+	for _, i := range c {
+		if l := float64(logit(i)); l > maxL {
+			maxL = l
+		}
+	}
+	p := prob[:len(c)]
+	sum := 0.0
+	t := float64(smp.temp)
+	for j, i := range c {
+		e := math.Exp((float64(logit(i)) - maxL) / t)
+		p[j] = e
+		sum += e
+	}
+	keep := len(c)
+	if smp.topP < 1 {
+		// c is sorted by descending probability: keep the smallest prefix reaching topP.
+		lim := float64(smp.topP) * sum
+		cum := 0.0
+		for j := range p {
+			cum += p[j]
+			if cum >= lim {
+				keep = j + 1
+				break
+			}
+		}
+		sum = 0
+		for j := 0; j < keep; j++ {
+			sum += p[j]
+		}
+	}
+	u := uniform() * sum
+	acc := 0.0
+	for j := 0; j < keep; j++ {
+		acc += p[j]
+		if u < acc {
+			return c[j]
+		}
+	}
+	return c[keep-1]
+}
+
+func cmpCand(a, b int32) int {
+	if before(a, b) {
+		return -1
+	}
+	if before(b, a) {
+		return 1
+	}
+	return 0
+}
+
+// topK appends the k best candidates to c, sorted best first. It keeps a min-heap (worst at
+// the root) of size k over one pass of the vocabulary.
+func topK(c []int32, k int) []int32 {
+	h := c[:0]
+	for i := int32(0); i < int32(cfg.vocab); i++ {
+		if len(h) < k {
+			h = append(h, i)
+			up(h, len(h)-1)
+			continue
+		}
+		if before(i, h[0]) {
+			h[0] = i
+			down(h, 0)
+		}
+	}
+	slices.SortFunc(h, cmpCand)
+	return h
+}
+
+// heap helpers: the root is the worst candidate (the one every other comes before).
+func up(h []int32, j int) {
+	for j > 0 {
+		p := (j - 1) / 2
+		if !before(h[p], h[j]) {
+			break
+		}
+		h[p], h[j] = h[j], h[p]
+		j = p
+	}
+}
+
+func down(h []int32, j int) {
+	n := len(h)
+	for {
+		l := 2*j + 1
+		if l >= n {
+			return
+		}
+		w := l
+		if r := l + 1; r < n && before(h[l], h[r]) {
+			w = r
+		}
+		if !before(h[j], h[w]) {
+			return
+		}
+		h[j], h[w] = h[w], h[j]
+		j = w
+	}
+}
