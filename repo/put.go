@@ -1,0 +1,357 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/chunker"
+	"github.com/driftstore/driftstore/index"
+)
+
+// Chunking methods.
+const (
+	ChunkFastCDC = "fastcdc"
+	ChunkFixed   = "fixed"
+)
+
+// ChunkerSpec says how Put cuts its inputs. The zero value means FastCDC with
+// chunker.DefaultParams.
+type ChunkerSpec struct {
+	Method string         // ChunkFastCDC (also "") or ChunkFixed
+	Params chunker.Params // FastCDC sizes; zero means chunker.DefaultParams
+	Size   int            // fixed chunk size; zero means chunker.DefaultBlockSize
+}
+
+// normalize fills in defaults and validates.
+func (s ChunkerSpec) normalize() (ChunkerSpec, error) {
+	switch s.Method {
+	case "", ChunkFastCDC:
+		s.Method = ChunkFastCDC
+		if s.Params == (chunker.Params{}) {
+			s.Params = chunker.DefaultParams()
+		}
+		if err := s.Params.Validate(); err != nil {
+			return s, err
+		}
+	case ChunkFixed:
+		if s.Size == 0 {
+			s.Size = chunker.DefaultBlockSize
+		}
+		if err := chunker.CheckFixedSize(s.Size); err != nil {
+			return s, err
+		}
+	default:
+		return s, fmt.Errorf("%w: unknown chunking method %q (want %s or %s)", chunker.ErrInvalidParams, s.Method, ChunkFastCDC, ChunkFixed)
+	}
+	return s, nil
+}
+
+// String describes the spec: "fastcdc/16384/65536/262144/1" or "fixed/65536".
+func (s ChunkerSpec) String() string {
+	if s.Method == ChunkFixed {
+		return fmt.Sprintf("fixed/%d", s.Size)
+	}
+	p := s.Params
+	return fmt.Sprintf("fastcdc/%d/%d/%d/%d", p.Min, p.Avg, p.Max, p.Normalization)
+}
+
+func (s ChunkerSpec) stream(r io.Reader) (*chunker.Stream, error) {
+	if s.Method == ChunkFixed {
+		return chunker.NewFixedStream(r, s.Size)
+	}
+	return chunker.NewStream(r, s.Params)
+}
+
+// Source is one input of Put: a named byte stream that becomes one region.
+type Source struct {
+	Name string    // region name; must be unique within one Put
+	R    io.Reader // read once, to EOF
+	Size int64     // expected length for progress reporting; 0 when unknown
+}
+
+// PutOptions configure Put. The zero value puts a "file" manifest with FastCDC defaults.
+type PutOptions struct {
+	Chunker ChunkerSpec
+	Kind    string                 // manifest kind; "" means "file"
+	Parent  index.ID               // the manifest's parent; zero for none
+	Meta    map[string]index.Value // extra metadata; Put adds "chunker"
+	Tag     string                 // when set, the tag is moved to the new manifest
+	Hint    cas.Hint               // what the bytes are, for the store's codec choice
+	Workers int                    // chunks stored at once; 0 means the Repo's
+	// Progress, when set, is called with the number of input bytes just consumed, from the
+	// goroutine that reads the inputs.
+	Progress func(n int64)
+}
+
+// PutResult reports one Put.
+type PutResult struct {
+	ID          index.ID `json:"id"`
+	BytesIn     int64    `json:"bytes_in"`     // input bytes
+	Chunks      int      `json:"chunks"`       // chunk references in the manifest
+	UniqueNew   int      `json:"new_chunks"`   // chunks the index did not have before
+	NewBytes    int64    `json:"new_bytes"`    // stored (compressed) bytes of those chunks
+	StoredBytes int64    `json:"stored_bytes"` // stored bytes of all distinct chunks named
+}
+
+// DedupRatio is input bytes over new stored bytes: how many times less was written than given.
+// It is +Inf when input arrived but nothing new was stored, and 0 for empty input.
+func (p PutResult) DedupRatio() float64 {
+	if p.BytesIn == 0 {
+		return 0
+	}
+	if p.NewBytes == 0 {
+		return math.Inf(1)
+	}
+	return float64(p.BytesIn) / float64(p.NewBytes)
+}
+
+// PutFiles puts the files at paths as one manifest, one region per file named by its base name.
+// Two files with the same base name are refused.
+func (r *Repo) PutFiles(ctx context.Context, paths []string, opts PutOptions) (PutResult, error) {
+	var srcs []Source
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			closeAll(srcs)
+			return PutResult{}, fmt.Errorf("put: %w", err)
+		}
+		st, err := f.Stat()
+		if err != nil || !st.Mode().IsRegular() {
+			f.Close()
+			closeAll(srcs)
+			if err == nil {
+				err = fmt.Errorf("%s is not a regular file", p)
+			}
+			return PutResult{}, fmt.Errorf("put: %w", err)
+		}
+		srcs = append(srcs, Source{Name: filepath.Base(p), R: f, Size: st.Size()})
+	}
+	defer closeAll(srcs)
+	return r.Put(ctx, srcs, opts)
+}
+
+func closeAll(srcs []Source) {
+	for _, s := range srcs {
+		if c, ok := s.R.(io.Closer); ok {
+			c.Close()
+		}
+	}
+}
+
+// PutReader puts one stream as a manifest with one region called name.
+func (r *Repo) PutReader(ctx context.Context, name string, rd io.Reader, opts PutOptions) (PutResult, error) {
+	return r.Put(ctx, []Source{{Name: name, R: rd}}, opts)
+}
+
+// Put chunks every source, stores and records the chunks, and commits one manifest with a
+// region per source (in order), then moves opts.Tag to it. Chunks are durable and recorded
+// before the manifest commits. On error nothing is committed (chunks already stored are garbage
+// for GC). Putting the same bytes again yields the same ID and stores nothing new.
+func (r *Repo) Put(ctx context.Context, srcs []Source, opts PutOptions) (PutResult, error) {
+	var res PutResult
+	if r.ro {
+		return res, fmt.Errorf("put: %w", index.ErrReadOnly)
+	}
+	spec, err := opts.Chunker.normalize()
+	if err != nil {
+		return res, fmt.Errorf("put: %w", err)
+	}
+	if opts.Tag != "" {
+		if err := index.ValidRefName(opts.Tag); err != nil {
+			return res, fmt.Errorf("put: tag: %w", err)
+		}
+	}
+	m := &index.Manifest{Kind: opts.Kind, Parent: opts.Parent, Meta: map[string]index.Value{}}
+	if m.Kind == "" {
+		m.Kind = "file"
+	}
+	for k, v := range opts.Meta {
+		m.Meta[k] = v
+	}
+	m.Meta["chunker"] = index.String(spec.String())
+	seen := map[string]bool{}
+	for _, s := range srcs {
+		if seen[s.Name] {
+			return res, fmt.Errorf("put: two inputs named %q", s.Name)
+		}
+		seen[s.Name] = true
+	}
+	workers := opts.Workers
+	if workers <= 0 {
+		workers = r.workers
+	}
+
+	release := r.ix.HoldGC()
+	defer release()
+	var infos []cas.Info // every distinct chunk named, for RecordChunks
+	inManifest := map[cas.Digest]bool{}
+	for _, s := range srcs {
+		refs, got, n, err := r.ingest(ctx, s.R, spec, opts.Hint, workers, opts.Progress)
+		if err != nil {
+			return res, fmt.Errorf("put %s: %w", s.Name, err)
+		}
+		res.BytesIn += n
+		res.Chunks += len(refs)
+		m.Regions = append(m.Regions, index.Region{Name: s.Name, Chunks: refs})
+		for _, in := range got {
+			if !inManifest[in.Digest] {
+				inManifest[in.Digest] = true
+				infos = append(infos, in)
+			}
+		}
+	}
+	if err := m.Validate(); err != nil {
+		return res, fmt.Errorf("put: %w", err)
+	}
+	ds := make([]cas.Digest, len(infos))
+	for i, in := range infos {
+		ds[i] = in.Digest
+		res.StoredBytes += in.StoredSize
+	}
+	missing, err := r.ix.MissingChunks(ds)
+	if err != nil {
+		return res, fmt.Errorf("put: %w", err)
+	}
+	isNew := make(map[cas.Digest]bool, len(missing))
+	for _, d := range missing {
+		isNew[d] = true
+	}
+	for _, in := range infos {
+		if isNew[in.Digest] {
+			res.UniqueNew++
+			res.NewBytes += in.StoredSize
+		}
+	}
+	if err := r.ix.RecordChunks(ctx, infos); err != nil {
+		return res, fmt.Errorf("put: %w", err)
+	}
+	id, err := r.ix.PutManifest(ctx, m)
+	if err != nil {
+		return res, fmt.Errorf("put: %w", err)
+	}
+	res.ID = id
+	if opts.Tag != "" {
+		if _, err := r.ix.SetRef(ctx, index.RefTag, opts.Tag, id); err != nil {
+			return res, fmt.Errorf("put: %w", err)
+		}
+	}
+	return res, nil
+}
+
+// bufPool holds chunk buffers; buffers larger than maxPooled are dropped rather than pooled.
+var bufPool sync.Pool
+
+const maxPooled = 16 << 20
+
+func getBuf(n int) *[]byte {
+	if p, ok := bufPool.Get().(*[]byte); ok && cap(*p) >= n {
+		*p = (*p)[:n]
+		return p
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+func putBuf(p *[]byte) {
+	if cap(*p) <= maxPooled {
+		bufPool.Put(p)
+	}
+}
+
+// ingest chunks one stream and stores its chunks with a pool of workers. It returns the region's
+// chunk list in order, the Info of every chunk stored (in order, with repeats), and the bytes read.
+// At most 2×workers chunks are buffered at once.
+func (r *Repo) ingest(ctx context.Context, rd io.Reader, spec ChunkerSpec, hint cas.Hint, workers int, progress func(int64)) ([]index.ChunkRef, []cas.Info, int64, error) {
+	st, err := spec.stream(rd)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	type job struct {
+		seq int
+		buf *[]byte
+	}
+	type done struct {
+		seq  int
+		info cas.Info
+	}
+	jobs := make(chan job, workers)
+	results := make(chan done, workers)
+	g, gctx := errgroup.WithContext(ctx)
+	var total int64
+	g.Go(func() error { // the reader: cut chunks, copy them out of the stream's buffer
+		defer close(jobs)
+		for seq := 0; ; seq++ {
+			ch, err := st.Next()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			b := getBuf(len(ch.Data))
+			copy(*b, ch.Data)
+			total += int64(len(ch.Data))
+			if progress != nil {
+				progress(int64(len(ch.Data)))
+			}
+			select {
+			case jobs <- job{seq, b}:
+			case <-gctx.Done():
+				putBuf(b)
+				return gctx.Err()
+			}
+		}
+	})
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		g.Go(func() error {
+			defer wg.Done()
+			for j := range jobs {
+				info, err := r.local.Put(gctx, *j.buf, hint)
+				n := len(*j.buf)
+				putBuf(j.buf)
+				if err != nil {
+					return fmt.Errorf("store chunk %d: %w", j.seq, err)
+				}
+				if info.Size != int64(n) {
+					return fmt.Errorf("store chunk %d: store reports %d bytes for a %d-byte chunk", j.seq, info.Size, n)
+				}
+				select {
+				case results <- done{j.seq, info}:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+			}
+			return nil
+		})
+	}
+	go func() { wg.Wait(); close(results) }()
+	var infos []cas.Info
+	for d := range results {
+		for len(infos) <= d.seq {
+			infos = append(infos, cas.Info{})
+		}
+		infos[d.seq] = d.info
+	}
+	if err := g.Wait(); err != nil {
+		return nil, nil, 0, err
+	}
+	refs := make([]index.ChunkRef, len(infos))
+	for i, in := range infos {
+		if in.Digest.IsZero() {
+			return nil, nil, 0, fmt.Errorf("chunk %d was not stored", i)
+		}
+		refs[i] = index.ChunkRef{Digest: in.Digest, Length: in.Size}
+	}
+	return refs, infos, total, nil
+}
