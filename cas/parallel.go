@@ -1,0 +1,83 @@
+package cas
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// PutAll stores chunks with at most workers Puts in flight (workers < 1 means 1) and returns
+// their Infos in the order of chunks. It runs a fixed pool of min(workers, len(chunks))
+// goroutines that take chunks in order; the first error cancels the rest (through the context
+// passed to Put) and is returned, with the index of the chunk. chunks are only read.
+func PutAll(ctx context.Context, s Store, workers int, chunks [][]byte, hint Hint) ([]Info, error) {
+	infos := make([]Info, len(chunks))
+	err := forEach(ctx, workers, len(chunks), func(ctx context.Context, i int) error {
+		info, err := s.Put(ctx, chunks[i], hint)
+		if err != nil {
+			return fmt.Errorf("put chunk %d: %w", i, err)
+		}
+		infos[i] = info
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return infos, nil
+}
+
+// GetRequest asks GetAll to decode chunk Digest into Dst, whose length must be the chunk's
+// size: Dst is typically the chunk's place in a larger buffer, such as a region of live Wasm
+// linear memory.
+type GetRequest struct {
+	Digest Digest
+	Dst    []byte
+}
+
+// GetAll decodes and verifies every request's chunk straight into its Dst, with at most workers
+// Gets in flight (workers < 1 means 1), through a fixed pool of goroutines. GetAll never
+// writes outside the requests' Dst ranges (it passes Dst[:0:len(Dst)], so a chunk of another
+// size cannot spill into neighbouring memory); a chunk whose size is not len(Dst) fails with
+// ErrSizeMismatch. The first error cancels the rest and is returned; the Dst ranges are then
+// unspecified.
+func GetAll(ctx context.Context, s Store, workers int, reqs []GetRequest) error {
+	return forEach(ctx, workers, len(reqs), func(ctx context.Context, i int) error {
+		r := reqs[i]
+		got, err := s.Get(ctx, r.Digest, r.Dst[:0:len(r.Dst)])
+		if err != nil {
+			return fmt.Errorf("get chunk %d: %w", i, err)
+		}
+		if len(got) != len(r.Dst) || (len(got) > 0 && &got[0] != &r.Dst[0]) {
+			return fmt.Errorf("get chunk %d %s: %w: chunk is %d bytes, destination %d", i, r.Digest, ErrSizeMismatch, len(got), len(r.Dst))
+		}
+		return nil
+	})
+}
+
+// forEach runs fn(ctx, i) for i in [0, n) on min(workers, n) goroutines, stopping at the first
+// error or when ctx ends.
+func forEach(ctx context.Context, workers, n int, fn func(context.Context, int) error) error {
+	workers = max(1, min(workers, n))
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	var next atomic.Int64
+	for range workers {
+		g.Go(func() error {
+			for {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return nil
+				}
+				if err := fn(ctx, i); err != nil {
+					return err
+				}
+			}
+		})
+	}
+	return g.Wait()
+}
