@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -37,7 +38,7 @@ func (c *clock) advance(d time.Duration) {
 type fixture struct {
 	t     *testing.T
 	ix    *Index
-	store *testStore
+	store *cas.Local
 	clock *clock
 	path  string
 
@@ -48,9 +49,11 @@ type fixture struct {
 // on any problem unless the test called f.allowProblems.
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	clk := &clock{t: time.Unix(1_700_000_000, 0)}
-	st := newTestStore()
-	st.now = clk.now
+	clk := &clock{t: time.Now()}
+	st, err := cas.OpenLocal(filepath.Join(t.TempDir(), "chunks"), cas.LocalOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	path := filepath.Join(t.TempDir(), "index.db")
 	ix, err := Open(path, st, Options{Now: clk.now, NoSync: true})
 	if err != nil {
@@ -64,6 +67,20 @@ func newFixture(t *testing.T) *fixture {
 		ix.Close()
 	})
 	return f
+}
+
+// corrupt flips a byte of a stored chunk's file.
+func (f *fixture) corrupt(d cas.Digest) {
+	f.t.Helper()
+	p := f.store.Path(d)
+	raw, err := os.ReadFile(p)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	raw[len(raw)-1] ^= 0xff
+	if err := os.WriteFile(p, raw, 0o644); err != nil {
+		f.t.Fatal(err)
+	}
 }
 
 func (f *fixture) fsckClean() {
@@ -393,7 +410,7 @@ func TestFsckFindsEachProblem(t *testing.T) {
 		t.Fatalf("clean fsck: %+v %v", res, err)
 	}
 	one, two, three := cas.Sum([]byte("one")), cas.Sum([]byte("two")), cas.Sum([]byte("three"))
-	f.store.corrupt(t, one)
+	f.corrupt(one)
 	f.store.Delete(ctx, two)
 	dangling := cas.Sum([]byte("gone"))
 	if err := f.ix.db.Update(func(tx *bolt.Tx) error {
