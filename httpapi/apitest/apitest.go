@@ -1,0 +1,114 @@
+// Package apitest runs real driftstore daemons for tests: each a data directory of its own
+// (repo.Open), served by httpapi on a random port of 127.0.0.1, with real HTTP.
+package apitest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/driftstore/driftstore/httpapi"
+	"github.com/driftstore/driftstore/repo"
+)
+
+// Daemon is one running server. Its fields are valid while it runs (between Start or Restart
+// and Stop).
+type Daemon struct {
+	Dir    string
+	Addr   string // host:port
+	URL    string // http://host:port
+	Repo   *repo.Repo
+	Server *httpapi.Server
+	Config httpapi.Config // as given to Start; Index is filled in on each start
+
+	t    testing.TB
+	done chan error
+}
+
+// Start opens dir and serves it on 127.0.0.1 with a random port. cfg.Index is set by Start.
+// The daemon is stopped at the end of the test if still running.
+func Start(t testing.TB, dir string, cfg httpapi.Config) *Daemon {
+	t.Helper()
+	d := &Daemon{Dir: dir, Config: cfg, t: t}
+	d.start("127.0.0.1:0")
+	t.Cleanup(func() {
+		if d.Server != nil {
+			d.Stop()
+		}
+	})
+	return d
+}
+
+func (d *Daemon) start(addr string) {
+	d.t.Helper()
+	r, err := repo.Open(d.Dir, repo.Options{NoSync: true, LockTimeout: 2 * time.Second})
+	if err != nil {
+		d.t.Fatalf("open %s: %v", d.Dir, err)
+	}
+	cfg := d.Config
+	cfg.Index = r.Index()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	srv, err := httpapi.New(cfg)
+	if err != nil {
+		r.Close()
+		d.t.Fatal(err)
+	}
+	var ln net.Listener
+	for i := 0; ; i++ {
+		ln, err = net.Listen("tcp", addr)
+		if err == nil || i == 50 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // the old listener's port may still be closing
+	}
+	if err != nil {
+		r.Close()
+		d.t.Fatalf("listen %s: %v", addr, err)
+	}
+	d.Repo, d.Server = r, srv
+	d.Addr = ln.Addr().String()
+	d.URL = "http://" + d.Addr
+	d.done = make(chan error, 1)
+	go func() { d.done <- srv.Serve(ln) }()
+}
+
+// Stop closes every connection at once (as a crash of the daemon would cut them), waits for
+// the handlers to return and closes the data directory.
+func (d *Daemon) Stop() {
+	d.t.Helper()
+	if d.Server == nil {
+		return
+	}
+	if err := d.Server.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		d.t.Errorf("close server: %v", err)
+	}
+	if err := <-d.done; err != nil {
+		d.t.Errorf("serve: %v", err)
+	}
+	if err := d.Repo.Close(); err != nil {
+		d.t.Errorf("close repo: %v", err)
+	}
+	d.Server, d.Repo = nil, nil
+}
+
+// Shutdown stops the daemon gracefully (see httpapi.Server.Shutdown) and closes the data
+// directory.
+func (d *Daemon) Shutdown(ctx context.Context) error {
+	err := d.Server.Shutdown(ctx)
+	<-d.done
+	d.Repo.Close()
+	d.Server, d.Repo = nil, nil
+	return err
+}
+
+// Restart starts the daemon again on the same data directory and address.
+func (d *Daemon) Restart() {
+	d.t.Helper()
+	d.start(d.Addr)
+}

@@ -1,0 +1,352 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/httpapi/wire"
+)
+
+// bufPool holds chunk-sized buffers for decoded reads. Buffers grown past 2*MaxChunkSize are
+// dropped rather than returned.
+var bufPool = sync.Pool{New: func() any { return new([]byte) }}
+
+func digestParam(c echo.Context) (cas.Digest, error) {
+	return cas.ParseDigest(c.Param("digest"))
+}
+
+// headChunk answers whether a chunk is recorded, with its size and codec.
+func (s *Server) headChunk(c echo.Context) error {
+	d, err := digestParam(c)
+	if err != nil {
+		return err
+	}
+	rec, err := s.ix.Chunk(d)
+	if err != nil {
+		return err
+	}
+	h := c.Response().Header()
+	h.Set(wire.HeaderSize, strconv.FormatInt(rec.Size, 10))
+	h.Set(wire.HeaderCodec, strconv.Itoa(int(rec.Codec)))
+	return c.NoContent(http.StatusOK)
+}
+
+// wantsStored reports whether a GET asks for the stored form.
+func wantsStored(c echo.Context) bool {
+	return c.QueryParam("stored") == "1" || c.Request().Header.Get(echo.HeaderAccept) == wire.MediaTypeStored
+}
+
+// getStored returns the chunk as kept at rest (see cas.ReadStored). The slice is the caller's.
+func (s *Server) getStored(ctx context.Context, d cas.Digest) (cas.Codec, []byte, error) {
+	return cas.ReadStored(ctx, s.store, d, cas.HintNone)
+}
+
+func (s *Server) getChunk(c echo.Context) error {
+	d, err := digestParam(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	h := c.Response().Header()
+	if wantsStored(c) {
+		codec, stored, err := s.getStored(ctx, d)
+		if err != nil {
+			return err
+		}
+		info, err := s.store.Stat(ctx, d)
+		if err != nil {
+			return err
+		}
+		h.Set(wire.HeaderCodec, strconv.Itoa(int(codec)))
+		h.Set(wire.HeaderSize, strconv.FormatInt(info.Size, 10))
+		s.metrics.chunksSent.Add(1)
+		return c.Blob(http.StatusOK, wire.MediaTypeStored, stored)
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= int(2*s.cfg.MaxChunkSize) {
+			bufPool.Put(bp)
+		}
+	}()
+	b, err := s.store.Get(ctx, d, *bp)
+	if err != nil {
+		return err
+	}
+	*bp = b[:0]
+	h.Set(wire.HeaderSize, strconv.Itoa(len(b)))
+	s.metrics.chunksSent.Add(1)
+	return c.Blob(http.StatusOK, echo.MIMEOctetStream, b)
+}
+
+// putChunk stores one chunk: the decoded bytes, or with a Driftstore-Codec header its stored
+// form. Either way the content is verified against the digest in the URL before anything is
+// committed. 201 when the chunk is new, 200 when it was already recorded.
+func (s *Server) putChunk(c echo.Context) error {
+	d, err := digestParam(c)
+	if err != nil {
+		return err
+	}
+	if err := s.writable(); err != nil {
+		return err
+	}
+	req := c.Request()
+	codecHdr := req.Header.Get(wire.HeaderCodec)
+	limit := s.cfg.MaxChunkSize
+	if codecHdr != "" {
+		limit = s.cfg.maxStoredSize()
+	}
+	body, err := readBody(c, limit)
+	if err != nil {
+		return err
+	}
+	var hint cas.Hint
+	if v := req.Header.Get("Driftstore-Hint"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 8)
+		if err != nil {
+			return fmt.Errorf("%w: Driftstore-Hint %q", errBadRequest, v)
+		}
+		hint = cas.Hint(n)
+	}
+	var codec cas.Codec // zero: the decoded bytes, stored with a codec the store picks
+	if codecHdr != "" {
+		n, err := strconv.ParseUint(codecHdr, 10, 8)
+		if err != nil || n == 0 {
+			return fmt.Errorf("%w: %s %q", errBadRequest, wire.HeaderCodec, codecHdr)
+		}
+		codec = cas.Codec(n)
+	}
+	res, err := s.storeChunks(req.Context(), []wire.StoredChunk{{Digest: d, Codec: codec, Stored: body, Size: -1}}, hint)
+	if err != nil {
+		return err
+	}
+	if res.Stored == 1 {
+		return c.NoContent(http.StatusCreated)
+	}
+	return c.NoContent(http.StatusOK)
+}
+
+// storeChunks verifies, stores and records chunks, and counts what it did. A chunk with Codec
+// zero carries its decoded bytes, which the store puts with hint and a codec of its choice; any
+// other codec means the stored form, committed as is once it decodes to the digest (see
+// cas.WriteStored). Decoded bytes are always verified; a chunk already recorded is otherwise
+// skipped without decoding. A chunk whose size is known (Size >= 0) must decode to that size.
+// Chunks before a failing one are stored and recorded; the error names the failing chunk.
+func (s *Server) storeChunks(ctx context.Context, chunks []wire.StoredChunk, hint cas.Hint) (wire.BatchResult, error) {
+	var res wire.BatchResult
+	recs, err := s.ix.Chunks(digestsOf(chunks))
+	if err != nil {
+		return res, err
+	}
+	release := s.ix.HoldGC()
+	defer release()
+	infos := make([]cas.Info, 0, len(chunks))
+	var firstErr error
+	for i, ch := range chunks {
+		if ch.Codec == 0 || ch.Codec == cas.CodecRaw {
+			if got := cas.Sum(ch.Stored); got != ch.Digest {
+				s.metrics.chunksRefused.Add(1)
+				firstErr = fmt.Errorf("%w: chunk %s: the bytes hash to %s", errDigestMismatch, ch.Digest, got)
+				break
+			}
+		}
+		if recs[i].Codec != 0 {
+			res.Chunks++
+			res.Deduped++
+			res.RawBytes += recs[i].Size
+			res.Bytes += int64(len(ch.Stored))
+			continue
+		}
+		var info cas.Info
+		if ch.Codec == 0 {
+			info, err = s.store.Put(ctx, ch.Stored, hint)
+		} else {
+			info, err = cas.WriteStored(ctx, s.store, ch.Digest, ch.Codec, ch.Stored, hint)
+		}
+		if err != nil {
+			if errors.Is(err, cas.ErrCorrupt) {
+				s.metrics.chunksRefused.Add(1)
+				err = fmt.Errorf("%w: %w", errDigestMismatch, err)
+			} else {
+				err = fmt.Errorf("store chunk %s: %w", ch.Digest, err)
+			}
+			firstErr = err
+			break
+		}
+		if ch.Size >= 0 && info.Size != ch.Size {
+			// The content is valid for its digest (verified), only the frame's size was wrong:
+			// keep the chunk but refuse the rest of the stream.
+			firstErr = fmt.Errorf("%w: chunk %s declared %d bytes, has %d", errBadRequest, ch.Digest, ch.Size, info.Size)
+		}
+		infos = append(infos, info)
+		res.Chunks++
+		res.Stored++
+		res.RawBytes += info.Size
+		res.Bytes += int64(len(ch.Stored))
+		if firstErr != nil {
+			break
+		}
+	}
+	if len(infos) > 0 {
+		if err := s.ix.RecordChunks(context.WithoutCancel(ctx), infos); err != nil {
+			return res, fmt.Errorf("record %d chunks: %w", len(infos), err)
+		}
+	}
+	s.metrics.chunksReceived.Add(int64(res.Chunks))
+	s.metrics.chunksStored.Add(int64(res.Stored))
+	s.metrics.chunksDeduped.Add(int64(res.Deduped))
+	return res, firstErr
+}
+
+func digestsOf(chunks []wire.StoredChunk) []cas.Digest {
+	ds := make([]cas.Digest, len(chunks))
+	for i, c := range chunks {
+		ds[i] = c.Digest
+	}
+	return ds
+}
+
+// missing answers which of the given digests have no record here.
+func (s *Server) missing(c echo.Context) error {
+	if err := limitBody(c, wire.MaxMissingBody); err != nil {
+		return err
+	}
+	ds, err := wire.ReadMissingRequest(c.Request().Body, wire.MaxMissingDigests)
+	if err != nil {
+		return err
+	}
+	s.metrics.missingDigests.Add(int64(len(ds)))
+	miss, err := s.ix.MissingChunks(ds)
+	if err != nil {
+		return err
+	}
+	if miss == nil {
+		miss = []cas.Digest{}
+	}
+	return c.JSON(http.StatusOK, wire.MissingResponse{Missing: miss})
+}
+
+// upload receives a chunk stream. Chunks are verified one by one and committed in groups of
+// RecordBatch; a stream that breaks off, or a chunk that fails verification, ends the request
+// with an error after the chunks before it have been committed.
+func (s *Server) upload(c echo.Context) error {
+	if err := s.writable(); err != nil {
+		return err
+	}
+	if err := limitBody(c, s.cfg.MaxUploadSize); err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	sr := wire.NewChunkStreamReader(c.Request().Body, wire.StreamLimits{
+		MaxChunkSize:  s.cfg.MaxChunkSize,
+		MaxStoredSize: s.cfg.maxStoredSize(),
+	})
+	var total wire.BatchResult
+	group := make([]wire.StoredChunk, 0, s.cfg.RecordBatch)
+	var arena []byte // backing store for the group's stored bytes, reused between groups
+	flush := func() error {
+		if len(group) == 0 {
+			return nil
+		}
+		res, err := s.storeChunks(ctx, group, cas.HintNone)
+		total.Chunks += res.Chunks
+		total.Stored += res.Stored
+		total.Deduped += res.Deduped
+		total.RawBytes += res.RawBytes
+		total.Bytes += res.Bytes
+		group = group[:0]
+		arena = arena[:0]
+		return err
+	}
+	const arenaSize = 8 << 20 // commit at least every 8 MiB of stored bytes
+	for {
+		ch, err := sr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			if ferr := flush(); ferr != nil {
+				return ferr
+			}
+			s.log.Warn("upload stream ended early", "err", err, "committed", total.Chunks)
+			return fmt.Errorf("upload after %d chunks: %w", total.Chunks, err)
+		}
+		// Copy the frame out of the reader's buffer into the group's arena; a group is
+		// committed when the arena is full, so memory per upload stays near arenaSize.
+		if len(arena)+len(ch.Stored) > cap(arena) {
+			if err := flush(); err != nil {
+				return err
+			}
+			if cap(arena) < arenaSize {
+				arena = make([]byte, 0, arenaSize)
+			}
+		}
+		if len(ch.Stored) > cap(arena)-len(arena) {
+			ch.Stored = bytes.Clone(ch.Stored)
+		} else {
+			start := len(arena)
+			arena = append(arena, ch.Stored...)
+			ch.Stored = arena[start:len(arena):len(arena)]
+		}
+		group = append(group, ch)
+		if len(group) >= s.cfg.RecordBatch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, total)
+}
+
+// download streams the named chunks in their stored form. Every chunk is checked to be present
+// before the response begins (404 with the missing list otherwise); a chunk that fails to read
+// once streaming has begun cuts the stream off before its trailer, which the client detects.
+func (s *Server) download(c echo.Context) error {
+	if err := limitBody(c, wire.MaxMissingBody); err != nil {
+		return err
+	}
+	ds, err := wire.ReadMissingRequest(c.Request().Body, wire.MaxMissingDigests)
+	if err != nil {
+		return err
+	}
+	miss, err := s.ix.MissingChunks(ds)
+	if err != nil {
+		return err
+	}
+	if len(miss) > 0 {
+		return c.JSON(http.StatusNotFound, wire.ErrorBody{Error: wire.ErrorDetail{
+			Code: wire.CodeChunkNotFound, Message: fmt.Sprintf("%d of the requested chunks are not here", len(miss)), Missing: miss,
+		}})
+	}
+	recs, err := s.ix.Chunks(ds)
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	res := c.Response()
+	res.Header().Set(echo.HeaderContentType, wire.MediaTypeChunkStream)
+	res.WriteHeader(http.StatusOK)
+	sw := wire.NewChunkStreamWriter(res)
+	for i, d := range ds {
+		codec, stored, err := s.getStored(ctx, d)
+		if err != nil {
+			return fmt.Errorf("download: read chunk %s: %w", d, err)
+		}
+		if _, err := sw.WriteChunk(wire.StoredChunk{Digest: d, Codec: codec, Size: recs[i].Size, Stored: stored}); err != nil {
+			return fmt.Errorf("download: send chunk %s: %w", d, err)
+		}
+		s.metrics.chunksSent.Add(1)
+	}
+	return sw.Close()
+}

@@ -1,0 +1,54 @@
+package replicate
+
+import (
+	"context"
+
+	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/httpapi/wire"
+	"github.com/driftstore/driftstore/index"
+)
+
+// Local is a data directory's index as a transfer Peer.
+type Local struct {
+	ix *index.Index
+}
+
+// NewLocal wraps ix.
+func NewLocal(ix *index.Index) *Local { return &Local{ix: ix} }
+
+var (
+	_ Peer = (*Local)(nil)
+	_ Peer = (*Client)(nil)
+)
+
+func (l *Local) Ref(_ context.Context, kind index.RefKind, name string) (index.ID, error) {
+	return l.ix.Ref(kind, name)
+}
+
+func (l *Local) HasManifest(_ context.Context, id index.ID) (bool, error) {
+	return l.ix.HasManifest(id)
+}
+
+func (l *Local) ManifestBytes(_ context.Context, id index.ID) ([]byte, error) {
+	return l.ix.ManifestBytes(id)
+}
+
+func (l *Local) PutManifestBytes(ctx context.Context, data []byte) (index.ID, error) {
+	return l.ix.PutManifestBytes(ctx, data)
+}
+
+// Missing answers from the index's chunk records, as a daemon does.
+func (l *Local) Missing(_ context.Context, ds []cas.Digest) ([]cas.Digest, error) {
+	return l.ix.MissingChunks(ds)
+}
+
+func (l *Local) CompareAndSwapRef(ctx context.Context, kind index.RefKind, name string, expected, target index.ID) error {
+	return l.ix.CompareAndSwapRef(ctx, kind, name, expected, target)
+}
+
+// putStored stores one chunk given in stored form, verified against its digest before it is
+// committed (cas.WriteStored). It does not record the chunk in the index; the caller does,
+// holding HoldGC.
+func (l *Local) putStored(ctx context.Context, ch wire.StoredChunk) (cas.Info, error) {
+	return cas.WriteStored(ctx, l.ix.Store(), ch.Digest, ch.Codec, ch.Stored, cas.HintNone)
+}

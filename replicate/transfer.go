@@ -1,0 +1,346 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/httpapi/wire"
+	"github.com/driftstore/driftstore/index"
+)
+
+// Peer is one end of a transfer, as the transfer sees it: refs, manifests and the missing-set
+// question. *Client (a daemon) and *Local (a data directory's index) implement it.
+type Peer interface {
+	Ref(ctx context.Context, kind index.RefKind, name string) (index.ID, error)
+	HasManifest(ctx context.Context, id index.ID) (bool, error)
+	ManifestBytes(ctx context.Context, id index.ID) ([]byte, error)
+	PutManifestBytes(ctx context.Context, data []byte) (index.ID, error)
+	Missing(ctx context.Context, ds []cas.Digest) ([]cas.Digest, error)
+	CompareAndSwapRef(ctx context.Context, kind index.RefKind, name string, expected, target index.ID) error
+}
+
+// ErrDiverged: the destination's ref is not an ancestor of the source's, so moving it would
+// lose manifests. Nothing was sent. Options.Force moves it anyway.
+var ErrDiverged = errors.New("refs have diverged")
+
+// Options tune a transfer. The zero value is usable.
+type Options struct {
+	// Concurrency is how many chunk batches are in flight at once (default 4).
+	Concurrency int
+	// BatchBytes and BatchChunks bound one batch (defaults 16 MiB of uncompressed bytes and
+	// 2048 chunks).
+	BatchBytes  int64
+	BatchChunks int
+	// Retries is how often a failed batch is tried again, after asking the destination what
+	// it still lacks (default 4; negative means none). Backoff is the first wait, doubled
+	// each time (default 200ms).
+	Retries int
+	Backoff time.Duration
+	// Force moves the destination's ref even when it is not an ancestor of the source's.
+	Force bool
+	// Progress, when set, is called with the uncompressed bytes moved so far and the total to
+	// move, from any goroutine, possibly concurrently.
+	Progress func(done, total int64)
+	// Limits bound the chunks a pull accepts from a daemon (default 64 MiB per chunk).
+	Limits wire.StreamLimits
+}
+
+func (o *Options) setDefaults() {
+	if o.Concurrency <= 0 {
+		o.Concurrency = 4
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = 16 << 20
+	}
+	if o.BatchChunks <= 0 || o.BatchChunks > wire.MaxMissingDigests {
+		o.BatchChunks = 2048
+	}
+	if o.Retries == 0 {
+		o.Retries = 4
+	} else if o.Retries < 0 {
+		o.Retries = 0
+	}
+	if o.Backoff <= 0 {
+		o.Backoff = 200 * time.Millisecond
+	}
+	if o.Limits.MaxChunkSize <= 0 {
+		o.Limits.MaxChunkSize = 64 << 20
+	}
+	if o.Limits.MaxStoredSize <= 0 {
+		o.Limits.MaxStoredSize = o.Limits.MaxChunkSize + o.Limits.MaxChunkSize/8 + 4096
+	}
+}
+
+// Stats says what a transfer did.
+type Stats struct {
+	Kind       string   `json:"kind"`
+	Name       string   `json:"name"`
+	Head       index.ID `json:"head"`     // the source's head, where the destination's ref now points
+	OldHead    index.ID `json:"old_head"` // where the destination's ref pointed before (zero: nowhere)
+	UpToDate   bool     `json:"up_to_date"`
+	Manifests  int      `json:"manifests"`   // manifests the destination lacked and got
+	Chunks     int      `json:"chunks"`      // distinct chunks those manifests name
+	ChunksSent int      `json:"chunks_sent"` // chunks the destination lacked and got
+	RawBytes   int64    `json:"raw_bytes"`   // uncompressed bytes of the chunks sent
+	Bytes      int64    `json:"bytes"`       // stored-form bytes of the chunks sent
+	Retries    int      `json:"retries"`     // batches tried again
+}
+
+// mover moves chunks ds from the source to the destination and reports how many chunks and
+// stored bytes it sent. After an error some of them may have arrived; the caller asks the
+// destination again.
+type mover func(ctx context.Context, ds []cas.Digest, sent func(chunks int, raw, stored int64)) error
+
+// Push copies ref kind/name, with every manifest and chunk it needs, from the local index to
+// the daemon, sending only what the daemon lacks, then moves the daemon's ref with
+// compare-and-swap.
+func Push(ctx context.Context, local *index.Index, remote *Client, kind index.RefKind, name string, opts Options) (Stats, error) {
+	src := NewLocal(local)
+	return transfer(ctx, src, remote, kind, name, opts, func(ctx context.Context, ds []cas.Digest, sent func(int, int64, int64)) error {
+		return uploadChunks(ctx, local, remote, ds, sent)
+	})
+}
+
+// Pull copies ref kind/name from the daemon into the local index: the mirror image of Push.
+func Pull(ctx context.Context, remote *Client, local *index.Index, kind index.RefKind, name string, opts Options) (Stats, error) {
+	dst := NewLocal(local)
+	opts.setDefaults()
+	lim := opts.Limits
+	return transfer(ctx, remote, dst, kind, name, opts, func(ctx context.Context, ds []cas.Digest, sent func(int, int64, int64)) error {
+		return downloadChunks(ctx, remote, local, ds, lim, sent)
+	})
+}
+
+func transfer(ctx context.Context, src, dst Peer, kind index.RefKind, name string, opts Options, move mover) (Stats, error) {
+	opts.setDefaults()
+	st := Stats{Kind: kind.String(), Name: name}
+	if err := index.ValidRefName(name); err != nil {
+		return st, err
+	}
+	head, err := src.Ref(ctx, kind, name)
+	if err != nil {
+		return st, fmt.Errorf("source %s %q: %w", kind, name, err)
+	}
+	st.Head = head
+	old, err := dst.Ref(ctx, kind, name)
+	if err != nil && !errors.Is(err, index.ErrRefNotFound) {
+		return st, fmt.Errorf("destination %s %q: %w", kind, name, err)
+	}
+	st.OldHead = old
+	if old == head {
+		st.UpToDate = true
+		return st, nil
+	}
+
+	// Walk the source's chain from its head: manifests the destination lacks are to be sent
+	// (their chain ends at the first one it has, whose ancestors it has too); then on to the
+	// destination's head, which must be an ancestor unless Force.
+	type manifest struct {
+		id   index.ID
+		data []byte
+		m    *index.Manifest
+	}
+	var send []manifest // newest first
+	found := old.IsZero()
+	seen := make(map[index.ID]bool)
+	sending := true
+	for id := head; !id.IsZero() && !seen[id]; {
+		seen[id] = true
+		if id == old {
+			found = true
+			break
+		}
+		if sending {
+			has, err := dst.HasManifest(ctx, id)
+			if err != nil {
+				return st, err
+			}
+			sending = !has
+		}
+		if !sending && (found || opts.Force) {
+			break
+		}
+		data, err := src.ManifestBytes(ctx, id)
+		if err != nil {
+			return st, fmt.Errorf("source manifest %s: %w", id, err)
+		}
+		m, err := index.Decode(data)
+		if err != nil {
+			return st, fmt.Errorf("source manifest %s: %w", id, err)
+		}
+		if sending {
+			send = append(send, manifest{id, data, m})
+		}
+		id = m.Parent
+	}
+	if !found && !opts.Force {
+		return st, fmt.Errorf("%w: the destination's %s %q is at %s, which is not an ancestor of %s", ErrDiverged, kind, name, old, head)
+	}
+
+	// Chunks: every distinct chunk of the manifests to send, then only those missing.
+	sizes := make(map[cas.Digest]int64)
+	var all []cas.Digest
+	for _, mf := range send {
+		for _, r := range mf.m.Regions {
+			for _, c := range r.Chunks {
+				if _, ok := sizes[c.Digest]; !ok {
+					sizes[c.Digest] = c.Length
+					all = append(all, c.Digest)
+				}
+			}
+		}
+	}
+	st.Manifests, st.Chunks = len(send), len(all)
+	missing, err := dst.Missing(ctx, all)
+	if err != nil {
+		return st, fmt.Errorf("ask missing chunks: %w", err)
+	}
+	if err := moveChunks(ctx, dst, missing, sizes, opts, move, &st); err != nil {
+		return st, err
+	}
+
+	// Manifests, parents first.
+	for i := len(send) - 1; i >= 0; i-- {
+		if _, err := dst.PutManifestBytes(ctx, send[i].data); err != nil {
+			return st, fmt.Errorf("put manifest %s: %w", send[i].id, err)
+		}
+	}
+	if err := dst.CompareAndSwapRef(ctx, kind, name, old, head); err != nil {
+		return st, fmt.Errorf("move destination %s %q from %s to %s: %w", kind, name, idOrNone(old), head, err)
+	}
+	return st, nil
+}
+
+func idOrNone(id index.ID) string {
+	if id.IsZero() {
+		return "(none)"
+	}
+	return id.String()
+}
+
+// moveChunks sends the missing chunks in batches, Concurrency at a time. A failed batch is
+// tried again after asking the destination which of its chunks still lack, so nothing that
+// arrived is sent twice.
+func moveChunks(ctx context.Context, dst Peer, missing []cas.Digest, sizes map[cas.Digest]int64, opts Options, move mover, st *Stats) error {
+	var total int64
+	for _, d := range missing {
+		total += sizes[d]
+	}
+	var done atomic.Int64
+	var mu sync.Mutex // guards st's counters while batches run
+	sent := func(chunks int, raw, stored int64) {
+		mu.Lock()
+		st.ChunksSent += chunks
+		st.RawBytes += raw
+		st.Bytes += stored
+		mu.Unlock()
+		n := done.Add(raw)
+		if opts.Progress != nil {
+			opts.Progress(n, total)
+		}
+	}
+	if opts.Progress != nil {
+		opts.Progress(0, total)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(opts.Concurrency)
+	for len(missing) > 0 {
+		n, bytes := 0, int64(0)
+		for n < len(missing) && n < opts.BatchChunks && (n == 0 || bytes+sizes[missing[n]] <= opts.BatchBytes) {
+			bytes += sizes[missing[n]]
+			n++
+		}
+		batch := missing[:n]
+		missing = missing[n:]
+		g.Go(func() error {
+			delay := opts.Backoff
+			for attempt := 0; ; attempt++ {
+				err := move(gctx, batch, sent)
+				if err == nil {
+					return nil
+				}
+				if attempt >= opts.Retries || !retryable(err) && !errors.Is(err, io.ErrUnexpectedEOF) {
+					return err
+				}
+				mu.Lock()
+				st.Retries++
+				mu.Unlock()
+				t := time.NewTimer(delay)
+				select {
+				case <-gctx.Done():
+					t.Stop()
+					return err
+				case <-t.C:
+				}
+				delay *= 2
+				rest, merr := dst.Missing(gctx, batch)
+				if merr != nil {
+					continue // the destination may still be down; try again later
+				}
+				batch = rest
+				if len(batch) == 0 {
+					return nil
+				}
+			}
+		})
+	}
+	return g.Wait()
+}
+
+// uploadChunks sends chunks from the local store to the daemon in one stream, in their stored
+// form.
+func uploadChunks(ctx context.Context, local *index.Index, remote *Client, ds []cas.Digest, sent func(int, int64, int64)) error {
+	store := local.Store()
+	_, err := remote.Upload(ctx, func(sw *wire.ChunkStreamWriter) error {
+		for _, d := range ds {
+			codec, stored, err := cas.ReadStored(ctx, store, d, cas.HintNone)
+			if err != nil {
+				return fmt.Errorf("read local chunk %s: %w", d, err)
+			}
+			info, err := store.Stat(ctx, d)
+			if err != nil {
+				return fmt.Errorf("stat local chunk %s: %w", d, err)
+			}
+			if _, err := sw.WriteChunk(wire.StoredChunk{Digest: d, Codec: codec, Size: info.Size, Stored: stored}); err != nil {
+				return err
+			}
+			// Counted as sent once handed to the connection; a failure later makes the batch
+			// ask again.
+			sent(1, info.Size, int64(len(stored)))
+		}
+		return nil
+	})
+	return err
+}
+
+// downloadChunks fetches chunks from the daemon in one stream and stores them locally, each
+// verified by the store before it is committed.
+func downloadChunks(ctx context.Context, remote *Client, local *index.Index, ds []cas.Digest, lim wire.StreamLimits, sent func(int, int64, int64)) error {
+	l := NewLocal(local)
+	release := local.HoldGC()
+	defer release()
+	var infos []cas.Info
+	err := remote.Download(ctx, ds, lim, func(ch wire.StoredChunk) error {
+		info, err := l.putStored(ctx, ch)
+		if err != nil {
+			return err
+		}
+		infos = append(infos, info)
+		sent(1, info.Size, int64(len(ch.Stored)))
+		return nil
+	})
+	if len(infos) > 0 {
+		if rerr := local.RecordChunks(context.WithoutCancel(ctx), infos); rerr != nil && err == nil {
+			err = rerr
+		}
+	}
+	return err
+}
