@@ -151,7 +151,7 @@ func wasmtimeVersion() string {
 // configuration: the name of the compiled module in the cache directory.
 func ModuleCacheKey(wasm []byte) string {
 	h := blake3.New()
-	h.Write([]byte("driftstore-module-cache-v1\x00"))
+	h.Write([]byte("driftstore-module-cache-v2\x00"))
 	h.Write(wasm)
 	h.Write([]byte("\x00" + wasmtimeVersion() + "\x00" + configDesc))
 	return fmt.Sprintf("%x", h.Sum(nil))
@@ -169,15 +169,12 @@ func (e *Engine) loadModule(wasm []byte, dir string) error {
 		return nil
 	}
 	path := filepath.Join(dir, ModuleCacheKey(wasm)+".cwasm")
-	if _, err := os.Stat(path); err == nil {
-		m, err := wasmtime.NewModuleDeserializeFile(e.wt, path)
-		if err == nil {
-			e.module = m
-			e.load = ModuleLoad{FromCache: true, Duration: time.Since(start), CachePath: path}
-			return nil
-		}
-		// A damaged or incompatible file: compile again and replace it.
+	if m, ok := e.readCached(path); ok {
+		e.module = m
+		e.load = ModuleLoad{FromCache: true, Duration: time.Since(start), CachePath: path}
+		return nil
 	}
+	// Missing, damaged or incompatible: compile and (re)place it.
 	m, err := wasmtime.NewModule(e.wt, wasm)
 	if err != nil {
 		return fmt.Errorf("engine: compile guest: %w", err)
@@ -185,7 +182,8 @@ func (e *Engine) loadModule(wasm []byte, dir string) error {
 	e.module = m
 	ser, err := m.Serialize()
 	if err == nil {
-		err = writeFileAtomic(path, ser)
+		sum := blake3.Sum256(ser)
+		err = writeFileAtomic(path, append(ser, sum[:]...))
 	}
 	if err != nil {
 		// The cache is an optimization: run without it.
@@ -193,6 +191,26 @@ func (e *Engine) loadModule(wasm []byte, dir string) error {
 	}
 	e.load = ModuleLoad{Duration: time.Since(start), CachePath: path}
 	return nil
+}
+
+// readCached loads a cache file: wasmtime's serialized module followed by the BLAKE3-256 of
+// those bytes. The file is read into memory and verified before wasmtime sees it (wasmtime's
+// own header check does not cover the code, and deserializing from a mapping would fault if
+// the file were truncated underneath), so a damaged file is merely a miss.
+func (e *Engine) readCached(path string) (*wasmtime.Module, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) < 32 {
+		return nil, false
+	}
+	ser, sum := b[:len(b)-32], b[len(b)-32:]
+	if blake3.Sum256(ser) != [32]byte(sum) {
+		return nil, false
+	}
+	m, err := wasmtime.NewModuleDeserialize(e.wt, ser)
+	if err != nil {
+		return nil, false
+	}
+	return m, true
 }
 
 // writeFileAtomic writes data to path through a synced temporary file and a rename, so

@@ -1,0 +1,182 @@
+package engine
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/bytecodealliance/wasmtime-go/v39"
+
+	"github.com/driftstore/driftstore/gguf"
+)
+
+func mustWat(t testing.TB, wat string) []byte {
+	t.Helper()
+	b, err := wasmtime.Wat2Wasm(wat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// liar is a hand-written guest that re-exports every host op with the arguments its caller
+// chooses, so the test can pass anything. Memory: 2 pages (128 KiB). At 1024: token id 65535.
+// At 2048: a block table whose one entry points past memory; at 2056: one with an unaligned
+// block; at 2064: a good table (block at 16384).
+const liarWat = `(module
+  (import "driftstore" "config" (func $config (param i32 i32) (result i32)))
+  (import "driftstore" "embed" (func $embed (param i32 i32 i32)))
+  (import "driftstore" "rmsnorm" (func $rmsnorm (param i32 i32 i32 i32)))
+  (import "driftstore" "matmul" (func $matmul (param i32 i32 i32 i32)))
+  (import "driftstore" "rope" (func $rope (param i32 i32 i32 i32)))
+  (import "driftstore" "store_kv" (func $store_kv (param i32 i32 i32 i32 i32 i32)))
+  (import "driftstore" "attention" (func $attention (param i32 i32 i32 i32 i32 i32)))
+  (import "driftstore" "swiglu" (func $swiglu (param i32 i32 i32 i32)))
+  (import "driftstore" "add" (func $add (param i32 i32 i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 1024) "\ff\ff\00\00")
+  (data (i32.const 2048) "\00\00\ff\ff")
+  (data (i32.const 2056) "\64\00\00\00")
+  (data (i32.const 2064) "\00\40\00\00")
+  (func (export "config") (param i32 i32) (result i32) local.get 0 local.get 1 call $config)
+  (func (export "embed") (param i32 i32 i32) local.get 0 local.get 1 local.get 2 call $embed)
+  (func (export "rmsnorm") (param i32 i32 i32 i32) local.get 0 local.get 1 local.get 2 local.get 3 call $rmsnorm)
+  (func (export "matmul") (param i32 i32 i32 i32) local.get 0 local.get 1 local.get 2 local.get 3 call $matmul)
+  (func (export "rope") (param i32 i32 i32 i32) local.get 0 local.get 1 local.get 2 local.get 3 call $rope)
+  (func (export "store_kv") (param i32 i32 i32 i32 i32 i32)
+    local.get 0 local.get 1 local.get 2 local.get 3 local.get 4 local.get 5 call $store_kv)
+  (func (export "attention") (param i32 i32 i32 i32 i32 i32)
+    local.get 0 local.get 1 local.get 2 local.get 3 local.get 4 local.get 5 call $attention)
+  (func (export "swiglu") (param i32 i32 i32 i32) local.get 0 local.get 1 local.get 2 local.get 3 call $swiglu)
+  (func (export "add") (param i32 i32 i32) local.get 0 local.get 1 local.get 2 call $add)
+)`
+
+// TestHostOpsRefuseLies: every out-of-range offset, length, alignment, weight id, head count,
+// position or token id traps the guest with an error naming the op and the problem; the
+// instance is dead afterwards, the host carries on, and other instances are unaffected.
+func TestHostOpsRefuseLies(t *testing.T) {
+	e := testEngine(t)
+	m := testModel(t, "small", gguf.TypeQ8_0) // dim 64, 4 heads, 2 KV heads, head dim 16, ctx 512
+	mod, err := wasmtime.NewModule(e.wt, mustWat(t, liarWat))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mod.Close()
+	const memEnd = 2 << 16
+	wq := int32(wAttnQ(0))
+	cases := []struct {
+		name string
+		op   string
+		args []any
+		want string
+	}{
+		{"out past memory", "matmul", []any{int32(memEnd - 4), wq, int32(0), int32(1)}, "outside linear memory"},
+		{"offset wraps", "matmul", []any{int32(-16), wq, int32(0), int32(1)}, "outside linear memory"},
+		{"x past memory", "matmul", []any{int32(0), wq, int32(memEnd - 64), int32(1)}, "outside linear memory"},
+		{"misaligned", "matmul", []any{int32(2), wq, int32(4096), int32(1)}, "aligned"},
+		{"zero rows", "matmul", []any{int32(0), wq, int32(4096), int32(0)}, "row count"},
+		{"huge rows", "matmul", []any{int32(0), wq, int32(4096), int32(-1)}, "row count"},
+		{"unknown weight", "matmul", []any{int32(0), int32(9999), int32(4096), int32(1)}, "names no tensor"},
+		{"unknown global", "matmul", []any{int32(0), int32(1<<20 + 7), int32(4096), int32(1)}, "names no tensor"},
+		{"norm as matrix", "matmul", []any{int32(0), int32(0), int32(4096), int32(1)}, "not a matrix"},
+		{"matrix as norm", "rmsnorm", []any{int32(0), int32(4096), wq, int32(1)}, "not a norm"},
+		{"rmsnorm past memory", "rmsnorm", []any{int32(0), int32(memEnd - 8), int32(0), int32(1)}, "outside"},
+		{"token out of vocab", "embed", []any{int32(4096), int32(1024), int32(1)}, "outside the vocabulary"},
+		{"ids past memory", "embed", []any{int32(4096), int32(memEnd - 2), int32(1)}, "outside"},
+		{"rope heads", "rope", []any{int32(0), int32(1), int32(3), int32(0)}, "head count"},
+		{"rope beyond context", "rope", []any{int32(0), int32(1), int32(4), int32(600)}, "context length"},
+		{"block past memory", "store_kv", []any{int32(2048), int32(1), int32(4096), int32(8192), int32(1), int32(0)}, "KV block 0"},
+		{"unaligned block", "store_kv", []any{int32(2056), int32(1), int32(4096), int32(8192), int32(1), int32(0)}, "aligned"},
+		{"table too short", "store_kv", []any{int32(2064), int32(1), int32(4096), int32(8192), int32(1), int32(16)}, "block table"},
+		{"table past memory", "attention", []any{int32(0), int32(4096), int32(1), int32(0), int32(memEnd - 2), int32(1)}, "block table"},
+		{"attention beyond context", "attention", []any{int32(0), int32(4096), int32(1), int32(512), int32(2064), int32(40)}, "context length"},
+		{"swiglu past memory", "swiglu", []any{int32(0), int32(4), int32(8), int32(1 << 30)}, "outside"},
+		{"add past memory", "add", []any{int32(memEnd - 4), int32(0), int32(2)}, "outside"},
+		{"config buffer small", "config", []any{int32(0), int32(4)}, "smaller"},
+		{"config past memory", "config", []any{int32(memEnd - 8), int32(32)}, "outside"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			in := liar(t, m, mod)
+			_, err := in.call(c.op, c.args...)
+			if !errors.Is(err, ErrTrap) {
+				t.Fatalf("%s%v: err %v, want a trap", c.op, c.args, err)
+			}
+			if !strings.Contains(err.Error(), "host op "+c.op) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("%s%v: error %q does not name the op and %q", c.op, c.args, err, c.want)
+			}
+			// The instance is dead from now on; a valid call is refused without running.
+			if _, err := in.call("add", int32(0), int32(64), int32(4)); !errors.Is(err, ErrTrap) {
+				t.Fatalf("call after trap: %v", err)
+			}
+		})
+	}
+	// Valid calls through the same path succeed (so the refusals above are specific).
+	in := liar(t, m, mod)
+	ok := []struct {
+		op   string
+		args []any
+	}{
+		{"config", []any{int32(0), int32(32)}},
+		{"add", []any{int32(0), int32(64), int32(4)}},
+		{"matmul", []any{int32(0), wq, int32(4096), int32(2)}},
+		{"store_kv", []any{int32(2064), int32(1), int32(4096), int32(8192), int32(3), int32(0)}},
+		{"attention", []any{int32(0), int32(4096), int32(3), int32(0), int32(2064), int32(1)}},
+	}
+	for _, c := range ok {
+		if _, err := in.call(c.op, c.args...); err != nil {
+			t.Fatalf("valid %s%v: %v", c.op, c.args, err)
+		}
+	}
+	// And a real guest still works in this process.
+	g := newInst(t, m, InstanceOptions{})
+	if err := g.Prefill([]int32{1, 2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Generate(3, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func wAttnQ(layer int) int { return layer*widStride + kAttnQ }
+
+func liar(t *testing.T, m *Model, mod *wasmtime.Module) *Instance {
+	t.Helper()
+	in, err := m.instantiate(mod, InstanceOptions{KVType: KVF16, BlockSize: 16, Threads: 1, Batch: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close() })
+	for _, ex := range []string{"config", "embed", "rmsnorm", "matmul", "rope", "store_kv", "attention", "swiglu", "add"} {
+		in.fns[ex] = in.inst.GetFunc(in.store, ex)
+	}
+	return in
+}
+
+// TestGuestRefusals: requests the guest refuses come back as ErrGuest and leave the instance
+// usable.
+func TestGuestRefusals(t *testing.T) {
+	m := testModel(t, "small", gguf.TypeF16)
+	in := newInst(t, m, InstanceOptions{})
+	if _, err := in.Step(); !errors.Is(err, ErrGuest) {
+		t.Fatalf("step before any token: %v", err)
+	}
+	if err := in.Prefill([]int32{1, int32(m.Hyper().Vocab)}); !errors.Is(err, ErrGuest) {
+		t.Fatalf("token outside the vocabulary: %v", err)
+	}
+	if err := in.Prefill(prompt(m.Hyper().CtxMax+1, m.Hyper().Vocab, 1)); !errors.Is(err, ErrGuest) {
+		t.Fatalf("prompt beyond the context: %v", err)
+	}
+	if _, err := in.AllocKV(m.Hyper().CtxMax + 1); !errors.Is(err, ErrGuest) {
+		t.Fatalf("AllocKV beyond the context: %v", err)
+	}
+	if p, _ := in.Position(); p != 0 {
+		t.Fatalf("position %d after refusals", p)
+	}
+	if err := in.Prefill([]int32{1, 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.Step(); err != nil {
+		t.Fatal(err)
+	}
+}
