@@ -1,0 +1,61 @@
+// Package cuda runs driftstore's compute kernels on an NVIDIA GPU through the CUDA driver API,
+// loaded at run time: the binary builds and runs without CUDA, and Open reports ErrUnavailable
+// where no driver (libcuda.so.1) or no device is present.
+//
+// The kernels are CUDA C in kernels/*.cu, compiled ahead of time to PTX (kernels/kernels.ptx,
+// embedded); the driver JIT-compiles the PTX for the card when a Device opens. Weights are
+// uploaded once to device memory (Weights); activations and the KV cache live in host memory
+// that is registered with the device (Registrar, a wasmmem.Hook), so kernels read and write the
+// guest's linear memory in place through the mapped device pointers.
+//
+// Every kernel sums in a fixed order (no floating-point atomics): the same launch on the same
+// inputs gives bit-identical outputs on one GPU.
+package cuda
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+)
+
+// ErrUnavailable is returned (wrapped, with the reason) when the CUDA driver cannot be loaded or
+// initialized, or there is no CUDA device.
+var ErrUnavailable = errors.New("cuda: CUDA driver or device unavailable")
+
+// Error is a failed driver call.
+type Error struct {
+	Op   string // the driver function, e.g. "cuMemAlloc"
+	Code int    // its CUresult
+	Name string // e.g. "CUDA_ERROR_OUT_OF_MEMORY"
+	Msg  string // the driver's description
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("cuda: %s: %s (%d): %s", e.Op, e.Name, e.Code, e.Msg)
+}
+
+// DevPtr is a device address: device memory, or registered host memory mapped for the device.
+type DevPtr uint64
+
+// argSlots holds kernel parameters, one 8-byte slot each (4-byte values in the low half). It
+// contains no Go pointers, so its address may be handed to C.
+type argSlots struct {
+	v [24]uint64
+	n int
+}
+
+func (a *argSlots) ptr(p DevPtr) *argSlots { a.v[a.n] = uint64(p); a.n++; return a }
+func (a *argSlots) i32(v int) *argSlots    { a.v[a.n] = uint64(uint32(int32(v))); a.n++; return a }
+func (a *argSlots) i64(v int64) *argSlots  { a.v[a.n] = uint64(v); a.n++; return a }
+func (a *argSlots) f32(v float32) *argSlots {
+	a.v[a.n] = uint64(f32bits(v))
+	a.n++
+	return a
+}
+
+// Stats counts a device's work since it opened; safe for concurrent use.
+type Stats struct {
+	Launches   atomic.Int64
+	Registered atomic.Int64 // bytes of host memory registered now
+	Uploaded   atomic.Int64 // bytes uploaded as weights
+}

@@ -1,0 +1,487 @@
+package cuda
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"unsafe"
+)
+
+// kernelNames lists every kernel Open resolves.
+func kernelNames() []string {
+	names := []string{"ds_mv_any", "ds_rmsnorm", "ds_rope", "ds_store_kv", "ds_attn",
+		"ds_attn_combine", "ds_swiglu", "ds_add", "ds_embed", "ds_softmax", "ds_argmax", "ds_nop",
+		"ds_sum_words", "ds_fill_words"}
+	for _, t := range []DType{F32, F16, BF16, Q8_0} {
+		for _, shape := range []string{"1x1", "1x8", "4x8"} {
+			names = append(names, "ds_mv_"+t.suffix()+"_"+shape, "ds_mv_"+t.suffix()+"_"+shape+"v")
+		}
+	}
+	return names
+}
+
+// KVLayout describes the KV blocks of one layer: a block holds K [BlockSize][NKVHeads][HeadDim]
+// then V likewise, of KVType (F16 or F32).
+type KVLayout struct {
+	BlockSize, NKVHeads, HeadDim int
+	KVType                       DType
+}
+
+// BlockBytes is the size of one block.
+func (l KVLayout) BlockBytes() int {
+	es := 4
+	if l.KVType == F16 {
+		es = 2
+	}
+	return 2 * l.BlockSize * l.NKVHeads * l.HeadDim * es
+}
+
+func (l KVLayout) check() error {
+	if l.BlockSize <= 0 || l.NKVHeads <= 0 || l.HeadDim <= 0 || l.HeadDim%2 != 0 || l.HeadDim > 256 {
+		return fmt.Errorf("cuda: bad KV layout %+v (head dim must be even and at most 256)", l)
+	}
+	if l.KVType != F16 && l.KVType != F32 {
+		return fmt.Errorf("cuda: KV type %v not supported", l.KVType)
+	}
+	return nil
+}
+
+// Stream issues kernels in order on one CUDA stream, with its own scratch memory. Operations
+// are asynchronous: they return once queued; Sync waits. Pointers passed to an operation must
+// stay valid until the stream has passed it. A Stream is not safe for concurrent use.
+type Stream struct {
+	d      *Device
+	s      cuStream
+	part   *Buffer // attention partial results
+	small  *Buffer // token ids in, argmax out
+	tables map[uint64]*table
+	t0, t1 cuEvent
+}
+
+type table struct {
+	ptrs []DevPtr
+	buf  *Buffer
+}
+
+const maxTables = 1024
+
+// NewStream makes a stream on d.
+func (d *Device) NewStream() (*Stream, error) {
+	s, err := d.drv.streamCreate()
+	if err != nil {
+		return nil, err
+	}
+	st := &Stream{d: d, s: s, tables: make(map[uint64]*table)}
+	if st.t0, err = d.drv.eventCreate(); err == nil {
+		st.t1, err = d.drv.eventCreate()
+	}
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// Close waits for the stream and frees its scratch memory.
+func (s *Stream) Close() error {
+	if s.s == nil {
+		return nil
+	}
+	err := s.d.drv.streamSync(s.s)
+	s.dropTables()
+	s.part.Free()
+	s.small.Free()
+	if s.t0 != nil {
+		s.d.drv.eventDestroy(s.t0)
+	}
+	if s.t1 != nil {
+		s.d.drv.eventDestroy(s.t1)
+	}
+	if e := s.d.drv.streamDestroy(s.s); err == nil {
+		err = e
+	}
+	s.s = nil
+	return err
+}
+
+// Sync waits until everything queued on the stream has run; it reports the first error of an
+// earlier kernel as well.
+func (s *Stream) Sync() error { return s.d.drv.streamSync(s.s) }
+
+func (s *Stream) launch(name string, grid, block [3]uint32, shmem uint32, args *argSlots) error {
+	f, ok := s.d.fns[name]
+	if !ok {
+		return fmt.Errorf("cuda: no kernel %s", name)
+	}
+	s.d.Stats.Launches.Add(1)
+	if err := s.d.drv.launch(f, grid, block, shmem, s.s, args); err != nil {
+		return fmt.Errorf("cuda: launch %s: %w", name, err)
+	}
+	return nil
+}
+
+func ceilDiv(a, b int) int { return (a + b - 1) / b }
+
+// grow makes *b at least n bytes (freeing the old buffer waits for the device).
+func (s *Stream) grow(b **Buffer, n int) error {
+	if *b != nil && (*b).Len >= n {
+		return nil
+	}
+	if err := (*b).Free(); err != nil {
+		return err
+	}
+	nb, err := s.d.Alloc(max(n, 4096))
+	if err != nil {
+		return err
+	}
+	*b = nb
+	return nil
+}
+
+// MatMul computes out[t][r] = sum_c W[r][c] * x[t][c] for n tokens: x is [n][Cols] and out
+// [n][Rows], float32, contiguous.
+func (s *Stream) MatMul(out DevPtr, w *Weights, x DevPtr, n int) error {
+	return s.MatMulStrided(out, w.Rows, w, x, w.Cols, n)
+}
+
+// MatMulStrided is MatMul with row strides (in floats) for out and x. The result for each
+// token does not depend on n or on the other tokens (the same order of operations).
+func (s *Stream) MatMulStrided(out DevPtr, ostride int, w *Weights, x DevPtr, xstride, n int) error {
+	if n <= 0 {
+		return nil
+	}
+	if ostride < w.Rows || xstride < w.Cols {
+		return fmt.Errorf("cuda: matmul strides %d/%d for [%d][%d] weights", ostride, xstride, w.Rows, w.Cols)
+	}
+	var a argSlots
+	a.ptr(out).i32(ostride).ptr(w.data.Ptr).ptr(w.scalePtr()).ptr(x).i32(xstride).i32(w.Rows).i32(w.Cols).i32(n)
+	if w.Cols%8 != 0 {
+		a.i32(int(w.Type))
+		return s.launch("ds_mv_any", [3]uint32{uint32(ceilDiv(w.Rows, 256)), uint32(n), 1}, [3]uint32{256, 1, 1}, 0, &a)
+	}
+	rw, nt := 1, 1
+	if n > 1 {
+		nt = 8
+		// Four rows per warp when that still gives every SM several blocks.
+		if ceilDiv(n, 8)*ceilDiv(w.Rows, 32) >= 4*s.d.info.SMs {
+			rw = 4
+		}
+	}
+	name := fmt.Sprintf("ds_mv_%s_%dx%d", w.Type.suffix(), rw, nt)
+	if x%16 == 0 && xstride%4 == 0 {
+		name += "v"
+	}
+	grid := [3]uint32{uint32(ceilDiv(n, nt)), uint32(ceilDiv(w.Rows, 8*rw)), 1}
+	return s.launch(name, grid, [3]uint32{256, 1, 1}, 0, &a)
+}
+
+// RMSNorm: out[t][i] = x[t][i] / sqrt(mean(x[t]^2) + eps) * w[i] for n rows of dim; out may
+// equal x.
+func (s *Stream) RMSNorm(out, x, w DevPtr, dim, n int, eps float32) error {
+	if n <= 0 {
+		return nil
+	}
+	var a argSlots
+	a.ptr(out).ptr(x).ptr(w).i32(dim).i32(n).f32(eps)
+	return s.launch("ds_rmsnorm", [3]uint32{uint32(n), 1, 1}, [3]uint32{256, 1, 1}, 0, &a)
+}
+
+// RoPE rotates adjacent pairs of each of nheads heads (head dim hd) of n tokens at positions
+// pos0.. in place; x is [n][stride].
+func (s *Stream) RoPE(x DevPtr, n, nheads, hd, stride, pos0 int, base float32) error {
+	total := n * nheads * hd / 2
+	if total <= 0 {
+		return nil
+	}
+	if hd%2 != 0 || stride < nheads*hd {
+		return fmt.Errorf("cuda: rope head dim %d, stride %d", hd, stride)
+	}
+	var a argSlots
+	a.ptr(x).i32(n).i32(nheads).i32(hd).i32(stride).i32(pos0).f32(base)
+	return s.launch("ds_rope", [3]uint32{uint32(ceilDiv(total, 256)), 1, 1}, [3]uint32{256, 1, 1}, 0, &a)
+}
+
+// blockTable returns a device copy of blocks, reusing an identical earlier one (the tables
+// of a growing context change only when a block is added).
+func (s *Stream) blockTable(blocks []DevPtr) (DevPtr, error) {
+	h := fnv.New64a()
+	h.Write(unsafe.Slice((*byte)(unsafe.Pointer(&blocks[0])), len(blocks)*8))
+	key := h.Sum64()
+	if t, ok := s.tables[key]; ok && equalPtrs(t.ptrs, blocks) {
+		return t.buf.Ptr, nil
+	}
+	if len(s.tables) >= maxTables {
+		s.dropTables()
+	}
+	buf, err := s.d.Alloc(len(blocks) * 8)
+	if err != nil {
+		return 0, err
+	}
+	raw := make([]byte, len(blocks)*8)
+	for i, p := range blocks {
+		binary.LittleEndian.PutUint64(raw[8*i:], uint64(p))
+	}
+	if err := s.d.drv.htodAsync(buf.Ptr, raw, s.s); err != nil {
+		buf.Free()
+		return 0, err
+	}
+	if old, ok := s.tables[key]; ok {
+		s.dropTables() // a hash collision: rare, start over
+		_ = old
+	}
+	s.tables[key] = &table{ptrs: append([]DevPtr(nil), blocks...), buf: buf}
+	return buf.Ptr, nil
+}
+
+func (s *Stream) dropTables() {
+	for k, t := range s.tables {
+		t.buf.Free()
+		delete(s.tables, k)
+	}
+}
+
+func equalPtrs(a, b []DevPtr) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// StoreKV writes K and V of n tokens at positions pos0.. (k, v: [n][NKVHeads*HeadDim] f32)
+// into the blocks (blocks[i] holds positions i*BlockSize..).
+func (s *Stream) StoreKV(k, v DevPtr, n, pos0 int, l KVLayout, blocks []DevPtr) error {
+	if err := l.check(); err != nil {
+		return err
+	}
+	if n <= 0 {
+		return nil
+	}
+	if pos0 < 0 || len(blocks) < ceilDiv(pos0+n, l.BlockSize) {
+		return fmt.Errorf("cuda: store kv at %d..%d with %d blocks of %d", pos0, pos0+n, len(blocks), l.BlockSize)
+	}
+	tab, err := s.blockTable(blocks)
+	if err != nil {
+		return err
+	}
+	total := n * l.NKVHeads * l.HeadDim
+	var a argSlots
+	a.ptr(k).ptr(v).i32(n).i32(pos0).i32(l.BlockSize).i32(l.NKVHeads).i32(l.HeadDim).i32(int(l.KVType)).ptr(tab)
+	return s.launch("ds_store_kv", [3]uint32{uint32(ceilDiv(total, 256)), 1, 1}, [3]uint32{256, 1, 1}, 0, &a)
+}
+
+// Attention computes causal attention for n query tokens at positions pos0.. (q, out:
+// [n][nheads*HeadDim] f32) over positions 0..pos0+t of the blocks, with grouped KV heads
+// (nheads a multiple of NKVHeads) and scores scaled by 1/sqrt(HeadDim).
+func (s *Stream) Attention(out, q DevPtr, n, nheads, pos0 int, l KVLayout, blocks []DevPtr) error {
+	if err := l.check(); err != nil {
+		return err
+	}
+	if n <= 0 {
+		return nil
+	}
+	if nheads <= 0 || nheads%l.NKVHeads != 0 {
+		return fmt.Errorf("cuda: %d heads over %d KV heads", nheads, l.NKVHeads)
+	}
+	ctx := pos0 + n
+	if pos0 < 0 || len(blocks) < ceilDiv(ctx, l.BlockSize) {
+		return fmt.Errorf("cuda: attention over %d positions with %d blocks of %d", ctx, len(blocks), l.BlockSize)
+	}
+	tab, err := s.blockTable(blocks)
+	if err != nil {
+		return err
+	}
+	nsplit := 1
+	if base, target := nheads*n, 2*s.d.info.SMs; base < target {
+		nsplit = max(1, min(ceilDiv(target, base), ceilDiv(ctx, 64)))
+	}
+	chunk := ceilDiv(ctx, nsplit)
+	nsplit = ceilDiv(ctx, chunk)
+	var part DevPtr
+	if nsplit > 1 {
+		if err := s.grow(&s.part, n*nheads*nsplit*(l.HeadDim+2)*4); err != nil {
+			return err
+		}
+		part = s.part.Ptr
+	}
+	scale := float32(1 / sqrt64(float64(l.HeadDim)))
+	var a argSlots
+	a.ptr(out).ptr(q).i32(n).i32(nheads).i32(pos0).i32(l.BlockSize).i32(l.NKVHeads).i32(l.HeadDim).
+		i32(int(l.KVType)).ptr(tab).f32(scale).i32(nsplit).i32(chunk).ptr(part)
+	if err := s.launch("ds_attn", [3]uint32{uint32(nheads), uint32(n), uint32(nsplit)}, [3]uint32{128, 1, 1}, 0, &a); err != nil {
+		return err
+	}
+	if nsplit == 1 {
+		return nil
+	}
+	var c argSlots
+	c.ptr(out).ptr(part).i32(n).i32(nheads).i32(l.HeadDim).i32(nsplit)
+	return s.launch("ds_attn_combine", [3]uint32{uint32(nheads), uint32(n), 1}, [3]uint32{uint32(min(256, (l.HeadDim+31)/32*32)), 1, 1}, 0, &c)
+}
+
+func (s *Stream) elementwise(name string, count int, args *argSlots) error {
+	if count <= 0 {
+		return nil
+	}
+	return s.launch(name, [3]uint32{uint32(ceilDiv(count, 256)), 1, 1}, [3]uint32{256, 1, 1}, 0, args)
+}
+
+// SwiGLU: out[i] = gate[i] / (1 + exp(-gate[i])) * up[i]; out may alias gate or up.
+func (s *Stream) SwiGLU(out, gate, up DevPtr, count int) error {
+	var a argSlots
+	a.ptr(out).ptr(gate).ptr(up).i64(int64(count))
+	return s.elementwise("ds_swiglu", count, &a)
+}
+
+// Add: out[i] = a[i] + b[i]; out may alias a or b.
+func (s *Stream) Add(out, x, y DevPtr, count int) error {
+	var a argSlots
+	a.ptr(out).ptr(x).ptr(y).i64(int64(count))
+	return s.elementwise("ds_add", count, &a)
+}
+
+// Embed writes the rows of w for tokens into out ([len(tokens)][Cols] f32). Token ids are
+// checked against w.Rows and copied, so tokens may be reused at once.
+func (s *Stream) Embed(out DevPtr, w *Weights, tokens []int32) error {
+	if len(tokens) == 0 {
+		return nil
+	}
+	raw := make([]byte, 4*len(tokens))
+	for i, t := range tokens {
+		if t < 0 || int(t) >= w.Rows {
+			return fmt.Errorf("cuda: token %d out of range [0,%d)", t, w.Rows)
+		}
+		binary.LittleEndian.PutUint32(raw[4*i:], uint32(t))
+	}
+	if err := s.grow(&s.small, len(raw)); err != nil {
+		return err
+	}
+	if err := s.d.drv.htodAsync(s.small.Ptr, raw, s.s); err != nil {
+		return err
+	}
+	var a argSlots
+	a.ptr(out).ptr(w.data.Ptr).ptr(w.scalePtr()).i32(int(w.Type)).i32(w.Cols).ptr(s.small.Ptr).i32(len(tokens))
+	return s.launch("ds_embed", [3]uint32{uint32(ceilDiv(w.Cols, 256)), uint32(len(tokens)), 1}, [3]uint32{256, 1, 1}, 0, &a)
+}
+
+// Softmax normalizes each of n rows of count floats in place.
+func (s *Stream) Softmax(x DevPtr, count, n int) error {
+	if n <= 0 || count <= 0 {
+		return nil
+	}
+	var a argSlots
+	a.ptr(x).i32(count).i32(n)
+	return s.launch("ds_softmax", [3]uint32{uint32(n), 1, 1}, [3]uint32{1024, 1, 1}, 0, &a)
+}
+
+// Argmax returns, for each of n rows of count floats, the first index of the largest value.
+// It waits for the stream.
+func (s *Stream) Argmax(x DevPtr, count, n int) ([]int32, error) {
+	if n <= 0 || count <= 0 {
+		return nil, nil
+	}
+	if err := s.grow(&s.small, 4*n); err != nil {
+		return nil, err
+	}
+	var a argSlots
+	a.ptr(s.small.Ptr).ptr(x).i32(count).i32(n)
+	if err := s.launch("ds_argmax", [3]uint32{uint32(n), 1, 1}, [3]uint32{1024, 1, 1}, 0, &a); err != nil {
+		return nil, err
+	}
+	if err := s.Sync(); err != nil {
+		return nil, err
+	}
+	raw := make([]byte, 4*n)
+	if err := s.d.drv.dtoh(raw, s.small.Ptr); err != nil {
+		return nil, err
+	}
+	idx := make([]int32, n)
+	for i := range idx {
+		idx[i] = int32(binary.LittleEndian.Uint32(raw[4*i:]))
+	}
+	return idx, nil
+}
+
+// Nop launches an empty kernel (launch-overhead measurements).
+func (s *Stream) Nop() error {
+	var a argSlots
+	a.i32(0)
+	return s.launch("ds_nop", [3]uint32{1, 1, 1}, [3]uint32{32, 1, 1}, 0, &a)
+}
+
+// CopyAsync copies n bytes between device addresses (device or registered host memory).
+func (s *Stream) CopyAsync(dst, src DevPtr, n int) error {
+	if n <= 0 {
+		return nil
+	}
+	return s.d.drv.dtodAsync(dst, src, n, s.s)
+}
+
+// CopyToHostAsync copies n bytes from src to the host address dst, which must be registered
+// (or the copy is synchronous) and stay valid until the stream has passed the copy.
+func (s *Stream) CopyToHostAsync(dst uintptr, src DevPtr, n int) error {
+	if n <= 0 {
+		return nil
+	}
+	return s.d.drv.dtohAsyncAddr(dst, src, n, s.s)
+}
+
+// UploadAsync queues a copy of src (staged by the driver before it returns: src may be
+// reused at once) to dst.
+func (s *Stream) UploadAsync(dst DevPtr, src []byte) error {
+	return s.d.drv.htodAsync(dst, src, s.s)
+}
+
+// SumWords adds the nwords 4-byte words at p (wrapping) on the device and returns the sum;
+// it waits for the stream. Used to read registered memory from the device in tests.
+func (s *Stream) SumWords(p DevPtr, nwords int) (uint32, error) {
+	const blocks = 264
+	if err := s.grow(&s.small, blocks*4); err != nil {
+		return 0, err
+	}
+	var a argSlots
+	a.ptr(s.small.Ptr).ptr(p).i64(int64(nwords))
+	if err := s.launch("ds_sum_words", [3]uint32{blocks, 1, 1}, [3]uint32{256, 1, 1}, 0, &a); err != nil {
+		return 0, err
+	}
+	if err := s.Sync(); err != nil {
+		return 0, err
+	}
+	raw := make([]byte, blocks*4)
+	if err := s.d.drv.dtoh(raw, s.small.Ptr); err != nil {
+		return 0, err
+	}
+	var sum uint32
+	for i := 0; i < blocks; i++ {
+		sum += binary.LittleEndian.Uint32(raw[4*i:])
+	}
+	return sum, nil
+}
+
+// FillWords writes v+i to word i of the nwords words at p, on the device.
+func (s *Stream) FillWords(p DevPtr, nwords int, v uint32) error {
+	var a argSlots
+	a.ptr(p).i64(int64(nwords)).i32(int(int32(v)))
+	return s.elementwise("ds_fill_words", nwords, &a)
+}
+
+// Timer measures device time on the stream between Start and Stop.
+func (s *Stream) StartTimer() error { return s.d.drv.eventRecord(s.t0, s.s) }
+
+// StopTimer records the end and waits for it; it returns the milliseconds since StartTimer.
+func (s *Stream) StopTimer() (float32, error) {
+	if err := s.d.drv.eventRecord(s.t1, s.s); err != nil {
+		return 0, err
+	}
+	if err := s.d.drv.eventSync(s.t1); err != nil {
+		return 0, err
+	}
+	return s.d.drv.eventElapsed(s.t0, s.t1)
+}
+
+func sqrt64(v float64) float64 { return math.Sqrt(v) }
