@@ -44,7 +44,7 @@ func TestKVDataCompressesLikeKV(t *testing.T) {
 // TestRunSmall runs every measurement on small inputs and checks the table's shape and that
 // the numbers are sane (positive, ratios ≥ 1 where they must be).
 func TestRunSmall(t *testing.T) {
-	res, err := Run(context.Background(), Config{Size: 4 << 20, Workers: []int{1, 2}, Dir: t.TempDir()})
+	res, err := Run(context.Background(), Config{Size: 2 << 20, Workers: []int{1, 2}, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func TestRunSmall(t *testing.T) {
 		t.Fatalf("%d stages, %d pipelines", len(res.Stages), len(res.Pipelines))
 	}
 	for _, p := range res.Pipelines {
-		if p.MBps <= 0 || p.Bytes != 4<<20 || p.Ratio < 0.99 {
+		if p.MBps <= 0 || p.Bytes != 2<<20 || p.Ratio < 0.99 {
 			t.Errorf("pipeline %+v", p)
 		}
 	}
