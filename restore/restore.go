@@ -1,0 +1,291 @@
+// Package restore turns a checkpoint back into a live engine instance: it checks that the
+// checkpoint fits the model, the guest and the KV layout, allocates the KV blocks in a fresh
+// instance, decodes every chunk straight into its block region of the instance's linear memory
+// (cas Get into the exact region slice: no intermediate buffer), verified, in parallel, and then
+// hands the guest its small state (position, token history, sampler, RNG, last logits).
+//
+// A restore never touches an existing instance: it builds a new one and returns it only on
+// success, so a caller swaps its live instance only when the restore worked.
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/checkpoint"
+	"github.com/driftstore/driftstore/engine"
+	"github.com/driftstore/driftstore/guest"
+	"github.com/driftstore/driftstore/index"
+)
+
+// ErrChunk: a chunk a checkpoint names could not be restored (missing, corrupt or of the wrong
+// size). Returned wrapped in a *ChunkError that names it; the cas error (cas.ErrNotFound,
+// cas.ErrCorrupt, cas.ErrSizeMismatch) is wrapped too.
+var ErrChunk = errors.New("checkpoint chunk unusable")
+
+// ChunkError names the chunk a restore failed on and where it belongs.
+type ChunkError struct {
+	Checkpoint index.ID
+	Where      string // "layer 3 block 7", "state chunk 0"
+	Digest     cas.Digest
+	Err        error
+}
+
+func (e *ChunkError) Error() string {
+	cp := ""
+	if !e.Checkpoint.IsZero() {
+		cp = " of checkpoint " + e.Checkpoint.String()
+	}
+	return fmt.Sprintf("restore: chunk %s (%s%s): %v", e.Digest, e.Where, cp, e.Err)
+}
+
+// Unwrap returns ErrChunk and the underlying error, for errors.Is.
+func (e *ChunkError) Unwrap() []error { return []error{ErrChunk, e.Err} }
+
+// Options configure a restore.
+type Options struct {
+	// Instance configures the new instance. Threads, Batch and the sampler's absence matter;
+	// KVType and BlockSize, when set, must equal the checkpoint's (zero: take the checkpoint's).
+	Instance engine.InstanceOptions
+	// Workers bounds the chunks decoded at once; 0 means GOMAXPROCS.
+	Workers int
+}
+
+// Result describes a restore.
+type Result struct {
+	Checkpoint  *checkpoint.Checkpoint
+	Position    int
+	Chunks      int           // chunks decoded (KV blocks and state)
+	KVBytes     int64         // bytes decoded into KV block regions
+	StateBytes  int64         // bytes of the small state
+	NewInstance time.Duration // instantiating the guest
+	Alloc       time.Duration // allocating the KV blocks
+	Decode      time.Duration // reading, decoding and verifying the chunks into place
+	Load        time.Duration // handing the small state to the guest
+	Total       time.Duration
+}
+
+// Target returns what checkpoints are checked against for a model and an instance layout.
+func Target(model *engine.Model, layout engine.KVLayout) checkpoint.Target {
+	return checkpoint.Target{Model: model.Fingerprint(), Guest: cas.Digest(guest.Fingerprint),
+		Vocab: model.Hyper().Vocab, Layout: checkpoint.LayoutOf(layout)}
+}
+
+// Check refuses, with a *checkpoint.MismatchError naming every difference, a checkpoint that
+// does not fit model (fingerprint, vocabulary, KV shape), the running guest, or the KV dtype
+// and block size opts asks for (when set).
+func Check(model *engine.Model, cp *checkpoint.Checkpoint, opts engine.InstanceOptions) error {
+	h := model.Hyper()
+	lay := checkpoint.Layout{Layers: h.Layers, KVHeads: h.KVHeads, HeadDim: h.HeadDim,
+		BlockSize: cp.Layout.BlockSize, DType: cp.Layout.DType}
+	if opts.BlockSize != 0 {
+		lay.BlockSize = opts.BlockSize
+	}
+	if opts.KVType != engine.KVDefault {
+		lay.DType = opts.KVType.String()
+	}
+	if es := lay.ElemSize(); es != 0 {
+		lay.BlockBytes = 2 * lay.BlockSize * lay.KVHeads * lay.HeadDim * es
+	}
+	return cp.Check(checkpoint.Target{Model: model.Fingerprint(), Guest: cas.Digest(guest.Fingerprint), Vocab: h.Vocab, Layout: lay})
+}
+
+// Restore builds a fresh instance of model holding checkpoint cp, read from store. It checks
+// the checkpoint first (see Check), and on any error closes the instance it made and returns
+// nil: the caller's other instances are never touched. Errors naming a chunk are *ChunkError.
+func Restore(ctx context.Context, store cas.Store, model *engine.Model, cp *checkpoint.Checkpoint, opts Options) (*engine.Instance, *Result, error) {
+	start := time.Now()
+	if err := Check(model, cp, opts.Instance); err != nil {
+		return nil, nil, fmt.Errorf("restore: %w", err)
+	}
+	io := opts.Instance
+	kv, err := engine.ParseKVType(cp.Layout.DType)
+	if err != nil {
+		return nil, nil, fmt.Errorf("restore: %w", err)
+	}
+	io.KVType, io.BlockSize = kv, cp.Layout.BlockSize
+	in, err := model.NewInstance(io)
+	if err != nil {
+		return nil, nil, fmt.Errorf("restore: %w", err)
+	}
+	made := time.Since(start)
+	res, err := Into(ctx, store, in, cp, opts.Workers)
+	if err != nil {
+		in.Close()
+		return nil, nil, err
+	}
+	res.NewInstance = made
+	res.Total = time.Since(start)
+	return in, res, nil
+}
+
+// Into restores checkpoint cp into in, a fresh instance (nothing fed) of the checkpoint's model
+// with its KV layout (checked: a *checkpoint.MismatchError otherwise). On error in is left in an
+// unspecified state and must be closed by the caller. Result.NewInstance is zero.
+func Into(ctx context.Context, store cas.Store, in *engine.Instance, cp *checkpoint.Checkpoint, workers int) (*Result, error) {
+	start := time.Now()
+	if err := cp.Check(Target(in.Model(), in.Layout())); err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	if pos, err := in.Position(); err != nil || pos != 0 {
+		return nil, fmt.Errorf("restore: instance is not fresh (position %d, %v)", pos, err)
+	}
+	regions, err := in.AllocKV(cp.Position)
+	if err != nil {
+		return nil, fmt.Errorf("restore: allocate KV blocks: %w", err)
+	}
+	alloc := time.Since(start)
+	nb := cp.Layout.Blocks(cp.Position)
+	if len(regions) != nb*cp.Layout.Layers {
+		return nil, fmt.Errorf("restore: guest allocated %d block regions, the checkpoint has %d layers × %d blocks", len(regions), cp.Layout.Layers, nb)
+	}
+	state := make([]byte, cp.StateBytes())
+	mem := in.Memory() // valid until the next guest call: LoadState below
+	jobs := make([]Job, 0, len(regions)+len(cp.State))
+	for _, r := range regions {
+		if r.Layer >= len(cp.KV) || r.Block >= nb {
+			return nil, fmt.Errorf("restore: guest region %+v outside the checkpoint", r)
+		}
+		end := uint64(r.Offset) + uint64(r.Length)
+		if end > uint64(len(mem)) {
+			return nil, fmt.Errorf("restore: guest region %+v outside memory", r)
+		}
+		ref := cp.KV[r.Layer][r.Block]
+		jobs = append(jobs, Job{Digest: ref.Digest, Dst: mem[r.Offset:end:end], Layer: r.Layer, Block: r.Block})
+	}
+	off := int64(0)
+	for i, ref := range cp.State {
+		jobs = append(jobs, Job{Digest: ref.Digest, Dst: state[off : off+ref.Length : off+ref.Length], Layer: -1, Block: i})
+		off += ref.Length
+	}
+	t1 := time.Now()
+	if err := Decode(ctx, store, jobs, workers); err != nil {
+		var ce *ChunkError
+		if errors.As(err, &ce) {
+			ce.Checkpoint = cp.ID
+		}
+		return nil, err
+	}
+	decode := time.Since(t1)
+	st, err := checkpoint.ParseState(state)
+	if err != nil {
+		return nil, fmt.Errorf("restore: checkpoint %s: %w", cp.ID, err)
+	}
+	if st.Position != cp.Position || !slices.Equal(st.Tokens, cp.Tokens) || st.DType != cp.Layout.DType ||
+		st.BlockSize != cp.Layout.BlockSize || (st.Logits != nil) != cp.HasLogits {
+		return nil, fmt.Errorf("restore: checkpoint %s: %w: the guest state disagrees with the manifest", cp.ID, checkpoint.ErrBadCheckpoint)
+	}
+	t2 := time.Now()
+	if err := in.LoadState(state); err != nil {
+		return nil, fmt.Errorf("restore: load state: %w", err)
+	}
+	return &Result{
+		Checkpoint: cp, Position: cp.Position, Chunks: len(jobs), KVBytes: cp.KVBytes(), StateBytes: int64(len(state)),
+		Alloc: alloc, Decode: decode, Load: time.Since(t2), Total: time.Since(start),
+	}, nil
+}
+
+// Prefix restores known full blocks (from the prefix cache) into in, a fresh instance, and sets
+// its state to having fed exactly blocks.Tokens, without logits: the caller prefills the rest of
+// its prompt next (at least one token, to get logits). The chunks' layout must be in's (the
+// caller looked them up with in's layout). On error in is unusable and must be closed.
+func Prefix(ctx context.Context, store cas.Store, in *engine.Instance, blocks checkpoint.Blocks, workers int) error {
+	lay := in.Layout()
+	if len(blocks.Tokens)%lay.BlockSize != 0 || len(blocks.KV) != lay.Layers {
+		return fmt.Errorf("restore: prefix of %d tokens over %d layers does not fit the layout", len(blocks.Tokens), len(blocks.KV))
+	}
+	nb := len(blocks.Tokens) / lay.BlockSize
+	fresh, err := in.SaveState()
+	if err != nil {
+		return fmt.Errorf("restore: prefix: %w", err)
+	}
+	state, err := checkpoint.PrefixState(fresh, blocks.Tokens)
+	if err != nil {
+		return fmt.Errorf("restore: prefix: %w", err)
+	}
+	regions, err := in.AllocKV(len(blocks.Tokens))
+	if err != nil {
+		return fmt.Errorf("restore: prefix: allocate KV blocks: %w", err)
+	}
+	mem := in.Memory()
+	jobs := make([]Job, 0, len(regions))
+	for _, r := range regions {
+		if r.Layer >= lay.Layers || r.Block >= nb || len(blocks.KV[r.Layer]) != nb {
+			return fmt.Errorf("restore: prefix: guest region %+v outside the prefix", r)
+		}
+		end := uint64(r.Offset) + uint64(r.Length)
+		if end > uint64(len(mem)) {
+			return fmt.Errorf("restore: prefix: guest region %+v outside memory", r)
+		}
+		jobs = append(jobs, Job{Digest: blocks.KV[r.Layer][r.Block].Digest, Dst: mem[r.Offset:end:end], Layer: r.Layer, Block: r.Block})
+	}
+	if err := Decode(ctx, store, jobs, workers); err != nil {
+		return err
+	}
+	if err := in.LoadState(state); err != nil {
+		return fmt.Errorf("restore: prefix: load state: %w", err)
+	}
+	return nil
+}
+
+// Job is one chunk to decode into place. Dst must have exactly the chunk's length; Layer and
+// Block name the place in errors (Layer -1: the small state's chunk Block).
+type Job struct {
+	Digest       cas.Digest
+	Dst          []byte
+	Layer, Block int
+}
+
+func (j Job) where() string {
+	switch j.Layer {
+	case -1:
+		return fmt.Sprintf("state chunk %d", j.Block)
+	}
+	return fmt.Sprintf("layer %d block %d", j.Layer, j.Block)
+}
+
+// Decode reads, decodes and verifies every job's chunk straight into its Dst (cas Get with
+// Dst[:0:len(Dst)], so nothing is allocated and nothing outside Dst is written), on at most
+// workers goroutines (0: GOMAXPROCS). The first failure stops the rest and is returned as a
+// *ChunkError; the Dst ranges are then unspecified.
+func Decode(ctx context.Context, store cas.Store, jobs []Job, workers int) error {
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	workers = max(1, min(workers, len(jobs)))
+	g, gctx := errgroup.WithContext(ctx)
+	var next atomic.Int64
+	for range workers {
+		g.Go(func() error {
+			for {
+				if err := gctx.Err(); err != nil {
+					return err
+				}
+				i := int(next.Add(1) - 1)
+				if i >= len(jobs) {
+					return nil
+				}
+				j := jobs[i]
+				got, err := store.Get(gctx, j.Digest, j.Dst[:0:len(j.Dst)])
+				if err == nil && (len(got) != len(j.Dst) || (len(got) > 0 && &got[0] != &j.Dst[0])) {
+					err = fmt.Errorf("%w: chunk is %d bytes, its place %d", cas.ErrSizeMismatch, len(got), len(j.Dst))
+				}
+				if err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					return &ChunkError{Where: j.where(), Digest: j.Digest, Err: err}
+				}
+			}
+		})
+	}
+	return g.Wait()
+}
