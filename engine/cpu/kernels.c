@@ -278,6 +278,61 @@ SIMD_INLINE void direct_kernel(int type, int MR, int NR, const uint8_t *row0, si
           finish(acc[r][j], type, row0 + (size_t)r * rb, x + (size_t)j * cols, cols);
 }
 
+// Q8_0 direct kernel: one scale conversion per block and row; the weights
+// are still the rounded products d*q, so the order matches the others.
+SIMD_INLINE void direct_kernel_q8(int MR, int NR, const uint8_t *row0, size_t rb,
+                                  const float *x, int cols, float *out, size_t ostride) {
+  __m256 acc[8][GEMV_MAX_N];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; r++)
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; j++) acc[r][j] = _mm256_setzero_ps();
+  int nb = cols / 32;
+  for (int b = 0; b < nb; b++) {
+    __m256 xv[GEMV_MAX_N][4];
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; j++)
+#pragma GCC unroll 4
+      for (int s = 0; s < 4; s++) xv[j][s] = _mm256_loadu_ps(x + (size_t)j * cols + (size_t)b * 32 + s * 8);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) {
+      const uint8_t *blk = row0 + (size_t)r * rb + (size_t)b * 34;
+      __m256 d = _mm256_set1_ps(_cvtsh_ss(load_u16(blk)));
+#pragma GCC unroll 4
+      for (int s = 0; s < 4; s++) {
+        __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 2 + s * 8)));
+        __m256 w = _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
+#pragma GCC unroll 3
+        for (int j = 0; j < NR; j++) acc[r][j] = _mm256_fmadd_ps(w, xv[j][s], acc[r][j]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; r++)
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; j++) out[(size_t)j * ostride + r] = hsum8(acc[r][j]);
+}
+
+static SIMD void direct_q8(int rows, int cols, const uint8_t *data, float *out, const float *x,
+                           int n, int r0, int r1) {
+  size_t rb = row_bytes(DS_Q8_0, cols);
+  int r = r0;
+  if (n == 1)
+    for (; r + 8 <= r1; r += 8) direct_kernel_q8(8, 1, data + (size_t)r * rb, rb, x, cols, out + r, rows);
+  for (; r + 4 <= r1; r += 4) {
+    const uint8_t *w = data + (size_t)r * rb;
+    if (n == 1) direct_kernel_q8(4, 1, w, rb, x, cols, out + r, rows);
+    else if (n == 2) direct_kernel_q8(4, 2, w, rb, x, cols, out + r, rows);
+    else direct_kernel_q8(4, 3, w, rb, x, cols, out + r, rows);
+  }
+  for (; r < r1; r++) {
+    const uint8_t *w = data + (size_t)r * rb;
+    if (n == 1) direct_kernel_q8(1, 1, w, rb, x, cols, out + r, rows);
+    else if (n == 2) direct_kernel_q8(1, 2, w, rb, x, cols, out + r, rows);
+    else direct_kernel_q8(1, 3, w, rb, x, cols, out + r, rows);
+  }
+}
+
 #define DIRECT_FN(NAME, TYPE)                                                          \
   static SIMD void NAME(int rows, int cols, const uint8_t *data, float *out,           \
                         const float *x, int n, int r0, int r1) {                       \
@@ -300,7 +355,6 @@ SIMD_INLINE void direct_kernel(int type, int MR, int NR, const uint8_t *row0, si
 DIRECT_FN(direct_f32, DS_F32)
 DIRECT_FN(direct_f16, DS_F16)
 DIRECT_FN(direct_bf16, DS_BF16)
-DIRECT_FN(direct_q8, DS_Q8_0)
 
 // Packed path. For a unit of up to 16 rows, a token tile of up to TT tokens
 // and a k-chunk of up to KCV vectors, the weights are converted once into
@@ -451,88 +505,40 @@ void ds_matmul_worker(int type, int rows, int cols, const void *data, float *out
 }
 
 // ---------------------------------------------------------------------------
-// Attention. A unit is one (token, KV head) pair: the query heads sharing
-// that KV head are processed together so K and V are converted once.
+// Attention. A unit is a tile of up to ATT_TT query tokens and one KV head:
+// every query head of the tile sharing that KV head is processed together,
+// so each K and V row is converted once per tile. Each (token, head) still
+// computes its scores, softmax and weighted sum on its own, in the same
+// order whatever the tile: row t's result depends only on q row t, its
+// position and the cache.
 
-static void load_kv_row(float *dst, const uint8_t *src, int hd, int kvtype) {
-#ifdef DS_X86
-  if (ds_using_simd() && kvtype == DS_F16) {
-    ds_f16_to_f32(dst, (const uint16_t *)src, hd);
-    return;
-  }
-#endif
-  if (kvtype == DS_F16) {
-    for (int d = 0; d < hd; d++) dst[d] = half_to_float(load_u16(src + 2 * d));
-  } else {
-    memcpy(dst, src, (size_t)hd * 4);
-  }
+#define ATT_TT 4
+
+typedef struct {
+  float *out;
+  const float *q;
+  int nheads, pos0, bsize, nkv, hd, kvtype, ratio;
+  size_t es, rowb, voff, maxctx;
+  void **blocks;
+  float scale;
+  float *scores;  // [ATT_TT*ratio][maxctx]
+  float *o;       // [ATT_TT*ratio][hd]
+  float *kv;      // [hd]
+  float *sums;    // [ATT_TT*ratio]
+} att_ctx;
+
+static inline const uint8_t *kv_row(const att_ctx *c, int p, int g, int isv) {
+  return (const uint8_t *)c->blocks[p / c->bsize] + (isv ? c->voff : 0) +
+         (size_t)(p % c->bsize) * c->rowb + (size_t)g * c->hd * c->es;
 }
 
-#ifdef DS_X86
-static SIMD float dot_simd(const float *a, const float *b, int len) {
-  __m256 acc = _mm256_setzero_ps();
-  int nv = len / 8;
-  for (int i = 0; i < nv; i++)
-    acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * 8), _mm256_loadu_ps(b + i * 8), acc);
-  float s = hsum8(acc);
-  for (int k = nv * 8; k < len; k++) s = fma1(a[k], b[k], s);
-  return s;
-}
-
-// o[d] += w * v[d], d < len, each element one fused multiply-add.
-static SIMD void axpy_simd(float *o, float w, const float *v, int len) {
-  __m256 wv = _mm256_set1_ps(w);
-  int d = 0;
-  for (; d + 8 <= len; d += 8)
-    _mm256_storeu_ps(o + d, _mm256_fmadd_ps(wv, _mm256_loadu_ps(v + d), _mm256_loadu_ps(o + d)));
-  for (; d < len; d++) o[d] = fma1(w, v[d], o[d]);
-}
-#endif
-
-static float dot_any(const float *a, const float *b, int len) {
-#ifdef DS_X86
-  if (ds_using_simd()) return dot_simd(a, b, len);
-#endif
-  return dot_generic(a, b, len);
-}
-
-static void axpy_any(float *o, float w, const float *v, int len) {
-#ifdef DS_X86
-  if (ds_using_simd()) {
-    axpy_simd(o, w, v, len);
-    return;
-  }
-#endif
-  for (int d = 0; d < len; d++) o[d] = o[d] + w * v[d];
-}
-
-void ds_attention_worker(float *out, const float *q, int n, int nheads, int pos0, int bsize,
-                         int nkv, int hd, int kvtype, void **blocks, int64_t *ctr) {
-  int ratio = nheads / nkv;
-  size_t es = kvtype == DS_F16 ? 2 : 4;
-  size_t rowb = (size_t)nkv * hd * es;        // one position, all KV heads
-  size_t voff = (size_t)bsize * rowb;         // V after K within a block
-  int maxctx = pos0 + n;
-  float *scores = malloc(sizeof(float) * ((size_t)ratio * maxctx + (size_t)ratio * hd + hd));
-  if (!scores) abort();
-  float *o = scores + (size_t)ratio * maxctx;
-  float *kv = o + (size_t)ratio * hd;
-  float scale = 1.0f / sqrtf((float)hd);
-  int64_t units = (int64_t)n * nkv;
-  for (int64_t u; (u = next_unit(ctr)) < units;) {
-    int t = (int)(u / nkv), g = (int)(u % nkv);
-    int ctx = pos0 + t + 1;
-    const float *qt = q + (size_t)t * nheads * hd + (size_t)g * ratio * hd;
-    for (int p = 0; p < ctx; p++) {
-      const uint8_t *kp = (const uint8_t *)blocks[p / bsize] + (size_t)(p % bsize) * rowb +
-                          (size_t)g * hd * es;
-      load_kv_row(kv, kp, hd, kvtype);
-      for (int h = 0; h < ratio; h++)
-        scores[(size_t)h * ctx + p] = dot_any(qt + (size_t)h * hd, kv, hd) * scale;
-    }
-    float sums[ratio];
-    for (int h = 0; h < ratio; h++) {
-      float *s = scores + (size_t)h * ctx;
+// Softmax over each (token, head) row of scores, in place; sums[] gets the
+// float32 normalizer. Shared by both paths.
+static void att_softmax(att_ctx *c, int t0, int tn) {
+  for (int ti = 0; ti < tn; ti++) {
+    int ctx = c->pos0 + t0 + ti + 1;
+    for (int h = 0; h < c->ratio; h++) {
+      float *s = c->scores + (size_t)(ti * c->ratio + h) * c->maxctx;
       float m = s[0];
       for (int p = 1; p < ctx; p++) m = s[p] > m ? s[p] : m;
       float sum = 0;
@@ -540,23 +546,193 @@ void ds_attention_worker(float *out, const float *q, int n, int nheads, int pos0
         s[p] = expf(s[p] - m);
         sum += s[p];
       }
-      sums[h] = sum;
-    }
-    memset(o, 0, sizeof(float) * (size_t)ratio * hd);
-    for (int p = 0; p < ctx; p++) {
-      const uint8_t *vp = (const uint8_t *)blocks[p / bsize] + voff +
-                          (size_t)(p % bsize) * rowb + (size_t)g * hd * es;
-      load_kv_row(kv, vp, hd, kvtype);
-      for (int h = 0; h < ratio; h++)
-        axpy_any(o + (size_t)h * hd, scores[(size_t)h * ctx + p], kv, hd);
-    }
-    for (int h = 0; h < ratio; h++) {
-      float inv = 1.0f / sums[h];
-      float *dst = out + (size_t)t * nheads * hd + (size_t)(g * ratio + h) * hd;
-      for (int d = 0; d < hd; d++) dst[d] = o[(size_t)h * hd + d] * inv;
+      c->sums[ti * c->ratio + h] = sum;
     }
   }
-  free(scores);
+}
+
+static void att_store(att_ctx *c, int t0, int tn, int g) {
+  for (int ti = 0; ti < tn; ti++)
+    for (int h = 0; h < c->ratio; h++) {
+      float inv = 1.0f / c->sums[ti * c->ratio + h];
+      const float *o = c->o + (size_t)(ti * c->ratio + h) * c->hd;
+      float *dst = c->out + (size_t)(t0 + ti) * c->nheads * c->hd + (size_t)(g * c->ratio + h) * c->hd;
+      for (int d = 0; d < c->hd; d++) dst[d] = o[d] * inv;
+    }
+}
+
+static void att_tile_generic(att_ctx *c, int t0, int tn, int g) {
+  int hd = c->hd, ratio = c->ratio;
+  int end = c->pos0 + t0 + tn;  // positions [0, end) are read
+  for (int p = 0; p < end; p++) {
+    const uint8_t *src = kv_row(c, p, g, 0);
+    for (int d = 0; d < hd; d++)
+      c->kv[d] = c->kvtype == DS_F16 ? half_to_float(load_u16(src + 2 * d)) : ((const float *)src)[d];
+    for (int ti = p - c->pos0 - t0 > 0 ? p - c->pos0 - t0 : 0; ti < tn; ti++)
+      for (int h = 0; h < ratio; h++)
+        c->scores[(size_t)(ti * ratio + h) * c->maxctx + p] =
+            dot_generic(c->q + ((size_t)(t0 + ti) * c->nheads + g * ratio + h) * hd, c->kv, hd) * c->scale;
+  }
+  att_softmax(c, t0, tn);
+  memset(c->o, 0, sizeof(float) * (size_t)tn * ratio * hd);
+  for (int p = 0; p < end; p++) {
+    const uint8_t *src = kv_row(c, p, g, 1);
+    for (int d = 0; d < hd; d++)
+      c->kv[d] = c->kvtype == DS_F16 ? half_to_float(load_u16(src + 2 * d)) : ((const float *)src)[d];
+    for (int ti = p - c->pos0 - t0 > 0 ? p - c->pos0 - t0 : 0; ti < tn; ti++)
+      for (int h = 0; h < ratio; h++) {
+        float w = c->scores[(size_t)(ti * ratio + h) * c->maxctx + p];
+        float *o = c->o + (size_t)(ti * ratio + h) * hd;
+        for (int d = 0; d < hd; d++) o[d] = o[d] + w * c->kv[d];
+      }
+  }
+  att_store(c, t0, tn, g);
+}
+
+#ifdef DS_X86
+// 8 K or V values from a cache row, as float32.
+SIMD_INLINE __m256 load_kv8(const uint8_t *row, int d, int kvtype) {
+  if (kvtype == DS_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 2 * (size_t)d)));
+  return _mm256_loadu_ps((const float *)row + d);
+}
+
+SIMD_INLINE float load_kv1(const uint8_t *row, int d, int kvtype) {
+  if (kvtype == DS_F16) return _cvtsh_ss(load_u16(row + 2 * (size_t)d));
+  float f;
+  memcpy(&f, row + 4 * (size_t)d, 4);
+  return f;
+}
+
+// Scores of one query head against positions [0, ctx): four positions at a
+// time for instruction-level parallelism, each dot product in the
+// canonical order.
+SIMD_INLINE void att_scores_simd(const att_ctx *c, const float *qh, int g, int ctx, float *s) {
+  int hd = c->hd, nv = hd / 8, kvt = c->kvtype;
+  int p = 0;
+  for (; p + 4 <= ctx; p += 4) {
+    const uint8_t *k0 = kv_row(c, p, g, 0), *k1 = kv_row(c, p + 1, g, 0);
+    const uint8_t *k2 = kv_row(c, p + 2, g, 0), *k3 = kv_row(c, p + 3, g, 0);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int i = 0; i < nv; i++) {
+      __m256 qv = _mm256_loadu_ps(qh + i * 8);
+      a0 = _mm256_fmadd_ps(qv, load_kv8(k0, i * 8, kvt), a0);
+      a1 = _mm256_fmadd_ps(qv, load_kv8(k1, i * 8, kvt), a1);
+      a2 = _mm256_fmadd_ps(qv, load_kv8(k2, i * 8, kvt), a2);
+      a3 = _mm256_fmadd_ps(qv, load_kv8(k3, i * 8, kvt), a3);
+    }
+    float r0 = hsum8(a0), r1 = hsum8(a1), r2 = hsum8(a2), r3 = hsum8(a3);
+    for (int d = nv * 8; d < hd; d++) {
+      r0 = fma1(qh[d], load_kv1(k0, d, kvt), r0);
+      r1 = fma1(qh[d], load_kv1(k1, d, kvt), r1);
+      r2 = fma1(qh[d], load_kv1(k2, d, kvt), r2);
+      r3 = fma1(qh[d], load_kv1(k3, d, kvt), r3);
+    }
+    s[p] = r0 * c->scale;
+    s[p + 1] = r1 * c->scale;
+    s[p + 2] = r2 * c->scale;
+    s[p + 3] = r3 * c->scale;
+  }
+  for (; p < ctx; p++) {
+    const uint8_t *k0 = kv_row(c, p, g, 0);
+    __m256 a0 = _mm256_setzero_ps();
+    for (int i = 0; i < nv; i++) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i * 8), load_kv8(k0, i * 8, kvt), a0);
+    float r0 = hsum8(a0);
+    for (int d = nv * 8; d < hd; d++) r0 = fma1(qh[d], load_kv1(k0, d, kvt), r0);
+    s[p] = r0 * c->scale;
+  }
+}
+
+// o = sum_p s[p] * V[p], sequential in p, up to 64 dimensions at a time
+// held in registers.
+SIMD_INLINE void att_values_simd(const att_ctx *c, const float *s, int g, int ctx, float *o) {
+  int hd = c->hd, nv = hd / 8, kvt = c->kvtype;
+  for (int v0 = 0; v0 < nv; v0 += 8) {
+    int vn = nv - v0 < 8 ? nv - v0 : 8;
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+    if (vn == 8) {
+      for (int p = 0; p < ctx; p++) {
+        const uint8_t *vr = kv_row(c, p, g, 1);
+        __m256 w = _mm256_set1_ps(s[p]);
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(w, load_kv8(vr, (v0 + i) * 8, kvt), acc[i]);
+      }
+    } else {
+      for (int p = 0; p < ctx; p++) {
+        const uint8_t *vr = kv_row(c, p, g, 1);
+        __m256 w = _mm256_set1_ps(s[p]);
+        for (int i = 0; i < vn; i++) acc[i] = _mm256_fmadd_ps(w, load_kv8(vr, (v0 + i) * 8, kvt), acc[i]);
+      }
+    }
+    for (int i = 0; i < vn; i++) _mm256_storeu_ps(o + (v0 + i) * 8, acc[i]);
+  }
+  for (int d = nv * 8; d < hd; d++) {
+    float a = 0;
+    for (int p = 0; p < ctx; p++) a = fma1(s[p], load_kv1(kv_row(c, p, g, 1), d, kvt), a);
+    o[d] = a;
+  }
+}
+
+static SIMD void att_tile_simd(att_ctx *c, int t0, int tn, int g) {
+  int hd = c->hd, ratio = c->ratio;
+  for (int ti = 0; ti < tn; ti++) {
+    int ctx = c->pos0 + t0 + ti + 1;
+    for (int h = 0; h < ratio; h++)
+      att_scores_simd(c, c->q + ((size_t)(t0 + ti) * c->nheads + g * ratio + h) * hd, g, ctx,
+                      c->scores + (size_t)(ti * ratio + h) * c->maxctx);
+  }
+  att_softmax(c, t0, tn);
+  for (int ti = 0; ti < tn; ti++) {
+    int ctx = c->pos0 + t0 + ti + 1;
+    for (int h = 0; h < ratio; h++)
+      att_values_simd(c, c->scores + (size_t)(ti * ratio + h) * c->maxctx, g, ctx,
+                      c->o + (size_t)(ti * ratio + h) * hd);
+  }
+  att_store(c, t0, tn, g);
+}
+#endif
+
+int64_t ds_attention_units(int n, int nkv) { return (int64_t)(n + ATT_TT - 1) / ATT_TT * nkv; }
+
+void ds_attention_worker(float *out, const float *q, int n, int nheads, int pos0, int bsize,
+                         int nkv, int hd, int kvtype, void **blocks, int64_t *ctr) {
+  att_ctx c;
+  c.out = out;
+  c.q = q;
+  c.nheads = nheads;
+  c.pos0 = pos0;
+  c.bsize = bsize;
+  c.nkv = nkv;
+  c.hd = hd;
+  c.kvtype = kvtype;
+  c.ratio = nheads / nkv;
+  c.es = kvtype == DS_F16 ? 2 : 4;
+  c.rowb = (size_t)nkv * hd * c.es;
+  c.voff = (size_t)bsize * c.rowb;
+  c.maxctx = (size_t)pos0 + n;
+  c.blocks = blocks;
+  c.scale = 1.0f / sqrtf((float)hd);
+  size_t heads = (size_t)ATT_TT * c.ratio;
+  float *buf = malloc(sizeof(float) * (heads * c.maxctx + heads * hd + hd + heads));
+  if (!buf) abort();
+  c.scores = buf;
+  c.o = c.scores + heads * c.maxctx;
+  c.kv = c.o + heads * hd;
+  c.sums = c.kv + hd;
+  int64_t units = ds_attention_units(n, nkv);
+  for (int64_t u; (u = next_unit(ctr)) < units;) {
+    int t0 = (int)(u / nkv) * ATT_TT, g = (int)(u % nkv);
+    int tn = n - t0 < ATT_TT ? n - t0 : ATT_TT;
+#ifdef DS_X86
+    if (ds_using_simd()) {
+      att_tile_simd(&c, t0, tn, g);
+      continue;
+    }
+#endif
+    att_tile_generic(&c, t0, tn, g);
+  }
+  free(buf);
 }
 
 // ---------------------------------------------------------------------------

@@ -27,6 +27,8 @@ int64_t ds_matmul_units(int rows, int n);
 void ds_matmul_worker(int type, int rows, int cols, const void *data,
                       float *out, const float *x, int n, int64_t *ctr);
 
+// Units of ds_attention_worker: tiles of query tokens times KV heads.
+int64_t ds_attention_units(int n, int nkv);
 void ds_attention_worker(float *out, const float *q, int n, int nheads,
                          int pos0, int bsize, int nkv, int hd, int kvtype,
                          void **blocks, int64_t *ctr);

@@ -224,7 +224,7 @@ func (p *Pool) Attention(out, q []float32, n, nHeads, pos0 int, l KVLayout, bloc
 		pin.Pin(&blocks[b][0])
 		ptrs[b] = unsafe.Pointer(&blocks[b][0])
 	}
-	units := n * l.NKVHeads
+	units := int(C.ds_attention_units(C.int(n), C.int(l.NKVHeads)))
 	ctr := new(int64)
 	ctxWork := int64(pos0) + int64(n+1)/2 // mean context length
 	work := int64(n) * int64(nHeads) * int64(l.HeadDim) * ctxWork * 2
