@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/driftstore/driftstore/gguf"
 )
@@ -19,24 +20,32 @@ const (
 )
 
 // BuiltinModelPath returns the path of the built-in tiny model under dataDir
-// (DATA/models/driftstore-tiny-q8_0-s1.gguf), writing it first if it is not there yet. The
-// file is written through a temporary file and a rename, so concurrent first uses are safe:
-// each may generate it, and every rename installs identical bytes.
+// (DATA/models/driftstore-tiny-q8_0-s1.gguf), writing it first if it is not there yet.
 func BuiltinModelPath(dataDir string) (string, error) {
+	return SynthModelPath(dataDir, BuiltinPreset, BuiltinType, BuiltinSeed, nil)
+}
+
+// SynthModelPath returns the path of a synthetic preset model under DATA/models
+// (driftstore-PRESET-TYPE-sSEED.gguf), generating it with gguf.Synth first if it is missing.
+// The file is written through a temporary file and a rename, so concurrent first uses are
+// safe: each may generate it, and every rename installs identical bytes. progress, if not nil,
+// is called while a file is being written.
+func SynthModelPath(dataDir, preset string, typ gguf.Type, seed uint64, progress func(done, total uint64) error) (string, error) {
 	dir := filepath.Join(dataDir, "models")
-	path := filepath.Join(dir, fmt.Sprintf("driftstore-%s-%s-s%d.gguf", BuiltinPreset, "q8_0", BuiltinSeed))
+	name := fmt.Sprintf("driftstore-%s-%s-s%d.gguf", preset, strings.ToLower(typ.String()), seed)
+	path := filepath.Join(dir, name)
 	if st, err := os.Stat(path); err == nil && st.Mode().IsRegular() {
 		return path, nil
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("engine: built-in model: %w", err)
+		return "", fmt.Errorf("engine: synthetic model: %w", err)
 	}
-	spec, err := gguf.Synth(BuiltinPreset, BuiltinType, BuiltinSeed)
+	spec, err := gguf.Synth(preset, typ, seed)
 	if err != nil {
-		return "", fmt.Errorf("engine: built-in model: %w", err)
+		return "", fmt.Errorf("engine: synthetic model: %w", err)
 	}
-	if err := spec.WriteFile(path, nil); err != nil {
-		return "", fmt.Errorf("engine: built-in model: write %s: %w", path, err)
+	if err := spec.WriteFile(path, progress); err != nil {
+		return "", fmt.Errorf("engine: synthetic model: write %s: %w", path, err)
 	}
 	return path, nil
 }

@@ -369,8 +369,9 @@ func (in *Instance) blocks(op string, mem []byte, tableOff, nb uint32, end uint6
 	bs := in.blockScratch(int(need))
 	for i := range bs {
 		o := binary.LittleEndian.Uint32(tbl[4*i:])
-		b, err := span(op, fmt.Sprintf("KV block %d", i), mem, o, 1, uint64(l.BlockBytes), BlockAlign)
+		b, err := span(op, "KV block", mem, o, 1, uint64(l.BlockBytes), BlockAlign)
 		if err != nil {
+			err.msg = fmt.Sprintf("%s (table entry %d)", err.msg, i)
 			return nil, err
 		}
 		bs[i] = b

@@ -85,7 +85,7 @@ func TestHostOpsRefuseLies(t *testing.T) {
 		{"ids past memory", "embed", []any{int32(4096), int32(memEnd - 2), int32(1)}, "outside"},
 		{"rope heads", "rope", []any{int32(0), int32(1), int32(3), int32(0)}, "head count"},
 		{"rope beyond context", "rope", []any{int32(0), int32(1), int32(4), int32(600)}, "context length"},
-		{"block past memory", "store_kv", []any{int32(2048), int32(1), int32(4096), int32(8192), int32(1), int32(0)}, "KV block 0"},
+		{"block past memory", "store_kv", []any{int32(2048), int32(1), int32(4096), int32(8192), int32(1), int32(0)}, "KV block"},
 		{"unaligned block", "store_kv", []any{int32(2056), int32(1), int32(4096), int32(8192), int32(1), int32(0)}, "aligned"},
 		{"table too short", "store_kv", []any{int32(2064), int32(1), int32(4096), int32(8192), int32(1), int32(16)}, "block table"},
 		{"table past memory", "attention", []any{int32(0), int32(4096), int32(1), int32(0), int32(memEnd - 2), int32(1)}, "block table"},
