@@ -298,14 +298,16 @@ func testGetIntoDst(t *testing.T, s cas.Store) {
 				t.Fatalf("%s: wrong bytes", sm.name)
 			}
 		}
-		// No chunk-sized allocations: measure the bytes allocated by Gets into an exact dst.
+		// No chunk-sized allocations: measure the bytes allocated by Gets into an exact dst. A
+		// garbage collection may empty a store's buffer pools once in a while, so the bound is a
+		// quarter of the chunk per call on average, far below one chunk-sized buffer per call.
 		dst := make([]byte, len(sm.data))
 		for range 3 { // warm pools
 			if _, err := s.Get(bg, info.Digest, dst); err != nil {
 				t.Fatal(err)
 			}
 		}
-		const runs = 10
+		const runs = 20
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
 		for range runs {
@@ -315,7 +317,7 @@ func testGetIntoDst(t *testing.T, s cas.Store) {
 		}
 		runtime.ReadMemStats(&after)
 		perGet := (after.TotalAlloc - before.TotalAlloc) / runs
-		if perGet > uint64(len(sm.data))/16 {
+		if perGet > uint64(len(sm.data))/4 {
 			t.Errorf("%s (%s): Get into an exact-size dst allocates %d bytes per call for a %d-byte chunk",
 				sm.name, info.Codec, perGet, len(sm.data))
 		}
