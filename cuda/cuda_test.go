@@ -48,6 +48,9 @@ func device(t testing.TB) *Device {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	if cacheDir != "" {
+		os.RemoveAll(cacheDir)
+	}
 	if testDev != nil {
 		testDev.Close()
 	}

@@ -153,3 +153,16 @@ func (g *Registrar) RegionGrew(r *wasmmem.Region, oldLen, newLen int) error {
 
 // RegionReleased unregisters the region.
 func (g *Registrar) RegionReleased(r *wasmmem.Region) { _ = g.Unregister(r.Base()) }
+
+// DevPtrOf returns the device address of the n bytes at host address p, which must lie in
+// one registered memory.
+func (g *Registrar) DevPtrOf(p uintptr, n int) (DevPtr, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for base, m := range g.maps {
+		if p >= base && p < base+uintptr(m.n) {
+			return m.devPtr(int(p-base), n, g.d.info.HostPtrIsDevPtr)
+		}
+	}
+	return 0, fmt.Errorf("cuda: host address %#x is not in registered memory", p)
+}

@@ -296,33 +296,49 @@ func (s *Stream) Attention(out, q DevPtr, n, nheads, pos0 int, l KVLayout, block
 	if err != nil {
 		return err
 	}
-	nsplit := 1
-	if base, target := nheads*n, 2*s.d.info.SMs; base < target {
-		nsplit = max(1, min(ceilDiv(target, base), ceilDiv(ctx, 64)))
-	}
-	chunk := ceilDiv(ctx, nsplit)
-	nsplit = ceilDiv(ctx, chunk)
-	var part DevPtr
+	// The context is cut into fixed chunks of attnChunk positions, one block each, merged in
+	// order: the split depends on positions only, never on n, so a token's output is the same
+	// whether it comes alone or in a batch. Tokens go in groups that bound the partials' memory.
+	nsplit := ceilDiv(ctx, attnChunk)
+	row := nheads * l.HeadDim
+	group := n
 	if nsplit > 1 {
-		if err := s.grow(&s.part, n*nheads*nsplit*(l.HeadDim+2)*4); err != nil {
+		group = max(1, min(n, attnPartBytes/(nheads*nsplit*(l.HeadDim+2)*4)))
+		if err := s.grow(&s.part, group*nheads*nsplit*(l.HeadDim+2)*4); err != nil {
 			return err
 		}
-		part = s.part.Ptr
 	}
 	scale := float32(1 / sqrt64(float64(l.HeadDim)))
-	var a argSlots
-	a.ptr(out).ptr(q).i32(n).i32(nheads).i32(pos0).i32(l.BlockSize).i32(l.NKVHeads).i32(l.HeadDim).
-		i32(int(l.KVType)).ptr(tab).f32(scale).i32(nsplit).i32(chunk).ptr(part)
-	if err := s.launch("ds_attn", [3]uint32{uint32(nheads), uint32(n), uint32(nsplit)}, [3]uint32{128, 1, 1}, 0, &a); err != nil {
-		return err
+	for t0 := 0; t0 < n; t0 += group {
+		ng := min(group, n-t0)
+		ns := ceilDiv(pos0+t0+ng, attnChunk)
+		var part DevPtr
+		if ns > 1 {
+			part = s.part.Ptr
+		}
+		o, qq := out+DevPtr(4*t0*row), q+DevPtr(4*t0*row)
+		var a argSlots
+		a.ptr(o).ptr(qq).i32(ng).i32(nheads).i32(pos0 + t0).i32(l.BlockSize).i32(l.NKVHeads).i32(l.HeadDim).
+			i32(int(l.KVType)).ptr(tab).f32(scale).i32(ns).i32(attnChunk).ptr(part)
+		if err := s.launch("ds_attn", [3]uint32{uint32(nheads), uint32(ng), uint32(ns)}, [3]uint32{128, 1, 1}, 0, &a); err != nil {
+			return err
+		}
+		if ns == 1 {
+			continue
+		}
+		var c argSlots
+		c.ptr(o).ptr(part).i32(ng).i32(nheads).i32(l.HeadDim).i32(ns)
+		if err := s.launch("ds_attn_combine", [3]uint32{uint32(nheads), uint32(ng), 1}, [3]uint32{uint32(min(256, (l.HeadDim+31)/32*32)), 1, 1}, 0, &c); err != nil {
+			return err
+		}
 	}
-	if nsplit == 1 {
-		return nil
-	}
-	var c argSlots
-	c.ptr(out).ptr(part).i32(n).i32(nheads).i32(l.HeadDim).i32(nsplit)
-	return s.launch("ds_attn_combine", [3]uint32{uint32(nheads), uint32(n), 1}, [3]uint32{uint32(min(256, (l.HeadDim+31)/32*32)), 1, 1}, 0, &c)
+	return nil
 }
+
+const (
+	attnChunk     = 128      // positions per attention block
+	attnPartBytes = 64 << 20 // bound on the attention partials of one launch
+)
 
 func (s *Stream) elementwise(name string, count int, args *argSlots) error {
 	if count <= 0 {
