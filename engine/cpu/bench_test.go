@@ -125,7 +125,7 @@ func BenchmarkAttention(b *testing.B) {
 
 // benchModel is a Llama shape for BenchmarkForward.
 type benchModel struct {
-	name                                      string
+	name                                    string
 	dim, ffn, layers, heads, kvHeads, vocab int
 }
 
