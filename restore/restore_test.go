@@ -1,0 +1,445 @@
+package restore_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/checkpoint"
+	"github.com/driftstore/driftstore/checkpoint/cptest"
+	"github.com/driftstore/driftstore/engine"
+	"github.com/driftstore/driftstore/index"
+	"github.com/driftstore/driftstore/restore"
+)
+
+type env struct {
+	dir   string
+	store *cas.Local
+	ix    *index.Index
+	model *engine.Model
+	path  string
+}
+
+func openEnv(t testing.TB, dir string) *env {
+	t.Helper()
+	store, err := cas.OpenLocal(filepath.Join(dir, "chunks"), cas.LocalOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix, err := index.Open(filepath.Join(dir, "index.db"), store, index.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, err := cptest.SmallModel(dir, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := cptest.Engine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := e.LoadModel(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	en := &env{dir: dir, store: store, ix: ix, model: m, path: path}
+	t.Cleanup(func() { en.close() })
+	return en
+}
+
+func (e *env) close() {
+	if e.ix != nil {
+		e.ix.Close()
+		e.ix = nil
+	}
+	if e.model != nil {
+		e.model.Close()
+		e.model = nil
+	}
+}
+
+// trace is what a continuation produced: the logits before each step and the tokens.
+type trace struct {
+	Tokens []int32    `json:"tokens"`
+	Logits [][]uint32 `json:"logits"` // float32 bits, before each step and after the last
+}
+
+func continueTrace(in *engine.Instance, n int) (trace, error) {
+	var tr trace
+	for i := 0; i <= n; i++ {
+		lg, err := in.Logits()
+		if err != nil {
+			return tr, err
+		}
+		bits := make([]uint32, len(lg))
+		for j, f := range lg {
+			bits[j] = math.Float32bits(f)
+		}
+		tr.Logits = append(tr.Logits, bits)
+		if i == n {
+			break
+		}
+		tok, err := in.Step()
+		if err != nil {
+			return tr, err
+		}
+		tr.Tokens = append(tr.Tokens, tok)
+	}
+	return tr, nil
+}
+
+const steps = 6
+
+type helperSpec struct {
+	Dir         string   `json:"dir"`
+	Checkpoints []string `json:"checkpoints"`
+	Out         string   `json:"out"`
+}
+
+// TestResumeEquivalence: uninterrupted generation equals checkpoint → restore in another
+// process → continue, token for token and logit for logit, for contexts of 1, 15, 16, 17, 100
+// and 1030 tokens and both KV dtypes, with a sampler that uses the RNG.
+func TestResumeEquivalence(t *testing.T) {
+	dir := t.TempDir()
+	e := openEnv(t, dir)
+	ctx := context.Background()
+	type tcase struct {
+		name string
+		id   index.ID
+		want trace
+	}
+	var cases []tcase
+	for _, kv := range []engine.KVType{engine.KVF16, engine.KVF32} {
+		for _, n := range []int{1, 15, 16, 17, 100, 1030} {
+			in, err := e.model.NewInstance(engine.InstanceOptions{KVType: kv, Sampler: engine.Sampler{Temp: 1.1, TopK: 50, TopP: 0.95, Seed: uint64(n)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := in.Prefill(cptest.Tokens(n, 512, n)); err != nil {
+				t.Fatal(err)
+			}
+			if n == 100 { // a context that is partly generated: RNG state moved
+				if _, err := in.Generate(5, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r, err := checkpoint.Capture(ctx, e.ix, e.model, in, checkpoint.CaptureOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := continueTrace(in, steps)
+			in.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cases = append(cases, tcase{name: fmt.Sprintf("%s/%d", kv, n), id: r.Checkpoint.ID, want: want})
+		}
+	}
+	spec := helperSpec{Dir: dir, Out: filepath.Join(dir, "traces.json")}
+	for _, c := range cases {
+		spec.Checkpoints = append(spec.Checkpoints, c.id.String())
+	}
+	e.close() // the other process opens the index
+	specPath := filepath.Join(dir, "spec.json")
+	b, _ := json.Marshal(spec)
+	if err := os.WriteFile(specPath, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperRestoreProcess$", "-test.v")
+	cmd.Env = append(os.Environ(), "DRIFTSTORE_RESTORE_HELPER="+specPath)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper process: %v\n%s", err, out)
+	}
+	data, err := os.ReadFile(spec.Out)
+	if err != nil {
+		t.Fatalf("helper wrote no traces: %v\n%s", err, out)
+	}
+	var got []trace
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(cases) {
+		t.Fatalf("%d traces for %d cases", len(got), len(cases))
+	}
+	for i, c := range cases {
+		if !slices.Equal(got[i].Tokens, c.want.Tokens) {
+			t.Errorf("%s: restored continuation %v, uninterrupted %v", c.name, got[i].Tokens, c.want.Tokens)
+			continue
+		}
+		for s := range c.want.Logits {
+			if !slices.Equal(got[i].Logits[s], c.want.Logits[s]) {
+				t.Errorf("%s: logits before step %d differ", c.name, s)
+			}
+		}
+	}
+}
+
+// TestHelperRestoreProcess is the other process of TestResumeEquivalence.
+func TestHelperRestoreProcess(t *testing.T) {
+	specPath := os.Getenv("DRIFTSTORE_RESTORE_HELPER")
+	if specPath == "" {
+		t.Skip("helper process only")
+	}
+	b, err := os.ReadFile(specPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec helperSpec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		t.Fatal(err)
+	}
+	e := openEnv(t, spec.Dir)
+	var out []trace
+	for _, s := range spec.Checkpoints {
+		id, err := cas.ParseDigest(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cp, err := checkpoint.Load(e.ix, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, res, err := restore.Restore(context.Background(), e.store, e.model, cp, restore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Position != cp.Position || res.KVBytes != cp.KVBytes() {
+			t.Fatalf("restore result %+v", res)
+		}
+		tr, err := continueTrace(in, steps)
+		in.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, tr)
+	}
+	data, _ := json.Marshal(out)
+	if err := os.WriteFile(spec.Out, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func capture(t *testing.T, e *env, kv engine.KVType, n int) *checkpoint.Checkpoint {
+	t.Helper()
+	in, err := e.model.NewInstance(engine.InstanceOptions{KVType: kv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	if err := in.Prefill(cptest.Tokens(n, 512, 5)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := checkpoint.Capture(context.Background(), e.ix, e.model, in, checkpoint.CaptureOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Checkpoint
+}
+
+func TestCorruptAndMissingChunksAreNamed(t *testing.T) {
+	e := openEnv(t, t.TempDir())
+	ctx := context.Background()
+	cp := capture(t, e, engine.KVF16, 60)
+	bad := cp.KV[1][2]
+	path := e.store.Path(bad.Digest)
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Flip one payload byte.
+	mod := bytes.Clone(orig)
+	mod[len(mod)/2] ^= 0x40
+	if err := os.WriteFile(path, mod, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in, _, err := restore.Restore(ctx, e.store, e.model, cp, restore.Options{})
+	if in != nil || err == nil {
+		t.Fatal("restore of a corrupt chunk succeeded")
+	}
+	var ce *restore.ChunkError
+	if !errors.As(err, &ce) || ce.Digest != bad.Digest || ce.Where != "layer 1 block 2" || !errors.Is(err, cas.ErrCorrupt) || !errors.Is(err, restore.ErrChunk) {
+		t.Fatalf("corrupt chunk: %v", err)
+	}
+	if !strings.Contains(err.Error(), bad.Digest.String()) || !strings.Contains(err.Error(), cp.ID.String()) {
+		t.Fatalf("error does not name the chunk and checkpoint: %v", err)
+	}
+	// Missing.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = restore.Restore(ctx, e.store, e.model, cp, restore.Options{Workers: 1})
+	if !errors.As(err, &ce) || ce.Digest != bad.Digest || !errors.Is(err, cas.ErrNotFound) {
+		t.Fatalf("missing chunk: %v", err)
+	}
+	// Back in place: restores.
+	if err := os.WriteFile(path, orig, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in, _, err = restore.Restore(ctx, e.store, e.model, cp, restore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Close()
+	// A corrupt state chunk is named too.
+	st := cp.State[0]
+	sp := e.store.Path(st.Digest)
+	sorig, _ := os.ReadFile(sp)
+	smod := bytes.Clone(sorig)
+	smod[len(smod)-3] ^= 1
+	os.WriteFile(sp, smod, 0o644)
+	_, _, err = restore.Restore(ctx, e.store, e.model, cp, restore.Options{})
+	if !errors.As(err, &ce) || ce.Digest != st.Digest || ce.Where != "state chunk 0" {
+		t.Fatalf("corrupt state: %v", err)
+	}
+}
+
+func TestMismatchIsRefusedNamingWhatDiffers(t *testing.T) {
+	dir := t.TempDir()
+	e := openEnv(t, dir)
+	ctx := context.Background()
+	cp := capture(t, e, engine.KVF16, 20)
+
+	// Another model (same shape, other weights).
+	p2, err := cptest.SmallModel(dir, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, _ := cptest.Engine()
+	m2, err := eng.LoadModel(p2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	_, _, err = restore.Restore(ctx, e.store, m2, cp, restore.Options{})
+	var me *checkpoint.MismatchError
+	if !errors.As(err, &me) || len(me.Diffs) != 1 || !strings.HasPrefix(me.Diffs[0], "model fingerprint") {
+		t.Fatalf("other model: %v", err)
+	}
+
+	// Another shape: 4 KV heads.
+	h := cptest.SmallHyper
+	h.KVHeads = 4
+	p3 := filepath.Join(dir, "wide.gguf")
+	if err := cptest.WriteModel(p3, h, 1); err != nil {
+		t.Fatal(err)
+	}
+	m3, err := eng.LoadModel(p3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m3.Close()
+	_, _, err = restore.Restore(ctx, e.store, m3, cp, restore.Options{})
+	if !errors.As(err, &me) || !strings.Contains(err.Error(), "model fingerprint") || !strings.Contains(err.Error(), "KV heads 2, instance has 4") {
+		t.Fatalf("other shape: %v", err)
+	}
+
+	// Asking for another KV dtype or block size.
+	_, _, err = restore.Restore(ctx, e.store, e.model, cp, restore.Options{Instance: engine.InstanceOptions{KVType: engine.KVF32}})
+	if !errors.As(err, &me) || !strings.Contains(err.Error(), "KV dtype f16, instance has f32") {
+		t.Fatalf("other dtype: %v", err)
+	}
+	_, _, err = restore.Restore(ctx, e.store, e.model, cp, restore.Options{Instance: engine.InstanceOptions{BlockSize: 32}})
+	if !errors.As(err, &me) || !strings.Contains(err.Error(), "KV block size 16, instance has 32") {
+		t.Fatalf("other block size: %v", err)
+	}
+	// Into an existing instance of another dtype.
+	in, err := e.model.NewInstance(engine.InstanceOptions{KVType: engine.KVF32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	if _, err := restore.Into(ctx, e.store, in, cp, 0); !errors.As(err, &me) || !strings.Contains(err.Error(), "KV dtype") {
+		t.Fatalf("into f32 instance: %v", err)
+	}
+
+	// A checkpoint made by another guest.
+	other := *cp
+	other.Guest[0] ^= 0xff
+	other.Parent = cp.ID
+	m, err := other.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := e.ix.PutManifest(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ocp, err := checkpoint.Load(e.ix, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = restore.Restore(ctx, e.store, e.model, ocp, restore.Options{})
+	if !errors.As(err, &me) || len(me.Diffs) != 1 || !strings.HasPrefix(me.Diffs[0], "guest fingerprint") || !errors.Is(err, checkpoint.ErrMismatch) {
+		t.Fatalf("other guest: %v", err)
+	}
+}
+
+// TestDecodeIntoPlace: chunks decode straight into the given slices of one buffer, in
+// parallel; a chunk of the wrong size fails without writing outside its slice.
+func TestDecodeIntoPlace(t *testing.T) {
+	dir := t.TempDir()
+	store, err := cas.OpenLocal(dir, cas.LocalOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(1, 2))
+	const n, size = 40, 4096
+	var want []byte
+	var jobs []restore.Job
+	buf := make([]byte, n*size+size)
+	for i := 0; i < n; i++ {
+		chunk := make([]byte, size)
+		for j := range chunk {
+			if j%2 == 1 {
+				chunk[j] = byte(rng.IntN(4)) // compressible high bytes (f16 planes)
+			} else {
+				chunk[j] = byte(rng.Uint32())
+			}
+		}
+		info, err := store.Put(ctx, chunk, cas.HintFloat16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, chunk...)
+		jobs = append(jobs, restore.Job{Digest: info.Digest, Dst: buf[i*size : (i+1)*size], Layer: i})
+	}
+	for i := range buf {
+		buf[i] = 0xEE
+	}
+	if err := restore.Decode(ctx, store, jobs, 3); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf[:n*size], want) {
+		t.Fatal("decoded bytes differ")
+	}
+	for _, b := range buf[n*size:] {
+		if b != 0xEE {
+			t.Fatal("wrote past the last job")
+		}
+	}
+	// A destination one byte short: refused, nothing written past it.
+	for i := range buf {
+		buf[i] = 0xEE
+	}
+	bad := []restore.Job{{Digest: jobs[0].Digest, Dst: buf[:size-1]}}
+	err = restore.Decode(ctx, store, bad, 1)
+	if !errors.Is(err, cas.ErrSizeMismatch) && !errors.Is(err, restore.ErrChunk) {
+		t.Fatalf("short destination: %v", err)
+	}
+	if buf[size-1] != 0xEE {
+		t.Fatal("wrote past a short destination")
+	}
+}
