@@ -411,61 +411,81 @@ func TestTokenizerRefusals(t *testing.T) {
 	}
 }
 
-// checkForwardFinite runs a plain float64 Llama forward pass over tokens and checks that the
-// synthetic weights keep activations finite and well inside the float16 range, and that logits
-// have a sane spread.
+// checkForwardFinite runs a plain float64 Llama forward pass over tokens (layer by layer, weight
+// rows dequantized one at a time, so even the 1B model needs little memory) and checks that the
+// synthetic weights keep activations finite and well inside the float16 range, and that the
+// last token's logits have a sane spread.
 func checkForwardFinite(t *testing.T, m *Model, tokens []int32) {
 	t.Helper()
 	h := m.Hyper
-	w := func(name string) []float64 {
+	tensor := func(name string) Tensor {
 		tt, err := m.Tensor(name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		n := 1
-		for _, d := range tt.Dims {
-			n *= int(d)
-		}
-		f := make([]float32, n)
+		return tt
+	}
+	row := func(tt Tensor, r int, buf []float32) []float32 {
+		in := int(tt.Dims[0])
+		rb, _ := tt.Type.RowBytes(uint64(in))
+		src := tt.Data[r*int(rb) : (r+1)*int(rb)]
+		buf = buf[:in]
 		switch tt.Type {
 		case TypeF32:
-			dtype.F32sFromBytes(f, tt.Data)
+			dtype.F32sFromBytes(buf, src)
 		case TypeF16:
-			dtype.F16sToF32s(f, tt.Data)
+			dtype.F16sToF32s(buf, src)
 		case TypeBF16:
-			dtype.BF16sToF32s(f, tt.Data)
+			dtype.BF16sToF32s(buf, src)
 		case TypeQ8_0:
-			dtype.DequantizeQ8_0(f, tt.Data)
+			dtype.DequantizeQ8_0(buf, src)
 		}
-		out := make([]float64, n)
+		return buf
+	}
+	vec := func(name string) []float64 {
+		tt := tensor(name)
+		f := row(tt, 0, make([]float32, tt.Dims[0]))
+		out := make([]float64, len(f))
 		for i, v := range f {
 			out[i] = float64(v)
 		}
 		return out
 	}
-	matvec := func(W []float64, x []float64) []float64 {
-		in := len(x)
-		y := make([]float64, len(W)/in)
-		for r := range y {
-			var s float64
-			for c, xv := range x {
-				s += W[r*in+c] * xv
+	// matmul returns W·x for each x in xs.
+	matmul := func(name string, xs [][]float64) [][]float64 {
+		tt := tensor(name)
+		out := int(tt.Dims[1])
+		ys := make([][]float64, len(xs))
+		for i := range ys {
+			ys[i] = make([]float64, out)
+		}
+		buf := make([]float32, tt.Dims[0])
+		for r := 0; r < out; r++ {
+			w := row(tt, r, buf)
+			for i, x := range xs {
+				var s float64
+				for c, wv := range w {
+					s += float64(wv) * x[c]
+				}
+				ys[i][r] = s
 			}
-			y[r] = s
 		}
-		return y
+		return ys
 	}
-	rms := func(x, g []float64) []float64 {
-		var s float64
-		for _, v := range x {
-			s += v * v
+	rms := func(xs [][]float64, g []float64) [][]float64 {
+		out := make([][]float64, len(xs))
+		for i, x := range xs {
+			var s float64
+			for _, v := range x {
+				s += v * v
+			}
+			k := 1 / math.Sqrt(s/float64(len(x))+float64(h.RMSEps))
+			out[i] = make([]float64, len(x))
+			for j := range x {
+				out[i][j] = x[j] * k * g[j]
+			}
 		}
-		k := 1 / math.Sqrt(s/float64(len(x))+float64(h.RMSEps))
-		y := make([]float64, len(x))
-		for i := range x {
-			y[i] = x[i] * k * g[i]
-		}
-		return y
+		return out
 	}
 	rope := func(v []float64, pos int) {
 		for hd := 0; hd < len(v); hd += h.HeadDim {
@@ -477,40 +497,37 @@ func checkForwardFinite(t *testing.T, m *Model, tokens []int32) {
 			}
 		}
 	}
-	embd := w(TensorTokenEmbd)
-	type layer struct{ an, q, k, v, o, fn, g, u, d []float64 }
-	ls := make([]layer, h.Layers)
-	for i := range ls {
-		ls[i] = layer{w(BlockTensor(i, AttnNorm)), w(BlockTensor(i, AttnQ)), w(BlockTensor(i, AttnK)), w(BlockTensor(i, AttnV)),
-			w(BlockTensor(i, AttnOutput)), w(BlockTensor(i, FFNNorm)), w(BlockTensor(i, FFNGate)), w(BlockTensor(i, FFNUp)), w(BlockTensor(i, FFNDown))}
-	}
-	outNorm, out := w(TensorOutputNorm), embd
-	if !h.Tied {
-		out = w(TensorOutput)
-	}
-	keys := make([][][]float64, h.Layers)
-	vals := make([][][]float64, h.Layers)
 	var maxAbs float64
-	track := func(v []float64) {
-		for _, x := range v {
-			if math.IsNaN(x) || math.IsInf(x, 0) {
-				t.Fatal("non-finite activation")
+	track := func(vs [][]float64) {
+		for _, v := range vs {
+			for _, x := range v {
+				if math.IsNaN(x) || math.IsInf(x, 0) {
+					t.Fatal("non-finite activation")
+				}
+				maxAbs = math.Max(maxAbs, math.Abs(x))
 			}
-			maxAbs = math.Max(maxAbs, math.Abs(x))
 		}
 	}
-	var logits []float64
-	for pos, tokID := range tokens {
-		x := append([]float64(nil), embd[int(tokID)*h.Dim:(int(tokID)+1)*h.Dim]...)
-		for li, L := range ls {
-			xn := rms(x, L.an)
-			q, k, v := matvec(L.q, xn), matvec(L.k, xn), matvec(L.v, xn)
-			rope(q, pos)
-			rope(k, pos)
-			keys[li] = append(keys[li], k)
-			vals[li] = append(vals[li], v)
-			att := make([]float64, h.Dim)
-			group := h.Heads / h.KVHeads
+	embd := tensor(TensorTokenEmbd)
+	xs := make([][]float64, len(tokens))
+	buf := make([]float32, h.Dim)
+	for i, id := range tokens {
+		xs[i] = make([]float64, h.Dim)
+		for j, v := range row(embd, int(id), buf) {
+			xs[i][j] = float64(v)
+		}
+	}
+	group := h.Heads / h.KVHeads
+	for l := 0; l < h.Layers; l++ {
+		xn := rms(xs, vec(BlockTensor(l, AttnNorm)))
+		q, k, v := matmul(BlockTensor(l, AttnQ), xn), matmul(BlockTensor(l, AttnK), xn), matmul(BlockTensor(l, AttnV), xn)
+		for pos := range tokens {
+			rope(q[pos], pos)
+			rope(k[pos], pos)
+		}
+		att := make([][]float64, len(tokens))
+		for pos := range tokens {
+			att[pos] = make([]float64, h.Heads*h.HeadDim)
 			for hd := 0; hd < h.Heads; hd++ {
 				kvh := hd / group
 				sc := make([]float64, pos+1)
@@ -518,7 +535,7 @@ func checkForwardFinite(t *testing.T, m *Model, tokens []int32) {
 				for p := 0; p <= pos; p++ {
 					var s float64
 					for i := 0; i < h.HeadDim; i++ {
-						s += q[hd*h.HeadDim+i] * keys[li][p][kvh*h.HeadDim+i]
+						s += q[pos][hd*h.HeadDim+i] * k[p][kvh*h.HeadDim+i]
 					}
 					sc[p] = s / math.Sqrt(float64(h.HeadDim))
 					mx = math.Max(mx, sc[p])
@@ -530,36 +547,47 @@ func checkForwardFinite(t *testing.T, m *Model, tokens []int32) {
 				}
 				for p := range sc {
 					for i := 0; i < h.HeadDim; i++ {
-						att[hd*h.HeadDim+i] += sc[p] / sum * vals[li][p][kvh*h.HeadDim+i]
+						att[pos][hd*h.HeadDim+i] += sc[p] / sum * v[p][kvh*h.HeadDim+i]
 					}
 				}
 			}
-			o := matvec(L.o, att)
-			for i := range x {
-				x[i] += o[i]
-			}
-			xn = rms(x, L.fn)
-			g, u := matvec(L.g, xn), matvec(L.u, xn)
-			for i := range g {
-				g[i] = g[i] / (1 + math.Exp(-g[i])) * u[i]
-			}
-			track(q)
-			track(g)
-			dn := matvec(L.d, g)
-			for i := range x {
-				x[i] += dn[i]
-			}
-			track(x)
 		}
-		logits = matvec(out, rms(x, outNorm))
-		track(logits)
+		o := matmul(BlockTensor(l, AttnOutput), att)
+		for i := range xs {
+			for j := range xs[i] {
+				xs[i][j] += o[i][j]
+			}
+		}
+		xn = rms(xs, vec(BlockTensor(l, FFNNorm)))
+		g, u := matmul(BlockTensor(l, FFNGate), xn), matmul(BlockTensor(l, FFNUp), xn)
+		for i := range g {
+			for j := range g[i] {
+				g[i][j] = g[i][j] / (1 + math.Exp(-g[i][j])) * u[i][j]
+			}
+		}
+		track(q)
+		track(g)
+		d := matmul(BlockTensor(l, FFNDown), g)
+		for i := range xs {
+			for j := range xs[i] {
+				xs[i][j] += d[i][j]
+			}
+		}
+		track(xs)
 	}
+	out := TensorOutput
+	if h.Tied {
+		out = TensorTokenEmbd
+	}
+	logits := matmul(out, rms(xs[len(xs)-1:], vec(TensorOutputNorm)))[0]
+	track([][]float64{logits})
 	var s, s2 float64
 	for _, l := range logits {
 		s += l
 		s2 += l * l
 	}
-	sd := math.Sqrt(s2/float64(len(logits)) - (s/float64(len(logits)))*(s/float64(len(logits))))
+	n := float64(len(logits))
+	sd := math.Sqrt(s2/n - (s/n)*(s/n))
 	if maxAbs > 1000 || sd < 0.01 || sd > 10 {
 		t.Fatalf("max |activation| %g, logit std %g", maxAbs, sd)
 	}

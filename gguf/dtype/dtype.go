@@ -43,6 +43,12 @@ func F16ToF32(h uint16) float32 {
 func F32ToF16(f float32) uint16 {
 	b := math.Float32bits(f)
 	sign := uint16(b>>16) & 0x8000
+	// Fast path, branch-free rounding: |f| in [2^-14, 2^16) has a normal half result (or rounds
+	// up to Inf). Adding 0xfff plus the lowest kept bit rounds the 13 dropped bits to nearest
+	// even; a carry ripples into the exponent as it should.
+	if a := b & 0x7fffffff; a-0x38800000 < 0x47800000-0x38800000 {
+		return sign | uint16((a+0xfff+((a>>13)&1))>>13-(127-15)<<10)
+	}
 	exp := int32(b>>23) & 0xff
 	mant := b & 0x7fffff
 	if exp == 0xff {
