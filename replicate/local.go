@@ -46,6 +46,11 @@ func (l *Local) CompareAndSwapRef(ctx context.Context, kind index.RefKind, name 
 	return l.ix.CompareAndSwapRef(ctx, kind, name, expected, target)
 }
 
+// Refs lists the index's refs of one kind (0: all).
+func (l *Local) Refs(_ context.Context, kind index.RefKind) ([]index.Ref, error) {
+	return l.ix.Refs(kind)
+}
+
 // putStored stores one chunk given in stored form, verified against its digest before it is
 // committed (cas.WriteStored). It does not record the chunk in the index; the caller does,
 // holding HoldGC.

@@ -25,6 +25,7 @@ type Peer interface {
 	PutManifestBytes(ctx context.Context, data []byte) (index.ID, error)
 	Missing(ctx context.Context, ds []cas.Digest) ([]cas.Digest, error)
 	CompareAndSwapRef(ctx context.Context, kind index.RefKind, name string, expected, target index.ID) error
+	Refs(ctx context.Context, kind index.RefKind) ([]index.Ref, error)
 }
 
 // ErrDiverged: the destination's ref is not an ancestor of the source's, so moving it would
@@ -103,20 +104,49 @@ type mover func(ctx context.Context, ds []cas.Digest, sent func(chunks int, raw,
 // the daemon, sending only what the daemon lacks, then moves the daemon's ref with
 // compare-and-swap.
 func Push(ctx context.Context, local *index.Index, remote *Client, kind index.RefKind, name string, opts Options) (Stats, error) {
-	src := NewLocal(local)
-	return transfer(ctx, src, remote, kind, name, opts, func(ctx context.Context, ds []cas.Digest, sent func(int, int64, int64)) error {
-		return uploadChunks(ctx, local, remote, ds, sent)
-	})
+	return Copy(ctx, NewLocal(local), remote, kind, name, opts)
 }
 
 // Pull copies ref kind/name from the daemon into the local index: the mirror image of Push.
 func Pull(ctx context.Context, remote *Client, local *index.Index, kind index.RefKind, name string, opts Options) (Stats, error) {
-	dst := NewLocal(local)
+	return Copy(ctx, remote, NewLocal(local), kind, name, opts)
+}
+
+// Copy copies ref kind/name from src to dst, each a *Local or a *Client: local to daemon (a
+// push), daemon to local (a pull), daemon to daemon (chunks relayed through this process as
+// stored, one download stream feeding one upload stream per batch) or local to local.
+func Copy(ctx context.Context, src, dst Peer, kind index.RefKind, name string, opts Options) (Stats, error) {
 	opts.setDefaults()
-	lim := opts.Limits
-	return transfer(ctx, remote, dst, kind, name, opts, func(ctx context.Context, ds []cas.Digest, sent func(int, int64, int64)) error {
-		return downloadChunks(ctx, remote, local, ds, lim, sent)
-	})
+	var move mover
+	switch s := src.(type) {
+	case *Local:
+		switch d := dst.(type) {
+		case *Client:
+			move = func(ctx context.Context, ds []cas.Digest, sent func(int, int64, int64)) error {
+				return uploadChunks(ctx, s.ix, d, ds, sent)
+			}
+		case *Local:
+			move = func(ctx context.Context, ds []cas.Digest, sent func(int, int64, int64)) error {
+				return copyLocal(ctx, s.ix, d.ix, ds, sent)
+			}
+		}
+	case *Client:
+		lim := opts.Limits
+		switch d := dst.(type) {
+		case *Local:
+			move = func(ctx context.Context, ds []cas.Digest, sent func(int, int64, int64)) error {
+				return downloadChunks(ctx, s, d.ix, ds, lim, sent)
+			}
+		case *Client:
+			move = func(ctx context.Context, ds []cas.Digest, sent func(int, int64, int64)) error {
+				return relayChunks(ctx, s, d, ds, lim, sent)
+			}
+		}
+	}
+	if move == nil {
+		return Stats{}, fmt.Errorf("replicate: cannot copy from %T to %T", src, dst)
+	}
+	return transfer(ctx, src, dst, kind, name, opts, move)
 }
 
 func transfer(ctx context.Context, src, dst Peer, kind index.RefKind, name string, opts Options, move mover) (Stats, error) {
@@ -339,6 +369,50 @@ func downloadChunks(ctx context.Context, remote *Client, local *index.Index, ds 
 	})
 	if len(infos) > 0 {
 		if rerr := local.RecordChunks(context.WithoutCancel(ctx), infos); rerr != nil && err == nil {
+			err = rerr
+		}
+	}
+	return err
+}
+
+// relayChunks moves chunks from one daemon to another: a download stream from src feeds an
+// upload stream to dst, frame by frame, without decoding.
+func relayChunks(ctx context.Context, src, dst *Client, ds []cas.Digest, lim wire.StreamLimits, sent func(int, int64, int64)) error {
+	_, err := dst.Upload(ctx, func(sw *wire.ChunkStreamWriter) error {
+		return src.Download(ctx, ds, lim, func(ch wire.StoredChunk) error {
+			if _, err := sw.WriteChunk(ch); err != nil {
+				return err
+			}
+			sent(1, ch.Size, int64(len(ch.Stored)))
+			return nil
+		})
+	})
+	return err
+}
+
+// copyLocal copies chunks between two local indexes and their stores, as stored.
+func copyLocal(ctx context.Context, src, dst *index.Index, ds []cas.Digest, sent func(int, int64, int64)) error {
+	release := dst.HoldGC()
+	defer release()
+	infos := make([]cas.Info, 0, len(ds))
+	var err error
+	for _, d := range ds {
+		var codec cas.Codec
+		var stored []byte
+		codec, stored, err = cas.ReadStored(ctx, src.Store(), d, cas.HintNone)
+		if err != nil {
+			break
+		}
+		var info cas.Info
+		info, err = cas.WriteStored(ctx, dst.Store(), d, codec, stored, cas.HintNone)
+		if err != nil {
+			break
+		}
+		infos = append(infos, info)
+		sent(1, info.Size, int64(len(stored)))
+	}
+	if len(infos) > 0 {
+		if rerr := dst.RecordChunks(context.WithoutCancel(ctx), infos); rerr != nil && err == nil {
 			err = rerr
 		}
 	}
