@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/driftstore/driftstore/cas"
 	"github.com/driftstore/driftstore/chunker"
 	"github.com/driftstore/driftstore/index"
 	"github.com/driftstore/driftstore/internal/progress"
@@ -10,7 +11,7 @@ import (
 func init() {
 	register(&command{
 		name:    "put",
-		args:    "FILE... [--tag NAME] [--chunker fastcdc|fixed] [--chunk-min N --chunk-avg N --chunk-max N | --chunk-size N]",
+		args:    "FILE... [--tag NAME] [--chunker fastcdc|fixed] [--chunk-min N --chunk-avg N --chunk-max N | --chunk-size N] [--hint none|f16|f32]",
 		summary: "store files as one manifest (a region per file) and print its ID last",
 		run:     runPut,
 	})
@@ -26,6 +27,7 @@ func runPut(c *cli, args []string) error {
 	fs.Var(&cmax, "chunk-max", "FastCDC maximum chunk size (default 256KiB)")
 	fs.Var(&csize, "chunk-size", "fixed chunk size (default 64KiB)")
 	workers := fs.Int("workers", 0, "chunks stored at once (default: number of CPUs)")
+	hintName := fs.String("hint", "none", "what the bytes are, for the codec choice: none, f16 (little-endian float16) or f32")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
@@ -67,6 +69,10 @@ func runPut(c *cli, args []string) error {
 	default:
 		return usageError("--chunker %q: want fastcdc or fixed", *method)
 	}
+	hint, ok := map[string]cas.Hint{"none": cas.HintNone, "f16": cas.HintFloat16, "f32": cas.HintFloat32}[*hintName]
+	if !ok {
+		return usageError("--hint %q: want none, f16 or f32", *hintName)
+	}
 	if *tag != "" {
 		if err := index.ValidRefName(*tag); err != nil {
 			return usageError("--tag: %v", err)
@@ -84,7 +90,7 @@ func runPut(c *cli, args []string) error {
 		}
 	}
 	bar := progress.New(c.stderr, "put", total)
-	res, err := r.PutFiles(c.ctx, files, repo.PutOptions{Chunker: spec, Tag: *tag, Workers: *workers, Progress: bar.Add})
+	res, err := r.PutFiles(c.ctx, files, repo.PutOptions{Chunker: spec, Tag: *tag, Workers: *workers, Hint: hint, Progress: bar.Add})
 	bar.Finish()
 	if err != nil {
 		return err

@@ -129,7 +129,7 @@ func TestCLIPutGetLsInspectGCFsck(t *testing.T) {
 
 	// An untagged put, then gc --grace 0 removes it and keeps the tagged one.
 	pc, _ := storageRandFile(t, work, "c.bin", 3, 100_000)
-	if code, _, e := storageRun(t, dir, "put", pc, "--chunker", "fixed", "--chunk-size", "32KiB"); code != 0 {
+	if code, _, e := storageRun(t, dir, "put", pc, "--chunker", "fixed", "--chunk-size", "32KiB", "--hint", "f16"); code != 0 {
 		t.Fatalf("put fixed: %s", e)
 	}
 	code, out, _ = storageRun(t, dir, "gc", "--grace", "0", "--json")
@@ -198,6 +198,7 @@ func TestCLIUsageAndBadInput(t *testing.T) {
 		{[]string{"put", "x", "--chunk-min", "1MiB"}, 2, "invalid chunker parameters"},
 		{[]string{"put", "x", "--tag", ".hidden"}, 2, "bad ref name"},
 		{[]string{"put", "/nonexistent/file"}, 1, "no such file"},
+		{[]string{"put", "x", "--hint", "f8"}, 2, "want none, f16 or f32"},
 		{[]string{"get", "x"}, 2, "needs -o"},
 		{[]string{"get", "nosuchtag", "-o", "/tmp/never"}, 1, "no manifest, tag or ID prefix"},
 		{[]string{"get", "blake3:zz", "-o", "/tmp/never"}, 1, "no manifest"},
