@@ -1,0 +1,5 @@
+//go:build !race
+
+package castest
+
+const raceEnabled = false
