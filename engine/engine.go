@@ -67,6 +67,7 @@ type Engine struct {
 	module  *wasmtime.Module
 	backend Backend
 	load    ModuleLoad
+	guestFP [32]byte
 
 	mu     sync.Mutex
 	closed bool
@@ -94,7 +95,7 @@ func New(opts Options) (*Engine, error) {
 		creator.SetHook(h)
 	}
 	wt := wasmtime.NewEngineWithConfig(cfg)
-	e := &Engine{wt: wt, creator: creator, backend: b}
+	e := &Engine{wt: wt, creator: creator, backend: b, guestFP: blake3.Sum256(wasm)}
 	if err := e.loadModule(wasm, opts.CacheDir); err != nil {
 		wt.Close()
 		return nil, err
@@ -111,6 +112,10 @@ func New(opts Options) (*Engine, error) {
 
 // ModuleLoad reports how the compiled module was obtained (cold compile or warm cache).
 func (e *Engine) ModuleLoad() ModuleLoad { return e.load }
+
+// GuestFingerprint is the BLAKE3-256 of the guest module the engine runs (guest.Fingerprint
+// for the embedded guest): what a checkpoint records and a restore must match.
+func (e *Engine) GuestFingerprint() [32]byte { return e.guestFP }
 
 // Backend returns the engine's backend.
 func (e *Engine) Backend() Backend { return e.backend }

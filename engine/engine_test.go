@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/driftstore/driftstore/gguf"
+	"github.com/driftstore/driftstore/guest"
 )
 
 // logitsAfter feeds toks into a fresh instance and returns the logits, the generated tokens
@@ -446,5 +447,34 @@ func TestModuleCache(t *testing.T) {
 	other := mustWat(t, `(module (memory (export "memory") 1) (func (export "f") (result i32) i32.const 8))`)
 	if ModuleCacheKey(other) == ModuleCacheKey(wasm) {
 		t.Fatal("different modules share a cache key")
+	}
+}
+
+// TestInstancesReleaseMemory: closing instances releases their linear memory regions.
+func TestInstancesReleaseMemory(t *testing.T) {
+	e := testEngine(t)
+	m := testModel(t, "small", gguf.TypeF16)
+	base := e.Creator().Live()
+	for i := 0; i < 20; i++ {
+		in, err := m.NewInstance(InstanceOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := in.Prefill([]int32{1, 2, 3}); err != nil {
+			t.Fatal(err)
+		}
+		if e.Creator().Live() != base+1 {
+			t.Fatalf("%d live regions with one instance open, want %d", e.Creator().Live(), base+1)
+		}
+		in.Close()
+		if _, err := in.Position(); !errors.Is(err, ErrClosed) {
+			t.Fatalf("call after Close: %v", err)
+		}
+	}
+	if got := e.Creator().Live(); got != base {
+		t.Fatalf("%d live regions after closing every instance, want %d", got, base)
+	}
+	if e.GuestFingerprint() != guest.Fingerprint {
+		t.Fatal("engine guest fingerprint differs from the embedded guest's")
 	}
 }
