@@ -1,0 +1,74 @@
+package main
+
+import (
+	"github.com/driftstore/driftstore/internal/progress"
+)
+
+func init() {
+	register(&command{
+		name:    "checkpoint",
+		args:    "--session NAME",
+		summary: "checkpoint a session (every run turn checkpoints itself; this reports or writes the head)",
+		run:     runCheckpoint,
+	})
+}
+
+type checkpointOut struct {
+	Session       string  `json:"session"`
+	Checkpoint    string  `json:"checkpoint"`
+	Parent        string  `json:"parent,omitempty"`
+	Position      int     `json:"position"`
+	Blocks        int     `json:"blocks"`
+	BlocksWritten int     `json:"blocks_written"`
+	KVBytes       int64   `json:"kv_bytes"`
+	StoredNew     int64   `json:"stored_new_bytes"`
+	MS            float64 `json:"ms"`
+}
+
+func runCheckpoint(c *cli, args []string) error {
+	fs := c.flagSet()
+	name := fs.String("session", "", "session name")
+	if err := c.parse(fs, args); err != nil {
+		return err
+	}
+	if *name == "" || len(fs.Args()) > 0 {
+		return usageError("want --session NAME and nothing else")
+	}
+	env, err := c.openSessions(1, 0)
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	s, err := env.mgr.Session(*name)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	// A session is live only inside the process that runs it (a daemon, or one run command,
+	// which checkpoints at the end of its turn); here Checkpoint finds nothing newer than the
+	// head and reports it without writing.
+	r, err := s.Checkpoint(c.ctx)
+	if err != nil {
+		return err
+	}
+	cp := r.Checkpoint
+	out := checkpointOut{Session: *name, Checkpoint: cp.ID.String(), Position: r.Position, Blocks: r.Blocks,
+		BlocksWritten: r.BlocksWritten, KVBytes: r.KVBytes, StoredNew: r.StoredNew, MS: ms(r.Duration)}
+	if !cp.Parent.IsZero() {
+		out.Parent = cp.Parent.String()
+	}
+	if c.globals.json {
+		return c.printJSON(out)
+	}
+	c.printf("session    %s\n", *name)
+	c.printf("checkpoint %s\n", out.Checkpoint)
+	if out.Parent != "" {
+		c.printf("parent     %s\n", out.Parent)
+	}
+	c.printf("position   %d tokens, %d KV blocks (%s)\n", out.Position, out.Blocks, progress.Bytes(out.KVBytes))
+	if r.BlocksWritten == 0 && r.Duration == 0 {
+		c.printf("written    nothing: the session has not changed since this checkpoint\n")
+	} else {
+		c.printf("written    %d blocks, %s new at rest, in %.1f ms\n", r.BlocksWritten, progress.Bytes(r.StoredNew), out.MS)
+	}
+	return nil
+}

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"strconv"
+
+	"github.com/driftstore/driftstore/checkpoint"
+	"github.com/driftstore/driftstore/engine"
+	"github.com/driftstore/driftstore/internal/progress"
+	"github.com/driftstore/driftstore/repo"
+	"github.com/driftstore/driftstore/session"
+)
+
+func init() {
+	register(&command{
+		name:    "run",
+		args:    "--session NAME [--model FILE] [--prompt TEXT | --tokens 1,2,3] -n N [--seed S] [--temp T] [--top-k K] [--top-p P] [--kv f16|f32] [--block-size N]",
+		summary: "run one turn of a named, persistent session: restore it, feed the prompt, generate, checkpoint",
+		run:     runRun,
+	})
+}
+
+// sessionEnv is an open data directory with an engine and a session manager.
+type sessionEnv struct {
+	repo *repo.Repo
+	eng  *engine.Engine
+	mgr  *session.Manager
+}
+
+func (e *sessionEnv) Close() {
+	if e.mgr != nil {
+		e.mgr.Close()
+	}
+	if e.eng != nil {
+		e.eng.Close()
+	}
+	if e.repo != nil {
+		e.repo.Close()
+	}
+}
+
+// openSessions opens the data directory, an engine (module cache under it) and a session
+// manager with threads host threads per instance.
+func (c *cli) openSessions(threads, batch int) (*sessionEnv, error) {
+	r, err := c.openRepo(false)
+	if err != nil {
+		return nil, err
+	}
+	env := &sessionEnv{repo: r}
+	env.eng, err = engine.New(engine.Options{CacheDir: engine.ModuleCacheDir(c.globals.data)})
+	if err != nil {
+		env.Close()
+		return nil, err
+	}
+	env.mgr, err = session.NewManager(session.Config{Index: r.Index(), Engine: env.eng, DataDir: c.globals.data, Threads: threads, Batch: batch})
+	if err != nil {
+		env.Close()
+		return nil, err
+	}
+	return env, nil
+}
+
+type runResult struct {
+	generateResult
+	Session       string  `json:"session"`
+	Checkpoint    string  `json:"checkpoint,omitempty"`
+	Parent        string  `json:"parent,omitempty"`
+	Position      int     `json:"position"`
+	New           bool    `json:"new"`
+	RestoreMS     float64 `json:"restore_ms,omitempty"`
+	PrefixTokens  int     `json:"prefix_cache_tokens"`
+	PrefixMS      float64 `json:"prefix_cache_ms,omitempty"`
+	CheckpointMS  float64 `json:"checkpoint_ms,omitempty"`
+	BlocksWritten int     `json:"blocks_written"`
+	Blocks        int     `json:"blocks"`
+	StoredNew     int64   `json:"stored_new_bytes"`
+}
+
+func runRun(c *cli, args []string) error {
+	fs := c.flagSet()
+	var rf runtimeFlags
+	rf.register(fs)
+	name := fs.String("session", "", "session name (created on first use)")
+	prompt := fs.String("prompt", "", "prompt text (a new session starts with BOS)")
+	tokens := fs.String("tokens", "", "prompt as comma-separated token ids")
+	n := fs.Int("n", 16, "number of tokens to generate")
+	seed := fs.Uint64("seed", 0, "sampler RNG seed (setting any sampling flag on an existing session reseeds it)")
+	temp := fs.Float64("temp", 0.8, "sampling temperature (0: greedy)")
+	topK := fs.Int("top-k", 40, "keep only the K most likely tokens (0: all)")
+	topP := fs.Float64("top-p", 0.95, "keep the smallest set of tokens whose probability reaches P (1: all)")
+	noCP := fs.Bool("no-checkpoint", false, "do not checkpoint at the end of the turn")
+	if err := c.parse(fs, args); err != nil {
+		return err
+	}
+	if len(fs.Args()) > 0 {
+		return usageError("unexpected argument %q", fs.Args()[0])
+	}
+	if *name == "" {
+		return usageError("--session NAME is required")
+	}
+	if *prompt != "" && *tokens != "" {
+		return usageError("give at most one of --prompt and --tokens")
+	}
+	if *n < 0 {
+		return usageError("-n must be >= 0")
+	}
+	if *temp < 0 || *topK < 0 || *topP <= 0 || *topP > 1 {
+		return usageError("--temp must be >= 0, --top-k >= 0 and --top-p in (0, 1]")
+	}
+	opts, err := rf.instanceOptions()
+	if err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	env, err := c.openSessions(opts.Threads, opts.Batch)
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	s, err := env.mgr.Session(*name)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	head, err := s.Head()
+	if err != nil {
+		return err
+	}
+	turn := session.Turn{Model: rf.model, N: *n, KVType: opts.KVType, BlockSize: opts.BlockSize, NoCheckpoint: *noCP}
+	smp := engine.Sampler{Temp: float32(*temp), TopK: *topK, TopP: float32(*topP), Seed: *seed}
+	if head == nil {
+		turn.Sampler = &smp
+	} else if set["seed"] || set["temp"] || set["top-k"] || set["top-p"] {
+		// Continue with the session's settings, replacing those given.
+		cur := head.Sampler
+		if set["seed"] {
+			cur.Seed = smp.Seed
+		}
+		if set["temp"] {
+			cur.Temp = smp.Temp
+		}
+		if set["top-k"] {
+			cur.TopK = smp.TopK
+		}
+		if set["top-p"] {
+			cur.TopP = smp.TopP
+		}
+		turn.Sampler = &cur
+	}
+	if head != nil && (set["kv"] || set["block-size"]) {
+		if opts.KVType.String() != head.Layout.DType || opts.BlockSize != head.Layout.BlockSize {
+			return usageError("session %s has KV %s with block size %d; --kv and --block-size apply to new sessions only", *name, head.Layout.DType, head.Layout.BlockSize)
+		}
+	}
+	model, _, err := env.mgr.Model(modelSource(rf.model, head))
+	if err != nil {
+		return err
+	}
+	tok, tokErr := model.GGUF().Tokenizer()
+	switch {
+	case *prompt != "":
+		if tokErr != nil {
+			return fmt.Errorf("--prompt needs the model's tokenizer: %w", tokErr)
+		}
+		turn.Prompt = tok.Encode(*prompt, head == nil)
+	case *tokens != "":
+		if turn.Prompt, err = parseTokenList(*tokens); err != nil {
+			return usageError("--tokens: %v", err)
+		}
+	}
+	if head == nil && len(turn.Prompt) == 0 {
+		return usageError("session %s is new: give --prompt or --tokens", *name)
+	}
+	stream := !c.globals.json
+	if stream {
+		c.printf("tokens:")
+		turn.OnToken = func(t int32) error { c.printf(" %d", t); return nil }
+	}
+	res, err := s.Run(c.ctx, turn)
+	if stream {
+		c.printf("\n")
+	}
+	if err != nil {
+		return err
+	}
+	out := runResult{
+		generateResult: generateResult{
+			Tokens: res.Tokens, PromptTokens: res.PromptTokens, Backend: res.Backend,
+			PrefillMS: ms(res.Prefill), DecodeMS: ms(res.Decode),
+			PrefillTokS: perSec(res.PromptTokens-res.PrefixTokens, res.Prefill), DecodeTokS: perSec(len(res.Tokens), res.Decode),
+		},
+		Session: *name, Position: res.Position, New: head == nil, PrefixTokens: res.PrefixTokens, PrefixMS: ms(res.PrefixLoad),
+	}
+	if out.Tokens == nil {
+		out.Tokens = []int32{}
+	}
+	if tokErr == nil {
+		out.Text, _ = tok.Decode(res.Tokens)
+	}
+	if res.Restored != nil {
+		out.RestoreMS = ms(res.Restored.Total)
+	}
+	if cr := res.Checkpoint; cr != nil {
+		out.Checkpoint = cr.Checkpoint.ID.String()
+		if !cr.Checkpoint.Parent.IsZero() {
+			out.Parent = cr.Checkpoint.Parent.String()
+		}
+		out.CheckpointMS, out.BlocksWritten, out.Blocks, out.StoredNew = ms(cr.Duration), cr.BlocksWritten, cr.Blocks, cr.StoredNew
+	}
+	if c.globals.json {
+		return c.printJSON(out)
+	}
+	if tokErr == nil {
+		c.printf("text: %s\n", strconv.Quote(out.Text))
+	}
+	switch {
+	case head == nil && res.PrefixTokens > 0:
+		c.logf("session %s: new; %d of %d prompt tokens restored from the prefix cache in %.1f ms\n", *name, res.PrefixTokens, res.PromptTokens, out.PrefixMS)
+	case head == nil:
+		c.logf("session %s: new\n", *name)
+	case res.Restored != nil:
+		c.logf("session %s: restored %d tokens from checkpoint %s in %.1f ms\n", *name, res.Restored.Position, head.ID, out.RestoreMS)
+	}
+	c.logf("prompt %d tokens, prefill %.1f ms, decode %d tokens %.1f ms (%.1f tok/s), backend %s\n",
+		res.PromptTokens, out.PrefillMS, len(res.Tokens), out.DecodeMS, out.DecodeTokS, out.Backend)
+	if cr := res.Checkpoint; cr != nil {
+		c.logf("checkpoint %s: position %d, %d of %d KV blocks written (%s new at rest) in %.1f ms\n",
+			cr.Checkpoint.ID, cr.Position, cr.BlocksWritten, cr.Blocks, progress.Bytes(cr.StoredNew), out.CheckpointMS)
+	}
+	return nil
+}
+
+// modelSource is the model a command should load: the one given, else the session's.
+func modelSource(given string, head *checkpoint.Checkpoint) string {
+	if given == "" && head != nil {
+		return head.ModelSource
+	}
+	return given
+}
