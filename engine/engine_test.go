@@ -478,3 +478,37 @@ func TestInstancesReleaseMemory(t *testing.T) {
 		t.Fatal("engine guest fingerprint differs from the embedded guest's")
 	}
 }
+
+// TestConcurrentInstances: instances of one model run in parallel goroutines and each gets
+// the same result as running alone.
+func TestConcurrentInstances(t *testing.T) {
+	m := testModel(t, "small", gguf.TypeQ8_0)
+	toks := prompt(30, m.Hyper().Vocab, 10)
+	want, wantOut, _ := run(t, m, InstanceOptions{Sampler: sampled}, toks, 8)
+	errs := make(chan error, 4)
+	for g := 0; g < 4; g++ {
+		go func() {
+			in, err := m.NewInstance(InstanceOptions{Sampler: sampled, Threads: 1 + g%2})
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer in.Close()
+			if err := in.Prefill(toks); err != nil {
+				errs <- err
+				return
+			}
+			lg, _ := in.Logits()
+			out, err := in.Generate(8, nil)
+			if err == nil && (!bytes.Equal(f32bits(lg), f32bits(want)) || fmt.Sprint(out) != fmt.Sprint(wantOut)) {
+				err = fmt.Errorf("goroutine %d: result differs from a lone run", g)
+			}
+			errs <- err
+		}()
+	}
+	for g := 0; g < 4; g++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
