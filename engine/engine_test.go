@@ -512,3 +512,51 @@ func TestConcurrentInstances(t *testing.T) {
 		}
 	}
 }
+
+// TestAdoptPrefix: full blocks of a shared prefix copied from another instance plus
+// AdoptPrefix, then prefilling the rest, give the same logits and KV bytes as prefilling the
+// whole prompt (what a prefix cache relies on).
+func TestAdoptPrefix(t *testing.T) {
+	m := testModel(t, "small", gguf.TypeF16)
+	toks := prompt(45, m.Hyper().Vocab, 11)
+	a := newInst(t, m, InstanceOptions{})
+	if err := a.Prefill(toks); err != nil {
+		t.Fatal(err)
+	}
+	aRegs, _ := a.KVRegions()
+	src := map[[2]int][]byte{}
+	for _, r := range aRegs {
+		src[[2]int{r.Layer, r.Block}] = a.Memory()[r.Offset : r.Offset+r.Length]
+	}
+	b := newInst(t, m, InstanceOptions{})
+	regs, err := b.AllocKV(32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range regs {
+		copy(b.Memory()[r.Offset:r.Offset+r.Length], src[[2]int{r.Layer, r.Block}])
+	}
+	if err := b.AdoptPrefix(toks[:32]); err != nil {
+		t.Fatal(err)
+	}
+	if lg, _ := b.Logits(); lg != nil {
+		t.Fatal("logits after AdoptPrefix")
+	}
+	if err := b.AdoptPrefix(toks[:32]); err == nil {
+		t.Fatal("AdoptPrefix twice succeeded")
+	}
+	if err := b.Prefill(toks[32:]); err != nil {
+		t.Fatal(err)
+	}
+	la, _ := a.Logits()
+	lb, _ := b.Logits()
+	if !bytes.Equal(f32bits(la), f32bits(lb)) {
+		t.Fatal("logits after prefix adoption differ from a full prefill")
+	}
+	ka, kb := kvBytes(t, a), kvBytes(t, b)
+	for i := range ka {
+		if !bytes.Equal(ka[i], kb[i]) {
+			t.Fatalf("KV region %d differs", i)
+		}
+	}
+}

@@ -580,6 +580,37 @@ func (in *Instance) LoadState(state []byte) error {
 	return nil
 }
 
+// AdoptPrefix makes tokens the instance's history and position without running the model,
+// for a prefix whose KV blocks were restored from elsewhere (a prefix cache): call AllocKV
+// (len(tokens)) and fill those blocks first. Sampler settings and RNG state are kept; there
+// are no logits afterwards, so feed at least one more token (Prefill) before sampling. Only a
+// fresh instance (position 0) may adopt a prefix.
+func (in *Instance) AdoptPrefix(tokens []int32) error {
+	pos, err := in.Position()
+	if err != nil {
+		return err
+	}
+	if pos != 0 {
+		return fmt.Errorf("engine: AdoptPrefix on an instance at position %d, want a fresh one", pos)
+	}
+	cur, err := in.SaveState()
+	if err != nil {
+		return err
+	}
+	const fixed = 80 // guest/ABI.md: small state header
+	if len(cur) < fixed {
+		return fmt.Errorf("%w: short state", ErrGuest)
+	}
+	st := make([]byte, fixed+4*len(tokens))
+	copy(st, cur[:fixed])
+	binary.LittleEndian.PutUint32(st[20:], uint32(len(tokens)))
+	binary.LittleEndian.PutUint32(st[76:], 0) // no logits
+	for i, t := range tokens {
+		binary.LittleEndian.PutUint32(st[fixed+4*i:], uint32(t))
+	}
+	return in.LoadState(st)
+}
+
 // NopLoop makes the guest call the empty host op n times (host-op call overhead).
 func (in *Instance) NopLoop(n int) error {
 	_, err := in.call("nop_loop", int32(n))
