@@ -161,8 +161,18 @@ func TestGuestRefusals(t *testing.T) {
 	if _, err := in.Step(); !errors.Is(err, ErrGuest) {
 		t.Fatalf("step before any token: %v", err)
 	}
-	if err := in.Prefill([]int32{1, int32(m.Hyper().Vocab)}); !errors.Is(err, ErrGuest) {
+	if err := in.Prefill([]int32{1, int32(m.Hyper().Vocab)}); err == nil || !strings.Contains(err.Error(), "outside the vocabulary") {
 		t.Fatalf("token outside the vocabulary: %v", err)
+	}
+	// The guest checks too, for callers that bypass Prefill.
+	if err := in.write([]byte{1, 0, 0, 0, 0xff, 0xff, 0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.callStatus("feed", int32(2)); !errors.Is(err, ErrGuest) || !strings.Contains(err.Error(), "vocabulary") {
+		t.Fatalf("guest feed of a token outside the vocabulary: %v", err)
+	}
+	if err := in.callStatus("feed", int32(1<<20)); !errors.Is(err, ErrGuest) {
+		t.Fatalf("guest feed of more tokens than the buffer holds: %v", err)
 	}
 	if err := in.Prefill(prompt(m.Hyper().CtxMax+1, m.Hyper().Vocab, 1)); !errors.Is(err, ErrGuest) {
 		t.Fatalf("prompt beyond the context: %v", err)

@@ -308,7 +308,7 @@ func (in *Instance) guestError(name string) error {
 	if err != nil {
 		return err
 	}
-	return fmt.Errorf("%w: %s: %s", ErrGuest, name, msg)
+	return fmt.Errorf("%w: %s", ErrGuest, msg)
 }
 
 // record reads a length-prefixed record at off (checked against memory).
@@ -348,6 +348,12 @@ func (in *Instance) write(data []byte) error {
 func (in *Instance) Prefill(tokens []int32) error {
 	if len(tokens) == 0 {
 		return nil
+	}
+	v := in.model.hyper.Vocab
+	for i, t := range tokens {
+		if t < 0 || int(t) >= v {
+			return fmt.Errorf("engine: prefill: token %d (at %d) is outside the vocabulary [0, %d)", t, i, v)
+		}
 	}
 	b := make([]byte, 4*len(tokens))
 	for i, t := range tokens {
