@@ -1,0 +1,422 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/checkpoint"
+	"github.com/driftstore/driftstore/engine"
+	"github.com/driftstore/driftstore/gguf"
+	"github.com/driftstore/driftstore/internal/progress"
+	"github.com/driftstore/driftstore/repo"
+	"github.com/driftstore/driftstore/restore"
+	"github.com/driftstore/driftstore/session"
+)
+
+func init() {
+	registerBench(&benchmark{
+		name:    "restore",
+		args:    "[--models tiny,llama-3.2-1b] [--contexts 24,128,512,2048,4096] [--type q8_0] [--kv f16] [--threads N] [--reps 3] [--turns 8]",
+		summary: "checkpoint (full, incremental), restore, first token after restore vs re-prefill, stored bytes, restore over the verify-and-copy floor",
+		run:     runBenchRestore,
+	})
+}
+
+type benchRestoreRow struct {
+	Model          string  `json:"model"`
+	Context        int     `json:"context"`
+	KVBytes        int64   `json:"kv_bytes"`
+	FullMS         float64 `json:"checkpoint_full_ms"`
+	IncrMS         float64 `json:"checkpoint_incr16_ms"`
+	IncrBlocks     int     `json:"checkpoint_incr16_blocks"`
+	IncrFloorMS    float64 `json:"incr16_hash_store_blocks_ms"` // hashing and storing those blocks alone
+	RestoreMS      float64 `json:"restore_ms"`
+	RestoreDecMS   float64 `json:"restore_decode_ms"`
+	TTFTRestoreMS  float64 `json:"ttft_restore_ms"`
+	PrefillMS      float64 `json:"reprefill_ms"`
+	TTFTPrefillMS  float64 `json:"ttft_reprefill_ms"`
+	TTFTSpeedup    float64 `json:"ttft_speedup"`
+	RestoreSpeedup float64 `json:"restore_speedup"` // re-prefill / restore
+	StoredPerToken float64 `json:"stored_bytes_per_token"`
+	FloorMS        float64 `json:"floor_ms"` // KV bytes ÷ verify-and-copy speed
+	OverFloor      float64 `json:"restore_over_floor"`
+	Identical      bool    `json:"continuation_identical"`
+}
+
+type benchRestoreConv struct {
+	Model       string  `json:"model"`
+	Turns       int     `json:"turns"`
+	Position    int     `json:"position"`
+	KVBytes     int64   `json:"final_kv_bytes"`
+	StoredBytes int64   `json:"stored_bytes"`
+	Ratio       float64 `json:"stored_over_kv"`
+}
+
+type benchRestoreResult struct {
+	Backend       string             `json:"backend"`
+	Threads       int                `json:"threads"`
+	Workers       int                `json:"workers"`
+	KV            string             `json:"kv"`
+	CopyVerifyGBs float64            `json:"verify_copy_gb_s"`
+	Rows          []benchRestoreRow  `json:"rows"`
+	Conversations []benchRestoreConv `json:"conversations"`
+}
+
+func runBenchRestore(c *cli, args []string) error {
+	fs := c.flagSet()
+	models := fs.String("models", "tiny,llama-3.2-1b", "synthetic presets to run (generated into DATA/models on first use)")
+	ctxList := fs.String("contexts", "24,128,512,2048,4096", "context lengths")
+	typ := fs.String("type", "q8_0", "weight type of the synthetic models")
+	kvFlag := fs.String("kv", "f16", "KV cache element type")
+	threads := fs.Int("threads", runtime.NumCPU(), "host threads for the compute ops")
+	reps := fs.Int("reps", 3, "repetitions of each restore and re-prefill (best is reported)")
+	turns := fs.Int("turns", 8, "turns of the stored-bytes conversation (0: skip)")
+	if err := c.parse(fs, args); err != nil {
+		return err
+	}
+	contexts, err := parseInts(*ctxList, "contexts")
+	if err != nil {
+		return err
+	}
+	slices.Sort(contexts)
+	t, err := gguf.ParseType(*typ)
+	if err != nil {
+		return usageError("--type: %v", err)
+	}
+	kv, err := engine.ParseKVType(*kvFlag)
+	if err != nil {
+		return usageError("--kv: %v", err)
+	}
+	if *reps < 1 || *threads < 1 {
+		return usageError("--reps and --threads must be positive")
+	}
+	eng, err := engine.New(engine.Options{CacheDir: engine.ModuleCacheDir(c.globals.data)})
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	tmp, err := os.MkdirTemp("", "driftstore-bench-restore-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	workers := runtime.GOMAXPROCS(0)
+	res := benchRestoreResult{Backend: eng.Backend().Name(), Threads: *threads, Workers: workers, KV: kv.String()}
+	ctx := c.ctx
+
+	for _, preset := range splitList(*models) {
+		c.logf("model %s %s: generating or opening...\n", preset, t)
+		path, err := engine.SynthModelPath(c.globals.data, preset, t, 1, nil)
+		if err != nil {
+			return err
+		}
+		model, err := eng.LoadModel(path)
+		if err != nil {
+			return err
+		}
+		model.Fingerprint()
+		rows, conv, gbs, err := benchRestoreModel(ctx, c, model, path, preset, tmp, contexts, kv, *threads, workers, *reps, *turns)
+		model.Close()
+		if err != nil {
+			return err
+		}
+		res.CopyVerifyGBs = gbs
+		res.Rows = append(res.Rows, rows...)
+		if conv != nil {
+			res.Conversations = append(res.Conversations, *conv)
+		}
+	}
+	if c.globals.json {
+		return c.printJSON(res)
+	}
+	c.printf("driftstore bench restore: backend %s, %d threads, %d workers, KV %s, %s/%s, %d CPUs; verify-and-copy %.2f GB/s\n",
+		res.Backend, res.Threads, res.Workers, res.KV, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), res.CopyVerifyGBs)
+	c.printf("%-13s %6s %9s %9s %9s %9s %9s %9s %10s %10s %8s %8s %9s %8s %6s\n",
+		"model", "ctx", "KV", "ckpt ms", "incr16", "floor16", "restore", "TTFT rst", "reprefill", "TTFT pref", "TTFT ×", "rst ×", "B/token", "floor", "×floor")
+	for _, r := range res.Rows {
+		c.printf("%-13s %6d %9s %9.1f %9.1f %9.1f %9.2f %9.2f %10.1f %10.1f %8.1f %8.1f %9.0f %8.2f %6.2f%s\n",
+			r.Model, r.Context, progress.Bytes(r.KVBytes), r.FullMS, r.IncrMS, r.IncrFloorMS, r.RestoreMS, r.TTFTRestoreMS,
+			r.PrefillMS, r.TTFTPrefillMS, r.TTFTSpeedup, r.RestoreSpeedup, r.StoredPerToken, r.FloorMS, r.OverFloor,
+			map[bool]string{true: "", false: "  CONTINUATION DIFFERS"}[r.Identical])
+	}
+	for _, cv := range res.Conversations {
+		c.printf("%s: %d-turn conversation to %d tokens: stored %s at rest for %s of final KV (%.2f×)\n",
+			cv.Model, cv.Turns, cv.Position, progress.Bytes(cv.StoredBytes), progress.Bytes(cv.KVBytes), cv.Ratio)
+	}
+	return nil
+}
+
+// benchTokens is a deterministic prompt of n ids below vocab.
+func benchTokens(n, vocab int, salt uint32) []int32 {
+	out := make([]int32, n)
+	x := 2166136261 ^ salt
+	for i := range out {
+		x ^= uint32(i)
+		x *= 16777619
+		out[i] = int32(x % uint32(vocab))
+	}
+	return out
+}
+
+func storedBytes(ctx context.Context, s cas.Store) (int64, error) {
+	var n int64
+	err := s.Walk(ctx, func(in cas.Info) error { n += in.StoredSize; return nil })
+	return n, err
+}
+
+// verifyCopySpeed measures copying data into a destination while hashing it with BLAKE3,
+// blockLen bytes at a time on workers goroutines: what a restore of raw chunks must at least do.
+func verifyCopySpeed(data []byte, blockLen, workers int) float64 {
+	dst := make([]byte, len(data))
+	copy(dst, data) // fault the pages in
+	best := time.Duration(1 << 62)
+	for rep := 0; rep < 3; rep++ {
+		t0 := time.Now()
+		var wg sync.WaitGroup
+		n := (len(data) + blockLen - 1) / blockLen
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < n; i += workers {
+					lo, hi := i*blockLen, min((i+1)*blockLen, len(data))
+					copy(dst[lo:hi], data[lo:hi])
+					_ = cas.Sum(dst[lo:hi])
+				}
+			}()
+		}
+		wg.Wait()
+		best = min(best, time.Since(t0))
+	}
+	return float64(len(data)) / best.Seconds()
+}
+
+func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, name, tmp string, contexts []int, kv engine.KVType,
+	threads, workers, reps, turns int) ([]benchRestoreRow, *benchRestoreConv, float64, error) {
+	vocab := model.Hyper().Vocab
+	maxCtx := contexts[len(contexts)-1]
+	if maxCtx+16 > model.Hyper().CtxMax {
+		return nil, nil, 0, fmt.Errorf("context %d (+16) exceeds %s's context length %d", maxCtx, name, model.Hyper().CtxMax)
+	}
+	prompt := benchTokens(maxCtx, vocab, 1)
+	iopts := engine.InstanceOptions{KVType: kv, Threads: threads}
+	live, err := model.NewInstance(iopts)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	defer live.Close()
+	var rows []benchRestoreRow
+	var gbs float64
+	fed := 0
+	for ci, n := range contexts {
+		c.logf("  %s: context %d...\n", name, n)
+		if err := live.Prefill(prompt[fed:n]); err != nil {
+			return nil, nil, 0, err
+		}
+		fed = n
+		row := benchRestoreRow{Model: name, Context: n}
+		// Full checkpoint into an empty store.
+		r, err := repo.Open(filepath.Join(tmp, fmt.Sprintf("%s-%d", name, n)), repo.Options{})
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		full, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Workers: workers})
+		if err != nil {
+			r.Close()
+			return nil, nil, 0, err
+		}
+		cp := full.Checkpoint
+		row.FullMS, row.KVBytes = ms(full.Duration), cp.KVBytes()
+		sb, err := storedBytes(ctx, r.Store())
+		if err != nil {
+			r.Close()
+			return nil, nil, 0, err
+		}
+		row.StoredPerToken = float64(sb) / float64(n)
+
+		// The floor: verify-and-copy speed over this checkpoint's KV bytes, measured now.
+		if ci == len(contexts)-1 || gbs == 0 {
+			regs, err := live.KVRegions()
+			if err != nil {
+				r.Close()
+				return nil, nil, 0, err
+			}
+			mem := live.Memory()
+			buf := make([]byte, 0, cp.KVBytes())
+			for _, rg := range regs {
+				buf = append(buf, mem[rg.Offset:rg.Offset+rg.Length]...)
+			}
+			gbs = verifyCopySpeed(buf, cp.Layout.BlockBytes, workers) / 1e9
+		}
+		row.FloorMS = float64(cp.KVBytes()) / (gbs * 1e9) * 1e3
+
+		// Restore (best of reps), first token, and the continuation against the live instance.
+		for i := 0; i < reps; i++ {
+			t0 := time.Now()
+			in, rr, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers})
+			if err != nil {
+				r.Close()
+				return nil, nil, 0, err
+			}
+			d := time.Since(t0)
+			_, err = in.Sample()
+			ttft := time.Since(t0)
+			if err == nil && i == 0 {
+				// Continue 4 tokens from the restored state and from the live instance, which
+				// is exactly in the captured state (the live one is rewound below).
+				var got, want []int32
+				if got, err = in.Generate(4, nil); err == nil {
+					want, err = live.Generate(4, nil)
+					row.Identical = slices.Equal(got, want)
+				}
+			}
+			in.Close()
+			if err != nil {
+				r.Close()
+				return nil, nil, 0, err
+			}
+			if i == 0 || ms(d) < row.RestoreMS {
+				row.RestoreMS, row.RestoreDecMS = ms(d), ms(rr.Decode)
+			}
+			if i == 0 || ms(ttft) < row.TTFTRestoreMS {
+				row.TTFTRestoreMS = ms(ttft)
+			}
+		}
+		row.OverFloor = row.RestoreMS / row.FloorMS
+
+		// Re-prefill (best of reps; one rep above 1024 tokens, where it is slow and stable).
+		pr := reps
+		if n > 1024 {
+			pr = 1
+		}
+		for i := 0; i < pr; i++ {
+			t0 := time.Now()
+			in, err := model.NewInstance(iopts)
+			if err != nil {
+				r.Close()
+				return nil, nil, 0, err
+			}
+			err = in.Prefill(prompt[:n])
+			d := time.Since(t0)
+			if err == nil {
+				_, err = in.Sample()
+			}
+			ttft := time.Since(t0)
+			in.Close()
+			if err != nil {
+				r.Close()
+				return nil, nil, 0, err
+			}
+			if i == 0 || ms(d) < row.PrefillMS {
+				row.PrefillMS = ms(d)
+			}
+			if i == 0 || ms(ttft) < row.TTFTPrefillMS {
+				row.TTFTPrefillMS = ms(ttft)
+			}
+		}
+		row.TTFTSpeedup = row.TTFTPrefillMS / row.TTFTRestoreMS
+		row.RestoreSpeedup = row.PrefillMS / row.RestoreMS
+
+		// Incremental: rewind the live instance to the checkpoint, 16 new tokens, checkpoint with
+		// the full one as parent.
+		in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers})
+		if err != nil {
+			r.Close()
+			return nil, nil, 0, err
+		}
+		live.Close()
+		live = in
+		if _, err := live.Generate(16, nil); err != nil {
+			r.Close()
+			return nil, nil, 0, err
+		}
+		incr, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Parent: cp, Workers: workers})
+		if err != nil {
+			r.Close()
+			return nil, nil, 0, err
+		}
+		row.IncrMS, row.IncrBlocks = ms(incr.Duration), incr.BlocksWritten
+		// The same blocks hashed and stored alone, into an empty store.
+		floorStore, err := cas.OpenLocal(filepath.Join(tmp, fmt.Sprintf("%s-%d-floor", name, n)), cas.LocalOptions{})
+		if err != nil {
+			r.Close()
+			return nil, nil, 0, err
+		}
+		var blocks [][]byte
+		regs, _ := live.KVRegions()
+		mem := live.Memory()
+		for _, rg := range regs { // the blocks the 16 tokens touched: new, or changed since cp
+			old := cp.KV[rg.Layer]
+			if rg.Block >= len(old) || old[rg.Block] != incr.Checkpoint.KV[rg.Layer][rg.Block] {
+				blocks = append(blocks, slices.Clone(mem[rg.Offset:rg.Offset+rg.Length]))
+			}
+		}
+		t0 := time.Now()
+		if _, err := cas.PutAll(ctx, floorStore, workers, blocks, checkpoint.LayoutOf(live.Layout()).Hint()); err != nil {
+			r.Close()
+			return nil, nil, 0, err
+		}
+		row.IncrFloorMS = ms(time.Since(t0))
+		// Back to n tokens for the next context: restore the full checkpoint into the live slot.
+		in, _, err = restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers})
+		if err != nil {
+			r.Close()
+			return nil, nil, 0, err
+		}
+		live.Close()
+		live = in
+		r.Close()
+		rows = append(rows, row)
+	}
+	var conv *benchRestoreConv
+	if turns > 0 {
+		cv, err := benchConversation(ctx, c, model, path, name, tmp, turns, kv, threads, workers)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		conv = cv
+	}
+	return rows, conv, gbs, nil
+}
+
+// benchConversation runs a session of turns turns (128 prompt tokens and 8 generated each) and
+// compares the bytes at rest with the final KV bytes.
+func benchConversation(ctx context.Context, c *cli, model *engine.Model, path, name, tmp string, turns int, kv engine.KVType, threads, workers int) (*benchRestoreConv, error) {
+	c.logf("  %s: %d-turn conversation...\n", name, turns)
+	dir := filepath.Join(tmp, name+"-conv")
+	r, err := repo.Open(dir, repo.Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: model.Engine(), DataDir: dir, Threads: threads, Workers: workers, NoPrefixCache: true})
+	if err != nil {
+		return nil, err
+	}
+	defer mgr.Close()
+	s, err := mgr.Session("conv")
+	if err != nil {
+		return nil, err
+	}
+	var last *checkpoint.Checkpoint
+	for i := 0; i < turns; i++ {
+		tr, err := s.Run(ctx, session.Turn{Model: path, Prompt: benchTokens(120, model.Hyper().Vocab, uint32(100+i)), N: 8, KVType: kv})
+		if err != nil {
+			return nil, err
+		}
+		last = tr.Checkpoint.Checkpoint
+	}
+	sb, err := storedBytes(ctx, r.Store())
+	if err != nil {
+		return nil, err
+	}
+	return &benchRestoreConv{Model: name, Turns: turns, Position: last.Position, KVBytes: last.KVBytes(), StoredBytes: sb,
+		Ratio: float64(sb) / float64(last.KVBytes())}, nil
+}
