@@ -3,6 +3,7 @@ package gguf
 import (
 	"bytes"
 	"errors"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -646,5 +647,32 @@ func TestForwardFinite1B(t *testing.T) {
 	seed, _ := m.File.Get("driftstore.synth.seed")
 	if s, ok := seed.Uint(); ok && s == 0 && m.File.Tensors[0].Type == TypeF16 && best[0] != 28803 {
 		t.Errorf("reference argmax %d, llama.cpp picks 28803", best[0])
+	}
+}
+
+// BenchmarkSynth measures generating the tiny preset (bytes are file bytes, to io.Discard).
+func BenchmarkSynth(b *testing.B) {
+	for _, typ := range []Type{TypeF32, TypeF16, TypeQ8_0} {
+		b.Run(typ.String(), func(b *testing.B) {
+			s, _ := Synth("tiny", typ, 0)
+			size, _ := s.Size()
+			b.SetBytes(int64(size))
+			for i := 0; i < b.N; i++ {
+				if err := s.Write(io.Discard, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkFingerprint measures hashing the tiny F16 preset.
+func BenchmarkFingerprint(b *testing.B) {
+	s, _ := Synth("tiny", TypeF16, 0)
+	data := synthBytes(b, s)
+	b.SetBytes(int64(len(data)))
+	for i := 0; i < b.N; i++ {
+		m := openBytes(b, data)
+		m.Fingerprint()
 	}
 }

@@ -178,7 +178,7 @@ func QuantizeQ8_0(dst []byte, src []float32) {
 		y := dst[b*BlockQ8_0Len : (b+1)*BlockQ8_0Len : (b+1)*BlockQ8_0Len]
 		var amax float32
 		for _, v := range x {
-			if a := float32(math.Abs(float64(v))); a > amax {
+			if a := math.Float32frombits(math.Float32bits(v) &^ (1 << 31)); a > amax {
 				amax = a
 			}
 		}
@@ -194,20 +194,12 @@ func QuantizeQ8_0(dst []byte, src []float32) {
 	}
 }
 
-// roundAway rounds half away from zero, like C's roundf. Its argument is within [-127, 127]
-// for finite inputs (|x*id| <= 127 up to one rounding step); NaN converts to 0.
+// roundAway rounds half away from zero, like C's roundf, for |f| <= 127 (up to one rounding
+// step beyond): in float64, f ± 0.5 is exact for such a float32, and the conversion to an
+// integer truncates. NaN (from a NaN input) gives an unspecified but in-range quant.
 func roundAway(f float32) int32 {
-	r := math.Round(float64(f))
-	if r != r {
-		return 0
-	}
-	if r > 127 {
-		return 127
-	}
-	if r < -128 {
-		return -128
-	}
-	return int32(r)
+	r := int32(float64(f) + math.Copysign(0.5, float64(f)))
+	return max(-128, min(127, r))
 }
 
 // DequantizeQ8_0 expands Q8_0 blocks in src into dst: dst[i] = float32(d) * float32(q[i]).
