@@ -203,18 +203,23 @@ func (p *Pool) run(want int, f func(tid int)) {
 		return
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.closed {
+		p.mu.Unlock()
 		f(0)
 		return
 	}
 	for i := 0; i < want-1; i++ {
 		p.jobs[i] <- f
 	}
+	// Wait for the workers even if f panics on this goroutine, so that no
+	// stale completion is left for the next call.
+	defer func() {
+		for i := 0; i < want-1; i++ {
+			<-p.done
+		}
+		p.mu.Unlock()
+	}()
 	f(0)
-	for i := 0; i < want-1; i++ {
-		<-p.done
-	}
 }
 
 // threadsFor picks how many threads a call with the given number of

@@ -561,13 +561,20 @@ static void att_store(att_ctx *c, int t0, int tn, int g) {
     }
 }
 
+static void kv_row_to_float(float *dst, const uint8_t *src, int hd, int kvtype) {
+  if (kvtype == DS_F16) {
+    for (int d = 0; d < hd; d++) dst[d] = half_to_float(load_u16(src + 2 * d));
+  } else {
+    memcpy(dst, src, (size_t)hd * 4);
+  }
+}
+
 static void att_tile_generic(att_ctx *c, int t0, int tn, int g) {
   int hd = c->hd, ratio = c->ratio;
   int end = c->pos0 + t0 + tn;  // positions [0, end) are read
   for (int p = 0; p < end; p++) {
     const uint8_t *src = kv_row(c, p, g, 0);
-    for (int d = 0; d < hd; d++)
-      c->kv[d] = c->kvtype == DS_F16 ? half_to_float(load_u16(src + 2 * d)) : ((const float *)src)[d];
+    kv_row_to_float(c->kv, src, hd, c->kvtype);
     for (int ti = p - c->pos0 - t0 > 0 ? p - c->pos0 - t0 : 0; ti < tn; ti++)
       for (int h = 0; h < ratio; h++)
         c->scores[(size_t)(ti * ratio + h) * c->maxctx + p] =
@@ -577,8 +584,7 @@ static void att_tile_generic(att_ctx *c, int t0, int tn, int g) {
   memset(c->o, 0, sizeof(float) * (size_t)tn * ratio * hd);
   for (int p = 0; p < end; p++) {
     const uint8_t *src = kv_row(c, p, g, 1);
-    for (int d = 0; d < hd; d++)
-      c->kv[d] = c->kvtype == DS_F16 ? half_to_float(load_u16(src + 2 * d)) : ((const float *)src)[d];
+    kv_row_to_float(c->kv, src, hd, c->kvtype);
     for (int ti = p - c->pos0 - t0 > 0 ? p - c->pos0 - t0 : 0; ti < tn; ti++)
       for (int h = 0; h < ratio; h++) {
         float w = c->scores[(size_t)(ti * ratio + h) * c->maxctx + p];
@@ -713,7 +719,7 @@ void ds_attention_worker(float *out, const float *q, int n, int nheads, int pos0
   c.maxctx = (size_t)pos0 + n;
   c.blocks = blocks;
   c.scale = 1.0f / sqrtf((float)hd);
-  size_t heads = (size_t)ATT_TT * c.ratio;
+  size_t heads = (size_t)(n < ATT_TT ? n : ATT_TT) * c.ratio;
   float *buf = malloc(sizeof(float) * (heads * c.maxctx + heads * hd + hd + heads));
   if (!buf) abort();
   c.scores = buf;
