@@ -214,12 +214,26 @@ func digestsOf(chunks []wire.StoredChunk) []cas.Digest {
 	return ds
 }
 
-// missing answers which of the given digests have no record here.
-func (s *Server) missing(c echo.Context) error {
-	if err := limitBody(c, wire.MaxMissingBody); err != nil {
-		return err
+// readDigests reads the digest list of a missing-set or download request: JSON, or the
+// compact binary list when the Content-Type is wire.MediaTypeDigests.
+func readDigests(c echo.Context) ([]cas.Digest, error) {
+	if c.Request().Header.Get(echo.HeaderContentType) == wire.MediaTypeDigests {
+		body, err := readBody(c, wire.MaxDigestListBody)
+		if err != nil {
+			return nil, err
+		}
+		return wire.ParseDigestList(body, wire.MaxMissingDigests)
 	}
-	ds, err := wire.ReadMissingRequest(c.Request().Body, wire.MaxMissingDigests)
+	if err := limitBody(c, wire.MaxMissingBody); err != nil {
+		return nil, err
+	}
+	return wire.ReadMissingRequest(c.Request().Body, wire.MaxMissingDigests)
+}
+
+// missing answers which of the given digests have no record here, as JSON or, when the
+// request accepts it, as a binary digest list.
+func (s *Server) missing(c echo.Context) error {
+	ds, err := readDigests(c)
 	if err != nil {
 		return err
 	}
@@ -227,6 +241,9 @@ func (s *Server) missing(c echo.Context) error {
 	miss, err := s.ix.MissingChunks(ds)
 	if err != nil {
 		return err
+	}
+	if c.Request().Header.Get(echo.HeaderAccept) == wire.MediaTypeDigests {
+		return c.Blob(http.StatusOK, wire.MediaTypeDigests, wire.AppendDigestList(make([]byte, 0, 32*len(miss)), miss))
 	}
 	if miss == nil {
 		miss = []cas.Digest{}
@@ -313,10 +330,7 @@ func (s *Server) upload(c echo.Context) error {
 // before the response begins (404 with the missing list otherwise); a chunk that fails to read
 // once streaming has begun cuts the stream off before its trailer, which the client detects.
 func (s *Server) download(c echo.Context) error {
-	if err := limitBody(c, wire.MaxMissingBody); err != nil {
-		return err
-	}
-	ds, err := wire.ReadMissingRequest(c.Request().Body, wire.MaxMissingDigests)
+	ds, err := readDigests(c)
 	if err != nil {
 		return err
 	}

@@ -162,6 +162,16 @@ func TestChunkRoundTrip(t *testing.T) {
 	if err := json.Unmarshal(a.body, &mr); err != nil || a.status != 200 || len(mr.Missing) != 1 || mr.Missing[0] != other {
 		t.Fatalf("missing: %d %s", a.status, a.body)
 	}
+	// The same question as a binary digest list, answered in kind.
+	a = do(t, d.URL, call{method: "POST", path: wire.PathMissing, body: wire.AppendDigestList(nil, []cas.Digest{dg, other}),
+		headers: map[string]string{"Content-Type": wire.MediaTypeDigests, "Accept": wire.MediaTypeDigests}})
+	if a.status != 200 || !bytes.Equal(a.body, other[:]) {
+		t.Fatalf("binary missing: %d %x", a.status, a.body)
+	}
+	expect(t, do(t, d.URL, call{method: "POST", path: wire.PathMissing, body: make([]byte, 33),
+		headers: map[string]string{"Content-Type": wire.MediaTypeDigests}}), 400, wire.CodeBadRequest)
+	expect(t, do(t, d.URL, call{method: "POST", path: wire.PathMissing, body: make([]byte, 32*(wire.MaxMissingDigests+1)),
+		headers: map[string]string{"Content-Type": wire.MediaTypeDigests}}), 413, wire.CodeTooLarge)
 	fsckClean(t, d)
 }
 

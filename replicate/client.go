@@ -376,11 +376,21 @@ func (c *Client) Missing(ctx context.Context, ds []cas.Digest) ([]cas.Digest, er
 	seen := make(map[cas.Digest]struct{}, len(ds))
 	for len(ds) > 0 {
 		n := min(len(ds), wire.MaxMissingDigests)
-		var res wire.MissingResponse
-		if err := c.sendJSON(ctx, http.MethodPost, wire.PathMissing, wire.MissingRequest{Digests: ds[:n]}, &res, true); err != nil {
+		resp, err := c.do(ctx, request{method: http.MethodPost, path: wire.PathMissing, body: wire.AppendDigestList(nil, ds[:n]),
+			ctype: wire.MediaTypeDigests, headers: map[string]string{"Accept": wire.MediaTypeDigests}, retry: true})
+		if err != nil {
 			return nil, err
 		}
-		for _, d := range res.Missing {
+		body, err := io.ReadAll(io.LimitReader(resp.Body, wire.MaxDigestListBody+1))
+		drain(resp)
+		if err != nil {
+			return nil, fmt.Errorf("missing chunks: read answer: %w", err)
+		}
+		miss, err := wire.ParseDigestList(body, n)
+		if err != nil {
+			return nil, fmt.Errorf("missing chunks: answer: %w", err)
+		}
+		for _, d := range miss {
 			if _, dup := seen[d]; !dup {
 				seen[d] = struct{}{}
 				out = append(out, d)
@@ -433,11 +443,8 @@ func (c *Client) Upload(ctx context.Context, write func(sw *wire.ChunkStreamWrit
 // seen the chunks that arrived whole. Chunks are not verified here: put them into a store with
 // PutStored, which does.
 func (c *Client) Download(ctx context.Context, ds []cas.Digest, lim wire.StreamLimits, fn func(wire.StoredChunk) error) error {
-	body, err := json.Marshal(wire.MissingRequest{Digests: ds})
-	if err != nil {
-		return err
-	}
-	resp, err := c.do(ctx, request{method: http.MethodPost, path: wire.PathDownload, body: body, ctype: "application/json", retry: true})
+	resp, err := c.do(ctx, request{method: http.MethodPost, path: wire.PathDownload, body: wire.AppendDigestList(nil, ds),
+		ctype: wire.MediaTypeDigests, retry: true})
 	if err != nil {
 		return err
 	}

@@ -36,7 +36,7 @@ var ErrDiverged = errors.New("refs have diverged")
 type Options struct {
 	// Concurrency is how many chunk batches are in flight at once (default 4).
 	Concurrency int
-	// BatchBytes and BatchChunks bound one batch (defaults 16 MiB of uncompressed bytes and
+	// BatchBytes and BatchChunks bound one batch (defaults 4 MiB of uncompressed bytes and
 	// 2048 chunks).
 	BatchBytes  int64
 	BatchChunks int
@@ -59,7 +59,7 @@ func (o *Options) setDefaults() {
 		o.Concurrency = 4
 	}
 	if o.BatchBytes <= 0 {
-		o.BatchBytes = 16 << 20
+		o.BatchBytes = 4 << 20
 	}
 	if o.BatchChunks <= 0 || o.BatchChunks > wire.MaxMissingDigests {
 		o.BatchChunks = 2048
@@ -98,7 +98,8 @@ type Stats struct {
 // mover moves chunks ds from the source to the destination and reports how many chunks and
 // stored bytes it sent. After an error some of them may have arrived; the caller asks the
 // destination again.
-type mover func(ctx context.Context, ds []cas.Digest, sent func(chunks int, raw, stored int64)) error
+// sizes holds the uncompressed size of every chunk, from the manifests; it is only read.
+type mover func(ctx context.Context, ds []cas.Digest, sizes map[cas.Digest]int64, sent func(chunks int, raw, stored int64)) error
 
 // Push copies ref kind/name, with every manifest and chunk it needs, from the local index to
 // the daemon, sending only what the daemon lacks, then moves the daemon's ref with
@@ -122,11 +123,11 @@ func Copy(ctx context.Context, src, dst Peer, kind index.RefKind, name string, o
 	case *Local:
 		switch d := dst.(type) {
 		case *Client:
-			move = func(ctx context.Context, ds []cas.Digest, sent func(int, int64, int64)) error {
-				return uploadChunks(ctx, s.ix, d, ds, sent)
+			move = func(ctx context.Context, ds []cas.Digest, sizes map[cas.Digest]int64, sent func(int, int64, int64)) error {
+				return uploadChunks(ctx, s.ix, d, ds, sizes, sent)
 			}
 		case *Local:
-			move = func(ctx context.Context, ds []cas.Digest, sent func(int, int64, int64)) error {
+			move = func(ctx context.Context, ds []cas.Digest, _ map[cas.Digest]int64, sent func(int, int64, int64)) error {
 				return copyLocal(ctx, s.ix, d.ix, ds, sent)
 			}
 		}
@@ -134,11 +135,11 @@ func Copy(ctx context.Context, src, dst Peer, kind index.RefKind, name string, o
 		lim := opts.Limits
 		switch d := dst.(type) {
 		case *Local:
-			move = func(ctx context.Context, ds []cas.Digest, sent func(int, int64, int64)) error {
+			move = func(ctx context.Context, ds []cas.Digest, _ map[cas.Digest]int64, sent func(int, int64, int64)) error {
 				return downloadChunks(ctx, s, d.ix, ds, lim, sent)
 			}
 		case *Client:
-			move = func(ctx context.Context, ds []cas.Digest, sent func(int, int64, int64)) error {
+			move = func(ctx context.Context, ds []cas.Digest, _ map[cas.Digest]int64, sent func(int, int64, int64)) error {
 				return relayChunks(ctx, s, d, ds, lim, sent)
 			}
 		}
@@ -293,7 +294,7 @@ func moveChunks(ctx context.Context, dst Peer, missing []cas.Digest, sizes map[c
 		g.Go(func() error {
 			delay := opts.Backoff
 			for attempt := 0; ; attempt++ {
-				err := move(gctx, batch, sent)
+				err := move(gctx, batch, sizes, sent)
 				if err == nil {
 					return nil
 				}
@@ -327,7 +328,7 @@ func moveChunks(ctx context.Context, dst Peer, missing []cas.Digest, sizes map[c
 
 // uploadChunks sends chunks from the local store to the daemon in one stream, in their stored
 // form.
-func uploadChunks(ctx context.Context, local *index.Index, remote *Client, ds []cas.Digest, sent func(int, int64, int64)) error {
+func uploadChunks(ctx context.Context, local *index.Index, remote *Client, ds []cas.Digest, sizes map[cas.Digest]int64, sent func(int, int64, int64)) error {
 	store := local.Store()
 	_, err := remote.Upload(ctx, func(sw *wire.ChunkStreamWriter) error {
 		for _, d := range ds {
@@ -335,16 +336,14 @@ func uploadChunks(ctx context.Context, local *index.Index, remote *Client, ds []
 			if err != nil {
 				return fmt.Errorf("read local chunk %s: %w", d, err)
 			}
-			info, err := store.Stat(ctx, d)
-			if err != nil {
-				return fmt.Errorf("stat local chunk %s: %w", d, err)
-			}
-			if _, err := sw.WriteChunk(wire.StoredChunk{Digest: d, Codec: codec, Size: info.Size, Stored: stored}); err != nil {
+			// The size is the manifest's; the daemon checks it against the decoded chunk.
+			size := sizes[d]
+			if _, err := sw.WriteChunk(wire.StoredChunk{Digest: d, Codec: codec, Size: size, Stored: stored}); err != nil {
 				return err
 			}
 			// Counted as sent once handed to the connection; a failure later makes the batch
 			// ask again.
-			sent(1, info.Size, int64(len(stored)))
+			sent(1, size, int64(len(stored)))
 		}
 		return nil
 	})

@@ -8,10 +8,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/driftstore/driftstore/cas"
 	"github.com/driftstore/driftstore/httpapi"
+	"github.com/driftstore/driftstore/index"
 	"github.com/driftstore/driftstore/repo"
 )
 
@@ -19,14 +22,17 @@ import (
 // and Stop).
 type Daemon struct {
 	Dir    string
-	Addr   string // host:port
-	URL    string // http://host:port
-	Repo   *repo.Repo
+	Addr   string       // host:port
+	URL    string       // http://host:port
+	Repo   *repo.Repo   // nil for a daemon started with StartMemory
+	Index  *index.Index // the served index
 	Server *httpapi.Server
 	Config httpapi.Config // as given to Start; Index is filled in on each start
 
-	t    testing.TB
-	done chan error
+	t      testing.TB
+	done   chan error
+	memory *cas.Memory // the chunk store of a StartMemory daemon, kept across restarts
+	closer closer      // closes what start opened
 }
 
 // Start opens dir and serves it on 127.0.0.1 with a random port. cfg.Index is set by Start.
@@ -43,20 +49,47 @@ func Start(t testing.TB, dir string, cfg httpapi.Config) *Daemon {
 	return d
 }
 
+// StartMemory is Start with the chunks kept in memory (cas.Memory) and only the index on disk:
+// for benchmarks of the transfer path without the chunk files' cost.
+func StartMemory(t testing.TB, dir string, cfg httpapi.Config) *Daemon {
+	t.Helper()
+	d := &Daemon{Dir: dir, Config: cfg, t: t, memory: cas.NewMemory()}
+	d.start("127.0.0.1:0")
+	t.Cleanup(func() {
+		if d.Server != nil {
+			d.Stop()
+		}
+	})
+	return d
+}
+
+// closer is the data directory of a running daemon.
+type closer interface{ Close() error }
+
 func (d *Daemon) start(addr string) {
 	d.t.Helper()
-	r, err := repo.Open(d.Dir, repo.Options{NoSync: true, LockTimeout: 2 * time.Second})
-	if err != nil {
-		d.t.Fatalf("open %s: %v", d.Dir, err)
+	var c closer
+	if d.memory != nil {
+		ix, err := index.Open(filepath.Join(d.Dir, "index.db"), d.memory, index.Options{NoSync: true})
+		if err != nil {
+			d.t.Fatalf("open index in %s: %v", d.Dir, err)
+		}
+		d.Index, c = ix, ix
+	} else {
+		r, err := repo.Open(d.Dir, repo.Options{NoSync: true, LockTimeout: 2 * time.Second})
+		if err != nil {
+			d.t.Fatalf("open %s: %v", d.Dir, err)
+		}
+		d.Repo, d.Index, c = r, r.Index(), r
 	}
 	cfg := d.Config
-	cfg.Index = r.Index()
+	cfg.Index = d.Index
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	srv, err := httpapi.New(cfg)
 	if err != nil {
-		r.Close()
+		c.Close()
 		d.t.Fatal(err)
 	}
 	var ln net.Listener
@@ -68,10 +101,10 @@ func (d *Daemon) start(addr string) {
 		time.Sleep(20 * time.Millisecond) // the old listener's port may still be closing
 	}
 	if err != nil {
-		r.Close()
+		c.Close()
 		d.t.Fatalf("listen %s: %v", addr, err)
 	}
-	d.Repo, d.Server = r, srv
+	d.Server, d.closer = srv, c
 	d.Addr = ln.Addr().String()
 	d.URL = "http://" + d.Addr
 	d.done = make(chan error, 1)
@@ -91,10 +124,10 @@ func (d *Daemon) Stop() {
 	if err := <-d.done; err != nil {
 		d.t.Errorf("serve: %v", err)
 	}
-	if err := d.Repo.Close(); err != nil {
-		d.t.Errorf("close repo: %v", err)
+	if err := d.closer.Close(); err != nil {
+		d.t.Errorf("close data directory: %v", err)
 	}
-	d.Server, d.Repo = nil, nil
+	d.Server, d.Repo, d.Index = nil, nil, nil
 }
 
 // Shutdown stops the daemon gracefully (see httpapi.Server.Shutdown) and closes the data
@@ -102,8 +135,8 @@ func (d *Daemon) Stop() {
 func (d *Daemon) Shutdown(ctx context.Context) error {
 	err := d.Server.Shutdown(ctx)
 	<-d.done
-	d.Repo.Close()
-	d.Server, d.Repo = nil, nil
+	d.closer.Close()
+	d.Server, d.Repo, d.Index = nil, nil, nil
 	return err
 }
 

@@ -189,3 +189,40 @@ func ParseMissingRequest(body []byte, max int) ([]cas.Digest, error) {
 	}
 	return req.Digests, nil
 }
+
+// MediaTypeDigests is the content type of a compact digest list: the digests' 32 bytes each,
+// concatenated, nothing else. Missing-set and download requests may use it instead of JSON
+// (Content-Type), and a missing-set answer is given in it when the request Accepts it.
+const MediaTypeDigests = "application/vnd.driftstore.digests"
+
+// MaxDigestListBody bounds a digest-list body.
+const MaxDigestListBody = MaxMissingDigests * 32
+
+// ParseDigestList decodes a digest-list body, accepting at most max digests (max <= 0 means
+// MaxMissingDigests). A length that is not a multiple of 32 wraps ErrMalformed; too many
+// digests wrap ErrTooLarge. The digests are copied out of body.
+func ParseDigestList(body []byte, max int) ([]cas.Digest, error) {
+	if max <= 0 {
+		max = MaxMissingDigests
+	}
+	if len(body)%32 != 0 {
+		return nil, fmt.Errorf("%w: digest list of %d bytes is not a multiple of 32", ErrMalformed, len(body))
+	}
+	n := len(body) / 32
+	if n > max {
+		return nil, fmt.Errorf("%w: %d digests, at most %d", ErrTooLarge, n, max)
+	}
+	out := make([]cas.Digest, n)
+	for i := range out {
+		copy(out[i][:], body[32*i:])
+	}
+	return out, nil
+}
+
+// AppendDigestList appends the digest-list encoding of ds to dst.
+func AppendDigestList(dst []byte, ds []cas.Digest) []byte {
+	for _, d := range ds {
+		dst = append(dst, d[:]...)
+	}
+	return dst
+}

@@ -224,3 +224,21 @@ func FuzzMissingRequest(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDigestList(f *testing.F) {
+	f.Add(AppendDigestList(nil, []cas.Digest{cas.Sum([]byte("a")), cas.Sum([]byte("b"))}))
+	f.Add([]byte{})
+	f.Add(make([]byte, 33))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := ParseDigestList(b, 8)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("unclassified error: %v", err)
+			}
+			return
+		}
+		if len(got) > 8 || !bytes.Equal(AppendDigestList(nil, got), b) {
+			t.Fatalf("accepted %d digests that do not re-encode to the input", len(got))
+		}
+	})
+}
