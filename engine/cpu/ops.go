@@ -4,11 +4,12 @@ package cpu
 import "C"
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math"
 	"runtime"
 	"unsafe"
+
+	"github.com/driftstore/driftstore/gguf/dtype"
 )
 
 func f32ptr(s []float32) *C.float { return (*C.float)(unsafe.Pointer(&s[0])) }
@@ -181,15 +182,11 @@ func StoreKV(l KVLayout, blocks [][]byte, k, v []float32, n, pos0 int) {
 		vd := blk[vOff+off : vOff+off+rowBytes]
 		ks, vs := k[t*row:(t+1)*row], v[t*row:(t+1)*row]
 		if l.KVType == F16 {
-			for i := range ks {
-				binary.LittleEndian.PutUint16(kd[2*i:], f32ToF16(ks[i]))
-				binary.LittleEndian.PutUint16(vd[2*i:], f32ToF16(vs[i]))
-			}
+			dtype.F32sToF16s(kd, ks)
+			dtype.F32sToF16s(vd, vs)
 		} else {
-			for i := range ks {
-				binary.LittleEndian.PutUint32(kd[4*i:], math.Float32bits(ks[i]))
-				binary.LittleEndian.PutUint32(vd[4*i:], math.Float32bits(vs[i]))
-			}
+			dtype.F32sToBytes(kd, ks)
+			dtype.F32sToBytes(vd, vs)
 		}
 	}
 }
@@ -293,25 +290,13 @@ func Embed(out []float32, w *Weights, ids []int32) {
 func dequantRow(dst []float32, t DType, src []byte) {
 	switch t {
 	case F32:
-		for i := range dst {
-			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
-		}
+		dtype.F32sFromBytes(dst, src)
 	case F16:
-		for i := range dst {
-			dst[i] = f16ToF32(binary.LittleEndian.Uint16(src[2*i:]))
-		}
+		dtype.F16sToF32s(dst, src)
 	case BF16:
-		for i := range dst {
-			dst[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(src[2*i:])) << 16)
-		}
+		dtype.BF16sToF32s(dst, src)
 	case Q8_0:
-		for b := 0; b < len(dst)/q8BlockElems; b++ {
-			blk := src[b*q8BlockBytes : (b+1)*q8BlockBytes]
-			d := f16ToF32(binary.LittleEndian.Uint16(blk))
-			for i := 0; i < q8BlockElems; i++ {
-				dst[b*q8BlockElems+i] = d * float32(int8(blk[2+i]))
-			}
-		}
+		dtype.DequantizeQ8_0(dst, src)
 	default:
 		panic(fmt.Sprintf("cpu: unsupported weight type %v", t))
 	}
