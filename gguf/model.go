@@ -441,7 +441,12 @@ func fingerprint(h Hyper, f *File) cas.Digest {
 // Tokenizer returns the model's byte-level tokenizer (see Tokenizer), built once from the
 // tokenizer.ggml.* metadata. The error wraps ErrUnsupported for vocabularies it cannot handle.
 func (m *Model) Tokenizer() (*Tokenizer, error) {
-	m.tokOnce.Do(func() { m.tok, m.tokErr = NewTokenizer(m.File) })
+	m.tokOnce.Do(func() {
+		m.tok, m.tokErr = NewTokenizer(m.File)
+		if m.tokErr == nil && m.tok.VocabSize() > m.Hyper.Vocab {
+			m.tok, m.tokErr = nil, fmt.Errorf("gguf: tokenizer: %w: %d tokens but %s has only %d rows", ErrFormat, m.tok.VocabSize(), TensorTokenEmbd, m.Hyper.Vocab)
+		}
+	})
 	return m.tok, m.tokErr
 }
 

@@ -413,11 +413,24 @@ func TestTokenizerRefusals(t *testing.T) {
 	}
 	tokens, _, _ := SynthVocab(300)
 	tokens[3+0x41] = "A"
+	long, longScores, longTypes := SynthVocab(301)
 	for name, kv := range map[string][]KV{
 		"gpt2":      mod("tokenizer.ggml.model", String("gpt2")),
 		"no bytes":  mod("tokenizer.ggml.tokens", Strings(tokens)),
 		"bad bos":   mod("tokenizer.ggml.bos_token_id", Uint32(300)),
 		"bad types": mod("tokenizer.ggml.token_type", Int32s([]int32{1})),
+		"too long": func() []KV {
+			kv := mod("tokenizer.ggml.tokens", Strings(long))
+			for i := range kv {
+				switch kv[i].Key {
+				case "tokenizer.ggml.scores":
+					kv[i].Value = Float32s(longScores)
+				case "tokenizer.ggml.token_type":
+					kv[i].Value = Int32s(longTypes)
+				}
+			}
+			return kv
+		}(),
 	} {
 		mm := openBytes(t, writeBytes(t, kv, ts))
 		if _, err := mm.Tokenizer(); err == nil {

@@ -76,7 +76,9 @@ type File struct {
 }
 
 // OpenFile maps the GGUF file at path read-only and parses it. Close releases the mapping.
-// On systems without mmap (or when mapping fails) the file is read into memory instead.
+// On systems without mmap (or when mapping fails) the file is read into memory instead. The
+// file must not be truncated or rewritten in place while it is open (reading a mapped page that
+// no longer exists faults); replacing it by rename, as WriteFileAtomic does, is safe.
 func OpenFile(path string) (*File, error) {
 	fh, err := os.Open(path)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 )
 
 // Sentinel errors. Every error returned by this package for a bad or unsupported file wraps one
@@ -335,7 +336,7 @@ func (v Value) String() string {
 		}
 		return fmt.Sprintf("%q", x)
 	case float32:
-		return fmt.Sprint(float64(x))
+		return strconv.FormatFloat(float64(x), 'g', -1, 32)
 	}
 	return fmt.Sprint(v.Data)
 }
