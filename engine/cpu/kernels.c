@@ -525,11 +525,21 @@ typedef struct {
   float *o;       // [ATT_TT*ratio][hd]
   float *kv;      // [hd]
   float *sums;    // [ATT_TT*ratio]
+  const uint8_t **kp;  // [maxctx] K row of each position for the current KV head
 } att_ctx;
 
-static inline const uint8_t *kv_row(const att_ctx *c, int p, int g, int isv) {
-  return (const uint8_t *)c->blocks[p / c->bsize] + (isv ? c->voff : 0) +
-         (size_t)(p % c->bsize) * c->rowb + (size_t)g * c->hd * c->es;
+// att_rows fills c->kp with the K row of KV head g for positions [0, end);
+// the V row is at c->kp[p] + c->voff.
+static void att_rows(att_ctx *c, int g, int end) {
+  size_t off = (size_t)g * c->hd * c->es;
+  for (int b = 0, p = 0; p < end; b++) {
+    const uint8_t *row = (const uint8_t *)c->blocks[b] + off;
+    for (int i = 0; i < c->bsize && p < end; i++, p++) c->kp[p] = row + (size_t)i * c->rowb;
+  }
+}
+
+static inline const uint8_t *kv_row(const att_ctx *c, int p, int isv) {
+  return c->kp[p] + (isv ? c->voff : 0);
 }
 
 // Softmax over each (token, head) row of scores, in place; sums[] gets the
@@ -573,7 +583,7 @@ static void att_tile_generic(att_ctx *c, int t0, int tn, int g) {
   int hd = c->hd, ratio = c->ratio;
   int end = c->pos0 + t0 + tn;  // positions [0, end) are read
   for (int p = 0; p < end; p++) {
-    const uint8_t *src = kv_row(c, p, g, 0);
+    const uint8_t *src = kv_row(c, p, 0);
     kv_row_to_float(c->kv, src, hd, c->kvtype);
     for (int ti = p - c->pos0 - t0 > 0 ? p - c->pos0 - t0 : 0; ti < tn; ti++)
       for (int h = 0; h < ratio; h++)
@@ -583,7 +593,7 @@ static void att_tile_generic(att_ctx *c, int t0, int tn, int g) {
   att_softmax(c, t0, tn);
   memset(c->o, 0, sizeof(float) * (size_t)tn * ratio * hd);
   for (int p = 0; p < end; p++) {
-    const uint8_t *src = kv_row(c, p, g, 1);
+    const uint8_t *src = kv_row(c, p, 1);
     kv_row_to_float(c->kv, src, hd, c->kvtype);
     for (int ti = p - c->pos0 - t0 > 0 ? p - c->pos0 - t0 : 0; ti < tn; ti++)
       for (int h = 0; h < ratio; h++) {
@@ -611,13 +621,13 @@ SIMD_INLINE float load_kv1(const uint8_t *row, int d, int kvtype) {
 
 // Scores of one query head against positions [0, ctx): four positions at a
 // time for instruction-level parallelism, each dot product in the
-// canonical order.
-SIMD_INLINE void att_scores_simd(const att_ctx *c, const float *qh, int g, int ctx, float *s) {
-  int hd = c->hd, nv = hd / 8, kvt = c->kvtype;
+// canonical order. kvt is a compile-time constant in each instantiation.
+SIMD_INLINE void att_scores_simd(const att_ctx *c, const float *qh, int ctx, float *s, int kvt) {
+  int hd = c->hd, nv = hd / 8;
+  const uint8_t *const *kp = c->kp;
   int p = 0;
   for (; p + 4 <= ctx; p += 4) {
-    const uint8_t *k0 = kv_row(c, p, g, 0), *k1 = kv_row(c, p + 1, g, 0);
-    const uint8_t *k2 = kv_row(c, p + 2, g, 0), *k3 = kv_row(c, p + 3, g, 0);
+    const uint8_t *k0 = kp[p], *k1 = kp[p + 1], *k2 = kp[p + 2], *k3 = kp[p + 3];
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (int i = 0; i < nv; i++) {
       __m256 qv = _mm256_loadu_ps(qh + i * 8);
@@ -639,7 +649,7 @@ SIMD_INLINE void att_scores_simd(const att_ctx *c, const float *qh, int g, int c
     s[p + 3] = r3 * c->scale;
   }
   for (; p < ctx; p++) {
-    const uint8_t *k0 = kv_row(c, p, g, 0);
+    const uint8_t *k0 = kp[p];
     __m256 a0 = _mm256_setzero_ps();
     for (int i = 0; i < nv; i++) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i * 8), load_kv8(k0, i * 8, kvt), a0);
     float r0 = hsum8(a0);
@@ -648,55 +658,61 @@ SIMD_INLINE void att_scores_simd(const att_ctx *c, const float *qh, int g, int c
   }
 }
 
-// o = sum_p s[p] * V[p], sequential in p, up to 64 dimensions at a time
-// held in registers.
-SIMD_INLINE void att_values_simd(const att_ctx *c, const float *s, int g, int ctx, float *o) {
-  int hd = c->hd, nv = hd / 8, kvt = c->kvtype;
-  for (int v0 = 0; v0 < nv; v0 += 8) {
-    int vn = nv - v0 < 8 ? nv - v0 : 8;
+// o = sum_p s[p] * V[p], sequential in p, 64 dimensions at a time held in
+// registers.
+SIMD_INLINE void att_values_simd(const att_ctx *c, const float *s, int ctx, float *o, int kvt) {
+  int hd = c->hd, nv = hd / 8;
+  size_t es = kvt == DS_F16 ? 2 : 4;
+  const uint8_t *const *kp = c->kp;
+  int v0 = 0;
+  for (; v0 + 8 <= nv; v0 += 8) {
+    size_t base = c->voff + (size_t)v0 * 8 * es;
     __m256 acc[8];
 #pragma GCC unroll 8
     for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
-    if (vn == 8) {
-      for (int p = 0; p < ctx; p++) {
-        const uint8_t *vr = kv_row(c, p, g, 1);
-        __m256 w = _mm256_set1_ps(s[p]);
+    for (int p = 0; p < ctx; p++) {
+      const uint8_t *vr = kp[p] + base;
+      __m256 w = _mm256_set1_ps(s[p]);
 #pragma GCC unroll 8
-        for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(w, load_kv8(vr, (v0 + i) * 8, kvt), acc[i]);
-      }
-    } else {
-      for (int p = 0; p < ctx; p++) {
-        const uint8_t *vr = kv_row(c, p, g, 1);
-        __m256 w = _mm256_set1_ps(s[p]);
-        for (int i = 0; i < vn; i++) acc[i] = _mm256_fmadd_ps(w, load_kv8(vr, (v0 + i) * 8, kvt), acc[i]);
-      }
+      for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(w, load_kv8(vr, i * 8, kvt), acc[i]);
     }
-    for (int i = 0; i < vn; i++) _mm256_storeu_ps(o + (v0 + i) * 8, acc[i]);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) _mm256_storeu_ps(o + (v0 + i) * 8, acc[i]);
+  }
+  for (; v0 < nv; v0++) {
+    size_t base = c->voff + (size_t)v0 * 8 * es;
+    __m256 acc = _mm256_setzero_ps();
+    for (int p = 0; p < ctx; p++)
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(s[p]), load_kv8(kp[p] + base, 0, kvt), acc);
+    _mm256_storeu_ps(o + v0 * 8, acc);
   }
   for (int d = nv * 8; d < hd; d++) {
     float a = 0;
-    for (int p = 0; p < ctx; p++) a = fma1(s[p], load_kv1(kv_row(c, p, g, 1), d, kvt), a);
+    for (int p = 0; p < ctx; p++) a = fma1(s[p], load_kv1(kp[p] + c->voff, d, kvt), a);
     o[d] = a;
   }
 }
 
-static SIMD void att_tile_simd(att_ctx *c, int t0, int tn, int g) {
+SIMD_INLINE void att_tile_simd(att_ctx *c, int t0, int tn, int g, int kvt) {
   int hd = c->hd, ratio = c->ratio;
   for (int ti = 0; ti < tn; ti++) {
     int ctx = c->pos0 + t0 + ti + 1;
     for (int h = 0; h < ratio; h++)
-      att_scores_simd(c, c->q + ((size_t)(t0 + ti) * c->nheads + g * ratio + h) * hd, g, ctx,
-                      c->scores + (size_t)(ti * ratio + h) * c->maxctx);
+      att_scores_simd(c, c->q + ((size_t)(t0 + ti) * c->nheads + g * ratio + h) * hd, ctx,
+                      c->scores + (size_t)(ti * ratio + h) * c->maxctx, kvt);
   }
   att_softmax(c, t0, tn);
   for (int ti = 0; ti < tn; ti++) {
     int ctx = c->pos0 + t0 + ti + 1;
     for (int h = 0; h < ratio; h++)
-      att_values_simd(c, c->scores + (size_t)(ti * ratio + h) * c->maxctx, g, ctx,
-                      c->o + (size_t)(ti * ratio + h) * hd);
+      att_values_simd(c, c->scores + (size_t)(ti * ratio + h) * c->maxctx, ctx,
+                      c->o + (size_t)(ti * ratio + h) * hd, kvt);
   }
   att_store(c, t0, tn, g);
 }
+
+static SIMD void att_tile_simd_f16(att_ctx *c, int t0, int tn, int g) { att_tile_simd(c, t0, tn, g, DS_F16); }
+static SIMD void att_tile_simd_f32(att_ctx *c, int t0, int tn, int g) { att_tile_simd(c, t0, tn, g, DS_F32); }
 #endif
 
 int64_t ds_attention_units(int n, int nkv) { return (int64_t)(n + ATT_TT - 1) / ATT_TT * nkv; }
@@ -721,7 +737,8 @@ void ds_attention_worker(float *out, const float *q, int n, int nheads, int pos0
   c.scale = 1.0f / sqrtf((float)hd);
   size_t heads = (size_t)(n < ATT_TT ? n : ATT_TT) * c.ratio;
   float *buf = malloc(sizeof(float) * (heads * c.maxctx + heads * hd + hd + heads));
-  if (!buf) abort();
+  c.kp = malloc(sizeof(*c.kp) * c.maxctx);
+  if (!buf || !c.kp) abort();
   c.scores = buf;
   c.o = c.scores + heads * c.maxctx;
   c.kv = c.o + heads * hd;
@@ -730,15 +747,18 @@ void ds_attention_worker(float *out, const float *q, int n, int nheads, int pos0
   for (int64_t u; (u = next_unit(ctr)) < units;) {
     int t0 = (int)(u / nkv) * ATT_TT, g = (int)(u % nkv);
     int tn = n - t0 < ATT_TT ? n - t0 : ATT_TT;
+    att_rows(&c, g, pos0 + t0 + tn);
 #ifdef DS_X86
     if (ds_using_simd()) {
-      att_tile_simd(&c, t0, tn, g);
+      if (kvtype == DS_F16) att_tile_simd_f16(&c, t0, tn, g);
+      else att_tile_simd_f32(&c, t0, tn, g);
       continue;
     }
 #endif
     att_tile_generic(&c, t0, tn, g);
   }
   free(buf);
+  free(c.kp);
 }
 
 // ---------------------------------------------------------------------------
