@@ -11,6 +11,7 @@ import (
 	"github.com/driftstore/driftstore/cas"
 	"github.com/driftstore/driftstore/httpapi/wire"
 	"github.com/driftstore/driftstore/index"
+	"github.com/driftstore/driftstore/repo"
 )
 
 // Errors the handlers raise themselves; the store's and index's sentinels are used as they come.
@@ -68,6 +69,12 @@ func apiError(err error) (status int, body wire.ErrorDetail) {
 		return http.StatusNotFound, detail(wire.CodeManifestNotFound)
 	case errors.Is(err, index.ErrRefNotFound):
 		return http.StatusNotFound, detail(wire.CodeRefNotFound)
+	case errors.Is(err, repo.ErrUnknownName):
+		return http.StatusNotFound, detail(wire.CodeUnknownName)
+	case errors.Is(err, repo.ErrAmbiguous):
+		return http.StatusConflict, detail(wire.CodeAmbiguous)
+	case errors.Is(err, repo.ErrNoSuchRegion):
+		return http.StatusNotFound, detail(wire.CodeNotFound)
 	case errors.Is(err, errShuttingDown):
 		return http.StatusServiceUnavailable, detail(wire.CodeUnavailable)
 	case errors.Is(err, cas.ErrCorrupt), errors.Is(err, index.ErrCorruptIndex):

@@ -57,6 +57,7 @@ import (
 	"github.com/driftstore/driftstore/cas"
 	"github.com/driftstore/driftstore/httpapi/wire"
 	"github.com/driftstore/driftstore/index"
+	"github.com/driftstore/driftstore/repo"
 )
 
 // Config configures a Server. Index is required; the zero value of every other field is a
@@ -64,6 +65,9 @@ import (
 type Config struct {
 	// Index is the data directory's index; its Store is the chunk store served.
 	Index *index.Index
+	// Repo, when set, is the whole data directory (Index is then Repo.Index() when left nil),
+	// and the routes for --server's ls, inspect, gc and fsck are served (see admin.go).
+	Repo *repo.Repo
 	// Token, when not empty, is the bearer token every request must carry.
 	Token string
 	// Logger receives structured logs; nil means slog.Default().
@@ -124,8 +128,11 @@ type Server struct {
 
 // New returns a server for cfg.Index.
 func New(cfg Config) (*Server, error) {
+	if cfg.Index == nil && cfg.Repo != nil {
+		cfg.Index = cfg.Repo.Index()
+	}
 	if cfg.Index == nil {
-		return nil, errors.New("httpapi: Config.Index is required")
+		return nil, errors.New("httpapi: Config.Index or Config.Repo is required")
 	}
 	cfg.setDefaults()
 	s := &Server{cfg: cfg, ix: cfg.Index, store: cfg.Index.Store(), log: cfg.Logger, metrics: newMetrics()}
@@ -156,6 +163,9 @@ func New(cfg Config) (*Server, error) {
 	e.GET(wire.PathRefs+"/:kind/:name", s.getRef)
 	e.PUT(wire.PathRefs+"/:kind/:name", s.putRef)
 	e.GET(wire.PathRefs+"/:kind/:name/history", s.refHistory)
+	if cfg.Repo != nil {
+		s.registerRepoRoutes(e)
+	}
 	s.e = e
 	return s, nil
 }

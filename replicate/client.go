@@ -23,6 +23,7 @@ import (
 	"github.com/driftstore/driftstore/cas"
 	"github.com/driftstore/driftstore/httpapi/wire"
 	"github.com/driftstore/driftstore/index"
+	"github.com/driftstore/driftstore/repo"
 )
 
 // Client talks to one driftstore daemon. It is safe for concurrent use.
@@ -96,7 +97,8 @@ func (e *Error) Error() string {
 // index.ErrManifestNotFound, ref_not_found ↔ index.ErrRefNotFound, conflict ↔
 // index.ErrConflict, missing_chunks ↔ index.ErrMissingChunks, missing_parent ↔
 // index.ErrMissingParent, bad_digest ↔ cas.ErrBadDigest, bad_name ↔ index.ErrBadRefName,
-// bad_manifest ↔ index.ErrBadManifest, unauthorized ↔ ErrUnauthorized.
+// bad_manifest ↔ index.ErrBadManifest, unknown_name ↔ repo.ErrUnknownName, ambiguous ↔
+// repo.ErrAmbiguous, unauthorized ↔ ErrUnauthorized.
 func (e *Error) Is(target error) bool {
 	switch target {
 	case cas.ErrNotFound:
@@ -117,6 +119,10 @@ func (e *Error) Is(target error) bool {
 		return e.Code == wire.CodeBadName
 	case index.ErrBadManifest:
 		return e.Code == wire.CodeBadManifest
+	case repo.ErrUnknownName:
+		return e.Code == wire.CodeUnknownName
+	case repo.ErrAmbiguous:
+		return e.Code == wire.CodeAmbiguous
 	case ErrUnauthorized:
 		return e.Status == http.StatusUnauthorized
 	}

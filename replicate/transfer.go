@@ -118,6 +118,28 @@ func Pull(ctx context.Context, remote *Client, local *index.Index, kind index.Re
 // stored, one download stream feeding one upload stream per batch) or local to local.
 func Copy(ctx context.Context, src, dst Peer, kind index.RefKind, name string, opts Options) (Stats, error) {
 	opts.setDefaults()
+	move, err := moverFor(src, dst, opts)
+	if err != nil {
+		return Stats{}, err
+	}
+	return transfer(ctx, src, dst, kind, name, opts, move)
+}
+
+// CopyManifest copies manifest id, its ancestors and their chunks from src to dst, sending only
+// what dst lacks, and moves no ref. The manifest is then unreferenced on dst until a ref names
+// it; garbage collection's grace period keeps it meanwhile.
+func CopyManifest(ctx context.Context, src, dst Peer, id index.ID, opts Options) (Stats, error) {
+	opts.setDefaults()
+	move, err := moverFor(src, dst, opts)
+	if err != nil {
+		return Stats{}, err
+	}
+	st := Stats{Head: id}
+	err = copyChain(ctx, src, dst, id, index.ID{}, opts, move, &st)
+	return st, err
+}
+
+func moverFor(src, dst Peer, opts Options) (mover, error) {
 	var move mover
 	switch s := src.(type) {
 	case *Local:
@@ -145,9 +167,9 @@ func Copy(ctx context.Context, src, dst Peer, kind index.RefKind, name string, o
 		}
 	}
 	if move == nil {
-		return Stats{}, fmt.Errorf("replicate: cannot copy from %T to %T", src, dst)
+		return nil, fmt.Errorf("replicate: cannot copy from %T to %T", src, dst)
 	}
-	return transfer(ctx, src, dst, kind, name, opts, move)
+	return move, nil
 }
 
 func transfer(ctx context.Context, src, dst Peer, kind index.RefKind, name string, opts Options, move mover) (Stats, error) {
@@ -171,6 +193,19 @@ func transfer(ctx context.Context, src, dst Peer, kind index.RefKind, name strin
 		return st, nil
 	}
 
+	if err := copyChain(ctx, src, dst, head, old, opts, move, &st); err != nil {
+		return st, err
+	}
+	if err := dst.CompareAndSwapRef(ctx, kind, name, old, head); err != nil {
+		return st, fmt.Errorf("move destination %s %q from %s to %s: %w", kind, name, idOrNone(old), head, err)
+	}
+	return st, nil
+}
+
+// copyChain sends manifest head and its ancestors that dst lacks, chunks first, then manifests
+// parents first. old is dst's current head (zero: none), which must be an ancestor of head
+// unless opts.Force; nothing is sent otherwise.
+func copyChain(ctx context.Context, src, dst Peer, head, old index.ID, opts Options, move mover, st *Stats) error {
 	// Walk the source's chain from its head: manifests the destination lacks are to be sent
 	// (their chain ends at the first one it has, whose ancestors it has too); then on to the
 	// destination's head, which must be an ancestor unless Force.
@@ -192,7 +227,7 @@ func transfer(ctx context.Context, src, dst Peer, kind index.RefKind, name strin
 		if sending {
 			has, err := dst.HasManifest(ctx, id)
 			if err != nil {
-				return st, err
+				return err
 			}
 			sending = !has
 		}
@@ -201,11 +236,11 @@ func transfer(ctx context.Context, src, dst Peer, kind index.RefKind, name strin
 		}
 		data, err := src.ManifestBytes(ctx, id)
 		if err != nil {
-			return st, fmt.Errorf("source manifest %s: %w", id, err)
+			return fmt.Errorf("source manifest %s: %w", id, err)
 		}
 		m, err := index.Decode(data)
 		if err != nil {
-			return st, fmt.Errorf("source manifest %s: %w", id, err)
+			return fmt.Errorf("source manifest %s: %w", id, err)
 		}
 		if sending {
 			send = append(send, manifest{id, data, m})
@@ -213,7 +248,7 @@ func transfer(ctx context.Context, src, dst Peer, kind index.RefKind, name strin
 		id = m.Parent
 	}
 	if !found && !opts.Force {
-		return st, fmt.Errorf("%w: the destination's %s %q is at %s, which is not an ancestor of %s", ErrDiverged, kind, name, old, head)
+		return fmt.Errorf("%w: the destination is at %s, which is not an ancestor of %s", ErrDiverged, old, head)
 	}
 
 	// Chunks: every distinct chunk of the manifests to send, then only those missing.
@@ -232,22 +267,19 @@ func transfer(ctx context.Context, src, dst Peer, kind index.RefKind, name strin
 	st.Manifests, st.Chunks = len(send), len(all)
 	missing, err := dst.Missing(ctx, all)
 	if err != nil {
-		return st, fmt.Errorf("ask missing chunks: %w", err)
+		return fmt.Errorf("ask missing chunks: %w", err)
 	}
-	if err := moveChunks(ctx, dst, missing, sizes, opts, move, &st); err != nil {
-		return st, err
+	if err := moveChunks(ctx, dst, missing, sizes, opts, move, st); err != nil {
+		return err
 	}
 
 	// Manifests, parents first.
 	for i := len(send) - 1; i >= 0; i-- {
 		if _, err := dst.PutManifestBytes(ctx, send[i].data); err != nil {
-			return st, fmt.Errorf("put manifest %s: %w", send[i].id, err)
+			return fmt.Errorf("put manifest %s: %w", send[i].id, err)
 		}
 	}
-	if err := dst.CompareAndSwapRef(ctx, kind, name, old, head); err != nil {
-		return st, fmt.Errorf("move destination %s %q from %s to %s: %w", kind, name, idOrNone(old), head, err)
-	}
-	return st, nil
+	return nil
 }
 
 func idOrNone(id index.ID) string {

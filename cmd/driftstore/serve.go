@@ -78,7 +78,7 @@ func runServe(c *cli, args []string) error {
 		return err
 	}
 	defer r.Close()
-	cfg := httpapi.Config{Index: r.Index(), Token: token, Logger: logger}
+	cfg := httpapi.Config{Repo: r, Token: token, Logger: logger}
 	if maxChunk.set {
 		cfg.MaxChunkSize = maxChunk.n
 	}

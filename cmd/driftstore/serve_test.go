@@ -126,3 +126,79 @@ func TestCLIServePushPullReplicate(t *testing.T) {
 		}
 	}
 }
+
+// TestCLIStorageThroughServer runs the storage commands with --server against a daemon and
+// checks they behave as on the data directory itself.
+func TestCLIStorageThroughServer(t *testing.T) {
+	work := t.TempDir()
+	tokFile := filepath.Join(work, "token")
+	os.WriteFile(tokFile, []byte("tok"), 0o600)
+	dataB := filepath.Join(work, "b")
+	url := startServe(t, dataB, "--token-file", tokFile)
+	remote := func(args ...string) (int, string, string) {
+		return storageRun(t, filepath.Join(work, "unused"), append([]string{"--server", url, "--token-file", tokFile}, args...)...)
+	}
+	// The directory is held by the daemon: a direct command says so and suggests --server.
+	if code, _, errOut := storageRun(t, dataB, "ls"); code != 1 || !strings.Contains(errOut, "--server") {
+		t.Fatalf("ls on a held directory: exit %d: %s", code, errOut)
+	}
+	f, data := storageRandFile(t, work, "a.bin", 21, 300_000)
+	code, out, errOut := remote("put", f, "--tag", "t", "--json")
+	if code != 0 {
+		t.Fatalf("put: exit %d: %s", code, errOut)
+	}
+	var put struct {
+		ID        string `json:"id"`
+		UniqueNew int    `json:"new_chunks"`
+	}
+	if err := json.Unmarshal([]byte(out), &put); err != nil || put.UniqueNew == 0 {
+		t.Fatalf("put --json: %v %s", err, out)
+	}
+	// The same file again sends no chunks, and gives the same ID as a local put would.
+	code, out, _ = remote("put", f, "--json")
+	var again struct {
+		ID        string `json:"id"`
+		UniqueNew int    `json:"new_chunks"`
+	}
+	json.Unmarshal([]byte(out), &again)
+	if code != 0 || again.UniqueNew != 0 || again.ID != put.ID {
+		t.Fatalf("second put: exit %d, %+v", code, again)
+	}
+	local := filepath.Join(work, "local")
+	_, out, _ = storageRun(t, local, "put", f, "--json")
+	var loc struct {
+		ID string `json:"id"`
+	}
+	json.Unmarshal([]byte(out), &loc)
+	if loc.ID != put.ID {
+		t.Fatalf("remote put ID %s, local put ID %s", put.ID, loc.ID)
+	}
+	if code, out, errOut = remote("ls"); code != 0 || !strings.Contains(out, "t") {
+		t.Fatalf("ls: exit %d: %s%s", code, out, errOut)
+	}
+	if code, out, errOut = remote("inspect", "t", "--json"); code != 0 || !strings.Contains(out, put.ID) {
+		t.Fatalf("inspect: exit %d: %s%s", code, out, errOut)
+	}
+	outFile := filepath.Join(work, "out.bin")
+	if code, _, errOut = remote("get", put.ID[:20], "-o", outFile); code != 0 {
+		t.Fatalf("get: exit %d: %s", code, errOut)
+	}
+	if got, _ := os.ReadFile(outFile); !bytes.Equal(got, data) {
+		t.Fatal("get through the daemon differs")
+	}
+	if code, _, errOut = remote("get", "no-such-tag", "-o", outFile); code != 1 || !strings.Contains(errOut, "unknown_name") {
+		t.Fatalf("get of an unknown name: exit %d: %s", code, errOut)
+	}
+	if code, out, errOut = remote("gc", "--json"); code != 0 || !strings.Contains(out, "manifests_kept") {
+		t.Fatalf("gc: exit %d: %s%s", code, out, errOut)
+	}
+	if code, out, errOut = remote("fsck", "--json"); code != 0 {
+		t.Fatalf("fsck: exit %d: %s%s", code, out, errOut)
+	}
+	// A wrong token changes nothing.
+	bad := filepath.Join(work, "bad")
+	os.WriteFile(bad, []byte("nope"), 0o600)
+	if code, _, _ := storageRun(t, work, "--server", url, "--token-file", bad, "put", f, "--tag", "u"); code != 1 {
+		t.Fatalf("put with a wrong token: exit %d", code)
+	}
+}

@@ -84,6 +84,7 @@ func (d *Daemon) start(addr string) {
 	}
 	cfg := d.Config
 	cfg.Index = d.Index
+	cfg.Repo = d.Repo
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}

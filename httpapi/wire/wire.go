@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/driftstore/driftstore/cas"
 )
@@ -67,6 +68,8 @@ const (
 	CodeManifestNotFound = "manifest_not_found"
 	CodeRefNotFound      = "ref_not_found"
 	CodeNotFound         = "not_found"
+	CodeUnknownName      = "unknown_name"
+	CodeAmbiguous        = "ambiguous"
 	CodeMethodNotAllowed = "method_not_allowed"
 	CodeMissingChunks    = "missing_chunks"
 	CodeMissingParent    = "missing_parent"
@@ -225,4 +228,16 @@ func AppendDigestList(dst []byte, ds []cas.Digest) []byte {
 		dst = append(dst, d[:]...)
 	}
 	return dst
+}
+
+// GCRequest is the body of POST /v1/gc. Grace follows index.GCOptions: zero means the default,
+// negative means none.
+type GCRequest struct {
+	Grace  time.Duration `json:"grace"`
+	DryRun bool          `json:"dry_run"`
+}
+
+// FsckRequest is the body of POST /v1/fsck.
+type FsckRequest struct {
+	Workers int `json:"workers"`
 }
