@@ -22,7 +22,7 @@ func runFsck(c *cli, args []string) error {
 	if fs.NArg() != 0 {
 		return usageError("fsck takes no arguments")
 	}
-	r, err := c.openRepo(false)
+	r, err := c.openStorage(false)
 	if err != nil {
 		return err
 	}

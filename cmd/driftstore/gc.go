@@ -33,7 +33,7 @@ func runGC(c *cli, args []string) error {
 	if g == 0 {
 		g = -1 // index: negative means no grace
 	}
-	r, err := c.openRepo(false)
+	r, err := c.openStorage(false)
 	if err != nil {
 		return err
 	}

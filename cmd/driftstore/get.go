@@ -30,7 +30,7 @@ func runGet(c *cli, args []string) error {
 	if *out == "-" && c.globals.json {
 		return usageError("-o - and --json both want stdout")
 	}
-	r, err := c.openRepo(false)
+	r, err := c.openStorage(false)
 	if err != nil {
 		return err
 	}

@@ -24,7 +24,7 @@ func runInspect(c *cli, args []string) error {
 	if fs.NArg() != 1 {
 		return usageError("inspect takes one ID or TAG")
 	}
-	r, err := c.openRepo(false)
+	r, err := c.openStorage(false)
 	if err != nil {
 		return err
 	}

@@ -23,7 +23,7 @@ func runLs(c *cli, args []string) error {
 	if fs.NArg() != 0 {
 		return usageError("ls takes no arguments")
 	}
-	r, err := c.openRepo(false)
+	r, err := c.openStorage(false)
 	if err != nil {
 		return err
 	}

@@ -78,7 +78,7 @@ func runPut(c *cli, args []string) error {
 			return usageError("--tag: %v", err)
 		}
 	}
-	r, err := c.openRepo(false)
+	r, err := c.openStorage(false)
 	if err != nil {
 		return err
 	}
