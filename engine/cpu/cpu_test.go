@@ -406,7 +406,9 @@ func TestAttention(t *testing.T) {
 			}
 		}
 	}
-	cases = append(cases, tc{16, 3, 2, 12, 5, 20, F16}, tc{16, 1, 1, 4, 0, 3, F32})
+	// Head dims with fewer than, more than and not a multiple of 8 lanes.
+	cases = append(cases, tc{16, 3, 2, 12, 5, 20, F16}, tc{16, 1, 1, 4, 0, 3, F32},
+		tc{16, 2, 3, 48, 7, 9, F16}, tc{32, 1, 2, 136, 30, 5, F32}, tc{16, 1, 1, 70, 3, 6, F16})
 	forEachBackend(t, func(t *testing.T) {
 		for _, c := range cases {
 			name := fmt.Sprintf("%+v", c)
@@ -665,5 +667,34 @@ func TestPoolClose(t *testing.T) {
 	p.MatMul(b, w, x, 8) // still works, on the caller alone
 	if i, ok := sameBits(a, b); !ok {
 		t.Fatalf("after Close: differs at %d", i)
+	}
+}
+
+func TestPoolConcurrentCallers(t *testing.T) {
+	p := NewPool(2)
+	defer p.Close()
+	r := rand.New(rand.NewPCG(17, 18))
+	w, _ := encode(Q8_0, 96, 256, randVec(r, 96*256, 1))
+	x := randVec(r, 5*256, 1)
+	want := make([]float32, 5*96)
+	p.MatMul(want, w, x, 5)
+	errs := make(chan error, 4)
+	for g := 0; g < 4; g++ {
+		go func() {
+			out := make([]float32, 5*96)
+			for i := 0; i < 20; i++ {
+				p.MatMul(out, w, x, 5)
+				if j, ok := sameBits(want, out); !ok {
+					errs <- fmt.Errorf("concurrent call differs at %d", j)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for g := 0; g < 4; g++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -658,37 +658,44 @@ SIMD_INLINE void att_scores_simd(const att_ctx *c, const float *qh, int ctx, flo
   }
 }
 
-// o = sum_p s[p] * V[p], sequential in p, 64 dimensions at a time held in
-// registers.
+// VN*8 dimensions of o = sum_p s[p] * V[p], sequential in p, accumulated in
+// registers. base is the byte offset of the first dimension in a V row.
+SIMD_INLINE void att_values_block(const uint8_t *const *kp, size_t base, const float *s, int ctx,
+                                  float *o, int kvt, int VN) {
+  __m256 acc[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < VN; i++) acc[i] = _mm256_setzero_ps();
+  for (int p = 0; p < ctx; p++) {
+    const uint8_t *vr = kp[p] + base;
+    __m256 w = _mm256_set1_ps(s[p]);
+#pragma GCC unroll 8
+    for (int i = 0; i < VN; i++) acc[i] = _mm256_fmadd_ps(w, load_kv8(vr, i * 8, kvt), acc[i]);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < VN; i++) _mm256_storeu_ps(o + i * 8, acc[i]);
+}
+
+// o = sum_p s[p] * V[p], sequential in p, up to 64 dimensions at a time.
 SIMD_INLINE void att_values_simd(const att_ctx *c, const float *s, int ctx, float *o, int kvt) {
   int hd = c->hd, nv = hd / 8;
   size_t es = kvt == DS_F16 ? 2 : 4;
-  const uint8_t *const *kp = c->kp;
-  int v0 = 0;
-  for (; v0 + 8 <= nv; v0 += 8) {
+  for (int v0 = 0; v0 < nv; v0 += 8) {
     size_t base = c->voff + (size_t)v0 * 8 * es;
-    __m256 acc[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
-    for (int p = 0; p < ctx; p++) {
-      const uint8_t *vr = kp[p] + base;
-      __m256 w = _mm256_set1_ps(s[p]);
-#pragma GCC unroll 8
-      for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(w, load_kv8(vr, i * 8, kvt), acc[i]);
+    float *ov = o + v0 * 8;
+    switch (nv - v0 < 8 ? nv - v0 : 8) {
+      case 1: att_values_block(c->kp, base, s, ctx, ov, kvt, 1); break;
+      case 2: att_values_block(c->kp, base, s, ctx, ov, kvt, 2); break;
+      case 3: att_values_block(c->kp, base, s, ctx, ov, kvt, 3); break;
+      case 4: att_values_block(c->kp, base, s, ctx, ov, kvt, 4); break;
+      case 5: att_values_block(c->kp, base, s, ctx, ov, kvt, 5); break;
+      case 6: att_values_block(c->kp, base, s, ctx, ov, kvt, 6); break;
+      case 7: att_values_block(c->kp, base, s, ctx, ov, kvt, 7); break;
+      default: att_values_block(c->kp, base, s, ctx, ov, kvt, 8); break;
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) _mm256_storeu_ps(o + (v0 + i) * 8, acc[i]);
-  }
-  for (; v0 < nv; v0++) {
-    size_t base = c->voff + (size_t)v0 * 8 * es;
-    __m256 acc = _mm256_setzero_ps();
-    for (int p = 0; p < ctx; p++)
-      acc = _mm256_fmadd_ps(_mm256_set1_ps(s[p]), load_kv8(kp[p] + base, 0, kvt), acc);
-    _mm256_storeu_ps(o + v0 * 8, acc);
   }
   for (int d = nv * 8; d < hd; d++) {
     float a = 0;
-    for (int p = 0; p < ctx; p++) a = fma1(s[p], load_kv1(kp[p] + c->voff, d, kvt), a);
+    for (int p = 0; p < ctx; p++) a = fma1(s[p], load_kv1(c->kp[p] + c->voff, d, kvt), a);
     o[d] = a;
   }
 }
