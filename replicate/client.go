@@ -220,7 +220,7 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, cty
 	c.prepare(req, ctype, headers)
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, c.base+path, err)
+		return nil, err // a *url.Error, which names the method and URL
 	}
 	if err := checkResponse(resp); err != nil {
 		return nil, err
