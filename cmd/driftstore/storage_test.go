@@ -207,7 +207,7 @@ func TestCLIUsageAndBadInput(t *testing.T) {
 		{[]string{"gc", "--grace", "-1s"}, 2, "must not be negative"},
 		{[]string{"bench"}, 2, "needs a benchmark name"},
 		{[]string{"bench", "nope"}, 2, "unknown benchmark"},
-		{[]string{"--server", "http://127.0.0.1:1", "ls"}, 1, "--server is not supported"},
+		{[]string{"--server", "http://127.0.0.1:1", "ls"}, 1, "connection refused"},
 	}
 	for _, c := range cases {
 		code, _, errOut := storageRun(t, dir, c.args...)
