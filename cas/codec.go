@@ -136,6 +136,16 @@ func putBuf(p *[]byte) {
 // falls back to CodecRaw (the stored form is then data itself, appended) when compression saves
 // less than MinSavings. Encode only reads data. Safe for concurrent use.
 func Encode(dst, data []byte, hint Hint) (Codec, []byte) {
+	codec, out := encode(dst, data, hint)
+	if codec == CodecRaw {
+		out = append(out, data...)
+	}
+	return codec, out
+}
+
+// encode is Encode, except that for CodecRaw it appends nothing and returns dst: the stored
+// form is then data itself, which the caller writes or copies as it sees fit.
+func encode(dst, data []byte, hint Hint) (Codec, []byte) {
 	if len(data) == 0 {
 		return CodecRaw, dst
 	}
@@ -148,7 +158,7 @@ func Encode(dst, data []byte, hint Hint) (Codec, []byte) {
 	if err == nil && float64(len(out)-start) <= float64(len(data))*(1-MinSavings) {
 		return codec, out
 	}
-	return CodecRaw, append(dst[:start], data...)
+	return CodecRaw, dst[:start]
 }
 
 // EncodeWith appends data's stored form under the given codec to dst, whatever it saves.

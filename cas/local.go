@@ -254,13 +254,24 @@ func (l *Local) Put(ctx context.Context, data []byte, hint Hint) (Info, error) {
 		return Info{}, fmt.Errorf("put: %d bytes: %w (limit %d)", len(data), ErrTooLarge, MaxChunkSize)
 	}
 	d := Sum(data)
-	return l.put(ctx, d, func(dst []byte) (Codec, int, []byte, error) {
-		codec, out := Encode(dst, data, hint)
-		if err := verifyEncoded(out[len(dst):], codec, data); err != nil {
-			return 0, 0, nil, fmt.Errorf("put %s: %w", d, err)
-		}
-		return codec, len(data), out, nil
+	return l.put(ctx, d, func(dst []byte) (Codec, int, []byte, []byte, error) {
+		return encodeChunk(dst, d, data, hint)
 	})
+}
+
+// encodeChunk appends data's stored form to dst (a chunk header) and returns the codec, the
+// content size, the extended slice and a tail: for a raw chunk the payload is not appended but
+// returned as tail (data itself, written after the header without a copy). A compressed
+// payload is checked to decode back to data before it is returned (verifyEncoded).
+func encodeChunk(dst []byte, d Digest, data []byte, hint Hint) (Codec, int, []byte, []byte, error) {
+	codec, out := encode(dst, data, hint)
+	if codec == CodecRaw {
+		return codec, len(data), out, data, nil
+	}
+	if err := verifyEncoded(out[len(dst):], codec, data); err != nil {
+		return 0, 0, nil, nil, fmt.Errorf("put %s: %w", d, err)
+	}
+	return codec, len(data), out, nil, nil
 }
 
 // PutStored stores a chunk given in stored form, as is, after decoding it and checking that it
@@ -269,18 +280,36 @@ func (l *Local) PutStored(ctx context.Context, d Digest, codec Codec, stored []b
 	if err := ctx.Err(); err != nil {
 		return Info{}, err
 	}
-	return l.put(ctx, d, func(dst []byte) (Codec, int, []byte, error) {
+	return l.put(ctx, d, func(dst []byte) (Codec, int, []byte, []byte, error) {
 		size, err := verifyStored(d, codec, stored)
 		if err != nil {
-			return 0, 0, nil, err
+			return 0, 0, nil, nil, err
 		}
-		return codec, size, append(dst, stored...), nil
+		return codec, size, dst, stored, nil
 	})
 }
 
-// put is the ingest-verify-commit path shared by Put and PutStored. encode appends the payload
-// to the header it is given.
-func (l *Local) put(ctx context.Context, d Digest, encode func(dst []byte) (Codec, int, []byte, error)) (Info, error) {
+// encodeFunc appends a chunk's payload to dst (its header) and returns the codec, the content
+// size, the extended slice and a tail written after it (see encodeChunk).
+type encodeFunc func(dst []byte) (codec Codec, size int, file, tail []byte, err error)
+
+// prepare runs encode into a pooled buffer and fills in the header. The caller returns buf to
+// the pool (putBuf) once file is written.
+func prepare(encode encodeFunc) (buf *[]byte, codec Codec, size int, file, tail []byte, err error) {
+	buf = getBuf(64 << 10)
+	hdr := appendHeader((*buf)[:0], 0, 0)
+	codec, size, file, tail, err = encode(hdr)
+	if err != nil {
+		return buf, 0, 0, nil, nil, err
+	}
+	*buf = file[:0] // keep the grown buffer for the pool (putBuf drops it if too large)
+	file[5] = byte(codec)
+	binary.LittleEndian.PutUint64(file[8:], uint64(size))
+	return buf, codec, size, file, tail, nil
+}
+
+// put is the ingest-verify-commit path shared by Put and PutStored.
+func (l *Local) put(ctx context.Context, d Digest, encode encodeFunc) (Info, error) {
 	if info, ok := l.existing(d); ok {
 		return info, nil
 	}
@@ -292,21 +321,16 @@ func (l *Local) put(ctx context.Context, d Digest, encode func(dst []byte) (Code
 	if info, ok := l.existing(d); ok {
 		return info, nil
 	}
-	buf := getBuf(64 << 10)
+	buf, codec, size, file, tail, err := prepare(encode)
 	defer putBuf(buf)
-	hdr := appendHeader((*buf)[:0], 0, 0)
-	codec, size, file, err := encode(hdr)
 	if err != nil {
 		return Info{}, err
 	}
-	*buf = file[:0] // keep the grown buffer for the pool (putBuf drops it if too large)
-	file[5] = byte(codec)
-	binary.LittleEndian.PutUint64(file[8:], uint64(size))
-	mod, err := l.commit(d, file)
+	mod, err := l.commit(d, file, tail)
 	if err != nil {
 		return Info{}, err
 	}
-	return Info{Digest: d, Size: int64(size), StoredSize: int64(len(file) - headerSize), Codec: codec, ModTime: mod}, nil
+	return Info{Digest: d, Size: int64(size), StoredSize: int64(len(file) + len(tail) - headerSize), Codec: codec, ModTime: mod}, nil
 }
 
 // existing returns the Info of d when a well-formed file for it is present, refreshing its
@@ -354,40 +378,60 @@ func (l *Local) claim(ctx context.Context, d Digest) (release func(), err error)
 }
 
 // testHookBeforeRename, when set by a test, runs after the temporary file is written and synced
-// and before it is renamed; an error it returns fails the Put there.
+// and before it is renamed; an error it returns fails the Put (or the batch's Commit) there.
 var testHookBeforeRename func(tmp string) error
 
-// commit writes file (header and payload) under d's name: temporary file, write, fsync,
-// rename, fsync of the directory. It returns the file's modification time.
-func (l *Local) commit(d Digest, file []byte) (time.Time, error) {
-	shard := l.shardDir(d)
-	if !l.shardOK[d[0]].Load() {
-		if err := os.Mkdir(shard, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-			return time.Time{}, fmt.Errorf("put %s: %w", d, err)
-		}
-		if err := l.syncDir(l.dir); err != nil {
-			return time.Time{}, fmt.Errorf("put %s: %w", d, err)
-		}
-		l.shardOK[d[0]].Store(true)
+// tmpSeq numbers this process's temporary files; with the pid it makes their names unique.
+var tmpSeq atomic.Uint64
+
+// ensureShard creates d's shard directory when it is not known to exist. It reports whether it
+// created it, in which case the store's root directory must be synced before a chunk in it is
+// reported durable.
+func (l *Local) ensureShard(d Digest) (created bool, err error) {
+	if l.shardOK[d[0]].Load() {
+		return false, nil
 	}
+	err = os.Mkdir(l.shardDir(d), 0o755)
+	switch {
+	case err == nil:
+		created = true
+	case errors.Is(err, fs.ErrExist):
+	default:
+		return false, err
+	}
+	l.shardOK[d[0]].Store(true)
+	return created, nil
+}
+
+// writeTemp writes a chunk file (header, then payload, then tail when not nil: the raw path
+// passes the caller's data as tail so that it is not copied) to a new temporary file in d's
+// shard directory and closes it, syncing it first when sync is set. It returns the temporary
+// file's path and modification time. On error nothing is left behind.
+func (l *Local) writeTemp(d Digest, file, tail []byte, sync bool) (string, time.Time, error) {
 	h := d.Hex()
-	f, err := os.CreateTemp(shard, ".tmp-"+h[2:]+"-*")
+	name := fmt.Sprintf(".tmp-%s-%d-%d", h[2:], os.Getpid(), tmpSeq.Add(1))
+	tmp := filepath.Join(l.shardDir(d), name)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			l.shardOK[d[0]].Store(false) // removed behind our back; recreated next time
 		}
-		return time.Time{}, fmt.Errorf("put %s: %w", d, err)
+		return "", time.Time{}, err
 	}
-	tmp := f.Name()
-	fail := func(err error) (time.Time, error) {
+	fail := func(err error) (string, time.Time, error) {
 		f.Close()
 		os.Remove(tmp)
-		return time.Time{}, fmt.Errorf("put %s: %w", d, err)
+		return "", time.Time{}, err
 	}
 	if _, err := f.Write(file); err != nil {
 		return fail(err)
 	}
-	if !l.opts.NoSync {
+	if len(tail) > 0 {
+		if _, err := f.Write(tail); err != nil {
+			return fail(err)
+		}
+	}
+	if sync && !l.opts.NoSync {
 		if err := f.Sync(); err != nil {
 			return fail(err)
 		}
@@ -398,6 +442,25 @@ func (l *Local) commit(d Digest, file []byte) (time.Time, error) {
 	}
 	if err := f.Close(); err != nil {
 		os.Remove(tmp)
+		return "", time.Time{}, err
+	}
+	return tmp, st.ModTime(), nil
+}
+
+// commit writes file (header and payload, then tail) under d's name: temporary file, write,
+// fsync, rename, fsync of the directory. It returns the file's modification time.
+func (l *Local) commit(d Digest, file, tail []byte) (time.Time, error) {
+	created, err := l.ensureShard(d)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("put %s: %w", d, err)
+	}
+	if created {
+		if err := l.syncDir(l.dir); err != nil {
+			return time.Time{}, fmt.Errorf("put %s: %w", d, err)
+		}
+	}
+	tmp, mod, err := l.writeTemp(d, file, tail, true)
+	if err != nil {
 		return time.Time{}, fmt.Errorf("put %s: %w", d, err)
 	}
 	if hook := testHookBeforeRename; hook != nil {
@@ -406,14 +469,14 @@ func (l *Local) commit(d Digest, file []byte) (time.Time, error) {
 			return time.Time{}, fmt.Errorf("put %s: %w", d, err)
 		}
 	}
-	if err := os.Rename(tmp, filepath.Join(shard, h[2:])); err != nil {
+	if err := os.Rename(tmp, l.Path(d)); err != nil {
 		os.Remove(tmp)
 		return time.Time{}, fmt.Errorf("put %s: %w", d, err)
 	}
-	if err := l.syncDir(shard); err != nil {
+	if err := l.syncDir(l.shardDir(d)); err != nil {
 		return time.Time{}, fmt.Errorf("put %s: %w", d, err)
 	}
-	return st.ModTime(), nil
+	return mod, nil
 }
 
 func (l *Local) syncDir(dir string) error {

@@ -65,6 +65,25 @@ func TestHelperProcess(t *testing.T) {
 			fmt.Fprintln(w, "ok", i)
 			w.Flush()
 		}
+	case "batch":
+		// Put distinct chunks in batches of 8 through PutAll (two workers), reporting each
+		// batch once committed, until killed.
+		w := bufio.NewWriter(os.Stdout)
+		for i := 0; ; i += 8 {
+			var chunks [][]byte
+			for k := range 8 {
+				chunks = append(chunks, helperChunk(i+k))
+			}
+			if _, err := cas.PutAll(ctx, s, 2, chunks, cas.HintFloat16); err != nil {
+				fmt.Fprintln(w, "error", err)
+				w.Flush()
+				os.Exit(1)
+			}
+			for k := range 8 {
+				fmt.Fprintln(w, "ok", i+k)
+			}
+			w.Flush()
+		}
 	}
 	os.Exit(0)
 }
@@ -133,15 +152,21 @@ func TestTwoProcessesPutSameChunks(t *testing.T) {
 	}
 }
 
-func TestKilledDuringPuts(t *testing.T) {
+func TestKilledDuringPuts(t *testing.T) { testKilled(t, "stream", []int{3, 11, 24}) }
+
+// TestKilledDuringBatches kills a writer that stores chunks in batches (PutAll on a Local):
+// every visible chunk must verify, and every batch acknowledged must be complete.
+func TestKilledDuringBatches(t *testing.T) { testKilled(t, "batch", []int{8, 40, 96}) }
+
+func testKilled(t *testing.T, mode string, kills []int) {
 	if testing.Short() {
 		t.Skip("spawns processes")
 	}
 	dir := t.TempDir()
 	acked := map[cas.Digest]bool{}
 	// Kill the writer at a few different points; each run adds to the same store.
-	for round, killAfter := range []int{3, 11, 24} {
-		cmd := helper(t, "stream", dir)
+	for round, killAfter := range kills {
+		cmd := helper(t, mode, dir)
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)

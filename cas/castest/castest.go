@@ -64,6 +64,8 @@ func Run(t *testing.T, newStore func(t *testing.T) cas.Store) {
 	t.Run("TooLarge", func(t *testing.T) { testTooLarge(t, newStore(t)) })
 	t.Run("Stored", func(t *testing.T) { testStored(t, newStore(t), newStore(t)) })
 	t.Run("PutAllGetAll", func(t *testing.T) { testPutAllGetAll(t, newStore(t)) })
+	t.Run("Batch", func(t *testing.T) { testBatch(t, newStore(t)) })
+	t.Run("BatchDiscard", func(t *testing.T) { testBatchDiscard(t, newStore(t)) })
 }
 
 var bg = context.Background()
@@ -566,5 +568,132 @@ func testPutAllGetAll(t *testing.T, s cas.Store) {
 	}
 	if err := cas.GetAll(bg, s, 2, nil); err != nil {
 		t.Fatalf("no requests: %v", err)
+	}
+}
+
+// testBatch puts every sample through one batch from several goroutines, each sample twice
+// and one chunk already present, then checks that after Commit every chunk reads back and its
+// Info is as a Put would give. A closed batch refuses Puts.
+func testBatch(t *testing.T, s cas.Store) {
+	smp := samples()
+	pre := smp[3]
+	if _, err := s.Put(bg, pre.data, pre.hint); err != nil {
+		t.Fatal(err)
+	}
+	b := cas.NewBatch(s)
+	defer b.Discard()
+	infos := make([]cas.Info, 2*len(smp))
+	var wg sync.WaitGroup
+	errs := make(chan error, len(infos))
+	for i := range infos {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sm := smp[i%len(smp)]
+			info, err := b.Put(bg, sm.data, sm.hint)
+			if err != nil {
+				errs <- fmt.Errorf("%s: %w", sm.name, err)
+				return
+			}
+			infos[i] = info
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if err := b.Commit(bg); err != nil {
+		t.Fatal(err)
+	}
+	for i, info := range infos {
+		sm := smp[i%len(smp)]
+		CheckInfo(t, info, sm.data)
+		got, err := s.Get(bg, info.Digest, nil)
+		if err != nil {
+			t.Fatalf("%s after Commit: %v", sm.name, err)
+		}
+		if !bytes.Equal(got, sm.data) {
+			t.Fatalf("%s after Commit: content differs", sm.name)
+		}
+		st, err := s.Stat(bg, info.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Codec != info.Codec || st.StoredSize != info.StoredSize || st.Size != info.Size {
+			t.Fatalf("%s: batch Info %+v, Stat after Commit %+v", sm.name, info, st)
+		}
+	}
+	if n := count(t, s); n != len(smp) {
+		t.Fatalf("%d chunks after a batch of %d distinct samples", n, len(smp))
+	}
+	if _, err := b.Put(bg, []byte("after commit"), cas.HintNone); !errors.Is(err, cas.ErrBatchClosed) {
+		t.Fatalf("Put after Commit: %v, want ErrBatchClosed", err)
+	}
+	if err := b.Commit(bg); !errors.Is(err, cas.ErrBatchClosed) {
+		t.Fatalf("second Commit: %v, want ErrBatchClosed", err)
+	}
+	// PutBatch, where offered, stores a list the same way.
+	if bp, ok := s.(cas.BatchPutter); ok {
+		chunks := [][]byte{Random(5000, 77), KVFloat16(8192, 78), Random(5000, 77)}
+		infos, err := bp.PutBatch(bg, chunks, cas.HintFloat16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, c := range chunks {
+			CheckInfo(t, infos[i], c)
+			if got, err := s.Get(bg, infos[i].Digest, nil); err != nil || !bytes.Equal(got, c) {
+				t.Fatalf("PutBatch chunk %d: %v", i, err)
+			}
+		}
+	}
+}
+
+// testBatchDiscard: chunks of a discarded batch are not in a batching store, and a plain Put of
+// one of them, waiting on the batch if it must, stores it once the batch is gone.
+func testBatchDiscard(t *testing.T, s cas.Store) {
+	data := KVFloat16(64<<10, 91)
+	b := cas.NewBatch(s)
+	info, err := b.Put(bg, data, cas.HintFloat16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, batching := s.(cas.Batcher)
+	done := make(chan error, 1)
+	if batching {
+		go func() { // a plain Put of the same chunk while the batch is open
+			_, err := s.Put(bg, data, cas.HintFloat16)
+			done <- err
+		}()
+	}
+	b.Discard()
+	b.Discard() // idempotent
+	if batching {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Delete(bg, info.Digest); err != nil {
+			t.Fatal(err)
+		}
+	} else if err := s.Delete(bg, info.Digest); err != nil {
+		t.Fatal(err)
+	}
+	b2 := cas.NewBatch(s)
+	other := Random(10000, 92)
+	in2, err := b2.Put(bg, other, cas.HintNone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2.Discard()
+	if batching {
+		if ok, err := s.Has(bg, in2.Digest); err != nil || ok {
+			t.Fatalf("chunk of a discarded batch: present %v, %v", ok, err)
+		}
+		if n := count(t, s); n != 0 {
+			t.Fatalf("%d chunks after discarded batches", n)
+		}
+	}
+	if err := b2.Commit(bg); !errors.Is(err, cas.ErrBatchClosed) {
+		t.Fatalf("Commit after Discard: %v, want ErrBatchClosed", err)
 	}
 }

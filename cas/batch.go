@@ -1,0 +1,346 @@
+package cas
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+)
+
+// ErrBatchClosed is returned (wrapped) by a Batch's Put after Commit or Discard.
+var ErrBatchClosed = errors.New("batch already committed or discarded")
+
+// Batch stores many chunks with one durability barrier instead of one per chunk. Put encodes
+// and verifies a chunk and writes it where it is not yet visible; Commit makes every chunk put
+// so far durable and only then visible under its name, all together. The guarantees are those
+// of Store.Put, moved to Commit: a chunk is visible under its name only once its bytes are
+// durable and verified, and a crash at any point leaves only complete chunks and temporary
+// files (which a store cleans up, e.g. Local.CleanTemp).
+//
+// Put is safe for concurrent use; Commit and Discard must not run concurrently with Put. The
+// Info a Put returns describes the chunk as it will be once committed (a chunk already present
+// in the store is reported as it is, and costs about a stat); the chunk is not guaranteed to be
+// readable, durable or visible before Commit returns nil. Every Batch must end in Commit or
+// Discard: a batch may hold per-chunk claims that make a plain Put of the same chunk in the same
+// process wait for it. Discard after Commit does nothing, so `defer b.Discard()` is the idiom.
+type Batch interface {
+	// Put stores data in the batch (see the type's doc). data is only read during the call.
+	Put(ctx context.Context, data []byte, hint Hint) (Info, error)
+	// Commit makes every chunk put so far durable and visible. After Commit, the batch is closed:
+	// further Puts fail with ErrBatchClosed. When Commit fails, some of the batch's chunks may
+	// be visible (each complete and durable) and the rest are not; Put them again.
+	Commit(ctx context.Context) error
+	// Discard drops every chunk not yet committed and closes the batch. Idempotent.
+	Discard()
+}
+
+// Batcher is the optional capability of a Store to write chunks in batches (see Batch).
+// NewBatch returns an empty batch; batches are independent of each other and of Put.
+type Batcher interface {
+	NewBatch() Batch
+}
+
+// BatchPutter is the optional capability of storing a whole list of chunks with one
+// durability barrier. PutBatch returns the chunks' Infos in order; when it returns nil every
+// chunk is durable and visible, as after Put of each. On error none of them is guaranteed to be
+// stored (some may be). chunks are only read.
+type BatchPutter interface {
+	PutBatch(ctx context.Context, chunks [][]byte, hint Hint) ([]Info, error)
+}
+
+// NewBatch returns a batch for s: s's own when s is a Batcher, otherwise a batch whose Put is
+// s.Put (each chunk durable and visible at once) and whose Commit checks nothing more.
+func NewBatch(s Store) Batch {
+	if b, ok := s.(Batcher); ok {
+		return b.NewBatch()
+	}
+	return &putBatch{s: s}
+}
+
+// putBatch is the Batch of a store without batching: every Put is a Store.Put.
+type putBatch struct {
+	s      Store
+	mu     sync.Mutex
+	closed bool
+}
+
+func (b *putBatch) Put(ctx context.Context, data []byte, hint Hint) (Info, error) {
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return Info{}, fmt.Errorf("put: %w", ErrBatchClosed)
+	}
+	return b.s.Put(ctx, data, hint)
+}
+
+func (b *putBatch) Commit(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return fmt.Errorf("commit: %w", ErrBatchClosed)
+	}
+	b.closed = true
+	return ctx.Err()
+}
+
+func (b *putBatch) Discard() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+}
+
+// Compile-time checks.
+var (
+	_ Batcher     = (*Local)(nil)
+	_ BatchPutter = (*Local)(nil)
+)
+
+// NewBatch returns a batch that writes chunk files to temporary files in their shard
+// directories without syncing them; Commit makes them all durable with one sync (syncfs(2) of
+// the store's file system on Linux, an fsync per file elsewhere), renames them into place and
+// syncs once more for the renames (and any shard directories created). With NoSync the syncs
+// are skipped. Within the process, a chunk being written by a batch or a Put is written once:
+// a batch's Put claims the chunk until Commit or Discard when no one else is writing it, and
+// otherwise writes its own copy (identical content; the renames replace each other
+// atomically, as between processes).
+func (l *Local) NewBatch() Batch {
+	return &localBatch{l: l, pending: map[Digest]*pendingChunk{}}
+}
+
+// PutBatch stores chunks in one batch, one after the other (see BatchPutter). For parallel
+// encoding, use PutAll, which drives a batch with several workers.
+func (l *Local) PutBatch(ctx context.Context, chunks [][]byte, hint Hint) ([]Info, error) {
+	b := l.NewBatch()
+	defer b.Discard()
+	infos := make([]Info, len(chunks))
+	for i, c := range chunks {
+		info, err := b.Put(ctx, c, hint)
+		if err != nil {
+			return nil, fmt.Errorf("put chunk %d: %w", i, err)
+		}
+		infos[i] = info
+	}
+	if err := b.Commit(ctx); err != nil {
+		return nil, err
+	}
+	return infos, nil
+}
+
+type localBatch struct {
+	l *Local
+
+	mu          sync.Mutex // guards the fields below
+	pending     map[Digest]*pendingChunk
+	written     []*pendingChunk // chunks with a temporary file, in completion order
+	rootTouched bool            // a shard directory was created: the root must be synced
+	closed      bool
+}
+
+// pendingChunk is one chunk of a batch. done is closed once the Put that owns it finishes;
+// info, tmp and err are set before that and immutable after.
+type pendingChunk struct {
+	done    chan struct{}
+	info    Info
+	tmp     string // temporary file awaiting Commit; "" when the chunk was already present
+	release func() // the in-process claim on the digest, nil when not held
+	err     error
+}
+
+func (b *localBatch) Put(ctx context.Context, data []byte, hint Hint) (Info, error) {
+	if err := ctx.Err(); err != nil {
+		return Info{}, err
+	}
+	if len(data) > MaxChunkSize {
+		return Info{}, fmt.Errorf("put: %d bytes: %w (limit %d)", len(data), ErrTooLarge, MaxChunkSize)
+	}
+	d := Sum(data)
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return Info{}, fmt.Errorf("put %s: %w", d, ErrBatchClosed)
+	}
+	if p, ok := b.pending[d]; ok {
+		b.mu.Unlock()
+		select {
+		case <-p.done:
+		case <-ctx.Done():
+			return Info{}, ctx.Err()
+		}
+		if p.err != nil {
+			return Info{}, p.err
+		}
+		return p.info, nil
+	}
+	p := &pendingChunk{done: make(chan struct{})}
+	b.pending[d] = p
+	b.mu.Unlock()
+
+	info, tmp, created, err := b.write(d, data, hint, p)
+	b.mu.Lock()
+	p.info, p.tmp, p.err = info, tmp, err
+	if err != nil {
+		delete(b.pending, d) // a later Put of d tries again
+	} else if tmp != "" {
+		b.written = append(b.written, p)
+	}
+	b.rootTouched = b.rootTouched || created
+	b.mu.Unlock()
+	close(p.done)
+	return info, err
+}
+
+// write stores d in a temporary file unless it is present, claiming d when no one else in the
+// process is writing it (p.release is then set).
+func (b *localBatch) write(d Digest, data []byte, hint Hint, p *pendingChunk) (Info, string, bool, error) {
+	l := b.l
+	if info, ok := l.existing(d); ok {
+		return info, "", false, nil
+	}
+	if release, ok := l.tryClaim(d); ok {
+		p.release = release
+		// Someone may have committed d between the check above and the claim.
+		if info, ok := l.existing(d); ok {
+			p.release = nil
+			release()
+			return info, "", false, nil
+		}
+	}
+	fail := func(err error) (Info, string, bool, error) {
+		if p.release != nil {
+			p.release()
+			p.release = nil
+		}
+		return Info{}, "", false, err
+	}
+	buf, codec, size, file, tail, err := prepare(func(dst []byte) (Codec, int, []byte, []byte, error) {
+		return encodeChunk(dst, d, data, hint)
+	})
+	defer putBuf(buf)
+	if err != nil {
+		return fail(err)
+	}
+	created, err := l.ensureShard(d)
+	if err != nil {
+		return fail(fmt.Errorf("put %s: %w", d, err))
+	}
+	tmp, mod, err := l.writeTemp(d, file, tail, false)
+	if err != nil {
+		return fail(fmt.Errorf("put %s: %w", d, err))
+	}
+	info := Info{Digest: d, Size: int64(size), StoredSize: int64(len(file) + len(tail) - headerSize), Codec: codec, ModTime: mod}
+	return info, tmp, created, nil
+}
+
+func (b *localBatch) Commit(ctx context.Context) error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return fmt.Errorf("commit: %w", ErrBatchClosed)
+	}
+	b.closed = true
+	written, rootTouched := b.written, b.rootTouched
+	b.written = nil
+	b.mu.Unlock()
+	defer b.releaseAll()
+	l := b.l
+	removeFrom := func(ps []*pendingChunk) {
+		for _, p := range ps {
+			os.Remove(p.tmp)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		removeFrom(written)
+		return err
+	}
+	if len(written) == 0 {
+		return nil
+	}
+	if !l.opts.NoSync {
+		files := make([]string, len(written))
+		for i, p := range written {
+			files[i] = p.tmp
+		}
+		if err := syncAll(l.dir, files); err != nil {
+			removeFrom(written)
+			return fmt.Errorf("commit %d chunks: sync: %w", len(written), err)
+		}
+	}
+	var dirs []string
+	seenDir := map[byte]bool{}
+	for i, p := range written {
+		d := p.info.Digest
+		if hook := testHookBeforeRename; hook != nil {
+			if err := hook(p.tmp); err != nil {
+				removeFrom(written[i:])
+				return fmt.Errorf("commit %s: %w", d, errors.Join(err, b.syncDirs(dirs, rootTouched)))
+			}
+		}
+		if err := os.Rename(p.tmp, l.Path(d)); err != nil {
+			removeFrom(written[i:])
+			return fmt.Errorf("commit %s: %w", d, errors.Join(err, b.syncDirs(dirs, rootTouched)))
+		}
+		if !seenDir[d[0]] {
+			seenDir[d[0]] = true
+			dirs = append(dirs, l.shardDir(d))
+		}
+	}
+	if err := b.syncDirs(dirs, rootTouched); err != nil {
+		return fmt.Errorf("commit %d chunks: sync directories: %w", len(written), err)
+	}
+	return nil
+}
+
+// syncDirs makes the renames into dirs (and shard creations, when rootTouched) durable.
+func (b *localBatch) syncDirs(dirs []string, rootTouched bool) error {
+	if b.l.opts.NoSync || len(dirs) == 0 && !rootTouched {
+		return nil
+	}
+	if rootTouched {
+		dirs = append(dirs, b.l.dir)
+	}
+	return syncAllDirs(b.l.dir, dirs)
+}
+
+func (b *localBatch) Discard() {
+	b.mu.Lock()
+	written := b.written
+	b.written = nil
+	b.closed = true
+	b.mu.Unlock()
+	for _, p := range written {
+		os.Remove(p.tmp)
+	}
+	b.releaseAll()
+}
+
+// releaseAll lets go of every claim the batch holds. Only after Commit or Discard, when no Put
+// runs.
+func (b *localBatch) releaseAll() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, p := range b.pending {
+		if p.release != nil {
+			p.release()
+			p.release = nil
+		}
+	}
+}
+
+// tryClaim is claim without waiting: it fails when another goroutine is writing d.
+func (l *Local) tryClaim(d Digest) (release func(), ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, busy := l.inflight[d]; busy {
+		return nil, false
+	}
+	ch := make(chan struct{})
+	l.inflight[d] = ch
+	return func() {
+		l.mu.Lock()
+		delete(l.inflight, d)
+		l.mu.Unlock()
+		close(ch)
+	}, true
+}
