@@ -109,4 +109,3 @@ func TestLocalBatchCommitFails(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
