@@ -152,28 +152,40 @@ func BenchmarkLocal(b *testing.B) {
 		}
 		for _, sync := range []bool{true, false} {
 			for _, workers := range []int{1, 2} {
-				name := fmt.Sprintf("%s/put/sync=%v/workers=%d", kind, sync, workers)
-				b.Run(name, func(b *testing.B) {
-					b.SetBytes(int64(len(data)))
-					var stored int64
-					for b.Loop() {
-						b.StopTimer()
-						s, err := cas.OpenLocal(b.TempDir(), cas.LocalOptions{NoSync: !sync})
-						if err != nil {
-							b.Fatal(err)
+				for _, each := range []bool{false, true} {
+					// each: one Put per chunk (a sync per chunk); otherwise PutAll (one batch).
+					mode := map[bool]string{false: "batch", true: "each"}[each]
+					name := fmt.Sprintf("%s/put-%s/sync=%v/workers=%d", kind, mode, sync, workers)
+					b.Run(name, func(b *testing.B) {
+						b.SetBytes(int64(len(data)))
+						var stored int64
+						for b.Loop() {
+							b.StopTimer()
+							s, err := cas.OpenLocal(b.TempDir(), cas.LocalOptions{NoSync: !sync})
+							if err != nil {
+								b.Fatal(err)
+							}
+							b.StartTimer()
+							var infos []cas.Info
+							if each {
+								infos = make([]cas.Info, len(chunks))
+								parallel(workers, chunks, func(i int) {
+									infos[i], err = s.Put(ctx, chunks[i], hint)
+									if err != nil {
+										b.Error(err)
+									}
+								})
+							} else if infos, err = cas.PutAll(ctx, s, workers, chunks, hint); err != nil {
+								b.Fatal(err)
+							}
+							stored = 0
+							for _, in := range infos {
+								stored += in.StoredSize
+							}
 						}
-						b.StartTimer()
-						infos, err := cas.PutAll(ctx, s, workers, chunks, hint)
-						if err != nil {
-							b.Fatal(err)
-						}
-						stored = 0
-						for _, in := range infos {
-							stored += in.StoredSize
-						}
-					}
-					b.ReportMetric(float64(len(data))/float64(stored), "ratio")
-				})
+						b.ReportMetric(float64(len(data))/float64(stored), "ratio")
+					})
+				}
 			}
 		}
 		s, err := cas.OpenLocal(b.TempDir(), cas.LocalOptions{NoSync: true})

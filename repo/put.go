@@ -192,10 +192,14 @@ func (r *Repo) Put(ctx context.Context, srcs []Source, opts PutOptions) (PutResu
 
 	release := r.ix.HoldGC()
 	defer release()
+	// One batch for every chunk of the Put: the store makes them durable together at Commit,
+	// before any is recorded (see cas.Batch).
+	batch := cas.NewBatch(r.local)
+	defer batch.Discard()
 	var infos []cas.Info // every distinct chunk named, for RecordChunks
 	inManifest := map[cas.Digest]bool{}
 	for _, s := range srcs {
-		refs, got, n, err := r.ingest(ctx, s.R, spec, opts.Hint, workers, opts.Progress)
+		refs, got, n, err := r.ingest(ctx, batch, s.R, spec, opts.Hint, workers, opts.Progress)
 		if err != nil {
 			return res, fmt.Errorf("put %s: %w", s.Name, err)
 		}
@@ -211,6 +215,9 @@ func (r *Repo) Put(ctx context.Context, srcs []Source, opts PutOptions) (PutResu
 	}
 	if err := m.Validate(); err != nil {
 		return res, fmt.Errorf("put: %w", err)
+	}
+	if err := batch.Commit(ctx); err != nil {
+		return res, fmt.Errorf("put: store chunks: %w", err)
 	}
 	ds := make([]cas.Digest, len(infos))
 	for i, in := range infos {
@@ -267,10 +274,11 @@ func putBuf(p *[]byte) {
 	}
 }
 
-// ingest chunks one stream and stores its chunks with a pool of workers. It returns the region's
+// ingest chunks one stream and stores its chunks in batch with a pool of workers (they are
+// durable once the caller commits the batch). It returns the region's
 // chunk list in order, the Info of every chunk stored (in order, with repeats), and the bytes read.
 // At most 2×workers chunks are buffered at once.
-func (r *Repo) ingest(ctx context.Context, rd io.Reader, spec ChunkerSpec, hint cas.Hint, workers int, progress func(int64)) ([]index.ChunkRef, []cas.Info, int64, error) {
+func (r *Repo) ingest(ctx context.Context, batch cas.Batch, rd io.Reader, spec ChunkerSpec, hint cas.Hint, workers int, progress func(int64)) ([]index.ChunkRef, []cas.Info, int64, error) {
 	st, err := spec.stream(rd)
 	if err != nil {
 		return nil, nil, 0, err
@@ -317,7 +325,7 @@ func (r *Repo) ingest(ctx context.Context, rd io.Reader, spec ChunkerSpec, hint 
 		g.Go(func() error {
 			defer wg.Done()
 			for j := range jobs {
-				info, err := r.local.Put(gctx, *j.buf, hint)
+				info, err := batch.Put(gctx, *j.buf, hint)
 				n := len(*j.buf)
 				putBuf(j.buf)
 				if err != nil {
