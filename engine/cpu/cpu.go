@@ -225,7 +225,7 @@ func (p *Pool) run(want int, f func(tid int)) {
 // threadsFor picks how many threads a call with the given number of
 // independent units and total work (roughly, multiply-adds) is worth.
 func (p *Pool) threadsFor(units int, work int64) int {
-	const minWorkPerThread = 1 << 15
+	const minWorkPerThread = 1 << 16
 	t := p.threads
 	if int64(t) > work/minWorkPerThread {
 		t = int(work / minWorkPerThread)

@@ -237,9 +237,11 @@ func TestMatMul(t *testing.T) {
 	type shape struct{ rows, cols int }
 	forEachBackend(t, func(t *testing.T) {
 		for _, typ := range []DType{F32, F16, BF16, Q8_0} {
-			shapes := []shape{{1, 1}, {5, 7}, {37, 40}, {5, 300}, {37, 520}, {4, 8}}
+			// Odd row counts, columns below, at and across the 8-lane and
+			// 256-column chunk boundaries, and over 1024 rows (larger units).
+			shapes := []shape{{1, 1}, {5, 7}, {37, 40}, {5, 300}, {37, 520}, {4, 8}, {1030, 20}}
 			if typ == Q8_0 {
-				shapes = []shape{{1, 32}, {5, 96}, {37, 544}, {17, 288}}
+				shapes = []shape{{1, 32}, {5, 96}, {37, 544}, {17, 288}, {1030, 32}}
 			}
 			for _, sh := range shapes {
 				vals := randVec(r, sh.rows*sh.cols, 0.5)

@@ -177,23 +177,27 @@ static float dot_generic(const float *a, const float *b, int len) {
 
 #define GEMV_MAX_N 3   // n up to this: weights converted on the fly
 #define UNIT_ROWS_GEMV 32
-#define UNIT_ROWS_GEMM 16
+#define UNIT_ROWS_GEMM 16      // rows per packed weight block
+#define UNIT_ROWS_GEMM_MAX 64  // rows per unit of large matrices: x streamed once per 64 rows
 #define KCV 32         // k-chunk of the packed path, in 8-float vectors (256 cols)
 #define TT 96          // token tile of the packed path (multiple of 3)
 
-static inline int unit_rows(int n) {
-  return n <= GEMV_MAX_N ? UNIT_ROWS_GEMV : UNIT_ROWS_GEMM;
+// Rows per work unit. Units only split the work: results never depend on
+// them.
+static inline int unit_rows(int rows, int n) {
+  if (n <= GEMV_MAX_N) return UNIT_ROWS_GEMV;
+  return rows >= 1024 ? UNIT_ROWS_GEMM_MAX : UNIT_ROWS_GEMM;
 }
 
 int64_t ds_matmul_units(int rows, int n) {
-  int ur = unit_rows(n);
+  int ur = unit_rows(rows, n);
   return ((int64_t)rows + ur - 1) / ur;
 }
 
 static void matmul_generic(int type, int rows, int cols, const uint8_t *data,
                            float *out, const float *x, int n, int64_t *ctr) {
   size_t rb = row_bytes(type, cols);
-  int ur = unit_rows(n);
+  int ur = unit_rows(rows, n);
   int64_t units = ds_matmul_units(rows, n);
   float *w = malloc(((size_t)cols + 1) * sizeof(float));
   if (!w) abort();
@@ -423,42 +427,50 @@ PACK_FN(pack_f16, DS_F16)
 PACK_FN(pack_bf16, DS_BF16)
 PACK_FN(pack_q8, DS_Q8_0)
 
+// One unit of the packed path: rows [r0, r1) (at most UNIT_ROWS_GEMM_MAX),
+// all tokens. Within a token tile and k-chunk, the x slice (TT tokens x
+// KCV vectors) stays in cache while every 16-row block of the unit is
+// packed and multiplied against it.
 static SIMD void gemm_unit(int type, int rows, int cols, const uint8_t *data, float *out,
                            const float *x, int n, int r0, int r1, float *wp, float *p) {
   size_t rb = row_bytes(type, cols);
-  const uint8_t *row0 = data + (size_t)r0 * rb;
   int nrows = r1 - r0;
-  int nquads = (nrows + 3) / 4;
   int nv = cols / 8;
   const size_t ps = (size_t)TT * 8;
   for (int t0 = 0; t0 < n; t0 += TT) {
     int tn = n - t0 < TT ? n - t0 : TT;
     const float *xt = x + (size_t)t0 * cols;
-    if (nv == 0) memset(p, 0, sizeof(float) * UNIT_ROWS_GEMM * TT * 8);
+    if (nv == 0) memset(p, 0, sizeof(float) * UNIT_ROWS_GEMM_MAX * TT * 8);
     for (int v0 = 0; v0 < nv; v0 += KCV) {
       int kv = nv - v0 < KCV ? nv - v0 : KCV;
-      switch (type) {
-        case DS_F32: pack_f32(wp, row0, rb, nrows, v0, kv); break;
-        case DS_F16: pack_f16(wp, row0, rb, nrows, v0, kv); break;
-        case DS_BF16: pack_bf16(wp, row0, rb, nrows, v0, kv); break;
-        default: pack_q8(wp, row0, rb, nrows, v0, kv); break;
-      }
       int init = v0 == 0;
-      for (int t = 0; t < tn; t += 3) {
-        const float *xs = xt + (size_t)t * cols + (size_t)v0 * 8;
-        for (int q = 0; q < nquads; q++) {
-          const float *w = wp + (size_t)q * kv * 32;
-          float *pp = p + ((size_t)q * 4 * TT + t) * 8;
-          switch (tn - t) {
-            case 1: micro1(w, xs, cols, pp, ps, kv, init); break;
-            case 2: micro2(w, xs, cols, pp, ps, kv, init); break;
-            default: micro3(w, xs, cols, pp, ps, kv, init); break;
+      for (int b0 = 0; b0 < nrows; b0 += UNIT_ROWS_GEMM) {
+        int bn = nrows - b0 < UNIT_ROWS_GEMM ? nrows - b0 : UNIT_ROWS_GEMM;
+        const uint8_t *row0 = data + (size_t)(r0 + b0) * rb;
+        switch (type) {
+          case DS_F32: pack_f32(wp, row0, rb, bn, v0, kv); break;
+          case DS_F16: pack_f16(wp, row0, rb, bn, v0, kv); break;
+          case DS_BF16: pack_bf16(wp, row0, rb, bn, v0, kv); break;
+          default: pack_q8(wp, row0, rb, bn, v0, kv); break;
+        }
+        int nquads = (bn + 3) / 4;
+        float *pb = p + (size_t)b0 * ps;
+        for (int t = 0; t < tn; t += 3) {
+          const float *xs = xt + (size_t)t * cols + (size_t)v0 * 8;
+          for (int q = 0; q < nquads; q++) {
+            const float *w = wp + (size_t)q * kv * 32;
+            float *pp = pb + ((size_t)q * 4 * TT + t) * 8;
+            switch (tn - t) {
+              case 1: micro1(w, xs, cols, pp, ps, kv, init); break;
+              case 2: micro2(w, xs, cols, pp, ps, kv, init); break;
+              default: micro3(w, xs, cols, pp, ps, kv, init); break;
+            }
           }
         }
       }
     }
     for (int r = 0; r < nrows; r++) {
-      const uint8_t *row = row0 + (size_t)r * rb;
+      const uint8_t *row = data + (size_t)(r0 + r) * rb;
       for (int t = 0; t < tn; t++)
         out[(size_t)(t0 + t) * rows + r0 + r] =
             finish(_mm256_load_ps(p + ((size_t)r * TT + t) * 8), type, row,
@@ -469,11 +481,11 @@ static SIMD void gemm_unit(int type, int rows, int cols, const uint8_t *data, fl
 
 static SIMD void matmul_simd(int type, int rows, int cols, const uint8_t *data, float *out,
                              const float *x, int n, int64_t *ctr) {
-  int ur = unit_rows(n);
+  int ur = unit_rows(rows, n);
   int64_t units = ds_matmul_units(rows, n);
   float *buf = NULL;
   if (n > GEMV_MAX_N) {
-    buf = aligned_alloc(32, sizeof(float) * (UNIT_ROWS_GEMM * KCV * 8 + UNIT_ROWS_GEMM * TT * 8));
+    buf = aligned_alloc(32, sizeof(float) * (UNIT_ROWS_GEMM * KCV * 8 + UNIT_ROWS_GEMM_MAX * TT * 8));
     if (!buf) abort();
   }
   for (int64_t u; (u = next_unit(ctr)) < units;) {
