@@ -257,8 +257,8 @@ SIMD_INLINE float finish(__m256 acc, int type, const uint8_t *row, const float *
 // registers. Used when n is small (decode): weights are read exactly once.
 SIMD_INLINE void direct_kernel(int type, int MR, int NR, const uint8_t *row0, size_t rb,
                                const float *x, int cols, float *out, size_t ostride) {
-  __m256 acc[4][GEMV_MAX_N];
-#pragma GCC unroll 4
+  __m256 acc[8][GEMV_MAX_N];
+#pragma GCC unroll 8
   for (int r = 0; r < MR; r++)
 #pragma GCC unroll 3
     for (int j = 0; j < NR; j++) acc[r][j] = _mm256_setzero_ps();
@@ -267,14 +267,14 @@ SIMD_INLINE void direct_kernel(int type, int MR, int NR, const uint8_t *row0, si
     __m256 xv[GEMV_MAX_N];
 #pragma GCC unroll 3
     for (int j = 0; j < NR; j++) xv[j] = _mm256_loadu_ps(x + (size_t)j * cols + (size_t)i * 8);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < MR; r++) {
       __m256 w = load_w(type, row0 + (size_t)r * rb, i);
 #pragma GCC unroll 3
       for (int j = 0; j < NR; j++) acc[r][j] = _mm256_fmadd_ps(w, xv[j], acc[r][j]);
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < MR; r++)
 #pragma GCC unroll 3
     for (int j = 0; j < NR; j++)
@@ -342,6 +342,9 @@ static SIMD void direct_q8(int rows, int cols, const uint8_t *data, float *out, 
                         const float *x, int n, int r0, int r1) {                       \
     size_t rb = row_bytes(TYPE, cols);                                                 \
     int r = r0;                                                                        \
+    if (n == 1)                                                                        \
+      for (; r + 8 <= r1; r += 8)                                                      \
+        direct_kernel(TYPE, 8, 1, data + (size_t)r * rb, rb, x, cols, out + r, rows);  \
     for (; r + 4 <= r1; r += 4) {                                                      \
       const uint8_t *w = data + (size_t)r * rb;                                        \
       if (n == 1) direct_kernel(TYPE, 4, 1, w, rb, x, cols, out + r, rows);            \
