@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -37,20 +38,32 @@ var servingRE = regexp.MustCompile(`serving .* on (http://127\.0\.0\.1:\d+)`)
 // daemon is shut down (as by SIGTERM) at the end of the test, and must exit 0.
 func startServe(t *testing.T, dir string, extra ...string) string {
 	t.Helper()
+	url, _ := startServeStop(t, dir, extra...)
+	return url
+}
+
+// startServeStop is startServe that also returns a function that stops the daemon (as by
+// SIGTERM) and waits for it to exit 0.
+func startServeStop(t *testing.T, dir string, extra ...string) (string, func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errb syncBuffer
 	done := make(chan int, 1)
 	args := append([]string{"--data", dir, "serve", "--addr", "127.0.0.1:0", "--log-level", "warn"}, extra...)
 	go func() { done <- runMain(ctx, args, &out, &errb) }()
-	t.Cleanup(func() {
-		cancel()
-		if code := <-done; code != 0 {
-			t.Errorf("serve exited %d: %s", code, errb.String())
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if code := <-done; code != 0 {
+				t.Errorf("serve exited %d: %s", code, errb.String())
+			}
+		})
+	}
+	t.Cleanup(stop)
 	for i := 0; i < 1000; i++ {
 		if m := servingRE.FindStringSubmatch(out.String()); m != nil {
-			return m[1]
+			return m[1], stop
 		}
 		select {
 		case code := <-done:
@@ -59,7 +72,7 @@ func startServe(t *testing.T, dir string, extra ...string) string {
 		}
 	}
 	t.Fatalf("serve did not start: %s", errb.String())
-	return ""
+	return "", nil
 }
 
 func TestCLIServePushPullReplicate(t *testing.T) {
@@ -201,4 +214,37 @@ func TestCLIStorageThroughServer(t *testing.T) {
 	if code, _, _ := storageRun(t, work, "--server", url, "--token-file", bad, "put", f, "--tag", "u"); code != 1 {
 		t.Fatalf("put with a wrong token: exit %d", code)
 	}
+}
+
+// TestCLISessionResumesAcrossDaemons: a session run on A and pushed to daemon B continues on B
+// exactly as it continues on A (resume equivalence across machines).
+func TestCLISessionResumesAcrossDaemons(t *testing.T) {
+	work := t.TempDir()
+	dirA, dirB := filepath.Join(work, "a"), filepath.Join(work, "b")
+	run := func(dir string, args ...string) []int {
+		t.Helper()
+		code, out, errOut := storageRun(t, dir, append(args, "--json")...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, errOut)
+		}
+		var res struct {
+			Tokens []int `json:"tokens"`
+		}
+		if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Tokens) == 0 {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+		return res.Tokens
+	}
+	run(dirA, "run", "--session", "s", "--tokens", "1,2,3", "-n", "4")
+	urlB, stopB := startServeStop(t, dirB)
+	if code, _, errOut := storageRun(t, dirA, "push", "--session", "s", "--to", urlB); code != 0 {
+		t.Fatalf("push: exit %d: %s", code, errOut)
+	}
+	stopB()
+	onB := run(dirB, "run", "--session", "s", "-n", "6")
+	onA := run(dirA, "run", "--session", "s", "-n", "6")
+	if fmt.Sprint(onA) != fmt.Sprint(onB) {
+		t.Fatalf("continued on A: %v; on B after a push: %v", onA, onB)
+	}
+	storageFsckClean(t, dirB)
 }
