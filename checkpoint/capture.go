@@ -44,6 +44,10 @@ type CaptureOptions struct {
 	ModelSource string
 	// Workers bounds the chunks stored at once; 0 means GOMAXPROCS.
 	Workers int
+	// PlainKV stores KV blocks without the float16/float32 hint: the store then compresses them
+	// with plain zstd only where that pays (KV rarely: it stays raw), trading bytes at rest for
+	// restores at copy speed. Digests are the same either way.
+	PlainKV bool
 	// BeforeCommit, when set, runs after every chunk is durable and recorded and before the
 	// manifest is committed (tests use it to observe that moment).
 	BeforeCommit func()
@@ -136,6 +140,10 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 	defer release()
 
 	mem := in.Memory()
+	hint := layout.Hint()
+	if opts.PlainKV {
+		hint = cas.HintNone
+	}
 	var jobs []job
 	for _, r := range regions {
 		if r.Block >= nb || r.Layer >= layout.Layers {
@@ -148,7 +156,7 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 		if end > uint64(len(mem)) || int(r.Length) != layout.BlockBytes {
 			return nil, fmt.Errorf("checkpoint: guest region %+v outside memory", r)
 		}
-		jobs = append(jobs, job{data: mem[r.Offset:end:end], l: r.Layer, b: r.Block, hint: layout.Hint()})
+		jobs = append(jobs, job{data: mem[r.Offset:end:end], l: r.Layer, b: r.Block, hint: hint})
 	}
 	written := len(jobs)
 	// The small state is one chunk: head, tokens and logits together (the logits dominate, so

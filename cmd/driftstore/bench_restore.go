@@ -37,8 +37,10 @@ type benchRestoreRow struct {
 	IncrMS         float64 `json:"checkpoint_incr16_ms"`
 	IncrBlocks     int     `json:"checkpoint_incr16_blocks"`
 	IncrFloorMS    float64 `json:"incr16_hash_store_blocks_ms"` // hashing and storing those blocks alone
-	RestoreMS      float64 `json:"restore_ms"`
+	InstanceMS     float64 `json:"new_instance_ms"`             // making a fresh instance (excluded from restore and re-prefill)
+	RestoreMS      float64 `json:"restore_ms"`                  // into a ready fresh instance
 	RestoreDecMS   float64 `json:"restore_decode_ms"`
+	RestoreLoadMS  float64 `json:"restore_load_state_ms"`
 	TTFTRestoreMS  float64 `json:"ttft_restore_ms"`
 	PrefillMS      float64 `json:"reprefill_ms"`
 	TTFTPrefillMS  float64 `json:"ttft_reprefill_ms"`
@@ -78,9 +80,11 @@ func runBenchRestore(c *cli, args []string) error {
 	threads := fs.Int("threads", runtime.NumCPU(), "host threads for the compute ops")
 	reps := fs.Int("reps", 3, "repetitions of each restore and re-prefill (best is reported)")
 	turns := fs.Int("turns", 8, "turns of the stored-bytes conversation (0: skip)")
+	plain := fs.Bool("plain-kv", false, "store KV blocks without the float16 hint (plain zstd where it pays, else raw)")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
+	benchPlainKV = *plain
 	contexts, err := parseInts(*ctxList, "contexts")
 	if err != nil {
 		return err
@@ -138,11 +142,12 @@ func runBenchRestore(c *cli, args []string) error {
 	}
 	c.printf("driftstore bench restore: backend %s, %d threads, %d workers, KV %s, %s/%s, %d CPUs; verify-and-copy %.2f GB/s\n",
 		res.Backend, res.Threads, res.Workers, res.KV, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), res.CopyVerifyGBs)
-	c.printf("%-13s %6s %9s %9s %9s %9s %9s %9s %10s %10s %8s %8s %9s %8s %6s\n",
-		"model", "ctx", "KV", "ckpt ms", "incr16", "floor16", "restore", "TTFT rst", "reprefill", "TTFT pref", "TTFT ×", "rst ×", "B/token", "floor", "×floor")
+	c.printf("times in ms; restore and re-prefill into a ready fresh instance (making one: inst); incr16: checkpoint after 16 new tokens, store16: hashing and storing those blocks alone\n")
+	c.printf("%-13s %5s %9s %8s %7s %7s %6s %8s %7s %6s %8s %9s %9s %7s %7s %8s %7s %6s\n",
+		"model", "ctx", "KV", "ckpt", "incr16", "store16", "inst", "restore", "decode", "load", "TTFT rst", "reprefill", "TTFT pref", "TTFT ×", "rst ×", "B/token", "floor", "×floor")
 	for _, r := range res.Rows {
-		c.printf("%-13s %6d %9s %9.1f %9.1f %9.1f %9.2f %9.2f %10.1f %10.1f %8.1f %8.1f %9.0f %8.2f %6.2f%s\n",
-			r.Model, r.Context, progress.Bytes(r.KVBytes), r.FullMS, r.IncrMS, r.IncrFloorMS, r.RestoreMS, r.TTFTRestoreMS,
+		c.printf("%-13s %5d %9s %8.1f %7.1f %7.1f %6.2f %8.2f %7.2f %6.2f %8.2f %9.1f %9.1f %7.1f %7.1f %8.0f %7.2f %6.2f%s\n",
+			r.Model, r.Context, progress.Bytes(r.KVBytes), r.FullMS, r.IncrMS, r.IncrFloorMS, r.InstanceMS, r.RestoreMS, r.RestoreDecMS, r.RestoreLoadMS, r.TTFTRestoreMS,
 			r.PrefillMS, r.TTFTPrefillMS, r.TTFTSpeedup, r.RestoreSpeedup, r.StoredPerToken, r.FloorMS, r.OverFloor,
 			map[bool]string{true: "", false: "  CONTINUATION DIFFERS"}[r.Identical])
 	}
@@ -152,6 +157,9 @@ func runBenchRestore(c *cli, args []string) error {
 	}
 	return nil
 }
+
+// benchPlainKV is --plain-kv.
+var benchPlainKV bool
 
 // benchTokens is a deterministic prompt of n ids below vocab.
 func benchTokens(n, vocab int, salt uint32) []int32 {
@@ -201,10 +209,14 @@ func verifyCopySpeed(data []byte, blockLen, workers int) float64 {
 func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, name, tmp string, contexts []int, kv engine.KVType,
 	threads, workers, reps, turns int) ([]benchRestoreRow, *benchRestoreConv, float64, error) {
 	vocab := model.Hyper().Vocab
-	maxCtx := contexts[len(contexts)-1]
-	if maxCtx+16 > model.Hyper().CtxMax {
-		return nil, nil, 0, fmt.Errorf("context %d (+16) exceeds %s's context length %d", maxCtx, name, model.Hyper().CtxMax)
+	for len(contexts) > 0 && contexts[len(contexts)-1] > model.Hyper().CtxMax {
+		c.logf("  %s: skipping context %d, beyond its context length %d\n", name, contexts[len(contexts)-1], model.Hyper().CtxMax)
+		contexts = contexts[:len(contexts)-1]
 	}
+	if len(contexts) == 0 {
+		return nil, nil, 0, nil
+	}
+	maxCtx := contexts[len(contexts)-1]
 	prompt := benchTokens(maxCtx, vocab, 1)
 	iopts := engine.InstanceOptions{KVType: kv, Threads: threads}
 	live, err := model.NewInstance(iopts)
@@ -215,7 +227,7 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 	var rows []benchRestoreRow
 	var gbs float64
 	fed := 0
-	for ci, n := range contexts {
+	for _, n := range contexts {
 		c.logf("  %s: context %d...\n", name, n)
 		if err := live.Prefill(prompt[fed:n]); err != nil {
 			return nil, nil, 0, err
@@ -227,7 +239,7 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 		if err != nil {
 			return nil, nil, 0, err
 		}
-		full, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Workers: workers})
+		full, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Workers: workers, PlainKV: benchPlainKV})
 		if err != nil {
 			r.Close()
 			return nil, nil, 0, err
@@ -242,7 +254,7 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 		row.StoredPerToken = float64(sb) / float64(n)
 
 		// The floor: verify-and-copy speed over this checkpoint's KV bytes, measured now.
-		if ci == len(contexts)-1 || gbs == 0 {
+		{ // measured for each context, over its own bytes
 			regs, err := live.KVRegions()
 			if err != nil {
 				r.Close()
@@ -257,24 +269,39 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 		}
 		row.FloorMS = float64(cp.KVBytes()) / (gbs * 1e9) * 1e3
 
-		// Restore (best of reps), first token, and the continuation against the live instance.
+		// Restore into a ready fresh instance (best of reps), first token, and the continuation
+		// against the live instance.
 		for i := 0; i < reps; i++ {
 			t0 := time.Now()
-			in, rr, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers})
+			in, err := model.NewInstance(iopts)
 			if err != nil {
 				r.Close()
 				return nil, nil, 0, err
 			}
-			d := time.Since(t0)
-			_, err = in.Sample()
-			ttft := time.Since(t0)
+			inst := time.Since(t0)
+			t1 := time.Now()
+			rr, err := restore.Into(ctx, r.Store(), in, cp, workers)
+			d := time.Since(t1)
+			if err == nil {
+				_, err = in.Sample()
+			}
+			ttft := time.Since(t1)
 			if err == nil && i == 0 {
 				// Continue 4 tokens from the restored state and from the live instance, which
 				// is exactly in the captured state (the live one is rewound below).
+				// At the context limit, compare the logits instead.
+				k := min(4, model.Hyper().CtxMax-n)
 				var got, want []int32
-				if got, err = in.Generate(4, nil); err == nil {
-					want, err = live.Generate(4, nil)
+				if got, err = in.Generate(k, nil); err == nil {
+					want, err = live.Generate(k, nil)
 					row.Identical = slices.Equal(got, want)
+				}
+				if err == nil && k == 0 {
+					var a, b []float32
+					if a, err = in.Logits(); err == nil {
+						b, err = live.Logits()
+						row.Identical = slices.Equal(a, b)
+					}
 				}
 			}
 			in.Close()
@@ -283,10 +310,13 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 				return nil, nil, 0, err
 			}
 			if i == 0 || ms(d) < row.RestoreMS {
-				row.RestoreMS, row.RestoreDecMS = ms(d), ms(rr.Decode)
+				row.RestoreMS, row.RestoreDecMS, row.RestoreLoadMS = ms(d), ms(rr.Decode), ms(rr.Load)
 			}
 			if i == 0 || ms(ttft) < row.TTFTRestoreMS {
 				row.TTFTRestoreMS = ms(ttft)
+			}
+			if i == 0 || ms(inst) < row.InstanceMS {
+				row.InstanceMS = ms(inst)
 			}
 		}
 		row.OverFloor = row.RestoreMS / row.FloorMS
@@ -297,12 +327,12 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 			pr = 1
 		}
 		for i := 0; i < pr; i++ {
-			t0 := time.Now()
 			in, err := model.NewInstance(iopts)
 			if err != nil {
 				r.Close()
 				return nil, nil, 0, err
 			}
+			t0 := time.Now()
 			err = in.Prefill(prompt[:n])
 			d := time.Since(t0)
 			if err == nil {
@@ -324,48 +354,50 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 		row.TTFTSpeedup = row.TTFTPrefillMS / row.TTFTRestoreMS
 		row.RestoreSpeedup = row.PrefillMS / row.RestoreMS
 
-		// Incremental: rewind the live instance to the checkpoint, 16 new tokens, checkpoint with
-		// the full one as parent.
-		in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers})
-		if err != nil {
-			r.Close()
-			return nil, nil, 0, err
-		}
-		live.Close()
-		live = in
-		if _, err := live.Generate(16, nil); err != nil {
-			r.Close()
-			return nil, nil, 0, err
-		}
-		incr, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Parent: cp, Workers: workers})
-		if err != nil {
-			r.Close()
-			return nil, nil, 0, err
-		}
-		row.IncrMS, row.IncrBlocks = ms(incr.Duration), incr.BlocksWritten
-		// The same blocks hashed and stored alone, into an empty store.
-		floorStore, err := cas.OpenLocal(filepath.Join(tmp, fmt.Sprintf("%s-%d-floor", name, n)), cas.LocalOptions{})
-		if err != nil {
-			r.Close()
-			return nil, nil, 0, err
-		}
-		var blocks [][]byte
-		regs, _ := live.KVRegions()
-		mem := live.Memory()
-		for _, rg := range regs { // the blocks the 16 tokens touched: new, or changed since cp
-			old := cp.KV[rg.Layer]
-			if rg.Block >= len(old) || old[rg.Block] != incr.Checkpoint.KV[rg.Layer][rg.Block] {
-				blocks = append(blocks, slices.Clone(mem[rg.Offset:rg.Offset+rg.Length]))
+		if n+16 <= model.Hyper().CtxMax {
+			// Incremental: rewind the live instance to the checkpoint, 16 new tokens, checkpoint with
+			// the full one as parent.
+			in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers})
+			if err != nil {
+				r.Close()
+				return nil, nil, 0, err
 			}
+			live.Close()
+			live = in
+			if _, err := live.Generate(16, nil); err != nil {
+				r.Close()
+				return nil, nil, 0, err
+			}
+			incr, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Parent: cp, Workers: workers, PlainKV: benchPlainKV})
+			if err != nil {
+				r.Close()
+				return nil, nil, 0, err
+			}
+			row.IncrMS, row.IncrBlocks = ms(incr.Duration), incr.BlocksWritten
+			// The same blocks hashed and stored alone, into an empty store.
+			floorStore, err := cas.OpenLocal(filepath.Join(tmp, fmt.Sprintf("%s-%d-floor", name, n)), cas.LocalOptions{})
+			if err != nil {
+				r.Close()
+				return nil, nil, 0, err
+			}
+			var blocks [][]byte
+			regs, _ := live.KVRegions()
+			mem := live.Memory()
+			for _, rg := range regs { // the blocks the 16 tokens touched: new, or changed since cp
+				old := cp.KV[rg.Layer]
+				if rg.Block >= len(old) || old[rg.Block] != incr.Checkpoint.KV[rg.Layer][rg.Block] {
+					blocks = append(blocks, slices.Clone(mem[rg.Offset:rg.Offset+rg.Length]))
+				}
+			}
+			t0 := time.Now()
+			if _, err := cas.PutAll(ctx, floorStore, workers, blocks, checkpoint.LayoutOf(live.Layout()).Hint()); err != nil {
+				r.Close()
+				return nil, nil, 0, err
+			}
+			row.IncrFloorMS = ms(time.Since(t0))
 		}
-		t0 := time.Now()
-		if _, err := cas.PutAll(ctx, floorStore, workers, blocks, checkpoint.LayoutOf(live.Layout()).Hint()); err != nil {
-			r.Close()
-			return nil, nil, 0, err
-		}
-		row.IncrFloorMS = ms(time.Since(t0))
 		// Back to n tokens for the next context: restore the full checkpoint into the live slot.
-		in, _, err = restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers})
+		in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers})
 		if err != nil {
 			r.Close()
 			return nil, nil, 0, err
