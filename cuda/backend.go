@@ -157,6 +157,7 @@ type Exec struct {
 	w      *cudaWeights
 	s      *Stream
 	stage  *Buffer             // matmul inputs copied from linear memory
+	ostage *Buffer             // matmul outputs, copied to linear memory in one DMA
 	mirror map[uintptr]*Buffer // KV block host address -> device copy (KVDevice)
 	hostT  []DevPtr
 	devT   []DevPtr
@@ -176,6 +177,15 @@ func (e *Exec) ptr(p unsafe.Pointer, n int) DevPtr {
 	return d
 }
 
+// copyIn queues a copy of the n host bytes at p (registered linear memory) to dst.
+func (e *Exec) copyIn(dst DevPtr, p unsafe.Pointer, n int) {
+	pieces, err := e.w.b.reg.Pieces(uintptr(p), n)
+	must(err)
+	for _, pc := range pieces {
+		must(e.s.CopyAsync(dst+DevPtr(pc.Off), pc.Dev, pc.N))
+	}
+}
+
 func (e *Exec) f32(x []float32) DevPtr { return e.ptr(unsafe.Pointer(unsafe.SliceData(x)), 4*len(x)) }
 
 func (e *Exec) sync() { must(e.s.Sync()) }
@@ -192,14 +202,26 @@ func (e *Exec) RMSNorm(out, x []float32, w int, n int) {
 	e.sync()
 }
 
-// MatMul copies x into device memory first: every warp reads all of x, which over the bus
-// would cost more than the product itself.
+// copyOut queues a copy of n bytes from src to the registered host memory at p.
+func (e *Exec) copyOut(p unsafe.Pointer, src DevPtr, n int) {
+	pieces, err := e.w.b.reg.Pieces(uintptr(p), n)
+	must(err)
+	for _, pc := range pieces {
+		must(e.s.CopyAsync(pc.Dev, src+DevPtr(pc.Off), pc.N))
+	}
+}
+
+// MatMul stages x and out in device memory: every warp reads all of x, which over the bus
+// would cost more than the product itself, and the kernel's scattered 4-byte stores would
+// each be a bus transaction; the copy engine moves both in single DMAs instead.
 func (e *Exec) MatMul(out []float32, w int, x []float32, n int) {
 	m := e.w.mats[w]
-	xb := n * m.Cols * 4
+	xb, ob := n*m.Cols*4, n*m.Rows*4
 	must(e.s.grow(&e.stage, xb))
-	must(e.s.CopyAsync(e.stage.Ptr, e.f32(x[:n*m.Cols]), xb))
-	must(e.s.MatMul(e.f32(out[:n*m.Rows]), m, e.stage.Ptr, n))
+	must(e.s.grow(&e.ostage, ob))
+	e.copyIn(e.stage.Ptr, unsafe.Pointer(unsafe.SliceData(x)), xb)
+	must(e.s.MatMul(e.ostage.Ptr, m, e.stage.Ptr, n))
+	e.copyOut(unsafe.Pointer(unsafe.SliceData(out)), e.ostage.Ptr, ob)
 	e.sync()
 }
 
@@ -237,7 +259,7 @@ func (e *Exec) tables(l KVLayout, blocks [][]byte, end int) {
 			var err error
 			m, err = e.w.b.d.Alloc(bb)
 			must(err)
-			must(e.s.CopyAsync(m.Ptr, hp, bb))
+			e.copyIn(m.Ptr, unsafe.Pointer(unsafe.SliceData(blk)), bb)
 			e.mirror[key] = m
 		}
 		e.devT = append(e.devT, m.Ptr)
@@ -295,5 +317,6 @@ func (e *Exec) InvalidateKV() {
 func (e *Exec) Close() {
 	e.InvalidateKV()
 	e.stage.Free()
+	e.ostage.Free()
 	e.s.Close()
 }

@@ -166,3 +166,36 @@ func (g *Registrar) DevPtrOf(p uintptr, n int) (DevPtr, error) {
 	}
 	return 0, fmt.Errorf("cuda: host address %#x is not in registered memory", p)
 }
+
+// Piece is a part of a host range that lies in one registration.
+type Piece struct {
+	Off int    // offset within the range asked for
+	Dev DevPtr // device address of the part
+	N   int
+}
+
+// Pieces splits the n bytes at host address p at registration boundaries: copy engines
+// (cuMemcpy*) refuse a range that spans two registrations, even where kernels, through
+// unified addressing, read across them.
+func (g *Registrar) Pieces(p uintptr, n int) ([]Piece, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for base, m := range g.maps {
+		if p < base || p >= base+uintptr(m.n) {
+			continue
+		}
+		off := int(p - base)
+		if off+n > m.n {
+			return nil, fmt.Errorf("cuda: range [%d,%d) outside the %d registered bytes", off, off+n, m.n)
+		}
+		var out []Piece
+		for _, r := range m.ranges {
+			lo, hi := max(off, r.off), min(off+n, r.off+r.n)
+			if lo < hi {
+				out = append(out, Piece{Off: lo - off, Dev: r.dev + DevPtr(lo-r.off), N: hi - lo})
+			}
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("cuda: host address %#x is not in registered memory", p)
+}

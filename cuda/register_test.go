@@ -109,6 +109,10 @@ func TestRegisterWasmRegion(t *testing.T) {
 			t.Fatalf("device sum after grow %d (%v), want %d", got, err, wordsSum(n, 7))
 		}
 	}
+	pcs, err := reg.Pieces(base+page, 31*page)
+	if err != nil || len(pcs) != 2 || pcs[0].N != page || pcs[1].Off != page || pcs[1].N != 30*page {
+		t.Fatalf("pieces across the growth: %+v, %v", pcs, err)
+	}
 	p2, err := reg.DevPtr(base, 2*page, 30*page)
 	if err != nil {
 		t.Fatal(err)
