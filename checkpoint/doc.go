@@ -1,0 +1,60 @@
+package checkpoint
+
+// # Manifest schema (checkpoint schema 1)
+//
+// A checkpoint is an index manifest of kind "checkpoint" (see index.Manifest for the canonical
+// encoding; the checkpoint ID is the BLAKE3 of those bytes). Its parent is the checkpoint it
+// follows: the previous checkpoint of its session, or the checkpoint a fork started from; zero
+// for a session's first.
+//
+// Regions, in this order:
+//
+//	kv/0 … kv/L-1  one per layer: the layer's KV blocks 0, 1, … ceil(position/block_size)-1,
+//	               one chunk per block, each exactly kv.block_bytes long: the block region's
+//	               bytes as they lie in linear memory (K [block][kv heads][head dim], then V,
+//	               little-endian kv.dtype; positions not yet written are zero)
+//	state          the guest's small state (state.go): position, sampler settings, RNG state,
+//	               token history and last logits, in the guest's versioned format; one chunk
+//
+// Metadata (typed values):
+//
+//	checkpoint.schema  uint64   1
+//	model.fingerprint  digest   gguf.Model.Fingerprint (hyperparameters and every tensor byte)
+//	model.source       string   where the model came from: "builtin" or a file path (optional)
+//	model.vocab        uint64   vocabulary size (the logits' length)
+//	guest.fingerprint  digest   BLAKE3 of the guest module (guest.Fingerprint)
+//	guest.abi          uint64   the guest's ABI version
+//	kv.layers, kv.kv_heads, kv.head_dim, kv.block_size, kv.block_bytes   uint64
+//	kv.dtype           string   "f16" or "f32"
+//	position           uint64   tokens fed
+//	tokens             bytes    the token history, position × little-endian int32
+//	sampler.temp       float64  (a float32 widened exactly)
+//	sampler.top_k      uint64
+//	sampler.top_p      float64
+//	sampler.seed       uint64
+//	sampler.rng        bytes    the RNG state, 4 × little-endian uint64 (xoshiro256**)
+//	logits             bool     whether the state holds the last logits (always, past position 0)
+//	state.format       uint64   the guest state format version, 1
+//
+// The token history, sampler and RNG state are both in the metadata (for inspection, forks and
+// the prefix cache, without reading chunks) and in the state region (what the guest loads);
+// restore checks they agree. The checkpoint holds the last logits, so the first token after a
+// restore needs no forward pass.
+//
+// # Capture
+//
+// Capture stores one chunk per KV block region in use, in parallel. KV is append-only, so a
+// block the parent checkpoint holds is unchanged when the parent had seen every position the
+// block holds now (min((b+1)·block_size, position) ≤ the parent's position, with the same
+// tokens): its chunk is taken from the parent's manifest without reading the block. A
+// checkpoint after T new tokens therefore hashes and stores only the ceil(T/block_size)+1 blocks
+// per layer those tokens touched, plus the small state; the manifest itself (a list of chunk
+// references) and the index's checks of it still grow with the context, by about 35 bytes per
+// block. Every chunk is durable and recorded in the index before the manifest is committed; a
+// session's ref moves afterwards, by compare-and-swap (package session).
+//
+// # Store quirk worked around
+//
+// cas stores fail to Put compressible chunks shorter than 256 bytes ("zstd frame without content
+// size"), so the small state is one chunk (never shorter than 80 + 4·position + 4·vocab bytes
+// past position 0) and Capture refuses position 0 (ErrEmpty).
