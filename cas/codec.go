@@ -1,6 +1,7 @@
 package cas
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -161,6 +162,62 @@ func encode(dst, data []byte, hint Hint) (Codec, []byte) {
 	return CodecRaw, dst[:start]
 }
 
+// encodeVerified is encode followed by a check that the stored form decodes back to data, so
+// that a codec bug can never commit a chunk that does not match its name. For CodecRaw it
+// appends nothing (see encode). The float16 plane codec checks each plane against its frame,
+// straight from the planes it encoded, without interleaving them back.
+func encodeVerified(dst, data []byte, hint Hint) (Codec, []byte, error) {
+	if !(hint == HintFloat16 && len(data) >= 2) {
+		codec, out := encode(dst, data, hint)
+		if codec != CodecRaw {
+			if err := verifyEncoded(out[len(dst):], codec, data); err != nil {
+				return 0, nil, err
+			}
+		}
+		return codec, out, nil
+	}
+	n := len(data)
+	loLen := (n + 1) / 2
+	planes := getBuf(n)
+	defer putBuf(planes)
+	p := (*planes)[:n]
+	splitPlanes(p[:loLen], p[loLen:], data)
+	start := len(dst)
+	out := encodePlanes(dst, p[:loLen], p[loLen:])
+	if float64(len(out)-start) > float64(n)*(1-MinSavings) {
+		return CodecRaw, dst[:start], nil
+	}
+	if err := verifyPlanes(out[start:], p[:loLen], p[loLen:]); err != nil {
+		return 0, nil, err
+	}
+	return CodecF16Planes, out, nil
+}
+
+// verifyPlanes checks that a CodecF16Planes payload holds exactly the planes lo and hi.
+func verifyPlanes(stored, lo, hi []byte) error {
+	if len(stored) < 4 {
+		return fmt.Errorf("f16planes stored form is truncated")
+	}
+	l := binary.LittleEndian.Uint32(stored)
+	if uint64(l) > uint64(len(stored)-4) {
+		return fmt.Errorf("f16planes stored form: low plane length %d exceeds the payload", l)
+	}
+	scratch := getBuf(len(lo))
+	defer putBuf(scratch)
+	for i, pl := range []struct {
+		frame, want []byte
+	}{{stored[4 : 4+l], lo}, {stored[4+l:], hi}} {
+		got, err := decodeFrame((*scratch)[:0], pl.frame, len(pl.want))
+		if err != nil {
+			return fmt.Errorf("f16planes stored form: plane %d does not decode: %v", i, err)
+		}
+		if !bytes.Equal(got, pl.want) {
+			return fmt.Errorf("f16planes stored form: plane %d decodes to other bytes", i)
+		}
+	}
+	return nil
+}
+
 // EncodeWith appends data's stored form under the given codec to dst, whatever it saves.
 // It fails only for an unknown codec.
 func EncodeWith(dst, data []byte, codec Codec) ([]byte, error) {
@@ -180,17 +237,28 @@ func EncodeWith(dst, data []byte, codec Codec) ([]byte, error) {
 		planes := getBuf(n)
 		p := (*planes)[:n]
 		splitPlanes(p[:loLen], p[loLen:], data)
-		at := len(dst)
-		dst = append(dst, 0, 0, 0, 0)
-		// The low plane is nearly random mantissa bits: the fast encoder stores it raw unless it
-		// finds matches (zero runs, repeats). The high plane takes entropy coding.
-		dst = c.fast.EncodeAll(p[:loLen], dst)
-		binary.LittleEndian.PutUint32(dst[at:], uint32(len(dst)-at-4))
-		dst = c.entropy.EncodeAll(p[loLen:], dst)
+		dst = encodePlanes(dst, p[:loLen], p[loLen:])
 		putBuf(planes)
 		return dst, nil
 	}
 	return dst, fmt.Errorf("encode: unknown codec %d", codec)
+}
+
+// encodePlanes appends the CodecF16Planes payload of the planes lo and hi to dst.
+func encodePlanes(dst, lo, hi []byte) []byte {
+	c := sharedCodecs()
+	at := len(dst)
+	dst = append(dst, 0, 0, 0, 0)
+	// The low plane is nearly random mantissa bits: a zstd frame of raw blocks, written
+	// directly when a sample finds no structure; otherwise the fast encoder, which finds matches
+	// (zero runs, repeats) and stores the rest raw. The high plane takes entropy coding.
+	if looksUniform(lo) {
+		dst = appendRawFrame(dst, lo)
+	} else {
+		dst = c.fast.EncodeAll(lo, dst)
+	}
+	binary.LittleEndian.PutUint32(dst[at:], uint32(len(dst)-at-4))
+	return c.entropy.EncodeAll(hi, dst)
 }
 
 // Decode appends the decoded chunk of the stored form to dst[:0] and returns it. When size ≥ 0
@@ -298,19 +366,26 @@ func decodePlanes(dst, stored []byte, size int) ([]byte, error) {
 // splitPlanes writes the even bytes of src to lo and the odd bytes to hi;
 // len(lo) = ceil(len(src)/2), len(hi) = floor(len(src)/2).
 func splitPlanes(lo, hi, src []byte) {
+	const m1, m2, m3 = 0x00ff00ff00ff00ff, 0x0000ffff0000ffff, 0x00000000ffffffff
 	i := 0
-	// Eight source bytes at a time: gather the even bytes of a 64-bit word into its low 32
-	// bits and the odd bytes into its high 32 bits.
-	for ; i+8 <= len(src); i += 8 {
-		w := binary.LittleEndian.Uint64(src[i:])
-		e := w & 0x00ff00ff00ff00ff
-		o := (w >> 8) & 0x00ff00ff00ff00ff
-		e = (e | e>>8) & 0x0000ffff0000ffff
-		o = (o | o>>8) & 0x0000ffff0000ffff
-		e = (e | e>>16) & 0x00000000ffffffff
-		o = (o | o>>16) & 0x00000000ffffffff
-		binary.LittleEndian.PutUint32(lo[i/2:], uint32(e))
-		binary.LittleEndian.PutUint32(hi[i/2:], uint32(o))
+	// Sixteen source bytes at a time: in each 64-bit word gather the even bytes into the low 32
+	// bits and the odd bytes into the high 32 bits; two words make one 8-byte store per plane.
+	for ; i+16 <= len(src); i += 16 {
+		s := src[i : i+16 : i+16]
+		w0 := binary.LittleEndian.Uint64(s)
+		w1 := binary.LittleEndian.Uint64(s[8:])
+		e0, o0 := w0&m1, (w0>>8)&m1
+		e1, o1 := w1&m1, (w1>>8)&m1
+		e0 = (e0 | e0>>8) & m2
+		o0 = (o0 | o0>>8) & m2
+		e1 = (e1 | e1>>8) & m2
+		o1 = (o1 | o1>>8) & m2
+		e0 = (e0 | e0>>16) & m3
+		o0 = (o0 | o0>>16) & m3
+		e1 = (e1 | e1>>16) << 32
+		o1 = (o1 | o1>>16) << 32
+		binary.LittleEndian.PutUint64(lo[i/2:i/2+8], e0|e1)
+		binary.LittleEndian.PutUint64(hi[i/2:i/2+8], o0|o1)
 	}
 	for ; i+1 < len(src); i += 2 {
 		lo[i/2], hi[i/2] = src[i], src[i+1]
@@ -322,20 +397,90 @@ func splitPlanes(lo, hi, src []byte) {
 
 // joinPlanes is the inverse of splitPlanes: dst[2k] = lo[k], dst[2k+1] = hi[k].
 func joinPlanes(dst, lo, hi []byte) {
+	const m1, m2 = 0x00ff00ff00ff00ff, 0x0000ffff0000ffff
 	i := 0
-	for ; i+8 <= len(dst); i += 8 {
-		e := uint64(binary.LittleEndian.Uint32(lo[i/2:]))
-		o := uint64(binary.LittleEndian.Uint32(hi[i/2:]))
-		e = (e | e<<16) & 0x0000ffff0000ffff
-		o = (o | o<<16) & 0x0000ffff0000ffff
-		e = (e | e<<8) & 0x00ff00ff00ff00ff
-		o = (o | o<<8) & 0x00ff00ff00ff00ff
-		binary.LittleEndian.PutUint64(dst[i:], e|o<<8)
+	for ; i+16 <= len(dst); i += 16 {
+		l := binary.LittleEndian.Uint64(lo[i/2 : i/2+8])
+		h := binary.LittleEndian.Uint64(hi[i/2 : i/2+8])
+		e0, o0 := l&0xffffffff, h&0xffffffff
+		e1, o1 := l>>32, h>>32
+		e0 = (e0 | e0<<16) & m2
+		o0 = (o0 | o0<<16) & m2
+		e1 = (e1 | e1<<16) & m2
+		o1 = (o1 | o1<<16) & m2
+		e0 = (e0 | e0<<8) & m1
+		o0 = (o0 | o0<<8) & m1
+		e1 = (e1 | e1<<8) & m1
+		o1 = (o1 | o1<<8) & m1
+		d := dst[i : i+16 : i+16]
+		binary.LittleEndian.PutUint64(d, e0|o0<<8)
+		binary.LittleEndian.PutUint64(d[8:], e1|o1<<8)
 	}
 	for ; i+1 < len(dst); i += 2 {
 		dst[i], dst[i+1] = lo[i/2], hi[i/2]
 	}
 	if i < len(dst) {
 		dst[i] = lo[i/2]
+	}
+}
+
+// looksUniform reports whether a sample of p looks like bytes without structure: no byte value
+// takes more than four times its share of 4 KiB sampled in 8 spread windows. Runs (zero
+// padding, repeats of a byte) and skewed distributions fail it. It costs about 1/8 of a pass
+// over p, where a zstd match search costs several.
+func looksUniform(p []byte) bool {
+	const windows, win = 8, 512
+	if len(p) < 4*windows*win {
+		return false // small: let zstd look
+	}
+	var hist [256]uint16
+	step := len(p) / windows
+	for w := 0; w < windows; w++ {
+		for _, c := range p[w*step : w*step+win] {
+			hist[c]++
+		}
+	}
+	const limit = 4 * windows * win / 256
+	for _, n := range hist {
+		if n > limit {
+			return false
+		}
+	}
+	return true
+}
+
+// appendRawFrame appends a zstd frame (RFC 8878) that holds p in raw (stored) blocks and
+// declares its content size: what a zstd encoder emits for incompressible input, without the
+// match search. Any zstd decoder reads it.
+func appendRawFrame(dst, p []byte) []byte {
+	dst = append(dst, 0x28, 0xb5, 0x2f, 0xfd) // magic
+	n := len(p)
+	// Frame header descriptor: Single_Segment_Flag (bit 5) and Frame_Content_Size_Flag
+	// (bits 7-6); no checksum, no dictionary. Single segment: the window is the content.
+	switch {
+	case n < 256:
+		dst = append(dst, 0<<6|1<<5, byte(n))
+	case n < 256+1<<16:
+		dst = append(dst, 1<<6|1<<5)
+		dst = binary.LittleEndian.AppendUint16(dst, uint16(n-256))
+	default:
+		dst = append(dst, 2<<6|1<<5)
+		dst = binary.LittleEndian.AppendUint32(dst, uint32(n))
+	}
+	const maxBlock = 128 << 10
+	off := 0
+	for {
+		sz := min(maxBlock, n-off)
+		last := uint32(0)
+		if off+sz == n {
+			last = 1
+		}
+		h := uint32(sz)<<3 | 0<<1 | last // Block_Size, Block_Type 0 (raw), Last_Block
+		dst = append(dst, byte(h), byte(h>>8), byte(h>>16))
+		dst = append(dst, p[off:off+sz]...)
+		off += sz
+		if last == 1 {
+			return dst
+		}
 	}
 }

@@ -264,12 +264,12 @@ func (l *Local) Put(ctx context.Context, data []byte, hint Hint) (Info, error) {
 // returned as tail (data itself, written after the header without a copy). A compressed
 // payload is checked to decode back to data before it is returned (verifyEncoded).
 func encodeChunk(dst []byte, d Digest, data []byte, hint Hint) (Codec, int, []byte, []byte, error) {
-	codec, out := encode(dst, data, hint)
+	codec, out, err := encodeVerified(dst, data, hint)
+	if err != nil {
+		return 0, 0, nil, nil, fmt.Errorf("put %s: %w", d, err)
+	}
 	if codec == CodecRaw {
 		return codec, len(data), out, data, nil
-	}
-	if err := verifyEncoded(out[len(dst):], codec, data); err != nil {
-		return 0, 0, nil, nil, fmt.Errorf("put %s: %w", d, err)
 	}
 	return codec, len(data), out, nil, nil
 }

@@ -254,7 +254,7 @@ func TestCleanTemp(t *testing.T) {
 }
 
 func TestPlanesRoundTrip(t *testing.T) {
-	for n := 0; n < 40; n++ {
+	for n := 0; n < 80; n++ {
 		src := testBytes(n, byte(n))
 		lo, hi := make([]byte, (n+1)/2), make([]byte, n/2)
 		splitPlanes(lo, hi, src)
@@ -297,5 +297,85 @@ func TestDecodeRejectsGarbage(t *testing.T) {
 			g := testBytes(len(stored), byte(i))
 			Decode(nil, codec, g, -1) // must not panic
 		}
+	}
+}
+
+// appendRawFrame's frames decode with the zstd decoder to their content, across the sizes
+// where the frame header's content-size field and the block count change.
+func TestRawFrame(t *testing.T) {
+	for _, n := range []int{1, 2, 255, 256, 257, 65791, 65792, 65793, 128 << 10, 128<<10 + 1, 300_000} {
+		p := testBytes(n, byte(n))
+		frame := appendRawFrame([]byte("prefix"), p)
+		if string(frame[:6]) != "prefix" {
+			t.Fatal("appendRawFrame overwrote dst")
+		}
+		if got, err := frameSize(frame[6:]); err != nil || got != n {
+			t.Fatalf("n=%d: frame declares %d (%v)", n, got, err)
+		}
+		got, err := decodeFrame(nil, frame[6:], n)
+		if err != nil || !bytes.Equal(got, p) {
+			t.Fatalf("n=%d: raw frame does not decode to its content: %v", n, err)
+		}
+		if _, err := decodeFrame(nil, frame[6:len(frame)-1], n); err == nil {
+			t.Fatalf("n=%d: truncated raw frame decodes", n)
+		}
+	}
+}
+
+// The plane codec stores a noisy low plane raw (no match search) and still finds zero runs;
+// the sampled uniformity check tells the two apart.
+func TestPlanesLowPlaneChoice(t *testing.T) {
+	noisy := testBytes(32<<10, 1)
+	if !looksUniform(noisy) {
+		t.Fatal("random bytes do not look uniform")
+	}
+	padded := append(testBytes(16<<10, 2), make([]byte, 16<<10)...)
+	if looksUniform(padded) {
+		t.Fatal("half zero padding looks uniform")
+	}
+	if looksUniform(testBytes(1000, 3)) {
+		t.Fatal("a sample too small to judge looks uniform")
+	}
+	// A float16 chunk half zeros (a partly filled KV block) compresses far better than one
+	// without, so the zero half was not stored raw.
+	full := f16ish(64 << 10)
+	half := append(f16ish(32<<10), make([]byte, 32<<10)...)
+	a, _ := EncodeWith(nil, full, CodecF16Planes)
+	b, _ := EncodeWith(nil, half, CodecF16Planes)
+	if len(b) > len(a)*6/10 {
+		t.Fatalf("half-zero chunk stores %d bytes, full one %d", len(b), len(a))
+	}
+	for _, data := range [][]byte{full, half} {
+		codec, out, err := encodeVerified(nil, data, HintFloat16)
+		if err != nil || codec != CodecF16Planes {
+			t.Fatalf("encodeVerified: %v %v", codec, err)
+		}
+		if got, err := Decode(nil, codec, out, len(data)); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("round trip: %v", err)
+		}
+	}
+}
+
+// verifyPlanes refuses a payload whose planes are not the given ones.
+func TestVerifyPlanes(t *testing.T) {
+	data := f16ish(20_000)
+	lo, hi := make([]byte, 10_000), make([]byte, 10_000)
+	splitPlanes(lo, hi, data)
+	stored := encodePlanes(nil, lo, hi)
+	if err := verifyPlanes(stored, lo, hi); err != nil {
+		t.Fatal(err)
+	}
+	lo[77] ^= 1
+	if err := verifyPlanes(stored, lo, hi); err == nil {
+		t.Fatal("a changed low plane verifies")
+	}
+	lo[77] ^= 1
+	hi[5] ^= 1
+	if err := verifyPlanes(stored, lo, hi); err == nil {
+		t.Fatal("a changed high plane verifies")
+	}
+	hi[5] ^= 1
+	if err := verifyPlanes(stored[:3], lo, hi); err == nil {
+		t.Fatal("a truncated payload verifies")
 	}
 }

@@ -98,9 +98,12 @@ func (m *Memory) Put(ctx context.Context, data []byte, hint Hint) (Info, error) 
 	if info, ok := m.touch(d); ok {
 		return info, nil
 	}
-	codec, stored := Encode(nil, data, hint)
-	if err := verifyEncoded(stored, codec, data); err != nil {
+	codec, stored, err := encodeVerified(nil, data, hint)
+	if err != nil {
 		return Info{}, fmt.Errorf("put %s: %w", d, err)
+	}
+	if codec == CodecRaw {
+		stored = append(stored, data...)
 	}
 	return m.insert(d, &memChunk{codec: codec, size: len(data), stored: stored}), nil
 }
