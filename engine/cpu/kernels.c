@@ -428,7 +428,27 @@ static SIMD void micro1(const float *wp, const float *x, size_t xs, float *p, si
 PACK_FN(pack_f32, DS_F32)
 PACK_FN(pack_f16, DS_F16)
 PACK_FN(pack_bf16, DS_BF16)
-PACK_FN(pack_q8, DS_Q8_0)
+
+// Q8_0 packing, one scale conversion per block (v0 and kv are multiples of
+// 4 vectors, a block, since cols % 32 == 0). Same values as load_w.
+static SIMD void pack_q8(float *wp, const uint8_t *row0, size_t rb, int nrows, int v0, int kv) {
+  for (int r = 0; r < UNIT_ROWS_GEMM; r++) {
+    float *dst = wp + (size_t)(r / 4) * kv * 32 + (r % 4) * 8;
+    if (r >= nrows) {
+      for (int i = 0; i < kv; i++) _mm256_store_ps(dst + (size_t)i * 32, _mm256_setzero_ps());
+      continue;
+    }
+    const uint8_t *blk = row0 + (size_t)r * rb + (size_t)(v0 / 4) * 34;
+    for (int i = 0; i < kv; i += 4, blk += 34) {
+      __m256 d = _mm256_set1_ps(_cvtsh_ss(load_u16(blk)));
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; j++) {
+        __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 2 + j * 8)));
+        _mm256_store_ps(dst + (size_t)(i + j) * 32, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
+      }
+    }
+  }
+}
 
 // One unit of the packed path: rows [r0, r1) (at most UNIT_ROWS_GEMM_MAX),
 // all tokens. Within a token tile and k-chunk, the x slice (TT tokens x
@@ -472,12 +492,12 @@ static SIMD void gemm_unit(int type, int rows, int cols, const uint8_t *data, fl
         }
       }
     }
-    for (int r = 0; r < nrows; r++) {
-      const uint8_t *row = data + (size_t)(r0 + r) * rb;
-      for (int t = 0; t < tn; t++)
-        out[(size_t)(t0 + t) * rows + r0 + r] =
-            finish(_mm256_load_ps(p + ((size_t)r * TT + t) * 8), type, row,
-                   xt + (size_t)t * cols, cols);
+    // Token-major, so the stores to out are contiguous along rows.
+    for (int t = 0; t < tn; t++) {
+      float *o = out + (size_t)(t0 + t) * rows + r0;
+      for (int r = 0; r < nrows; r++)
+        o[r] = finish(_mm256_load_ps(p + ((size_t)r * TT + t) * 8), type,
+                      data + (size_t)(r0 + r) * rb, xt + (size_t)t * cols, cols);
     }
   }
 }
