@@ -23,6 +23,24 @@
 // one token at a time. Results may differ between the SIMD and the portable
 // kernels (fused vs separate multiply-add), i.e. between machines.
 //
+// # Kernels and threads
+//
+// MatMul has two kernels. For n <= 3 tokens (decode) weights are converted
+// to float32 in registers as they stream by, 8 (or 4) rows at a time, and
+// read exactly once. For larger n the rows are split into units of 16 (64
+// for matrices of 1024 rows or more); for each token tile of 96 and k-chunk
+// of 256 columns a 16-row block is converted once into a packed float32
+// panel that stays in L1 and is reused by every token of the tile through a
+// 4-row × 3-token register-blocked FMA micro-kernel; the eight-lane partial
+// sums of each (row, token) carry over between k-chunks, so the order is
+// still the canonical one. Attention works on units of (4 query tokens, one
+// KV head), reading the KV rows of the unit through a pointer table.
+//
+// A Pool's threads are the caller plus persistent worker goroutines; each
+// thread makes one cgo call per kernel, and the C workers take units from a
+// shared atomic counter, so a thread slowed by other load simply takes fewer
+// units. Small calls run on the caller alone.
+//
 // # Errors
 //
 // Kernels panic on inconsistent arguments (short slices, bad shapes): the
