@@ -6,6 +6,8 @@
 // parameters give the same boundaries on every machine and in every version, which is what makes
 // deduplication across checkpoints, sessions and machines work. The FastCDC boundaries are those
 // of the published algorithm (see FastCDC); the golden file testdata/fastcdc-golden.txt pins them.
+// Params.Align, an extension, rounds cuts down to element boundaries for arrays of float16 or
+// float32 values; its boundaries are pinned in the same file.
 //
 // Values of type *FastCDC are immutable after construction and safe for concurrent use. A
 // *Stream is used by one goroutine at a time.
@@ -56,9 +58,28 @@ const MaxFixedSize = 64 << 20
 // Min < Avg < Max, 0 ≤ Normalization ≤ MaxNormalization. Min must be even because the 2020
 // algorithm hashes two bytes per step starting at byte Min/2·2; an odd Min would let a chunk end
 // one byte short of it.
+//
+// Align (an extension, not in the paper or the Rust crate) makes every cut but the end of the
+// input fall on a multiple of Align bytes from the chunk's start: each cut point the algorithm
+// finds (or Max, when it finds none) is rounded down to a multiple of Align, never below Min.
+// For arrays of fixed-size elements (2 for float16, 4 for float32) it keeps every chunk
+// starting on an element boundary, so byte-plane codecs see the same planes in every chunk. 0
+// and 1 mean no alignment and give exactly the published boundaries; valid values are 0, 1, 2,
+// 4 and 8, and Min must be a multiple of Align. Aligned boundaries are pinned by their own
+// cases in the golden file.
 type Params struct {
 	Min, Avg, Max int
 	Normalization int
+	Align         int
+}
+
+// AlignFor returns the Align for arrays of elements of size bytes: size for 2, 4 and 8, else 0.
+func AlignFor(size int) int {
+	switch size {
+	case 2, 4, 8:
+		return size
+	}
+	return 0
 }
 
 // DefaultParams returns the defaults: 16 KiB / 64 KiB / 256 KiB, normalisation level 1 (the Rust
@@ -84,6 +105,10 @@ func (p Params) Validate() error {
 		return fmt.Errorf("%w: want min < avg < max, got %d, %d, %d", ErrInvalidParams, p.Min, p.Avg, p.Max)
 	case p.Normalization < 0 || p.Normalization > MaxNormalization:
 		return fmt.Errorf("%w: normalization level %d outside [0, %d]", ErrInvalidParams, p.Normalization, MaxNormalization)
+	case p.Align != 0 && p.Align != 1 && p.Align != 2 && p.Align != 4 && p.Align != 8:
+		return fmt.Errorf("%w: align %d is not 0, 1, 2, 4 or 8", ErrInvalidParams, p.Align)
+	case p.Align > 1 && p.Min%p.Align != 0:
+		return fmt.Errorf("%w: min %d is not a multiple of align %d", ErrInvalidParams, p.Min, p.Align)
 	}
 	return nil
 }

@@ -398,6 +398,9 @@ var goldenCases = []struct {
 	{"splitmix64-seed1-8MiB", func() []byte { return randomInput(8<<20, 1) }, Params{Min: 8192, Avg: 16384, Max: 32768, Normalization: 2}},
 	{"splitmix64-seed2-64KiB", func() []byte { return randomInput(64<<10, 2) }, Params{Min: 64, Avg: 256, Max: 1024, Normalization: 3}},
 	{"splitmix64-seed2-64KiB", func() []byte { return randomInput(64<<10, 2) }, Params{Min: 64, Avg: 256, Max: 1024, Normalization: 0}},
+	// Aligned variants (Params.Align), for float16 and float32 arrays.
+	{"splitmix64-seed1-8MiB", func() []byte { return randomInput(8<<20, 1) }, Params{Min: DefaultMin, Avg: DefaultAvg, Max: DefaultMax, Normalization: DefaultNormalization, Align: 2}},
+	{"splitmix64-seed2-64KiB", func() []byte { return randomInput(64<<10, 2) }, Params{Min: 64, Avg: 256, Max: 1026, Normalization: 1, Align: 4}},
 }
 
 func goldenText(t *testing.T) string {
@@ -412,8 +415,12 @@ func goldenText(t *testing.T) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(&b, "case %s sha256=%s min=%d avg=%d max=%d level=%d\n", gc.name, hex.EncodeToString(sum[:]),
+		fmt.Fprintf(&b, "case %s sha256=%s min=%d avg=%d max=%d level=%d", gc.name, hex.EncodeToString(sum[:]),
 			gc.p.Min, gc.p.Avg, gc.p.Max, gc.p.Normalization)
+		if gc.p.Align > 1 {
+			fmt.Fprintf(&b, " align=%d", gc.p.Align)
+		}
+		b.WriteString("\n")
 		for ch := range c.Chunks(in) {
 			fmt.Fprintf(&b, "%d %d %016x\n", ch.Offset, ch.Length, ch.Fingerprint)
 		}
@@ -466,5 +473,59 @@ func TestGoldenHasEnoughChunks(t *testing.T) {
 	}
 	if cases != len(goldenCases) || lines < 500 {
 		t.Fatalf("%d cases, %d chunk lines", cases, lines)
+	}
+}
+
+// Aligned FastCDC: Align 0 and 1 give the published boundaries; Align 2 and 4 cut only on
+// element boundaries, within the bounds, and differ from the unaligned cuts only by rounding
+// each cut down (so most chunks keep their content and the dedup behaviour of FastCDC).
+func TestAlignedFastCDC(t *testing.T) {
+	in := randomInput(4<<20, 21)
+	base, err := NewFastCDC(DefaultParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := base.Split(in)
+	for _, a := range []int{0, 1} {
+		p := DefaultParams()
+		p.Align = a
+		c, err := NewFastCDC(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameChunks(t, want, c.Split(in))
+	}
+	for _, a := range []int{2, 4, 8} {
+		p := DefaultParams()
+		p.Align = a
+		c, err := NewFastCDC(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := c.Split(in)
+		checkCover(t, in, got, p.Min, p.Max)
+		checkAligned(t, got, a)
+		// Cuts that were already aligned stay where they were: the first chunk is the
+		// unaligned first chunk rounded down.
+		if n := want[0].Length - want[0].Length%a; got[0].Length != n {
+			t.Fatalf("align %d: first chunk %d bytes, want %d", a, got[0].Length, n)
+		}
+		s, err := NewStream(bytes.NewReader(in), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameChunks(t, got, streamChunks(t, s))
+	}
+	for _, bad := range []Params{
+		{Min: 16384, Avg: 65536, Max: 262144, Align: 3},
+		{Min: 16386, Avg: 65536, Max: 262144, Align: 4},
+		{Min: 16384, Avg: 65536, Max: 262144, Align: 16},
+	} {
+		if err := bad.Validate(); !errors.Is(err, ErrInvalidParams) {
+			t.Errorf("%+v: got %v, want ErrInvalidParams", bad, err)
+		}
+	}
+	if AlignFor(2) != 2 || AlignFor(4) != 4 || AlignFor(3) != 0 || AlignFor(1) != 0 {
+		t.Fatal("AlignFor")
 	}
 }

@@ -53,8 +53,18 @@ func (c *FastCDC) Params() Params { return c.p }
 // Cut returns the length of the chunk that starts at data[0], and the gear fingerprint at the
 // cut. data must hold the rest of the input, or at least Max bytes of it: Cut never looks past
 // data[Max-1], and when fewer than Max bytes are given it treats their end as the end of the
-// input. It returns len(data) when len(data) ≤ Min, and 0 only for empty data.
+// input. It returns len(data) when len(data) ≤ Min, and 0 only for empty data. With Align > 1
+// a cut before the end of the input is rounded down to a multiple of Align (never below Min);
+// the fingerprint is the hash where the algorithm found the cut.
 func (c *FastCDC) Cut(data []byte) (length int, fingerprint uint64) {
+	n, fp := c.cut(data)
+	if a := c.p.Align; a > 1 && n < len(data) {
+		n -= n % a // Min is a multiple of a, so n stays ≥ Min
+	}
+	return n, fp
+}
+
+func (c *FastCDC) cut(data []byte) (length int, fingerprint uint64) {
 	n := len(data)
 	if n <= c.p.Min {
 		return n, 0

@@ -12,12 +12,16 @@ func fuzzParams(a, b, c uint32, level uint8) Params {
 	minSize := MinSizeLimitLow + 2*int(a%2048)            // 64 .. 4158, even
 	avg := max(minSize+1, AvgSizeLimitLow) + int(b%8192)  // > min, ≥ 256
 	maxSize := max(avg+1, MaxSizeLimitLow) + int(c%16384) // > avg, ≥ 1024
-	return Params{Min: minSize, Avg: avg, Max: maxSize, Normalization: int(level % 4)}
+	align := []int{0, 2, 4, 8}[(level/4)%4]
+	if align > 1 {
+		minSize -= minSize % align
+	}
+	return Params{Min: minSize, Avg: avg, Max: maxSize, Normalization: int(level % 4), Align: align}
 }
 
 // FuzzFastCDC: for any input and any valid parameters, Split covers the input exactly, in order,
-// every chunk but the last within [Min, Max] (the last within (0, Max]), and a Stream fed through
-// a reader that returns short reads gives the same chunks.
+// every chunk but the last within [Min, Max] (the last within (0, Max]) and a multiple of Align,
+// and a Stream fed through a reader that returns short reads gives the same chunks.
 func FuzzFastCDC(f *testing.F) {
 	f.Add([]byte{}, uint32(0), uint32(0), uint32(0), uint8(0))
 	f.Add([]byte("hello, world"), uint32(1), uint32(2), uint32(3), uint8(1))
@@ -34,6 +38,7 @@ func FuzzFastCDC(f *testing.F) {
 		}
 		chunks := cdc.Split(data)
 		checkCover(t, data, chunks, p.Min, p.Max)
+		checkAligned(t, chunks, p.Align)
 		s, err := NewStream(iotest.HalfReader(bytes.NewReader(data)), p)
 		if err != nil {
 			t.Fatal(err)
@@ -63,4 +68,17 @@ func FuzzFixed(f *testing.F) {
 		}
 		sameChunks(t, chunks, streamChunks(t, s))
 	})
+}
+
+// checkAligned fails unless every chunk but the last has a length that is a multiple of align.
+func checkAligned(t *testing.T, chunks []Chunk, align int) {
+	t.Helper()
+	if align <= 1 {
+		return
+	}
+	for i, ch := range chunks[:max(0, len(chunks)-1)] {
+		if ch.Length%align != 0 {
+			t.Fatalf("chunk %d of %d at offset %d: length %d is not a multiple of %d", i, len(chunks), ch.Offset, ch.Length, align)
+		}
+	}
 }

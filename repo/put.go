@@ -24,7 +24,10 @@ const (
 )
 
 // ChunkerSpec says how Put cuts its inputs. The zero value means FastCDC with
-// chunker.DefaultParams.
+// chunker.DefaultParams. With a float16 or float32 hint and Params.Align left 0, Put aligns
+// FastCDC cuts to the element size (2 or 4 bytes; see chunker.Params.Align), so that every
+// chunk starts on an element and byte-plane codecs see whole values; without a hint, or with
+// an explicit Align, boundaries are the published algorithm's.
 type ChunkerSpec struct {
 	Method string         // ChunkFastCDC (also "") or ChunkFixed
 	Params chunker.Params // FastCDC sizes; zero means chunker.DefaultParams
@@ -55,13 +58,39 @@ func (s ChunkerSpec) normalize() (ChunkerSpec, error) {
 	return s, nil
 }
 
-// String describes the spec: "fastcdc/16384/65536/262144/1" or "fixed/65536".
+// String describes the spec: "fastcdc/16384/65536/262144/1", "fastcdc/16384/65536/262144/1/a2"
+// (cuts aligned to 2 bytes) or "fixed/65536".
 func (s ChunkerSpec) String() string {
 	if s.Method == ChunkFixed {
 		return fmt.Sprintf("fixed/%d", s.Size)
 	}
 	p := s.Params
+	if p.Align > 1 {
+		return fmt.Sprintf("fastcdc/%d/%d/%d/%d/a%d", p.Min, p.Avg, p.Max, p.Normalization, p.Align)
+	}
 	return fmt.Sprintf("fastcdc/%d/%d/%d/%d", p.Min, p.Avg, p.Max, p.Normalization)
+}
+
+// alignFor returns the spec with FastCDC cuts aligned to hint's element size, when Align is
+// unset and Min allows it.
+func (s ChunkerSpec) alignFor(hint cas.Hint) ChunkerSpec {
+	if s.Method != ChunkFastCDC || s.Params.Align != 0 {
+		return s
+	}
+	size := 0
+	switch hint {
+	case cas.HintFloat16:
+		size = 2
+	case cas.HintFloat32:
+		size = 4
+	}
+	for a := chunker.AlignFor(size); a > 1; a /= 2 {
+		if s.Params.Min%a == 0 {
+			s.Params.Align = a
+			break
+		}
+	}
+	return s
 }
 
 func (s ChunkerSpec) stream(r io.Reader) (*chunker.Stream, error) {
@@ -80,7 +109,7 @@ type Source struct {
 
 // PutOptions configure Put. The zero value puts a "file" manifest with FastCDC defaults.
 type PutOptions struct {
-	Chunker ChunkerSpec
+	Chunker ChunkerSpec            // see ChunkerSpec for how Hint aligns FastCDC cuts
 	Kind    string                 // manifest kind; "" means "file"
 	Parent  index.ID               // the manifest's parent; zero for none
 	Meta    map[string]index.Value // extra metadata; Put adds "chunker"
@@ -165,6 +194,7 @@ func (r *Repo) Put(ctx context.Context, srcs []Source, opts PutOptions) (PutResu
 	if err != nil {
 		return res, fmt.Errorf("put: %w", err)
 	}
+	spec = spec.alignFor(opts.Hint)
 	if opts.Tag != "" {
 		if err := index.ValidRefName(opts.Tag); err != nil {
 			return res, fmt.Errorf("put: tag: %w", err)
