@@ -59,7 +59,8 @@ struct MatMulParams {
 };
 
 static inline void matmul_body(uint wtype, device float *out, device const float *x,
-                               device const uchar *w, MatMulParams p, uint2 tg, uint sg, uint lane) {
+                               device const uchar *w, constant MatMulParams &p, uint2 tg, uint sg,
+                               uint lane) {
     const uint r = tg.x * MM_SG + sg;
     const uint t0 = tg.y * MM_TT;
     if (r >= p.rows || t0 >= p.n) {
@@ -123,7 +124,7 @@ struct EmbedParams {
 };
 
 static inline void embed_body(uint wtype, device float *out, device const int *ids,
-                              device const uchar *w, EmbedParams p, uint gid) {
+                              device const uchar *w, constant EmbedParams &p, uint gid) {
     const uint per = p.cols / 4;
     if (gid >= p.n * per) {
         return;
