@@ -654,6 +654,15 @@ SIMD_INLINE float load_kv1(const uint8_t *row, int d, int kvtype) {
   return f;
 }
 
+// Prefetch distance in positions: KV rows of one head sit a whole position
+// (all KV heads) apart, so the hardware stride prefetchers lose them at
+// every page.
+#define ATT_PF 8
+
+SIMD_INLINE void prefetch_row(const uint8_t *row, size_t bytes) {
+  for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)row + o, _MM_HINT_T0);
+}
+
 // Scores of one query head against positions [0, ctx): four positions at a
 // time for instruction-level parallelism, each dot product in the
 // canonical order. kvt is a compile-time constant in each instantiation.
@@ -661,8 +670,11 @@ SIMD_INLINE void att_scores_simd(const att_ctx *c, const float *qh, int ctx, flo
   int hd = c->hd, nv = hd / 8;
   const uint8_t *const *kp = c->kp;
   int p = 0;
+  size_t rowbytes = (size_t)hd * (kvt == DS_F16 ? 2 : 4);
   for (; p + 4 <= ctx; p += 4) {
     const uint8_t *k0 = kp[p], *k1 = kp[p + 1], *k2 = kp[p + 2], *k3 = kp[p + 3];
+    if (p + ATT_PF + 4 <= ctx)
+      for (int j = 0; j < 4; j++) prefetch_row(kp[p + ATT_PF + j], rowbytes);
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (int i = 0; i < nv; i++) {
       __m256 qv = _mm256_loadu_ps(qh + i * 8);
@@ -700,8 +712,10 @@ SIMD_INLINE void att_values_block(const uint8_t *const *kp, size_t base, const f
   __m256 acc[8];
 #pragma GCC unroll 8
   for (int i = 0; i < VN; i++) acc[i] = _mm256_setzero_ps();
+  size_t bytes = (size_t)VN * 8 * (kvt == DS_F16 ? 2 : 4);
   for (int p = 0; p < ctx; p++) {
     const uint8_t *vr = kp[p] + base;
+    if (p + ATT_PF < ctx) prefetch_row(kp[p + ATT_PF] + base, bytes);
     __m256 w = _mm256_set1_ps(s[p]);
 #pragma GCC unroll 8
     for (int i = 0; i < VN; i++) acc[i] = _mm256_fmadd_ps(w, load_kv8(vr, i * 8, kvt), acc[i]);
@@ -735,13 +749,53 @@ SIMD_INLINE void att_values_simd(const att_ctx *c, const float *s, int ctx, floa
   }
 }
 
+// Scores of four query heads sharing a KV head: each K row is loaded once
+// for the four. Same per-dot order as att_scores_simd.
+SIMD_INLINE void att_scores4_simd(const att_ctx *c, const float *q0, const float *q1,
+                                  const float *q2, const float *q3, int ctx, float *s0, float *s1,
+                                  float *s2, float *s3, int kvt) {
+  int hd = c->hd, nv = hd / 8;
+  size_t rowbytes = (size_t)hd * (kvt == DS_F16 ? 2 : 4);
+  for (int p = 0; p < ctx; p++) {
+    const uint8_t *k = c->kp[p];
+    if (p + ATT_PF < ctx) prefetch_row(c->kp[p + ATT_PF], rowbytes);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int i = 0; i < nv; i++) {
+      __m256 kv = load_kv8(k, i * 8, kvt);
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + i * 8), kv, a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + i * 8), kv, a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + i * 8), kv, a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + i * 8), kv, a3);
+    }
+    float r0 = hsum8(a0), r1 = hsum8(a1), r2 = hsum8(a2), r3 = hsum8(a3);
+    for (int d = nv * 8; d < hd; d++) {
+      float kd = load_kv1(k, d, kvt);
+      r0 = fma1(q0[d], kd, r0);
+      r1 = fma1(q1[d], kd, r1);
+      r2 = fma1(q2[d], kd, r2);
+      r3 = fma1(q3[d], kd, r3);
+    }
+    s0[p] = r0 * c->scale;
+    s1[p] = r1 * c->scale;
+    s2[p] = r2 * c->scale;
+    s3[p] = r3 * c->scale;
+  }
+}
+
 SIMD_INLINE void att_tile_simd(att_ctx *c, int t0, int tn, int g, int kvt) {
   int hd = c->hd, ratio = c->ratio;
   for (int ti = 0; ti < tn; ti++) {
     int ctx = c->pos0 + t0 + ti + 1;
-    for (int h = 0; h < ratio; h++)
-      att_scores_simd(c, c->q + ((size_t)(t0 + ti) * c->nheads + g * ratio + h) * hd, ctx,
-                      c->scores + (size_t)(ti * ratio + h) * c->maxctx, kvt);
+    const float *qt = c->q + ((size_t)(t0 + ti) * c->nheads + g * ratio) * hd;
+    float *st = c->scores + (size_t)ti * ratio * c->maxctx;
+    int h = 0;
+    for (; h + 4 <= ratio; h += 4)
+      att_scores4_simd(c, qt + (size_t)h * hd, qt + (size_t)(h + 1) * hd, qt + (size_t)(h + 2) * hd,
+                       qt + (size_t)(h + 3) * hd, ctx, st + (size_t)h * c->maxctx,
+                       st + (size_t)(h + 1) * c->maxctx, st + (size_t)(h + 2) * c->maxctx,
+                       st + (size_t)(h + 3) * c->maxctx, kvt);
+    for (; h < ratio; h++)
+      att_scores_simd(c, qt + (size_t)h * hd, ctx, st + (size_t)h * c->maxctx, kvt);
   }
   att_softmax(c, t0, tn);
   for (int ti = 0; ti < tn; ti++) {
