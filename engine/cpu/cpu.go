@@ -161,31 +161,68 @@ func (w *Weights) Validate() error {
 // plus Threads()-1 persistent worker goroutines. Every result is
 // bit-identical for any thread count and across runs.
 //
-// A Pool may be used from several goroutines; kernel calls that use more
-// than one thread are serialized. After Close, kernels still work, on the
-// calling goroutine alone.
+// A Pool may be used from several goroutines at once. A kernel call never
+// waits for a worker that has not started on it yet: the caller works
+// through the units itself and then waits only for workers already inside
+// the call, so a worker descheduled by other load on the machine delays
+// nothing. After Close, kernels still work, on the calling goroutine alone.
 type Pool struct {
 	threads int
 
-	mu     sync.Mutex // guards jobs and closed; held for the duration of a multi-threaded call
-	jobs   []chan func(tid int)
-	done   chan struct{}
+	mu     sync.RWMutex // guards wake and closed: read-held while posting a job, write-held by Close
+	wake   []chan *job  // one per worker
 	closed bool
 }
+
+// job is one kernel call offered to the workers.
+type job struct {
+	f func(tid int)
+	// state counts the workers inside f (low bits) and has jobClosed set
+	// once the caller has finished its share: from then on no worker enters.
+	state atomic.Int64
+	done  chan struct{} // receives once when the last worker leaves a closed job
+}
+
+const jobClosed = 1 << 40
+
+// enter reports whether a worker may run the job (it is not closed yet).
+func (j *job) enter() bool {
+	for {
+		s := j.state.Load()
+		if s&jobClosed != 0 {
+			return false
+		}
+		if j.state.CompareAndSwap(s, s+1) {
+			return true
+		}
+	}
+}
+
+func (j *job) leave() {
+	if j.state.Add(-1) == jobClosed {
+		j.done <- struct{}{}
+	}
+}
+
+// wakeQueue bounds the jobs queued for a worker that is not running; when a
+// queue is full the job is not offered to that worker.
+const wakeQueue = 64
 
 // NewPool starts a pool of threads threads (at least 1).
 func NewPool(threads int) *Pool {
 	if threads < 1 {
 		threads = 1
 	}
-	p := &Pool{threads: threads, done: make(chan struct{}, threads)}
+	p := &Pool{threads: threads}
 	for i := 1; i < threads; i++ {
-		ch := make(chan func(int))
-		p.jobs = append(p.jobs, ch)
+		ch := make(chan *job, wakeQueue)
+		p.wake = append(p.wake, ch)
 		go func(tid int) {
-			for f := range ch {
-				f(tid)
-				p.done <- struct{}{}
+			for j := range ch {
+				if j.enter() {
+					j.f(tid)
+					j.leave()
+				}
 			}
 		}(i)
 	}
@@ -203,15 +240,17 @@ func (p *Pool) Close() {
 		return
 	}
 	p.closed = true
-	for _, ch := range p.jobs {
+	for _, ch := range p.wake {
 		close(ch)
 	}
-	p.jobs = nil
+	p.wake = nil
 }
 
-// run calls f(tid) on up to want threads at once (tid 0 is the caller) and
-// returns when all are done. f must share out its work itself (an atomic
-// unit counter), so the number of threads never changes what is computed.
+// run calls f(tid) on the caller (tid 0) and offers it to up to want-1
+// workers, and returns when every f that started has returned. f must share
+// out its work itself (an atomic unit counter) and finish all of it even if
+// it runs on the caller alone; so the number of threads that join never
+// changes what is computed.
 func (p *Pool) run(want int, f func(tid int)) {
 	if want > p.threads {
 		want = p.threads
@@ -220,22 +259,23 @@ func (p *Pool) run(want int, f func(tid int)) {
 		f(0)
 		return
 	}
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		f(0)
-		return
-	}
-	for i := 0; i < want-1; i++ {
-		p.jobs[i] <- f
-	}
-	// Wait for the workers even if f panics on this goroutine, so that no
-	// stale completion is left for the next call.
-	defer func() {
+	j := &job{f: f, done: make(chan struct{}, 1)}
+	p.mu.RLock()
+	if !p.closed {
 		for i := 0; i < want-1; i++ {
-			<-p.done
+			select {
+			case p.wake[i] <- j:
+			default: // that worker is far behind; leave it out
+			}
 		}
-		p.mu.Unlock()
+	}
+	p.mu.RUnlock()
+	// Close the job and wait for the workers inside it even if f panics
+	// here: they use memory the caller owns.
+	defer func() {
+		if s := j.state.Or(jobClosed); s&(jobClosed-1) != 0 {
+			<-j.done
+		}
 	}()
 	f(0)
 }
