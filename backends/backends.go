@@ -86,6 +86,14 @@ func Flag(fs *flag.FlagSet) *string {
 	return fs.String("backend", Auto, Usage)
 }
 
+// FlagVar registers --backend (default auto) into p, for flag structs registered through an
+// interface (a *flag.FlagSet satisfies it).
+func FlagVar(fs interface {
+	StringVar(p *string, name, value, usage string)
+}, p *string) {
+	fs.StringVar(p, "backend", Auto, Usage)
+}
+
 // Open opens the named backend ("" means auto). For cuda and metal, the error says why the
 // backend cannot be used and wraps cuda.ErrUnavailable or metal.ErrUnavailable where that is
 // the cause; auto falls back to the CPU only after trying each GPU backend, and says why in

@@ -203,8 +203,12 @@ func TestFlag(t *testing.T) {
 			t.Errorf("%v: %q, %v; want %q", c.args, *p, err, c.want)
 		}
 	}
+	var v string
 	fs := flag.NewFlagSet("x", flag.ContinueOnError)
-	Flag(fs)
+	FlagVar(fs, &v)
+	if err := fs.Parse([]string{"--backend=cpu"}); err != nil || v != CPU {
+		t.Errorf("FlagVar: %q, %v", v, err)
+	}
 	var help bytes.Buffer
 	fs.SetOutput(&help)
 	fs.PrintDefaults()
