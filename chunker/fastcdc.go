@@ -75,30 +75,36 @@ func (c *FastCDC) cut(data []byte) (length int, fingerprint uint64) {
 	} else if n < center {
 		center = n
 	}
-	src := data[:n]
+	// Bytes [2·(Min/2), 2·mid) are hashed against the harder masks, then up to 2·(n/2) against
+	// the easier ones, two bytes per step. Each loop runs over its own subslice so that the
+	// compiler drops the bounds checks.
+	start := c.p.Min / 2 * 2
+	mid := max(start, center/2*2)
 	var h uint64
-	i := c.p.Min / 2
-	for ; i < center/2; i++ {
-		a := 2 * i
-		h = h<<2 + gearLS[src[a]]
+	s := data[start:mid]
+	for len(s) >= 2 {
+		h = h<<2 + gearLS[s[0]]
 		if h&c.maskSL == 0 {
-			return a, h
+			return mid - len(s), h
 		}
-		h += gear[src[a+1]]
+		h += gear[s[1]]
 		if h&c.maskS == 0 {
-			return a + 1, h
+			return mid - len(s) + 1, h
 		}
+		s = s[2:]
 	}
-	for ; i < n/2; i++ {
-		a := 2 * i
-		h = h<<2 + gearLS[src[a]]
+	end := n / 2 * 2
+	s = data[mid:end]
+	for len(s) >= 2 {
+		h = h<<2 + gearLS[s[0]]
 		if h&c.maskLL == 0 {
-			return a, h
+			return end - len(s), h
 		}
-		h += gear[src[a+1]]
+		h += gear[s[1]]
 		if h&c.maskL == 0 {
-			return a + 1, h
+			return end - len(s) + 1, h
 		}
+		s = s[2:]
 	}
 	return n, h
 }
