@@ -293,8 +293,13 @@ func frameSize(frame []byte) (int, error) {
 	if err := h.Decode(frame); err != nil {
 		return 0, fmt.Errorf("%w: zstd frame header: %v", errPayload, err)
 	}
-	if h.Skippable || !h.HasFCS || h.DictionaryID != 0 {
-		return 0, fmt.Errorf("%w: zstd frame without content size", errPayload)
+	if h.Skippable || h.DictionaryID != 0 {
+		return 0, fmt.Errorf("%w: skippable or dictionary zstd frame", errPayload)
+	}
+	if !h.HasFCS {
+		// The encoder leaves the size out of frames of small inputs; the caller then relies
+		// on the size it knows from the chunk header.
+		return -1, nil
 	}
 	if h.FrameContentSize > MaxChunkSize {
 		return 0, fmt.Errorf("%w: zstd frame declares %d bytes, over the chunk limit", errPayload, h.FrameContentSize)
@@ -307,6 +312,12 @@ func decodeFrame(dst, frame []byte, size int) ([]byte, error) {
 	n, err := frameSize(frame)
 	if err != nil {
 		return dst, err
+	}
+	if n < 0 {
+		if size < 0 {
+			return dst, fmt.Errorf("%w: zstd frame without content size", errPayload)
+		}
+		n = size
 	}
 	if size >= 0 && n != size {
 		return dst, fmt.Errorf("%w: zstd frame declares %d bytes, want %d", errPayload, n, size)
@@ -341,6 +352,18 @@ func decodePlanes(dst, stored []byte, size int) ([]byte, error) {
 	hiLen, err := frameSize(hiFrame)
 	if err != nil {
 		return dst[:0], err
+	}
+	if loLen < 0 || hiLen < 0 {
+		// A frame of a small plane carries no size: derive both from the chunk's size.
+		if size < 0 {
+			return dst[:0], fmt.Errorf("%w: plane frame without content size", errPayload)
+		}
+		if loLen < 0 {
+			loLen = (size + 1) / 2
+		}
+		if hiLen < 0 {
+			hiLen = size / 2
+		}
 	}
 	n := loLen + hiLen
 	if loLen != hiLen && loLen != hiLen+1 || n > MaxChunkSize || (size >= 0 && n != size) {
