@@ -35,8 +35,9 @@ type Weights interface {
 
 // Exec executes host ops for one instance. The engine has already checked every argument:
 // slices have the lengths the shapes require, weight indexes are valid and of the right kind,
-// positions are within the blocks given. Slices point into the instance's linear memory and
-// must not be retained past the call.
+// positions are within the blocks given. Slices point into the instance's linear memory; an
+// Exec that is not a Syncer must finish with them before the call returns (the guest may read
+// the results at once), a Syncer may keep using them until its next Sync.
 type Exec interface {
 	// Embed writes the rows of the token embedding for ids into out ([len(ids)][dim]).
 	Embed(out []float32, ids []int32)
@@ -58,6 +59,29 @@ type Exec interface {
 	Close()
 }
 
+// Syncer is implemented by an Exec that runs host ops asynchronously (a GPU queue): an op may
+// return before its results are in linear memory, and may read its inputs later.
+//
+// The engine calls Sync at the end of every guest export that it calls (Instance methods):
+// it is the only point where the guest or the host reads memory that an op wrote, or writes
+// memory that a later op reads, other than through host ops. The guest relies on this: within
+// one export it never reads or writes the buffers host ops write (activations, logits, KV
+// blocks) other than by passing them to further host ops; it reads the logits in a later
+// export (sample, step, state_save), and the host reads KV blocks and logits after an export
+// returned. Sync waits until every op queued since the last Sync has written its results to
+// linear memory and reports the first device error since then (which kills the instance).
+// After Sync the Exec holds no reference to linear memory.
+type Syncer interface {
+	Sync() error
+}
+
+// KVInvalidator is implemented by an Exec that keeps copies of KV blocks (device memory). The
+// engine calls InvalidateKV after the host wrote KV block bytes into linear memory other than
+// through StoreKV (LoadState after a restore, AdoptPrefix), before any op reads them.
+type KVInvalidator interface {
+	InvalidateKV()
+}
+
 // Tensors is the backend-independent description of a model's weights: the tensors indexed by
 // weight index (see weightIndex), in the file's own types, plus the hyperparameters.
 type Tensors struct {
@@ -65,6 +89,16 @@ type Tensors struct {
 	// W[i] is the tensor with weight index i. Norm weights are F32 vectors (Rows 1).
 	W []cpu.Weights
 }
+
+// TokenEmbd is the weight index of the token embedding (what Embed reads).
+func (t *Tensors) TokenEmbd() int { return wiGlobal(t.Hyper.Layers, gTokenEmbd) }
+
+// OutputNorm is the weight index of the final norm vector.
+func (t *Tensors) OutputNorm() int { return wiGlobal(t.Hyper.Layers, gOutputNorm) }
+
+// Output is the weight index of the output (logits) matrix; its Data may be the token
+// embedding's bytes (tied embeddings).
+func (t *Tensors) Output() int { return wiGlobal(t.Hyper.Layers, gOutput) }
 
 // CPU returns the portable CPU backend (engine/cpu kernels over the guest's memory in place).
 func CPU() Backend { return cpuBackend{} }

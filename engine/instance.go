@@ -256,6 +256,14 @@ func (in *Instance) call(name string, args ...any) (any, error) {
 	}
 	in.fault = nil
 	r, err := in.fns[name].Call(in.store, args...)
+	// The barrier: the guest's export is over, so whoever reads its memory next (the host, or
+	// the guest in its next export) must see every op's results (see Syncer).
+	if s, ok := in.exec.(Syncer); ok {
+		if serr := s.Sync(); serr != nil && err == nil {
+			in.dead = fmt.Errorf("%w in %s: backend: %w", ErrTrap, name, serr)
+			return nil, in.dead
+		}
+	}
 	if err != nil {
 		if in.fault != nil {
 			in.dead = fmt.Errorf("%w in %s: %w", ErrTrap, name, in.fault)
@@ -569,6 +577,11 @@ func (in *Instance) SaveState() ([]byte, error) {
 // LoadState replaces the small state with one from SaveState. The KV blocks for its position
 // must have been allocated (AllocKV) and filled first. On error the state is unchanged.
 func (in *Instance) LoadState(state []byte) error {
+	// The host has just written KV blocks into linear memory (restore, AdoptPrefix): copies a
+	// backend keeps are stale from here on.
+	if inv, ok := in.exec.(KVInvalidator); ok && !in.closed && in.dead == nil {
+		inv.InvalidateKV()
+	}
 	if err := in.write(state); err != nil {
 		return err
 	}

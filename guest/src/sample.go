@@ -56,14 +56,23 @@ func before(a, b int32) bool {
 	return a < b
 }
 
+// argmax is the first candidate in the order of before: the lowest id among the largest
+// logits, NaN counting as -Inf. One pass over a local slice with plain comparisons (a NaN is
+// never greater, and a tie never replaces the earlier id): this loop runs over the whole
+// vocabulary every greedy token, and calls per element cost tens of ns in Wasm.
 func argmax() int32 {
-	best := int32(0)
-	for i := int32(1); i < int32(cfg.vocab); i++ {
-		if before(i, best) {
-			best = i
+	ls := logits[:cfg.vocab]
+	best := 0
+	bl := ls[0]
+	if bl != bl {
+		bl = float32(math.Inf(-1))
+	}
+	for i, l := range ls {
+		if l > bl {
+			best, bl = i, l
 		}
 	}
-	return best
+	return int32(best)
 }
 
 // sampleNext picks the next token: greedy when temp == 0, else temperature, top-k and top-p
@@ -143,15 +152,23 @@ func cmpCand(a, b int32) int {
 // the root) of size k over one pass of the vocabulary.
 func topK(c []int32, k int) []int32 {
 	h := c[:0]
-	for i := int32(0); i < int32(cfg.vocab); i++ {
+	ls := logits[:cfg.vocab]
+	var rootL float32 // logit(h[0]) once the heap is full
+	for i := range ls {
 		if len(h) < k {
-			h = append(h, i)
+			h = append(h, int32(i))
 			up(h, len(h)-1)
+			if len(h) == k {
+				rootL = logit(h[0])
+			}
 			continue
 		}
-		if before(i, h[0]) {
-			h[0] = i
+		// Ids come in ascending order, so i comes before the root only with a strictly
+		// larger logit (a NaN, as -Inf, never does).
+		if ls[i] > rootL {
+			h[0] = int32(i)
 			down(h, 0)
+			rootL = logit(h[0])
 		}
 	}
 	slices.SortFunc(h, cmpCand)
