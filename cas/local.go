@@ -261,7 +261,7 @@ func (l *Local) Put(ctx context.Context, data []byte, hint Hint) (Info, error) {
 
 // encodeChunk appends data's stored form to dst (a chunk header) and returns the codec, the
 // content size, the extended slice and a tail: for a raw chunk the payload is not appended but
-// returned as tail (data itself, written after the header without a copy). A compressed
+// returned as tail (data itself: nothing to verify, since no codec touched it). A compressed
 // payload is checked to decode back to data before it is returned (verifyEncoded).
 func encodeChunk(dst []byte, d Digest, data []byte, hint Hint) (Codec, int, []byte, []byte, error) {
 	codec, out, err := encodeVerified(dst, data, hint)
@@ -293,8 +293,8 @@ func (l *Local) PutStored(ctx context.Context, d Digest, codec Codec, stored []b
 // size, the extended slice and a tail written after it (see encodeChunk).
 type encodeFunc func(dst []byte) (codec Codec, size int, file, tail []byte, err error)
 
-// prepare runs encode into a pooled buffer and fills in the header. The caller returns buf to
-// the pool (putBuf) once file is written.
+// prepare runs encode into a pooled buffer, appends the tail and fills in the header; the
+// returned tail is always nil. The caller returns buf to the pool (putBuf) once file is written.
 func prepare(encode encodeFunc) (buf *[]byte, codec Codec, size int, file, tail []byte, err error) {
 	buf = getBuf(64 << 10)
 	hdr := appendHeader((*buf)[:0], 0, 0)
@@ -302,6 +302,9 @@ func prepare(encode encodeFunc) (buf *[]byte, codec Codec, size int, file, tail 
 	if err != nil {
 		return buf, 0, 0, nil, nil, err
 	}
+	// One write per file: a second write of the tail costs more than copying it (measured:
+	// twice the write time on tmpfs for 64 KiB chunks).
+	file, tail = append(file, tail...), nil
 	*buf = file[:0] // keep the grown buffer for the pool (putBuf drops it if too large)
 	file[5] = byte(codec)
 	binary.LittleEndian.PutUint64(file[8:], uint64(size))
