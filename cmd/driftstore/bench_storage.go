@@ -21,7 +21,7 @@ func runBenchStorage(c *cli, args []string) error {
 	size := sizeFlag{n: 256 << 20, set: true}
 	fs.Var(&size, "size", "bytes per ingest/read-back case (default 256MiB)")
 	workers := fs.String("workers", "1,2", "comma-separated worker counts")
-	dedup := fs.Bool("dedup", true, "also run the growing-KV dedup series (8 GiB of ingest over 4 variants)")
+	dedup := fs.Bool("dedup", true, "also run the growing-KV dedup series (6 GiB of ingest over 6 variants)")
 	sync := fs.Bool("sync", false, "fsync chunks and index commits during ingest, as put does")
 	dir := fs.String("dir", "", "directory for temporary data directories (default: the system temp dir)")
 	if err := c.parse(fs, args); err != nil {

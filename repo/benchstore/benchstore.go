@@ -380,16 +380,20 @@ func pipeline(ctx context.Context, cfg Config, name string, buf []byte, hint cas
 // DedupSeries runs the growing-KV series: eight snapshots of the preallocated float16 region
 // (KVRegionBytes, one contiguous stream per layer/K-or-V/head), snapshot k holding the first
 // (k+1)·P positions of every stream and zeros after, for P = 512 and 500, chunked with fixed
-// 64 KiB chunks and with FastCDC defaults. Each snapshot is put whole (one region) into a fresh
+// 64 KiB chunks and with FastCDC defaults, cuts aligned to float16 values (what the hint picks)
+// and not (the published boundaries). Each snapshot is put whole (one region) into a fresh
 // data directory per variant; the ratio is input bytes ÷ stored bytes of all distinct chunks.
 func DedupSeries(ctx context.Context, tmp string, log io.Writer) ([]DedupRow, error) {
 	full := make([]byte, KVRegionBytes) // every position filled; snapshots copy a prefix per stream
 	KVFloat16(full, 3)
 	snap := make([]byte, KVRegionBytes)
 	var rows []DedupRow
+	aligned, unaligned := chunker.DefaultParams(), chunker.DefaultParams()
+	aligned.Align, unaligned.Align = 2, 1 // what the float16 hint picks, and the published cuts
 	specs := []repo.ChunkerSpec{
 		{Method: repo.ChunkFixed, Size: chunker.DefaultBlockSize},
-		{Method: repo.ChunkFastCDC, Params: chunker.DefaultParams()},
+		{Method: repo.ChunkFastCDC, Params: aligned},
+		{Method: repo.ChunkFastCDC, Params: unaligned},
 	}
 	for _, positions := range []int{512, 500} {
 		for _, spec := range specs {
@@ -430,7 +434,7 @@ func DedupSeries(ctx context.Context, tmp string, log io.Writer) ([]DedupRow, er
 			}
 			row.Ratio = float64(row.InputBytes) / float64(row.StoredBytes)
 			if log != nil {
-				fmt.Fprintf(log, "dedup %-22s %d positions/snapshot: %.2fx\n", row.Chunker, positions, row.Ratio)
+				fmt.Fprintf(log, "dedup %-26s %d positions/snapshot: %.2fx\n", row.Chunker, positions, row.Ratio)
 			}
 			rows = append(rows, row)
 		}
@@ -442,7 +446,11 @@ func specName(s repo.ChunkerSpec) string {
 	if s.Method == repo.ChunkFixed {
 		return fmt.Sprintf("fixed %d KiB", s.Size>>10)
 	}
-	return fmt.Sprintf("fastcdc %d/%d/%d KiB", s.Params.Min>>10, s.Params.Avg>>10, s.Params.Max>>10)
+	name := fmt.Sprintf("fastcdc %d/%d/%d KiB", s.Params.Min>>10, s.Params.Avg>>10, s.Params.Max>>10)
+	if s.Params.Align > 1 {
+		name += fmt.Sprintf(" a%d", s.Params.Align)
+	}
+	return name
 }
 
 // WriteTable prints res for people.
@@ -462,9 +470,9 @@ func (res *Result) WriteTable(w io.Writer) {
 	}
 	if len(res.Dedup) > 0 {
 		fmt.Fprintf(w, "\ngrowing KV series: 8 snapshots of a %d MiB float16 region (16 layers x K/V x 8 heads x 4096 positions x 64 dims)\n", KVRegionBytes>>20)
-		fmt.Fprintf(w, "%-22s %9s %10s %10s %8s %8s\n", "chunker", "pos/snap", "in MiB", "stored MiB", "chunks", "in/stored")
+		fmt.Fprintf(w, "%-26s %9s %10s %10s %8s %8s\n", "chunker", "pos/snap", "in MiB", "stored MiB", "chunks", "in/stored")
 		for _, d := range res.Dedup {
-			fmt.Fprintf(w, "%-22s %9d %10d %10.1f %8d %8.2fx\n", d.Chunker, d.Positions, d.InputBytes>>20, float64(d.StoredBytes)/(1<<20), d.UniqueChunks, d.Ratio)
+			fmt.Fprintf(w, "%-26s %9d %10d %10.1f %8d %8.2fx\n", d.Chunker, d.Positions, d.InputBytes>>20, float64(d.StoredBytes)/(1<<20), d.UniqueChunks, d.Ratio)
 		}
 	}
 }
