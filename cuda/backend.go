@@ -16,9 +16,9 @@ type KVPlacement int
 const (
 	// KVDevice (the default): each KV block of the guest's linear memory has a device copy,
 	// made from the linear-memory bytes on first use; StoreKV writes both (write-through), so
-	// the linear memory is always current for checkpoints, and attention reads device memory.
-	// After bytes of a live instance's KV blocks are changed behind the backend (a restore
-	// into it), call InvalidateKV on its Exec.
+	// the linear memory is current for checkpoints after each export, and attention reads
+	// device memory. After bytes of a live instance's KV blocks are changed behind the
+	// backend (a restore into it), the engine calls InvalidateKV on its Exec (LoadState).
 	KVDevice KVPlacement = iota
 	// KVHost: attention reads the blocks in the registered linear memory over the bus.
 	KVHost
@@ -76,8 +76,7 @@ func (b *Backend) Load(t *engine.Tensors) (engine.Weights, error) {
 	if len(t.W) < 3 {
 		return nil, fmt.Errorf("cuda backend: %d tensors", len(t.W))
 	}
-	// The globals follow the layers: token embedding, output norm, output (engine/hostops.go).
-	w.embed = len(t.W) - 3
+	w.embed = t.TokenEmbd()
 	seen := map[uintptr]*Weights{}
 	for i := range t.W {
 		tw := &t.W[i]
@@ -130,7 +129,7 @@ func (w *cudaWeights) NewExec(threads int) (engine.Exec, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Exec{w: w, s: s, mirror: make(map[uintptr]*Buffer)}, nil
+	return &Exec{w: w, s: s, kvDev: w.b.opts.KV == KVDevice, tabs: make(map[uintptr]*kvTable)}, nil
 }
 
 func (w *cudaWeights) Close() error {
@@ -150,20 +149,55 @@ func (w *cudaWeights) Close() error {
 	return err
 }
 
-// Exec runs one instance's host ops on its own stream. Every op waits for its kernels before
-// it returns (the guest may read the results at once), and panics on a device error (the
-// engine turns the panic into a trap).
+// Exec runs one instance's host ops on its own stream, asynchronously: an op queues its
+// kernels and returns. It is an engine.Syncer: the engine calls Sync at the end of every
+// guest export, and only then do the results reach linear memory.
+//
+// The instance's linear memory has a device copy (the mirror, offset for offset). Ops read
+// and write the mirror at device speed; what they wrote since the last Sync (the dirty
+// ranges) is copied back into the registered linear memory by the copy engine at Sync.
+// Within one export the mirror of an op's input is current when an earlier op of that export
+// wrote it (the guest hands host ops nothing else but the token ids, which Embed copies, and
+// the KV blocks); anything else is uploaded from linear memory first. KV blocks stay current
+// across exports: StoreKV writes the mirror and the linear memory (write-through), and a
+// block is uploaded once when first seen; InvalidateKV forgets them all.
+//
+// Block tables are kept on the device per layer (keyed by the address of the layer's first
+// block) and only the entries that changed are uploaded, about once per BlockSize tokens.
+// Device errors panic in an op (the engine turns the panic into a trap) or come back from
+// Sync.
 type Exec struct {
-	w      *cudaWeights
-	s      *Stream
-	stage  *Buffer             // matmul inputs copied from linear memory
-	ostage *Buffer             // matmul outputs, copied to linear memory in one DMA
-	mirror map[uintptr]*Buffer // KV block host address -> device copy (KVDevice)
-	hostT  []DevPtr
-	devT   []DevPtr
+	w     *cudaWeights
+	s     *Stream
+	kvDev bool
+
+	hm     hostMap // cached snapshot of the registered linear memory
+	gen    uint64  // the registrar's generation when hm was taken
+	ident  bool
+	offs   []int
+	mirror *Buffer
+	valid  ivals // mirror ranges current for this export
+	dirty  ivals // mirror ranges written since the last Sync
+	kvOK   []uint64
+	tabs   map[uintptr]*kvTable
+	queued bool
+	up     []byte
+	raw    []uint64
 }
 
-var _ engine.Exec = (*Exec)(nil)
+var (
+	_ engine.Exec          = (*Exec)(nil)
+	_ engine.Syncer        = (*Exec)(nil)
+	_ engine.KVInvalidator = (*Exec)(nil)
+)
+
+// kvTable is one layer's block table on the device: the mirror addresses of its blocks
+// (dev) and their registered host addresses (host, for write-through and KVHost).
+type kvTable struct {
+	offs      []int
+	dev, host *Buffer
+	cap       int
+}
 
 func must(err error) {
 	if err != nil {
@@ -171,64 +205,152 @@ func must(err error) {
 	}
 }
 
-func (e *Exec) ptr(p unsafe.Pointer, n int) DevPtr {
-	d, err := e.w.b.reg.DevPtrOf(uintptr(p), n)
-	must(err)
-	return d
-}
-
-// copyIn queues a copy of the n host bytes at p (registered linear memory) to dst.
-func (e *Exec) copyIn(dst DevPtr, p unsafe.Pointer, n int) {
-	pieces, err := e.w.b.reg.Pieces(uintptr(p), n)
-	must(err)
-	for _, pc := range pieces {
-		must(e.s.CopyAsync(dst+DevPtr(pc.Off), pc.Dev, pc.N))
+// begin is called at the start of every op: when a linear memory grew since the last op, it
+// refreshes the cached registration and grows the mirror, before the op takes any address.
+func (e *Exec) begin() {
+	if g := e.w.b.reg.gen.Load(); g != e.gen && e.hm.n != 0 {
+		hm, ok := e.w.b.reg.snapshot(e.hm.base)
+		if !ok {
+			must(fmt.Errorf("linear memory at %#x is no longer registered", e.hm.base))
+		}
+		e.hm, e.gen = hm, g
+		if e.mirror.Len < e.hm.n {
+			e.growMirror(e.hm.n)
+		}
 	}
 }
 
-func (e *Exec) f32(x []float32) DevPtr { return e.ptr(unsafe.Pointer(unsafe.SliceData(x)), 4*len(x)) }
+// off returns the offset in linear memory of the n bytes at p.
+func (e *Exec) off(p unsafe.Pointer, n int) int {
+	a := uintptr(p)
+	if e.hm.n == 0 { // the first op: find the memory
+		e.gen = e.w.b.reg.gen.Load()
+		hm, ok := e.w.b.reg.snapshot(a)
+		if !ok {
+			must(fmt.Errorf("host address %#x is not in registered memory", a))
+		}
+		e.hm, e.ident = hm, e.w.b.d.info.HostPtrIsDevPtr
+		e.growMirror(e.hm.n)
+	}
+	if a < e.hm.base || a+uintptr(n) > e.hm.base+uintptr(e.hm.n) {
+		must(fmt.Errorf("range [%#x,+%d) is outside the linear memory's %d registered bytes at %#x", a, n, e.hm.n, e.hm.base))
+	}
+	return int(a - e.hm.base)
+}
 
-func (e *Exec) sync() { must(e.s.Sync()) }
+const mirrorGranule = 16 << 20
+
+func (e *Exec) growMirror(n int) {
+	size := n
+	if e.mirror != nil {
+		size = max(n, e.mirror.Len+e.mirror.Len/2)
+	}
+	size = (size + mirrorGranule - 1) / mirrorGranule * mirrorGranule
+	nb, err := e.w.b.d.Alloc(size)
+	must(err)
+	if old := e.mirror; old != nil {
+		must(e.s.CopyAsync(nb.Ptr, old.Ptr, old.Len))
+		must(old.Free()) // waits for the device
+	}
+	e.mirror = nb
+	for _, t := range e.tabs { // their entries point into the old mirror
+		t.offs = t.offs[:0]
+	}
+}
+
+// in returns the mirror address of x, uploading it first unless this export's ops wrote it.
+func (e *Exec) in(x []float32) DevPtr {
+	nb := 4 * len(x)
+	o := e.off(unsafe.Pointer(unsafe.SliceData(x)), nb)
+	if !e.valid.covers(o, o+nb) {
+		// Staged through Go memory: the driver copies pageable bytes before it returns, so
+		// the guest may change them afterwards without affecting the queued op.
+		if cap(e.up) < nb {
+			e.up = make([]byte, nb)
+		}
+		copy(e.up[:nb], unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(x))), nb))
+		must(e.w.b.d.drv.htodAsync(e.mirror.Ptr+DevPtr(o), e.up[:nb], e.s.s))
+		e.valid.add(o, o+nb)
+	}
+	e.queued = true
+	return e.mirror.Ptr + DevPtr(o)
+}
+
+// out returns the mirror address of x and records that an op writes it.
+func (e *Exec) out(x []float32) DevPtr {
+	nb := 4 * len(x)
+	o := e.off(unsafe.Pointer(unsafe.SliceData(x)), nb)
+	e.valid.add(o, o+nb)
+	e.dirty.add(o, o+nb)
+	e.queued = true
+	return e.mirror.Ptr + DevPtr(o)
+}
+
+// inout is in followed by out (in-place ops).
+func (e *Exec) inout(x []float32) DevPtr {
+	p := e.in(x)
+	e.out(x)
+	return p
+}
+
+// hostPieces calls f for each part of linear memory [o, o+n) that lies in one registration,
+// with its device address.
+func (e *Exec) hostPieces(o, n int, f func(rel int, dev DevPtr, n int)) {
+	for _, r := range e.hm.ranges {
+		lo, hi := max(o, r.off), min(o+n, r.off+r.n)
+		if lo < hi {
+			f(lo-o, r.dev+DevPtr(lo-r.off), hi-lo)
+		}
+	}
+}
+
+// Sync copies what the ops wrote back into linear memory and waits for the stream.
+func (e *Exec) Sync() error {
+	if !e.queued {
+		return nil
+	}
+	var err error
+	for _, iv := range e.dirty {
+		e.hostPieces(iv.lo, iv.hi-iv.lo, func(rel int, dev DevPtr, n int) {
+			if err == nil {
+				err = e.s.CopyAsync(dev, e.mirror.Ptr+DevPtr(iv.lo+rel), n)
+			}
+		})
+	}
+	if serr := e.s.Sync(); err == nil {
+		err = serr
+	}
+	e.dirty, e.valid, e.queued = e.dirty[:0], e.valid[:0], false
+	if err != nil {
+		return fmt.Errorf("cuda backend: %w", err)
+	}
+	return nil
+}
 
 func (e *Exec) Embed(out []float32, ids []int32) {
-	must(e.s.Embed(e.f32(out), e.w.mats[e.w.embed], ids))
-	e.sync()
+	e.begin()
+	must(e.s.Embed(e.out(out), e.w.mats[e.w.embed], ids))
 }
 
 func (e *Exec) RMSNorm(out, x []float32, w int, n int) {
+	e.begin()
 	norm := e.w.norms[w]
 	dim := norm.Len / 4
-	must(e.s.RMSNorm(e.f32(out[:n*dim]), e.f32(x[:n*dim]), norm.Ptr, dim, n, e.w.h.Eps))
-	e.sync()
+	xp := e.in(x[:n*dim])
+	must(e.s.RMSNorm(e.out(out[:n*dim]), xp, norm.Ptr, dim, n, e.w.h.Eps))
 }
 
-// copyOut queues a copy of n bytes from src to the registered host memory at p.
-func (e *Exec) copyOut(p unsafe.Pointer, src DevPtr, n int) {
-	pieces, err := e.w.b.reg.Pieces(uintptr(p), n)
-	must(err)
-	for _, pc := range pieces {
-		must(e.s.CopyAsync(pc.Dev, src+DevPtr(pc.Off), pc.N))
-	}
-}
-
-// MatMul stages x and out in device memory: every warp reads all of x, which over the bus
-// would cost more than the product itself, and the kernel's scattered 4-byte stores would
-// each be a bus transaction; the copy engine moves both in single DMAs instead.
 func (e *Exec) MatMul(out []float32, w int, x []float32, n int) {
+	e.begin()
 	m := e.w.mats[w]
-	xb, ob := n*m.Cols*4, n*m.Rows*4
-	must(e.s.grow(&e.stage, xb))
-	must(e.s.grow(&e.ostage, ob))
-	e.copyIn(e.stage.Ptr, unsafe.Pointer(unsafe.SliceData(x)), xb)
-	must(e.s.MatMul(e.ostage.Ptr, m, e.stage.Ptr, n))
-	e.copyOut(unsafe.Pointer(unsafe.SliceData(out)), e.ostage.Ptr, ob)
-	e.sync()
+	xp := e.in(x[:n*m.Cols])
+	must(e.s.MatMul(e.out(out[:n*m.Rows]), m, xp, n))
 }
 
 func (e *Exec) RoPE(x []float32, n, nHeads, pos0 int) {
+	e.begin()
 	h := e.w.h
-	must(e.s.RoPE(e.f32(x[:n*nHeads*h.HeadDim]), n, nHeads, h.HeadDim, nHeads*h.HeadDim, pos0, h.RopeBase))
-	e.sync()
+	must(e.s.RoPE(e.inout(x[:n*nHeads*h.HeadDim]), n, nHeads, h.HeadDim, nHeads*h.HeadDim, pos0, h.RopeBase))
 }
 
 func layoutOf(l engine.KVLayout) KVLayout {
@@ -239,84 +361,184 @@ func layoutOf(l engine.KVLayout) KVLayout {
 	return KVLayout{BlockSize: l.BlockSize, NKVHeads: l.KVHeads, HeadDim: l.HeadDim, KVType: t}
 }
 
-// tables fills e.hostT (and e.devT for KVDevice) for the blocks covering positions [0, end).
-func (e *Exec) tables(l KVLayout, blocks [][]byte, end int) {
+func (e *Exec) kvValid(o int) bool {
+	i := o / engine.BlockAlign
+	return i/64 < len(e.kvOK) && e.kvOK[i/64]&(1<<(i%64)) != 0
+}
+
+func (e *Exec) setKVValid(o int) {
+	i := o / engine.BlockAlign
+	for i/64 >= len(e.kvOK) {
+		e.kvOK = append(e.kvOK, 0)
+	}
+	e.kvOK[i/64] |= 1 << (i % 64)
+}
+
+// table returns the device block tables (mirror addresses, registered host addresses) of the
+// blocks covering positions [0, end), uploading the entries that changed since the last call
+// for the same layer and, for KVDevice, the blocks the mirror does not hold yet.
+func (e *Exec) table(l KVLayout, blocks [][]byte, end int) (dev, host DevPtr) {
 	nb := ceilDiv(end, l.BlockSize)
 	bb := l.BlockBytes()
-	e.hostT, e.devT = e.hostT[:0], e.devT[:0]
-	for _, blk := range blocks[:nb] {
-		hp := e.ptr(unsafe.Pointer(unsafe.SliceData(blk)), bb)
-		e.hostT = append(e.hostT, hp)
-		if e.w.b.opts.KV != KVDevice {
-			continue
-		}
-		key := uintptr(unsafe.Pointer(unsafe.SliceData(blk)))
-		m, ok := e.mirror[key]
-		if !ok || m.Len != bb {
-			if ok {
-				must(m.Free())
-			}
-			var err error
-			m, err = e.w.b.d.Alloc(bb)
-			must(err)
-			e.copyIn(m.Ptr, unsafe.Pointer(unsafe.SliceData(blk)), bb)
-			e.mirror[key] = m
-		}
-		e.devT = append(e.devT, m.Ptr)
+	key := uintptr(unsafe.Pointer(unsafe.SliceData(blocks[0])))
+	t := e.tabs[key]
+	if t == nil {
+		t = &kvTable{}
+		e.tabs[key] = t
 	}
+	offs := e.offs[:0]
+	for _, blk := range blocks[:nb] {
+		offs = append(offs, e.off(unsafe.Pointer(unsafe.SliceData(blk)), bb))
+	}
+	e.offs = offs
+	first := -1
+	for i, o := range offs {
+		if i >= len(t.offs) || t.offs[i] != o {
+			first = i
+			t.offs = append(t.offs[:i], offs[i:]...)
+			break
+		}
+	}
+	if nb > t.cap {
+		t.dev.Free()
+		t.host.Free()
+		t.cap = max(nb, 2*t.cap, 64)
+		var err error
+		t.dev, err = e.w.b.d.Alloc(8 * t.cap)
+		must(err)
+		t.host, err = e.w.b.d.Alloc(8 * t.cap)
+		must(err)
+		first = 0
+	}
+	if first >= 0 {
+		// Mirror addresses, uploading blocks the mirror does not hold.
+		e.raw = e.raw[:0]
+		for _, o := range t.offs[first:nb] {
+			if e.kvDev && !e.kvValid(o) {
+				e.hostPieces(o, bb, func(rel int, dev DevPtr, n int) {
+					must(e.s.CopyAsync(e.mirror.Ptr+DevPtr(o+rel), dev, n))
+				})
+				e.setKVValid(o)
+			}
+			e.raw = append(e.raw, uint64(e.mirror.Ptr)+uint64(o))
+		}
+		must(e.s.UploadAsync(t.dev.Ptr+DevPtr(8*first), u64bytes(e.raw)))
+		e.raw = e.raw[:0]
+		for _, o := range t.offs[first:nb] {
+			p, err := e.hm.devPtr(o, bb, e.ident)
+			must(err)
+			e.raw = append(e.raw, uint64(p))
+		}
+		must(e.s.UploadAsync(t.host.Ptr+DevPtr(8*first), u64bytes(e.raw)))
+	}
+	e.queued = true
+	return t.dev.Ptr, t.host.Ptr
+}
+
+func u64bytes(v []uint64) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), 8*len(v))
 }
 
 func (e *Exec) StoreKV(l engine.KVLayout, blocks [][]byte, k, v []float32, n, pos0 int) {
+	e.begin()
 	cl := layoutOf(l)
-	e.tables(cl, blocks, pos0+n)
 	row := n * cl.NKVHeads * cl.HeadDim
-	kp, vp := e.f32(k[:row]), e.f32(v[:row])
-	must(e.s.StoreKV(kp, vp, n, pos0, cl, e.hostT))
-	if e.w.b.opts.KV == KVDevice {
-		must(e.s.StoreKV(kp, vp, n, pos0, cl, e.devT))
+	kp, vp := e.in(k[:row]), e.in(v[:row])
+	dev, host := e.table(cl, blocks, pos0+n)
+	nb := ceilDiv(pos0+n, cl.BlockSize)
+	must(e.s.StoreKVTable(kp, vp, n, pos0, cl, host, nb))
+	if e.kvDev {
+		must(e.s.StoreKVTable(kp, vp, n, pos0, cl, dev, nb))
 	}
-	e.sync()
 }
 
 func (e *Exec) Attention(out, q []float32, n, pos0 int, l engine.KVLayout, blocks [][]byte) {
+	e.begin()
 	cl := layoutOf(l)
-	e.tables(cl, blocks, pos0+n)
-	t := e.hostT
-	if e.w.b.opts.KV == KVDevice {
-		t = e.devT
-	}
 	sz := n * e.w.h.Heads * cl.HeadDim
-	must(e.s.Attention(e.f32(out[:sz]), e.f32(q[:sz]), n, e.w.h.Heads, pos0, cl, t))
-	e.sync()
+	qp := e.in(q[:sz])
+	dev, host := e.table(cl, blocks, pos0+n)
+	t := host
+	if e.kvDev {
+		t = dev
+	}
+	nb := ceilDiv(pos0+n, cl.BlockSize)
+	must(e.s.AttentionTable(e.out(out[:sz]), qp, n, e.w.h.Heads, pos0, cl, t, nb))
 }
 
 func (e *Exec) SwiGLU(out, gate, up []float32) {
+	e.begin()
 	n := len(out)
-	must(e.s.SwiGLU(e.f32(out), e.f32(gate[:n]), e.f32(up[:n]), n))
-	e.sync()
+	g, u := e.in(gate[:n]), e.in(up[:n])
+	must(e.s.SwiGLU(e.out(out), g, u, n))
 }
 
 func (e *Exec) Add(dst, src []float32) {
+	e.begin()
 	n := len(dst)
-	d := e.f32(dst)
-	must(e.s.Add(d, d, e.f32(src[:n]), n))
-	e.sync()
+	s := e.in(src[:n])
+	d := e.inout(dst)
+	must(e.s.Add(d, d, s, n))
 }
 
-// InvalidateKV drops the device copies of KV blocks: call it after the KV bytes in linear
-// memory were changed other than by StoreKV (a restore into a live instance).
+// InvalidateKV forgets the device copies of KV blocks and the block tables: call it after
+// the KV bytes in linear memory were changed other than by StoreKV (a restore into a live
+// instance). The engine does (engine.KVInvalidator).
 func (e *Exec) InvalidateKV() {
-	e.sync()
-	for k, m := range e.mirror {
-		m.Free()
-		delete(e.mirror, k)
+	clear(e.kvOK)
+	for _, t := range e.tabs {
+		t.offs = t.offs[:0]
 	}
 }
 
-// Close frees the stream, the staging memory and the KV copies.
+// Close waits for the stream and frees it, the mirror and the tables. What ops wrote since
+// the last Sync is not copied back (the linear memory may be gone already).
 func (e *Exec) Close() {
-	e.InvalidateKV()
-	e.stage.Free()
-	e.ostage.Free()
 	e.s.Close()
+	for k, t := range e.tabs {
+		t.dev.Free()
+		t.host.Free()
+		delete(e.tabs, k)
+	}
+	e.mirror.Free()
+	e.mirror = nil
+}
+
+// ivals is a set of byte ranges [lo, hi), sorted, disjoint and not adjacent.
+type ivals []ival
+
+type ival struct{ lo, hi int }
+
+func (s ivals) covers(lo, hi int) bool {
+	for _, v := range s {
+		if v.lo <= lo && hi <= v.hi {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *ivals) add(lo, hi int) {
+	if lo >= hi {
+		return
+	}
+	v := *s
+	i := 0
+	for i < len(v) && v[i].hi < lo {
+		i++
+	}
+	j := i
+	for j < len(v) && v[j].lo <= hi { // overlaps or touches: merge
+		lo, hi = min(lo, v[j].lo), max(hi, v[j].hi)
+		j++
+	}
+	if i == j {
+		v = append(v, ival{})
+		copy(v[i+1:], v[i:])
+		v[i] = ival{lo, hi}
+	} else {
+		v[i] = ival{lo, hi}
+		v = append(v[:i+1], v[j:]...)
+	}
+	*s = v
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/driftstore/driftstore/wasmmem"
 )
@@ -19,6 +20,8 @@ type Registrar struct {
 	mu sync.Mutex
 	// maps holds the registered memories by base address (guarded by mu).
 	maps map[uintptr]*hostMap
+	// gen counts registrations and growths: executors refresh their cached view when it moves.
+	gen atomic.Uint64
 }
 
 // hostMap is one registered memory: its ranges in address order, each registered separately.
@@ -77,6 +80,7 @@ func (g *Registrar) extend(m *hostMap, newLen int) error {
 	}
 	m.ranges = append(m.ranges, hostRange{off: m.n, n: add, dev: dev})
 	m.n = newLen
+	g.gen.Add(1)
 	g.d.Stats.Registered.Add(int64(add))
 	return nil
 }
@@ -198,4 +202,17 @@ func (g *Registrar) Pieces(p uintptr, n int) ([]Piece, error) {
 		return out, nil
 	}
 	return nil, fmt.Errorf("cuda: host address %#x is not in registered memory", p)
+}
+
+// snapshot returns the registered memory that contains host address p: its base, registered
+// length and ranges (a copy), for an executor's cached translation.
+func (g *Registrar) snapshot(p uintptr) (hostMap, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for base, m := range g.maps {
+		if p >= base && p < base+uintptr(m.n) {
+			return hostMap{base: base, n: m.n, ranges: append([]hostRange(nil), m.ranges...)}, true
+		}
+	}
+	return hostMap{}, false
 }

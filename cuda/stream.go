@@ -121,6 +121,31 @@ func (s *Stream) launch(name string, grid, block [3]uint32, shmem uint32, args *
 	return nil
 }
 
+// mvNames caches the matmul kernel names: [type][shape][vectorized].
+var mvNames = func() (m map[[4]int]string) {
+	m = map[[4]int]string{}
+	for _, t := range []DType{F32, F16, BF16, Q8_0} {
+		for _, sh := range [][2]int{{1, 1}, {1, 8}, {4, 8}} {
+			for v := 0; v < 2; v++ {
+				name := fmt.Sprintf("ds_mv_%s_%dx%d", t.suffix(), sh[0], sh[1])
+				if v == 1 {
+					name += "v"
+				}
+				m[[4]int{int(t), sh[0], sh[1], v}] = name
+			}
+		}
+	}
+	return m
+}()
+
+func mvName(t DType, rw, nt int, vec bool) string {
+	v := 0
+	if vec {
+		v = 1
+	}
+	return mvNames[[4]int{int(t), rw, nt, v}]
+}
+
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
 
 // grow makes *b at least n bytes (freeing the old buffer waits for the device).
@@ -168,10 +193,7 @@ func (s *Stream) MatMulStrided(out DevPtr, ostride int, w *Weights, x DevPtr, xs
 			rw = 4
 		}
 	}
-	name := fmt.Sprintf("ds_mv_%s_%dx%d", w.Type.suffix(), rw, nt)
-	if x%16 == 0 && xstride%4 == 0 {
-		name += "v"
-	}
+	name := mvName(w.Type, rw, nt, x%16 == 0 && xstride%4 == 0)
 	grid := [3]uint32{uint32(ceilDiv(n, nt)), uint32(ceilDiv(w.Rows, 8*rw)), 1}
 	return s.launch(name, grid, [3]uint32{256, 1, 1}, 0, &a)
 }
@@ -256,9 +278,6 @@ func equalPtrs(a, b []DevPtr) bool {
 // StoreKV writes K and V of n tokens at positions pos0.. (k, v: [n][NKVHeads*HeadDim] f32)
 // into the blocks (blocks[i] holds positions i*BlockSize..).
 func (s *Stream) StoreKV(k, v DevPtr, n, pos0 int, l KVLayout, blocks []DevPtr) error {
-	if err := l.check(); err != nil {
-		return err
-	}
 	if n <= 0 {
 		return nil
 	}
@@ -268,6 +287,20 @@ func (s *Stream) StoreKV(k, v DevPtr, n, pos0 int, l KVLayout, blocks []DevPtr) 
 	tab, err := s.blockTable(blocks)
 	if err != nil {
 		return err
+	}
+	return s.StoreKVTable(k, v, n, pos0, l, tab, len(blocks))
+}
+
+// StoreKVTable is StoreKV with the block table already in device memory (nblocks entries).
+func (s *Stream) StoreKVTable(k, v DevPtr, n, pos0 int, l KVLayout, tab DevPtr, nblocks int) error {
+	if err := l.check(); err != nil {
+		return err
+	}
+	if n <= 0 {
+		return nil
+	}
+	if pos0 < 0 || nblocks < ceilDiv(pos0+n, l.BlockSize) {
+		return fmt.Errorf("cuda: store kv at %d..%d with %d blocks of %d", pos0, pos0+n, nblocks, l.BlockSize)
 	}
 	total := n * l.NKVHeads * l.HeadDim
 	var a argSlots
@@ -279,6 +312,23 @@ func (s *Stream) StoreKV(k, v DevPtr, n, pos0 int, l KVLayout, blocks []DevPtr) 
 // [n][nheads*HeadDim] f32) over positions 0..pos0+t of the blocks, with grouped KV heads
 // (nheads a multiple of NKVHeads) and scores scaled by 1/sqrt(HeadDim).
 func (s *Stream) Attention(out, q DevPtr, n, nheads, pos0 int, l KVLayout, blocks []DevPtr) error {
+	if n <= 0 {
+		return nil
+	}
+	ctx := pos0 + n
+	if pos0 < 0 || len(blocks) < ceilDiv(ctx, l.BlockSize) {
+		return fmt.Errorf("cuda: attention over %d positions with %d blocks of %d", ctx, len(blocks), l.BlockSize)
+	}
+	tab, err := s.blockTable(blocks)
+	if err != nil {
+		return err
+	}
+	return s.AttentionTable(out, q, n, nheads, pos0, l, tab, len(blocks))
+}
+
+// AttentionTable is Attention with the block table already in device memory (nblocks
+// entries).
+func (s *Stream) AttentionTable(out, q DevPtr, n, nheads, pos0 int, l KVLayout, tab DevPtr, nblocks int) error {
 	if err := l.check(); err != nil {
 		return err
 	}
@@ -289,12 +339,8 @@ func (s *Stream) Attention(out, q DevPtr, n, nheads, pos0 int, l KVLayout, block
 		return fmt.Errorf("cuda: %d heads over %d KV heads", nheads, l.NKVHeads)
 	}
 	ctx := pos0 + n
-	if pos0 < 0 || len(blocks) < ceilDiv(ctx, l.BlockSize) {
-		return fmt.Errorf("cuda: attention over %d positions with %d blocks of %d", ctx, len(blocks), l.BlockSize)
-	}
-	tab, err := s.blockTable(blocks)
-	if err != nil {
-		return err
+	if pos0 < 0 || nblocks < ceilDiv(ctx, l.BlockSize) {
+		return fmt.Errorf("cuda: attention over %d positions with %d blocks of %d", ctx, nblocks, l.BlockSize)
 	}
 	// The context is cut into fixed chunks of attnChunk positions, one block each, merged in
 	// order: the split depends on positions only, never on n, so a token's output is the same
