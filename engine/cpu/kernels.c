@@ -180,6 +180,7 @@ static float dot_generic(const float *a, const float *b, int len) {
 #define UNIT_ROWS_GEMM 16      // rows per packed weight block
 #define UNIT_ROWS_GEMM_MAX 64  // rows per unit of large matrices: x streamed once per 64 rows
 #define KCV 32         // k-chunk of the packed path, in 8-float vectors (256 cols)
+#define KCV_MAX 48     // a last chunk this long is not split (288 cols: one chunk)
 #define TT 96          // token tile of the packed path (multiple of 3)
 
 // Rows per work unit. Units only split the work: results never depend on
@@ -227,6 +228,69 @@ SIMD_INLINE float hsum8(__m256 v) {
 
 SIMD_INLINE float fma1(float a, float b, float c) {
   return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
+}
+
+// exp of 8 floats: Cephes-style range reduction (x = n ln2 + r, |r| <=
+// ln2/2) and a degree-6 polynomial, within 3 ulp of exp over the normal
+// range; +Inf above 88.72283, 0 below -87.33654 (where exp is subnormal),
+// NaN stays NaN.
+SIMD_INLINE __m256 exp8(__m256 x) {
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+  y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+  // y * 2^n as two exact power-of-two products (n is in [-126, 128]).
+  __m256i ni = _mm256_cvtps_epi32(n);
+  __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+  __m256i bias = _mm256_set1_epi32(127);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23)));
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23)));
+  y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, _mm256_set1_ps(88.72283f), _CMP_GT_OQ));
+  y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_set1_ps(-87.33654f), _CMP_LT_OQ));
+  return y;
+}
+
+// Largest of len floats (exact: the order of comparisons does not matter).
+SIMD_INLINE float max_simd(const float *x, int64_t len) {
+  __m256 m = _mm256_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+  float l[8];
+  _mm256_storeu_ps(l, m);
+  float r = l[0];
+  for (int j = 1; j < 8; j++) r = l[j] > r ? l[j] : r;
+  for (; i < len; i++) r = x[i] > r ? x[i] : r;
+  return r;
+}
+
+// x[i] = exp(x[i] - m) for i < len; returns the sum of the results in the
+// eight-lane order (lane j sums i = j, j+8, ...; the tree of hsum8; the tail
+// as a ninth padded vector).
+SIMD_INLINE float exp_shift_simd(float *x, int64_t len, float m) {
+  __m256 mv = _mm256_set1_ps(m), sum = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+    _mm256_storeu_ps(x + i, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  if (i < len) {
+    float t[8];
+    for (int j = 0; j < 8; j++) t[j] = i + j < len ? x[i + j] : -INFINITY;
+    __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(t), mv));
+    _mm256_storeu_ps(t, e);
+    for (int j = 0; i + j < len; j++) x[i + j] = t[j];
+    sum = _mm256_add_ps(sum, e);
+  }
+  return hsum8(sum);
 }
 
 // 8 weights starting at column 8*i of a row, as float32.
@@ -464,8 +528,8 @@ static SIMD void gemm_unit(int type, int rows, int cols, const uint8_t *data, fl
     int tn = n - t0 < TT ? n - t0 : TT;
     const float *xt = x + (size_t)t0 * cols;
     if (nv == 0) memset(p, 0, sizeof(float) * UNIT_ROWS_GEMM_MAX * TT * 8);
-    for (int v0 = 0; v0 < nv; v0 += KCV) {
-      int kv = nv - v0 < KCV ? nv - v0 : KCV;
+    for (int v0 = 0, kv; v0 < nv; v0 += kv) {
+      kv = nv - v0 <= KCV_MAX ? nv - v0 : KCV;
       int init = v0 == 0;
       for (int b0 = 0; b0 < nrows; b0 += UNIT_ROWS_GEMM) {
         int bn = nrows - b0 < UNIT_ROWS_GEMM ? nrows - b0 : UNIT_ROWS_GEMM;
@@ -508,13 +572,13 @@ static SIMD void matmul_simd(int type, int rows, int cols, const uint8_t *data, 
   int64_t units = ds_matmul_units(rows, n);
   float *buf = NULL;
   if (n > GEMV_MAX_N) {
-    buf = aligned_alloc(32, sizeof(float) * (UNIT_ROWS_GEMM * KCV * 8 + UNIT_ROWS_GEMM_MAX * TT * 8));
+    buf = aligned_alloc(32, sizeof(float) * (UNIT_ROWS_GEMM * KCV_MAX * 8 + UNIT_ROWS_GEMM_MAX * TT * 8));
     if (!buf) abort();
   }
   for (int64_t u; (u = next_unit(ctr)) < units;) {
     int r0 = (int)(u * ur), r1 = r0 + ur < rows ? r0 + ur : rows;
     if (n > GEMV_MAX_N) {
-      gemm_unit(type, rows, cols, data, out, x, n, r0, r1, buf, buf + UNIT_ROWS_GEMM * KCV * 8);
+      gemm_unit(type, rows, cols, data, out, x, n, r0, r1, buf, buf + UNIT_ROWS_GEMM * KCV_MAX * 8);
       continue;
     }
     switch (type) {
@@ -782,6 +846,16 @@ SIMD_INLINE void att_scores4_simd(const att_ctx *c, const float *q0, const float
   }
 }
 
+static SIMD void att_softmax_simd(att_ctx *c, int t0, int tn) {
+  for (int ti = 0; ti < tn; ti++) {
+    int ctx = c->pos0 + t0 + ti + 1;
+    for (int h = 0; h < c->ratio; h++) {
+      float *s = c->scores + (size_t)(ti * c->ratio + h) * c->maxctx;
+      c->sums[ti * c->ratio + h] = exp_shift_simd(s, ctx, max_simd(s, ctx));
+    }
+  }
+}
+
 SIMD_INLINE void att_tile_simd(att_ctx *c, int t0, int tn, int g, int kvt) {
   int hd = c->hd, ratio = c->ratio;
   for (int ti = 0; ti < tn; ti++) {
@@ -797,7 +871,7 @@ SIMD_INLINE void att_tile_simd(att_ctx *c, int t0, int tn, int g, int kvt) {
     for (; h < ratio; h++)
       att_scores_simd(c, qt + (size_t)h * hd, ctx, st + (size_t)h * c->maxctx, kvt);
   }
-  att_softmax(c, t0, tn);
+  att_softmax_simd(c, t0, tn);
   for (int ti = 0; ti < tn; ti++) {
     int ctx = c->pos0 + t0 + ti + 1;
     for (int h = 0; h < ratio; h++)
@@ -858,9 +932,45 @@ void ds_attention_worker(float *out, const float *q, int n, int nheads, int pos0
 }
 
 // ---------------------------------------------------------------------------
-// Elementwise kernels (one implementation: results do not depend on the path).
+// Elementwise kernels and softmax.
+
+#ifdef DS_X86
+static SIMD void swiglu_simd(float *out, const float *gate, const float *up, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 g = _mm256_loadu_ps(gate + i);
+    __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    __m256 sg = _mm256_div_ps(g, _mm256_add_ps(one, e));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(sg, _mm256_loadu_ps(up + i)));
+  }
+  if (i < n) {  // the tail through the same vector code
+    float g[8] = {0}, u[8] = {0}, o[8];
+    for (int j = 0; i + j < n; j++) g[j] = gate[i + j], u[j] = up[i + j];
+    swiglu_simd(o, g, u, 8);
+    for (int j = 0; i + j < n; j++) out[i + j] = o[j];
+  }
+}
+
+static SIMD void softmax_simd(float *x, int64_t n) {
+  float m = max_simd(x, n);
+  exp_shift_simd(x, n, m);
+  double sum = 0;
+  for (int64_t i = 0; i < n; i++) sum += x[i];
+  __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+  for (; i < n; i++) x[i] *= (float)(1.0 / sum);
+}
+#endif
 
 void ds_swiglu(float *out, const float *gate, const float *up, int64_t n) {
+#ifdef DS_X86
+  if (ds_using_simd()) {
+    swiglu_simd(out, gate, up, n);
+    return;
+  }
+#endif
   for (int64_t i = 0; i < n; i++) {
     float g = gate[i];
     float s = g / (1.0f + expf(-g));
@@ -868,8 +978,16 @@ void ds_swiglu(float *out, const float *gate, const float *up, int64_t n) {
   }
 }
 
+// Softmax in place: exp(x - max) in float32, normalized by the float64 sum
+// taken in index order.
 void ds_softmax(float *x, int64_t n) {
   if (n <= 0) return;
+#ifdef DS_X86
+  if (ds_using_simd()) {
+    softmax_simd(x, n);
+    return;
+  }
+#endif
   float m = x[0];
   for (int64_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
   double sum = 0;
