@@ -174,20 +174,26 @@ func StoreKV(l KVLayout, blocks [][]byte, k, v []float32, n, pos0 int) {
 	es := l.elemSize()
 	rowBytes := row * es
 	vOff := l.BlockSize * rowBytes
-	for t := 0; t < n; t++ {
+	// Consecutive positions within a block are consecutive rows: convert
+	// each block's run of positions in one go.
+	for t := 0; t < n; {
 		pos := pos0 + t
 		blk := blocks[pos/l.BlockSize]
-		off := (pos % l.BlockSize) * rowBytes
-		kd := blk[off : off+rowBytes]
-		vd := blk[vOff+off : vOff+off+rowBytes]
-		ks, vs := k[t*row:(t+1)*row], v[t*row:(t+1)*row]
+		o := pos % l.BlockSize
+		m := min(l.BlockSize-o, n-t)
+		kd := blk[o*rowBytes : (o+m)*rowBytes]
+		vd := blk[vOff+o*rowBytes : vOff+(o+m)*rowBytes]
+		ks, vs := k[t*row:(t+m)*row], v[t*row:(t+m)*row]
 		if l.KVType == F16 {
-			dtype.F32sToF16s(kd, ks)
-			dtype.F32sToF16s(vd, vs)
+			// The C conversion (hardware F16C where present) rounds to
+			// nearest even exactly like gguf/dtype.F32sToF16s.
+			cToF16Bytes(kd, ks)
+			cToF16Bytes(vd, vs)
 		} else {
 			dtype.F32sToBytes(kd, ks)
 			dtype.F32sToBytes(vd, vs)
 		}
+		t += m
 	}
 }
 
@@ -305,6 +311,15 @@ func dequantRow(dst []float32, t DType, src []byte) {
 // cToF16 and cToF32 run the C conversions (hardware F16C where present);
 // the tests compare them with the Go ones.
 func cToF16(dst []uint16, src []float32) {
+	C.ds_f32_to_f16((*C.uint16_t)(unsafe.Pointer(&dst[0])), f32ptr(src), C.int64_t(len(src)))
+}
+
+// cToF16Bytes writes src as little-endian binary16 into dst (2 bytes each;
+// len(dst) == 2*len(src), which callers guarantee).
+func cToF16Bytes(dst []byte, src []float32) {
+	if len(src) == 0 {
+		return
+	}
 	C.ds_f32_to_f16((*C.uint16_t)(unsafe.Pointer(&dst[0])), f32ptr(src), C.int64_t(len(src)))
 }
 
