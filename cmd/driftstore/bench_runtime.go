@@ -110,6 +110,14 @@ func runBenchRuntime(c *cli, args []string) error {
 
 	res := benchRuntimeResult{Model: filepath.Base(path), Threads: opts.Threads, KV: opts.KVType.String()}
 
+	// The engine the prefill and decode figures use; the start figures use the same backend.
+	e, err := c.newEngine(rf.backend, engine.ModuleCacheDir(c.globals.data))
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	res.Backend = e.Backend().Name()
+
 	// Instance start, module cache cold: a fresh cache directory, so the guest is compiled.
 	coldDir, err := os.MkdirTemp("", "driftstore-bench-modcache-")
 	if err != nil {
@@ -118,7 +126,7 @@ func runBenchRuntime(c *cli, args []string) error {
 	defer os.RemoveAll(coldDir)
 	start := func(cacheDir string) (time.Duration, engine.ModuleLoad, error) {
 		t0 := time.Now()
-		e, err := engine.New(engine.Options{CacheDir: cacheDir})
+		e, err := engine.New(engine.Options{CacheDir: cacheDir, Backend: e.Backend()})
 		if err != nil {
 			return 0, engine.ModuleLoad{}, err
 		}
@@ -151,12 +159,6 @@ func runBenchRuntime(c *cli, args []string) error {
 	}
 	res.StartWarmMS, res.ModuleCacheMS = ms(d), ms(ld.Duration)
 
-	e, err := engine.New(engine.Options{CacheDir: engine.ModuleCacheDir(c.globals.data)})
-	if err != nil {
-		return err
-	}
-	defer e.Close()
-	res.Backend = e.Backend().Name()
 	m, err := e.LoadModel(path)
 	if err != nil {
 		return err

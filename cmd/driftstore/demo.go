@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/driftstore/driftstore/backends"
 	"os"
 	"slices"
 	"time"
@@ -17,7 +18,7 @@ import (
 func init() {
 	register(&command{
 		name:    "demo",
-		args:    "[--data DIR] [-n N]",
+		args:    "[--data DIR] [-n N] [--backend auto|cpu|cuda|metal]",
 		summary: "the whole story on the built-in tiny model: generate, checkpoint, restore, continue identically",
 		run:     runDemo,
 	})
@@ -49,6 +50,7 @@ type demoOut struct {
 func runDemo(c *cli, args []string) error {
 	fs := c.flagSet()
 	n := fs.Int("n", 16, "tokens per step of the story")
+	backend := backends.Flag(fs)
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
@@ -73,7 +75,7 @@ func runDemo(c *cli, args []string) error {
 		return err
 	}
 	defer r.Close()
-	eng, err := engine.New(engine.Options{CacheDir: engine.ModuleCacheDir(def.data)})
+	eng, err := c.newEngine(*backend, engine.ModuleCacheDir(def.data))
 	if err != nil {
 		return err
 	}
@@ -83,7 +85,7 @@ func runDemo(c *cli, args []string) error {
 		return err
 	}
 	threads := defaultThreads()
-	mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: eng, DataDir: data, Threads: threads})
+	mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: eng.Engine, DataDir: data, Threads: threads})
 	if err != nil {
 		return err
 	}

@@ -7,13 +7,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/driftstore/driftstore/backends"
 	"github.com/driftstore/driftstore/engine"
 )
 
 func init() {
 	register(&command{
 		name:    "generate",
-		args:    "[--model FILE] (--prompt TEXT | --tokens 1,2,3) -n N [--seed S] [--temp T] [--top-k K] [--top-p P] [--threads N] [--kv f16|f32]",
+		args:    "[--model FILE] (--prompt TEXT | --tokens 1,2,3) -n N [--seed S] [--temp T] [--top-k K] [--top-p P] [--threads N] [--kv f16|f32] [--backend auto|cpu|cuda|metal]",
 		summary: "run a model on a prompt and print the generated tokens (without --model: the built-in tiny model)",
 		run:     runGenerate,
 	})
@@ -26,6 +27,7 @@ type runtimeFlags struct {
 	kv        string
 	blockSize int
 	batch     int
+	backend   string
 }
 
 func (f *runtimeFlags) register(fs interface {
@@ -37,6 +39,7 @@ func (f *runtimeFlags) register(fs interface {
 	fs.StringVar(&f.kv, "kv", "f16", "KV cache element type: f16 or f32")
 	fs.IntVar(&f.blockSize, "block-size", 16, "token positions per KV block")
 	fs.IntVar(&f.batch, "batch", 64, "prefill batch size (tokens per forward pass)")
+	backends.FlagVar(fs, &f.backend)
 }
 
 func (f *runtimeFlags) instanceOptions() (engine.InstanceOptions, error) {
@@ -50,9 +53,9 @@ func (f *runtimeFlags) instanceOptions() (engine.InstanceOptions, error) {
 	return engine.InstanceOptions{KVType: kv, BlockSize: f.blockSize, Threads: f.threads, Batch: f.batch}, nil
 }
 
-// openRuntime builds an engine (module cache under the data directory) and loads the model
-// (the built-in one when path is empty).
-func (c *cli) openRuntime(path string) (*engine.Engine, *engine.Model, error) {
+// openRuntime builds an engine on the --backend backend (module cache under the data directory)
+// and loads the model (the built-in one when path is empty).
+func (c *cli) openRuntime(path, backend string) (*runEngine, *engine.Model, error) {
 	if path == "" {
 		p, err := engine.BuiltinModelPath(c.globals.data)
 		if err != nil {
@@ -60,7 +63,7 @@ func (c *cli) openRuntime(path string) (*engine.Engine, *engine.Model, error) {
 		}
 		path = p
 	}
-	e, err := engine.New(engine.Options{CacheDir: engine.ModuleCacheDir(c.globals.data)})
+	e, err := c.newEngine(backend, engine.ModuleCacheDir(c.globals.data))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -127,7 +130,7 @@ func runGenerate(c *cli, args []string) error {
 	}
 	opts.Sampler = engine.Sampler{Temp: float32(*temp), TopK: *topK, TopP: float32(*topP), Seed: *seed}
 
-	e, m, err := c.openRuntime(rf.model)
+	e, m, err := c.openRuntime(rf.model, rf.backend)
 	if err != nil {
 		return err
 	}
