@@ -9,9 +9,11 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/checkpoint"
 	"github.com/driftstore/driftstore/httpapi/wire"
 	"github.com/driftstore/driftstore/index"
 	"github.com/driftstore/driftstore/repo"
+	"github.com/driftstore/driftstore/session"
 )
 
 // Errors the handlers raise themselves; the store's and index's sentinels are used as they come.
@@ -34,9 +36,10 @@ var (
 func apiError(err error) (status int, body wire.ErrorDetail) {
 	detail := func(code string) wire.ErrorDetail { return wire.ErrorDetail{Code: code, Message: err.Error()} }
 	var (
-		he      *echo.HTTPError
-		maxErr  *http.MaxBytesError
-		missing *index.MissingChunksError
+		mismatch *checkpoint.MismatchError
+		he       *echo.HTTPError
+		maxErr   *http.MaxBytesError
+		missing  *index.MissingChunksError
 	)
 	switch {
 	case errors.As(err, &maxErr), errors.Is(err, wire.ErrTooLarge):
@@ -49,6 +52,22 @@ func apiError(err error) (status int, body wire.ErrorDetail) {
 		return http.StatusUnsupportedMediaType, detail(wire.CodeUnsupported)
 	case errors.Is(err, cas.ErrBadDigest):
 		return http.StatusBadRequest, detail(wire.CodeBadDigest)
+	case errors.Is(err, errSessionsDisabled):
+		return http.StatusNotImplemented, detail(wire.CodeSessionsDisabled)
+	case errors.Is(err, errBadToken):
+		return http.StatusBadRequest, detail(wire.CodeBadToken)
+	case errors.Is(err, errTokenLimit):
+		return http.StatusBadRequest, detail(wire.CodeTokenLimit)
+	case errors.Is(err, errBadModel):
+		return http.StatusBadRequest, detail(wire.CodeBadModel)
+	case errors.Is(err, session.ErrNotFound):
+		return http.StatusNotFound, detail(wire.CodeSessionNotFound)
+	case errors.Is(err, session.ErrExists):
+		return http.StatusConflict, detail(wire.CodeSessionExists)
+	case errors.Is(err, session.ErrModel), errors.As(err, &mismatch):
+		return http.StatusConflict, detail(wire.CodeModelMismatch)
+	case errors.Is(err, session.ErrClosed):
+		return http.StatusServiceUnavailable, detail(wire.CodeUnavailable)
 	case errors.Is(err, index.ErrBadRefName):
 		return http.StatusBadRequest, detail(wire.CodeBadName)
 	case errors.Is(err, index.ErrBadManifest):

@@ -58,6 +58,7 @@ import (
 	"github.com/driftstore/driftstore/httpapi/wire"
 	"github.com/driftstore/driftstore/index"
 	"github.com/driftstore/driftstore/repo"
+	"github.com/driftstore/driftstore/session"
 )
 
 // Config configures a Server. Index is required; the zero value of every other field is a
@@ -80,6 +81,18 @@ type Config struct {
 	MaxUploadSize int64
 	// MaxJSONSize bounds other JSON bodies (default 1 MiB; the missing-set call has its own).
 	MaxJSONSize int64
+	// Sessions, when set, serves live sessions (sessions.go) with this manager, which must be
+	// over Index. The caller closes it after Shutdown, which suspends the live sessions.
+	Sessions *session.Manager
+	// OpenSessions, when Sessions is nil, opens the manager on the first session request (an
+	// engine compiles its guest: seconds a daemon that only moves checkpoints need not spend).
+	// The caller closes what it opened after Shutdown.
+	OpenSessions func() (*session.Manager, error)
+	// Model is the model source new live sessions use by default: the daemon's --model path,
+	// or "" for the built-in tiny model.
+	Model string
+	// MaxTokens bounds n in one generate request (default wire.MaxGenerateTokens).
+	MaxTokens int
 	// RecordBatch is how many chunks of an upload stream are recorded in one index transaction
 	// (default 256).
 	RecordBatch int
@@ -101,6 +114,9 @@ func (c *Config) setDefaults() {
 	if c.MaxJSONSize <= 0 {
 		c.MaxJSONSize = 1 << 20
 	}
+	if c.MaxTokens <= 0 {
+		c.MaxTokens = wire.MaxGenerateTokens
+	}
 	if c.RecordBatch <= 0 {
 		c.RecordBatch = 256
 	}
@@ -117,6 +133,7 @@ type Server struct {
 	log     *slog.Logger
 	e       *echo.Echo
 	metrics *metrics
+	live    *live
 	token   [32]byte // SHA-256 of the configured token, compared in constant time
 
 	inflight sync.WaitGroup // requests being handled
@@ -135,7 +152,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("httpapi: Config.Index or Config.Repo is required")
 	}
 	cfg.setDefaults()
-	s := &Server{cfg: cfg, ix: cfg.Index, store: cfg.Index.Store(), log: cfg.Logger, metrics: newMetrics()}
+	s := &Server{cfg: cfg, ix: cfg.Index, store: cfg.Index.Store(), log: cfg.Logger, metrics: newMetrics(), live: newLive()}
 	if cfg.Token != "" {
 		s.token = sha256.Sum256([]byte(cfg.Token))
 	}
@@ -166,6 +183,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Repo != nil {
 		s.registerRepoRoutes(e)
 	}
+	s.registerSessionRoutes(e)
 	s.e = e
 	return s, nil
 }
@@ -199,7 +217,8 @@ func (s *Server) Serve(ln net.Listener) error {
 // Shutdown stops accepting connections and requests and waits, up to ctx's deadline, for the
 // requests in flight to finish; writes among them complete. If ctx ends first, the remaining
 // connections are closed; a write cut off that way commits nothing partial (see the package
-// doc). Shutdown returns once every handler has returned.
+// doc). Shutdown returns once every handler has returned, after suspending the live sessions
+// (each checkpointed if it changed since its head).
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
 	s.mu.Lock()
@@ -213,6 +232,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.inflight.Wait()
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if serr := s.suspendAll(sctx); serr != nil {
+		s.log.Error("suspending live sessions", "err", serr)
+		if err == nil {
+			err = serr
+		}
+	}
 	return err
 }
 

@@ -7,7 +7,7 @@ import (
 func init() {
 	register(&command{
 		name:    "checkpoint",
-		args:    "--session NAME",
+		args:    "--session NAME [--server URL]",
 		summary: "checkpoint a session (every run turn checkpoints itself; this reports or writes the head)",
 		run:     runCheckpoint,
 	})
@@ -34,6 +34,9 @@ func runCheckpoint(c *cli, args []string) error {
 	if *name == "" || len(fs.Args()) > 0 {
 		return usageError("want --session NAME and nothing else")
 	}
+	if c.globals.server != "" {
+		return runCheckpointRemote(c, *name)
+	}
 	env, err := c.openSessions(1, 0)
 	if err != nil {
 		return err
@@ -56,19 +59,23 @@ func runCheckpoint(c *cli, args []string) error {
 	if !cp.Parent.IsZero() {
 		out.Parent = cp.Parent.String()
 	}
+	return c.printCheckpoint(out)
+}
+
+func (c *cli) printCheckpoint(out checkpointOut) error {
 	if c.globals.json {
 		return c.printJSON(out)
 	}
-	c.printf("session    %s\n", *name)
+	c.printf("session    %s\n", out.Session)
 	c.printf("checkpoint %s\n", out.Checkpoint)
 	if out.Parent != "" {
 		c.printf("parent     %s\n", out.Parent)
 	}
 	c.printf("position   %d tokens, %d KV blocks (%s)\n", out.Position, out.Blocks, progress.Bytes(out.KVBytes))
-	if r.BlocksWritten == 0 && r.Duration == 0 {
+	if out.BlocksWritten == 0 && out.MS == 0 {
 		c.printf("written    nothing: the session has not changed since this checkpoint\n")
 	} else {
-		c.printf("written    %d blocks, %s new at rest, in %.1f ms\n", r.BlocksWritten, progress.Bytes(r.StoredNew), out.MS)
+		c.printf("written    %d blocks, %s new at rest, in %.1f ms\n", out.BlocksWritten, progress.Bytes(out.StoredNew), out.MS)
 	}
 	return nil
 }

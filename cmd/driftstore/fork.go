@@ -10,7 +10,7 @@ import (
 func init() {
 	register(&command{
 		name:    "fork",
-		args:    "--session NEW --from CHECKPOINT",
+		args:    "--session NEW --from CHECKPOINT [--server URL]",
 		summary: "start a new session from any checkpoint (ID, unique prefix, tag, or another session's name for its head)",
 		run:     runFork,
 	})
@@ -25,6 +25,9 @@ func runFork(c *cli, args []string) error {
 	}
 	if *name == "" || *from == "" || len(fs.Args()) > 0 {
 		return usageError("want --session NEW --from CHECKPOINT")
+	}
+	if c.globals.server != "" {
+		return runForkRemote(c, *name, *from)
 	}
 	env, err := c.openSessions(1, 0)
 	if err != nil {
@@ -48,9 +51,13 @@ func runFork(c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
+	return c.printFork(*name, id.String(), head.Position)
+}
+
+func (c *cli) printFork(name, id string, position int) error {
 	if c.globals.json {
-		return c.printJSON(map[string]any{"session": *name, "checkpoint": id.String(), "position": head.Position})
+		return c.printJSON(map[string]any{"session": name, "checkpoint": id, "position": position})
 	}
-	c.printf("session %s starts at checkpoint %s (%d tokens); continue it with: driftstore run --session %s -n N\n", *name, id, head.Position, *name)
+	c.printf("session %s starts at checkpoint %s (%d tokens); continue it with: driftstore run --session %s -n N\n", name, id, position, name)
 	return nil
 }

@@ -9,13 +9,14 @@ import (
 	"github.com/driftstore/driftstore/engine"
 	"github.com/driftstore/driftstore/index"
 	"github.com/driftstore/driftstore/internal/progress"
+	"github.com/driftstore/driftstore/replicate"
 )
 
 func init() {
 	register(&command{
 		name:    "restore",
-		args:    "--session NAME [--checkpoint ID] [--compare] [--threads N]",
-		summary: "restore a session's checkpoint into a fresh instance and report how long it took (--compare: against re-prefilling)",
+		args:    "--session NAME [--checkpoint ID] [--from URL] [--compare] [--threads N] [--server URL]",
+		summary: "restore a session's checkpoint into a fresh instance and report how long it took (--from: pull it first; --compare: against re-prefilling)",
 		run:     runRestore,
 	})
 }
@@ -48,20 +49,67 @@ func runRestore(c *cli, args []string) error {
 	cpFlag := fs.String("checkpoint", "", "checkpoint to restore (ID, unique prefix or tag; default: the session's head); the head moves there")
 	compare := fs.Bool("compare", false, "also time re-prefilling the same tokens in a fresh instance")
 	threads := fs.Int("threads", 0, "host threads for the compute ops (default: all cores)")
+	from := fs.String("from", "", "pull the session from this daemon first (only the chunks missing here), then restore")
+	peerToken := fs.String("peer-token-file", "", "file holding the --from daemon's bearer token (default: --token-file)")
+	force := fs.Bool("force", false, "with --from: move the session here even when its head here is not an ancestor of the pulled one")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
 	if *name == "" || len(fs.Args()) > 0 {
-		return usageError("want --session NAME [--checkpoint ID] [--compare]")
+		return usageError("want --session NAME [--checkpoint ID] [--from URL] [--compare]")
+	}
+	if err := index.ValidRefName(*name); err != nil {
+		return usageError("--session: %v", err)
 	}
 	if *threads <= 0 {
 		*threads = defaultThreads()
+	}
+	if c.globals.server != "" && *compare {
+		return usageError("--compare runs locally; it cannot be combined with --server")
+	}
+	var pull func(dst replicate.Peer) error
+	if *from != "" {
+		tf := transferFlags{peerToken: *peerToken, force: *force, concurrency: 4}
+		peer, err := c.newClient(*from, c.peerTokenFile(&tf))
+		if err != nil {
+			return err
+		}
+		pull = func(dst replicate.Peer) error {
+			opts, bar := tf.options(c, "pull")
+			st, err := replicate.Copy(c.ctx, peer, dst, index.RefSession, *name, opts)
+			bar.Finish()
+			r := replicate.RefName{Kind: index.RefSession, Name: *name}
+			if err != nil {
+				return fmt.Errorf("pull %s from %s: %w", r, *from, err)
+			}
+			if !c.globals.json {
+				c.report("pulled", r, st, nil)
+			}
+			return nil
+		}
+	}
+	if c.globals.server != "" {
+		if pull != nil {
+			dst, err := c.sessionClient()
+			if err != nil {
+				return err
+			}
+			if err := pull(dst); err != nil {
+				return err
+			}
+		}
+		return runRestoreRemote(c, *name, *cpFlag)
 	}
 	env, err := c.openSessions(*threads, 0)
 	if err != nil {
 		return err
 	}
 	defer env.Close()
+	if pull != nil {
+		if err := pull(replicate.NewLocal(env.repo.Index())); err != nil {
+			return err
+		}
+	}
 	s, err := env.mgr.Session(*name)
 	if err != nil {
 		return usageError("%v", err)
@@ -139,15 +187,7 @@ func runRestore(c *cli, args []string) error {
 	if c.globals.json {
 		return c.printJSON(out)
 	}
-	c.printf("session     %s\n", *name)
-	c.printf("checkpoint  %s", out.Checkpoint)
-	if out.HeadMoved {
-		c.printf(" (the session's head now)")
-	}
-	c.printf("\nrestored    %d tokens: %d chunks, %s of KV + %s of state (token history, sampler, RNG, last logits), every byte verified\n",
-		out.Position, out.Chunks, progress.Bytes(out.KVBytes), progress.Bytes(out.StateBytes))
-	c.printf("restore     %.2f ms (instance %.2f, allocate %.2f, decode+verify %.2f = %s/s, load state %.2f)\n",
-		out.TotalMS, out.InstanceMS, out.AllocMS, out.DecodeMS, progress.Bytes(int64(float64(out.KVBytes+out.StateBytes)/math.Max(res.Decode.Seconds(), 1e-9))), out.LoadMS)
+	c.printRestoreHead(out)
 	c.printf("first token %.2f ms after the restore began: %d (from the stored logits, no forward pass)\n", out.TTFTMS, out.FirstToken)
 	if *compare {
 		c.printf("re-prefill  %.2f ms for the same %d tokens, first token at %.2f ms: %d\n", out.PrefillMS, out.Position, out.PrefillTTFT, *out.PrefillToken)
@@ -161,6 +201,19 @@ func runRestore(c *cli, args []string) error {
 		c.printf("(--compare also times re-prefilling the same tokens)\n")
 	}
 	return nil
+}
+
+// printRestoreHead prints what the local and the remote restore share.
+func (c *cli) printRestoreHead(out restoreOut) {
+	c.printf("session     %s\n", out.Session)
+	c.printf("checkpoint  %s", out.Checkpoint)
+	if out.HeadMoved {
+		c.printf(" (the session's head now)")
+	}
+	c.printf("\nrestored    %d tokens: %d chunks, %s of KV + %s of state (token history, sampler, RNG, last logits), every byte verified\n",
+		out.Position, out.Chunks, progress.Bytes(out.KVBytes), progress.Bytes(out.StateBytes))
+	c.printf("restore     %.2f ms (instance %.2f, allocate %.2f, decode+verify %.2f = %s/s, load state %.2f)\n",
+		out.TotalMS, out.InstanceMS, out.AllocMS, out.DecodeMS, progress.Bytes(int64(float64(out.KVBytes+out.StateBytes)/math.Max(out.DecodeMS/1000, 1e-9))), out.LoadMS)
 }
 
 // defaultThreads is the host thread count when none is given: every core.

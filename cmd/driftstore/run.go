@@ -15,8 +15,8 @@ import (
 func init() {
 	register(&command{
 		name:    "run",
-		args:    "--session NAME [--model FILE] [--prompt TEXT | --tokens 1,2,3] -n N [--seed S] [--temp T] [--top-k K] [--top-p P] [--kv f16|f32] [--block-size N]",
-		summary: "run one turn of a named, persistent session: restore it, feed the prompt, generate, checkpoint",
+		args:    "--session NAME [--model FILE] [--prompt TEXT | --tokens 1,2,3] -n N [--seed S] [--temp T] [--top-k K] [--top-p P] [--kv f16|f32] [--block-size N] [--server URL]",
+		summary: "run one turn of a named, persistent session: restore it, feed the prompt, generate, checkpoint (--server: live in the daemon, tokens streamed)",
 		run:     runRun,
 	})
 }
@@ -114,6 +114,11 @@ func runRun(c *cli, args []string) error {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	smp := engine.Sampler{Temp: float32(*temp), TopK: *topK, TopP: float32(*topP), Seed: *seed}
+	if c.globals.server != "" {
+		return runRunRemote(c, remoteTurn{name: *name, model: rf.model, prompt: *prompt, tokens: *tokens, n: *n,
+			smp: smp, set: set, kv: rf.kv, blockSize: rf.blockSize, noCheckpoint: *noCP})
+	}
 
 	env, err := c.openSessions(opts.Threads, opts.Batch)
 	if err != nil {
@@ -129,7 +134,6 @@ func runRun(c *cli, args []string) error {
 		return err
 	}
 	turn := session.Turn{Model: rf.model, N: *n, KVType: opts.KVType, BlockSize: opts.BlockSize, NoCheckpoint: *noCP}
-	smp := engine.Sampler{Temp: float32(*temp), TopK: *topK, TopP: float32(*topP), Seed: *seed}
 	if head == nil {
 		turn.Sampler = &smp
 	} else if set["seed"] || set["temp"] || set["top-k"] || set["top-p"] {
@@ -209,25 +213,35 @@ func runRun(c *cli, args []string) error {
 		}
 		out.CheckpointMS, out.BlocksWritten, out.Blocks, out.StoredNew = ms(cr.Duration), cr.BlocksWritten, cr.Blocks, cr.StoredNew
 	}
+	restoredFrom := ""
+	if res.Restored != nil {
+		restoredFrom = head.ID.String()
+	}
+	return c.printRun(out, tokErr == nil, restoredFrom)
+}
+
+// printRun prints a turn's result: --json, or the text and notes on stderr. restoredFrom is
+// the checkpoint the turn restored ("" when the session was live or new).
+func (c *cli) printRun(out runResult, hasText bool, restoredFrom string) error {
 	if c.globals.json {
 		return c.printJSON(out)
 	}
-	if tokErr == nil {
+	if hasText {
 		c.printf("text: %s\n", strconv.Quote(out.Text))
 	}
 	switch {
-	case head == nil && res.PrefixTokens > 0:
-		c.logf("session %s: new; %d of %d prompt tokens restored from the prefix cache in %.1f ms\n", *name, res.PrefixTokens, res.PromptTokens, out.PrefixMS)
-	case head == nil:
-		c.logf("session %s: new\n", *name)
-	case res.Restored != nil:
-		c.logf("session %s: restored %d tokens from checkpoint %s in %.1f ms\n", *name, res.Restored.Position, head.ID, out.RestoreMS)
+	case out.New && out.PrefixTokens > 0:
+		c.logf("session %s: new; %d of %d prompt tokens restored from the prefix cache in %.1f ms\n", out.Session, out.PrefixTokens, out.PromptTokens, out.PrefixMS)
+	case out.New:
+		c.logf("session %s: new\n", out.Session)
+	case restoredFrom != "":
+		c.logf("session %s: restored %d tokens from checkpoint %s in %.1f ms\n", out.Session, out.Position-out.PromptTokens-len(out.Tokens), restoredFrom, out.RestoreMS)
 	}
 	c.logf("prompt %d tokens, prefill %.1f ms, decode %d tokens %.1f ms (%.1f tok/s), backend %s\n",
-		res.PromptTokens, out.PrefillMS, len(res.Tokens), out.DecodeMS, out.DecodeTokS, out.Backend)
-	if cr := res.Checkpoint; cr != nil {
+		out.PromptTokens, out.PrefillMS, len(out.Tokens), out.DecodeMS, out.DecodeTokS, out.Backend)
+	if out.Checkpoint != "" {
 		c.logf("checkpoint %s: position %d, %d of %d KV blocks written (%s new at rest) in %.1f ms\n",
-			cr.Checkpoint.ID, cr.Position, cr.BlocksWritten, cr.Blocks, progress.Bytes(cr.StoredNew), out.CheckpointMS)
+			out.Checkpoint, out.Position, out.BlocksWritten, out.Blocks, progress.Bytes(out.StoredNew), out.CheckpointMS)
 	}
 	return nil
 }

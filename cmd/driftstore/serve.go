@@ -7,18 +7,24 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
+	"github.com/driftstore/driftstore/backends"
+	"github.com/driftstore/driftstore/engine"
 	"github.com/driftstore/driftstore/httpapi"
+	"github.com/driftstore/driftstore/httpapi/wire"
 	"github.com/driftstore/driftstore/repo"
+	"github.com/driftstore/driftstore/session"
 )
 
 func init() {
 	register(&command{
 		name:    "serve",
-		args:    "--addr HOST:PORT [--data DIR] [--token-file FILE] [--model FILE] [--backend auto|cpu|cuda|metal]",
-		summary: "run the daemon: the HTTP API over the data directory (see httpapi)",
+		args:    "--addr HOST:PORT [--data DIR] [--token-file FILE] [--model FILE] [--backend auto|cpu|cuda|metal] [--threads N] [--max-tokens N]",
+		summary: "run the daemon: the HTTP API over the data directory, live sessions included (see docs/http.md)",
 		run:     runServe,
 	})
 }
@@ -26,8 +32,10 @@ func init() {
 func runServe(c *cli, args []string) error {
 	fs := c.flagSet()
 	addr := fs.String("addr", "127.0.0.1:7700", "address to listen on (HOST:PORT; port 0 picks a free one)")
-	model := fs.String("model", "", "model for live sessions (GGUF file)")
-	backend := fs.String("backend", "auto", "compute backend for live sessions: auto, cpu, cuda or metal")
+	model := fs.String("model", "", "default model of live sessions (GGUF file; default: the built-in tiny model); clients may ask for it or the built-in one, never for other files")
+	backend := backends.Flag(fs)
+	threads := fs.Int("threads", runtime.NumCPU(), "host threads per live session instance")
+	maxTokens := fs.Int("max-tokens", wire.MaxGenerateTokens, "most tokens one generate request may ask for")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
 	var maxChunk sizeFlag
@@ -39,15 +47,21 @@ func runServe(c *cli, args []string) error {
 	if fs.NArg() > 0 {
 		return usageError("serve takes no arguments, got %q", fs.Arg(0))
 	}
-	switch *backend {
-	case "auto", "cpu", "cuda", "metal":
-	default:
-		return usageError("--backend %q: want auto, cpu, cuda or metal", *backend)
+	if err := backends.Check(*backend); err != nil {
+		return usageError("--backend: %v", err)
+	}
+	if *threads < 1 || *maxTokens < 1 {
+		return usageError("--threads and --max-tokens must be positive")
 	}
 	if *model != "" {
 		if _, err := os.Stat(*model); err != nil {
 			return fmt.Errorf("--model: %w", err)
 		}
+		abs, err := filepath.Abs(*model)
+		if err != nil {
+			return fmt.Errorf("--model: %w", err)
+		}
+		*model = abs
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -78,7 +92,30 @@ func runServe(c *cli, args []string) error {
 		return err
 	}
 	defer r.Close()
-	cfg := httpapi.Config{Repo: r, Token: token, Logger: logger}
+	// Live sessions: the backend is opened now (an explicit GPU backend that does not work is
+	// an error at once), the engine and the session manager on the first session request.
+	sel, err := backends.Open(*backend, backends.Options{})
+	if err != nil {
+		return err
+	}
+	defer sel.Close()
+	var live sessionEnv
+	defer live.Close() // after the server's shutdown, which suspends the live sessions
+	open := func() (*session.Manager, error) {
+		eng, err := engine.New(engine.Options{CacheDir: engine.ModuleCacheDir(c.globals.data), Backend: sel.Backend})
+		if err != nil {
+			return nil, err
+		}
+		mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: eng, DataDir: c.globals.data, Threads: *threads})
+		if err != nil {
+			eng.Close()
+			return nil, err
+		}
+		live.eng, live.mgr = eng, mgr
+		logger.Info("live sessions ready", "backend", sel.String(), "model", modelName(*model), "module_from_cache", eng.ModuleLoad().FromCache)
+		return mgr, nil
+	}
+	cfg := httpapi.Config{Repo: r, Token: token, Logger: logger, OpenSessions: open, Model: *model, MaxTokens: *maxTokens}
 	if maxChunk.set {
 		cfg.MaxChunkSize = maxChunk.n
 	}
@@ -89,9 +126,6 @@ func runServe(c *cli, args []string) error {
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
-	}
-	if *model != "" {
-		logger.Info("live sessions are not served yet; --model and --backend are kept for them", "model", *model, "backend", *backend)
 	}
 	if token == "" && !isLoopback(ln.Addr()) {
 		logger.Warn("serving without a token on a non-loopback address: anyone who reaches it can write", "addr", ln.Addr().String())
@@ -122,6 +156,13 @@ func runServe(c *cli, args []string) error {
 		return fmt.Errorf("shutdown: requests still running after %v were cut off", *grace)
 	}
 	return err
+}
+
+func modelName(m string) string {
+	if m == "" {
+		return session.BuiltinSource
+	}
+	return m
 }
 
 func isLoopback(a net.Addr) bool {
