@@ -141,7 +141,13 @@ type cpuExec struct {
 	w    *cpuWeights
 	pool *cpu.Pool
 	h    Hyper
+	keys []uint64 // TopK scratch
 }
+
+var (
+	_ Argmaxer = (*cpuExec)(nil)
+	_ TopKer   = (*cpuExec)(nil)
+)
 
 func (e *cpuExec) Embed(out []float32, ids []int32) {
 	cpu.Embed(out, &e.w.t.W[wiGlobal(e.h.Layers, gTokenEmbd)], ids)
@@ -166,6 +172,12 @@ func (e *cpuExec) StoreKV(l KVLayout, blocks [][]byte, k, v []float32, n, pos0 i
 
 func (e *cpuExec) Attention(out, q []float32, n, pos0 int, l KVLayout, blocks [][]byte) {
 	e.pool.Attention(out, q, n, e.h.Heads, pos0, l.cpu(), blocks)
+}
+
+func (e *cpuExec) Argmax(logits []float32) int { return cpu.Argmax(logits) }
+
+func (e *cpuExec) TopK(ids []int32, vals []float32, logits []float32) {
+	e.keys = cpu.TopK(ids, vals, logits, e.keys)
 }
 
 func (e *cpuExec) SwiGLU(out, gate, up []float32) { e.pool.SwiGLU(out, gate, up) }

@@ -74,7 +74,12 @@ func testEngine(t testing.TB) *Engine {
 var smallHyper = gguf.Hyper{Arch: "llama", Context: 512, Dim: 64, Layers: 2, FFN: 160, Heads: 4, KVHeads: 2,
 	HeadDim: 16, RopeDim: 16, RopeTheta: 10000, RMSEps: 1e-5, Vocab: 320, Tied: false}
 
-// testModel returns a shared model: "small-<type>" (smallHyper) or "tiny-<type>" (the preset).
+// vocab1bHyper has the Llama-3.2-1B vocabulary (128256, tied embeddings) on one tiny layer:
+// for benchmarks and tests of what scales with the vocabulary (sampling, the small state).
+var vocab1bHyper = gguf.Hyper{Arch: "llama", Context: 2048, Dim: 64, Layers: 1, FFN: 128, Heads: 4, KVHeads: 2,
+	HeadDim: 16, RopeDim: 16, RopeTheta: 500000, RMSEps: 1e-5, Vocab: 128256, Tied: true}
+
+// testModel returns a shared model: "small-<type>" (smallHyper), "vocab1b-<type>" (vocab1bHyper) or "tiny-<type>" (the preset).
 func testModel(t testing.TB, name string, typ gguf.Type) *Model {
 	key := fmt.Sprintf("%s-%s", name, typ)
 	modelsMu.Lock()
@@ -86,6 +91,8 @@ func testModel(t testing.TB, name string, typ gguf.Type) *Model {
 	switch name {
 	case "small":
 		spec = gguf.SynthSpec{Name: "small", Hyper: smallHyper, Type: typ, Seed: 7, Std: 0.08}
+	case "vocab1b":
+		spec = gguf.SynthSpec{Name: "vocab1b", Hyper: vocab1bHyper, Type: typ, Seed: 11, Std: 0.08}
 	case "tiny":
 		var err error
 		if spec, err = gguf.Synth("tiny", typ, 3); err != nil {

@@ -72,6 +72,8 @@ var opDefs = []opDef{
 	{"swiglu", 4, false, opSwiGLU},
 	{"add", 3, false, opAdd},
 	{"nop", 0, false, nil},
+	{"argmax", 2, true, opArgmax},
+	{"top_k", 5, true, opTopK},
 }
 
 func newLinker(wt *wasmtime.Engine) (*wasmtime.Linker, error) {

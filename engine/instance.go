@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"unsafe"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
@@ -126,11 +127,17 @@ type Instance struct {
 
 	idBuf  []int32
 	blkBuf [][]byte
+	keyBuf []uint64 // top_k scratch
+
+	// the state buffers handed out by StateBuffers, until LoadStateBuffers
+	stHead, stLogits int
+	stPending        bool
 }
 
 var guestExports = []string{
 	"abi_version", "init", "set_sampler", "buf", "feed", "sample", "step", "position", "tokens",
 	"logits", "kv_regions", "kv_alloc", "state_save", "state_load", "last_error", "nop_loop",
+	"logits_in", "state_load_split", "sample_mode",
 }
 
 // NewInstance starts a guest for the model: instantiates the module on fresh linear memory,
@@ -576,18 +583,62 @@ func (in *Instance) SaveState() ([]byte, error) {
 
 // LoadState replaces the small state with one from SaveState. The KV blocks for its position
 // must have been allocated (AllocKV) and filled first. On error the state is unchanged.
+//
+// A well-formed state goes straight to its places in the guest's memory (the head to the
+// transfer buffer, the logits to the guest's logits buffer: StateBuffers); anything else is
+// handed to the guest whole, which refuses it with the reason.
 func (in *Instance) LoadState(state []byte) error {
-	// The host has just written KV blocks into linear memory (restore, AdoptPrefix): copies a
-	// backend keeps are stale from here on.
-	if inv, ok := in.exec.(KVInvalidator); ok && !in.closed && in.dead == nil {
-		inv.InvalidateKV()
+	if head, nl, ok := in.stateShape(state); ok {
+		hb, lb, err := in.StateBuffers(head, nl)
+		if err != nil {
+			return err
+		}
+		copy(hb, state[:head])
+		copy(lb, state[head:])
+		return in.LoadStateBuffers()
 	}
+	in.invalidateKV()
 	if err := in.write(state); err != nil {
 		return err
 	}
 	if err := in.callStatus("state_load", int32(len(state))); err != nil {
 		return err
 	}
+	in.noteSampler(state)
+	return nil
+}
+
+// stateShape reads the head length and logits count of a state whose header is consistent
+// with its length and this instance's vocabulary (everything else is the guest's to check).
+func (in *Instance) stateShape(state []byte) (head, nl int, ok bool) {
+	if len(state) < stateFixed || len(state) > math.MaxInt32 {
+		return 0, 0, false
+	}
+	np := uint64(binary.LittleEndian.Uint32(state[20:]))
+	n := uint64(binary.LittleEndian.Uint32(state[76:]))
+	if n != 0 && n != uint64(in.model.hyper.Vocab) {
+		return 0, 0, false
+	}
+	h := stateFixed + 4*np
+	if h+4*n != uint64(len(state)) {
+		return 0, 0, false
+	}
+	return int(h), int(n), true
+}
+
+// stateFixed is the length of the small state's fixed part (guest/ABI.md).
+const stateFixed = 80
+
+func (in *Instance) invalidateKV() {
+	// The host has just written KV blocks into linear memory (restore, AdoptPrefix): copies a
+	// backend keeps are stale from here on.
+	if inv, ok := in.exec.(KVInvalidator); ok && !in.closed && in.dead == nil {
+		inv.InvalidateKV()
+	}
+}
+
+// noteSampler records the sampler settings of a loaded state.
+func (in *Instance) noteSampler(state []byte) {
 	if len(state) >= 36+8 {
 		in.opts.Sampler = Sampler{
 			Temp: math.Float32frombits(binary.LittleEndian.Uint32(state[24:])),
@@ -596,6 +647,76 @@ func (in *Instance) LoadState(state []byte) error {
 			Seed: binary.LittleEndian.Uint64(state[36:]),
 		}
 	}
+}
+
+// StateBuffers returns the places in the guest's memory where a small state is written for
+// LoadStateBuffers, so that a restore can decode it there directly: head receives the state's
+// first headLen bytes (the fixed part and the token history, 80 + 4·position), logits its
+// nLogits float32 logits (nLogits is 0 or the vocabulary size; logits is empty for 0). Both
+// alias linear memory and are valid until the next call into the guest or Close; the guest
+// reads them only in LoadStateBuffers, which checks everything (nothing the caller writes
+// there can harm the host). A KV block slice taken from Memory before this call stays valid
+// (memory never moves), but Memory must be fetched again to see any growth.
+func (in *Instance) StateBuffers(headLen, nLogits int) (head, logits []byte, err error) {
+	if headLen < stateFixed || headLen > math.MaxInt32 || (headLen-stateFixed)%4 != 0 {
+		return nil, nil, fmt.Errorf("engine: state head of %d bytes: want 80 + 4·position", headLen)
+	}
+	if nLogits != 0 && nLogits != in.model.hyper.Vocab {
+		return nil, nil, fmt.Errorf("engine: state with %d logits for a vocabulary of %d", nLogits, in.model.hyper.Vocab)
+	}
+	in.stPending = false
+	hoff, err := in.callU32("buf", int32(headLen))
+	if err != nil {
+		return nil, nil, err
+	}
+	if head, err = in.span(hoff, uint64(headLen), "transfer buffer"); err != nil {
+		return nil, nil, err
+	}
+	if nLogits > 0 {
+		loff, err := in.callU32("logits_in")
+		if err != nil {
+			return nil, nil, err
+		}
+		if loff == 0 {
+			return nil, nil, fmt.Errorf("%w: no logits buffer", ErrGuest)
+		}
+		if logits, err = in.span(loff, 4*uint64(nLogits), "logits buffer"); err != nil {
+			return nil, nil, err
+		}
+		// Distinct guest buffers; a guest claiming otherwise is lying.
+		if hoff < loff+uint32(len(logits)) && loff < hoff+uint32(headLen) {
+			return nil, nil, fmt.Errorf("%w: transfer and logits buffers overlap", ErrGuest)
+		}
+	}
+	in.stHead, in.stLogits, in.stPending = headLen, nLogits, true
+	return head[:headLen:headLen], logits, nil
+}
+
+// LoadStateBuffers loads the state written into the buffers of the last StateBuffers call,
+// like LoadState (the header's logits count must be the nLogits given there); the buffers are
+// spent either way. On error the state is unchanged.
+func (in *Instance) LoadStateBuffers() error {
+	if !in.stPending {
+		return errors.New("engine: LoadStateBuffers without StateBuffers")
+	}
+	in.stPending = false
+	hoff, err := in.callU32("buf", int32(in.stHead))
+	if err != nil {
+		return err
+	}
+	head, err := in.span(hoff, uint64(in.stHead), "transfer buffer")
+	if err != nil {
+		return err
+	}
+	if n := int(binary.LittleEndian.Uint32(head[76:])); n != in.stLogits {
+		return fmt.Errorf("engine: the state's header counts %d logits, its buffers hold %d", n, in.stLogits)
+	}
+	sampler := slices.Clone(head[:stateFixed])
+	in.invalidateKV()
+	if err := in.callStatus("state_load_split", int32(in.stHead)); err != nil {
+		return err
+	}
+	in.noteSampler(sampler)
 	return nil
 }
 
@@ -616,7 +737,7 @@ func (in *Instance) AdoptPrefix(tokens []int32) error {
 	if err != nil {
 		return err
 	}
-	const fixed = 80 // guest/ABI.md: small state header
+	const fixed = stateFixed
 	if len(cur) < fixed {
 		return fmt.Errorf("%w: short state", ErrGuest)
 	}

@@ -22,7 +22,7 @@ import (
 )
 
 // abiVersion is returned by the abi_version export; the host refuses a guest with another one.
-const abiVersion = 1
+const abiVersion = 2
 
 func main() {}
 
@@ -59,6 +59,18 @@ func hostAdd(dst, src, n uint32)
 
 //go:wasmimport driftstore nop
 func hostNop()
+
+// hostArgmax returns the index of the best of the n f32 logits at off: largest first, NaN as
+// -Inf, lowest index on ties (the order of before).
+//
+//go:wasmimport driftstore argmax
+func hostArgmax(logits, n uint32) uint32
+
+// hostTopK writes the k best of the n f32 logits at off, best first in the order of before,
+// as k i32 ids at ids and their k f32 logits (NaN as -Inf) at vals; returns k.
+//
+//go:wasmimport driftstore top_k
+func hostTopK(logits, n, k, ids, vals uint32) uint32
 
 // Weight ids: per layer l, l*wPerLayer+k; model-wide tensors from wGlobal on.
 const (
@@ -128,10 +140,17 @@ var (
 	ids                               []int32
 	logits                            []float32
 	haveLogits                        bool
+	// logitsIn is where the host writes the logits of a state it loads in place
+	// (state_load_split); on success it and logits swap, so a refused state changes nothing.
+	logitsIn []float32
 
 	// sampler scratch
-	cand []int32
-	prob []float64
+	cand  []int32
+	candL []float32 // logits of cand (NaN as -Inf)
+	prob  []float64
+	// sampleMode selects the sampler's selection step: modeHost (host ops) or modeGuest (the
+	// reference implementation in Wasm). Not part of the state.
+	sampleMode uint32
 
 	ioBuf  []byte // host ↔ guest transfer buffer (buf export)
 	outBuf []byte // records returned by kv_regions, kv_alloc, state_save, last_error
@@ -196,7 +215,9 @@ func initExport(kv, bs, batch uint32) int32 {
 	hb2 = make([]float32, b*c.ffn)
 	ids = make([]int32, b)
 	logits = make([]float32, c.vocab)
+	logitsIn = make([]float32, c.vocab)
 	cand = make([]int32, c.vocab)
+	candL = make([]float32, c.vocab)
 	prob = make([]float64, c.vocab)
 	tables = make([][]uint32, c.layers)
 	setSeed(0)
@@ -363,6 +384,19 @@ func sampleExport() int64 {
 	return int64(sampleNext())
 }
 
+// sample_mode selects how the sampler picks its candidates: 0 (the default) with the argmax
+// and top_k host ops, 1 in the guest (the reference the host ops must agree with, token for
+// token). The RNG, the softmax and the draw run in the guest either way.
+//
+//go:wasmexport sample_mode
+func sampleModeExport(m uint32) int32 {
+	if m != modeHost && m != modeGuest {
+		return fail("sample_mode: mode must be 0 (host) or 1 (guest)")
+	}
+	sampleMode = m
+	return 0
+}
+
 // step samples the next token, feeds it and returns it (negative on error).
 //
 //go:wasmexport step
@@ -374,6 +408,9 @@ func stepExport() int64 {
 		return int64(fail("step: context length exceeded"))
 	}
 	t := sampleNext()
+	if t < 0 {
+		return int64(t)
+	}
 	if r := feed([]int32{t}); r != 0 {
 		return int64(r)
 	}
@@ -521,14 +558,29 @@ func stateSaveExport() uint32 {
 	}
 	le.PutUint32(p[76:], nl)
 	p = p[stateFixed:]
-	for i, t := range tokens {
-		le.PutUint32(p[4*i:], uint32(t))
-	}
-	p = p[4*len(tokens):]
-	for i := uint32(0); i < nl; i++ {
-		le.PutUint32(p[4*i:], math.Float32bits(logits[i]))
-	}
+	// Wasm is little-endian: the slices' bytes are the format's bytes (one bulk copy each).
+	p = p[copy(p, bytesOf(tokens)):]
+	copy(p, bytesOf(logits[:nl]))
 	return off(outBuf)
+}
+
+// bytesOf views a slice of 4-byte values as its bytes (little-endian in Wasm).
+func bytesOf[T int32 | float32](s []T) []byte {
+	if len(s) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s))), 4*len(s))
+}
+
+// logits_in returns the offset of the buffer (vocab f32 values) where the host writes the
+// logits of a state it loads with state_load_split; 0 before init.
+//
+//go:wasmexport logits_in
+func logitsInExport() uint32 {
+	if !ready {
+		return 0
+	}
+	return off(logitsIn)
 }
 
 const stateFixed = 80
@@ -546,51 +598,89 @@ func stateLoadExport(n uint32) int32 {
 		return fail("state_load: short or oversized state")
 	}
 	p := ioBuf[:n]
-	le := binary.LittleEndian
-	switch {
-	case le.Uint32(p[0:]) != stateMagic:
-		return fail("state_load: not a driftstore guest state")
-	case le.Uint32(p[4:]) != stateVersion:
-		return fail("state_load: unsupported state version")
-	case le.Uint32(p[8:]) != kvType:
-		return fail("state_load: KV dtype differs from this instance's")
-	case le.Uint32(p[12:]) != blockSize:
-		return fail("state_load: KV block size differs from this instance's")
-	case le.Uint32(p[16:]) != cfg.vocab:
-		return fail("state_load: vocabulary size differs")
-	}
-	np := le.Uint32(p[20:])
-	nl := le.Uint32(p[76:])
+	nl := binary.LittleEndian.Uint32(p[76:])
 	if nl != 0 && nl != cfg.vocab {
 		return fail("state_load: logits length differs from the vocabulary")
 	}
-	if uint64(stateFixed)+4*uint64(np)+4*uint64(nl) != uint64(n) {
+	head := uint64(n) - 4*uint64(nl)
+	if head < stateFixed {
 		return fail("state_load: state length does not match its contents")
 	}
+	if r := loadHead("state_load", p[:head], nl); r != 0 {
+		return r
+	}
+	copy(bytesOf(logits), p[head:]) // never fails from here on
+	return 0
+}
+
+// state_load_split is state_load with the logits written in place: the n bytes at the start
+// of the transfer buffer are the state without its logits (the fixed part and the token
+// history), and the logits, when the state has them, are in the logits_in buffer. On success
+// that buffer becomes the kept logits (no copy); on error nothing changes.
+//
+//go:wasmexport state_load_split
+func stateLoadSplitExport(n uint32) int32 {
+	if !ready {
+		return fail("state_load_split: not initialized")
+	}
+	if uint64(n) > uint64(len(ioBuf)) || n < stateFixed {
+		return fail("state_load_split: short or oversized state")
+	}
+	nl := binary.LittleEndian.Uint32(ioBuf[76:])
+	if nl != 0 && nl != cfg.vocab {
+		return fail("state_load_split: logits length differs from the vocabulary")
+	}
+	if r := loadHead("state_load_split", ioBuf[:n], nl); r != 0 {
+		return r
+	}
+	if nl != 0 {
+		logits, logitsIn = logitsIn, logits
+	}
+	return 0
+}
+
+// loadHead checks the fixed part and token history p of a state whose logits count is nl and,
+// if it is valid, installs everything but the logits' values (haveLogits included); otherwise
+// it changes nothing and returns -1.
+func loadHead(name string, p []byte, nl uint32) int32 {
+	le := binary.LittleEndian
+	switch {
+	case le.Uint32(p[0:]) != stateMagic:
+		return fail(name + ": not a driftstore guest state")
+	case le.Uint32(p[4:]) != stateVersion:
+		return fail(name + ": unsupported state version")
+	case le.Uint32(p[8:]) != kvType:
+		return fail(name + ": KV dtype differs from this instance's")
+	case le.Uint32(p[12:]) != blockSize:
+		return fail(name + ": KV block size differs from this instance's")
+	case le.Uint32(p[16:]) != cfg.vocab:
+		return fail(name + ": vocabulary size differs")
+	}
+	np := le.Uint32(p[20:])
+	if uint64(stateFixed)+4*uint64(np) != uint64(len(p)) {
+		return fail(name + ": state length does not match its contents")
+	}
 	if cfg.ctxMax != 0 && np > cfg.ctxMax {
-		return fail("state_load: position beyond the context length")
+		return fail(name + ": position beyond the context length")
 	}
 	need := (np + blockSize - 1) / blockSize
 	for l := range tables {
 		if uint32(len(tables[l])) < need {
-			return fail("state_load: KV blocks for the position are not allocated (call kv_alloc first)")
+			return fail(name + ": KV blocks for the position are not allocated (call kv_alloc first)")
 		}
 	}
 	temp := math.Float32frombits(le.Uint32(p[24:]))
 	topP := math.Float32frombits(le.Uint32(p[32:]))
 	if math.IsNaN(float64(temp)) || temp < 0 || math.IsNaN(float64(topP)) || topP <= 0 || topP > 1 {
-		return fail("state_load: invalid sampler settings")
+		return fail(name + ": invalid sampler settings")
 	}
 	toks := make([]int32, np)
-	body := p[stateFixed:]
-	for i := range toks {
-		t := int32(le.Uint32(body[4*i:]))
+	copy(bytesOf(toks), p[stateFixed:])
+	for _, t := range toks {
 		if t < 0 || uint32(t) >= cfg.vocab {
-			return fail("state_load: token id out of vocabulary")
+			return fail(name + ": token id out of vocabulary")
 		}
-		toks[i] = t
 	}
-	body = body[4*np:]
 	smp = sampler{temp: temp, topK: le.Uint32(p[28:]), topP: topP, seed: le.Uint64(p[36:])}
 	for i := range rng {
 		rng[i] = le.Uint64(p[44+8*i:])
@@ -598,8 +688,5 @@ func stateLoadExport(n uint32) int32 {
 	tokens = toks
 	pos = np
 	haveLogits = nl != 0
-	for i := uint32(0); i < nl; i++ {
-		logits[i] = math.Float32frombits(le.Uint32(body[4*i:]))
-	}
 	return 0
 }

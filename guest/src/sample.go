@@ -75,10 +75,107 @@ func argmax() int32 {
 	return int32(best)
 }
 
+// Sample modes (sample_mode export).
+const (
+	modeHost  = 0
+	modeGuest = 1
+)
+
 // sampleNext picks the next token: greedy when temp == 0, else temperature, top-k and top-p
 // (nucleus) sampling with the RNG. The same logits, settings and RNG state always give the
-// same token.
+// same token, in either sample mode. The selection (argmax over the vocabulary, the k best,
+// or the full order for top-p) runs on the host (argmax, top_k); the softmax, the nucleus and
+// the draw stay here, so the RNG state never leaves linear memory. It returns -1 (with
+// errMsg set) when the host's answer is out of range.
 func sampleNext() int32 {
+	if sampleMode == modeGuest {
+		return sampleRef()
+	}
+	v := cfg.vocab
+	if smp.temp == 0 {
+		t := hostArgmax(off(logits), v)
+		if t >= v {
+			return fail("sample: host argmax returned an id outside the vocabulary")
+		}
+		return int32(t)
+	}
+	k := smp.topK
+	var c []int32
+	var cl []float32
+	switch {
+	case k > 0 && k < v:
+		c, cl = cand[:k], candL[:k]
+	case smp.topP < 1:
+		// the whole vocabulary, sorted: the nucleus is a prefix of that order
+		c, cl = cand[:v], candL[:v]
+	default:
+		c, cl = cand[:v], candL[:v]
+		for i := range c {
+			c[i] = int32(i)
+			cl[i] = logit(int32(i))
+		}
+		return draw(c, cl)
+	}
+	if got := hostTopK(off(logits), v, uint32(len(c)), off(c), off(cl)); got != uint32(len(c)) {
+		return fail("sample: host top_k returned a short list")
+	}
+	for _, id := range c {
+		if uint32(id) >= v {
+			return fail("sample: host top_k returned an id outside the vocabulary")
+		}
+	}
+	return draw(c, cl)
+}
+
+// draw samples from candidates c with logits cl (NaN already -Inf): softmax with temperature
+// in float64 relative to the largest logit, then, when top-p < 1, the smallest prefix of c
+// (sorted best first) reaching top-p; then one uniform draw. The arithmetic is sampleRef's,
+// operation for operation.
+func draw(c []int32, cl []float32) int32 {
+	maxL := float64(cl[0])
+	for _, l := range cl {
+		if l := float64(l); l > maxL {
+			maxL = l
+		}
+	}
+	p := prob[:len(c)]
+	sum := 0.0
+	t := float64(smp.temp)
+	for j, l := range cl {
+		e := math.Exp((float64(l) - maxL) / t)
+		p[j] = e
+		sum += e
+	}
+	keep := len(c)
+	if smp.topP < 1 {
+		lim := float64(smp.topP) * sum
+		cum := 0.0
+		for j := range p {
+			cum += p[j]
+			if cum >= lim {
+				keep = j + 1
+				break
+			}
+		}
+		sum = 0
+		for j := 0; j < keep; j++ {
+			sum += p[j]
+		}
+	}
+	u := uniform() * sum
+	acc := 0.0
+	for j := 0; j < keep; j++ {
+		acc += p[j]
+		if u < acc {
+			return c[j]
+		}
+	}
+	return c[keep-1]
+}
+
+// sampleRef is the sampler entirely in Wasm (sample mode 1): the reference sampleNext must
+// agree with token for token. It selects with argmax, topK and a sort in the guest.
+func sampleRef() int32 {
 	if smp.temp == 0 {
 		return argmax()
 	}
