@@ -48,8 +48,9 @@ type CaptureOptions struct {
 	// with plain zstd only where that pays (KV rarely: it stays raw), trading bytes at rest for
 	// restores at copy speed. Digests are the same either way.
 	PlainKV bool
-	// BeforeCommit, when set, runs after every chunk is durable and recorded and before the
-	// manifest is committed (tests use it to observe that moment).
+	// BeforeCommit, when set, runs after every chunk is durable and before the chunks are
+	// recorded and the manifest committed, which happen together in one index transaction
+	// (tests use it to observe that moment).
 	BeforeCommit func()
 }
 
@@ -64,12 +65,17 @@ type Result struct {
 	BytesWritten  int64 // KV and state bytes hashed and stored
 	StoredNew     int64 // bytes at rest of the chunks that were new to the store
 	Duration      time.Duration
+	// Phases of Duration: reading the guest's state and KV regions (Prepare); hashing, encoding
+	// and durably storing the chunks (Store); recording them and committing the manifest
+	// (Commit).
+	Prepare, Store, Commit time.Duration
 }
 
 // Capture checkpoints a live instance into the store and index bound to ix: it stores one chunk
 // per KV block region in use (in parallel, at most opts.Workers at once; blocks known from the
-// parent or opts.Reuse are not read), stores the small state as chunks, records them all in the
-// index, and only then commits the manifest. It does not move any ref. The instance must not be
+// parent or opts.Reuse are not read) and the small state as a chunk, all in one store batch made
+// durable with one barrier, and only then records them and commits the manifest, in one index
+// transaction (index.CommitManifest). It does not move any ref. The instance must not be
 // used by anyone else during the call (its memory is read in place). Cost grows with the blocks
 // not known, not with the context.
 //
@@ -135,6 +141,7 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 		}
 	}
 
+	prepared := time.Now()
 	// Hold off garbage collection from the first Put to the manifest commit.
 	release := ix.HoldGC()
 	defer release()
@@ -169,6 +176,10 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
+	// One batch: the workers hash, encode and write the chunks; Commit makes them all durable
+	// with one barrier instead of one per chunk.
+	batch := cas.NewBatch(store)
+	defer batch.Discard()
 	var bytesWritten atomic.Int64
 	err = parallel(ctx, workers, len(jobs), func(ctx context.Context, i int) error {
 		j := jobs[i]
@@ -178,7 +189,7 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 		if info, err := store.Stat(ctx, d); err == nil && info.Size == int64(len(j.data)) {
 			infos[i], existed[i] = info, true
 		} else {
-			info, err := store.Put(ctx, j.data, j.hint)
+			info, err := batch.Put(ctx, j.data, j.hint)
 			if err != nil {
 				return fmt.Errorf("checkpoint: store %s: %w", j.name(), err)
 			}
@@ -190,6 +201,10 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 	if err != nil {
 		return nil, err
 	}
+	if err := batch.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("checkpoint: store %d chunks: %w", len(jobs), err)
+	}
+	stored := time.Now()
 	for i, j := range jobs {
 		ref := index.ChunkRef{Digest: infos[i].Digest, Length: int64(len(j.data))}
 		switch j.state {
@@ -199,9 +214,6 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 			cp.State = append(cp.State, ref)
 		}
 	}
-	if err := ix.RecordChunks(ctx, infos); err != nil {
-		return nil, fmt.Errorf("checkpoint: record chunks: %w", err)
-	}
 	m, err := cp.Manifest()
 	if err != nil {
 		return nil, err
@@ -209,7 +221,10 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 	if opts.BeforeCommit != nil {
 		opts.BeforeCommit()
 	}
-	id, err := ix.PutManifest(ctx, m)
+	// Record the chunks and commit the manifest in one index transaction: the manifest is
+	// committed only with every chunk it names durable (above) and recorded (here). Chunks the
+	// parent names at the same place are not looked up again (index.PutManifest).
+	id, err := ix.CommitManifest(ctx, infos, m)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: commit manifest: %w", err)
 	}
@@ -217,7 +232,9 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 	res := &Result{
 		Checkpoint: cp, Position: st.Position, Blocks: nb * layout.Layers, BlocksWritten: written,
 		KVBytes: cp.KVBytes(), BytesWritten: bytesWritten.Load(), Duration: time.Since(start),
+		Prepare: prepared.Sub(start), Store: stored.Sub(prepared),
 	}
+	res.Commit = res.Duration - res.Prepare - res.Store
 	for i := range jobs {
 		if !existed[i] {
 			if jobs[i].state == 0 {

@@ -48,10 +48,14 @@ package checkpoint
 // block holds now (min((b+1)·block_size, position) ≤ the parent's position, with the same
 // tokens): its chunk is taken from the parent's manifest without reading the block. A
 // checkpoint after T new tokens therefore hashes and stores only the ceil(T/block_size)+1 blocks
-// per layer those tokens touched, plus the small state; the manifest itself (a list of chunk
-// references) and the index's checks of it still grow with the context, by about 35 bytes per
-// block. Every chunk is durable and recorded in the index before the manifest is committed; a
-// session's ref moves afterwards, by compare-and-swap (package session).
+// per layer those tokens touched, plus the small state. The chunks go through one store batch
+// (cas.NewBatch): one durability barrier for all of them rather than one per chunk. Then one
+// index transaction records them and commits the manifest (index.CommitManifest), so a chunk is
+// never recorded without the manifest or the manifest committed without its chunks durable and
+// recorded. The index looks up only the chunks the parent does not name at the same place; the
+// manifest itself (a list of chunk references, about 35 bytes per block) is still encoded,
+// hashed and written whole, which grows with the context but costs little next to the barriers.
+// A session's ref moves afterwards, by compare-and-swap (package session).
 //
 // # Store quirk worked around
 //

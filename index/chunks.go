@@ -65,21 +65,32 @@ func (ix *Index) RecordChunks(ctx context.Context, infos []cas.Info) error {
 	if err := ctxErr(ctx); err != nil {
 		return err
 	}
+	if err := validInfos(infos); err != nil {
+		return err
+	}
+	now := ix.now()
+	return ix.update(func(tx *bolt.Tx) error {
+		return recordIn(tx.Bucket(bucketChunks), infos, now)
+	})
+}
+
+func validInfos(infos []cas.Info) error {
 	for _, in := range infos {
 		if in.Digest.IsZero() || in.Size < 0 || in.StoredSize < 0 || in.Codec == 0 {
 			return fmt.Errorf("record chunk %s: invalid info (size %d, stored %d, codec %d)", in.Digest, in.Size, in.StoredSize, in.Codec)
 		}
 	}
-	now := ix.now()
-	return ix.update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketChunks)
-		for _, in := range infos {
-			if err := b.Put(in.Digest[:], encodeChunkRecord(in, now)); err != nil {
-				return fmt.Errorf("record chunk %s: %w", in.Digest, err)
-			}
+	return nil
+}
+
+// recordIn writes the records of infos (already validated) into the chunks bucket.
+func recordIn(b *bolt.Bucket, infos []cas.Info, now time.Time) error {
+	for _, in := range infos {
+		if err := b.Put(in.Digest[:], encodeChunkRecord(in, now)); err != nil {
+			return fmt.Errorf("record chunk %s: %w", in.Digest, err)
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // Chunk returns the record of one chunk, or ErrChunkNotRecorded.

@@ -418,6 +418,25 @@ func (d *decoder) count(what string, max uint64, minBytes int) (int, error) {
 	return int(n), nil
 }
 
+// decodeRegions reads the kind, parent and regions of data, not its metadata, and checks less
+// than Decode (not the metadata, not canonical form): for bytes the index stored after Decode
+// or Encode checked them.
+func decodeRegions(data []byte) (*Manifest, error) {
+	d := decoder{buf: data}
+	magic, err := d.bytes(4, "magic")
+	if err != nil {
+		return nil, err
+	}
+	if string(magic) != manifestMagic {
+		return nil, d.errf("not a driftstore manifest of format version %d (magic %q)", manifestMagic[3], magic)
+	}
+	m := &Manifest{}
+	if err := d.headAndRegions(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 func (d *decoder) manifest() (*Manifest, error) {
 	magic, err := d.bytes(4, "magic")
 	if err != nil {
@@ -430,17 +449,26 @@ func (d *decoder) manifest() (*Manifest, error) {
 		return nil, d.errf("manifest format version %d; this driftstore reads version %d", magic[3], manifestMagic[3])
 	}
 	m := &Manifest{}
-	if m.Kind, err = d.str("kind", MaxKindLen); err != nil {
+	if err := d.headAndRegions(m); err != nil {
 		return nil, err
+	}
+	return d.meta(m)
+}
+
+// headAndRegions reads the kind, parent and regions of m, after the magic.
+func (d *decoder) headAndRegions(m *Manifest) error {
+	var err error
+	if m.Kind, err = d.str("kind", MaxKindLen); err != nil {
+		return err
 	}
 	p, err := d.bytes(32, "parent")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	copy(m.Parent[:], p)
 	nr, err := d.count("region count", MaxRegions, 2)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if nr > 0 {
 		m.Regions = make([]Region, nr)
@@ -448,11 +476,11 @@ func (d *decoder) manifest() (*Manifest, error) {
 	for i := range m.Regions {
 		r := &m.Regions[i]
 		if r.Name, err = d.str("region name", MaxNameLen); err != nil {
-			return nil, err
+			return err
 		}
 		nc, err := d.count("chunk count", math.MaxInt32, 33)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if nc > 0 {
 			r.Chunks = make([]ChunkRef, nc)
@@ -460,19 +488,24 @@ func (d *decoder) manifest() (*Manifest, error) {
 		for j := range r.Chunks {
 			dg, err := d.bytes(32, "chunk digest")
 			if err != nil {
-				return nil, err
+				return err
 			}
 			copy(r.Chunks[j].Digest[:], dg)
 			l, err := d.uvarint("chunk length")
 			if err != nil {
-				return nil, err
+				return err
 			}
 			if l < 1 || l > MaxChunkLength {
-				return nil, d.errf("chunk length %d out of range 1..%d", l, MaxChunkLength)
+				return d.errf("chunk length %d out of range 1..%d", l, MaxChunkLength)
 			}
 			r.Chunks[j].Length = int64(l)
 		}
 	}
+	return nil
+}
+
+// meta reads the metadata of m and checks nothing follows it.
+func (d *decoder) meta(m *Manifest) (*Manifest, error) {
 	nm, err := d.count("metadata count", MaxMetaEntries, 3)
 	if err != nil {
 		return nil, err

@@ -27,12 +27,30 @@ func (e *LengthMismatchError) Error() string {
 // *LengthMismatchError when a chunk's length differs from its record, and with ErrMissingParent
 // when m has a parent the index lacks. Putting a manifest that is already present succeeds and
 // restarts its grace period. Returns the manifest's ID.
+//
+// A chunk that m's parent names at the same place (same region, same position, same digest and
+// length) is known to be recorded without a look-up: the index keeps every chunk of a present
+// manifest recorded (garbage collection removes a manifest in the same transaction as, or before,
+// the records only it kept). So a manifest that extends its parent costs look-ups only for its
+// new chunks.
 func (ix *Index) PutManifest(ctx context.Context, m *Manifest) (ID, error) {
+	return ix.CommitManifest(ctx, nil, m)
+}
+
+// CommitManifest records infos (as RecordChunks) and commits m (as PutManifest) in one
+// transaction: either both happen or neither does, and durably with one commit instead of two.
+// The chunks infos describe must be durably in the store (the caller should hold HoldGC from
+// their Put until this returns); m may name them, chunks already recorded, and its parent's
+// chunks (see PutManifest). On any refusal nothing is recorded. Returns the manifest's ID.
+func (ix *Index) CommitManifest(ctx context.Context, infos []cas.Info, m *Manifest) (ID, error) {
+	if err := validInfos(infos); err != nil {
+		return ID{}, err
+	}
 	data, id, err := m.Encode()
 	if err != nil {
 		return ID{}, err
 	}
-	return id, ix.putManifest(ctx, m, data, id)
+	return id, ix.putManifest(ctx, infos, m, data, id)
 }
 
 // PutManifestBytes is PutManifest for an encoded manifest from any source: data is decoded
@@ -43,32 +61,32 @@ func (ix *Index) PutManifestBytes(ctx context.Context, data []byte) (ID, error) 
 		return ID{}, err
 	}
 	id := cas.Sum(data)
-	return id, ix.putManifest(ctx, m, data, id)
+	return id, ix.putManifest(ctx, nil, m, data, id)
 }
 
-func (ix *Index) putManifest(ctx context.Context, m *Manifest, data []byte, id ID) error {
+func (ix *Index) putManifest(ctx context.Context, infos []cas.Info, m *Manifest, data []byte, id ID) error {
 	if err := ctxErr(ctx); err != nil {
 		return err
 	}
 	now := ix.now()
 	err := ix.update(func(tx *bolt.Tx) error {
 		chunks := tx.Bucket(bucketChunks)
-		if missing := missingIn(chunks, m.Digests()); len(missing) > 0 {
-			return &MissingChunksError{Missing: missing}
-		}
-		for _, r := range m.Regions {
-			for _, c := range r.Chunks {
-				rec, err := decodeChunkRecord(c.Digest, chunks.Get(c.Digest[:]))
-				if err != nil {
-					return err
-				}
-				if rec.Size != c.Length {
-					return &LengthMismatchError{Digest: c.Digest, Length: c.Length, Record: rec.Size}
-				}
-			}
+		if err := recordIn(chunks, infos, now); err != nil {
+			return err
 		}
 		mb := tx.Bucket(bucketManifests)
-		if !m.Parent.IsZero() && mb.Get(m.Parent[:]) == nil {
+		var parent []Region
+		parentPresent := m.Parent.IsZero()
+		if !parentPresent {
+			if v := mb.Get(m.Parent[:]); v != nil {
+				parentPresent = true
+				parent = knownRegions(m.Parent, v)
+			}
+		}
+		if err := checkChunks(chunks, m, parent); err != nil {
+			return err
+		}
+		if !parentPresent {
 			return fmt.Errorf("%w: %s", ErrMissingParent, m.Parent)
 		}
 		if mb.Get(id[:]) == nil {
@@ -82,6 +100,63 @@ func (ix *Index) putManifest(ctx context.Context, m *Manifest, data []byte, id I
 		return fmt.Errorf("put manifest %s: %w", id, err)
 	}
 	return nil
+}
+
+// knownRegions returns the regions of the stored manifest v (whose ID is id), or nil when the
+// stored bytes do not hash to id or do not parse: then nothing is taken as known and every
+// chunk is looked up.
+func knownRegions(id ID, v []byte) []Region {
+	if cas.Sum(v) != id {
+		return nil
+	}
+	m, err := decodeRegions(v)
+	if err != nil {
+		return nil
+	}
+	return m.Regions
+}
+
+// checkChunks checks that every chunk m names is recorded with m's length, except those parent
+// (the regions of m's present parent, or nil) names at the same place. Missing chunks, all of
+// them, take precedence over a length mismatch.
+func checkChunks(chunks *bolt.Bucket, m *Manifest, parent []Region) error {
+	var missing []cas.Digest
+	var mismatch error
+	seen := make(map[cas.Digest]struct{})
+	for i, r := range m.Regions {
+		var known []ChunkRef
+		if i < len(parent) && parent[i].Name == r.Name {
+			known = parent[i].Chunks
+		}
+		for j, c := range r.Chunks {
+			if j < len(known) && known[j] == c {
+				continue
+			}
+			if _, ok := seen[c.Digest]; ok {
+				continue
+			}
+			seen[c.Digest] = struct{}{}
+			v := chunks.Get(c.Digest[:])
+			if v == nil {
+				missing = append(missing, c.Digest)
+				continue
+			}
+			if mismatch != nil || len(missing) > 0 {
+				continue
+			}
+			rec, err := decodeChunkRecord(c.Digest, v)
+			if err != nil {
+				return err
+			}
+			if rec.Size != c.Length {
+				mismatch = &LengthMismatchError{Digest: c.Digest, Length: c.Length, Record: rec.Size}
+			}
+		}
+	}
+	if len(missing) > 0 {
+		return &MissingChunksError{Missing: missing}
+	}
+	return mismatch
 }
 
 // ManifestBytes returns the canonical bytes of manifest id, verified against the ID. The slice is
