@@ -33,6 +33,8 @@ const liarWat = `(module
   (import "driftstore" "attention" (func $attention (param i32 i32 i32 i32 i32 i32)))
   (import "driftstore" "swiglu" (func $swiglu (param i32 i32 i32 i32)))
   (import "driftstore" "add" (func $add (param i32 i32 i32)))
+  (import "driftstore" "argmax" (func $argmax (param i32 i32) (result i32)))
+  (import "driftstore" "top_k" (func $top_k (param i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
   (data (i32.const 1024) "\ff\ff\00\00")
   (data (i32.const 2048) "\00\00\ff\ff")
@@ -49,6 +51,9 @@ const liarWat = `(module
     local.get 0 local.get 1 local.get 2 local.get 3 local.get 4 local.get 5 call $attention)
   (func (export "swiglu") (param i32 i32 i32 i32) local.get 0 local.get 1 local.get 2 local.get 3 call $swiglu)
   (func (export "add") (param i32 i32 i32) local.get 0 local.get 1 local.get 2 call $add)
+  (func (export "argmax") (param i32 i32) (result i32) local.get 0 local.get 1 call $argmax)
+  (func (export "top_k") (param i32 i32 i32 i32 i32) (result i32)
+    local.get 0 local.get 1 local.get 2 local.get 3 local.get 4 call $top_k)
 )`
 
 // TestHostOpsRefuseLies: every out-of-range offset, length, alignment, weight id, head count,
@@ -94,6 +99,20 @@ func TestHostOpsRefuseLies(t *testing.T) {
 		{"add past memory", "add", []any{int32(memEnd - 4), int32(0), int32(2)}, "outside"},
 		{"config buffer small", "config", []any{int32(0), int32(4)}, "smaller"},
 		{"config past memory", "config", []any{int32(memEnd - 8), int32(32)}, "outside"},
+		{"argmax of nothing", "argmax", []any{int32(4096), int32(0)}, "logit count"},
+		{"argmax huge count", "argmax", []any{int32(0), int32(-1)}, "logit count"},
+		{"argmax past memory", "argmax", []any{int32(memEnd - 16), int32(8)}, "outside linear memory"},
+		{"argmax wraps", "argmax", []any{int32(-8), int32(4)}, "outside linear memory"},
+		{"argmax misaligned", "argmax", []any{int32(4098), int32(4)}, "aligned"},
+		{"top_k k zero", "top_k", []any{int32(4096), int32(16), int32(0), int32(8192), int32(8448)}, "k 0"},
+		{"top_k k beyond n", "top_k", []any{int32(4096), int32(16), int32(17), int32(8192), int32(8448)}, "k 17"},
+		{"top_k of nothing", "top_k", []any{int32(4096), int32(0), int32(0), int32(8192), int32(8448)}, "logit count"},
+		{"top_k logits past memory", "top_k", []any{int32(memEnd - 32), int32(16), int32(4), int32(8192), int32(8448)}, "outside linear memory"},
+		{"top_k ids past memory", "top_k", []any{int32(4096), int32(16), int32(4), int32(memEnd - 8), int32(8448)}, "ids"},
+		{"top_k vals wrap", "top_k", []any{int32(4096), int32(16), int32(4), int32(8192), int32(-8)}, "vals"},
+		{"top_k ids misaligned", "top_k", []any{int32(4096), int32(16), int32(4), int32(8194), int32(8448)}, "aligned"},
+		{"top_k ids over logits", "top_k", []any{int32(4096), int32(16), int32(4), int32(4096 + 60), int32(8448)}, "overlaps"},
+		{"top_k vals over ids", "top_k", []any{int32(4096), int32(16), int32(4), int32(8192), int32(8200)}, "overlaps"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -122,6 +141,8 @@ func TestHostOpsRefuseLies(t *testing.T) {
 		{"matmul", []any{int32(0), wq, int32(4096), int32(2)}},
 		{"store_kv", []any{int32(2064), int32(1), int32(4096), int32(8192), int32(3), int32(0)}},
 		{"attention", []any{int32(0), int32(4096), int32(3), int32(0), int32(2064), int32(1)}},
+		{"argmax", []any{int32(4096), int32(16)}},
+		{"top_k", []any{int32(4096), int32(16), int32(16), int32(8192), int32(8448)}},
 	}
 	for _, c := range ok {
 		if _, err := in.call(c.op, c.args...); err != nil {
@@ -147,7 +168,7 @@ func liar(t *testing.T, m *Model, mod *wasmtime.Module) *Instance {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { in.Close() })
-	for _, ex := range []string{"config", "embed", "rmsnorm", "matmul", "rope", "store_kv", "attention", "swiglu", "add"} {
+	for _, ex := range []string{"config", "embed", "rmsnorm", "matmul", "rope", "store_kv", "attention", "swiglu", "add", "argmax", "top_k"} {
 		in.fns[ex] = in.inst.GetFunc(in.store, ex)
 	}
 	return in
