@@ -137,7 +137,7 @@ type Instance struct {
 var guestExports = []string{
 	"abi_version", "init", "set_sampler", "buf", "feed", "sample", "step", "position", "tokens",
 	"logits", "kv_regions", "kv_alloc", "state_save", "state_load", "last_error", "nop_loop",
-	"logits_in", "state_load_split", "sample_mode",
+	"logits_in", "state_load_split", "state_save_head", "sample_mode",
 }
 
 // NewInstance starts a guest for the model: instantiates the module on fresh linear memory,
@@ -566,19 +566,45 @@ func (in *Instance) parseRegions(name string, off uint32) ([]KVRegion, error) {
 
 // SaveState returns the small state: everything but the KV blocks (position, token history,
 // sampler settings, RNG state, last logits), in the guest's versioned format (guest/ABI.md).
-func (in *Instance) SaveState() ([]byte, error) {
-	off, err := in.callU32("state_save")
+func (in *Instance) SaveState() ([]byte, error) { return in.AppendState(nil) }
+
+// AppendState appends the small state (as SaveState returns it) to dst and returns the
+// extended slice: a caller that saves often reuses one buffer (a fresh 512 KiB slice per save
+// costs more than the save itself at a 128k vocabulary).
+func (in *Instance) AppendState(dst []byte) ([]byte, error) {
+	off, err := in.callU32("state_save_head")
 	if err != nil {
 		return nil, err
 	}
 	if off == 0 {
-		return nil, in.guestError("state_save")
+		return nil, in.guestError("state_save_head")
 	}
-	rec, err := in.record(off)
+	head, err := in.record(off)
 	if err != nil {
 		return nil, err
 	}
-	return append([]byte(nil), rec...), nil
+	if len(head) < stateFixed {
+		return nil, fmt.Errorf("%w: state_save_head: short record", ErrGuest)
+	}
+	nl := int(binary.LittleEndian.Uint32(head[76:]))
+	if nl != 0 && nl != in.model.hyper.Vocab {
+		return nil, fmt.Errorf("%w: state_save_head: %d logits for a vocabulary of %d", ErrGuest, nl, in.model.hyper.Vocab)
+	}
+	start := len(dst)
+	out := slices.Grow(dst, len(head)+4*nl)[:start+len(head)+4*nl]
+	copy(out[start:], head)
+	if nl > 0 {
+		loff, err := in.callU32("logits")
+		if err != nil {
+			return nil, err
+		}
+		lb, err := in.span(loff, 4*uint64(nl), "logits")
+		if err != nil || loff == 0 {
+			return nil, fmt.Errorf("%w: state_save_head: logits at %d: %v", ErrGuest, loff, err)
+		}
+		copy(out[start+len(head):], lb)
+	}
+	return out, nil
 }
 
 // LoadState replaces the small state with one from SaveState. The KV blocks for its position

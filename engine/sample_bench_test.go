@@ -29,15 +29,20 @@ func BenchmarkSample(b *testing.B) {
 		{"greedy", Sampler{}},
 		{"topk40", Sampler{Temp: 0.8, TopK: 40, TopP: 0.95, Seed: 1}},
 	} {
-		b.Run(c.name, func(b *testing.B) {
-			in := vocab1bInstance(b, c.s)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if _, err := in.Sample(); err != nil {
+		for mode, where := range []string{"host", "guest"} {
+			b.Run(c.name+"/"+where, func(b *testing.B) {
+				in := vocab1bInstance(b, c.s)
+				if err := in.setSampleMode(mode); err != nil {
 					b.Fatal(err)
 				}
-			}
-		})
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					if _, err := in.Sample(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }
 
@@ -65,12 +70,24 @@ func BenchmarkLoadState(b *testing.B) {
 
 func BenchmarkSaveState(b *testing.B) {
 	in := vocab1bInstance(b, Sampler{})
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		st, err := in.SaveState()
-		if err != nil {
-			b.Fatal(err)
+	b.Run("new", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			st, err := in.SaveState()
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(st)))
 		}
-		b.SetBytes(int64(len(st)))
-	}
+	})
+	b.Run("append", func(b *testing.B) {
+		var buf []byte
+		for i := 0; i < b.N; i++ {
+			st, err := in.AppendState(buf[:0])
+			if err != nil {
+				b.Fatal(err)
+			}
+			buf = st
+			b.SetBytes(int64(len(st)))
+		}
+	})
 }

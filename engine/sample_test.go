@@ -71,7 +71,9 @@ func withLogits(t testing.TB, state []byte, logits []float32) []byte {
 	return out
 }
 
-func leU32(b []byte) uint32 { return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24 }
+func leU32(b []byte) uint32 {
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+}
 func putU32(b []byte, v uint32) {
 	b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
 }
@@ -106,10 +108,10 @@ func TestHostSamplingMatchesGuest(t *testing.T) {
 		{Temp: 1, TopK: 1, TopP: 1, Seed: 1},
 		{Temp: 0.7, TopK: 5, TopP: 1, Seed: 2},
 		{Temp: 1.3, TopK: 40, TopP: 0.9, Seed: 3},
-		{Temp: 1, TopK: 0, TopP: 0.5, Seed: 4},      // top-p alone: the whole vocabulary sorted
-		{Temp: 2, TopK: 0, TopP: 1, Seed: 5},        // unrestricted
+		{Temp: 1, TopK: 0, TopP: 0.5, Seed: 4},        // top-p alone: the whole vocabulary sorted
+		{Temp: 2, TopK: 0, TopP: 1, Seed: 5},          // unrestricted
 		{Temp: 0.9, TopK: 100000, TopP: 0.8, Seed: 6}, // k beyond the vocabulary
-		{Temp: 0.5, TopK: 21, TopP: 0.3, Seed: 7},   // k*16 ≥ vocab (small model): the sort path
+		{Temp: 0.5, TopK: 21, TopP: 0.3, Seed: 7},     // k*16 ≥ vocab (small model): the sort path
 	}
 	run := func(t *testing.T, model string, kinds []string, samplers []Sampler, n func(Sampler) int) {
 		m := testModel(t, model, gguf.TypeQ8_0)
@@ -368,5 +370,30 @@ func TestSampleModeRefusal(t *testing.T) {
 	in := newInst(t, m, InstanceOptions{})
 	if err := in.setSampleMode(2); !errors.Is(err, ErrGuest) {
 		t.Fatalf("sample mode 2: %v", err)
+	}
+}
+
+// TestAppendState: AppendState appends exactly SaveState's bytes, after what dst holds.
+func TestAppendState(t *testing.T) {
+	m := testModel(t, "small", gguf.TypeQ8_0)
+	in := newInst(t, m, InstanceOptions{Sampler: sampled})
+	for _, n := range []int{0, 9} {
+		if err := in.Prefill(prompt(n, m.Hyper().Vocab, 1)); err != nil {
+			t.Fatal(err)
+		}
+		want, err := in.SaveState()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := in.AppendState([]byte("prefix"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, append([]byte("prefix"), want...)) {
+			t.Fatalf("n=%d: AppendState differs from SaveState", n)
+		}
+		if (n == 0) != (len(want) == stateFixed) {
+			t.Fatalf("n=%d: state of %d bytes", n, len(want))
+		}
 	}
 }

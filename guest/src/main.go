@@ -534,11 +534,31 @@ func stateSaveExport() uint32 {
 		fail("state_save: not initialized")
 		return 0
 	}
+	return saveState(true)
+}
+
+// state_save_head is state_save without the logits' values: the record ends after the token
+// history (the header still counts the logits), and the host appends the logits from the
+// logits export's offset itself.
+//
+//go:wasmexport state_save_head
+func stateSaveHeadExport() uint32 {
+	if !ready {
+		fail("state_save_head: not initialized")
+		return 0
+	}
+	return saveState(false)
+}
+
+func saveState(withLogits bool) uint32 {
 	nl := uint32(0)
 	if haveLogits {
 		nl = cfg.vocab
 	}
-	size := 4 + stateFixed + 4*uint32(len(tokens)) + 4*nl
+	size := 4 + stateFixed + 4*uint32(len(tokens))
+	if withLogits {
+		size += 4 * nl
+	}
 	out := record(size)
 	binary.LittleEndian.PutUint32(out, size-4)
 	p := out[4:]
@@ -560,7 +580,9 @@ func stateSaveExport() uint32 {
 	p = p[stateFixed:]
 	// Wasm is little-endian: the slices' bytes are the format's bytes (one bulk copy each).
 	p = p[copy(p, bytesOf(tokens)):]
-	copy(p, bytesOf(logits[:nl]))
+	if withLogits {
+		copy(p, bytesOf(logits[:nl]))
+	}
 	return off(outBuf)
 }
 
