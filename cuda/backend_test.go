@@ -28,13 +28,25 @@ func newCUDABackend(t testing.TB, kv KVPlacement) *Backend {
 	return b
 }
 
+// synthModel writes the synthetic preset model (seed 3) and returns its path. Under
+// $DRIFTSTORE_CUDA_MODELS (set by scripts/gpu-check.sh) the file is kept and reused, named as
+// the external tests name it (synthPath), so one run writes each 1B-shaped file once.
 func synthModel(t testing.TB, preset string, typ gguf.Type) string {
 	t.Helper()
+	dir := os.Getenv("DRIFTSTORE_CUDA_MODELS")
+	if dir == "" {
+		dir = t.TempDir()
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, fmt.Sprintf("%s-%s-s3.gguf", preset, typ))
+	if _, err := os.Stat(path); err == nil {
+		return path
+	}
 	spec, err := gguf.Synth(preset, typ, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), preset+".gguf")
 	if err := spec.WriteFile(path, nil); err != nil {
 		t.Fatal(err)
 	}
