@@ -7,6 +7,7 @@ import (
 	"math"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/driftstore/driftstore/cas"
@@ -202,8 +203,6 @@ func crossOne(t *testing.T, ctx context.Context, ix *index.Index, from, to *engi
 		}
 		agree++
 	}
-	t.Logf("restore on %s: %d chunks, %d KV bytes identical; logits after restore: max |Δ| = %.3g (%.3g × RMS, bound %g); greedy tokens agree %d/%d",
-		to.Engine().Backend().Name(), rr.Chunks, len(capturedKV), worstAbs, worst, bound, agree, crossSteps+1)
 	if agree < crossSteps/2 {
 		t.Fatalf("greedy continuations agree for only %d tokens", agree)
 	}
@@ -224,7 +223,9 @@ func crossOne(t *testing.T, ctx context.Context, ix *index.Index, from, to *engi
 	if !(rel > 10*bound) {
 		t.Fatalf("negative control: another token changes the logits by only %.3g × RMS (bound %g): the comparison cannot tell states apart", rel, bound)
 	}
-	t.Logf("negative control (another token fed): %.3g × RMS; RMS of the logits %.3g", rel, rms(ref))
+	// One line per case, for scripts/gpu-check.sh's summary.
+	t.Logf("cross: %s: %d KV bytes restored bit-identical (%d chunks); next-pass logits max |Δ| %.3g = %.3g × RMS (bound %g, RMS %.3g); greedy tokens agree %d/%d; negative control %.3g × RMS",
+		strings.TrimPrefix(t.Name(), "TestCheckpointAcrossBackends/"), len(capturedKV), rr.Chunks, worstAbs, worst, bound, rms(ref), agree, crossSteps+1, rel)
 }
 
 // refAfter restores cp on m, feeds tok and returns the logits.
