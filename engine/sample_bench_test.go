@@ -91,3 +91,27 @@ func BenchmarkSaveState(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkDecodeSampleMode: decode steps on the tiny preset (vocabulary 32000), greedy, with
+// the selection on the host and in the guest, side by side.
+func BenchmarkDecodeSampleMode(b *testing.B) {
+	m := testModel(b, "tiny", gguf.TypeQ8_0)
+	for mode, where := range []string{"host", "guest"} {
+		b.Run(where, func(b *testing.B) {
+			in := newInst(b, m, InstanceOptions{Threads: 2})
+			if err := in.setSampleMode(mode); err != nil {
+				b.Fatal(err)
+			}
+			if err := in.Prefill(prompt(32, m.Hyper().Vocab, 9)); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := in.Step(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tok/s")
+		})
+	}
+}
