@@ -1,54 +1,125 @@
 #!/usr/bin/env bash
 # GPU check for package cuda, in two halves:
 #   scripts/gpu-check.sh build        here (Go, no GPU needed): builds the test binary into
-#                                     .devcarry/cudatest (glibc linked dynamically; a static
-#                                     binary crashes inside dlopen)
-#   scripts/gpu-check.sh run [OUT]    on a machine with an NVIDIA GPU (no Go needed), e.g.
-#                                     through the device tool with carry [".devcarry"]: runs
-#                                     every test and benchmark, writes logs to OUT (default
-#                                     /tmp/gpu-check), prints a table.
-# Set GPU_CHECK_BENCH to a -test.bench pattern ('.' by default; 'none' skips benchmarks) and
-# GPU_CHECK_BENCHTIME (default 200x).
-set -euo pipefail
+#                                     .devcarry/gpu/cudatest (symbols stripped; glibc linked
+#                                     dynamically: a static binary crashes inside dlopen)
+#   scripts/gpu-check.sh run [OUT]    on a machine with an NVIDIA GPU (no Go needed): runs every
+#                                     test (kernels, whole model vs CPU, checkpoints across
+#                                     backends, zero-copy overhead), the 1B-shaped report
+#                                     (TestGPUReport: prefill, decode, restore vs re-prefill,
+#                                     incremental checkpoint), the kernel benchmarks and
+#                                     BenchmarkGenerate; logs to OUT/gpu.log as it goes (OUT
+#                                     defaults to $OUT, else /tmp/gpu-check) and prints one
+#                                     summary at the end. Exit status 1 if anything failed.
+#
+# Through the device tool, after `scripts/gpu-check.sh build` here (≈ 2–3 minutes on an H100):
+#   run  command:   bash scripts/gpu-check.sh run "$OUT"
+#        carry:     [".devcarry/gpu"]
+#        timeout_s: 420
+#
+# Environment:
+#   GPU_CHECK_BENCH        -test.bench pattern of the kernel benchmarks ('.' by default; 'none'
+#                          skips them); GPU_CHECK_BENCHTIME (default 200x)
+#   GPU_CHECK_GENERATE=0   skips BenchmarkGenerate (TestGPUReport measures prefill and decode too)
+#   GPU_CHECK_REPORT=0     skips TestGPUReport
+#   DRIFTSTORE_CUDA_MODELS where the synthetic models are kept (default
+#                          /tmp/driftstore-cuda-models; never under OUT: ≈ 4 GB)
+set -uo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
 build)
-	mkdir -p .devcarry
-	go test -c -o .devcarry/cudatest ./cuda/
-	echo "built .devcarry/cudatest"
+	set -e
+	mkdir -p .devcarry/gpu
+	go vet ./cuda/ || echo "warning: go vet ./cuda/ failed (above); building anyway" >&2
+	go test -c -ldflags='-s -w' -o .devcarry/gpu/cudatest ./cuda/
+	ls -l .devcarry/gpu/cudatest
+	echo "built .devcarry/gpu/cudatest"
 	;;
 run)
-	out=${2:-/tmp/gpu-check}
+	out=${2:-${OUT:-/tmp/gpu-check}}
 	mkdir -p "$out"
-	bin=$PWD/.devcarry/cudatest
-	[ -x "$bin" ] || { echo "no $bin: run 'scripts/gpu-check.sh build' first" >&2; exit 1; }
-	nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | sed 's/^/gpu: /' || true
-	cd cuda
+	out=$(cd "$out" && pwd)
+	log=$out/gpu.log
+	: >"$log"
+	bin=$PWD/.devcarry/gpu/cudatest
+	[ -x "$bin" ] || { echo "no $bin: run 'scripts/gpu-check.sh build' first (and carry .devcarry/gpu)" | tee -a "$log" >&2; exit 1; }
+	export DRIFTSTORE_CUDA_MODELS=${DRIFTSTORE_CUDA_MODELS:-/tmp/driftstore-cuda-models}
+	unset DRIFTSTORE_GPU_REPORT
 	status=0
-	"$bin" -test.v -test.count=1 -test.timeout 300s >"$out/test.log" 2>&1 || status=$?
-	grep -E '^cuda: ' "$out/test.log" | head -1 || true
-	echo "== tests"
-	grep -E '^(--- |ok|PASS|FAIL)|^\s+\S+_test.go:[0-9]+: (no CUDA|.*: max \|cuda-cpu)' "$out/test.log" | sed 's/^/  /'
+	# phase NAME FILE ARGS...: runs the test binary (in cuda/, where the kernel sources are),
+	# its output into OUT/FILE and appended to gpu.log as it comes.
+	phase() {
+		local name=$1 file=$2
+		shift 2
+		echo "== $name: cudatest $*" >>"$log"
+		local t0=$SECONDS rc
+		(cd cuda && "$bin" "$@") 2>&1 | tee -a "$log" >"$out/$file"
+		rc=${PIPESTATUS[0]}
+		echo "== $name: exit $rc after $((SECONDS - t0)) s" >>"$log"
+		[ "$rc" = 0 ] || status=1
+	}
+	{
+		echo "== gpu-check $(date -u +%FT%TZ) on $(hostname)"
+		nvidia-smi --query-gpu=name,driver_version --format=csv || echo "nvidia-smi failed"
+		nvidia-smi --query-gpu=memory.total,memory.used --format=csv,noheader || true
+		uname -r
+		ldd --version 2>&1 | head -1
+	} >>"$log" 2>&1
+
+	phase tests test.log -test.v -test.count=1 -test.skip '^TestGPUReport$' -test.timeout 240s
+	if [ "${GPU_CHECK_REPORT:-1}" != 0 ]; then
+		DRIFTSTORE_GPU_REPORT=1 phase report report.log -test.v -test.count=1 -test.run '^TestGPUReport$' -test.timeout 300s
+	fi
 	bench=${GPU_CHECK_BENCH:-.}
 	if [ "$bench" != none ]; then
-		# Kernel benchmarks repeat many times; the whole-model one (synthesizes and loads the
-		# 1B-shaped models) runs once.
-		"$bin" -test.run '^$' -test.bench "$bench" -test.skip BenchmarkGenerate -test.benchtime "${GPU_CHECK_BENCHTIME:-200x}" -test.timeout 400s >"$out/bench.log" 2>&1 || status=$?
-		if [[ BenchmarkGenerate =~ $bench ]]; then
-			"$bin" -test.run '^$' -test.bench BenchmarkGenerate -test.benchtime 1x -test.timeout 400s >>"$out/bench.log" 2>&1 || status=$?
-		fi
-		echo "== benchmarks (device time per op from CUDA events; ns/op is host wall time)"
-		awk '/^Benchmark/ {
-			name=$1; sub(/-[0-9]+$/, "", name); sub(/^Benchmark/, "", name)
-			line=sprintf("  %-44s", name)
-			for (i = 3; i < NF; i += 2) line = line sprintf(" %12s %-14s", $i, $(i+1))
-			print line
-		} /^(FAIL|panic|---)/ {print "  " $0}' "$out/bench.log"
+		phase benchmarks bench.log -test.run '^$' -test.bench "$bench" -test.skip BenchmarkGenerate -test.benchtime "${GPU_CHECK_BENCHTIME:-200x}" -test.timeout 200s
 	fi
+	if [ "${GPU_CHECK_GENERATE:-1}" != 0 ]; then
+		phase generate generate.log -test.run '^$' -test.bench BenchmarkGenerate -test.benchtime 1x -test.timeout 200s
+	fi
+
+	# The summary, from the logs.
+	{
+		echo
+		echo "================ summary ================"
+		sed -n '2,3p' "$log"
+		grep -h -m1 -E '^cuda: ' "$out"/test.log || true
+		echo "== tests (top level)"
+		grep -E '^(--- (PASS|FAIL|SKIP)|ok|PASS|FAIL|panic)' "$out/test.log" | sed 's/^/  /'
+		if grep -q -E -e '--- FAIL|^panic' "$out/test.log"; then
+			echo "== failures (failed tests, then every test message; full log in gpu.log)"
+			grep -E -e '^\s*--- FAIL' "$out/test.log" | sed 's/^/  /'
+			grep -E '^\s+\S+_test\.go:[0-9]+: ' "$out/test.log" | grep -v -E ': (cross|zero-copy): ' | head -40 | sed 's/^/  /'
+			grep -A15 '^panic' "$out/test.log" | head -30 | sed 's/^/  /'
+		fi
+		echo "== checkpoints across backends (next-pass logits after restore on the other backend)"
+		grep -h -o -E 'cross: .*' "$out/test.log" | sed 's/^cross: /  /'
+		grep -h -o -E '[^ ]+: max \|cuda-cpu\| logit.*' "$out/test.log" | sed 's/^/  whole run, TestBackendMatchesCPU /'
+		echo "== zero-copy overhead (16 MiB region)"
+		grep -h -o -E 'zero-copy: .*' "$out/test.log" | sed 's/^zero-copy: /  /'
+		if [ -f "$out/report.log" ]; then
+			echo "== 1B-shaped report (TestGPUReport)"
+			grep -E '^(--- |FAIL|panic)' "$out/report.log" | sed 's/^/  /'
+			grep -E '^\s+report_test\.go:[0-9]+: .*(differ|Error|error)' "$out/report.log" | sed 's/^/  /'
+			grep -E '^report\| ' "$out/report.log" | sed 's/^report| /  /'
+		fi
+		for f in bench.log generate.log; do
+			[ -f "$out/$f" ] || continue
+			echo "== ${f%.log} (device time per op from CUDA events where shown; ns/op is host wall time)"
+			awk '/^Benchmark/ {
+				name=$1; sub(/-[0-9]+$/, "", name); sub(/^Benchmark/, "", name)
+				line=sprintf("  %-44s", name)
+				for (i = 3; i < NF; i += 2) line = line sprintf(" %12s %-14s", $i, $(i+1))
+				print line
+			} /^(FAIL|panic|--- FAIL)/ {print "  " $0}' "$out/$f"
+		done
+		grep -E '^== [a-z]+: exit' "$log" | sed 's/^== /  /'
+		echo "overall: $([ $status = 0 ] && echo OK || echo FAILED) (full log: gpu.log)"
+	} | tee -a "$log"
 	exit $status
 	;;
 *)
-	sed -n '2,12p' "$0"
+	sed -n '2,29p' "$0"
 	exit 2
 	;;
 esac
