@@ -15,7 +15,7 @@ func init() {
 	register(&command{
 		name:    "generate",
 		args:    "[--model FILE] (--prompt TEXT | --tokens 1,2,3) -n N [--seed S] [--temp T] [--top-k K] [--top-p P] [--threads N] [--kv f16|f32] [--backend auto|cpu|cuda|metal]",
-		summary: "run a model on a prompt and print the generated tokens (without --model: the built-in tiny model)",
+		summary: "run a model on a prompt and print the generated tokens (without --model: the built-in tiny model); stateless and local only: through a daemon use run --session NAME --server URL",
 		run:     runGenerate,
 	})
 }
@@ -111,6 +111,9 @@ func runGenerate(c *cli, args []string) error {
 	topP := fs.Float64("top-p", 0.95, "keep the smallest set of tokens whose probability reaches P (1: all)")
 	if err := c.parse(fs, args); err != nil {
 		return err
+	}
+	if c.globals.server != "" {
+		return usageError("generate runs locally only (the daemon has no stateless endpoint); through a daemon use: driftstore run --session NAME --server URL")
 	}
 	if len(fs.Args()) > 0 {
 		return usageError("unexpected argument %q", fs.Args()[0])

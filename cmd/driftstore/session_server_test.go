@@ -126,4 +126,7 @@ func TestCLISessionsThroughServer(t *testing.T) {
 	if code, _, _ := at("a", "restore", "--session", "s", "--compare"); code != 2 {
 		t.Errorf("restore --compare --server: exit %d, want 2", code)
 	}
+	if code, _, errOut := at("a", "generate", "--tokens", "1", "-n", "1"); code != 2 || !strings.Contains(errOut, "run --session NAME --server URL") {
+		t.Errorf("generate --server: exit %d, want 2: %s", code, errOut)
+	}
 }
