@@ -69,29 +69,31 @@ func TestGPUReport(t *testing.T) {
 	var rep report
 	rep.add("device: %s (sm_%d%d, %d SMs, %d MiB), driver API %d; GOMAXPROCS %d", info.Name, info.CC[0], info.CC[1], info.SMs, info.TotalMem>>20, info.DriverVersion, runtime.GOMAXPROCS(0))
 	var perf, rest []string
+	// Printed even when a measurement fails half way (t.Fatal runs the deferred calls).
+	defer func() {
+		rep.add("")
+		rep.add("| 1B shape | prefill tok/s 24 / 128 / 512 / 2048 / 4096 | decode ms/token (128 tokens; 64 after 2048) |")
+		rep.add("|---|---|---|")
+		rep.lines = append(rep.lines, perf...)
+		rep.add("")
+		rep.add("| 1B shape | context | KV MB | full ckpt ms | new instance ms (not counted) | restore ms (decode + load) | TTFT restore | TTFT re-prefill | speedup | 2nd token: restore path | re-prefill path | incr ckpt 16 tok ms (prepare/store/commit; blocks) | same bits |")
+		rep.add("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+		rep.lines = append(rep.lines, rest...)
+		var b strings.Builder
+		for _, l := range rep.lines {
+			b.WriteString("report| " + l + "\n")
+		}
+		fmt.Print(b.String())
+	}()
 	for _, typ := range []gguf.Type{gguf.TypeF16, gguf.TypeQ8_0} {
-		p, r := reportModel(t, e, gpu.Device().MemInfo, "llama-3.2-1b", typ, reportContexts)
-		perf = append(perf, p)
-		rest = append(rest, r...)
+		reportModel(t, e, gpu.Device().MemInfo, "llama-3.2-1b", typ, reportContexts, &perf, &rest)
 	}
-	rep.add("")
-	rep.add("| 1B shape | prefill tok/s 24 / 128 / 512 / 2048 / 4096 | decode ms/token (128 tokens; 64 after 2048) |")
-	rep.add("|---|---|---|")
-	rep.lines = append(rep.lines, perf...)
-	rep.add("")
-	rep.add("| 1B shape | context | KV MB | full ckpt ms | new instance ms (not counted) | restore ms (decode + load) | TTFT restore | TTFT re-prefill | speedup | 2nd token: restore path | re-prefill path | incr ckpt 16 tok ms (prepare/store/commit; blocks) | same bits |")
-	rep.add("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-	rep.lines = append(rep.lines, rest...)
-	var b strings.Builder
-	for _, l := range rep.lines {
-		b.WriteString("report| " + l + "\n")
-	}
-	fmt.Print(b.String())
 }
 
 // reportModel measures one model on e (memInfo: the device's free and total memory); it
-// returns the prefill/decode row and the restore rows. contexts must include 24 and 2048.
-func reportModel(t *testing.T, e *engine.Engine, memInfo func() (int64, int64, error), preset string, typ gguf.Type, contexts []int) (string, []string) {
+// appends the prefill/decode row to perf and each restore row to rest as soon as measured.
+// contexts must include 24 and 2048 for the decode figures.
+func reportModel(t *testing.T, e *engine.Engine, memInfo func() (int64, int64, error), preset string, typ gguf.Type, contexts []int, perf, rest *[]string) {
 	ctx := context.Background()
 	t0 := time.Now()
 	path := synthPath(t, preset, typ)
@@ -167,7 +169,7 @@ func reportModel(t *testing.T, e *engine.Engine, memInfo func() (int64, int64, e
 	for _, np := range contexts {
 		ps = append(ps, fmt.Sprintf("%.0f", float64(np)/prefill[np].Seconds()))
 	}
-	perfRow := fmt.Sprintf("| %s | %s | %.2f; %.2f |", typ, strings.Join(ps, " / "), dec128, dec2048)
+	*perf = append(*perf, fmt.Sprintf("| %s | %s | %.2f; %.2f |", typ, strings.Join(ps, " / "), dec128, dec2048))
 	t.Logf("%s: prefill tok/s %s; decode %.2f ms/token (128 tokens), %.2f after 2048", typ, strings.Join(ps, " / "), dec128, dec2048)
 
 	// Restore vs re-prefill, incremental checkpoint.
@@ -183,7 +185,6 @@ func reportModel(t *testing.T, e *engine.Engine, memInfo func() (int64, int64, e
 	defer ix.Close()
 	live := newIn()
 	defer func() { live.Close() }()
-	var rows []string
 	fed := 0
 	for _, n := range contexts {
 		if err := live.Prefill(prompt[fed:n]); err != nil {
@@ -276,9 +277,8 @@ func reportModel(t *testing.T, e *engine.Engine, memInfo func() (int64, int64, e
 			typ, n, float64(cp.KVBytes())/1e6, msOf(full.Duration), msOf(best.newInst), msOf(best.restore), msOf(best.decode), msOf(best.load),
 			msOf(best.ttft), msOf(pre.ttft), msOf(pre.ttft)/math.Max(msOf(best.ttft), 1e-3), msOf(best.second), msOf(pre.second),
 			msOf(incr.Duration), msOf(incr.Prepare), msOf(incr.Store), msOf(incr.Commit), incr.BlocksWritten, same)
-		rows = append(rows, row)
+		*rest = append(*rest, row)
 		t.Logf("%s, %d tokens: TTFT restore %.2f ms (new instance %.2f ms not counted) vs re-prefill %.2f ms; incremental checkpoint %.2f ms",
 			typ, n, msOf(best.ttft), msOf(best.newInst), msOf(pre.ttft), msOf(incr.Duration))
 	}
-	return perfRow, rows
 }
