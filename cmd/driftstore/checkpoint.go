@@ -37,7 +37,7 @@ func runCheckpoint(c *cli, args []string) error {
 	if c.globals.server != "" {
 		return runCheckpointRemote(c, *name)
 	}
-	env, err := c.openSessions(1, 0)
+	env, err := c.openSessions(1, 0, "")
 	if err != nil {
 		return err
 	}

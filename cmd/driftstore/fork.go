@@ -29,7 +29,7 @@ func runFork(c *cli, args []string) error {
 	if c.globals.server != "" {
 		return runForkRemote(c, *name, *from)
 	}
-	env, err := c.openSessions(1, 0)
+	env, err := c.openSessions(1, 0, "")
 	if err != nil {
 		return err
 	}

@@ -100,7 +100,7 @@ func runRestore(c *cli, args []string) error {
 		}
 		return runRestoreRemote(c, *name, *cpFlag)
 	}
-	env, err := c.openSessions(*threads, 0)
+	env, err := c.openSessions(*threads, 0, "")
 	if err != nil {
 		return err
 	}

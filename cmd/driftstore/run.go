@@ -24,7 +24,7 @@ func init() {
 // sessionEnv is an open data directory with an engine and a session manager.
 type sessionEnv struct {
 	repo *repo.Repo
-	eng  *engine.Engine
+	eng  interface{ Close() error } // *engine.Engine, or *runEngine (closes its backend too)
 	mgr  *session.Manager
 }
 
@@ -41,19 +41,31 @@ func (e *sessionEnv) Close() {
 }
 
 // openSessions opens the data directory, an engine (module cache under it) and a session
-// manager with threads host threads per instance.
-func (c *cli) openSessions(threads, batch int) (*sessionEnv, error) {
+// manager with threads host threads per instance. backend is --backend ("": the CPU, quietly).
+func (c *cli) openSessions(threads, batch int, backend string) (*sessionEnv, error) {
 	r, err := c.openRepo(false)
 	if err != nil {
 		return nil, err
 	}
 	env := &sessionEnv{repo: r}
-	env.eng, err = engine.New(engine.Options{CacheDir: engine.ModuleCacheDir(c.globals.data)})
+	var eng *engine.Engine
+	if backend == "" {
+		eng, err = engine.New(engine.Options{CacheDir: engine.ModuleCacheDir(c.globals.data)})
+		if err == nil {
+			env.eng = eng
+		}
+	} else {
+		var re *runEngine
+		re, err = c.newEngine(backend, engine.ModuleCacheDir(c.globals.data))
+		if err == nil {
+			env.eng, eng = re, re.Engine
+		}
+	}
 	if err != nil {
 		env.Close()
 		return nil, err
 	}
-	env.mgr, err = session.NewManager(session.Config{Index: r.Index(), Engine: env.eng, DataDir: c.globals.data, Threads: threads, Batch: batch})
+	env.mgr, err = session.NewManager(session.Config{Index: r.Index(), Engine: eng, DataDir: c.globals.data, Threads: threads, Batch: batch})
 	if err != nil {
 		env.Close()
 		return nil, err
@@ -120,7 +132,7 @@ func runRun(c *cli, args []string) error {
 			smp: smp, set: set, kv: rf.kv, blockSize: rf.blockSize, noCheckpoint: *noCP})
 	}
 
-	env, err := c.openSessions(opts.Threads, opts.Batch)
+	env, err := c.openSessions(opts.Threads, opts.Batch, rf.backend)
 	if err != nil {
 		return err
 	}
