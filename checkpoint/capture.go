@@ -166,10 +166,15 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 		jobs = append(jobs, job{data: mem[r.Offset:end:end], l: r.Layer, b: r.Block, hint: hint})
 	}
 	written := len(jobs)
-	// The small state is one chunk: head, tokens and logits together (the logits dominate, so
-	// the float32 hint). One chunk rather than two keeps every chunk well above the size where
-	// the store's zstd framing misbehaves (see the package doc).
-	jobs = append(jobs, job{data: state, state: 1, hint: cas.HintFloat32})
+	// The small state: the head (fixed part and token history) as one chunk, the logits as
+	// chunks of at most LogitsChunk bytes, so that a restore decodes them in parallel straight
+	// into the guest's buffers. They go first: at short contexts they are most of the work.
+	sj := []job{{data: state[:st.HeadLen:st.HeadLen], state: 1, hint: cas.HintNone}}
+	for off := st.HeadLen; off < len(state); off += LogitsChunk {
+		end := min(off+LogitsChunk, len(state))
+		sj = append(sj, job{data: state[off:end:end], state: 1, hint: cas.HintFloat32})
+	}
+	jobs = append(sj, jobs...)
 	infos := make([]cas.Info, len(jobs))
 	existed := make([]bool, len(jobs))
 	workers := opts.Workers
@@ -245,6 +250,10 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 	}
 	return res, nil
 }
+
+// LogitsChunk is the most bytes of logits Capture stores in one chunk (a restore decodes the
+// chunks of a 128K-entry vocabulary's 512 KiB of logits on several cores at once).
+const LogitsChunk = 128 << 10
 
 type job struct {
 	data  []byte

@@ -70,8 +70,17 @@ func TestManifestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	cp := res.Checkpoint
-	if cp.Position != 40 || len(cp.KV) != 2 || len(cp.KV[0]) != 3 || !cp.HasLogits || len(cp.State) != 1 {
+	if cp.Position != 40 || len(cp.KV) != 2 || len(cp.KV[0]) != 3 || !cp.HasLogits || len(cp.State) != 2 {
 		t.Fatalf("checkpoint: position %d, %d layers, %d blocks, logits %v, %d state chunks", cp.Position, len(cp.KV), len(cp.KV[0]), cp.HasLogits, len(cp.State))
+	}
+	// The state: the head, then the logits in chunks of at most LogitsChunk bytes.
+	if cp.State[0].Length != int64(checkpoint.StateHeadLen(40)) || cp.StateBytes() != int64(checkpoint.StateHeadLen(40)+4*512) {
+		t.Fatalf("state chunks %+v", cp.State)
+	}
+	for _, c := range cp.State[1:] {
+		if c.Length > checkpoint.LogitsChunk {
+			t.Fatalf("logits chunk of %d bytes", c.Length)
+		}
 	}
 	if cp.Guest != cas.Digest(guest.Fingerprint) || cp.Model != e.model.Fingerprint() || cp.ModelSource != "x.gguf" {
 		t.Fatalf("fingerprints or source wrong: %+v", cp)
@@ -175,7 +184,7 @@ func TestIncrementalWritesOnlyTouchedBlocks(t *testing.T) {
 			t.Fatalf("case %d: parent %s, want %s", i, r.Checkpoint.Parent, parent.ID)
 		}
 		// The store grew by at most the blocks written plus the state chunks.
-		if grew := countChunks(t, e.store) - before; grew > r.BlocksWritten+1 {
+		if grew := countChunks(t, e.store) - before; grew > r.BlocksWritten+len(r.Checkpoint.State) {
 			t.Fatalf("case %d: store grew by %d chunks for %d blocks written", i, grew, r.BlocksWritten)
 		}
 		// Reused chunks are exactly what a full capture would name.

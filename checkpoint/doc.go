@@ -14,7 +14,10 @@ package checkpoint
 //	               bytes as they lie in linear memory (K [block][kv heads][head dim], then V,
 //	               little-endian kv.dtype; positions not yet written are zero)
 //	state          the guest's small state (state.go): position, sampler settings, RNG state,
-//	               token history and last logits, in the guest's versioned format; one chunk
+//	               token history and last logits, in the guest's versioned format: the head
+//	               (80 + 4·position bytes) as one chunk, then the logits in chunks of at most
+//	               LogitsChunk bytes (checkpoints taken before this layout: one chunk for all;
+//	               readers accept any split)
 //
 // Metadata (typed values):
 //
@@ -57,8 +60,14 @@ package checkpoint
 // hashed and written whole, which grows with the context but costs little next to the barriers.
 // A session's ref moves afterwards, by compare-and-swap (package session).
 //
-// # Store quirk worked around
+// # Restore in place
 //
-// cas stores fail to Put compressible chunks shorter than 256 bytes ("zstd frame without content
-// size"), so the small state is one chunk (never shorter than 80 + 4·position + 4·vocab bytes
-// past position 0) and Capture refuses position 0 (ErrEmpty).
+// The state's chunks split where the guest keeps the state apart (the head in its transfer
+// buffer, the logits in its logits buffer), so a restore decodes them there directly
+// (engine.Instance.StateBuffers), in parallel with the KV blocks, and the first token after a
+// restore needs neither a copy of the state nor a forward pass.
+//
+// # Position 0
+//
+// Capture refuses an instance that has fed nothing (ErrEmpty): there is no state worth keeping,
+// and every state it writes has a head of at least 84 bytes and, past position 0, logits.

@@ -67,7 +67,8 @@ type Checkpoint struct {
 	// KV[l] lists layer l's block chunks in position order: Layout.Blocks(Position) of them, each
 	// Layout.BlockBytes long.
 	KV [][]index.ChunkRef
-	// State is the guest's small state (see state.go) as chunks (Capture writes one).
+	// State is the guest's small state (see state.go) as chunks: Capture writes the head, then
+	// the logits in chunks of at most LogitsChunk bytes; earlier checkpoints hold one chunk.
 	State []index.ChunkRef
 }
 

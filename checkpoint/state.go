@@ -18,8 +18,11 @@ import (
 //	20 u32 position
 //	24 f32 temperature, 28 u32 top-k, 32 f32 top-p, 36 u64 seed
 //
-// A checkpoint stores it as the "state" region, split into two chunks: the head (fixed part and
-// token history) and the logits, so that the logits get the float32 codec hint.
+// A checkpoint stores it as the "state" region: Capture writes the head (fixed part and token
+// history) as one chunk and the logits as chunks of at most LogitsChunk bytes (the float32 codec
+// hint; several chunks decode in parallel), so that a restore can decode them straight into the
+// guest's buffers (engine.Instance.StateBuffers). Checkpoints with the state as one chunk (the
+// first captures) restore through a buffer.
 const (
 	stateMagic   = 0x54535344
 	stateVersion = 1
@@ -37,12 +40,45 @@ type State struct {
 	Tokens    []int32   // Position ids
 	Logits    []float32 // nil when the state has no logits (nothing fed yet)
 	HeadLen   int       // bytes before the logits
+	NLogits   int       // logits count: 0 or Vocab (Logits is nil after ParseStateHead)
 }
 
 // ParseState parses a state blob, checking its internal consistency. The result shares no memory
 // with b.
 func ParseState(b []byte) (*State, error) {
+	s, err := ParseStateHead(b[:min(len(b), stateFixed)], -1)
+	if err != nil {
+		return nil, err
+	}
+	if uint64(stateFixed)+4*uint64(s.Position)+4*uint64(s.NLogits) != uint64(len(b)) {
+		return nil, fmt.Errorf("%w: guest state of %d bytes does not hold position %d and %d logits", ErrBadCheckpoint, len(b), s.Position, s.NLogits)
+	}
+	s, err = ParseStateHead(b[:s.HeadLen], s.NLogits)
+	if err != nil {
+		return nil, err
+	}
+	if s.NLogits > 0 {
+		le := binary.LittleEndian
+		s.Logits = make([]float32, s.NLogits)
+		for i := range s.Logits {
+			s.Logits[i] = math.Float32frombits(le.Uint32(b[s.HeadLen+4*i:]))
+		}
+	}
+	return s, nil
+}
+
+// StateHeadLen is the length of the head of a state at position pos: the fixed part and the
+// token history, what precedes the logits.
+func StateHeadLen(pos int) int { return stateFixed + 4*pos }
+
+// ParseStateHead parses the head of a state (the fixed part and the token history, exactly
+// StateHeadLen(position) bytes) whose logits are kept elsewhere: nLogits of them, as the head
+// must say (0 or the vocabulary size). nLogits -1 parses only the fixed part (head may then be
+// just that, and Tokens is nil). Logits is nil in the result; NLogits is the count. The result
+// shares no memory with head.
+func ParseStateHead(head []byte, nLogits int) (*State, error) {
 	le := binary.LittleEndian
+	b := head
 	if len(b) < stateFixed {
 		return nil, fmt.Errorf("%w: guest state of %d bytes is shorter than its header", ErrBadCheckpoint, len(b))
 	}
@@ -68,23 +104,21 @@ func ParseState(b []byte) (*State, error) {
 	for i := range s.RNG {
 		s.RNG[i] = le.Uint64(b[44+8*i:])
 	}
-	nl := int(le.Uint32(b[76:]))
-	if nl != 0 && nl != s.Vocab {
-		return nil, fmt.Errorf("%w: guest state has %d logits for a vocabulary of %d", ErrBadCheckpoint, nl, s.Vocab)
-	}
-	if uint64(stateFixed)+4*uint64(s.Position)+4*uint64(nl) != uint64(len(b)) {
-		return nil, fmt.Errorf("%w: guest state of %d bytes does not hold position %d and %d logits", ErrBadCheckpoint, len(b), s.Position, nl)
+	s.NLogits = int(le.Uint32(b[76:]))
+	if s.NLogits != 0 && s.NLogits != s.Vocab {
+		return nil, fmt.Errorf("%w: guest state has %d logits for a vocabulary of %d", ErrBadCheckpoint, s.NLogits, s.Vocab)
 	}
 	s.HeadLen = stateFixed + 4*s.Position
+	if nLogits < 0 {
+		return s, nil
+	}
+	if s.NLogits != nLogits || uint64(stateFixed)+4*uint64(s.Position) != uint64(len(b)) {
+		return nil, fmt.Errorf("%w: guest state head of %d bytes with %d logits elsewhere does not hold position %d and %d logits",
+			ErrBadCheckpoint, len(b), nLogits, s.Position, s.NLogits)
+	}
 	s.Tokens = make([]int32, s.Position)
 	for i := range s.Tokens {
 		s.Tokens[i] = int32(le.Uint32(b[stateFixed+4*i:]))
-	}
-	if nl > 0 {
-		s.Logits = make([]float32, nl)
-		for i := range s.Logits {
-			s.Logits[i] = math.Float32frombits(le.Uint32(b[s.HeadLen+4*i:]))
-		}
 	}
 	return s, nil
 }

@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"slices"
 	"sync/atomic"
@@ -147,9 +148,41 @@ func Into(ctx context.Context, store cas.Store, in *engine.Instance, cp *checkpo
 	if len(regions) != nb*cp.Layout.Layers {
 		return nil, fmt.Errorf("restore: guest allocated %d block regions, the checkpoint has %d layers × %d blocks", len(regions), cp.Layout.Layers, nb)
 	}
-	state := make([]byte, cp.StateBytes())
+	hugePages(in, regions)
+	// The small state goes straight into the guest's buffers when its chunks split where the
+	// guest keeps it apart (head, then logits); otherwise through a buffer and LoadState.
+	var head, logits, state []byte
+	inPlace := false
+	headLen, nLogits := checkpoint.StateHeadLen(cp.Position), 0
+	if cp.HasLogits {
+		nLogits = cp.Vocab
+	}
+	if len(cp.State) > 0 && cp.State[0].Length == int64(headLen) && cp.StateBytes() == int64(headLen+4*nLogits) {
+		if head, logits, err = in.StateBuffers(headLen, nLogits); err != nil {
+			return nil, fmt.Errorf("restore: state buffers: %w", err)
+		}
+		inPlace = true
+	} else {
+		state = make([]byte, cp.StateBytes())
+	}
 	mem := in.Memory() // valid until the next guest call: LoadState below
 	jobs := make([]Job, 0, len(regions)+len(cp.State))
+	// The state first: at short contexts its chunks are most of the work.
+	off := int64(0)
+	for i, ref := range cp.State {
+		var dst []byte
+		switch {
+		case !inPlace:
+			dst = state[off : off+ref.Length : off+ref.Length]
+		case i == 0:
+			dst = head
+		default:
+			o := off - int64(headLen)
+			dst = logits[o : o+ref.Length : o+ref.Length]
+		}
+		jobs = append(jobs, Job{Digest: ref.Digest, Dst: dst, Layer: -1, Block: i})
+		off += ref.Length
+	}
 	for _, r := range regions {
 		if r.Layer >= len(cp.KV) || r.Block >= nb {
 			return nil, fmt.Errorf("restore: guest region %+v outside the checkpoint", r)
@@ -161,11 +194,6 @@ func Into(ctx context.Context, store cas.Store, in *engine.Instance, cp *checkpo
 		ref := cp.KV[r.Layer][r.Block]
 		jobs = append(jobs, Job{Digest: ref.Digest, Dst: mem[r.Offset:end:end], Layer: r.Layer, Block: r.Block})
 	}
-	off := int64(0)
-	for i, ref := range cp.State {
-		jobs = append(jobs, Job{Digest: ref.Digest, Dst: state[off : off+ref.Length : off+ref.Length], Layer: -1, Block: i})
-		off += ref.Length
-	}
 	t1 := time.Now()
 	if err := Decode(ctx, store, jobs, workers); err != nil {
 		var ce *ChunkError
@@ -175,22 +203,50 @@ func Into(ctx context.Context, store cas.Store, in *engine.Instance, cp *checkpo
 		return nil, err
 	}
 	decode := time.Since(t1)
-	st, err := checkpoint.ParseState(state)
+	var st *checkpoint.State
+	if inPlace {
+		st, err = checkpoint.ParseStateHead(head, nLogits)
+	} else {
+		st, err = checkpoint.ParseState(state)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("restore: checkpoint %s: %w", cp.ID, err)
 	}
 	if st.Position != cp.Position || !slices.Equal(st.Tokens, cp.Tokens) || st.DType != cp.Layout.DType ||
-		st.BlockSize != cp.Layout.BlockSize || (st.Logits != nil) != cp.HasLogits {
+		st.BlockSize != cp.Layout.BlockSize || (st.NLogits != 0) != cp.HasLogits {
 		return nil, fmt.Errorf("restore: checkpoint %s: %w: the guest state disagrees with the manifest", cp.ID, checkpoint.ErrBadCheckpoint)
 	}
 	t2 := time.Now()
-	if err := in.LoadState(state); err != nil {
+	if inPlace {
+		err = in.LoadStateBuffers()
+	} else {
+		err = in.LoadState(state)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("restore: load state: %w", err)
 	}
 	return &Result{
-		Checkpoint: cp, Position: cp.Position, Chunks: len(jobs), KVBytes: cp.KVBytes(), StateBytes: int64(len(state)),
+		Checkpoint: cp, Position: cp.Position, Chunks: len(jobs), KVBytes: cp.KVBytes(), StateBytes: cp.StateBytes(),
 		Alloc: alloc, Decode: decode, Load: time.Since(t2), Total: time.Since(start),
 	}, nil
+}
+
+// hugePages advises transparent huge pages over the span of fresh KV block regions about to be
+// written (one page fault per 2 MiB instead of per 4 KiB while decoding; see
+// wasmmem.Region.HugePages). Advice only: a failure changes nothing and is ignored.
+func hugePages(in *engine.Instance, regions []engine.KVRegion) {
+	r := in.Region()
+	if r == nil || len(regions) == 0 {
+		return
+	}
+	lo, hi := uint64(math.MaxUint64), uint64(0)
+	for _, g := range regions {
+		lo = min(lo, uint64(g.Offset))
+		hi = max(hi, uint64(g.Offset)+uint64(g.Length))
+	}
+	if hi > lo && hi <= uint64(r.Len()) {
+		_, _ = r.HugePages(int(lo), int(hi-lo))
+	}
 }
 
 // Prefix restores known full blocks (from the prefix cache) into in, a fresh instance, and sets
@@ -215,6 +271,7 @@ func Prefix(ctx context.Context, store cas.Store, in *engine.Instance, blocks ch
 	if err != nil {
 		return fmt.Errorf("restore: prefix: allocate KV blocks: %w", err)
 	}
+	hugePages(in, regions)
 	mem := in.Memory()
 	jobs := make([]Job, 0, len(regions))
 	for _, r := range regions {

@@ -1,0 +1,115 @@
+package restore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"reflect"
+	"testing"
+
+	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/checkpoint"
+	"github.com/driftstore/driftstore/engine"
+	"github.com/driftstore/driftstore/index"
+	"github.com/driftstore/driftstore/restore"
+)
+
+// restoreTrace restores cp into a fresh instance and continues it.
+func restoreTrace(t *testing.T, e *env, cp *checkpoint.Checkpoint) trace {
+	t.Helper()
+	in, res, err := restore.Restore(context.Background(), e.store, e.model, cp, restore.Options{Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	if res.StateBytes != cp.StateBytes() || res.Chunks != cp.Chunks() {
+		t.Fatalf("result: %d state bytes, %d chunks; checkpoint has %d, %d", res.StateBytes, res.Chunks, cp.StateBytes(), cp.Chunks())
+	}
+	tr, err := continueTrace(in, steps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
+// resplit stores cp's state again cut at the given lengths and commits the checkpoint that
+// names those chunks instead.
+func resplit(t *testing.T, e *env, cp *checkpoint.Checkpoint, lengths ...int) *checkpoint.Checkpoint {
+	t.Helper()
+	ctx := context.Background()
+	var state []byte
+	for _, c := range cp.State {
+		b, err := e.store.Get(ctx, c.Digest, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		state = append(state, b...)
+	}
+	out := *cp
+	out.ID, out.State = index.ID{}, nil
+	var infos []cas.Info
+	for off, k := 0, 0; off < len(state); k++ {
+		n := len(state) - off
+		if k < len(lengths) {
+			n = lengths[k]
+		}
+		info, err := e.store.Put(ctx, state[off:off+n], cas.HintNone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		infos = append(infos, info)
+		out.State = append(out.State, index.ChunkRef{Digest: info.Digest, Length: int64(n)})
+		off += n
+	}
+	m, err := out.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.ID, err = e.ix.CommitManifest(ctx, infos, m); err != nil {
+		t.Fatal(err)
+	}
+	return &out
+}
+
+// TestStateLayouts: the state as Capture writes it (head, then logits chunks: decoded in place),
+// as one chunk (the earlier layout) and split elsewhere all restore to the same continuation.
+func TestStateLayouts(t *testing.T) {
+	e := openEnv(t, t.TempDir())
+	for _, kv := range []engine.KVType{engine.KVF16, engine.KVF32} {
+		cp := capture(t, e, kv, 37)
+		if len(cp.State) < 2 || cp.State[0].Length != int64(checkpoint.StateHeadLen(37)) {
+			t.Fatalf("capture's state chunks: %+v", cp.State)
+		}
+		want := restoreTrace(t, e, cp)
+		head := checkpoint.StateHeadLen(37)
+		for _, lengths := range [][]int{nil, {head - 4}, {head + 8, 100}, {1, head - 1}} {
+			other := resplit(t, e, cp, lengths...)
+			if got := restoreTrace(t, e, other); !reflect.DeepEqual(got, want) {
+				t.Fatalf("%v: state split %v continues differently", kv, lengths)
+			}
+		}
+	}
+}
+
+// TestCorruptLogitsChunkIsNamed: a logits chunk decoded in place is verified like any other.
+func TestCorruptLogitsChunkIsNamed(t *testing.T) {
+	e := openEnv(t, t.TempDir())
+	cp := capture(t, e, engine.KVF16, 20)
+	st := cp.State[len(cp.State)-1]
+	p := e.store.Path(st.Digest)
+	orig, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod := bytes.Clone(orig)
+	mod[len(mod)-5] ^= 2
+	if err := os.WriteFile(p, mod, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in, _, err := restore.Restore(context.Background(), e.store, e.model, cp, restore.Options{})
+	var ce *restore.ChunkError
+	if in != nil || !errors.As(err, &ce) || ce.Digest != st.Digest || ce.Where == "" || !errors.Is(err, cas.ErrCorrupt) {
+		t.Fatalf("corrupt logits chunk: %v", err)
+	}
+}

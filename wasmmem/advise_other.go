@@ -1,0 +1,9 @@
+//go:build !linux
+
+package wasmmem
+
+import "unsafe"
+
+const hugeAdviceSupported = false
+
+func adviseHuge(unsafe.Pointer, int) error { return nil }
