@@ -744,6 +744,11 @@ func (s *Server) generate(c echo.Context) error {
 		src = head.ModelSource
 	}
 	if md, _, err = mgr.Model(src); err != nil {
+		if turn.Model == "" {
+			// The session records a model this daemon neither serves nor can open.
+			return fmt.Errorf("%w: session %s needs model %s (%s), which this daemon does not serve: %v",
+				session.ErrModel, name, head.Model, head.ModelSource, err)
+		}
 		return err
 	}
 	toks, tok, err := prompt(md, req.Prompt, req.Text, head == nil)
