@@ -80,6 +80,9 @@ var sharedCodecs = sync.OnceValue(func() *codecs {
 		zstd.WithEncoderConcurrency(n),
 		zstd.WithEncoderCRC(false),
 		zstd.WithZeroFrames(true),
+		// Single segment: every frame declares its content size, which a receiver of the
+		// stored form needs (left alone, the encoder omits it below 256 bytes).
+		zstd.WithSingleSegment(true),
 	}
 	fast, err := zstd.NewWriter(nil, append(common, zstd.WithAllLitEntropyCompression(false))...)
 	if err != nil {

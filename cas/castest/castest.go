@@ -722,6 +722,15 @@ func testSmallCompressible(t *testing.T, s cas.Store) {
 			if !bytes.Equal(got, data) {
 				t.Fatalf("Get %d bytes (hint %d): content differs", n, hint)
 			}
+			// The stored form must stand on its own: a receiver decodes it without knowing
+			// the size (replication moves chunks as stored).
+			codec, stored, err := cas.ReadStored(ctx, s, info.Digest, hint)
+			if err != nil {
+				t.Fatalf("ReadStored %d bytes (hint %d): %v", n, hint, err)
+			}
+			if _, err := cas.WriteStored(ctx, cas.NewMemory(), info.Digest, codec, stored, hint); err != nil {
+				t.Fatalf("WriteStored %d bytes (hint %d, codec %v): %v", n, hint, codec, err)
+			}
 		}
 	}
 }
