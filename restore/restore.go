@@ -58,6 +58,22 @@ type Options struct {
 	Instance engine.InstanceOptions
 	// Workers bounds the chunks decoded at once; 0 means GOMAXPROCS.
 	Workers int
+	// HugePages asks for transparent huge pages under the fresh KV blocks before decoding into
+	// them (see IntoOptions.HugePages).
+	HugePages bool
+}
+
+// IntoOptions configure IntoWith.
+type IntoOptions struct {
+	// Workers bounds the chunks decoded at once; 0 means GOMAXPROCS.
+	Workers int
+	// HugePages advises transparent huge pages over the fresh KV blocks before decoding into
+	// them (wasmmem.Region.HugePages): one page fault per 2 MiB instead of per 4 KiB. Measured on
+	// a 2-core VM, 64 MiB of KV took 9–17 ms of faults instead of 38–53 ms once the process had
+	// freed huge pages before (a long-lived process: a daemon, a benchmark), but 190–320 ms in
+	// about half of fresh processes, whose huge pages the hypervisor had never backed. So it is
+	// for long-lived processes that restore many times; off by default.
+	HugePages bool
 }
 
 // Result describes a restore.
@@ -118,7 +134,7 @@ func Restore(ctx context.Context, store cas.Store, model *engine.Model, cp *chec
 		return nil, nil, fmt.Errorf("restore: %w", err)
 	}
 	made := time.Since(start)
-	res, err := Into(ctx, store, in, cp, opts.Workers)
+	res, err := IntoWith(ctx, store, in, cp, IntoOptions{Workers: opts.Workers, HugePages: opts.HugePages})
 	if err != nil {
 		in.Close()
 		return nil, nil, err
@@ -132,6 +148,12 @@ func Restore(ctx context.Context, store cas.Store, model *engine.Model, cp *chec
 // with its KV layout (checked: a *checkpoint.MismatchError otherwise). On error in is left in an
 // unspecified state and must be closed by the caller. Result.NewInstance is zero.
 func Into(ctx context.Context, store cas.Store, in *engine.Instance, cp *checkpoint.Checkpoint, workers int) (*Result, error) {
+	return IntoWith(ctx, store, in, cp, IntoOptions{Workers: workers})
+}
+
+// IntoWith is Into with options.
+func IntoWith(ctx context.Context, store cas.Store, in *engine.Instance, cp *checkpoint.Checkpoint, opts IntoOptions) (*Result, error) {
+	workers := opts.Workers
 	start := time.Now()
 	if err := cp.Check(Target(in.Model(), in.Layout())); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
@@ -148,7 +170,9 @@ func Into(ctx context.Context, store cas.Store, in *engine.Instance, cp *checkpo
 	if len(regions) != nb*cp.Layout.Layers {
 		return nil, fmt.Errorf("restore: guest allocated %d block regions, the checkpoint has %d layers × %d blocks", len(regions), cp.Layout.Layers, nb)
 	}
-	hugePages(in, regions)
+	if opts.HugePages {
+		hugePages(in, regions)
+	}
 	// The small state goes straight into the guest's buffers when its chunks split where the
 	// guest keeps it apart (head, then logits); otherwise through a buffer and LoadState.
 	var head, logits, state []byte
@@ -232,8 +256,7 @@ func Into(ctx context.Context, store cas.Store, in *engine.Instance, cp *checkpo
 }
 
 // hugePages advises transparent huge pages over the span of fresh KV block regions about to be
-// written (one page fault per 2 MiB instead of per 4 KiB while decoding; see
-// wasmmem.Region.HugePages). Advice only: a failure changes nothing and is ignored.
+// written (see IntoOptions.HugePages). Advice only: a failure changes nothing and is ignored.
 func hugePages(in *engine.Instance, regions []engine.KVRegion) {
 	r := in.Region()
 	if r == nil || len(regions) == 0 {
@@ -271,7 +294,6 @@ func Prefix(ctx context.Context, store cas.Store, in *engine.Instance, blocks ch
 	if err != nil {
 		return fmt.Errorf("restore: prefix: allocate KV blocks: %w", err)
 	}
-	hugePages(in, regions)
 	mem := in.Memory()
 	jobs := make([]Job, 0, len(regions))
 	for _, r := range regions {

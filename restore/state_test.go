@@ -82,6 +82,15 @@ func TestStateLayouts(t *testing.T) {
 			t.Fatalf("capture's state chunks: %+v", cp.State)
 		}
 		want := restoreTrace(t, e, cp)
+		in, _, err := restore.Restore(context.Background(), e.store, e.model, cp, restore.Options{HugePages: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := continueTrace(in, steps)
+		in.Close()
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("%v: restore with huge pages continues differently (%v)", kv, err)
+		}
 		head := checkpoint.StateHeadLen(37)
 		for _, lengths := range [][]int{nil, {head - 4}, {head + 8, 100}, {1, head - 1}} {
 			other := resplit(t, e, cp, lengths...)

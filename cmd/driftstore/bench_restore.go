@@ -23,7 +23,7 @@ import (
 func init() {
 	registerBench(&benchmark{
 		name:    "restore",
-		args:    "[--models tiny,llama-3.2-1b] [--contexts 24,128,512,2048,4096] [--type q8_0] [--kv f16] [--threads N] [--reps 3] [--turns 8]",
+		args:    "[--models tiny,llama-3.2-1b] [--contexts 24,128,512,2048,4096] [--type q8_0] [--kv f16] [--threads N] [--reps 3] [--turns 8] [--plain-kv] [--huge-pages]",
 		summary: "checkpoint (full, incremental), restore, first token after restore vs re-prefill, stored bytes, restore over the verify-and-copy floor",
 		run:     runBenchRestore,
 	})
@@ -36,12 +36,15 @@ type benchRestoreRow struct {
 	FullMS         float64 `json:"checkpoint_full_ms"`
 	IncrMS         float64 `json:"checkpoint_incr16_ms"`
 	IncrBlocks     int     `json:"checkpoint_incr16_blocks"`
+	IncrCommitMS   float64 `json:"checkpoint_incr16_commit_ms"` // of IncrMS: recording the chunks and committing the manifest
 	IncrFloorMS    float64 `json:"incr16_hash_store_blocks_ms"` // hashing and storing those blocks alone
 	InstanceMS     float64 `json:"new_instance_ms"`             // making a fresh instance (excluded from restore and re-prefill)
 	RestoreMS      float64 `json:"restore_ms"`                  // into a ready fresh instance
+	RestoreAllocMS float64 `json:"restore_alloc_ms"`
 	RestoreDecMS   float64 `json:"restore_decode_ms"`
 	RestoreLoadMS  float64 `json:"restore_load_state_ms"`
 	TTFTRestoreMS  float64 `json:"ttft_restore_ms"`
+	SampleMS       float64 `json:"ttft_restore_sample_ms"` // of TTFTRestoreMS: the first Sample after the restore
 	PrefillMS      float64 `json:"reprefill_ms"`
 	TTFTPrefillMS  float64 `json:"ttft_reprefill_ms"`
 	TTFTSpeedup    float64 `json:"ttft_speedup"`
@@ -66,6 +69,7 @@ type benchRestoreResult struct {
 	Threads       int                `json:"threads"`
 	Workers       int                `json:"workers"`
 	KV            string             `json:"kv"`
+	HugePages     bool               `json:"huge_pages"`
 	CopyVerifyGBs float64            `json:"verify_copy_gb_s"`
 	Rows          []benchRestoreRow  `json:"rows"`
 	Conversations []benchRestoreConv `json:"conversations"`
@@ -81,10 +85,11 @@ func runBenchRestore(c *cli, args []string) error {
 	reps := fs.Int("reps", 3, "repetitions of each restore and re-prefill (best is reported)")
 	turns := fs.Int("turns", 8, "turns of the stored-bytes conversation (0: skip)")
 	plain := fs.Bool("plain-kv", false, "store KV blocks without the float16 hint (plain zstd where it pays, else raw)")
+	huge := fs.Bool("huge-pages", false, "restore with transparent huge pages under the fresh KV blocks (restore.IntoOptions.HugePages)")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
-	benchPlainKV = *plain
+	benchPlainKV, benchHugePages = *plain, *huge
 	contexts, err := parseInts(*ctxList, "contexts")
 	if err != nil {
 		return err
@@ -112,7 +117,7 @@ func runBenchRestore(c *cli, args []string) error {
 	}
 	defer os.RemoveAll(tmp)
 	workers := runtime.GOMAXPROCS(0)
-	res := benchRestoreResult{Backend: eng.Backend().Name(), Threads: *threads, Workers: workers, KV: kv.String()}
+	res := benchRestoreResult{Backend: eng.Backend().Name(), Threads: *threads, Workers: workers, KV: kv.String(), HugePages: *huge}
 	ctx := c.ctx
 
 	for _, preset := range splitList(*models) {
@@ -140,14 +145,18 @@ func runBenchRestore(c *cli, args []string) error {
 	if c.globals.json {
 		return c.printJSON(res)
 	}
-	c.printf("driftstore bench restore: backend %s, %d threads, %d workers, KV %s, %s/%s, %d CPUs; verify-and-copy %.2f GB/s\n",
-		res.Backend, res.Threads, res.Workers, res.KV, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), res.CopyVerifyGBs)
-	c.printf("times in ms; restore and re-prefill into a ready fresh instance (making one: inst); incr16: checkpoint after 16 new tokens, store16: hashing and storing those blocks alone\n")
-	c.printf("%-13s %5s %9s %8s %7s %7s %6s %8s %7s %6s %8s %9s %9s %7s %7s %8s %7s %6s\n",
-		"model", "ctx", "KV", "ckpt", "incr16", "store16", "inst", "restore", "decode", "load", "TTFT rst", "reprefill", "TTFT pref", "TTFT ×", "rst ×", "B/token", "floor", "×floor")
+	c.printf("driftstore bench restore: backend %s, %d threads, %d workers, KV %s, huge pages %v, %s/%s, %d CPUs; verify-and-copy %.2f GB/s\n",
+		res.Backend, res.Threads, res.Workers, res.KV, res.HugePages, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), res.CopyVerifyGBs)
+	c.printf("times in ms (restore, incr16, store16, and re-prefill up to 1024 tokens: best of %d); restore and re-prefill into a ready fresh instance (making one: inst); incr16: checkpoint after 16 new tokens, store16: hashing and storing those blocks alone\n", *reps)
+	c.printf("%-13s %5s %9s %8s %7s %7s %6s %6s %8s %7s %6s %8s %9s %9s %7s %7s %8s %7s %6s\n",
+		"model", "ctx", "KV", "ckpt", "incr16", "store16", "incr ×", "inst", "restore", "decode", "load", "TTFT rst", "reprefill", "TTFT pref", "TTFT ×", "rst ×", "B/token", "floor", "×floor")
 	for _, r := range res.Rows {
-		c.printf("%-13s %5d %9s %8.1f %7.1f %7.1f %6.2f %8.2f %7.2f %6.2f %8.2f %9.1f %9.1f %7.1f %7.1f %8.0f %7.2f %6.2f%s\n",
-			r.Model, r.Context, progress.Bytes(r.KVBytes), r.FullMS, r.IncrMS, r.IncrFloorMS, r.InstanceMS, r.RestoreMS, r.RestoreDecMS, r.RestoreLoadMS, r.TTFTRestoreMS,
+		incrX := 0.0
+		if r.IncrFloorMS > 0 {
+			incrX = r.IncrMS / r.IncrFloorMS
+		}
+		c.printf("%-13s %5d %9s %8.1f %7.1f %7.1f %6.2f %6.2f %8.2f %7.2f %6.2f %8.2f %9.1f %9.1f %7.1f %7.1f %8.0f %7.2f %6.2f%s\n",
+			r.Model, r.Context, progress.Bytes(r.KVBytes), r.FullMS, r.IncrMS, r.IncrFloorMS, incrX, r.InstanceMS, r.RestoreMS, r.RestoreDecMS, r.RestoreLoadMS, r.TTFTRestoreMS,
 			r.PrefillMS, r.TTFTPrefillMS, r.TTFTSpeedup, r.RestoreSpeedup, r.StoredPerToken, r.FloorMS, r.OverFloor,
 			map[bool]string{true: "", false: "  CONTINUATION DIFFERS"}[r.Identical])
 	}
@@ -158,8 +167,8 @@ func runBenchRestore(c *cli, args []string) error {
 	return nil
 }
 
-// benchPlainKV is --plain-kv.
-var benchPlainKV bool
+// benchPlainKV is --plain-kv, benchHugePages --huge-pages.
+var benchPlainKV, benchHugePages bool
 
 // benchTokens is a deterministic prompt of n ids below vocab.
 func benchTokens(n, vocab int, salt uint32) []int32 {
@@ -280,7 +289,7 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 			}
 			inst := time.Since(t0)
 			t1 := time.Now()
-			rr, err := restore.Into(ctx, r.Store(), in, cp, workers)
+			rr, err := restore.IntoWith(ctx, r.Store(), in, cp, restore.IntoOptions{Workers: workers, HugePages: benchHugePages})
 			d := time.Since(t1)
 			if err == nil {
 				_, err = in.Sample()
@@ -310,10 +319,10 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 				return nil, nil, 0, err
 			}
 			if i == 0 || ms(d) < row.RestoreMS {
-				row.RestoreMS, row.RestoreDecMS, row.RestoreLoadMS = ms(d), ms(rr.Decode), ms(rr.Load)
+				row.RestoreMS, row.RestoreAllocMS, row.RestoreDecMS, row.RestoreLoadMS = ms(d), ms(rr.Alloc), ms(rr.Decode), ms(rr.Load)
 			}
 			if i == 0 || ms(ttft) < row.TTFTRestoreMS {
-				row.TTFTRestoreMS = ms(ttft)
+				row.TTFTRestoreMS, row.SampleMS = ms(ttft), ms(ttft-d)
 			}
 			if i == 0 || ms(inst) < row.InstanceMS {
 				row.InstanceMS = ms(inst)
@@ -354,50 +363,63 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 		row.TTFTSpeedup = row.TTFTPrefillMS / row.TTFTRestoreMS
 		row.RestoreSpeedup = row.PrefillMS / row.RestoreMS
 
-		if n+16 <= model.Hyper().CtxMax {
-			// Incremental: rewind the live instance to the checkpoint, 16 new tokens, checkpoint with
-			// the full one as parent.
-			in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers})
+		if n+16*reps <= model.Hyper().CtxMax {
+			// Incremental (best of reps): rewind the live instance to the checkpoint, then reps
+			// times feed 16 new tokens and checkpoint with the previous checkpoint as parent;
+			// each against the same blocks hashed and stored alone into an empty store.
+			in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers, HugePages: benchHugePages})
 			if err != nil {
 				r.Close()
 				return nil, nil, 0, err
 			}
 			live.Close()
 			live = in
-			if _, err := live.Generate(16, nil); err != nil {
-				r.Close()
-				return nil, nil, 0, err
-			}
-			incr, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Parent: cp, Workers: workers, PlainKV: benchPlainKV})
-			if err != nil {
-				r.Close()
-				return nil, nil, 0, err
-			}
-			row.IncrMS, row.IncrBlocks = ms(incr.Duration), incr.BlocksWritten
-			// The same blocks hashed and stored alone, into an empty store.
-			floorStore, err := cas.OpenLocal(filepath.Join(tmp, fmt.Sprintf("%s-%d-floor", name, n)), cas.LocalOptions{})
-			if err != nil {
-				r.Close()
-				return nil, nil, 0, err
-			}
-			var blocks [][]byte
-			regs, _ := live.KVRegions()
-			mem := live.Memory()
-			for _, rg := range regs { // the blocks the 16 tokens touched: new, or changed since cp
-				old := cp.KV[rg.Layer]
-				if rg.Block >= len(old) || old[rg.Block] != incr.Checkpoint.KV[rg.Layer][rg.Block] {
-					blocks = append(blocks, slices.Clone(mem[rg.Offset:rg.Offset+rg.Length]))
+			parent := cp
+			for rep := 0; rep < reps; rep++ {
+				if err := live.Prefill(benchTokens(16, vocab, uint32(1000+rep))); err != nil {
+					r.Close()
+					return nil, nil, 0, err
 				}
+				incr, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Parent: parent, Workers: workers, PlainKV: benchPlainKV})
+				if err != nil {
+					r.Close()
+					return nil, nil, 0, err
+				}
+				floorStore, err := cas.OpenLocal(filepath.Join(tmp, fmt.Sprintf("%s-%d-floor%d", name, n, rep)), cas.LocalOptions{})
+				if err != nil {
+					r.Close()
+					return nil, nil, 0, err
+				}
+				var blocks [][]byte
+				regs, _ := live.KVRegions()
+				mem := live.Memory()
+				for _, rg := range regs { // the blocks the 16 tokens touched: new, or changed since the parent
+					old := parent.KV[rg.Layer]
+					if rg.Block >= len(old) || old[rg.Block] != incr.Checkpoint.KV[rg.Layer][rg.Block] {
+						blocks = append(blocks, slices.Clone(mem[rg.Offset:rg.Offset+rg.Length]))
+					}
+				}
+				hint := checkpoint.LayoutOf(live.Layout()).Hint()
+				if benchPlainKV {
+					hint = cas.HintNone
+				}
+				t0 := time.Now()
+				if _, err := cas.PutAll(ctx, floorStore, workers, blocks, hint); err != nil {
+					r.Close()
+					return nil, nil, 0, err
+				}
+				fl := time.Since(t0)
+				if rep == 0 || ms(incr.Duration) < row.IncrMS {
+					row.IncrMS, row.IncrBlocks, row.IncrCommitMS = ms(incr.Duration), incr.BlocksWritten, ms(incr.Commit)
+				}
+				if rep == 0 || ms(fl) < row.IncrFloorMS {
+					row.IncrFloorMS = ms(fl)
+				}
+				parent = incr.Checkpoint
 			}
-			t0 := time.Now()
-			if _, err := cas.PutAll(ctx, floorStore, workers, blocks, checkpoint.LayoutOf(live.Layout()).Hint()); err != nil {
-				r.Close()
-				return nil, nil, 0, err
-			}
-			row.IncrFloorMS = ms(time.Since(t0))
 		}
 		// Back to n tokens for the next context: restore the full checkpoint into the live slot.
-		in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers})
+		in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers, HugePages: benchHugePages})
 		if err != nil {
 			r.Close()
 			return nil, nil, 0, err
