@@ -27,6 +27,15 @@ var ErrBatchClosed = errors.New("batch already committed or discarded")
 type Batch interface {
 	// Put stores data in the batch (see the type's doc). data is only read during the call.
 	Put(ctx context.Context, data []byte, hint Hint) (Info, error)
+	// PutStored stores a chunk given in stored form in the batch, as StoredWriter.PutStored
+	// does, with the durability moved to Commit: stored is decoded and checked to be the
+	// content named d before anything is written (a stored form that does not decode, or
+	// decodes to other content, is refused with a *CorruptError naming d, and nothing of it is
+	// ever committed); then the stored bytes are kept unchanged (no recompression) and become
+	// durable and visible under d only when Commit returns nil. A chunk already present costs
+	// about a stat and is not verified. stored is only read during the call. Safe for
+	// concurrent use with Put and PutStored.
+	PutStored(ctx context.Context, d Digest, codec Codec, stored []byte) (Info, error)
 	// Commit makes every chunk put so far durable and visible. After Commit, the batch is closed:
 	// further Puts fail with ErrBatchClosed. When Commit fails, some of the batch's chunks may
 	// be visible (each complete and durable) and the rest are not; Put them again.
@@ -50,7 +59,8 @@ type BatchPutter interface {
 }
 
 // NewBatch returns a batch for s: s's own when s is a Batcher, otherwise a batch whose Put is
-// s.Put (each chunk durable and visible at once) and whose Commit checks nothing more.
+// s.Put and whose PutStored is WriteStored (each chunk durable and visible at once) and whose
+// Commit checks nothing more.
 func NewBatch(s Store) Batch {
 	if b, ok := s.(Batcher); ok {
 		return b.NewBatch()
@@ -73,6 +83,22 @@ func (b *putBatch) Put(ctx context.Context, data []byte, hint Hint) (Info, error
 		return Info{}, fmt.Errorf("put: %w", ErrBatchClosed)
 	}
 	return b.s.Put(ctx, data, hint)
+}
+
+func (b *putBatch) PutStored(ctx context.Context, d Digest, codec Codec, stored []byte) (Info, error) {
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return Info{}, fmt.Errorf("put stored %s: %w", d, ErrBatchClosed)
+	}
+	if _, ok := b.s.(StoredWriter); !ok {
+		// WriteStored would decode before its Put finds the chunk present.
+		if info, err := b.s.Stat(ctx, d); err == nil {
+			return info, nil
+		}
+	}
+	return WriteStored(ctx, b.s, d, codec, stored, HintNone)
 }
 
 func (b *putBatch) Commit(ctx context.Context) error {
@@ -156,6 +182,28 @@ func (b *localBatch) Put(ctx context.Context, data []byte, hint Hint) (Info, err
 		return Info{}, fmt.Errorf("put: %d bytes: %w (limit %d)", len(data), ErrTooLarge, MaxChunkSize)
 	}
 	d := Sum(data)
+	return b.put(ctx, d, func(dst []byte) (Codec, int, []byte, []byte, error) {
+		return encodeChunk(dst, d, data, hint)
+	})
+}
+
+// PutStored verifies a stored form and writes it to a temporary file (see Batch.PutStored).
+func (b *localBatch) PutStored(ctx context.Context, d Digest, codec Codec, stored []byte) (Info, error) {
+	if err := ctx.Err(); err != nil {
+		return Info{}, err
+	}
+	return b.put(ctx, d, func(dst []byte) (Codec, int, []byte, []byte, error) {
+		size, err := verifyStored(d, codec, stored)
+		if err != nil {
+			return 0, 0, nil, nil, err
+		}
+		return codec, size, dst, stored, nil
+	})
+}
+
+// put is the path shared by Put and PutStored: one writer per digest within the batch, the
+// others wait for it and share its result.
+func (b *localBatch) put(ctx context.Context, d Digest, encode encodeFunc) (Info, error) {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -177,7 +225,7 @@ func (b *localBatch) Put(ctx context.Context, data []byte, hint Hint) (Info, err
 	b.pending[d] = p
 	b.mu.Unlock()
 
-	info, tmp, created, err := b.write(d, data, hint, p)
+	info, tmp, created, err := b.write(d, encode, p)
 	b.mu.Lock()
 	p.info, p.tmp, p.err = info, tmp, err
 	if err != nil {
@@ -193,7 +241,7 @@ func (b *localBatch) Put(ctx context.Context, data []byte, hint Hint) (Info, err
 
 // write stores d in a temporary file unless it is present, claiming d when no one else in the
 // process is writing it (p.release is then set).
-func (b *localBatch) write(d Digest, data []byte, hint Hint, p *pendingChunk) (Info, string, bool, error) {
+func (b *localBatch) write(d Digest, encode encodeFunc, p *pendingChunk) (Info, string, bool, error) {
 	l := b.l
 	if info, ok := l.existing(d); ok {
 		return info, "", false, nil
@@ -214,9 +262,7 @@ func (b *localBatch) write(d Digest, data []byte, hint Hint, p *pendingChunk) (I
 		}
 		return Info{}, "", false, err
 	}
-	buf, codec, size, file, tail, err := prepare(func(dst []byte) (Codec, int, []byte, []byte, error) {
-		return encodeChunk(dst, d, data, hint)
-	})
+	buf, codec, size, file, tail, err := prepare(encode)
 	defer putBuf(buf)
 	if err != nil {
 		return fail(err)

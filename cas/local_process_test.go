@@ -84,6 +84,27 @@ func TestHelperProcess(t *testing.T) {
 			}
 			w.Flush()
 		}
+	case "storedbatch":
+		// As "batch", but the chunks arrive in stored form (as replication moves them) and go
+		// through PutStoredAll: verified on two workers, one Commit per batch of 8.
+		w := bufio.NewWriter(os.Stdout)
+		for i := 0; ; i += 8 {
+			var chunks []cas.StoredChunk
+			for k := range 8 {
+				data := helperChunk(i + k)
+				codec, stored := cas.Encode(nil, data, cas.HintFloat16)
+				chunks = append(chunks, cas.StoredChunk{Digest: cas.Sum(data), Codec: codec, Stored: stored})
+			}
+			if _, err := cas.PutStoredAll(ctx, s, 2, chunks); err != nil {
+				fmt.Fprintln(w, "error", err)
+				w.Flush()
+				os.Exit(1)
+			}
+			for k := range 8 {
+				fmt.Fprintln(w, "ok", i+k)
+			}
+			w.Flush()
+		}
 	}
 	os.Exit(0)
 }
@@ -157,6 +178,11 @@ func TestKilledDuringPuts(t *testing.T) { testKilled(t, "stream", []int{3, 11, 2
 // TestKilledDuringBatches kills a writer that stores chunks in batches (PutAll on a Local):
 // every visible chunk must verify, and every batch acknowledged must be complete.
 func TestKilledDuringBatches(t *testing.T) { testKilled(t, "batch", []int{8, 40, 96}) }
+
+// TestKilledDuringStoredBatches kills a writer that stores chunks given in stored form in
+// batches (PutStoredAll, Batch.PutStored on a Local): every visible chunk must verify, and
+// every batch acknowledged must be complete.
+func TestKilledDuringStoredBatches(t *testing.T) { testKilled(t, "storedbatch", []int{8, 40, 96}) }
 
 func testKilled(t *testing.T, mode string, kills []int) {
 	if testing.Short() {

@@ -9,7 +9,8 @@ import (
 
 // Memory is an in-memory Store for tests of higher layers. It keeps each chunk in the stored
 // form the codecs choose (so Stat, StoredSize and GetStored behave as on disk), copies data on
-// Put, and verifies every Get against the digest. Safe for concurrent use.
+// Put, and verifies every Get against the digest. Its batches (NewBatch) keep their chunks aside
+// until Commit, as a Local's do. Safe for concurrent use.
 type Memory struct {
 	mu     sync.RWMutex // guards chunks
 	chunks map[Digest]*memChunk
@@ -27,6 +28,7 @@ var (
 	_ Store        = (*Memory)(nil)
 	_ StoredReader = (*Memory)(nil)
 	_ StoredWriter = (*Memory)(nil)
+	_ Batcher      = (*Memory)(nil)
 )
 
 // NewMemory returns an empty in-memory store.
@@ -198,4 +200,111 @@ func (m *Memory) Len() int {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return len(m.chunks)
+}
+
+// NewBatch returns a batch whose chunks are encoded (or, for PutStored, verified) and copied
+// at Put but kept aside, invisible to the store, until Commit inserts them all; Discard drops
+// them. See Batch.
+func (m *Memory) NewBatch() Batch {
+	return &memBatch{m: m, pending: map[Digest]*memChunk{}}
+}
+
+type memBatch struct {
+	m       *Memory
+	mu      sync.Mutex // guards the fields below
+	pending map[Digest]*memChunk
+	closed  bool
+}
+
+func (b *memBatch) Put(ctx context.Context, data []byte, hint Hint) (Info, error) {
+	if err := ctx.Err(); err != nil {
+		return Info{}, err
+	}
+	if len(data) > MaxChunkSize {
+		return Info{}, fmt.Errorf("put: %d bytes: %w (limit %d)", len(data), ErrTooLarge, MaxChunkSize)
+	}
+	d := Sum(data)
+	if info, done, err := b.lookup(d); done {
+		return info, err
+	}
+	codec, stored, err := encodeVerified(nil, data, hint)
+	if err != nil {
+		return Info{}, fmt.Errorf("put %s: %w", d, err)
+	}
+	if codec == CodecRaw {
+		stored = append(stored, data...)
+	}
+	return b.add(d, &memChunk{codec: codec, size: len(data), stored: stored})
+}
+
+func (b *memBatch) PutStored(ctx context.Context, d Digest, codec Codec, stored []byte) (Info, error) {
+	if err := ctx.Err(); err != nil {
+		return Info{}, err
+	}
+	if info, done, err := b.lookup(d); done {
+		return info, err
+	}
+	size, err := verifyStored(d, codec, stored)
+	if err != nil {
+		return Info{}, err
+	}
+	return b.add(d, &memChunk{codec: codec, size: size, stored: append([]byte(nil), stored...)})
+}
+
+// lookup answers a Put of d that needs no work: the batch is closed, or d is in the store or
+// already in the batch.
+func (b *memBatch) lookup(d Digest) (Info, bool, error) {
+	b.mu.Lock()
+	closed, c := b.closed, b.pending[d]
+	b.mu.Unlock()
+	switch {
+	case closed:
+		return Info{}, true, fmt.Errorf("put %s: %w", d, ErrBatchClosed)
+	case c != nil:
+		return b.m.info(d, c), true, nil
+	}
+	if info, ok := b.m.touch(d); ok {
+		return info, true, nil
+	}
+	return Info{}, false, nil
+}
+
+// add keeps c for Commit unless the batch has d already, and returns d's Info.
+func (b *memBatch) add(d Digest, c *memChunk) (Info, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return Info{}, fmt.Errorf("put %s: %w", d, ErrBatchClosed)
+	}
+	if old, ok := b.pending[d]; ok {
+		return b.m.info(d, old), nil
+	}
+	c.mod = time.Now()
+	b.pending[d] = c
+	return b.m.info(d, c), nil
+}
+
+func (b *memBatch) Commit(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return fmt.Errorf("commit: %w", ErrBatchClosed)
+	}
+	b.closed = true
+	pending := b.pending
+	b.pending = nil
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for d, c := range pending {
+		b.m.insert(d, c)
+	}
+	return nil
+}
+
+func (b *memBatch) Discard() {
+	b.mu.Lock()
+	b.closed = true
+	b.pending = nil
+	b.mu.Unlock()
 }

@@ -3,6 +3,7 @@ package cas
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
@@ -36,6 +37,65 @@ func PutAll(ctx context.Context, s Store, workers int, chunks [][]byte, hint Hin
 		return nil, fmt.Errorf("put %d chunks: %w", len(chunks), err)
 	}
 	return infos, nil
+}
+
+// StoredChunk is one chunk in stored form for PutStoredAll: the digest of its content, the
+// codec and the stored bytes (see codec.go).
+type StoredChunk struct {
+	Digest Digest
+	Codec  Codec
+	Stored []byte
+}
+
+// PutStoredAll verifies and stores chunks given in stored form through one Batch (NewBatch),
+// with at most workers PutStored in flight (workers < 1 means 1) on a fixed pool of goroutines,
+// then commits the batch: on a local disk, one durability barrier for them all, and decoding
+// and verification spread over the workers.
+//
+// Unlike PutAll it does not stop at a chunk that fails: every chunk is tried, and the batch
+// commits every one that verified (a chunk that fails is never committed). infos[i] is chunk
+// i's Info, or the zero Info for a chunk not stored; err is the error of the first chunk in
+// order that failed, naming its index (a *CorruptError, wrapped, for a stored form that does
+// not decode to its digest). When the context ends, the chunks not yet tried fail with its
+// error. When Commit fails, infos is nil and err says why: some of the chunks may be stored,
+// the rest are not. chunks' stored bytes are only read during the call.
+func PutStoredAll(ctx context.Context, s Store, workers int, chunks []StoredChunk) (infos []Info, err error) {
+	b := NewBatch(s)
+	defer b.Discard()
+	infos = make([]Info, len(chunks))
+	errs := make([]error, len(chunks))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range max(1, min(workers, len(chunks))) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(chunks) {
+					return
+				}
+				c := chunks[i]
+				info, err := b.PutStored(ctx, c.Digest, c.Codec, c.Stored)
+				if err != nil {
+					errs[i] = fmt.Errorf("put stored chunk %d: %w", i, err)
+					continue
+				}
+				infos[i] = info
+			}
+		}()
+	}
+	wg.Wait()
+	for _, e := range errs {
+		if e != nil {
+			err = e
+			break
+		}
+	}
+	if cerr := b.Commit(context.WithoutCancel(ctx)); cerr != nil {
+		return nil, fmt.Errorf("put %d stored chunks: %w", len(chunks), cerr)
+	}
+	return infos, err
 }
 
 // GetRequest asks GetAll to decode chunk Digest into Dst, whose length must be the chunk's

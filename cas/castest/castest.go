@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 
@@ -67,6 +68,8 @@ func Run(t *testing.T, newStore func(t *testing.T) cas.Store) {
 	t.Run("SmallCompressible", func(t *testing.T) { testSmallCompressible(t, newStore(t)) })
 	t.Run("Batch", func(t *testing.T) { testBatch(t, newStore(t)) })
 	t.Run("BatchDiscard", func(t *testing.T) { testBatchDiscard(t, newStore(t)) })
+	t.Run("BatchStored", func(t *testing.T) { testBatchStored(t, newStore(t), newStore(t)) })
+	t.Run("PutStoredAll", func(t *testing.T) { testPutStoredAll(t, newStore(t)) })
 }
 
 var bg = context.Background()
@@ -732,5 +735,201 @@ func testSmallCompressible(t *testing.T, s cas.Store) {
 				t.Fatalf("WriteStored %d bytes (hint %d, codec %v): %v", n, hint, codec, err)
 			}
 		}
+	}
+}
+
+// storedForms puts every sample into src and returns their stored forms as src hands them out.
+func storedForms(t *testing.T, src cas.Store) []cas.StoredChunk {
+	t.Helper()
+	var out []cas.StoredChunk
+	for _, sm := range samples() {
+		info, err := src.Put(bg, sm.data, sm.hint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		codec, stored, err := cas.ReadStored(bg, src, info.Digest, sm.hint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, cas.StoredChunk{Digest: info.Digest, Codec: codec, Stored: stored})
+	}
+	return out
+}
+
+// testBatchStored moves every sample's stored form into dst through one batch's PutStored,
+// from several goroutines, each twice, with one chunk already present, tampered forms and a
+// form under a wrong digest mixed in: the tampered ones are refused with a *CorruptError naming
+// the chunk; in a batching store nothing is visible before Commit; after Commit every good
+// chunk reads back with the stored form unchanged and no refused one is present.
+func testBatchStored(t *testing.T, src, dst cas.Store) {
+	forms := storedForms(t, src)
+	pre := forms[4]
+	if _, err := cas.WriteStored(bg, dst, pre.Digest, pre.Codec, pre.Stored, cas.HintNone); err != nil {
+		t.Fatal(err)
+	}
+	// Tampered forms of chunks that are put nowhere else in the batch.
+	var bad []cas.StoredChunk
+	for i, sm := range []cas.StoredChunk{
+		{Codec: cas.CodecRaw, Stored: Random(5000, 501)},
+		{Codec: cas.CodecF16Planes, Stored: nil},
+	} {
+		data := sm.Stored
+		if data == nil {
+			data = KVFloat16(64<<10, 502)
+			var codec cas.Codec
+			codec, sm.Stored = cas.Encode(nil, data, cas.HintFloat16)
+			if codec != cas.CodecF16Planes {
+				t.Fatalf("test data took codec %s", codec)
+			}
+		}
+		sm.Digest = cas.Sum(data)
+		sm.Stored = bytes.Clone(sm.Stored)
+		sm.Stored[len(sm.Stored)/2+i] ^= 0x20
+		bad = append(bad, sm)
+	}
+	b := cas.NewBatch(dst)
+	defer b.Discard()
+	infos := make([]cas.Info, 2*len(forms))
+	var wg sync.WaitGroup
+	errs := make(chan error, len(infos)+len(bad)+1)
+	for i := range infos {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f := forms[i%len(forms)]
+			info, err := b.PutStored(bg, f.Digest, f.Codec, f.Stored)
+			if err != nil {
+				errs <- fmt.Errorf("chunk %d: %w", i, err)
+				return
+			}
+			infos[i] = info
+		}()
+	}
+	for _, f := range bad {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := b.PutStored(bg, f.Digest, f.Codec, f.Stored)
+			var ce *cas.CorruptError
+			if !errors.As(err, &ce) || ce.Digest != f.Digest {
+				errs <- fmt.Errorf("tampered %s form: %v, want a CorruptError naming it", f.Codec, err)
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() { // a good form under another digest
+		defer wg.Done()
+		f := forms[5]
+		if _, err := b.PutStored(bg, cas.Sum([]byte("not this")), f.Codec, f.Stored); !errors.Is(err, cas.ErrCorrupt) {
+			errs <- fmt.Errorf("stored form under a wrong digest: %v", err)
+		}
+	}()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if _, err := b.PutStored(bg, pre.Digest, cas.Codec(99), []byte("x")); err != nil {
+		t.Fatalf("a present chunk costs a stat and is not verified: %v", err)
+	}
+	if _, batching := dst.(cas.Batcher); batching {
+		for i, f := range forms {
+			if ok, err := dst.Has(bg, f.Digest); err != nil || ok != (i == 4) {
+				t.Fatalf("chunk %d before Commit: present %v (%v)", i, ok, err)
+			}
+		}
+	}
+	if err := b.Commit(bg); err != nil {
+		t.Fatal(err)
+	}
+	_, movesStored := dst.(cas.StoredWriter)
+	for i, info := range infos {
+		f := forms[i%len(forms)]
+		got, err := dst.Get(bg, f.Digest, nil)
+		if err != nil || cas.Sum(got) != f.Digest {
+			t.Fatalf("chunk %d after Commit: %v", i%len(forms), err)
+		}
+		CheckInfo(t, info, got)
+		st, err := dst.Stat(bg, f.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameInfo(t, info, st)
+		if movesStored {
+			codec, stored, err := cas.ReadStored(bg, dst, f.Digest, cas.HintNone)
+			if err != nil || codec != f.Codec || !bytes.Equal(stored, f.Stored) {
+				t.Fatalf("chunk %d: stored form changed on the way (%s → %s, %v)", i%len(forms), f.Codec, codec, err)
+			}
+		}
+	}
+	for _, f := range bad {
+		if ok, _ := dst.Has(bg, f.Digest); ok {
+			t.Fatalf("tampered %s form was stored", f.Codec)
+		}
+	}
+	if n := count(t, dst); n != len(forms) {
+		t.Fatalf("%d chunks after a batch of %d distinct good forms", n, len(forms))
+	}
+	if _, err := b.PutStored(bg, forms[0].Digest, forms[0].Codec, forms[0].Stored); !errors.Is(err, cas.ErrBatchClosed) {
+		t.Fatalf("PutStored after Commit: %v, want ErrBatchClosed", err)
+	}
+	// A discarded batch's stored chunks are not in a batching store.
+	fresh := KVFloat16(32<<10, 503)
+	codec, stored := cas.Encode(nil, fresh, cas.HintFloat16)
+	b2 := cas.NewBatch(dst)
+	if _, err := b2.PutStored(bg, cas.Sum(fresh), codec, stored); err != nil {
+		t.Fatal(err)
+	}
+	b2.Discard()
+	if _, batching := dst.(cas.Batcher); batching {
+		if ok, _ := dst.Has(bg, cas.Sum(fresh)); ok {
+			t.Fatal("chunk of a discarded batch is present")
+		}
+	}
+}
+
+// testPutStoredAll: a list with a tampered form in the middle stores and commits every other
+// chunk, reports the tampered one's error (naming its index and digest) and leaves it out.
+func testPutStoredAll(t *testing.T, s cas.Store) {
+	forms := storedForms(t, cas.NewMemory())
+	k := 7
+	bad := forms[k]
+	bad.Stored = bytes.Clone(bad.Stored)
+	bad.Stored[len(bad.Stored)/2] ^= 1
+	list := append(append(append([]cas.StoredChunk{}, forms[:k]...), bad), forms[k+1:]...)
+	infos, err := cas.PutStoredAll(bg, s, 3, list)
+	var ce *cas.CorruptError
+	if !errors.As(err, &ce) || ce.Digest != bad.Digest || !strings.Contains(err.Error(), fmt.Sprintf("chunk %d", k)) {
+		t.Fatalf("PutStoredAll with a tampered chunk %d: %v", k, err)
+	}
+	if len(infos) != len(list) {
+		t.Fatalf("%d infos for %d chunks", len(infos), len(list))
+	}
+	for i, f := range list {
+		if i == k {
+			if infos[i] != (cas.Info{}) {
+				t.Fatalf("tampered chunk has Info %+v", infos[i])
+			}
+			if ok, _ := s.Has(bg, f.Digest); ok {
+				t.Fatal("tampered chunk was stored")
+			}
+			continue
+		}
+		got, err := s.Get(bg, f.Digest, nil)
+		if err != nil {
+			t.Fatalf("chunk %d: %v", i, err)
+		}
+		CheckInfo(t, infos[i], got)
+	}
+	// All good: nil error; again: all present, nothing new.
+	infos, err = cas.PutStoredAll(bg, s, 2, forms)
+	if err != nil || len(infos) != len(forms) {
+		t.Fatalf("PutStoredAll of good forms: %d infos, %v", len(infos), err)
+	}
+	if n := count(t, s); n != len(forms) {
+		t.Fatalf("%d chunks, want %d", n, len(forms))
+	}
+	if infos, err := cas.PutStoredAll(bg, s, 2, nil); err != nil || len(infos) != 0 {
+		t.Fatalf("no chunks: %v %v", infos, err)
 	}
 }
