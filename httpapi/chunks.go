@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/labstack/echo/v4"
 
@@ -137,9 +138,17 @@ func (s *Server) putChunk(c echo.Context) error {
 // storeChunks verifies, stores and records chunks, and counts what it did. A chunk with Codec
 // zero carries its decoded bytes, which the store puts with hint and a codec of its choice; any
 // other codec means the stored form, committed as is once it decodes to the digest (see
-// cas.WriteStored). Decoded bytes are always verified; a chunk already recorded is otherwise
-// skipped without decoding. A chunk whose size is known (Size >= 0) must decode to that size.
-// Chunks before a failing one are stored and recorded; the error names the failing chunk.
+// cas.Batch.PutStored). Decoded bytes are always verified; a chunk already recorded is
+// otherwise skipped without decoding. A chunk whose size is known (Size >= 0) must decode to
+// that size.
+//
+// The chunks not yet recorded go through one cas batch, verified and written on up to
+// StoreWorkers goroutines, then committed with one durability barrier, and only then recorded
+// in one index transaction: a chunk is recorded only once durable and verified. Every chunk
+// that verifies is committed and recorded, also when another chunk of the list fails; the
+// error names the first failing chunk in order, and a chunk that fails is never committed.
+// The work is not cut short when ctx ends (the bytes have arrived whole): the context's values
+// are kept, its cancellation is not.
 func (s *Server) storeChunks(ctx context.Context, chunks []wire.StoredChunk, hint cas.Hint) (wire.BatchResult, error) {
 	var res wire.BatchResult
 	recs, err := s.ix.Chunks(digestsOf(chunks))
@@ -148,56 +157,92 @@ func (s *Server) storeChunks(ctx context.Context, chunks []wire.StoredChunk, hin
 	}
 	release := s.ix.HoldGC()
 	defer release()
-	infos := make([]cas.Info, 0, len(chunks))
-	var firstErr error
+	ctx = context.WithoutCancel(ctx)
+	infos := make([]cas.Info, len(chunks))
+	errs := make([]error, len(chunks))
+	var todo []int // chunks to store, in order
 	for i, ch := range chunks {
 		if ch.Codec == 0 || ch.Codec == cas.CodecRaw {
 			if got := cas.Sum(ch.Stored); got != ch.Digest {
-				s.metrics.chunksRefused.Add(1)
-				firstErr = fmt.Errorf("%w: chunk %s: the bytes hash to %s", errDigestMismatch, ch.Digest, got)
-				break
+				errs[i] = fmt.Errorf("%w: chunk %s: the bytes hash to %s", errDigestMismatch, ch.Digest, got)
+				continue
 			}
 		}
-		if recs[i].Codec != 0 {
-			res.Chunks++
-			res.Deduped++
-			res.RawBytes += recs[i].Size
-			res.Bytes += int64(len(ch.Stored))
+		if recs[i].Codec == 0 {
+			todo = append(todo, i)
+		}
+	}
+	batch := cas.NewBatch(s.store)
+	defer batch.Discard()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range max(1, min(s.cfg.StoreWorkers, len(todo))) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				k := int(next.Add(1) - 1)
+				if k >= len(todo) {
+					return
+				}
+				i := todo[k]
+				ch := chunks[i]
+				var info cas.Info
+				var err error
+				if ch.Codec == 0 {
+					info, err = batch.Put(ctx, ch.Stored, hint)
+				} else {
+					info, err = batch.PutStored(ctx, ch.Digest, ch.Codec, ch.Stored)
+				}
+				switch {
+				case errors.Is(err, cas.ErrCorrupt):
+					errs[i] = fmt.Errorf("%w: %w", errDigestMismatch, err)
+				case err != nil:
+					errs[i] = fmt.Errorf("store chunk %s: %w", ch.Digest, err)
+				default:
+					infos[i] = info
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(todo) > 0 {
+		if err := batch.Commit(ctx); err != nil {
+			return res, fmt.Errorf("store %d chunks: %w", len(todo), err)
+		}
+	}
+	var firstErr error
+	stored := make([]cas.Info, 0, len(todo))
+	for i, ch := range chunks {
+		if errs[i] != nil {
+			if errors.Is(errs[i], errDigestMismatch) {
+				s.metrics.chunksRefused.Add(1)
+			}
+			if firstErr == nil {
+				firstErr = errs[i]
+			}
 			continue
 		}
-		var info cas.Info
-		if ch.Codec == 0 {
-			info, err = s.store.Put(ctx, ch.Stored, hint)
-		} else {
-			info, err = cas.WriteStored(ctx, s.store, ch.Digest, ch.Codec, ch.Stored, hint)
+		res.Chunks++
+		res.Bytes += int64(len(ch.Stored))
+		if recs[i].Codec != 0 {
+			res.Deduped++
+			res.RawBytes += recs[i].Size
+			continue
 		}
-		if err != nil {
-			if errors.Is(err, cas.ErrCorrupt) {
-				s.metrics.chunksRefused.Add(1)
-				err = fmt.Errorf("%w: %w", errDigestMismatch, err)
-			} else {
-				err = fmt.Errorf("store chunk %s: %w", ch.Digest, err)
-			}
-			firstErr = err
-			break
-		}
-		if ch.Size >= 0 && info.Size != ch.Size {
+		info := infos[i]
+		if ch.Size >= 0 && info.Size != ch.Size && firstErr == nil {
 			// The content is valid for its digest (verified), only the frame's size was wrong:
 			// keep the chunk but refuse the rest of the stream.
 			firstErr = fmt.Errorf("%w: chunk %s declared %d bytes, has %d", errBadRequest, ch.Digest, ch.Size, info.Size)
 		}
-		infos = append(infos, info)
-		res.Chunks++
+		stored = append(stored, info)
 		res.Stored++
 		res.RawBytes += info.Size
-		res.Bytes += int64(len(ch.Stored))
-		if firstErr != nil {
-			break
-		}
 	}
-	if len(infos) > 0 {
-		if err := s.ix.RecordChunks(context.WithoutCancel(ctx), infos); err != nil {
-			return res, fmt.Errorf("record %d chunks: %w", len(infos), err)
+	if len(stored) > 0 {
+		if err := s.ix.RecordChunks(ctx, stored); err != nil {
+			return res, fmt.Errorf("record %d chunks: %w", len(stored), err)
 		}
 	}
 	s.metrics.chunksReceived.Add(int64(res.Chunks))

@@ -47,6 +47,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -93,9 +94,13 @@ type Config struct {
 	Model string
 	// MaxTokens bounds n in one generate request (default wire.MaxGenerateTokens).
 	MaxTokens int
-	// RecordBatch is how many chunks of an upload stream are recorded in one index transaction
-	// (default 256).
+	// RecordBatch is how many chunks of an upload stream are stored through one cas batch (one
+	// durability barrier) and then recorded in one index transaction (default 256; a group also
+	// ends at 8 MiB of stored bytes).
 	RecordBatch int
+	// StoreWorkers is how many chunks of one such group are verified and written at once
+	// (default GOMAXPROCS, at most 8).
+	StoreWorkers int
 }
 
 func (c *Config) setDefaults() {
@@ -119,6 +124,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RecordBatch <= 0 {
 		c.RecordBatch = 256
+	}
+	if c.StoreWorkers <= 0 {
+		c.StoreWorkers = min(runtime.GOMAXPROCS(0), 8)
 	}
 }
 

@@ -1,7 +1,10 @@
 package replicate
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"runtime"
 
 	"github.com/driftstore/driftstore/cas"
 	"github.com/driftstore/driftstore/httpapi/wire"
@@ -51,9 +54,90 @@ func (l *Local) Refs(_ context.Context, kind index.RefKind) ([]index.Ref, error)
 	return l.ix.Refs(kind)
 }
 
-// putStored stores one chunk given in stored form, verified against its digest before it is
-// committed (cas.WriteStored). It does not record the chunk in the index; the caller does,
-// holding HoldGC.
-func (l *Local) putStored(ctx context.Context, ch wire.StoredChunk) (cas.Info, error) {
-	return cas.WriteStored(ctx, l.ix.Store(), ch.Digest, ch.Codec, ch.Stored, cas.HintNone)
+// ingester stores chunks that arrive in stored form into a local index's store in groups:
+// each group goes through cas.PutStoredAll (verified on several goroutines, written into one
+// batch, one durability barrier) and is then recorded in one index transaction, so a chunk is
+// recorded only once durable and verified. The caller holds the index's HoldGC from the first
+// add until the last flush. Not safe for concurrent use.
+type ingester struct {
+	ix      *index.Index
+	workers int
+	sent    func(chunks int, raw, stored int64)
+
+	group []cas.StoredChunk
+	sizes []int64 // the size each chunk's frame declared (-1: unknown)
+	arena []byte  // backing store for the group's stored bytes, reused between groups
+}
+
+// Groups end at ingestChunks chunks or ingestBytes stored bytes, as on a daemon.
+const (
+	ingestChunks = 256
+	ingestBytes  = 8 << 20
+)
+
+func newIngester(ix *index.Index, sent func(int, int64, int64)) *ingester {
+	return &ingester{ix: ix, workers: min(runtime.GOMAXPROCS(0), 8), sent: sent}
+}
+
+// add copies ch (its Stored bytes are only read during the call) into the current group,
+// storing the group first when it is full.
+func (in *ingester) add(ctx context.Context, ch wire.StoredChunk) error {
+	if len(in.group) >= ingestChunks || len(in.arena)+len(ch.Stored) > cap(in.arena) && len(in.group) > 0 {
+		if err := in.flush(ctx); err != nil {
+			return err
+		}
+	}
+	if cap(in.arena) < ingestBytes {
+		in.arena = make([]byte, 0, ingestBytes)
+	}
+	var stored []byte
+	if len(ch.Stored) > cap(in.arena)-len(in.arena) {
+		stored = bytes.Clone(ch.Stored)
+	} else {
+		start := len(in.arena)
+		in.arena = append(in.arena, ch.Stored...)
+		stored = in.arena[start:len(in.arena):len(in.arena)]
+	}
+	in.group = append(in.group, cas.StoredChunk{Digest: ch.Digest, Codec: ch.Codec, Stored: stored})
+	in.sizes = append(in.sizes, ch.Size)
+	return nil
+}
+
+// flush stores and records the current group. Every chunk of it that verifies is committed and
+// recorded, also when another one fails; the error names the first that failed. It finishes
+// its work when ctx ends: the bytes have arrived.
+func (in *ingester) flush(ctx context.Context) error {
+	if len(in.group) == 0 {
+		return nil
+	}
+	ctx = context.WithoutCancel(ctx)
+	group, sizes := in.group, in.sizes
+	in.group, in.sizes, in.arena = in.group[:0], in.sizes[:0], in.arena[:0]
+	infos, err := cas.PutStoredAll(ctx, in.ix.Store(), in.workers, group)
+	if infos == nil {
+		return err
+	}
+	stored := make([]cas.Info, 0, len(infos))
+	for i, info := range infos {
+		if info.Digest != group[i].Digest {
+			continue // not stored (err says why)
+		}
+		if sizes[i] >= 0 && info.Size != sizes[i] && err == nil {
+			// Valid content for its digest, only the declared size was wrong: keep the chunk,
+			// refuse the rest.
+			err = fmt.Errorf("chunk %s: the stream declared %d bytes, it has %d", info.Digest, sizes[i], info.Size)
+		}
+		stored = append(stored, info)
+	}
+	if len(stored) > 0 {
+		if rerr := in.ix.RecordChunks(ctx, stored); rerr != nil {
+			return fmt.Errorf("record %d chunks: %w", len(stored), rerr)
+		}
+	}
+	for i, info := range infos {
+		if info.Digest == group[i].Digest {
+			in.sent(1, info.Size, int64(len(group[i].Stored)))
+		}
+	}
+	return err
 }

@@ -382,26 +382,17 @@ func uploadChunks(ctx context.Context, local *index.Index, remote *Client, ds []
 	return err
 }
 
-// downloadChunks fetches chunks from the daemon in one stream and stores them locally, each
-// verified by the store before it is committed.
+// downloadChunks fetches chunks from the daemon in one stream and stores them locally in
+// groups, each chunk verified before it is committed (see ingester).
 func downloadChunks(ctx context.Context, remote *Client, local *index.Index, ds []cas.Digest, lim wire.StreamLimits, sent func(int, int64, int64)) error {
-	l := NewLocal(local)
 	release := local.HoldGC()
 	defer release()
-	var infos []cas.Info
+	in := newIngester(local, sent)
 	err := remote.Download(ctx, ds, lim, func(ch wire.StoredChunk) error {
-		info, err := l.putStored(ctx, ch)
-		if err != nil {
-			return err
-		}
-		infos = append(infos, info)
-		sent(1, info.Size, int64(len(ch.Stored)))
-		return nil
+		return in.add(ctx, ch)
 	})
-	if len(infos) > 0 {
-		if rerr := local.RecordChunks(context.WithoutCancel(ctx), infos); rerr != nil && err == nil {
-			err = rerr
-		}
+	if ferr := in.flush(ctx); ferr != nil {
+		err = errors.Join(ferr, err)
 	}
 	return err
 }
@@ -421,11 +412,12 @@ func relayChunks(ctx context.Context, src, dst *Client, ds []cas.Digest, lim wir
 	return err
 }
 
-// copyLocal copies chunks between two local indexes and their stores, as stored.
+// copyLocal copies chunks between two local indexes and their stores, as stored, in groups
+// (see ingester).
 func copyLocal(ctx context.Context, src, dst *index.Index, ds []cas.Digest, sent func(int, int64, int64)) error {
 	release := dst.HoldGC()
 	defer release()
-	infos := make([]cas.Info, 0, len(ds))
+	in := newIngester(dst, sent)
 	var err error
 	for _, d := range ds {
 		var codec cas.Codec
@@ -434,18 +426,12 @@ func copyLocal(ctx context.Context, src, dst *index.Index, ds []cas.Digest, sent
 		if err != nil {
 			break
 		}
-		var info cas.Info
-		info, err = cas.WriteStored(ctx, dst.Store(), d, codec, stored, cas.HintNone)
-		if err != nil {
+		if err = in.add(ctx, wire.StoredChunk{Digest: d, Codec: codec, Size: -1, Stored: stored}); err != nil {
 			break
 		}
-		infos = append(infos, info)
-		sent(1, info.Size, int64(len(stored)))
 	}
-	if len(infos) > 0 {
-		if rerr := dst.RecordChunks(context.WithoutCancel(ctx), infos); rerr != nil && err == nil {
-			err = rerr
-		}
+	if ferr := in.flush(ctx); ferr != nil {
+		err = errors.Join(ferr, err)
 	}
 	return err
 }
