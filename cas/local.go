@@ -109,9 +109,10 @@ type Local struct {
 
 // Compile-time checks of the capabilities Local implements.
 var (
-	_ Store        = (*Local)(nil)
-	_ StoredReader = (*Local)(nil)
-	_ StoredWriter = (*Local)(nil)
+	_ Store          = (*Local)(nil)
+	_ StoredReader   = (*Local)(nil)
+	_ StoredWriter   = (*Local)(nil)
+	_ StoredAppender = (*Local)(nil)
 )
 
 // OpenLocal opens the store rooted at dir, creating dir if it does not exist. A store on a
@@ -501,20 +502,30 @@ func (l *Local) syncDir(dir string) error {
 // It checks the header but neither decodes nor verifies the payload: the receiver does that
 // (PutStored). A header that does not parse gives a *CorruptError.
 func (l *Local) GetStored(ctx context.Context, d Digest) (Codec, []byte, error) {
+	return l.AppendStored(ctx, d, nil)
+}
+
+// AppendStored is GetStored reading the payload into dst[:0]: when cap(dst) is large enough
+// nothing is allocated and the result shares dst's backing array (see StoredAppender).
+func (l *Local) AppendStored(ctx context.Context, d Digest, dst []byte) (Codec, []byte, error) {
 	if err := ctx.Err(); err != nil {
-		return 0, nil, err
+		return 0, dst[:0], err
 	}
 	f, info, err := l.openChunk(d)
 	if err != nil {
-		return 0, nil, err
+		return 0, dst[:0], err
 	}
 	defer f.Close()
-	out := make([]byte, info.StoredSize)
+	out := dst[:0]
+	if int64(cap(out)) < info.StoredSize {
+		out = make([]byte, info.StoredSize)
+	}
+	out = out[:info.StoredSize]
 	if _, err := f.ReadAt(out, headerSize); err != nil && !(errors.Is(err, io.EOF) && len(out) == 0) {
 		if errors.Is(err, io.EOF) {
-			return 0, nil, &CorruptError{Digest: d, Reason: "file shorter than it was a moment ago"}
+			return 0, out[:0], &CorruptError{Digest: d, Reason: "file shorter than it was a moment ago"}
 		}
-		return 0, nil, fmt.Errorf("get stored %s: %w", d, err)
+		return 0, out[:0], fmt.Errorf("get stored %s: %w", d, err)
 	}
 	return info.Codec, out, nil
 }

@@ -25,10 +25,11 @@ type memChunk struct {
 }
 
 var (
-	_ Store        = (*Memory)(nil)
-	_ StoredReader = (*Memory)(nil)
-	_ StoredWriter = (*Memory)(nil)
-	_ Batcher      = (*Memory)(nil)
+	_ Store          = (*Memory)(nil)
+	_ StoredReader   = (*Memory)(nil)
+	_ StoredWriter   = (*Memory)(nil)
+	_ Batcher        = (*Memory)(nil)
+	_ StoredAppender = (*Memory)(nil)
 )
 
 // NewMemory returns an empty in-memory store.
@@ -154,14 +155,19 @@ func (m *Memory) insert(d Digest, c *memChunk) Info {
 
 // GetStored returns a copy of d's stored form (see StoredReader).
 func (m *Memory) GetStored(ctx context.Context, d Digest) (Codec, []byte, error) {
+	return m.AppendStored(ctx, d, nil)
+}
+
+// AppendStored copies d's stored form into dst[:0] (see StoredAppender).
+func (m *Memory) AppendStored(ctx context.Context, d Digest, dst []byte) (Codec, []byte, error) {
 	if err := ctx.Err(); err != nil {
-		return 0, nil, err
+		return 0, dst[:0], err
 	}
 	c, _, ok := m.lookup(d)
 	if !ok {
-		return 0, nil, fmt.Errorf("chunk %s: %w", d, ErrNotFound)
+		return 0, dst[:0], fmt.Errorf("chunk %s: %w", d, ErrNotFound)
 	}
-	return c.codec, append([]byte(nil), c.stored...), nil
+	return c.codec, append(dst[:0], c.stored...), nil
 }
 
 // Delete removes d; an absent chunk is not an error.

@@ -19,6 +19,29 @@ type StoredReader interface {
 	GetStored(ctx context.Context, d Digest) (Codec, []byte, error)
 }
 
+// StoredAppender is the optional capability of reading a chunk's stored form into a buffer of
+// the caller's, so that a sender of many chunks reuses one buffer. AppendStored is GetStored
+// appending to dst[:0]: when cap(dst) is at least the stored size nothing is allocated and the
+// returned slice shares dst's backing array. On error the slice is dst[:0] or a prefix of it.
+//
+// Fallback for stores without it: AppendStored, which calls ReadStored.
+type StoredAppender interface {
+	AppendStored(ctx context.Context, d Digest, dst []byte) (Codec, []byte, error)
+}
+
+// AppendStored reads chunk d's stored form from s into dst[:0] (see StoredAppender), through
+// ReadStored (a new slice) when s is no StoredAppender.
+func AppendStored(ctx context.Context, s Store, d Digest, dst []byte, hint Hint) (Codec, []byte, error) {
+	if sa, ok := s.(StoredAppender); ok {
+		return sa.AppendStored(ctx, d, dst)
+	}
+	codec, stored, err := ReadStored(ctx, s, d, hint)
+	if err != nil {
+		return 0, dst[:0], err
+	}
+	return codec, stored, nil
+}
+
 // StoredWriter is the optional capability of storing a chunk given in stored form, as is.
 //
 // PutStored decodes stored with codec, checks that the content's digest is d, and only then

@@ -296,9 +296,18 @@ func (s *Server) missing(c echo.Context) error {
 	return c.JSON(http.StatusOK, wire.MissingResponse{Missing: miss})
 }
 
-// upload receives a chunk stream. Chunks are verified one by one and committed in groups of
-// RecordBatch; a stream that breaks off, or a chunk that fails verification, ends the request
-// with an error after the chunks before it have been committed.
+// arenaSize is the stored bytes one upload group holds at most: a group is committed when its
+// arena is full (or at RecordBatch chunks), so memory per upload stays near arenaSize.
+const arenaSize = 8 << 20
+
+// arenas holds upload arenas (capacity arenaSize) between requests.
+var arenas = sync.Pool{New: func() any { b := make([]byte, 0, arenaSize); return &b }}
+
+// upload receives a chunk stream. Frames are read straight into the group's arena; each group
+// (RecordBatch chunks or arenaSize stored bytes) is verified on StoreWorkers goroutines,
+// committed through one cas batch and recorded in one index transaction (storeChunks). A
+// stream that breaks off, or a chunk that fails verification, ends the request with an error
+// after the chunks that arrived whole and verified have been committed.
 func (s *Server) upload(c echo.Context) error {
 	if err := s.writable(); err != nil {
 		return err
@@ -313,7 +322,9 @@ func (s *Server) upload(c echo.Context) error {
 	})
 	var total wire.BatchResult
 	group := make([]wire.StoredChunk, 0, s.cfg.RecordBatch)
-	var arena []byte // backing store for the group's stored bytes, reused between groups
+	ap := arenas.Get().(*[]byte)
+	defer arenas.Put(ap)
+	arena := (*ap)[:0]
 	flush := func() error {
 		if len(group) == 0 {
 			return nil
@@ -324,13 +335,13 @@ func (s *Server) upload(c echo.Context) error {
 		total.Deduped += res.Deduped
 		total.RawBytes += res.RawBytes
 		total.Bytes += res.Bytes
+		clear(group) // let go of chunks cloned outside the arena
 		group = group[:0]
 		arena = arena[:0]
 		return err
 	}
-	const arenaSize = 8 << 20 // commit at least every 8 MiB of stored bytes
 	for {
-		ch, err := sr.Next()
+		ch, grown, err := sr.NextInto(arena)
 		if err == io.EOF {
 			break
 		}
@@ -341,22 +352,20 @@ func (s *Server) upload(c echo.Context) error {
 			s.log.Warn("upload stream ended early", "err", err, "committed", total.Chunks)
 			return fmt.Errorf("upload after %d chunks: %w", total.Chunks, err)
 		}
-		// Copy the frame out of the reader's buffer into the group's arena; a group is
-		// committed when the arena is full, so memory per upload stays near arenaSize.
-		if len(arena)+len(ch.Stored) > cap(arena) {
+		if len(grown) > len(arena) || len(ch.Stored) == 0 {
+			arena = grown // read into the arena
+		} else {
+			// The arena is full: commit the group, then move the frame (in the reader's
+			// buffer until the next read) into the emptied arena.
 			if err := flush(); err != nil {
 				return err
 			}
-			if cap(arena) < arenaSize {
-				arena = make([]byte, 0, arenaSize)
+			if len(ch.Stored) <= cap(arena) {
+				arena = append(arena, ch.Stored...)
+				ch.Stored = arena[:len(arena):len(arena)]
+			} else {
+				ch.Stored = bytes.Clone(ch.Stored)
 			}
-		}
-		if len(ch.Stored) > cap(arena)-len(arena) {
-			ch.Stored = bytes.Clone(ch.Stored)
-		} else {
-			start := len(arena)
-			arena = append(arena, ch.Stored...)
-			ch.Stored = arena[start:len(arena):len(arena)]
 		}
 		group = append(group, ch)
 		if len(group) >= s.cfg.RecordBatch {
@@ -397,8 +406,10 @@ func (s *Server) download(c echo.Context) error {
 	res.Header().Set(echo.HeaderContentType, wire.MediaTypeChunkStream)
 	res.WriteHeader(http.StatusOK)
 	sw := wire.NewChunkStreamWriter(res)
+	var buf []byte // one buffer for every chunk's stored form: WriteChunk only reads it
 	for i, d := range ds {
-		codec, stored, err := s.getStored(ctx, d)
+		codec, stored, err := cas.AppendStored(ctx, s.store, d, buf, cas.HintNone)
+		buf = stored
 		if err != nil {
 			return fmt.Errorf("download: read chunk %s: %w", d, err)
 		}

@@ -42,9 +42,10 @@ func benchSource(b *testing.B) (*repo.Repo, index.ID, int64) {
 // BenchmarkLoopback compares, in one run, a push and a pull of a 32 MiB session over loopback
 // with a plain HTTP POST of as many bytes as the push puts on the wire (its chunks' stored
 // bytes) to a handler that writes them to one file. All report MB/s of the stored bytes; the
-// receiving side syncs nothing in any of them (NoSync). The -memstore variants keep the
-// receiving side's chunks in memory (cas.Memory; the index is still bbolt on disk), which
-// isolates the transfer path from the cost of one chunk file per chunk.
+// receiving side syncs nothing (NoSync) except in the -sync variants, whose receiving data
+// directory syncs as a real daemon's does (chunk files, directories, index). The -memstore
+// variants keep the receiving side's chunks in memory (cas.Memory; the index is still bbolt on
+// disk), which isolates the transfer path from the cost of one chunk file per chunk.
 func BenchmarkLoopback(b *testing.B) {
 	local, id, stored := benchSource(b)
 	b.Run("plain-http", func(b *testing.B) {
@@ -86,20 +87,19 @@ func BenchmarkLoopback(b *testing.B) {
 			}
 		}
 	})
-	for _, mem := range []bool{false, true} {
-		push, pull := "push", "pull"
-		if mem {
-			push, pull = "push-memstore", "pull-memstore"
-		}
+	for _, mode := range []string{"", "-memstore", "-sync"} {
 		start := apitest.Start
-		if mem {
+		switch mode {
+		case "-memstore":
 			start = apitest.StartMemory
+		case "-sync":
+			start = apitest.StartSync
 		}
-		b.Run(push, func(b *testing.B) {
+		b.Run("push"+mode, func(b *testing.B) {
 			benchPush(b, local, start, stored)
 		})
-		b.Run(pull, func(b *testing.B) {
-			benchPull(b, local, start, mem, id, stored)
+		b.Run("pull"+mode, func(b *testing.B) {
+			benchPull(b, local, start, mode, id, stored)
 		})
 	}
 }
@@ -127,7 +127,9 @@ func benchPush(b *testing.B, local *repo.Repo, start func(testing.TB, string, ht
 	}
 }
 
-func benchPull(b *testing.B, local *repo.Repo, start func(testing.TB, string, httpapi.Config) *apitest.Daemon, mem bool, id index.ID, stored int64) {
+// benchPull pulls from a daemon into a fresh local data directory: NoSync, syncing (mode
+// "-sync") or with its chunks in memory ("-memstore").
+func benchPull(b *testing.B, local *repo.Repo, start func(testing.TB, string, httpapi.Config) *apitest.Daemon, mode string, id index.ID, stored int64) {
 	ctx := context.Background()
 	{
 		d := start(b, b.TempDir(), httpapi.Config{})
@@ -140,14 +142,22 @@ func benchPull(b *testing.B, local *repo.Repo, start func(testing.TB, string, ht
 		for range b.N {
 			b.StopTimer()
 			var dst *index.Index
-			if mem {
+			switch mode {
+			case "-memstore":
 				ix, err := index.Open(filepath.Join(b.TempDir(), "index.db"), cas.NewMemory(), index.Options{NoSync: true})
 				if err != nil {
 					b.Fatal(err)
 				}
 				defer ix.Close()
 				dst = ix
-			} else {
+			case "-sync":
+				r, err := repo.Open(b.TempDir(), repo.Options{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer r.Close()
+				dst = r.Index()
+			default:
 				dst = openLocal(b).Index()
 			}
 			b.StartTimer()

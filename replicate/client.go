@@ -449,6 +449,25 @@ func (c *Client) Upload(ctx context.Context, write func(sw *wire.ChunkStreamWrit
 // seen the chunks that arrived whole. Chunks are not verified here: put them into a store with
 // PutStored, which does.
 func (c *Client) Download(ctx context.Context, ds []cas.Digest, lim wire.StreamLimits, fn func(wire.StoredChunk) error) error {
+	return c.download(ctx, ds, lim, func(sr *wire.ChunkStreamReader) error {
+		for {
+			ch, err := sr.Next()
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("download: %w", err)
+			}
+			if err := fn(ch); err != nil {
+				return err
+			}
+		}
+	})
+}
+
+// download asks for chunks ds and hands the response's chunk stream to read, which reads it
+// to its end (io.EOF) or fails.
+func (c *Client) download(ctx context.Context, ds []cas.Digest, lim wire.StreamLimits, read func(*wire.ChunkStreamReader) error) error {
 	resp, err := c.do(ctx, request{method: http.MethodPost, path: wire.PathDownload, body: wire.AppendDigestList(nil, ds),
 		ctype: wire.MediaTypeDigests, retry: true})
 	if err != nil {
@@ -458,19 +477,7 @@ func (c *Client) Download(ctx context.Context, ds []cas.Digest, lim wire.StreamL
 	if lim.MaxChunks == 0 {
 		lim.MaxChunks = int64(len(ds))
 	}
-	sr := wire.NewChunkStreamReader(resp.Body, lim)
-	for {
-		ch, err := sr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("download: %w", err)
-		}
-		if err := fn(ch); err != nil {
-			return err
-		}
-	}
+	return read(wire.NewChunkStreamReader(resp.Body, lim))
 }
 
 // HasManifest reports whether the daemon has manifest id.

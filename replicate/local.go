@@ -3,8 +3,11 @@ package replicate
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"runtime"
+	"sync"
 
 	"github.com/driftstore/driftstore/cas"
 	"github.com/driftstore/driftstore/httpapi/wire"
@@ -58,7 +61,8 @@ func (l *Local) Refs(_ context.Context, kind index.RefKind) ([]index.Ref, error)
 // each group goes through cas.PutStoredAll (verified on several goroutines, written into one
 // batch, one durability barrier) and is then recorded in one index transaction, so a chunk is
 // recorded only once durable and verified. The caller holds the index's HoldGC from the first
-// add until the last flush. Not safe for concurrent use.
+// add until finish. Use: newIngester, add or readStream, finish (always). Not safe for
+// concurrent use.
 type ingester struct {
 	ix      *index.Index
 	workers int
@@ -66,6 +70,7 @@ type ingester struct {
 
 	group []cas.StoredChunk
 	sizes []int64 // the size each chunk's frame declared (-1: unknown)
+	ap    *[]byte // the pooled arena
 	arena []byte  // backing store for the group's stored bytes, reused between groups
 }
 
@@ -75,8 +80,51 @@ const (
 	ingestBytes  = 8 << 20
 )
 
+// arenas holds ingest arenas (capacity ingestBytes) between transfers.
+var arenas = sync.Pool{New: func() any { b := make([]byte, 0, ingestBytes); return &b }}
+
 func newIngester(ix *index.Index, sent func(int, int64, int64)) *ingester {
-	return &ingester{ix: ix, workers: min(runtime.GOMAXPROCS(0), 8), sent: sent}
+	ap := arenas.Get().(*[]byte)
+	return &ingester{ix: ix, workers: min(runtime.GOMAXPROCS(0), 8), sent: sent, ap: ap, arena: (*ap)[:0]}
+}
+
+// finish stores the last group and lets go of the arena; the ingester is not used afterwards.
+// It returns the group's error, if any, joined before err.
+func (in *ingester) finish(ctx context.Context, err error) error {
+	if ferr := in.flush(ctx); ferr != nil {
+		err = errors.Join(ferr, err)
+	}
+	in.arena, in.group = nil, nil
+	arenas.Put(in.ap)
+	return err
+}
+
+// readStream adds every chunk of sr, reading each frame straight into the group's arena. A
+// stream that breaks off leaves the chunks that arrived whole in the group (finish stores
+// them); the error then says where it broke.
+func (in *ingester) readStream(ctx context.Context, sr *wire.ChunkStreamReader) error {
+	for {
+		ch, grown, err := sr.NextInto(in.arena)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("download: %w", err)
+		}
+		if len(grown) > len(in.arena) {
+			in.arena = grown
+			in.group = append(in.group, cas.StoredChunk{Digest: ch.Digest, Codec: ch.Codec, Stored: ch.Stored})
+			in.sizes = append(in.sizes, ch.Size)
+			if len(in.group) >= ingestChunks {
+				err = in.flush(ctx)
+			}
+		} else {
+			err = in.add(ctx, ch)
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // add copies ch (its Stored bytes are only read during the call) into the current group,
@@ -86,9 +134,6 @@ func (in *ingester) add(ctx context.Context, ch wire.StoredChunk) error {
 		if err := in.flush(ctx); err != nil {
 			return err
 		}
-	}
-	if cap(in.arena) < ingestBytes {
-		in.arena = make([]byte, 0, ingestBytes)
 	}
 	var stored []byte
 	if len(ch.Stored) > cap(in.arena)-len(in.arena) {
@@ -112,7 +157,10 @@ func (in *ingester) flush(ctx context.Context) error {
 	}
 	ctx = context.WithoutCancel(ctx)
 	group, sizes := in.group, in.sizes
-	in.group, in.sizes, in.arena = in.group[:0], in.sizes[:0], in.arena[:0]
+	defer func() {
+		clear(group) // let go of chunks cloned outside the arena
+		in.group, in.sizes, in.arena = group[:0], sizes[:0], in.arena[:0]
+	}()
 	infos, err := cas.PutStoredAll(ctx, in.ix.Store(), in.workers, group)
 	if infos == nil {
 		return err

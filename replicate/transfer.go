@@ -363,8 +363,10 @@ func moveChunks(ctx context.Context, dst Peer, missing []cas.Digest, sizes map[c
 func uploadChunks(ctx context.Context, local *index.Index, remote *Client, ds []cas.Digest, sizes map[cas.Digest]int64, sent func(int, int64, int64)) error {
 	store := local.Store()
 	_, err := remote.Upload(ctx, func(sw *wire.ChunkStreamWriter) error {
+		var buf []byte // one buffer for every chunk's stored form: WriteChunk only reads it
 		for _, d := range ds {
-			codec, stored, err := cas.ReadStored(ctx, store, d, cas.HintNone)
+			codec, stored, err := cas.AppendStored(ctx, store, d, buf, cas.HintNone)
+			buf = stored
 			if err != nil {
 				return fmt.Errorf("read local chunk %s: %w", d, err)
 			}
@@ -388,13 +390,10 @@ func downloadChunks(ctx context.Context, remote *Client, local *index.Index, ds 
 	release := local.HoldGC()
 	defer release()
 	in := newIngester(local, sent)
-	err := remote.Download(ctx, ds, lim, func(ch wire.StoredChunk) error {
-		return in.add(ctx, ch)
+	err := remote.download(ctx, ds, lim, func(sr *wire.ChunkStreamReader) error {
+		return in.readStream(ctx, sr)
 	})
-	if ferr := in.flush(ctx); ferr != nil {
-		err = errors.Join(ferr, err)
-	}
-	return err
+	return in.finish(ctx, err)
 }
 
 // relayChunks moves chunks from one daemon to another: a download stream from src feeds an
@@ -430,8 +429,5 @@ func copyLocal(ctx context.Context, src, dst *index.Index, ds []cas.Digest, sent
 			break
 		}
 	}
-	if ferr := in.flush(ctx); ferr != nil {
-		err = errors.Join(ferr, err)
-	}
-	return err
+	return in.finish(ctx, err)
 }

@@ -486,6 +486,15 @@ func testStored(t *testing.T, src, dst cas.Store) {
 		if _, isSR := src.(cas.StoredReader); isSR && (codec != srcInfo.Codec || int64(len(stored)) != srcInfo.StoredSize) {
 			t.Fatalf("%s: GetStored gave %s/%d bytes, Stat says %s/%d", d, codec, len(stored), srcInfo.Codec, srcInfo.StoredSize)
 		}
+		// AppendStored gives the same, into the caller's buffer when it is large enough.
+		buf := make([]byte, 3, len(stored)+10)
+		c2, got, err := cas.AppendStored(bg, src, d, buf, cas.HintNone)
+		if err != nil || c2 != codec || !bytes.Equal(got, stored) {
+			t.Fatalf("%s: AppendStored gave %s/%d bytes (%v), ReadStored %s/%d", d, c2, len(got), err, codec, len(stored))
+		}
+		if _, isSA := src.(cas.StoredAppender); isSA && len(got) > 0 && &got[0] != &buf[:1][0] {
+			t.Fatalf("%s: AppendStored did not use the caller's buffer", d)
+		}
 		if len(stored) > 8 {
 			// Tampered stored forms are refused, and nothing is stored.
 			bad := bytes.Clone(stored)
@@ -513,7 +522,7 @@ func testStored(t *testing.T, src, dst cas.Store) {
 				sameInfo(t, srcInfo, info) // moved as stored
 			}
 		}
-		got, err := dst.Get(bg, d, nil)
+		got, err = dst.Get(bg, d, nil)
 		if err != nil || cas.Sum(got) != d {
 			t.Fatalf("copied chunk %s: %v", d, err)
 		}

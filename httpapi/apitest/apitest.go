@@ -32,6 +32,7 @@ type Daemon struct {
 	t      testing.TB
 	done   chan error
 	memory *cas.Memory // the chunk store of a StartMemory daemon, kept across restarts
+	sync   bool        // StartSync: the data directory syncs
 	closer closer      // closes what start opened
 }
 
@@ -63,6 +64,21 @@ func StartMemory(t testing.TB, dir string, cfg httpapi.Config) *Daemon {
 	return d
 }
 
+// StartSync is Start with the data directory opened as a real daemon opens it: chunk files,
+// directories and the index synced to disk (Start skips the syncs). For benchmarks of the
+// durable write path.
+func StartSync(t testing.TB, dir string, cfg httpapi.Config) *Daemon {
+	t.Helper()
+	d := &Daemon{Dir: dir, Config: cfg, t: t, sync: true}
+	d.start("127.0.0.1:0")
+	t.Cleanup(func() {
+		if d.Server != nil {
+			d.Stop()
+		}
+	})
+	return d
+}
+
 // closer is the data directory of a running daemon.
 type closer interface{ Close() error }
 
@@ -76,7 +92,7 @@ func (d *Daemon) start(addr string) {
 		}
 		d.Index, c = ix, ix
 	} else {
-		r, err := repo.Open(d.Dir, repo.Options{NoSync: true, LockTimeout: 2 * time.Second})
+		r, err := repo.Open(d.Dir, repo.Options{NoSync: !d.sync, LockTimeout: 2 * time.Second})
 		if err != nil {
 			d.t.Fatalf("open %s: %v", d.Dir, err)
 		}

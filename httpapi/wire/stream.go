@@ -150,17 +150,35 @@ func (sr *ChunkStreamReader) BytesRead() int64 { return sr.nbytes }
 // before its trailer gives an error wrapping io.ErrUnexpectedEOF; a malformed stream or one over
 // the limits gives an error wrapping ErrMalformed or ErrTooLarge. Errors are sticky.
 func (sr *ChunkStreamReader) Next() (StoredChunk, error) {
-	if sr.err != nil {
-		return StoredChunk{}, sr.err
-	}
-	c, err := sr.next()
-	if err != nil {
-		sr.err = err
-	}
+	c, _, err := sr.NextInto(nil)
 	return c, err
 }
 
-func (sr *ChunkStreamReader) next() (StoredChunk, error) {
+// NextInto is Next, reading the frame's stored bytes straight into buf's spare capacity when
+// they fit: the returned buf is then buf extended by them and the chunk's Stored is that
+// extension (capacity limited to its length), owned by the caller. When they do not fit, buf
+// is returned unchanged and Stored belongs to the reader, as with Next. Nothing is read into
+// buf on an error.
+func (sr *ChunkStreamReader) NextInto(buf []byte) (StoredChunk, []byte, error) {
+	if sr.err != nil {
+		return StoredChunk{}, buf, sr.err
+	}
+	c, out, err := sr.next(buf)
+	if err != nil {
+		sr.err = err
+		return c, buf, err
+	}
+	return c, out, nil
+}
+
+func (sr *ChunkStreamReader) next(dst []byte) (StoredChunk, []byte, error) {
+	c, err := sr.nextFrame(&dst)
+	return c, dst, err
+}
+
+// nextFrame reads one frame; its stored bytes go to *dst's spare capacity when they fit
+// (*dst is then extended), otherwise to sr.buf.
+func (sr *ChunkStreamReader) nextFrame(dst *[]byte) (StoredChunk, error) {
 	if sr.state == 0 {
 		var m [len(streamMagic)]byte
 		if _, err := sr.readFull(m[:]); err != nil {
@@ -225,9 +243,20 @@ func (sr *ChunkStreamReader) next() (StoredChunk, error) {
 		return StoredChunk{}, fmt.Errorf("%w: chunk %s carries %d stored bytes, limit %d", ErrTooLarge, c.Digest, storedLen, sr.lim.MaxStoredSize)
 	}
 	c.Size = int64(size)
+	n := int(storedLen)
+	if d := *dst; n > 0 && cap(d)-len(d) >= n {
+		start := len(d)
+		d = d[:start+n]
+		if _, err := sr.readFull(d[start:]); err != nil {
+			return StoredChunk{}, err
+		}
+		c.Stored = d[start : start+n : start+n]
+		*dst = d
+		sr.count++
+		return c, nil
+	}
 	// Grow the buffer with the bytes that actually arrive, so that a frame that lies about its
 	// length costs no more memory than the bytes sent.
-	n := int(storedLen)
 	sr.buf = sr.buf[:0]
 	for len(sr.buf) < n {
 		step := n - len(sr.buf)

@@ -100,6 +100,59 @@ func TestChunkStreamTruncated(t *testing.T) {
 	}
 }
 
+// NextInto reads a frame's stored bytes into the caller's buffer when they fit, into the
+// reader's own buffer otherwise, and leaves the caller's buffer alone on a cut.
+func TestChunkStreamNextInto(t *testing.T) {
+	in := sampleChunks() // stored lengths 0, 1, 3000, 70000
+	full := encodeStream(t, in, true)
+	r := NewChunkStreamReader(bytes.NewReader(full), testLimits)
+	buf := make([]byte, 0, 4000)
+	var owned [][]byte
+	for i := 0; ; i++ {
+		before := len(buf)
+		c, out, err := r.NextInto(buf)
+		if err == io.EOF {
+			if i != len(in) {
+				t.Fatalf("EOF after %d chunks", i)
+			}
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(c.Stored, in[i].Stored) || c.Digest != in[i].Digest {
+			t.Fatalf("chunk %d differs", i)
+		}
+		fits := len(in[i].Stored) > 0 && len(in[i].Stored) <= cap(buf)-before
+		if fits != (len(out) == before+len(c.Stored) && len(c.Stored) > 0) {
+			t.Fatalf("chunk %d (%d bytes, %d free): buffer grew from %d to %d", i, len(c.Stored), cap(buf)-before, before, len(out))
+		}
+		if fits {
+			if &c.Stored[0] != &out[before] || cap(c.Stored) != len(c.Stored) {
+				t.Fatalf("chunk %d: Stored does not alias the caller's buffer", i)
+			}
+			owned = append(owned, c.Stored)
+		}
+		buf = out
+	}
+	if len(owned) != 2 || !bytes.Equal(owned[0], in[1].Stored) || !bytes.Equal(owned[1], in[2].Stored) {
+		t.Fatalf("%d chunks read into the caller's buffer, or overwritten since", len(owned))
+	}
+	// Cut inside the third frame's bytes: an unexpected EOF, the buffer as it was.
+	r = NewChunkStreamReader(bytes.NewReader(full[:len(full)-70000-40-1500]), testLimits)
+	buf = make([]byte, 0, 4000)
+	for {
+		_, out, err := r.NextInto(buf)
+		if err != nil {
+			if !errors.Is(err, io.ErrUnexpectedEOF) || len(out) != len(buf) || len(buf) != 1 {
+				t.Fatalf("cut stream: %v, buffer %d → %d bytes", err, len(buf), len(out))
+			}
+			break
+		}
+		buf = out
+	}
+}
+
 func TestChunkStreamRefuses(t *testing.T) {
 	in := sampleChunks()
 	full := encodeStream(t, in, true)
