@@ -531,6 +531,35 @@ func TestUploadStream(t *testing.T) {
 	fsckClean(t, d2)
 }
 
+// TestUploadGroupRefusesOnlyTheBadChunk: the chunks of one group are verified together and go
+// through one batch; a flipped byte in the middle refuses that chunk (400, never committed or
+// recorded) while the group's chunks that verified are committed and recorded.
+func TestUploadGroupRefusesOnlyTheBadChunk(t *testing.T) {
+	d := apitest.Start(t, t.TempDir(), httpapi.Config{})
+	var all []cas.Digest
+	var s bytes.Buffer
+	w := wire.NewChunkStreamWriter(&s)
+	for i := range 9 {
+		data := compressible(uint64(40+i), 30000+i)
+		codec, stored := cas.Encode(nil, data, cas.HintNone)
+		if i == 4 {
+			stored[len(stored)/2] ^= 1
+		}
+		all = append(all, cas.Sum(data))
+		w.WriteChunk(wire.StoredChunk{Digest: cas.Sum(data), Codec: codec, Size: int64(len(data)), Stored: stored})
+	}
+	w.Close()
+	expect(t, do(t, d.URL, call{method: "POST", path: wire.PathUpload, body: s.Bytes()}), 400, wire.CodeDigestMismatch)
+	miss, err := d.Index.MissingChunks(all)
+	if err != nil || len(miss) != 1 || miss[0] != all[4] {
+		t.Fatalf("after a group with one flipped chunk, missing %v (%v), want only chunk 4", miss, err)
+	}
+	if ok, _ := d.Repo.Store().Has(context.Background(), all[4]); ok {
+		t.Fatal("the flipped chunk was committed")
+	}
+	fsckClean(t, d)
+}
+
 func TestMetrics(t *testing.T) {
 	d := apitest.Start(t, t.TempDir(), httpapi.Config{})
 	data := []byte("metric chunk")
