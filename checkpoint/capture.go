@@ -89,7 +89,15 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: save state: %w", err)
 	}
-	st, err := ParseState(state)
+	// The head is all Capture needs to read; the logits are stored as they are.
+	st, err := ParseStateHead(state[:min(len(state), stateFixed)], -1)
+	if err == nil {
+		if want := st.HeadLen + 4*st.NLogits; len(state) != want {
+			err = fmt.Errorf("%w: guest state of %d bytes does not hold position %d and %d logits", ErrBadCheckpoint, len(state), st.Position, st.NLogits)
+		} else {
+			st, err = ParseStateHead(state[:st.HeadLen], st.NLogits)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: %w", err)
 	}
@@ -108,7 +116,7 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 		Model: model.Fingerprint(), ModelSource: opts.ModelSource, Vocab: model.Hyper().Vocab,
 		Guest: cas.Digest(guest.Fingerprint), GuestABI: guest.ABIVersion,
 		Layout: layout, Position: st.Position, Tokens: st.Tokens, Sampler: st.Sampler, RNG: st.RNG,
-		HasLogits: st.Logits != nil, KV: make([][]index.ChunkRef, layout.Layers),
+		HasLogits: st.NLogits > 0, KV: make([][]index.ChunkRef, layout.Layers),
 	}
 	if opts.Parent != nil {
 		cp.Parent = opts.Parent.ID

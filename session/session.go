@@ -60,6 +60,9 @@ type Config struct {
 	Workers int
 	// NoPrefixCache turns the prefix cache off.
 	NoPrefixCache bool
+	// HugePages restores with transparent huge pages under the fresh KV blocks
+	// (restore.IntoOptions.HugePages): for long-lived processes such as a daemon.
+	HugePages bool
 }
 
 // Manager owns the sessions of one data directory, the models they use and the prefix cache.
@@ -540,7 +543,7 @@ func (s *Session) restoreLocked(ctx context.Context, cp *checkpoint.Checkpoint) 
 			return nil, err
 		}
 	}
-	opts := restore.Options{Instance: s.m.instanceOptions(0, 0, engine.Sampler{}), Workers: s.m.cfg.Workers}
+	opts := restore.Options{Instance: s.m.instanceOptions(0, 0, engine.Sampler{}), Workers: s.m.cfg.Workers, HugePages: s.m.cfg.HugePages}
 	in, r, err := restore.Restore(ctx, s.m.cfg.Index.Store(), s.model, cp, opts)
 	if err != nil {
 		return nil, fmt.Errorf("session %s: %w", s.name, err)

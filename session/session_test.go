@@ -32,7 +32,7 @@ type env struct {
 	model string
 }
 
-func open(t testing.TB, dir string, noPrefix bool) *env {
+func open(t testing.TB, dir string, noPrefix bool, adjust ...func(*session.Config)) *env {
 	t.Helper()
 	r, err := repo.Open(dir, repo.Options{NoSync: true})
 	if err != nil {
@@ -46,7 +46,11 @@ func open(t testing.TB, dir string, noPrefix bool) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := session.NewManager(session.Config{Index: r.Index(), Engine: e, DataDir: dir, NoPrefixCache: noPrefix})
+	cfg := session.Config{Index: r.Index(), Engine: e, DataDir: dir, NoPrefixCache: noPrefix}
+	for _, f := range adjust {
+		f(&cfg)
+	}
+	m, err := session.NewManager(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,14 +138,15 @@ func TestContinueAcrossManagers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The same turns, each in a new manager (a new "process" as far as sessions go).
+	// The same turns, each in a new manager (a new "process" as far as sessions go), restoring
+	// with and without huge pages.
 	var got [][]int32
 	for i, turn := range []session.Turn{
 		{Model: ref.model, Prompt: prompt, N: 9, Sampler: &smp},
 		{Prompt: []int32{5, 6, 7}, N: 9},
 		{N: 9},
 	} {
-		e := open(t, dir, false)
+		e := open(t, dir, false, func(c *session.Config) { c.HugePages = i == 2 })
 		s, _ := e.mgr.Session("s")
 		r, err := s.Run(ctx, turn)
 		if err != nil {
@@ -335,6 +340,17 @@ func TestKillDuringCheckpoint(t *testing.T) {
 		t.Fatal("helper reported no checkpoint time")
 	}
 	t.Logf("an uninterrupted checkpoint of 600 tokens took %v", took)
+	// Its checkpoint is a known head too: a killed process may commit its own on top of it.
+	{
+		e := open(t, dir, false)
+		s, _ := e.mgr.Session("k")
+		head, err := s.Head()
+		if err != nil || !heads[head.Parent] {
+			t.Fatalf("calibration head %v (parent known: %v): %v", head, err == nil && heads[head.Parent], err)
+		}
+		heads[head.ID] = true
+		e.close()
+	}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	for i := 0; i < 5; i++ {
 		at := time.Duration(rng.Int64N(int64(took) + 1))
