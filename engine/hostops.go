@@ -186,6 +186,17 @@ func mul(op string, a, b uint32) (uint32, *opError) {
 	return uint32(p), nil
 }
 
+// f32rows checks and returns n rows of width float32 values at off. The product is checked:
+// n ≤ 65536 times a width up to 65536 (the model's Dim) reaches 2^32, which as a uint32 would
+// wrap to an empty range while the kernel still processes n rows.
+func f32rows(op, what string, mem []byte, off, n, width uint32) ([]float32, *opError) {
+	sz, err := mul(op, n, width)
+	if err != nil {
+		return nil, err
+	}
+	return f32s(op, what, mem, off, sz)
+}
+
 // weight resolves a guest weight id to a dense index, checking that it exists and that it is
 // a norm vector (norm) or a matrix (!norm).
 func (in *Instance) weight(op string, wid uint32, norm bool) (int, *opError) {
@@ -245,11 +256,7 @@ func opEmbed(in *Instance, mem []byte, a []wasmtime.Val) (int32, *opError) {
 	if err != nil {
 		return 0, err
 	}
-	sz, err := mul(op, n, uint32(h.Dim))
-	if err != nil {
-		return 0, err
-	}
-	out, err := f32s(op, "out", mem, outOff, sz)
+	out, err := f32rows(op, "out", mem, outOff, n, uint32(h.Dim))
 	if err != nil {
 		return 0, err
 	}
@@ -276,15 +283,12 @@ func opRMSNorm(in *Instance, mem []byte, a []wasmtime.Val) (int32, *opError) {
 	if err != nil {
 		return 0, err
 	}
-	sz, err := mul(op, n, uint32(in.model.tensors.W[w].Cols))
+	cols := uint32(in.model.tensors.W[w].Cols)
+	out, err := f32rows(op, "out", mem, outOff, n, cols)
 	if err != nil {
 		return 0, err
 	}
-	out, err := f32s(op, "out", mem, outOff, sz)
-	if err != nil {
-		return 0, err
-	}
-	x, err := f32s(op, "x", mem, xOff, sz)
+	x, err := f32rows(op, "x", mem, xOff, n, cols)
 	if err != nil {
 		return 0, err
 	}
@@ -303,19 +307,11 @@ func opMatMul(in *Instance, mem []byte, a []wasmtime.Val) (int32, *opError) {
 		return 0, err
 	}
 	tw := &in.model.tensors.W[w]
-	osz, err := mul(op, n, uint32(tw.Rows))
+	out, err := f32rows(op, "out", mem, outOff, n, uint32(tw.Rows))
 	if err != nil {
 		return 0, err
 	}
-	xsz, err := mul(op, n, uint32(tw.Cols))
-	if err != nil {
-		return 0, err
-	}
-	out, err := f32s(op, "out", mem, outOff, osz)
-	if err != nil {
-		return 0, err
-	}
-	x, err := f32s(op, "x", mem, xOff, xsz)
+	x, err := f32rows(op, "x", mem, xOff, n, uint32(tw.Cols))
 	if err != nil {
 		return 0, err
 	}
@@ -347,8 +343,7 @@ func opRoPE(in *Instance, mem []byte, a []wasmtime.Val) (int32, *opError) {
 	if err := in.checkPos(op, pos0, n); err != nil {
 		return 0, err
 	}
-	sz := n * nHeads * uint32(h.HeadDim) // n ≤ 65536, nHeads*headDim ≤ 65536: no overflow
-	x, err := f32s(op, "x", mem, xOff, sz)
+	x, err := f32rows(op, "x", mem, xOff, n, nHeads*uint32(h.HeadDim))
 	if err != nil {
 		return 0, err
 	}
@@ -394,12 +389,12 @@ func opStoreKV(in *Instance, mem []byte, a []wasmtime.Val) (int32, *opError) {
 	if err != nil {
 		return 0, err
 	}
-	sz := n * uint32(in.layout.KVHeads*in.layout.HeadDim)
-	k, err := f32s(op, "k", mem, kOff, sz)
+	kvDim := uint32(in.layout.KVHeads * in.layout.HeadDim)
+	k, err := f32rows(op, "k", mem, kOff, n, kvDim)
 	if err != nil {
 		return 0, err
 	}
-	v, err := f32s(op, "v", mem, vOff, sz)
+	v, err := f32rows(op, "v", mem, vOff, n, kvDim)
 	if err != nil {
 		return 0, err
 	}
@@ -421,12 +416,12 @@ func opAttention(in *Instance, mem []byte, a []wasmtime.Val) (int32, *opError) {
 		return 0, err
 	}
 	h := &in.model.hyper
-	sz := n * uint32(h.Heads*h.HeadDim)
-	out, err := f32s(op, "out", mem, outOff, sz)
+	qDim := uint32(h.Heads * h.HeadDim)
+	out, err := f32rows(op, "out", mem, outOff, n, qDim)
 	if err != nil {
 		return 0, err
 	}
-	q, err := f32s(op, "q", mem, qOff, sz)
+	q, err := f32rows(op, "q", mem, qOff, n, qDim)
 	if err != nil {
 		return 0, err
 	}

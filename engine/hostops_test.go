@@ -211,3 +211,21 @@ func TestGuestRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestF32RowsOverflow: n rows of width floats where n·width is 2^32 (65536 rows of a
+// 65536-wide model, both allowed) must be refused, not wrap to an empty range that passes
+// the bounds check while the kernel goes on to process n rows.
+func TestF32RowsOverflow(t *testing.T) {
+	mem := make([]byte, 64)
+	if got, err := f32rows("rope", "x", mem, 0, maxOpRows, 1<<16); err == nil {
+		t.Fatalf("65536×65536 rows accepted: %d floats", len(got))
+	} else if !strings.Contains(err.Error(), "overflows") {
+		t.Fatalf("error %q does not name the overflow", err)
+	}
+	if got, err := f32rows("rope", "x", mem, 0, 4, 4); err != nil || len(got) != 16 {
+		t.Fatalf("4×4 rows in 64 bytes: %d floats, %v", len(got), err)
+	}
+	if _, err := f32rows("rope", "x", mem, 4, 4, 4); err == nil {
+		t.Fatal("4×4 rows at offset 4 of 64 bytes accepted")
+	}
+}
