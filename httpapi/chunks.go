@@ -140,7 +140,8 @@ func (s *Server) putChunk(c echo.Context) error {
 // other codec means the stored form, committed as is once it decodes to the digest (see
 // cas.Batch.PutStored). Decoded bytes are always verified; a chunk already recorded is
 // otherwise skipped without decoding. A chunk whose size is known (Size >= 0) must decode to
-// that size.
+// that size. A codec this package cannot decode is refused (errUnsupportedCodec), also for a
+// chunk already recorded.
 //
 // The chunks not yet recorded go through one cas batch, verified and written on up to
 // StoreWorkers goroutines, then committed with one durability barrier, and only then recorded
@@ -162,6 +163,10 @@ func (s *Server) storeChunks(ctx context.Context, chunks []wire.StoredChunk, hin
 	errs := make([]error, len(chunks))
 	var todo []int // chunks to store, in order
 	for i, ch := range chunks {
+		if ch.Codec != 0 && !ch.Codec.Valid() {
+			errs[i] = fmt.Errorf("%w: chunk %s: codec %d", errUnsupportedCodec, ch.Digest, ch.Codec)
+			continue
+		}
 		if ch.Codec == 0 || ch.Codec == cas.CodecRaw {
 			if got := cas.Sum(ch.Stored); got != ch.Digest {
 				errs[i] = fmt.Errorf("%w: chunk %s: the bytes hash to %s", errDigestMismatch, ch.Digest, got)

@@ -361,7 +361,7 @@ func TestValidation(t *testing.T) {
 	expect(t, do(t, d.URL, call{method: "PUT", path: wire.PathRefs + "/tag/x", body: []byte(`{"nope":1}`)}), 400, wire.CodeBadRequest)
 	expect(t, do(t, d.URL, call{method: "PUT", path: wire.PathChunks + good, body: []byte("not x")}), 400, wire.CodeDigestMismatch)
 	expect(t, do(t, d.URL, call{method: "PUT", path: wire.PathChunks + good, body: []byte("x"), headers: map[string]string{wire.HeaderCodec: "zero"}}), 400, wire.CodeBadRequest)
-	expect(t, do(t, d.URL, call{method: "PUT", path: wire.PathChunks + good, body: []byte("x"), headers: map[string]string{wire.HeaderCodec: "200"}}), 400, wire.CodeDigestMismatch)
+	expect(t, do(t, d.URL, call{method: "PUT", path: wire.PathChunks + good, body: []byte("x"), headers: map[string]string{wire.HeaderCodec: "200"}}), 415, wire.CodeUnsupported)
 	// Routing errors are JSON too.
 	expect(t, do(t, d.URL, call{method: "GET", path: "/v2/chunks/" + good}), 404, wire.CodeNotFound)
 	expect(t, do(t, d.URL, call{method: "DELETE", path: wire.PathChunks + good}), 405, wire.CodeMethodNotAllowed)
