@@ -160,7 +160,7 @@ type localBatch struct {
 	mu          sync.Mutex // guards the fields below
 	pending     map[Digest]*pendingChunk
 	written     []*pendingChunk // chunks with a temporary file, in completion order
-	rootTouched bool            // a shard directory was created: the root must be synced
+	rootTouched bool            // a shard directory not known durable: the root must be synced
 	closed      bool
 }
 
@@ -334,6 +334,11 @@ func (b *localBatch) Commit(ctx context.Context) error {
 	}
 	if err := b.syncDirs(dirs, rootTouched); err != nil {
 		return fmt.Errorf("commit %d chunks: sync directories: %w", len(written), err)
+	}
+	if rootTouched {
+		for _, p := range written {
+			l.shardDurable(p.info.Digest)
+		}
 	}
 	return nil
 }

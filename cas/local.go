@@ -391,24 +391,26 @@ var testHookBeforeRename func(tmp string) error
 // tmpSeq numbers this process's temporary files; with the pid it makes their names unique.
 var tmpSeq atomic.Uint64
 
-// ensureShard creates d's shard directory when it is not known to exist. It reports whether it
-// created it, in which case the store's root directory must be synced before a chunk in it is
-// reported durable.
-func (l *Local) ensureShard(d Digest) (created bool, err error) {
+// ensureShard creates d's shard directory when it is not known to be durable. It reports
+// whether the caller must sync the store's root directory before a chunk in that shard is
+// reported durable, and then, once that sync succeeded, mark the shard with shardDurable. A
+// shard directory found already there (made by another goroutine or process, or by a Put or
+// batch that failed before its root sync) needs the sync as well.
+func (l *Local) ensureShard(d Digest) (syncRoot bool, err error) {
 	if l.shardOK[d[0]].Load() {
 		return false, nil
 	}
-	err = os.Mkdir(l.shardDir(d), 0o755)
-	switch {
-	case err == nil:
-		created = true
-	case errors.Is(err, fs.ErrExist):
-	default:
+	if err := os.Mkdir(l.shardDir(d), 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return false, err
 	}
-	l.shardOK[d[0]].Store(true)
-	return created, nil
+	return true, nil
 }
+
+// shardDurable records that d's shard directory exists and that the root has been synced since.
+func (l *Local) shardDurable(d Digest) { l.shardOK[d[0]].Store(true) }
+
+// testHookSyncDir, when set by a test, is called with every directory syncDir syncs.
+var testHookSyncDir func(dir string)
 
 // writeTemp writes a chunk file (header, then payload, then tail when not nil: the raw path
 // passes the caller's data as tail so that it is not copied) to a new temporary file in d's
@@ -457,14 +459,15 @@ func (l *Local) writeTemp(d Digest, file, tail []byte, sync bool) (string, time.
 // commit writes file (header and payload, then tail) under d's name: temporary file, write,
 // fsync, rename, fsync of the directory. It returns the file's modification time.
 func (l *Local) commit(d Digest, file, tail []byte) (time.Time, error) {
-	created, err := l.ensureShard(d)
+	syncRoot, err := l.ensureShard(d)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("put %s: %w", d, err)
 	}
-	if created {
+	if syncRoot {
 		if err := l.syncDir(l.dir); err != nil {
 			return time.Time{}, fmt.Errorf("put %s: %w", d, err)
 		}
+		l.shardDurable(d)
 	}
 	tmp, mod, err := l.writeTemp(d, file, tail, true)
 	if err != nil {
@@ -489,6 +492,9 @@ func (l *Local) commit(d Digest, file, tail []byte) (time.Time, error) {
 func (l *Local) syncDir(dir string) error {
 	if l.opts.NoSync {
 		return nil
+	}
+	if hook := testHookSyncDir; hook != nil {
+		hook(dir)
 	}
 	f, err := os.Open(dir)
 	if err != nil {

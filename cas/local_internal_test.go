@@ -379,3 +379,38 @@ func TestVerifyPlanes(t *testing.T) {
 		t.Fatal("a truncated payload verifies")
 	}
 }
+
+// A shard directory made by a batch that was discarded (so its root sync never ran) must not
+// count as durable: the next Put into that shard syncs the root before reporting success.
+func TestLocalShardOfDiscardedBatchIsSynced(t *testing.T) {
+	l := openTemp(t)
+	first := testBytes(1000, 1)
+	d := Sum(first)
+	b := NewBatch(l)
+	if _, err := b.Put(ctx, first, HintNone); err != nil {
+		t.Fatal(err)
+	}
+	b.Discard()
+	if _, err := os.Stat(l.shardDir(d)); err != nil {
+		t.Fatalf("the batch did not make the shard directory: %v", err)
+	}
+	var second []byte
+	for i := 0; ; i++ {
+		second = append(testBytes(1000, 2), byte(i), byte(i>>8))
+		if Sum(second)[0] == d[0] {
+			break
+		}
+	}
+	var synced []string
+	testHookSyncDir = func(dir string) { synced = append(synced, dir) }
+	defer func() { testHookSyncDir = nil }()
+	if _, err := l.Put(ctx, second, HintNone); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range synced {
+		if dir == l.Dir() {
+			return
+		}
+	}
+	t.Fatalf("Put into a shard whose creation was never synced synced only %v, not the root", synced)
+}
