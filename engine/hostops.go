@@ -197,6 +197,17 @@ func f32rows(op, what string, mem []byte, off, n, width uint32) ([]float32, *opE
 	return f32s(op, what, mem, off, sz)
 }
 
+// f32rows2 checks two such ranges of the same shape (an op's output and input, or K and V).
+func f32rows2(op, whatA, whatB string, mem []byte, offA, offB, n, width uint32) (a, b []float32, err *opError) {
+	if a, err = f32rows(op, whatA, mem, offA, n, width); err != nil {
+		return nil, nil, err
+	}
+	if b, err = f32rows(op, whatB, mem, offB, n, width); err != nil {
+		return nil, nil, err
+	}
+	return a, b, nil
+}
+
 // weight resolves a guest weight id to a dense index, checking that it exists and that it is
 // a norm vector (norm) or a matrix (!norm).
 func (in *Instance) weight(op string, wid uint32, norm bool) (int, *opError) {
@@ -283,12 +294,7 @@ func opRMSNorm(in *Instance, mem []byte, a []wasmtime.Val) (int32, *opError) {
 	if err != nil {
 		return 0, err
 	}
-	cols := uint32(in.model.tensors.W[w].Cols)
-	out, err := f32rows(op, "out", mem, outOff, n, cols)
-	if err != nil {
-		return 0, err
-	}
-	x, err := f32rows(op, "x", mem, xOff, n, cols)
+	out, x, err := f32rows2(op, "out", "x", mem, outOff, xOff, n, uint32(in.model.tensors.W[w].Cols))
 	if err != nil {
 		return 0, err
 	}
@@ -376,25 +382,26 @@ func (in *Instance) blocks(op string, mem []byte, tableOff, nb uint32, end uint6
 	return bs, nil
 }
 
+// kvBlocks checks n rows at positions pos0.. and returns the blocks of the table that cover
+// positions [0, pos0+n).
+func (in *Instance) kvBlocks(op string, mem []byte, tableOff, nb, n, pos0 uint32) ([][]byte, *opError) {
+	if err := in.rows(op, n); err != nil {
+		return nil, err
+	}
+	if err := in.checkPos(op, pos0, n); err != nil {
+		return nil, err
+	}
+	return in.blocks(op, mem, tableOff, nb, uint64(pos0)+uint64(n))
+}
+
 func opStoreKV(in *Instance, mem []byte, a []wasmtime.Val) (int32, *opError) {
 	const op = "store_kv"
 	tableOff, nb, kOff, vOff, n, pos0 := u32(a[0]), u32(a[1]), u32(a[2]), u32(a[3]), u32(a[4]), u32(a[5])
-	if err := in.rows(op, n); err != nil {
-		return 0, err
-	}
-	if err := in.checkPos(op, pos0, n); err != nil {
-		return 0, err
-	}
-	blocks, err := in.blocks(op, mem, tableOff, nb, uint64(pos0)+uint64(n))
+	blocks, err := in.kvBlocks(op, mem, tableOff, nb, n, pos0)
 	if err != nil {
 		return 0, err
 	}
-	kvDim := uint32(in.layout.KVHeads * in.layout.HeadDim)
-	k, err := f32rows(op, "k", mem, kOff, n, kvDim)
-	if err != nil {
-		return 0, err
-	}
-	v, err := f32rows(op, "v", mem, vOff, n, kvDim)
+	k, v, err := f32rows2(op, "k", "v", mem, kOff, vOff, n, uint32(in.layout.KVHeads*in.layout.HeadDim))
 	if err != nil {
 		return 0, err
 	}
@@ -405,23 +412,12 @@ func opStoreKV(in *Instance, mem []byte, a []wasmtime.Val) (int32, *opError) {
 func opAttention(in *Instance, mem []byte, a []wasmtime.Val) (int32, *opError) {
 	const op = "attention"
 	outOff, qOff, n, pos0, tableOff, nb := u32(a[0]), u32(a[1]), u32(a[2]), u32(a[3]), u32(a[4]), u32(a[5])
-	if err := in.rows(op, n); err != nil {
-		return 0, err
-	}
-	if err := in.checkPos(op, pos0, n); err != nil {
-		return 0, err
-	}
-	blocks, err := in.blocks(op, mem, tableOff, nb, uint64(pos0)+uint64(n))
+	blocks, err := in.kvBlocks(op, mem, tableOff, nb, n, pos0)
 	if err != nil {
 		return 0, err
 	}
 	h := &in.model.hyper
-	qDim := uint32(h.Heads * h.HeadDim)
-	out, err := f32rows(op, "out", mem, outOff, n, qDim)
-	if err != nil {
-		return 0, err
-	}
-	q, err := f32rows(op, "q", mem, qOff, n, qDim)
+	out, q, err := f32rows2(op, "out", "q", mem, outOff, qOff, n, uint32(h.Heads*h.HeadDim))
 	if err != nil {
 		return 0, err
 	}
@@ -432,11 +428,7 @@ func opAttention(in *Instance, mem []byte, a []wasmtime.Val) (int32, *opError) {
 func opSwiGLU(in *Instance, mem []byte, a []wasmtime.Val) (int32, *opError) {
 	const op = "swiglu"
 	outOff, gOff, uOff, n := u32(a[0]), u32(a[1]), u32(a[2]), u32(a[3])
-	out, err := f32s(op, "out", mem, outOff, n)
-	if err != nil {
-		return 0, err
-	}
-	g, err := f32s(op, "gate", mem, gOff, n)
+	out, g, err := f32rows2(op, "out", "gate", mem, outOff, gOff, n, 1)
 	if err != nil {
 		return 0, err
 	}
@@ -453,11 +445,7 @@ func opSwiGLU(in *Instance, mem []byte, a []wasmtime.Val) (int32, *opError) {
 func opAdd(in *Instance, mem []byte, a []wasmtime.Val) (int32, *opError) {
 	const op = "add"
 	dOff, sOff, n := u32(a[0]), u32(a[1]), u32(a[2])
-	d, err := f32s(op, "dst", mem, dOff, n)
-	if err != nil {
-		return 0, err
-	}
-	s, err := f32s(op, "src", mem, sOff, n)
+	d, s, err := f32rows2(op, "dst", "src", mem, dOff, sOff, n, 1)
 	if err != nil {
 		return 0, err
 	}
