@@ -168,7 +168,9 @@ func i32s(op, what string, mem []byte, off, n uint32) ([]int32, *opError) {
 	return unsafe.Slice((*int32)(unsafe.Pointer(&b[0])), n), nil
 }
 
-// rows checks a row count against the instance's batch limit (and so bounds products below).
+// rows checks a row count against maxOpRows, the ABI's limit for every op (not the
+// instance's batch: the guest may split its work differently). Products of a row count with
+// a model width can still reach 2^32; f32rows checks them.
 func (in *Instance) rows(op string, n uint32) *opError {
 	if n == 0 || n > maxOpRows {
 		return refuse(op, "row count %d is outside 1..%d", n, maxOpRows)

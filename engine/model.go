@@ -45,7 +45,7 @@ func (e *Engine) LoadModel(path string) (*Model, error) {
 }
 
 // NewModel loads an opened GGUF model into the engine's backend. The Model takes over src:
-// Model.Close closes it.
+// Model.Close closes it. On error src stays the caller's to close.
 func (e *Engine) NewModel(src *gguf.Model) (*Model, error) {
 	gh := src.Hyper
 	if gh.RopeDim != gh.HeadDim {
