@@ -303,29 +303,51 @@ func isStatus(err error, status int) bool {
 
 // GetChunk fetches chunk d's decoded bytes and verifies them against d. It appends to dst[:0]
 // (see cas.Store.Get for the buffer contract). A body that does not hash to d gives a
-// *cas.CorruptError.
+// *cas.CorruptError; one longer than cas.MaxChunkSize is read no further and gives an error
+// wrapping wire.ErrTooLarge.
 func (c *Client) GetChunk(ctx context.Context, d cas.Digest, dst []byte) ([]byte, error) {
 	resp, err := c.do(ctx, request{method: http.MethodGet, path: wire.PathChunks + d.String(), retry: true})
 	if err != nil {
 		return nil, err
 	}
 	defer drain(resp)
-	buf := bytes.NewBuffer(dst[:0])
-	if resp.ContentLength > 0 && resp.ContentLength <= 1<<30 {
-		buf.Grow(int(resp.ContentLength))
-	}
-	if _, err := buf.ReadFrom(resp.Body); err != nil {
+	b, err := readLimited(resp, dst[:0], cas.MaxChunkSize)
+	if err != nil {
 		return nil, fmt.Errorf("get chunk %s: %w", d, err)
 	}
-	b := buf.Bytes()
 	if cas.Sum(b) != d {
 		return nil, &cas.CorruptError{Digest: d, Reason: "the daemon's bytes hash to " + cas.Sum(b).String()}
 	}
 	return b, nil
 }
 
+// maxStoredSize bounds the stored form of a chunk a daemon may send: a codec may expand
+// incompressible data a little (the bound the daemon applies to what it receives).
+const maxStoredSize = cas.MaxChunkSize + cas.MaxChunkSize/8 + 4096
+
+// readLimited appends resp's body to dst. A body longer than max bytes (read no further than
+// that) gives an error wrapping wire.ErrTooLarge.
+func readLimited(resp *http.Response, dst []byte, max int64) ([]byte, error) {
+	buf := bytes.NewBuffer(dst)
+	if n := resp.ContentLength; n > max {
+		return nil, fmt.Errorf("%w: the daemon sends %d bytes, at most %d expected", wire.ErrTooLarge, n, max)
+	} else if n > 0 {
+		buf.Grow(int(n))
+	}
+	n, err := buf.ReadFrom(io.LimitReader(resp.Body, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if n > max {
+		return nil, fmt.Errorf("%w: the daemon sent more than %d bytes", wire.ErrTooLarge, max)
+	}
+	return buf.Bytes(), nil
+}
+
 // GetStored fetches chunk d as the daemon keeps it: its codec and stored bytes, in a new slice.
-// The stored form is not verified here; cas stores verify it when it is put (PutStored).
+// The stored form is not verified here; cas stores verify it when it is put (PutStored). A
+// body longer than any chunk's stored form can be is read no further and gives an error
+// wrapping wire.ErrTooLarge.
 func (c *Client) GetStored(ctx context.Context, d cas.Digest) (cas.Codec, []byte, error) {
 	resp, err := c.do(ctx, request{method: http.MethodGet, path: wire.PathChunks + d.String(),
 		headers: map[string]string{"Accept": wire.MediaTypeStored}, retry: true})
@@ -337,7 +359,7 @@ func (c *Client) GetStored(ctx context.Context, d cas.Digest) (cas.Codec, []byte
 	if err != nil || n == 0 {
 		return 0, nil, fmt.Errorf("get stored chunk %s: bad %s header %q", d, wire.HeaderCodec, resp.Header.Get(wire.HeaderCodec))
 	}
-	b, err := io.ReadAll(resp.Body)
+	b, err := readLimited(resp, nil, maxStoredSize)
 	if err != nil {
 		return 0, nil, fmt.Errorf("get stored chunk %s: %w", d, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -465,5 +466,34 @@ func TestDivergedRefIsNotOverwritten(t *testing.T) {
 	}
 	if head, _ := b.Repo.Index().Ref(index.RefSession, "s"); head != h2 {
 		t.Fatal("forced push did not move the ref")
+	}
+}
+
+// A peer that answers a chunk GET with more bytes than any chunk can have is cut off at the
+// limit, not read into memory to the end.
+func TestClientRefusesOversizedChunkBody(t *testing.T) {
+	const over = cas.MaxChunkSize + cas.MaxChunkSize/4 // past the stored-form bound too
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(wire.HeaderCodec, "1")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush() // no Content-Length: the body is chunked
+		buf := make([]byte, 1<<20)
+		for sent := 0; sent < over; sent += len(buf) {
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+		}
+	}))
+	defer srv.Close()
+	c, err := replicate.NewClient(srv.URL, replicate.ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := cas.Sum([]byte("x"))
+	if _, err := c.GetChunk(context.Background(), d, nil); !errors.Is(err, wire.ErrTooLarge) {
+		t.Fatalf("GetChunk of an oversized body: %v", err)
+	}
+	if _, _, err := c.GetStored(context.Background(), d); !errors.Is(err, wire.ErrTooLarge) {
+		t.Fatalf("GetStored of an oversized body: %v", err)
 	}
 }
