@@ -262,7 +262,7 @@ func (b *localBatch) write(d Digest, encode encodeFunc, p *pendingChunk) (Info, 
 		}
 		return Info{}, "", false, err
 	}
-	buf, codec, size, file, tail, err := prepare(encode)
+	buf, codec, size, file, err := prepare(encode)
 	defer putBuf(buf)
 	if err != nil {
 		return fail(err)
@@ -271,11 +271,11 @@ func (b *localBatch) write(d Digest, encode encodeFunc, p *pendingChunk) (Info, 
 	if err != nil {
 		return fail(fmt.Errorf("put %s: %w", d, err))
 	}
-	tmp, mod, err := l.writeTemp(d, file, tail, false)
+	tmp, mod, err := l.writeTemp(d, file, false)
 	if err != nil {
 		return fail(fmt.Errorf("put %s: %w", d, err))
 	}
-	info := Info{Digest: d, Size: int64(size), StoredSize: int64(len(file) + len(tail) - headerSize), Codec: codec, ModTime: mod}
+	info := Info{Digest: d, Size: int64(size), StoredSize: int64(len(file) - headerSize), Codec: codec, ModTime: mod}
 	return info, tmp, created, nil
 }
 

@@ -297,22 +297,22 @@ func (l *Local) PutStored(ctx context.Context, d Digest, codec Codec, stored []b
 // size, the extended slice and a tail written after it (see encodeChunk).
 type encodeFunc func(dst []byte) (codec Codec, size int, file, tail []byte, err error)
 
-// prepare runs encode into a pooled buffer, appends the tail and fills in the header; the
-// returned tail is always nil. The caller returns buf to the pool (putBuf) once file is written.
-func prepare(encode encodeFunc) (buf *[]byte, codec Codec, size int, file, tail []byte, err error) {
+// prepare runs encode into a pooled buffer, appends the tail and fills in the header: file is
+// the whole chunk file. The caller returns buf to the pool (putBuf) once file is written.
+func prepare(encode encodeFunc) (buf *[]byte, codec Codec, size int, file []byte, err error) {
 	buf = getBuf(64 << 10)
 	hdr := appendHeader((*buf)[:0], 0, 0)
-	codec, size, file, tail, err = encode(hdr)
+	codec, size, file, tail, err := encode(hdr)
 	if err != nil {
-		return buf, 0, 0, nil, nil, err
+		return buf, 0, 0, nil, err
 	}
 	// One write per file: a second write of the tail costs more than copying it (measured:
 	// twice the write time on tmpfs for 64 KiB chunks).
-	file, tail = append(file, tail...), nil
+	file = append(file, tail...)
 	*buf = file[:0] // keep the grown buffer for the pool (putBuf drops it if too large)
 	file[5] = byte(codec)
 	binary.LittleEndian.PutUint64(file[8:], uint64(size))
-	return buf, codec, size, file, tail, nil
+	return buf, codec, size, file, nil
 }
 
 // put is the ingest-verify-commit path shared by Put and PutStored.
@@ -328,16 +328,16 @@ func (l *Local) put(ctx context.Context, d Digest, encode encodeFunc) (Info, err
 	if info, ok := l.existing(d); ok {
 		return info, nil
 	}
-	buf, codec, size, file, tail, err := prepare(encode)
+	buf, codec, size, file, err := prepare(encode)
 	defer putBuf(buf)
 	if err != nil {
 		return Info{}, err
 	}
-	mod, err := l.commit(d, file, tail)
+	mod, err := l.commit(d, file)
 	if err != nil {
 		return Info{}, err
 	}
-	return Info{Digest: d, Size: int64(size), StoredSize: int64(len(file) + len(tail) - headerSize), Codec: codec, ModTime: mod}, nil
+	return Info{Digest: d, Size: int64(size), StoredSize: int64(len(file) - headerSize), Codec: codec, ModTime: mod}, nil
 }
 
 // existing returns the Info of d when a well-formed file for it is present, refreshing its
@@ -412,11 +412,10 @@ func (l *Local) shardDurable(d Digest) { l.shardOK[d[0]].Store(true) }
 // testHookSyncDir, when set by a test, is called with every directory syncDir syncs.
 var testHookSyncDir func(dir string)
 
-// writeTemp writes a chunk file (header, then payload, then tail when not nil: the raw path
-// passes the caller's data as tail so that it is not copied) to a new temporary file in d's
-// shard directory and closes it, syncing it first when sync is set. It returns the temporary
-// file's path and modification time. On error nothing is left behind.
-func (l *Local) writeTemp(d Digest, file, tail []byte, sync bool) (string, time.Time, error) {
+// writeTemp writes a chunk file (header, then payload) to a new temporary file in d's shard
+// directory and closes it, syncing it first when sync is set. It returns the temporary file's
+// path and modification time. On error nothing is left behind.
+func (l *Local) writeTemp(d Digest, file []byte, sync bool) (string, time.Time, error) {
 	h := d.Hex()
 	name := fmt.Sprintf(".tmp-%s-%d-%d", h[2:], os.Getpid(), tmpSeq.Add(1))
 	tmp := filepath.Join(l.shardDir(d), name)
@@ -435,11 +434,6 @@ func (l *Local) writeTemp(d Digest, file, tail []byte, sync bool) (string, time.
 	if _, err := f.Write(file); err != nil {
 		return fail(err)
 	}
-	if len(tail) > 0 {
-		if _, err := f.Write(tail); err != nil {
-			return fail(err)
-		}
-	}
 	if sync && !l.opts.NoSync {
 		if err := f.Sync(); err != nil {
 			return fail(err)
@@ -456,9 +450,9 @@ func (l *Local) writeTemp(d Digest, file, tail []byte, sync bool) (string, time.
 	return tmp, st.ModTime(), nil
 }
 
-// commit writes file (header and payload, then tail) under d's name: temporary file, write,
-// fsync, rename, fsync of the directory. It returns the file's modification time.
-func (l *Local) commit(d Digest, file, tail []byte) (time.Time, error) {
+// commit writes file (header and payload) under d's name: temporary file, write, fsync,
+// rename, fsync of the directory. It returns the file's modification time.
+func (l *Local) commit(d Digest, file []byte) (time.Time, error) {
 	syncRoot, err := l.ensureShard(d)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("put %s: %w", d, err)
@@ -469,7 +463,7 @@ func (l *Local) commit(d Digest, file, tail []byte) (time.Time, error) {
 		}
 		l.shardDurable(d)
 	}
-	tmp, mod, err := l.writeTemp(d, file, tail, true)
+	tmp, mod, err := l.writeTemp(d, file, true)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("put %s: %w", d, err)
 	}
