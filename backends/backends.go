@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/driftstore/driftstore/cuda"
 	"github.com/driftstore/driftstore/engine"
@@ -157,7 +158,11 @@ func openMetal() (*Selected, error) {
 func short(err error) string {
 	s, _, _ := strings.Cut(err.Error(), "\n")
 	if len(s) > 200 {
-		s = s[:200] + "…"
+		cut := 200
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut-- // never split a character: Reason goes into JSON and logs
+		}
+		s = s[:cut] + "…"
 	}
 	return s
 }

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/driftstore/driftstore/cuda"
 	"github.com/driftstore/driftstore/engine"
@@ -216,5 +217,20 @@ func TestFlag(t *testing.T) {
 		if !strings.Contains(help.String(), n) {
 			t.Errorf("help %q does not mention %q", help.String(), n)
 		}
+	}
+}
+
+// TestShortKeepsUTF8: a long reason is cut at a character boundary, never inside one.
+func TestShortKeepsUTF8(t *testing.T) {
+	msg := strings.Repeat("a", 199) + strings.Repeat("é", 10) + "\nsecond line"
+	got := short(errors.New(msg))
+	if !utf8.ValidString(got) {
+		t.Fatalf("short cut a character: %q", got)
+	}
+	if want := strings.Repeat("a", 199) + "…"; got != want {
+		t.Fatalf("short = %q, want %q", got, want)
+	}
+	if got := short(errors.New("one\ntwo")); got != "one" {
+		t.Fatalf("short kept %q, want the first line", got)
 	}
 }
