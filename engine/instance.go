@@ -327,17 +327,20 @@ func (in *Instance) guestError(name string) error {
 }
 
 // record reads a length-prefixed record at off (checked against memory).
-func (in *Instance) record(off uint32) ([]byte, error) {
-	mem := in.region.Bytes()
-	if uint64(off)+4 > uint64(len(mem)) {
+func (in *Instance) record(off uint32) ([]byte, error) { return recordAt(in.region.Bytes(), off) }
+
+// recordAt returns the payload of the record at off in mem. Offsets are computed in 64 bits: in
+// a 4 GiB memory, off+4 as a uint32 wraps to 0.
+func recordAt(mem []byte, off uint32) ([]byte, error) {
+	start := uint64(off) + 4
+	if start > uint64(len(mem)) {
 		return nil, fmt.Errorf("%w: record offset %d outside memory", ErrGuest, off)
 	}
-	n := binary.LittleEndian.Uint32(mem[off:])
-	end := uint64(off) + 4 + uint64(n)
+	end := start + uint64(binary.LittleEndian.Uint32(mem[off:]))
 	if end > uint64(len(mem)) {
 		return nil, fmt.Errorf("%w: record [%d, %d) outside memory", ErrGuest, off, end)
 	}
-	return mem[off+4 : end : end], nil
+	return mem[start:end:end], nil
 }
 
 // write copies data into the guest's transfer buffer.
@@ -710,7 +713,7 @@ func (in *Instance) StateBuffers(headLen, nLogits int) (head, logits []byte, err
 			return nil, nil, err
 		}
 		// Distinct guest buffers; a guest claiming otherwise is lying.
-		if hoff < loff+uint32(len(logits)) && loff < hoff+uint32(headLen) {
+		if uint64(hoff) < uint64(loff)+uint64(len(logits)) && uint64(loff) < uint64(hoff)+uint64(headLen) {
 			return nil, nil, fmt.Errorf("%w: transfer and logits buffers overlap", ErrGuest)
 		}
 	}
