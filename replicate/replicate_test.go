@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -495,5 +497,40 @@ func TestClientRefusesOversizedChunkBody(t *testing.T) {
 	}
 	if _, _, err := c.GetStored(context.Background(), d); !errors.Is(err, wire.ErrTooLarge) {
 		t.Fatalf("GetStored of an oversized body: %v", err)
+	}
+}
+
+// Client.GetFile writes the whole content under the final name, or leaves the directory as it
+// was.
+func TestClientGetFile(t *testing.T) {
+	ctx := context.Background()
+	d := apitest.Start(t, t.TempDir(), httpapi.Config{})
+	c, err := replicate.NewClient(d.URL, replicate.ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(t.TempDir(), "in.bin")
+	data := kvLike(5, 300_000)
+	if err := os.WriteFile(src, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.PutFiles(ctx, []string{src}, repo.PutOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	outDir := t.TempDir()
+	out := filepath.Join(outDir, "out.bin")
+	if n, err := c.GetFile(ctx, res.ID, out, repo.GetOptions{}); err != nil || n != int64(len(data)) {
+		t.Fatalf("GetFile: %d bytes, %v", n, err)
+	}
+	if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("GetFile wrote other bytes: %v", err)
+	}
+	other := filepath.Join(outDir, "other.bin")
+	if _, err := c.GetFile(ctx, cas.Sum([]byte("no such manifest")), other, repo.GetOptions{}); !errors.Is(err, index.ErrManifestNotFound) {
+		t.Fatalf("GetFile of a missing manifest: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(outDir, "*")); len(left) != 1 {
+		t.Fatalf("a failed GetFile left files: %v", left)
 	}
 }

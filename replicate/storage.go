@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 
 	"github.com/driftstore/driftstore/httpapi/wire"
 	"github.com/driftstore/driftstore/index"
@@ -140,28 +139,7 @@ func (c *Client) Get(ctx context.Context, id index.ID, w io.Writer, opts repo.Ge
 
 // GetFile writes manifest id's content to path atomically, as repo.Repo.GetFile.
 func (c *Client) GetFile(ctx context.Context, id index.ID, path string, opts repo.GetOptions) (int64, error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return 0, fmt.Errorf("get %s: %w", id, err)
-	}
-	n, err := c.Get(ctx, id, tmp, opts)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return n, err
-	}
-	return n, nil
+	return repo.WriteFile(path, func(w io.Writer) (int64, error) { return c.Get(ctx, id, w, opts) })
 }
 
 // PutFiles stores files on the daemon as one manifest, as repo.Repo.PutFiles does, sending

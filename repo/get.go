@@ -153,13 +153,21 @@ func (r *Repo) getRegion(ctx context.Context, reg index.Region, w io.Writer, wor
 	return n, werr
 }
 
-// GetFile writes the content of manifest id (see Get) to path atomically: into a temporary file
-// in the same directory, synced, then renamed over path. On error path is untouched.
+// GetFile writes the content of manifest id (see Get) to path atomically (see WriteFile).
 func (r *Repo) GetFile(ctx context.Context, id index.ID, path string, opts GetOptions) (int64, error) {
+	return WriteFile(path, func(w io.Writer) (int64, error) { return r.Get(ctx, id, w, opts) })
+}
+
+// WriteFile writes what write writes to path atomically: into a temporary file in path's
+// directory, synced and made mode 0644, then renamed over path, then the directory synced. On
+// error the temporary file is removed and path is untouched, unless only the final directory
+// sync failed (path then holds the new content, perhaps not durably). It returns write's byte
+// count, and write's error as is; its own errors name path.
+func WriteFile(path string, write func(w io.Writer) (int64, error)) (int64, error) {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
-		return 0, fmt.Errorf("get %s: %w", id, err)
+		return 0, fmt.Errorf("write %s: %w", path, err)
 	}
 	ok := false
 	defer func() {
@@ -168,26 +176,30 @@ func (r *Repo) GetFile(ctx context.Context, id index.ID, path string, opts GetOp
 			os.Remove(tmp.Name())
 		}
 	}()
-	n, err := r.Get(ctx, id, tmp, opts)
+	n, err := write(tmp)
 	if err != nil {
 		return n, err
 	}
 	if err := tmp.Sync(); err != nil {
-		return n, fmt.Errorf("get %s: sync %s: %w", id, tmp.Name(), err)
+		return n, fmt.Errorf("write %s: sync %s: %w", path, tmp.Name(), err)
 	}
 	if err := tmp.Close(); err != nil {
-		return n, fmt.Errorf("get %s: %w", id, err)
+		return n, fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return n, fmt.Errorf("get %s: %w", id, err)
+		return n, fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
-		return n, fmt.Errorf("get %s: %w", id, err)
+		return n, fmt.Errorf("write %s: %w", path, err)
 	}
 	ok = true
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
+	d, err := os.Open(dir)
+	if err == nil {
+		err = d.Sync()
 		d.Close()
+	}
+	if err != nil {
+		return n, fmt.Errorf("write %s: sync its directory: %w", path, err)
 	}
 	return n, nil
 }
