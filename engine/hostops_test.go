@@ -229,3 +229,21 @@ func TestF32RowsOverflow(t *testing.T) {
 		t.Fatal("4×4 rows at offset 4 of 64 bytes accepted")
 	}
 }
+
+// TestGenerateCounts: a negative count is an error and a count far beyond the context neither
+// panics nor allocates for it: generation stops where the guest refuses the context's end.
+func TestGenerateCounts(t *testing.T) {
+	m := testModel(t, "small", gguf.TypeQ8_0)
+	in := newInst(t, m, InstanceOptions{})
+	if _, err := in.Generate(-1, nil); err == nil {
+		t.Fatal("Generate(-1) succeeded")
+	}
+	if err := in.Prefill([]int32{1, 2}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := m.Hyper().CtxMax
+	got, err := in.Generate(1<<40, nil)
+	if !errors.Is(err, ErrGuest) || len(got) != ctx-2 {
+		t.Fatalf("Generate(1<<40) at context %d: %d tokens, %v", ctx, len(got), err)
+	}
+}

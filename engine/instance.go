@@ -408,9 +408,13 @@ func (in *Instance) Step() (int32, error) {
 }
 
 // Generate runs n Steps, calling fn (if not nil) after each with the token; an error from fn
-// stops generation and is returned. It returns the tokens generated so far.
+// stops generation and is returned. It returns the tokens generated so far. A negative n is
+// an error; an n beyond the context runs until the guest refuses the step past it.
 func (in *Instance) Generate(n int, fn func(tok int32) error) ([]int32, error) {
-	out := make([]int32, 0, n)
+	if n < 0 {
+		return nil, fmt.Errorf("engine: generate %d tokens: negative count", n)
+	}
+	out := make([]int32, 0, min(n, in.model.hyper.CtxMax))
 	for i := 0; i < n; i++ {
 		t, err := in.Step()
 		if err != nil {
