@@ -247,3 +247,18 @@ func TestGenerateCounts(t *testing.T) {
 		t.Fatalf("Generate(1<<40) at context %d: %d tokens, %v", ctx, len(got), err)
 	}
 }
+
+// TestSetSamplerTopKRange: a top-k that does not fit the guest's i32 is refused, not
+// truncated (1<<32 would reach the guest as 0, "all", while Options reported 1<<32).
+func TestSetSamplerTopKRange(t *testing.T) {
+	m := testModel(t, "small", gguf.TypeQ8_0)
+	in := newInst(t, m, InstanceOptions{})
+	for _, k := range []int{-1, 1 << 32, 1<<31 + 5} {
+		if err := in.SetSampler(Sampler{Temp: 1, TopK: k}); err == nil {
+			t.Errorf("SetSampler(TopK %d) accepted; Options has %+v", k, in.Options().Sampler)
+		}
+	}
+	if err := in.SetSampler(Sampler{Temp: 1, TopK: 40}); err != nil || in.Options().Sampler.TopK != 40 {
+		t.Fatalf("TopK 40: %v, %+v", err, in.Options().Sampler)
+	}
+}

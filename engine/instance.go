@@ -435,8 +435,8 @@ func (in *Instance) SetSampler(s Sampler) error {
 	if s.TopP == 0 {
 		s.TopP = 1
 	}
-	if s.TopK < 0 {
-		return fmt.Errorf("engine: top-k %d is negative", s.TopK)
+	if s.TopK < 0 || s.TopK > math.MaxInt32 {
+		return fmt.Errorf("engine: top-k %d is outside 0..%d", s.TopK, math.MaxInt32)
 	}
 	if err := in.callStatus("set_sampler", s.Temp, int32(s.TopK), s.TopP, int64(s.Seed)); err != nil {
 		return err
