@@ -3,6 +3,8 @@ package castest
 import (
 	"encoding/binary"
 	"math"
+
+	"github.com/driftstore/driftstore/cas/castest/half"
 )
 
 // Random returns n bytes from SplitMix64 started at seed (each output little-endian): a
@@ -39,7 +41,7 @@ func KVFloat16(n int, seed uint64) []byte {
 		if ch := v % headDim; ch == 3 || ch == 17 || ch == 42 {
 			s *= 4
 		}
-		binary.LittleEndian.PutUint16(out[i:], Float16(float32(rng.normal()*s)))
+		binary.LittleEndian.PutUint16(out[i:], half.FromFloat32(float32(rng.normal()*s)))
 	}
 	if n%2 == 1 {
 		out[n-1] = byte(rng.next())
@@ -69,41 +71,4 @@ func (r *rng) normal() float64 {
 		u = 1.0 / (1 << 53)
 	}
 	return math.Sqrt(-2*math.Log(u)) * math.Cos(2*math.Pi*r.float())
-}
-
-// Float16 converts f to IEEE 754 binary16 bits, rounding to nearest even; values beyond the
-// range become infinities, NaN stays NaN.
-func Float16(f float32) uint16 {
-	b := math.Float32bits(f)
-	sign := uint16(b>>16) & 0x8000
-	exp := int((b>>23)&0xff) - 127 + 15
-	mant := b & 0x7fffff
-	switch {
-	case (b>>23)&0xff == 0xff: // Inf or NaN
-		if mant != 0 {
-			return sign | 0x7e00
-		}
-		return sign | 0x7c00
-	case exp >= 0x1f:
-		return sign | 0x7c00
-	case exp <= 0:
-		if exp < -10 {
-			return sign
-		}
-		mant |= 0x800000
-		shift := uint32(14 - exp)
-		half := uint32(1) << (shift - 1)
-		r := mant >> shift
-		rem := mant & (1<<shift - 1)
-		if rem > half || (rem == half && r&1 == 1) {
-			r++
-		}
-		return sign | uint16(r)
-	}
-	r := uint32(exp)<<10 | mant>>13
-	rem := mant & 0x1fff
-	if rem > 0x1000 || (rem == 0x1000 && r&1 == 1) {
-		r++ // may carry into the exponent, which is right (up to infinity)
-	}
-	return sign | uint16(r)
 }

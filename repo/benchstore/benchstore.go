@@ -26,6 +26,7 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/cas/castest/half"
 	"github.com/driftstore/driftstore/chunker"
 	"github.com/driftstore/driftstore/repo"
 )
@@ -95,40 +96,6 @@ const (
 	KVRegionBytes = KVLayers * 2 * KVHeads * KVStreamBytes
 )
 
-// Float16 converts f to IEEE 754 half precision bits, rounding to nearest even.
-func Float16(f float32) uint16 {
-	b := math.Float32bits(f)
-	sign := uint16(b>>16) & 0x8000
-	exp := int((b>>23)&0xff) - 127 + 15
-	mant := b & 0x7fffff
-	switch {
-	case (b>>23)&0xff == 0xff: // Inf or NaN
-		if mant != 0 {
-			return sign | 0x7e00
-		}
-		return sign | 0x7c00
-	case exp >= 0x1f:
-		return sign | 0x7c00
-	case exp <= 0:
-		if exp < -10 {
-			return sign
-		}
-		mant |= 0x800000
-		shift := uint(14 - exp)
-		half := uint32(1) << (shift - 1)
-		r := mant >> shift
-		if rem := mant & (1<<shift - 1); rem > half || rem == half && r&1 == 1 {
-			r++
-		}
-		return sign | uint16(r)
-	}
-	r := uint32(exp)<<10 | mant>>13
-	if rem := mant & 0x1fff; rem > 0x1000 || rem == 0x1000 && r&1 == 1 {
-		r++ // may carry into the exponent, which is correct rounding
-	}
-	return sign | uint16(r)
-}
-
 // KVFloat16 fills dst (even length) with KV-cache-like float16 values: normally distributed,
 // with a per-channel scale (a few outlier channels), as keys and values of a transformer look.
 // Deterministic for a seed.
@@ -139,7 +106,7 @@ func KVFloat16(dst []byte, seed uint64) {
 		scale[i] = 0.3 * math.Exp(0.6*rng.NormFloat64())
 	}
 	for i := 0; i+1 < len(dst); i += 2 {
-		v := Float16(float32(rng.NormFloat64() * scale[(i/2)%KVHeadDim]))
+		v := half.FromFloat32(float32(rng.NormFloat64() * scale[(i/2)%KVHeadDim]))
 		dst[i], dst[i+1] = byte(v), byte(v>>8)
 	}
 }
