@@ -262,3 +262,12 @@ func TestSetSamplerTopKRange(t *testing.T) {
 		t.Fatalf("TopK 40: %v, %+v", err, in.Options().Sampler)
 	}
 }
+
+// TestNewInstanceThreadLimit: an absurd thread count is refused before any goroutine starts.
+func TestNewInstanceThreadLimit(t *testing.T) {
+	m := testModel(t, "small", gguf.TypeQ8_0)
+	if in, err := m.NewInstance(InstanceOptions{Threads: 1 << 20}); err == nil {
+		in.Close()
+		t.Fatal("NewInstance with 1<<20 threads succeeded")
+	}
+}

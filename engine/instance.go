@@ -103,7 +103,7 @@ type Sampler struct {
 type InstanceOptions struct {
 	KVType    KVType // default F16
 	BlockSize int    // positions per KV block; default 16
-	Threads   int    // host threads for the ops; default 1
+	Threads   int    // host threads for the ops; default 1, at most 1024
 	Batch     int    // prefill batch (tokens per forward pass); default 64
 	Sampler   Sampler
 }
@@ -134,6 +134,10 @@ type Instance struct {
 	stPending        bool
 }
 
+// maxThreads bounds InstanceOptions.Threads: each thread is a goroutine of the instance's
+// executor, started with it.
+const maxThreads = 1024
+
 var guestExports = []string{
 	"abi_version", "init", "set_sampler", "buf", "feed", "sample", "step", "position", "tokens",
 	"logits", "kv_regions", "kv_alloc", "state_save", "state_load", "last_error", "nop_loop",
@@ -154,6 +158,9 @@ func (m *Model) NewInstance(opts InstanceOptions) (*Instance, error) {
 	}
 	if opts.BlockSize < 1 || opts.BlockSize > 4096 || opts.Batch > 4096 {
 		return nil, fmt.Errorf("engine: block size %d or batch %d out of range (1..4096)", opts.BlockSize, opts.Batch)
+	}
+	if opts.Threads > maxThreads {
+		return nil, fmt.Errorf("engine: %d threads out of range (1..%d)", opts.Threads, maxThreads)
 	}
 	opts.KVType = opts.KVType.norm()
 	in, err := m.instantiate(m.engine.module, opts)
