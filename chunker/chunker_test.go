@@ -529,3 +529,32 @@ func TestAlignedFastCDC(t *testing.T) {
 		t.Fatal("AlignFor")
 	}
 }
+
+// stuckReader returns 0, nil forever, unless limit such reads have happened: then errGaveUp.
+type stuckReader struct{ reads, limit int }
+
+var errGaveUp = errors.New("the test reader gave up first")
+
+func (r *stuckReader) Read([]byte) (int, error) {
+	if r.reads++; r.reads > r.limit {
+		return 0, errGaveUp
+	}
+	return 0, nil
+}
+
+// A reader that makes no progress stops a Stream with io.ErrNoProgress instead of spinning.
+func TestStreamStuckReader(t *testing.T) {
+	cdc, err := NewStream(&stuckReader{limit: 100_000}, DefaultParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fixed, err := NewFixedStream(&stuckReader{limit: 100_000}, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, s := range map[string]*Stream{"fastcdc": cdc, "fixed": fixed} {
+		if _, err := s.Next(); !errors.Is(err, io.ErrNoProgress) {
+			t.Errorf("%s: Next over a stuck reader: %v", name, err)
+		}
+	}
+}

@@ -81,7 +81,7 @@ func (s *Stream) fill(need int) error {
 		s.start = 0
 	}
 	for s.end-s.start < need && !s.eof {
-		n, err := s.r.Read(s.buf[s.end:])
+		n, err := read(s.r, s.buf[s.end:])
 		s.end += n
 		switch {
 		case errors.Is(err, io.EOF):
@@ -89,19 +89,32 @@ func (s *Stream) fill(need int) error {
 		case err != nil:
 			s.err = fmt.Errorf("chunker: read at offset %d: %w", s.off+int64(s.end-s.start), err)
 			return s.err
-		case n == 0:
-			// A reader may return 0, nil; io.Reader asks callers to treat it as nothing
-			// happened. Loop again.
 		}
 	}
 	return nil
+}
+
+// maxEmptyReads is how many reads in a row may return 0, nil before the reader is deemed stuck
+// (as bufio does).
+const maxEmptyReads = 100
+
+// read reads into p (not empty) from r, retrying a read that returns 0, nil (which io.Reader
+// asks callers to treat as nothing happened) up to maxEmptyReads times; then it gives
+// io.ErrNoProgress rather than spin forever.
+func read(r io.Reader, p []byte) (int, error) {
+	for range maxEmptyReads {
+		if n, err := r.Read(p); n > 0 || err != nil {
+			return n, err
+		}
+	}
+	return 0, io.ErrNoProgress
 }
 
 func (s *Stream) nextFixed() (Chunk, error) {
 	if s.eof {
 		return Chunk{}, io.EOF
 	}
-	n, err := io.ReadFull(s.r, s.buf)
+	n, err := s.readFull()
 	switch {
 	case err == io.EOF:
 		s.eof = true
@@ -115,4 +128,24 @@ func (s *Stream) nextFixed() (Chunk, error) {
 	ch := Chunk{Offset: s.off, Length: n, Data: s.buf[:n:n]}
 	s.off += int64(n)
 	return ch, nil
+}
+
+// readFull fills s.buf as io.ReadFull does, but through read: io.EOF when nothing was read,
+// io.ErrUnexpectedEOF when the input ended partway.
+func (s *Stream) readFull() (int, error) {
+	n := 0
+	for n < len(s.buf) {
+		k, err := read(s.r, s.buf[n:])
+		n += k
+		switch {
+		case err == nil || n == len(s.buf):
+		case err == io.EOF && n == 0:
+			return 0, io.EOF
+		case err == io.EOF:
+			return n, io.ErrUnexpectedEOF
+		default:
+			return n, err
+		}
+	}
+	return n, nil
 }
