@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 
@@ -59,26 +58,13 @@ func (s *Server) inspect(c echo.Context) error {
 	return c.JSON(http.StatusOK, in)
 }
 
-func decodeStrict(c echo.Context, max int64, v any) error {
-	body, err := readBody(c, max)
-	if err != nil {
-		return err
-	}
-	if len(body) == 0 {
-		return nil
-	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return fmt.Errorf("%w: %v", errBadRequest, err)
-	}
-	return nil
-}
 
 func (s *Server) gc(c echo.Context) error {
 	if err := s.writable(); err != nil {
 		return err
 	}
 	var req wire.GCRequest
-	if err := decodeStrict(c, s.cfg.MaxJSONSize, &req); err != nil {
+	if err := decodeJSON(c, s.cfg.MaxJSONSize, &req); err != nil {
 		return err
 	}
 	res, err := s.cfg.Repo.GC(c.Request().Context(), index.GCOptions{Grace: req.Grace, DryRun: req.DryRun})
@@ -90,7 +76,7 @@ func (s *Server) gc(c echo.Context) error {
 
 func (s *Server) fsck(c echo.Context) error {
 	var req wire.FsckRequest
-	if err := decodeStrict(c, s.cfg.MaxJSONSize, &req); err != nil {
+	if err := decodeJSON(c, s.cfg.MaxJSONSize, &req); err != nil {
 		return err
 	}
 	if req.Workers < 0 || req.Workers > 256 {

@@ -652,3 +652,22 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	fsckClean(t, d2)
 }
+
+// The admin routes decode their bodies strictly: a misspelt option is refused, not ignored (a
+// GC asked for as a dry run must not delete anything).
+func TestAdminBodiesAreStrict(t *testing.T) {
+	d := apitest.Start(t, t.TempDir(), httpapi.Config{})
+	data := randBytes(21, 5000)
+	expect(t, do(t, d.URL, call{method: "PUT", path: wire.PathChunks + cas.Sum(data).String(), body: data}), 201, "")
+	expect(t, do(t, d.URL, call{method: "POST", path: "/v1/gc", body: []byte(`{"grace":-1,"dryrun":true}`)}), 400, wire.CodeBadRequest)
+	expect(t, do(t, d.URL, call{method: "POST", path: "/v1/gc", body: []byte(`{"grace":-1,"dry_run":true} {}`)}), 400, wire.CodeBadRequest)
+	expect(t, do(t, d.URL, call{method: "POST", path: "/v1/fsck", body: []byte(`{"worker":2}`)}), 400, wire.CodeBadRequest)
+	if n := countChunks(t, d); n != 1 {
+		t.Fatalf("%d chunks after refused GC requests, want 1", n)
+	}
+	expect(t, do(t, d.URL, call{method: "POST", path: "/v1/gc", body: []byte(`{"grace":-1,"dry_run":true}`)}), 200, "")
+	expect(t, do(t, d.URL, call{method: "POST", path: "/v1/fsck", body: []byte(``)}), 200, "")
+	if n := countChunks(t, d); n != 1 {
+		t.Fatalf("%d chunks after a dry-run GC, want 1", n)
+	}
+}

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -139,17 +140,18 @@ func (s *Server) sessions() *session.Manager {
 	return s.live.mgr
 }
 
-// decodeJSON reads a JSON body under the JSON size limit, refusing unknown fields and trailing
-// data.
+// decodeJSON reads a JSON body of at most max bytes into v, refusing unknown fields (a
+// misspelt option must not be ignored: "dryrun" is not "dry_run") and trailing data. An empty
+// body leaves v as it is.
 func decodeJSON(c echo.Context, max int64, v any) error {
 	body, err := readBody(c, max)
 	if err != nil {
 		return err
 	}
-	if len(strings.TrimSpace(string(body))) == 0 {
+	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
 	}
-	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("%w: %v", errBadRequest, err)
