@@ -58,7 +58,6 @@ func (s *Server) inspect(c echo.Context) error {
 	return c.JSON(http.StatusOK, in)
 }
 
-
 func (s *Server) gc(c echo.Context) error {
 	if err := s.writable(); err != nil {
 		return err
