@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -207,10 +206,8 @@ func (s *Server) putRef(c echo.Context) error {
 		return err
 	}
 	var u wire.RefUpdate
-	dec := json.NewDecoder(strings.NewReader(string(body)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&u); err != nil {
-		return fmt.Errorf("%w: ref update: %v", errBadRequest, err)
+	if err := unmarshalStrict(body, &u); err != nil {
+		return fmt.Errorf("ref update: %w", err)
 	}
 	oldID, err := optionalID(u.Old)
 	if err != nil {

@@ -671,3 +671,17 @@ func TestAdminBodiesAreStrict(t *testing.T) {
 		t.Fatalf("%d chunks after a dry-run GC, want 1", n)
 	}
 }
+
+// A ref update is one JSON object and nothing after it.
+func TestRefUpdateRefusesTrailingData(t *testing.T) {
+	d := apitest.Start(t, t.TempDir(), httpapi.Config{})
+	data := randBytes(22, 3000)
+	body, id := sampleManifest(t, data)
+	expect(t, do(t, d.URL, call{method: "PUT", path: wire.PathChunks + cas.Sum(data).String(), body: data}), 201, "")
+	expect(t, do(t, d.URL, call{method: "PUT", path: wire.PathManifests + id.String(), body: body}), 201, "")
+	for _, b := range []string{``, `{"old":"","new":"` + id.String() + `"} x`, `{"old":"","new":"` + id.String() + `"}}`} {
+		expect(t, do(t, d.URL, call{method: "PUT", path: wire.PathRefs + "/tag/t", body: []byte(b)}), 400, wire.CodeBadRequest)
+	}
+	expect(t, do(t, d.URL, call{method: "GET", path: wire.PathRefs + "/tag/t"}), 404, wire.CodeRefNotFound)
+	expect(t, do(t, d.URL, call{method: "PUT", path: wire.PathRefs + "/tag/t", body: []byte(`{"old":"","new":"` + id.String() + `"}` + "\n")}), 200, "")
+}

@@ -151,13 +151,19 @@ func decodeJSON(c echo.Context, max int64, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
 	}
+	return unmarshalStrict(body, v)
+}
+
+// unmarshalStrict decodes the one JSON value in body into v, refusing unknown fields and
+// trailing data (errBadRequest). An empty body is refused too.
+func unmarshalStrict(body []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("%w: %v", errBadRequest, err)
 	}
-	if dec.More() {
-		return fmt.Errorf("%w: data after the JSON object", errBadRequest)
+	if len(bytes.TrimSpace(body[dec.InputOffset():])) > 0 {
+		return fmt.Errorf("%w: data after the JSON value", errBadRequest)
 	}
 	return nil
 }
