@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/http"
 	"sort"
 	"strconv"
 	"strings"
@@ -101,7 +102,16 @@ func newMetrics() *metrics {
 	}
 }
 
+// observe counts one request. A method outside the standard ones counts as "other": clients
+// choose the method (before authentication), and each label value would stay in memory for
+// good.
 func (m *metrics) observe(route, method string, code int, d time.Duration) {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete,
+		http.MethodPatch, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+	default:
+		method = "other"
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.requests[requestKey{route, method, code}]++

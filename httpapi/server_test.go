@@ -685,3 +685,19 @@ func TestRefUpdateRefusesTrailingData(t *testing.T) {
 	expect(t, do(t, d.URL, call{method: "GET", path: wire.PathRefs + "/tag/t"}), 404, wire.CodeRefNotFound)
 	expect(t, do(t, d.URL, call{method: "PUT", path: wire.PathRefs + "/tag/t", body: []byte(`{"old":"","new":"` + id.String() + `"}` + "\n")}), 200, "")
 }
+
+// Clients choose the method: methods outside the standard ones share one label, so that
+// requests with made-up methods cannot grow the metrics without bound.
+func TestMetricsMethodLabelIsBounded(t *testing.T) {
+	d := apitest.Start(t, t.TempDir(), httpapi.Config{})
+	for i := range 20 {
+		do(t, d.URL, call{method: "M" + strings.Repeat("X", i), path: "/nowhere"})
+	}
+	text := string(do(t, d.URL, call{method: "GET", path: wire.PathMetrics}).body)
+	if strings.Contains(text, `method="MX`) {
+		t.Fatalf("a made-up method became a label:\n%s", text)
+	}
+	if want := `driftstore_http_requests_total{route="unmatched",method="other",code="404"} 20`; !strings.Contains(text, want) {
+		t.Fatalf("metrics lack %q:\n%s", want, text)
+	}
+}
