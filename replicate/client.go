@@ -431,11 +431,14 @@ func (c *Client) Missing(ctx context.Context, ds []cas.Digest) ([]cas.Digest, er
 
 // Upload sends one chunk stream: write is called with a stream writer (from another goroutine
 // than the caller's) and should write the chunks; the daemon verifies and commits them as they
-// arrive. Upload is not retried: when it fails, the chunks that arrived whole are committed,
-// and the caller asks Missing again before resending.
+// arrive. Once the daemon has answered, the stream's writes fail; Upload returns only after
+// write has returned. Upload is not retried: when it fails, the chunks that arrived whole are
+// committed, and the caller asks Missing again before resending.
 func (c *Client) Upload(ctx context.Context, write func(sw *wire.ChunkStreamWriter) error) (wire.BatchResult, error) {
 	pr, pw := io.Pipe()
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		sw := wire.NewChunkStreamWriter(pw)
 		err := write(sw)
 		if err == nil {
@@ -443,14 +446,19 @@ func (c *Client) Upload(ctx context.Context, write func(sw *wire.ChunkStreamWrit
 		}
 		pw.CloseWithError(err)
 	}()
+	// Stop the writer (its next write to the pipe fails) and wait for it.
+	stop := func(err error) {
+		pr.CloseWithError(err)
+		<-done
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+wire.PathUpload, pr)
 	if err != nil {
-		pr.CloseWithError(err)
+		stop(err)
 		return wire.BatchResult{}, err
 	}
 	c.prepare(req, wire.MediaTypeChunkStream, nil)
 	resp, err := c.hc.Do(req)
-	pr.CloseWithError(errors.New("upload request finished")) // stops the writer if still running
+	stop(errors.New("upload request finished"))
 	if err != nil {
 		return wire.BatchResult{}, fmt.Errorf("POST %s: %w", c.base+wire.PathUpload, err)
 	}

@@ -534,3 +534,30 @@ func TestClientGetFile(t *testing.T) {
 		t.Fatalf("a failed GetFile left files: %v", left)
 	}
 }
+
+// Upload returns only after its write function has: a writer still running could otherwise
+// count chunks as sent after the caller has read the counts.
+func TestUploadWaitsForTheWriter(t *testing.T) {
+	d := apitest.Start(t, t.TempDir(), httpapi.Config{MaxUploadSize: 64 << 10})
+	c, err := replicate.NewClient(d.URL, replicate.ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var returned atomic.Bool
+	_, err = c.Upload(context.Background(), func(sw *wire.ChunkStreamWriter) error {
+		defer returned.Store(true)
+		for i := 0; ; i++ {
+			data := kvLike(uint64(i), 16<<10)
+			if _, err := sw.WriteChunk(wire.StoredChunk{Digest: cas.Sum(data), Codec: cas.CodecRaw, Size: int64(len(data)), Stored: data}); err != nil {
+				time.Sleep(20 * time.Millisecond) // a writer slow to wind down
+				return err
+			}
+		}
+	})
+	if err == nil {
+		t.Fatal("an upload over the daemon's limit succeeded")
+	}
+	if !returned.Load() {
+		t.Fatal("Upload returned while its writer was still running")
+	}
+}
