@@ -140,7 +140,8 @@ func (s *Server) putChunk(c echo.Context) error {
 // other codec means the stored form, committed as is once it decodes to the digest (see
 // cas.Batch.PutStored). Decoded bytes are always verified; a chunk already recorded is
 // otherwise skipped without decoding. A chunk whose size is known (Size >= 0) must decode to
-// that size. A codec this package cannot decode is refused (errUnsupportedCodec), also for a
+// that size, and no chunk may decode to more than MaxChunkSize bytes (one that does is not
+// recorded). A codec this package cannot decode is refused (errUnsupportedCodec), also for a
 // chunk already recorded.
 //
 // The chunks not yet recorded go through one cas batch, verified and written on up to
@@ -225,6 +226,14 @@ func (s *Server) storeChunks(ctx context.Context, chunks []wire.StoredChunk, hin
 			}
 			if firstErr == nil {
 				firstErr = errs[i]
+			}
+			continue
+		}
+		if recs[i].Codec == 0 && infos[i].Size > s.cfg.MaxChunkSize {
+			// A stored form that decodes past the limit (verified, so committed, but never
+			// recorded: garbage for GC).
+			if firstErr == nil {
+				firstErr = fmt.Errorf("%w: chunk %s is %d bytes, limit %d", wire.ErrTooLarge, ch.Digest, infos[i].Size, s.cfg.MaxChunkSize)
 			}
 			continue
 		}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -700,4 +701,19 @@ func TestMetricsMethodLabelIsBounded(t *testing.T) {
 	if want := `driftstore_http_requests_total{route="unmatched",method="other",code="404"} 20`; !strings.Contains(text, want) {
 		t.Fatalf("metrics lack %q:\n%s", want, text)
 	}
+}
+
+// MaxChunkSize bounds a chunk's decoded size also when it arrives in a stored form that is
+// much smaller.
+func TestStoredFormOverMaxChunkSize(t *testing.T) {
+	d := apitest.Start(t, t.TempDir(), httpapi.Config{MaxChunkSize: 4096})
+	data := bytes.Repeat([]byte("driftstore "), 5000)
+	codec, stored := cas.Encode(nil, data, cas.HintNone)
+	if codec != cas.CodecZstd || len(stored) > 4096 {
+		t.Fatalf("test data: codec %d, %d stored bytes", codec, len(stored))
+	}
+	dg := cas.Sum(data).String()
+	expect(t, do(t, d.URL, call{method: "PUT", path: wire.PathChunks + dg, body: stored,
+		headers: map[string]string{wire.HeaderCodec: strconv.Itoa(int(codec))}}), 413, wire.CodeTooLarge)
+	expect(t, do(t, d.URL, call{method: "HEAD", path: wire.PathChunks + dg}), 404, "")
 }
