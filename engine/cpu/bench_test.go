@@ -142,92 +142,101 @@ type benchLayer struct {
 
 // BenchmarkForward runs the whole Llama forward pass of a model shape with
 // these kernels (random weights, every layer its own): prefill of 512
-// tokens (logits for the last one only) and decode of one token at
+// tokens in one batch and in batches of 64 as the guest feeds them (logits
+// for the last token of each batch only) and decode of one token at
 // position 64. tok/s is wall-clock; tok/cpu-s divides by the CPU time of
 // all threads, i.e. the rate per dedicated core.
 func BenchmarkForward(b *testing.B) {
 	for _, m := range benchModels {
 		for _, typ := range []DType{Q8_0, F16} {
-			hd := m.dim / m.heads
-			kvDim := m.kvHeads * hd
-			l := KVLayout{BlockSize: 16, NKVHeads: m.kvHeads, HeadDim: hd, KVType: F16}
-			const ctxMax = 1024
-			layers := make([]benchLayer, m.layers)
-			r := rand.New(rand.NewPCG(5, 5))
-			for i := range layers {
-				ly := &layers[i]
-				ly.wq = benchWeights(typ, m.dim, m.dim)
-				ly.wk = benchWeights(typ, kvDim, m.dim)
-				ly.wv = benchWeights(typ, kvDim, m.dim)
-				ly.wo = benchWeights(typ, m.dim, m.dim)
-				ly.w1 = benchWeights(typ, m.ffn, m.dim)
-				ly.w3 = benchWeights(typ, m.ffn, m.dim)
-				ly.w2 = benchWeights(typ, m.dim, m.ffn)
-				ly.attnNorm = randVec(r, m.dim, 1)
-				ly.ffnNorm = randVec(r, m.dim, 1)
-				ly.blocks = make([][]byte, ctxMax/l.BlockSize)
-				for j := range ly.blocks {
-					ly.blocks[j] = make([]byte, l.BlockBytes())
+			// Nested so the weights of a model are made only when a
+			// benchmark of it is selected.
+			b.Run(fmt.Sprintf("%s/%v", m.name, typ), func(b *testing.B) { benchForward(b, m, typ) })
+		}
+	}
+}
+
+func benchForward(b *testing.B, m benchModel, typ DType) {
+	hd := m.dim / m.heads
+	kvDim := m.kvHeads * hd
+	l := KVLayout{BlockSize: 16, NKVHeads: m.kvHeads, HeadDim: hd, KVType: F16}
+	const ctxMax = 1024
+	layers := make([]benchLayer, m.layers)
+	r := rand.New(rand.NewPCG(5, 5))
+	for i := range layers {
+		ly := &layers[i]
+		ly.wq = benchWeights(typ, m.dim, m.dim)
+		ly.wk = benchWeights(typ, kvDim, m.dim)
+		ly.wv = benchWeights(typ, kvDim, m.dim)
+		ly.wo = benchWeights(typ, m.dim, m.dim)
+		ly.w1 = benchWeights(typ, m.ffn, m.dim)
+		ly.w3 = benchWeights(typ, m.ffn, m.dim)
+		ly.w2 = benchWeights(typ, m.dim, m.ffn)
+		ly.attnNorm = randVec(r, m.dim, 1)
+		ly.ffnNorm = randVec(r, m.dim, 1)
+		ly.blocks = make([][]byte, ctxMax/l.BlockSize)
+		for j := range ly.blocks {
+			ly.blocks[j] = make([]byte, l.BlockBytes())
+		}
+	}
+	outW := benchWeights(typ, m.vocab, m.dim)
+	outNorm := randVec(r, m.dim, 1)
+	const maxN = 512
+	x := randVec(r, maxN*m.dim, 1)
+	xb := make([]float32, maxN*m.dim)
+	xb2 := make([]float32, maxN*m.dim)
+	q := make([]float32, maxN*m.dim)
+	att := make([]float32, maxN*m.dim)
+	k := make([]float32, maxN*kvDim)
+	v := make([]float32, maxN*kvDim)
+	g := make([]float32, maxN*m.ffn)
+	u := make([]float32, maxN*m.ffn)
+	logits := make([]float32, m.vocab)
+	forward := func(p *Pool, n, pos0 int) {
+		for i := range layers {
+			ly := &layers[i]
+			p.RMSNorm(xb, x, ly.attnNorm, n, m.dim, 1e-5)
+			p.MatMul(q, ly.wq, xb, n)
+			p.MatMul(k, ly.wk, xb, n)
+			p.MatMul(v, ly.wv, xb, n)
+			p.RoPE(q, n, m.heads, hd, pos0, 500000)
+			p.RoPE(k, n, m.kvHeads, hd, pos0, 500000)
+			StoreKV(l, ly.blocks, k, v, n, pos0)
+			p.Attention(att, q, n, m.heads, pos0, l, ly.blocks)
+			p.MatMul(xb2, ly.wo, att, n)
+			Add(x[:n*m.dim], xb2)
+			p.RMSNorm(xb, x, ly.ffnNorm, n, m.dim, 1e-5)
+			p.MatMul(g, ly.w1, xb, n)
+			p.MatMul(u, ly.w3, xb, n)
+			p.SwiGLU(g[:n*m.ffn], g, u)
+			p.MatMul(xb2, ly.w2, g, n)
+			Add(x[:n*m.dim], xb2)
+		}
+		last := x[(n-1)*m.dim : n*m.dim]
+		p.RMSNorm(xb, last, outNorm, 1, m.dim, 1e-5)
+		p.MatMul(logits, outW, xb, 1)
+		// Keep activations bounded across iterations.
+		p.RMSNorm(x, x, outNorm, n, m.dim, 1e-5)
+	}
+	for _, mode := range []struct {
+		name           string
+		n, pos0, batch int
+	}{{"prefill512", 512, 0, 512}, {"prefill512b64", 512, 0, 64}, {"decode@64", 1, 64, 1}} {
+		for _, threads := range []int{1, 2} {
+			b.Run(fmt.Sprintf("%s/t=%d", mode.name, threads), func(b *testing.B) {
+				p := NewPool(threads)
+				defer p.Close()
+				c0 := cpuTime()
+				for b.Loop() {
+					for t := 0; t < mode.n; t += mode.batch {
+						forward(p, min(mode.batch, mode.n-t), mode.pos0+t)
+					}
 				}
-			}
-			outW := benchWeights(typ, m.vocab, m.dim)
-			outNorm := randVec(r, m.dim, 1)
-			const maxN = 512
-			x := randVec(r, maxN*m.dim, 1)
-			xb := make([]float32, maxN*m.dim)
-			xb2 := make([]float32, maxN*m.dim)
-			q := make([]float32, maxN*m.dim)
-			att := make([]float32, maxN*m.dim)
-			k := make([]float32, maxN*kvDim)
-			v := make([]float32, maxN*kvDim)
-			g := make([]float32, maxN*m.ffn)
-			u := make([]float32, maxN*m.ffn)
-			logits := make([]float32, m.vocab)
-			forward := func(p *Pool, n, pos0 int) {
-				for i := range layers {
-					ly := &layers[i]
-					p.RMSNorm(xb, x, ly.attnNorm, n, m.dim, 1e-5)
-					p.MatMul(q, ly.wq, xb, n)
-					p.MatMul(k, ly.wk, xb, n)
-					p.MatMul(v, ly.wv, xb, n)
-					p.RoPE(q, n, m.heads, hd, pos0, 500000)
-					p.RoPE(k, n, m.kvHeads, hd, pos0, 500000)
-					StoreKV(l, ly.blocks, k, v, n, pos0)
-					p.Attention(att, q, n, m.heads, pos0, l, ly.blocks)
-					p.MatMul(xb2, ly.wo, att, n)
-					Add(x[:n*m.dim], xb2)
-					p.RMSNorm(xb, x, ly.ffnNorm, n, m.dim, 1e-5)
-					p.MatMul(g, ly.w1, xb, n)
-					p.MatMul(u, ly.w3, xb, n)
-					p.SwiGLU(g[:n*m.ffn], g, u)
-					p.MatMul(xb2, ly.w2, g, n)
-					Add(x[:n*m.dim], xb2)
-				}
-				last := x[(n-1)*m.dim : n*m.dim]
-				p.RMSNorm(xb, last, outNorm, 1, m.dim, 1e-5)
-				p.MatMul(logits, outW, xb, 1)
-				// Keep activations bounded across iterations.
-				p.RMSNorm(x, x, outNorm, n, m.dim, 1e-5)
-			}
-			for _, mode := range []struct {
-				name    string
-				n, pos0 int
-			}{{"prefill512", 512, 0}, {"decode@64", 1, 64}} {
-				for _, threads := range []int{1, 2} {
-					b.Run(fmt.Sprintf("%s/%v/%s/t=%d", m.name, typ, mode.name, threads), func(b *testing.B) {
-						p := NewPool(threads)
-						defer p.Close()
-						c0 := cpuTime()
-						for b.Loop() {
-							forward(p, mode.n, mode.pos0)
-						}
-						sec := b.Elapsed().Seconds() / float64(b.N)
-						csec := (cpuTime() - c0).Seconds() / float64(b.N)
-						b.ReportMetric(float64(mode.n)/sec, "tok/s")
-						b.ReportMetric(float64(mode.n)/csec, "tok/cpu-s")
-					})
-				}
-			}
+				sec := b.Elapsed().Seconds() / float64(b.N)
+				csec := (cpuTime() - c0).Seconds() / float64(b.N)
+				b.ReportMetric(float64(mode.n)/sec, "tok/s")
+				b.ReportMetric(float64(mode.n)/csec, "tok/cpu-s")
+			})
 		}
 	}
 }

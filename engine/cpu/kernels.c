@@ -317,6 +317,24 @@ SIMD_INLINE float finish(__m256 acc, int type, const uint8_t *row, const float *
   return s;
 }
 
+// hsum8 of eight vectors at once: lane r of the result is exactly
+// hsum8(v[r]) (the same additions on the same operands; only the lanes they
+// run in differ).
+SIMD_INLINE __m256 hsum8x8(__m256 v0, __m256 v1, __m256 v2, __m256 v3, __m256 v4, __m256 v5,
+                           __m256 v6, __m256 v7) {
+  // a_j = l_j + l_{j+4}: [r0 a0..a3 | r1 a0..a3] etc.
+  __m256 a01 = _mm256_add_ps(_mm256_permute2f128_ps(v0, v1, 0x20), _mm256_permute2f128_ps(v0, v1, 0x31));
+  __m256 a23 = _mm256_add_ps(_mm256_permute2f128_ps(v2, v3, 0x20), _mm256_permute2f128_ps(v2, v3, 0x31));
+  __m256 a45 = _mm256_add_ps(_mm256_permute2f128_ps(v4, v5, 0x20), _mm256_permute2f128_ps(v4, v5, 0x31));
+  __m256 a67 = _mm256_add_ps(_mm256_permute2f128_ps(v6, v7, 0x20), _mm256_permute2f128_ps(v6, v7, 0x31));
+  // b0 = a0 + a2, b1 = a1 + a3: [r0 b0 b1 r2 b0 b1 | r1 b0 b1 r3 b0 b1]
+  __m256 b0123 = _mm256_add_ps(_mm256_shuffle_ps(a01, a23, 0x44), _mm256_shuffle_ps(a01, a23, 0xee));
+  __m256 b4567 = _mm256_add_ps(_mm256_shuffle_ps(a45, a67, 0x44), _mm256_shuffle_ps(a45, a67, 0xee));
+  // b0 + b1: [r0 r2 r4 r6 | r1 r3 r5 r7]
+  __m256 c = _mm256_add_ps(_mm256_shuffle_ps(b0123, b4567, 0x88), _mm256_shuffle_ps(b0123, b4567, 0xdd));
+  return _mm256_permutevar8x32_ps(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
 // Direct kernel: MR rows x NR tokens over all of k, converting weights in
 // registers. Used when n is small (decode): weights are read exactly once.
 SIMD_INLINE void direct_kernel(int type, int MR, int NR, const uint8_t *row0, size_t rb,
@@ -559,7 +577,16 @@ static SIMD void gemm_unit(int type, int rows, int cols, const uint8_t *data, fl
     // Token-major, so the stores to out are contiguous along rows.
     for (int t = 0; t < tn; t++) {
       float *o = out + (size_t)(t0 + t) * rows + r0;
-      for (int r = 0; r < nrows; r++)
+      int r = 0;
+      if (cols % 8 == 0)  // no tail terms: eight rows' sums at once
+        for (; r + 8 <= nrows; r += 8) {
+          const float *pr = p + ((size_t)r * TT + t) * 8;
+          _mm256_storeu_ps(o + r, hsum8x8(_mm256_load_ps(pr), _mm256_load_ps(pr + ps),
+                                          _mm256_load_ps(pr + 2 * ps), _mm256_load_ps(pr + 3 * ps),
+                                          _mm256_load_ps(pr + 4 * ps), _mm256_load_ps(pr + 5 * ps),
+                                          _mm256_load_ps(pr + 6 * ps), _mm256_load_ps(pr + 7 * ps)));
+        }
+      for (; r < nrows; r++)
         o[r] = finish(_mm256_load_ps(p + ((size_t)r * TT + t) * 8), type,
                       data + (size_t)(r0 + r) * rb, xt + (size_t)t * cols, cols);
     }
@@ -813,6 +840,73 @@ SIMD_INLINE void att_values_simd(const att_ctx *c, const float *s, int ctx, floa
   }
 }
 
+// Two (token, head) rows of o = sum_p s[p] * V[p] at once, for VN*8
+// dimensions: each V vector is loaded and converted once for both while
+// both contexts last, then the longer one goes on alone. Each output is
+// still accumulated sequentially in p, exactly as att_values_block does.
+SIMD_INLINE void att_values2_block(const uint8_t *const *kp, size_t base, const float *s0,
+                                   const float *s1, int ctx0, int ctx1, float *o0, float *o1,
+                                   int kvt, int VN) {
+  __m256 a0[6], a1[6];
+#pragma GCC unroll 6
+  for (int i = 0; i < VN; i++) a0[i] = a1[i] = _mm256_setzero_ps();
+  size_t bytes = (size_t)VN * 8 * (kvt == DS_F16 ? 2 : 4);
+  int cm = ctx0 < ctx1 ? ctx0 : ctx1;
+  int p = 0;
+  for (; p < cm; p++) {
+    const uint8_t *vr = kp[p] + base;
+    if (p + ATT_PF < cm) prefetch_row(kp[p + ATT_PF] + base, bytes);
+    __m256 w0 = _mm256_set1_ps(s0[p]), w1 = _mm256_set1_ps(s1[p]);
+#pragma GCC unroll 6
+    for (int i = 0; i < VN; i++) {
+      __m256 v = load_kv8(vr, i * 8, kvt);
+      a0[i] = _mm256_fmadd_ps(w0, v, a0[i]);
+      a1[i] = _mm256_fmadd_ps(w1, v, a1[i]);
+    }
+  }
+  for (int q = p; q < ctx0; q++) {
+    __m256 w0 = _mm256_set1_ps(s0[q]);
+#pragma GCC unroll 6
+    for (int i = 0; i < VN; i++) a0[i] = _mm256_fmadd_ps(w0, load_kv8(kp[q] + base, i * 8, kvt), a0[i]);
+  }
+  for (int q = p; q < ctx1; q++) {
+    __m256 w1 = _mm256_set1_ps(s1[q]);
+#pragma GCC unroll 6
+    for (int i = 0; i < VN; i++) a1[i] = _mm256_fmadd_ps(w1, load_kv8(kp[q] + base, i * 8, kvt), a1[i]);
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < VN; i++) {
+    _mm256_storeu_ps(o0 + i * 8, a0[i]);
+    _mm256_storeu_ps(o1 + i * 8, a1[i]);
+  }
+}
+
+// att_values_simd for two (token, head) rows sharing a KV head.
+SIMD_INLINE void att_values2_simd(const att_ctx *c, const float *s0, const float *s1, int ctx0,
+                                  int ctx1, float *o0, float *o1, int kvt) {
+  int hd = c->hd, nv = hd / 8;
+  size_t es = kvt == DS_F16 ? 2 : 4;
+  for (int v0 = 0; v0 < nv; v0 += 6) {
+    size_t base = c->voff + (size_t)v0 * 8 * es;
+    float *p0 = o0 + v0 * 8, *p1 = o1 + v0 * 8;
+    switch (nv - v0 < 6 ? nv - v0 : 6) {
+      case 1: att_values2_block(c->kp, base, s0, s1, ctx0, ctx1, p0, p1, kvt, 1); break;
+      case 2: att_values2_block(c->kp, base, s0, s1, ctx0, ctx1, p0, p1, kvt, 2); break;
+      case 3: att_values2_block(c->kp, base, s0, s1, ctx0, ctx1, p0, p1, kvt, 3); break;
+      case 4: att_values2_block(c->kp, base, s0, s1, ctx0, ctx1, p0, p1, kvt, 4); break;
+      case 5: att_values2_block(c->kp, base, s0, s1, ctx0, ctx1, p0, p1, kvt, 5); break;
+      default: att_values2_block(c->kp, base, s0, s1, ctx0, ctx1, p0, p1, kvt, 6); break;
+    }
+  }
+  for (int d = nv * 8; d < hd; d++) {
+    float a = 0, b = 0;
+    for (int p = 0; p < ctx0; p++) a = fma1(s0[p], load_kv1(c->kp[p] + c->voff, d, kvt), a);
+    for (int p = 0; p < ctx1; p++) b = fma1(s1[p], load_kv1(c->kp[p] + c->voff, d, kvt), b);
+    o0[d] = a;
+    o1[d] = b;
+  }
+}
+
 // Scores of four query heads sharing a KV head: each K row is loaded once
 // for the four. Same per-dot order as att_scores_simd.
 SIMD_INLINE void att_scores4_simd(const att_ctx *c, const float *q0, const float *q1,
@@ -856,28 +950,31 @@ static SIMD void att_softmax_simd(att_ctx *c, int t0, int tn) {
   }
 }
 
+// The (token, head) rows of a tile, numbered k = ti*ratio + h, are taken
+// four at a time for the scores (each K row loaded once for the four; a
+// group scores up to its longest context, and the extra positions of the
+// shorter rows are scratch the softmax and values never read) and two at a
+// time for the values.
 SIMD_INLINE void att_tile_simd(att_ctx *c, int t0, int tn, int g, int kvt) {
-  int hd = c->hd, ratio = c->ratio;
-  for (int ti = 0; ti < tn; ti++) {
-    int ctx = c->pos0 + t0 + ti + 1;
-    const float *qt = c->q + ((size_t)(t0 + ti) * c->nheads + g * ratio) * hd;
-    float *st = c->scores + (size_t)ti * ratio * c->maxctx;
-    int h = 0;
-    for (; h + 4 <= ratio; h += 4)
-      att_scores4_simd(c, qt + (size_t)h * hd, qt + (size_t)(h + 1) * hd, qt + (size_t)(h + 2) * hd,
-                       qt + (size_t)(h + 3) * hd, ctx, st + (size_t)h * c->maxctx,
-                       st + (size_t)(h + 1) * c->maxctx, st + (size_t)(h + 2) * c->maxctx,
-                       st + (size_t)(h + 3) * c->maxctx, kvt);
-    for (; h < ratio; h++)
-      att_scores_simd(c, qt + (size_t)h * hd, ctx, st + (size_t)h * c->maxctx, kvt);
-  }
+  int hd = c->hd, ratio = c->ratio, rows = tn * ratio;
+  int ctx0 = c->pos0 + t0 + 1;  // context of the tile's first token
+#define ATT_Q(k) (c->q + ((size_t)(t0 + (k) / ratio) * c->nheads + g * ratio + (k) % ratio) * hd)
+#define ATT_S(k) (c->scores + (size_t)(k) * c->maxctx)
+#define ATT_CTX(k) (ctx0 + (k) / ratio)
+  int k = 0;
+  for (; k + 4 <= rows; k += 4)
+    att_scores4_simd(c, ATT_Q(k), ATT_Q(k + 1), ATT_Q(k + 2), ATT_Q(k + 3), ATT_CTX(k + 3),
+                     ATT_S(k), ATT_S(k + 1), ATT_S(k + 2), ATT_S(k + 3), kvt);
+  for (; k < rows; k++) att_scores_simd(c, ATT_Q(k), ATT_CTX(k), ATT_S(k), kvt);
   att_softmax_simd(c, t0, tn);
-  for (int ti = 0; ti < tn; ti++) {
-    int ctx = c->pos0 + t0 + ti + 1;
-    for (int h = 0; h < ratio; h++)
-      att_values_simd(c, c->scores + (size_t)(ti * ratio + h) * c->maxctx, ctx,
-                      c->o + (size_t)(ti * ratio + h) * hd, kvt);
-  }
+  k = 0;
+  for (; k + 2 <= rows; k += 2)
+    att_values2_simd(c, ATT_S(k), ATT_S(k + 1), ATT_CTX(k), ATT_CTX(k + 1), c->o + (size_t)k * hd,
+                     c->o + (size_t)(k + 1) * hd, kvt);
+  for (; k < rows; k++) att_values_simd(c, ATT_S(k), ATT_CTX(k), c->o + (size_t)k * hd, kvt);
+#undef ATT_Q
+#undef ATT_S
+#undef ATT_CTX
   att_store(c, t0, tn, g);
 }
 
