@@ -26,6 +26,9 @@ func runFork(c *cli, args []string) error {
 	if *name == "" || *from == "" || len(fs.Args()) > 0 {
 		return usageError("want --session NEW --from CHECKPOINT")
 	}
+	if err := index.ValidRefName(*name); err != nil {
+		return usageError("--session: %v", err)
+	}
 	if c.globals.server != "" {
 		return runForkRemote(c, *name, *from)
 	}
@@ -34,12 +37,7 @@ func runFork(c *cli, args []string) error {
 		return err
 	}
 	defer env.Close()
-	id, err := env.repo.Resolve(*from)
-	if errors.Is(err, repo.ErrUnknownName) && index.ValidRefName(*from) == nil {
-		if hid, herr := env.repo.Index().Ref(index.RefSession, *from); herr == nil {
-			id, err = hid, nil
-		}
-	}
+	id, err := resolveOrSession(env.repo, *from)
 	if err != nil {
 		return err
 	}
@@ -60,4 +58,27 @@ func (c *cli) printFork(name, id string, position int) error {
 	}
 	c.printf("session %s starts at checkpoint %s (%d tokens); continue it with: driftstore run --session %s -n N\n", name, id, position, name)
 	return nil
+}
+
+// resolveOrSession resolves s as st.Resolve does (an ID, a unique ID prefix or a tag) and,
+// when that names nothing, as a session name: the session's head.
+func resolveOrSession(st storage, s string) (index.ID, error) {
+	id, err := st.Resolve(s)
+	if !errors.Is(err, repo.ErrUnknownName) || index.ValidRefName(s) != nil {
+		return id, err
+	}
+	var hid index.ID
+	var herr error
+	switch st := st.(type) {
+	case *repo.Repo:
+		hid, herr = st.Index().Ref(index.RefSession, s)
+	case remoteStorage:
+		hid, herr = st.c.Ref(st.ctx, index.RefSession, s)
+	default:
+		return id, err
+	}
+	if herr != nil || hid.IsZero() {
+		return id, err
+	}
+	return hid, nil
 }

@@ -9,7 +9,7 @@ import (
 func init() {
 	register(&command{
 		name:    "inspect",
-		args:    "ID|TAG [--chunks]",
+		args:    "ID|TAG|SESSION [--chunks]",
 		summary: "show a manifest: regions, chunks (digest, length, stored size, codec), metadata, refs",
 		run:     runInspect,
 	})
@@ -22,14 +22,14 @@ func runInspect(c *cli, args []string) error {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return usageError("inspect takes one ID or TAG")
+		return usageError("inspect takes one ID or TAG (or a session name: its head)")
 	}
 	r, err := c.openStorage(false)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	id, err := r.Resolve(fs.Arg(0))
+	id, err := resolveOrSession(r, fs.Arg(0))
 	if err != nil {
 		return err
 	}

@@ -119,7 +119,7 @@ type transferJSON struct {
 func (c *cli) report(verb string, r replicate.RefName, st replicate.Stats, err error) {
 	switch {
 	case err != nil:
-		c.logf("%s %s: %v\n", verb, r, err)
+		c.logf("%s: not %s: %v\n", r, verb, err)
 	case st.UpToDate:
 		c.printf("%s: up to date at %s\n", r, st.Head)
 	default:
