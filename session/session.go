@@ -538,19 +538,34 @@ func (s *Session) missing(refs []index.ChunkRef) (bool, error) {
 
 // restoreLocked restores cp into a fresh instance and, on success only, makes it the live one.
 func (s *Session) restoreLocked(ctx context.Context, cp *checkpoint.Checkpoint) (*restore.Result, error) {
+	in, r, err := s.restoreInstance(ctx, cp)
+	if err != nil {
+		return nil, err
+	}
+	s.drop()
+	s.inst = in
+	return r, nil
+}
+
+// restoreInstance restores cp into a fresh instance of the session's model (loading cp's model
+// first when it differs) and returns it; the live instance is not touched. On error the
+// session's model and source are as they were.
+func (s *Session) restoreInstance(ctx context.Context, cp *checkpoint.Checkpoint) (*engine.Instance, *restore.Result, error) {
+	oldModel, oldSource := s.model, s.source
 	if s.model == nil || s.model.Fingerprint() != cp.Model {
 		if err := s.useModel(cp.ModelSource); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	opts := restore.Options{Instance: s.m.instanceOptions(0, 0, engine.Sampler{}), Workers: s.m.cfg.Workers, HugePages: s.m.cfg.HugePages}
 	in, r, err := restore.Restore(ctx, s.m.cfg.Index.Store(), s.model, cp, opts)
 	if err != nil {
-		return nil, fmt.Errorf("session %s: %w", s.name, err)
+		if oldModel != nil {
+			s.model, s.source = oldModel, oldSource
+		}
+		return nil, nil, fmt.Errorf("session %s: %w", s.name, err)
 	}
-	s.drop()
-	s.inst = in
-	return r, nil
+	return in, r, nil
 }
 
 // Restore makes the session live from checkpoint id (zero: its head) in a fresh instance,
@@ -576,12 +591,9 @@ func (s *Session) Restore(ctx context.Context, id index.ID) (*restore.Result, er
 		}
 		cp = c
 	}
-	old := s.model
-	r, err := s.restoreLocked(ctx, cp)
+	oldModel, oldSource := s.model, s.source
+	in, r, err := s.restoreInstance(ctx, cp)
 	if err != nil {
-		if old != nil {
-			s.model = old
-		}
 		return nil, err
 	}
 	if s.head == nil || s.head.ID != cp.ID {
@@ -590,11 +602,17 @@ func (s *Session) Restore(ctx context.Context, id index.ID) (*restore.Result, er
 			expected = s.head.ID
 		}
 		if err := s.m.cfg.Index.CompareAndSwapRef(ctx, index.RefSession, s.name, expected, cp.ID); err != nil {
-			s.drop()
-			return nil, fmt.Errorf("session %s: move head: %w", s.name, err)
+			// Someone else moved the head: keep the live session as it was.
+			in.Close()
+			if oldModel != nil {
+				s.model, s.source = oldModel, oldSource
+			}
+			return nil, fmt.Errorf("session %s: move head to checkpoint %s: %w", s.name, cp.ID, err)
 		}
 		s.head = cp
 	}
+	s.drop()
+	s.inst = in
 	return r, nil
 }
 

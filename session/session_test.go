@@ -230,6 +230,41 @@ func TestFailedRestoreLeavesLiveSessionUntouched(t *testing.T) {
 	}
 }
 
+// TestRestoreHeadConflictKeepsLiveSession: when the head moved under a live session, a restore
+// of another checkpoint fails on the compare-and-swap and leaves the live instance, with its
+// unsaved tokens, as it was.
+func TestRestoreHeadConflictKeepsLiveSession(t *testing.T) {
+	ctx := context.Background()
+	e := open(t, t.TempDir(), true)
+	s, _ := e.mgr.Session("x")
+	r1, err := s.Run(ctx, session.Turn{Model: e.model, Prompt: cptest.Tokens(40, 512, 3), N: 4, Sampler: &greedy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp1 := r1.Checkpoint.Checkpoint
+	if _, err := s.Run(ctx, session.Turn{N: 4}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Run(ctx, session.Turn{N: 3, NoCheckpoint: true}); err != nil {
+		t.Fatal(err)
+	}
+	// Another writer moves the head back to cp1 behind the live session's back.
+	if _, err := e.repo.Index().SetRef(ctx, index.RefSession, "x", cp1.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Restore(ctx, cp1.ID)
+	if !errors.Is(err, index.ErrConflict) {
+		t.Fatalf("restore after the head moved: %v, want a conflict", err)
+	}
+	if !s.Live() {
+		t.Fatal("a restore refused by the compare-and-swap dropped the live instance")
+	}
+	var pos int
+	if err := s.Instance(func(in *engine.Instance) error { pos, err = in.Position(); return err }); err != nil || pos != 40+4+4+3 {
+		t.Fatalf("live position after a refused restore: %d, %v", pos, err)
+	}
+}
+
 func TestModelMismatchIsRefused(t *testing.T) {
 	ctx := context.Background()
 	e := open(t, t.TempDir(), true)
