@@ -82,6 +82,44 @@ func BenchmarkMatMul(b *testing.B) {
 	}
 }
 
+// BenchmarkMatMulTiny: prefill at the tiny model's shapes (dim 288, FFN
+// 768), in the guest's batches of 64 and in one batch of 512, and the
+// one-token logits matmul.
+func BenchmarkMatMulTiny(b *testing.B) {
+	shapes := []struct {
+		name       string
+		rows, cols int
+	}{{"288x288", 288, 288}, {"768x288", 768, 288}, {"288x768", 288, 768}, {"vocab32000x288", 32000, 288}}
+	for _, typ := range []DType{F16, Q8_0} {
+		for _, sh := range shapes {
+			w := benchWeights(typ, sh.rows, sh.cols)
+			ns := []int{64, 512}
+			if sh.rows > 10000 {
+				ns = []int{1} // logits of the last token of a batch
+			}
+			for _, n := range ns {
+				x := randVec(rand.New(rand.NewPCG(1, 1)), n*sh.cols, 1)
+				out := make([]float32, n*sh.rows)
+				for _, threads := range []int{1, 2} {
+					b.Run(fmt.Sprintf("%v/%s/n=%d/t=%d", typ, sh.name, n, threads), func(b *testing.B) {
+						p := NewPool(threads)
+						defer p.Close()
+						c0 := cpuTime()
+						for b.Loop() {
+							p.MatMul(out, w, x, n)
+						}
+						sec := b.Elapsed().Seconds() / float64(b.N)
+						csec := (cpuTime() - c0).Seconds() / float64(b.N)
+						flop := 2 * float64(sh.rows) * float64(sh.cols) * float64(n)
+						b.ReportMetric(flop/sec/1e9, "GFLOP/s")
+						b.ReportMetric(flop/csec/1e9, "GFLOP/cpu-s")
+					})
+				}
+			}
+		}
+	}
+}
+
 // BenchmarkAttention: one layer of the 1B shape (32 heads, 8 KV heads, head
 // dim 64, F16 cache in blocks of 16): decode of one token at context 512 and
 // 2048, and a prefill chunk of 512 tokens from position 0.

@@ -337,8 +337,14 @@ SIMD_INLINE __m256 hsum8x8(__m256 v0, __m256 v1, __m256 v2, __m256 v3, __m256 v4
 
 // Direct kernel: MR rows x NR tokens over all of k, converting weights in
 // registers. Used when n is small (decode): weights are read exactly once.
+//
+// pf, if not NULL, is the start of MR rows read a little later: while the
+// MR rows are read vector by vector, pf's rows are prefetched line by line
+// at the same pace (short rows defeat the hardware stream prefetchers).
 SIMD_INLINE void direct_kernel(int type, int MR, int NR, const uint8_t *row0, size_t rb,
-                               const float *x, int cols, float *out, size_t ostride) {
+                               const float *x, int cols, float *out, size_t ostride,
+                               const uint8_t *pf) {
+  const size_t vb = type == DS_F32 ? 32 : 16;  // bytes of 8 weights (not Q8_0)
   __m256 acc[8][GEMV_MAX_N];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; r++)
@@ -349,6 +355,9 @@ SIMD_INLINE void direct_kernel(int type, int MR, int NR, const uint8_t *row0, si
     __m256 xv[GEMV_MAX_N];
 #pragma GCC unroll 3
     for (int j = 0; j < NR; j++) xv[j] = _mm256_loadu_ps(x + (size_t)j * cols + (size_t)i * 8);
+    if (pf)
+      for (size_t o = 0; o < MR * vb; o += 64)
+        _mm_prefetch((const char *)pf + (size_t)i * MR * vb + o, _MM_HINT_T0);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++) {
       __m256 w = load_w(type, row0 + (size_t)r * rb, i);
@@ -419,6 +428,12 @@ static SIMD void direct_q8(int rows, int cols, const uint8_t *data, float *out, 
   }
 }
 
+// Prefetch distance of one-token decode, in blocks of 8 rows, and the
+// longest row prefetched: long rows (the 1B shapes' 4 KiB) stream well on
+// their own and only lose from it.
+#define DIRECT_PF 2
+#define DIRECT_PF_ROW 1024
+
 #define DIRECT_FN(NAME, TYPE)                                                          \
   static SIMD void NAME(int rows, int cols, const uint8_t *data, float *out,           \
                         const float *x, int n, int r0, int r1) {                       \
@@ -426,18 +441,21 @@ static SIMD void direct_q8(int rows, int cols, const uint8_t *data, float *out, 
     int r = r0;                                                                        \
     if (n == 1)                                                                        \
       for (; r + 8 <= r1; r += 8)                                                      \
-        direct_kernel(TYPE, 8, 1, data + (size_t)r * rb, rb, x, cols, out + r, rows);  \
+        direct_kernel(TYPE, 8, 1, data + (size_t)r * rb, rb, x, cols, out + r, rows,    \
+                      rb <= DIRECT_PF_ROW && r + 8 * (DIRECT_PF + 1) <= rows              \
+                          ? data + (size_t)(r + 8 * DIRECT_PF) * rb                    \
+                          : NULL);                                                     \
     for (; r + 4 <= r1; r += 4) {                                                      \
       const uint8_t *w = data + (size_t)r * rb;                                        \
-      if (n == 1) direct_kernel(TYPE, 4, 1, w, rb, x, cols, out + r, rows);            \
-      else if (n == 2) direct_kernel(TYPE, 4, 2, w, rb, x, cols, out + r, rows);       \
-      else direct_kernel(TYPE, 4, 3, w, rb, x, cols, out + r, rows);                   \
+      if (n == 1) direct_kernel(TYPE, 4, 1, w, rb, x, cols, out + r, rows, NULL);            \
+      else if (n == 2) direct_kernel(TYPE, 4, 2, w, rb, x, cols, out + r, rows, NULL);       \
+      else direct_kernel(TYPE, 4, 3, w, rb, x, cols, out + r, rows, NULL);                   \
     }                                                                                  \
     for (; r < r1; r++) {                                                              \
       const uint8_t *w = data + (size_t)r * rb;                                        \
-      if (n == 1) direct_kernel(TYPE, 1, 1, w, rb, x, cols, out + r, rows);            \
-      else if (n == 2) direct_kernel(TYPE, 1, 2, w, rb, x, cols, out + r, rows);       \
-      else direct_kernel(TYPE, 1, 3, w, rb, x, cols, out + r, rows);                   \
+      if (n == 1) direct_kernel(TYPE, 1, 1, w, rb, x, cols, out + r, rows, NULL);            \
+      else if (n == 2) direct_kernel(TYPE, 1, 2, w, rb, x, cols, out + r, rows, NULL);       \
+      else direct_kernel(TYPE, 1, 3, w, rb, x, cols, out + r, rows, NULL);                   \
     }                                                                                  \
   }
 
