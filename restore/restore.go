@@ -159,16 +159,16 @@ func IntoWith(ctx context.Context, store cas.Store, in *engine.Instance, cp *che
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	if pos, err := in.Position(); err != nil || pos != 0 {
-		return nil, fmt.Errorf("restore: instance is not fresh (position %d, %v)", pos, err)
+		return nil, fmt.Errorf("restore checkpoint %s: instance is not fresh (position %d, %v)", cp.ID, pos, err)
 	}
 	regions, err := in.AllocKV(cp.Position)
 	if err != nil {
-		return nil, fmt.Errorf("restore: allocate KV blocks: %w", err)
+		return nil, fmt.Errorf("restore checkpoint %s: allocate KV blocks: %w", cp.ID, err)
 	}
 	alloc := time.Since(start)
 	nb := cp.Layout.Blocks(cp.Position)
 	if len(regions) != nb*cp.Layout.Layers {
-		return nil, fmt.Errorf("restore: guest allocated %d block regions, the checkpoint has %d layers × %d blocks", len(regions), cp.Layout.Layers, nb)
+		return nil, fmt.Errorf("restore checkpoint %s: guest allocated %d block regions, the checkpoint has %d layers × %d blocks", cp.ID, len(regions), cp.Layout.Layers, nb)
 	}
 	if opts.HugePages {
 		hugePages(in, regions)
@@ -183,7 +183,7 @@ func IntoWith(ctx context.Context, store cas.Store, in *engine.Instance, cp *che
 	}
 	if len(cp.State) > 0 && cp.State[0].Length == int64(headLen) && cp.StateBytes() == int64(headLen+4*nLogits) {
 		if head, logits, err = in.StateBuffers(headLen, nLogits); err != nil {
-			return nil, fmt.Errorf("restore: state buffers: %w", err)
+			return nil, fmt.Errorf("restore checkpoint %s: state buffers: %w", cp.ID, err)
 		}
 		inPlace = true
 	} else {
@@ -209,11 +209,11 @@ func IntoWith(ctx context.Context, store cas.Store, in *engine.Instance, cp *che
 	}
 	for _, r := range regions {
 		if r.Layer >= len(cp.KV) || r.Block >= nb {
-			return nil, fmt.Errorf("restore: guest region %+v outside the checkpoint", r)
+			return nil, fmt.Errorf("restore checkpoint %s: guest region %+v outside the checkpoint", cp.ID, r)
 		}
 		end := uint64(r.Offset) + uint64(r.Length)
 		if end > uint64(len(mem)) {
-			return nil, fmt.Errorf("restore: guest region %+v outside memory", r)
+			return nil, fmt.Errorf("restore checkpoint %s: guest region %+v outside memory", cp.ID, r)
 		}
 		ref := cp.KV[r.Layer][r.Block]
 		jobs = append(jobs, Job{Digest: ref.Digest, Dst: mem[r.Offset:end:end], Layer: r.Layer, Block: r.Block})
@@ -247,7 +247,7 @@ func IntoWith(ctx context.Context, store cas.Store, in *engine.Instance, cp *che
 		err = in.LoadState(state)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("restore: load state: %w", err)
+		return nil, fmt.Errorf("restore checkpoint %s: load state: %w", cp.ID, err)
 	}
 	return &Result{
 		Checkpoint: cp, Position: cp.Position, Chunks: len(jobs), KVBytes: cp.KVBytes(), StateBytes: cp.StateBytes(),

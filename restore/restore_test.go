@@ -443,3 +443,22 @@ func TestDecodeIntoPlace(t *testing.T) {
 		t.Fatal("wrote past a short destination")
 	}
 }
+
+// TestIntoNonFreshInstanceNamesCheckpoint: restoring into an instance that has already fed
+// tokens is refused, and the error names the checkpoint.
+func TestIntoNonFreshInstanceNamesCheckpoint(t *testing.T) {
+	e := openEnv(t, t.TempDir())
+	cp := capture(t, e, engine.KVDefault, 20)
+	in, err := e.model.NewInstance(engine.InstanceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	if err := in.Prefill(cptest.Tokens(3, 512, 1)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = restore.Into(context.Background(), e.store, in, cp, 0)
+	if err == nil || !strings.Contains(err.Error(), "not fresh") || !strings.Contains(err.Error(), cp.ID.String()) {
+		t.Fatalf("restore into a used instance: %v", err)
+	}
+}
