@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 
@@ -49,5 +50,29 @@ func TestForkBadNameIsUsage(t *testing.T) {
 		if code != 2 || out != "" || !strings.Contains(errs, "bad ref name") {
 			t.Fatalf("fork --session %q: exit %d, stdout %q, stderr %q", name, code, out, errs)
 		}
+	}
+}
+
+// TestTokensOutsideVocabIsUsage: a --tokens id outside the vocabulary is a usage error (exit 2)
+// found before anything is fed: nothing on stdout, and run creates no session.
+func TestTokensOutsideVocabIsUsage(t *testing.T) {
+	dir := t.TempDir()
+	seedModuleCache(t, dir)
+	for _, args := range [][]string{
+		{"generate", "--tokens", "1,32000", "-n", "2"},
+		{"run", "--session", "s", "--tokens", "1,99999999", "-n", "2"},
+	} {
+		code, out, errs := storageRun(t, dir, append(args, "--backend", "cpu")...)
+		if code != 2 || out != "" || !strings.Contains(errs, "outside the model's vocabulary") {
+			t.Fatalf("%v: exit %d, stdout %q, stderr %q", args, code, out, errs)
+		}
+	}
+	r, err := repo.Open(dir, repo.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.Index().Ref(index.RefSession, "s"); !errors.Is(err, index.ErrRefNotFound) {
+		t.Fatalf("session s after a refused run: %v", err)
 	}
 }

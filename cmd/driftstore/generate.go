@@ -87,6 +87,17 @@ func parseTokenList(s string) ([]int32, error) {
 	return out, nil
 }
 
+// checkVocab refuses, as a usage error, a prompt token outside the model's vocabulary, before
+// anything is fed or printed.
+func checkVocab(ids []int32, vocab int) error {
+	for i, t := range ids {
+		if int(t) >= vocab {
+			return usageError("--tokens: token %d (at %d) is outside the model's vocabulary [0, %d)", t, i, vocab)
+		}
+	}
+	return nil
+}
+
 type generateResult struct {
 	Tokens       []int32 `json:"tokens"`
 	Text         string  `json:"text"`
@@ -151,6 +162,9 @@ func runGenerate(c *cli, args []string) error {
 	}
 	if len(ids) == 0 {
 		return usageError("the prompt is empty")
+	}
+	if err := checkVocab(ids, m.Hyper().Vocab); err != nil {
+		return err
 	}
 	in, err := m.NewInstance(opts)
 	if err != nil {

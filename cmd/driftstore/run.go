@@ -189,6 +189,9 @@ func runRun(c *cli, args []string) error {
 	if head == nil && len(turn.Prompt) == 0 {
 		return usageError("session %s is new: give --prompt or --tokens", *name)
 	}
+	if err := checkVocab(turn.Prompt, model.Hyper().Vocab); err != nil {
+		return err
+	}
 	stream := !c.globals.json
 	if stream {
 		c.printf("tokens:")
