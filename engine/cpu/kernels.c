@@ -932,7 +932,41 @@ SIMD_INLINE void att_scores4_simd(const att_ctx *c, const float *q0, const float
                                   float *s2, float *s3, int kvt) {
   int hd = c->hd, nv = hd / 8;
   size_t rowbytes = (size_t)hd * (kvt == DS_F16 ? 2 : 4);
-  for (int p = 0; p < ctx; p++) {
+  int p = 0;
+  if (hd % 8 == 0) {
+    // Two positions at a time, the eight sums reduced together (hsum8x8
+    // does hsum8's additions; with no tail terms the score is the sum
+    // times scale, as below).
+    const __m256 sc = _mm256_set1_ps(c->scale);
+    for (; p + 2 <= ctx; p += 2) {
+      const uint8_t *k0 = c->kp[p], *k1 = c->kp[p + 1];
+      if (p + ATT_PF + 1 < ctx) {
+        prefetch_row(c->kp[p + ATT_PF], rowbytes);
+        prefetch_row(c->kp[p + ATT_PF + 1], rowbytes);
+      }
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+      for (int i = 0; i < nv; i++) {
+        __m256 kv0 = load_kv8(k0, i * 8, kvt), kv1 = load_kv8(k1, i * 8, kvt);
+        __m256 qv = _mm256_loadu_ps(q0 + i * 8);
+        a0 = _mm256_fmadd_ps(qv, kv0, a0);
+        b0 = _mm256_fmadd_ps(qv, kv1, b0);
+        qv = _mm256_loadu_ps(q1 + i * 8);
+        a1 = _mm256_fmadd_ps(qv, kv0, a1);
+        b1 = _mm256_fmadd_ps(qv, kv1, b1);
+        qv = _mm256_loadu_ps(q2 + i * 8);
+        a2 = _mm256_fmadd_ps(qv, kv0, a2);
+        b2 = _mm256_fmadd_ps(qv, kv1, b2);
+        qv = _mm256_loadu_ps(q3 + i * 8);
+        a3 = _mm256_fmadd_ps(qv, kv0, a3);
+        b3 = _mm256_fmadd_ps(qv, kv1, b3);
+      }
+      float r[8];
+      _mm256_storeu_ps(r, _mm256_mul_ps(hsum8x8(a0, a1, a2, a3, b0, b1, b2, b3), sc));
+      s0[p] = r[0], s1[p] = r[1], s2[p] = r[2], s3[p] = r[3];
+      s0[p + 1] = r[4], s1[p + 1] = r[5], s2[p + 1] = r[6], s3[p + 1] = r[7];
+    }
+  }
+  for (; p < ctx; p++) {
     const uint8_t *k = c->kp[p];
     if (p + ATT_PF < ctx) prefetch_row(c->kp[p + ATT_PF], rowbytes);
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
