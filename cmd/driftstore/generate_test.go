@@ -53,8 +53,8 @@ func TestCLIGenerate(t *testing.T) {
 	} else {
 		t.Log("a CUDA device works here: the refusal case is not exercised")
 	}
-	if code, _, errOut := gen("--tokens", "1,999999", "-n", "1"); code != 1 || !strings.Contains(errOut, "999999") {
-		t.Fatalf("token out of vocabulary: exit %d, stderr %q; want 1 naming it", code, errOut)
+	if code, out, errOut := gen("--tokens", "1,999999", "-n", "1"); code != 2 || out != "" || !strings.Contains(errOut, "999999") {
+		t.Fatalf("token out of vocabulary: exit %d, stdout %q, stderr %q; want 2 (usage) naming it", code, out, errOut)
 	}
 }
 
