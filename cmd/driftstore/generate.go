@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"runtime"
 	"strconv"
@@ -98,6 +99,44 @@ func checkVocab(ids []int32, vocab int) error {
 	return nil
 }
 
+// genFlags are the prompt, length and sampling flags that generate and run share.
+type genFlags struct {
+	prompt, tokens string
+	n              int
+	seed           uint64
+	temp, topP     float64
+	topK           int
+}
+
+func (g *genFlags) register(fs *flag.FlagSet, promptHelp, seedHelp string) {
+	fs.StringVar(&g.prompt, "prompt", "", promptHelp)
+	fs.StringVar(&g.tokens, "tokens", "", "prompt as comma-separated token ids")
+	fs.IntVar(&g.n, "n", 16, "number of tokens to generate")
+	fs.Uint64Var(&g.seed, "seed", 0, seedHelp)
+	fs.Float64Var(&g.temp, "temp", 0.8, "sampling temperature (0: greedy)")
+	fs.IntVar(&g.topK, "top-k", 40, "keep only the K most likely tokens (0: all)")
+	fs.Float64Var(&g.topP, "top-p", 0.95, "keep the smallest set of tokens whose probability reaches P (1: all)")
+}
+
+// check refuses, as usage errors, both --prompt and --tokens, a negative -n and sampling
+// settings out of range. A missing prompt is for the caller to judge.
+func (g *genFlags) check() error {
+	if g.prompt != "" && g.tokens != "" {
+		return usageError("give at most one of --prompt and --tokens")
+	}
+	if g.n < 0 {
+		return usageError("-n must be >= 0")
+	}
+	if g.temp < 0 || g.topK < 0 || g.topP <= 0 || g.topP > 1 {
+		return usageError("--temp must be >= 0, --top-k >= 0 and --top-p in (0, 1]")
+	}
+	return nil
+}
+
+func (g *genFlags) sampler() engine.Sampler {
+	return engine.Sampler{Temp: float32(g.temp), TopK: g.topK, TopP: float32(g.topP), Seed: g.seed}
+}
+
 type generateResult struct {
 	Tokens       []int32 `json:"tokens"`
 	Text         string  `json:"text"`
@@ -113,13 +152,9 @@ func runGenerate(c *cli, args []string) error {
 	fs := c.flagSet()
 	var rf runtimeFlags
 	rf.register(fs)
-	prompt := fs.String("prompt", "", "prompt text (encoded with the model's tokenizer, BOS first)")
-	tokens := fs.String("tokens", "", "prompt as comma-separated token ids")
-	n := fs.Int("n", 16, "number of tokens to generate")
-	seed := fs.Uint64("seed", 0, "sampler RNG seed")
-	temp := fs.Float64("temp", 0.8, "sampling temperature (0: greedy)")
-	topK := fs.Int("top-k", 40, "keep only the K most likely tokens (0: all)")
-	topP := fs.Float64("top-p", 0.95, "keep the smallest set of tokens whose probability reaches P (1: all)")
+	var gf genFlags
+	gf.register(fs, "prompt text (encoded with the model's tokenizer, BOS first)", "sampler RNG seed")
+	prompt, tokens, n := &gf.prompt, &gf.tokens, &gf.n
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
@@ -132,17 +167,14 @@ func runGenerate(c *cli, args []string) error {
 	if (*prompt == "") == (*tokens == "") {
 		return usageError("give exactly one of --prompt and --tokens")
 	}
-	if *n < 0 {
-		return usageError("-n must be >= 0")
-	}
-	if *temp < 0 || *topK < 0 || *topP <= 0 || *topP > 1 {
-		return usageError("--temp must be >= 0, --top-k >= 0 and --top-p in (0, 1]")
+	if err := gf.check(); err != nil {
+		return err
 	}
 	opts, err := rf.instanceOptions()
 	if err != nil {
 		return err
 	}
-	opts.Sampler = engine.Sampler{Temp: float32(*temp), TopK: *topK, TopP: float32(*topP), Seed: *seed}
+	opts.Sampler = gf.sampler()
 
 	e, m, err := c.openRuntime(rf.model, rf.backend)
 	if err != nil {

@@ -94,13 +94,9 @@ func runRun(c *cli, args []string) error {
 	var rf runtimeFlags
 	rf.register(fs)
 	name := fs.String("session", "", "session name (created on first use)")
-	prompt := fs.String("prompt", "", "prompt text (a new session starts with BOS)")
-	tokens := fs.String("tokens", "", "prompt as comma-separated token ids")
-	n := fs.Int("n", 16, "number of tokens to generate")
-	seed := fs.Uint64("seed", 0, "sampler RNG seed (setting any sampling flag on an existing session reseeds it)")
-	temp := fs.Float64("temp", 0.8, "sampling temperature (0: greedy)")
-	topK := fs.Int("top-k", 40, "keep only the K most likely tokens (0: all)")
-	topP := fs.Float64("top-p", 0.95, "keep the smallest set of tokens whose probability reaches P (1: all)")
+	var gf genFlags
+	gf.register(fs, "prompt text (a new session starts with BOS)", "sampler RNG seed (setting any sampling flag on an existing session reseeds it)")
+	prompt, tokens, n := &gf.prompt, &gf.tokens, &gf.n
 	noCP := fs.Bool("no-checkpoint", false, "do not checkpoint at the end of the turn")
 	if err := c.parse(fs, args); err != nil {
 		return err
@@ -111,14 +107,8 @@ func runRun(c *cli, args []string) error {
 	if *name == "" {
 		return usageError("--session NAME is required")
 	}
-	if *prompt != "" && *tokens != "" {
-		return usageError("give at most one of --prompt and --tokens")
-	}
-	if *n < 0 {
-		return usageError("-n must be >= 0")
-	}
-	if *temp < 0 || *topK < 0 || *topP <= 0 || *topP > 1 {
-		return usageError("--temp must be >= 0, --top-k >= 0 and --top-p in (0, 1]")
+	if err := gf.check(); err != nil {
+		return err
 	}
 	opts, err := rf.instanceOptions()
 	if err != nil {
@@ -126,7 +116,7 @@ func runRun(c *cli, args []string) error {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	smp := engine.Sampler{Temp: float32(*temp), TopK: *topK, TopP: float32(*topP), Seed: *seed}
+	smp := gf.sampler()
 	if c.globals.server != "" {
 		return runRunRemote(c, remoteTurn{name: *name, model: rf.model, prompt: *prompt, tokens: *tokens, n: *n,
 			smp: smp, set: set, kv: rf.kv, blockSize: rf.blockSize, noCheckpoint: *noCP})
