@@ -279,6 +279,9 @@ func (e *Env) newDir() string {
 	return filepath.Join(e.root, fmt.Sprintf("recv-%d", e.n))
 }
 
+// SetNoSync changes Config.NoSync for the measurements that follow.
+func (e *Env) SetNoSync(noSync bool) { e.cfg.NoSync = noSync }
+
 // Head is the session's manifest on the sender.
 func (e *Env) Head() index.ID { return e.head }
 
