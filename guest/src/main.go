@@ -288,7 +288,8 @@ func feed(toks []int32) int32 {
 		if n > maxBatch {
 			n = maxBatch
 		}
-		if r := forward(toks[:n]); r != 0 {
+		// Only the last batch's logits are kept, so only the last batch computes them.
+		if r := forward(toks[:n], n == uint32(len(toks))); r != 0 {
 			return r
 		}
 		toks = toks[n:]
@@ -335,7 +336,10 @@ func allocBlock() (uint32, bool) {
 	return o, true
 }
 
-func forward(toks []int32) int32 {
+// forward runs the model over toks at the current position, appending their keys and values
+// to the KV cache. With wantLogits it computes the last token's logits; without, the kept
+// logits no longer match the position and are marked absent.
+func forward(toks []int32, wantLogits bool) int32 {
 	c := cfg
 	n := uint32(len(toks))
 	if r := ensureBlocks(pos + n); r != 0 {
@@ -364,10 +368,12 @@ func forward(toks []int32) int32 {
 		hostMatMul(off(xb2), w+wFFNDown, off(hb), n)
 		hostAdd(off(x), off(xb2), n*c.dim)
 	}
-	last := x[(n-1)*c.dim : n*c.dim]
-	hostRMSNorm(off(xb), off(last), wOutputNorm, 1)
-	hostMatMul(off(logits), wOutput, off(xb), 1)
-	haveLogits = true
+	haveLogits = wantLogits
+	if wantLogits {
+		last := x[(n-1)*c.dim : n*c.dim]
+		hostRMSNorm(off(xb), off(last), wOutputNorm, 1)
+		hostMatMul(off(logits), wOutput, off(xb), 1)
+	}
 	tokens = append(tokens, toks...)
 	pos += n
 	return 0
