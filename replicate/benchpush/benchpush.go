@@ -102,13 +102,17 @@ type Incremental struct {
 	NewChunks     int     `json:"new_chunks"`
 	NewBytes      int64   `json:"new_bytes"`      // stored bytes of the chunks the receiver lacked
 	WireBytes     int64   `json:"wire_bytes"`     // request bodies sent, all requests
+	UploadBytes   int64   `json:"upload_bytes"`   // of them, the chunk upload streams' bodies
+	MissingBytes  int64   `json:"missing_bytes"`  // of them, the missing-set requests' bodies
 	ManifestBytes int64   `json:"manifest_bytes"` // of the new manifest, part of WireBytes
 	Overhead      int64   `json:"overhead_bytes"` // WireBytes − NewBytes
 	Requests      int     `json:"requests"`
 	WireOverNew   float64 `json:"wire_over_new"` // WireBytes ÷ NewBytes
-	// WireOverNewNet is (WireBytes − ManifestBytes) ÷ NewBytes: the chunk upload's own cost
-	// once the manifest, a fixed overhead of the push, is left out.
+	// WireOverNewNet is (WireBytes − ManifestBytes) ÷ NewBytes: the cost once the manifest,
+	// an overhead of the push that does not depend on what is new, is left out.
 	WireOverNewNet float64 `json:"wire_over_new_net"`
+	// UploadOverNew is UploadBytes ÷ NewBytes: the chunk stream's framing alone.
+	UploadOverNew float64 `json:"upload_over_new"`
 }
 
 // Missing is the missing-set call's rate.
@@ -533,39 +537,52 @@ func (e *Env) incremental(ctx context.Context, d *Daemon) (Incremental, error) {
 	e.Chunks += res.UniqueNew
 	// The payload of the plain copy stays as it was: the incremental push comes last in Run.
 	inc := Incremental{AppendedBytes: e.cfg.AppendBytes, NewChunks: res.UniqueNew, NewBytes: res.NewBytes,
-		WireBytes: wc.up.Load(), ManifestBytes: int64(len(mb)), Requests: int(wc.requests.Load())}
+		WireBytes: wc.up.Load(), UploadBytes: wc.upload.Load(), MissingBytes: wc.missing.Load(), ManifestBytes: int64(len(mb)),
+		Requests: int(wc.requests.Load())}
 	inc.Overhead = inc.WireBytes - inc.NewBytes
 	if inc.NewBytes > 0 {
 		inc.WireOverNew = float64(inc.WireBytes) / float64(inc.NewBytes)
 		inc.WireOverNewNet = float64(inc.WireBytes-inc.ManifestBytes) / float64(inc.NewBytes)
+		inc.UploadOverNew = float64(inc.UploadBytes) / float64(inc.NewBytes)
 	}
 	return inc, nil
 }
 
-// wireCounter counts requests and request body bytes.
+// wireCounter counts requests and request body bytes: all, and those of the upload and
+// missing-set paths.
 type wireCounter struct {
-	base     http.RoundTripper
-	requests atomic.Int64
-	up       atomic.Int64
+	base                http.RoundTripper
+	requests            atomic.Int64
+	up, upload, missing atomic.Int64
 }
 
 func (w *wireCounter) RoundTrip(req *http.Request) (*http.Response, error) {
 	w.requests.Add(1)
 	if req.Body != nil && req.Body != http.NoBody {
+		var also *atomic.Int64
+		switch req.URL.Path {
+		case wire.PathUpload:
+			also = &w.upload
+		case wire.PathMissing:
+			also = &w.missing
+		}
 		req = req.Clone(req.Context())
-		req.Body = &countReader{r: req.Body, n: &w.up}
+		req.Body = &countReader{r: req.Body, n: &w.up, also: also}
 	}
 	return w.base.RoundTrip(req)
 }
 
 type countReader struct {
-	r io.ReadCloser
-	n *atomic.Int64
+	r       io.ReadCloser
+	n, also *atomic.Int64 // also may be nil
 }
 
 func (c *countReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n.Add(int64(n))
+	if c.also != nil {
+		c.also.Add(int64(n))
+	}
 	return n, err
 }
 
@@ -642,8 +659,10 @@ func (res *Result) WriteTable(w io.Writer) {
 	in := res.Incremental
 	fmt.Fprintf(w, "\nincremental push (%d KiB appended): %d new chunks, %d new stored B, %d B on the wire in %d requests\n",
 		in.AppendedBytes>>10, in.NewChunks, in.NewBytes, in.WireBytes, in.Requests)
-	fmt.Fprintf(w, "  wire/new %.3f; overhead %d B, of which manifest %d B; without the manifest wire/new %.3f %s\n",
-		in.WireOverNew, in.Overhead, in.ManifestBytes, in.WireOverNewNet, mark(in.WireOverNewNet <= res.WireGoal, fmt.Sprintf("≤%.2f", res.WireGoal)))
+	fmt.Fprintf(w, "  wire/new %.3f; overhead %d B: manifest %d B, missing-set %d B, upload framing %d B, other %d B\n",
+		in.WireOverNew, in.Overhead, in.ManifestBytes, in.MissingBytes, in.UploadBytes-in.NewBytes, in.WireBytes-in.UploadBytes-in.ManifestBytes-in.MissingBytes)
+	fmt.Fprintf(w, "  without the manifest wire/new %.3f %s; upload stream alone %.3f\n",
+		in.WireOverNewNet, mark(in.WireOverNewNet <= res.WireGoal, fmt.Sprintf("≤%.2f", res.WireGoal)), in.UploadOverNew)
 	m := res.Missing
 	fmt.Fprintf(w, "\nmissing-set: %.0f requests/s of %d digests (%d known), %d requests in %.2fs\n", m.PerSec, m.Digests, m.Known, m.Requests, m.Seconds)
 }

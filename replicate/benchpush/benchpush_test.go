@@ -35,6 +35,9 @@ func TestRunTiny(t *testing.T) {
 		in.Overhead != in.WireBytes-in.NewBytes || in.Requests < 2 || in.WireOverNew <= 1 || in.WireOverNewNet <= 0 {
 		t.Errorf("incremental %+v", in)
 	}
+	if in.UploadBytes < in.NewBytes || in.MissingBytes <= 0 || in.UploadBytes+in.MissingBytes+in.ManifestBytes > in.WireBytes || in.UploadOverNew < 1 {
+		t.Errorf("incremental parts %+v", in)
+	}
 	m := res.Missing
 	if m.Digests != 2000 || m.Known != 32+2 || m.Requests < 3 || m.PerSec <= 0 {
 		t.Errorf("missing %+v", m)
