@@ -215,6 +215,7 @@ func copyChain(ctx context.Context, src, dst Peer, head, old index.ID, opts Opti
 		m    *index.Manifest
 	}
 	var send []manifest // newest first
+	var base index.ID   // the newest manifest of the chain the destination already has
 	found := old.IsZero()
 	seen := make(map[index.ID]bool)
 	sending := true
@@ -222,6 +223,7 @@ func copyChain(ctx context.Context, src, dst Peer, head, old index.ID, opts Opti
 		seen[id] = true
 		if id == old {
 			found = true
+			base = id // the destination's head: it holds that manifest
 			break
 		}
 		if sending {
@@ -230,6 +232,9 @@ func copyChain(ctx context.Context, src, dst Peer, head, old index.ID, opts Opti
 				return err
 			}
 			sending = !has
+			if has {
+				base = id
+			}
 		}
 		if !sending && (found || opts.Force) {
 			break
@@ -251,12 +256,29 @@ func copyChain(ctx context.Context, src, dst Peer, head, old index.ID, opts Opti
 		return fmt.Errorf("%w: the destination is at %s, which is not an ancestor of %s", ErrDiverged, old, head)
 	}
 
-	// Chunks: every distinct chunk of the manifests to send, then only those missing.
+	// Chunks: every distinct chunk of the manifests to send, less those of base (a manifest
+	// the destination holds has all its chunks: its index refuses a manifest otherwise, and GC
+	// keeps them), then only those the destination says are missing. A checkpoint shares most
+	// of its chunks with its parent, so the missing-set request grows with the new blocks, not
+	// with the context.
+	present := make(map[cas.Digest]bool)
+	if !base.IsZero() && len(send) > 0 {
+		if data, err := src.ManifestBytes(ctx, base); err == nil {
+			if m, err := index.Decode(data); err == nil {
+				for _, d := range m.Digests() {
+					present[d] = true
+				}
+			}
+		}
+	}
 	sizes := make(map[cas.Digest]int64)
 	var all []cas.Digest
 	for _, mf := range send {
 		for _, r := range mf.m.Regions {
 			for _, c := range r.Chunks {
+				if present[c.Digest] {
+					continue
+				}
 				if _, ok := sizes[c.Digest]; !ok {
 					sizes[c.Digest] = c.Length
 					all = append(all, c.Digest)

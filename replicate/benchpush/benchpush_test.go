@@ -35,6 +35,11 @@ func TestRunTiny(t *testing.T) {
 		in.Overhead != in.WireBytes-in.NewBytes || in.Requests < 2 || in.WireOverNew <= 1 || in.WireOverNewNet <= 0 {
 		t.Errorf("incremental %+v", in)
 	}
+	// An incremental push asks the peer only about chunks its parent does not name: 32 bytes
+	// per new chunk (binary digest list), not per chunk of the whole session.
+	if in.MissingBytes != int64(32*in.NewChunks) {
+		t.Errorf("incremental missing-set request: %d bytes for %d new chunks of %d; want %d", in.MissingBytes, in.NewChunks, res.Chunks, 32*in.NewChunks)
+	}
 	if in.UploadBytes < in.NewBytes || in.MissingBytes <= 0 || in.UploadBytes+in.MissingBytes+in.ManifestBytes > in.WireBytes || in.UploadOverNew < 1 {
 		t.Errorf("incremental parts %+v", in)
 	}
