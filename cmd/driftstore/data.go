@@ -11,8 +11,10 @@ import (
 	"github.com/driftstore/driftstore/repo"
 )
 
-// openRepo opens the data directory named by --data for a storage subcommand. Talking to a
-// daemon through --server is not built yet for these commands, so it is refused plainly.
+// openRepo opens the data directory named by --data. Commands that can work through a daemon
+// call openStorage (or their own client) when --server is set; any other reaching here with
+// --server is refused plainly. Commands that only read refuse a data directory that does not
+// exist rather than create an empty one.
 func (c *cli) openRepo(readOnly bool) (*repo.Repo, error) {
 	if c.globals.server != "" {
 		return nil, fmt.Errorf("%s: --server is not supported by this command yet; run it where the data directory is, without --server", c.command.name)
@@ -20,8 +22,16 @@ func (c *cli) openRepo(readOnly bool) (*repo.Repo, error) {
 	if c.globals.data == "" {
 		return nil, usageError("no data directory: set --data or $DRIFTSTORE_DATA")
 	}
+	if c.command != nil && readsOnly[c.command.name] {
+		if _, err := os.Stat(c.globals.data); errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("no data directory at %s: nothing is stored there yet (--data or $DRIFTSTORE_DATA names another)", c.globals.data)
+		}
+	}
 	return repo.Open(c.globals.data, repo.Options{ReadOnly: readOnly})
 }
+
+// readsOnly names the commands that never need to create a data directory.
+var readsOnly = map[string]bool{"ls": true, "inspect": true, "get": true, "fsck": true, "gc": true, "checkpoint": true, "fork": true}
 
 // sizeFlag is a byte count flag that accepts suffixes: 65536, 64KiB, 64K, 1MiB, 1MB, 2GiB.
 // K, M, G alone and KiB, MiB, GiB are binary (1024); KB, MB, GB are decimal (1000).
