@@ -1,0 +1,52 @@
+//go:build !linux && unix
+
+package cas
+
+import (
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// errWouldBlock is what flockNB returns while another process holds the lock.
+var errWouldBlock = unix.EWOULDBLOCK
+
+// flockNB takes an flock on f without waiting: shared or exclusive.
+func flockNB(f *os.File, shared bool) error {
+	how := unix.LOCK_EX
+	if shared {
+		how = unix.LOCK_SH
+	}
+	for {
+		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// fdatasync makes f durable: an fsync here (no fdatasync).
+func fdatasync(f *os.File) error { return f.Sync() }
+
+// pwriteRecord writes a then b at off in pf's file: two pwrites.
+func pwriteRecord(pf *packFile, a, b []byte, off int64) error {
+	if _, err := pf.f.WriteAt(a, off); err != nil {
+		return err
+	}
+	if len(b) > 0 {
+		if _, err := pf.f.WriteAt(b, off+int64(len(a))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// syncDirPath makes the entries of directory dir durable.
+func syncDirPath(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
