@@ -1,6 +1,7 @@
 package cas
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -488,6 +489,36 @@ func scanPack(f io.ReaderAt, size int64) (recs []scannedRecord, stop, durable in
 	return recs, off, durable, nil
 }
 
+// laterDurable searches f's bytes after from (where a scan stopped) for valid sync markers and
+// returns the largest durable prefix one of them names (0 when there is none). Such a marker
+// means the bytes at from were synced before: damage, not a torn write. Bytes past a scan's
+// stop point are always of this incarnation of the file (a cut tail is truncated before any
+// append), so a marker found there is genuine. Reads the rest of the file once.
+func laterDurable(f io.ReaderAt, from, size int64) int64 {
+	const block = 1 << 20
+	buf := make([]byte, block+packHeaderSize)
+	var best int64
+	for off := from + 1; off < size; off += block {
+		n, err := f.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return best
+		}
+		b := buf[:n]
+		for i := 0; i < min(n, block); {
+			j := bytes.Index(b[i:], packMagic[:])
+			if j < 0 || i+j >= min(n, block) {
+				break
+			}
+			i += j
+			if h, err := parseRecordHeader(b[i:]); err == nil && h.kind == kindSync && int64(h.a) <= off+int64(i) {
+				best = max(best, int64(h.a))
+			}
+			i++
+		}
+	}
+	return best
+}
+
 // verifyRecord decodes a chunk record's payload and checks it against its digest and size.
 func verifyRecord(f io.ReaderAt, r scannedRecord) error {
 	buf := getBuf(int(r.h.b))
@@ -533,7 +564,7 @@ func (p *Pack) scan(pf *packFile, dups map[Digest][]packEntry) error {
 	if stop < st.Size() {
 		switch {
 		case p.opts.ReadOnly:
-		case stop < durable:
+		case stop < durable || laterDurable(pf.f, stop, st.Size()) > stop:
 			pf.sealed = true // damaged where a sync vouched for it: keep the bytes, append elsewhere
 		default:
 			if err := pf.f.Truncate(stop); err != nil {
