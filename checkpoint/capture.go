@@ -44,10 +44,10 @@ type CaptureOptions struct {
 	ModelSource string
 	// Workers bounds the chunks stored at once; 0 means GOMAXPROCS.
 	Workers int
-	// PlainKV stores KV blocks without the float16/float32 hint: the store then compresses them
-	// with plain zstd only where that pays (KV rarely: it stays raw), trading bytes at rest for
-	// restores at copy speed. Digests are the same either way.
-	PlainKV bool
+	// KVCodec selects how KV blocks are encoded at rest (KVCodecDefault: KVCodecFloat);
+	// KVCodecRaw trades bytes at rest for restores at copy speed. Digests are the same either
+	// way. An unknown value is an error.
+	KVCodec KVCodec
 	// BeforeCommit, when set, runs after every chunk is durable and before the chunks are
 	// recorded and the manifest committed, which happen together in one index transaction
 	// (tests use it to observe that moment).
@@ -155,10 +155,10 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 	defer release()
 
 	mem := in.Memory()
-	hint := layout.Hint()
-	if opts.PlainKV {
-		hint = cas.HintNone
+	if _, err := ParseKVCodec(string(opts.KVCodec)); err != nil {
+		return nil, err
 	}
+	hint := opts.KVCodec.Hint(layout)
 	var jobs []job
 	for _, r := range regions {
 		if r.Block >= nb || r.Layer >= layout.Layers {

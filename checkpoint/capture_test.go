@@ -267,3 +267,50 @@ func TestPrefixTable(t *testing.T) {
 		t.Fatal("other layout matched")
 	}
 }
+
+// TestKVCodec: the KV codec changes how KV blocks are stored, never what a checkpoint names:
+// the same instance captured with each codec gives the same checkpoint ID, its KV chunks
+// stored as float16 planes with KVCodecFloat and never so with KVCodecRaw; an unknown codec
+// is refused.
+func TestKVCodec(t *testing.T) {
+	ctx := context.Background()
+	a, b := newEnv(t), newEnv(t)
+	in := a.instance(t, engine.KVF16)
+	if err := in.Prefill(cptest.Tokens(100, 512, 4)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := checkpoint.Capture(ctx, a.ix, a.model, in, checkpoint.CaptureOptions{KVCodec: "zip"}); err == nil {
+		t.Fatal("unknown KV codec accepted")
+	}
+	if _, err := checkpoint.ParseKVCodec("zip"); err == nil {
+		t.Fatal("ParseKVCodec accepted zip")
+	}
+	fl, err := checkpoint.Capture(ctx, a.ix, a.model, in, checkpoint.CaptureOptions{KVCodec: checkpoint.KVCodecFloat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := checkpoint.Capture(ctx, b.ix, b.model, in, checkpoint.CaptureOptions{KVCodec: checkpoint.KVCodecRaw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fl.Checkpoint.ID != raw.Checkpoint.ID {
+		t.Fatalf("checkpoint IDs differ by codec: %s, %s", fl.Checkpoint.ID, raw.Checkpoint.ID)
+	}
+	planes := map[*env]int{}
+	for _, e := range []*env{a, b} {
+		for _, l := range fl.Checkpoint.KV {
+			for _, ref := range l {
+				info, err := e.store.Stat(ctx, ref.Digest)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if info.Codec == cas.CodecF16Planes {
+					planes[e]++
+				}
+			}
+		}
+	}
+	if planes[a] == 0 || planes[b] != 0 {
+		t.Fatalf("KV chunks stored as float16 planes: %d with the float codec, %d with raw", planes[a], planes[b])
+	}
+}

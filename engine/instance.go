@@ -1,11 +1,14 @@
 package engine
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
+	"sync"
 	"unsafe"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
@@ -106,6 +109,16 @@ type InstanceOptions struct {
 	Threads   int    // host threads for the ops; default 1, at most 1024
 	Batch     int    // prefill batch (tokens per forward pass); default 64
 	Sampler   Sampler
+	// Context is the number of positions the instance is made for (llama.cpp's n_ctx): at
+	// creation the guest allocates the KV blocks of positions [0, Context) and the host makes
+	// their memory resident (wasmmem.Region.Populate), so that a restore or a prefill of up to
+	// Context positions writes into memory that takes no page faults, as llama.cpp's context
+	// allocates and clears its whole KV buffer when it is made. Creation costs that much more
+	// (the page faults move there, done by the kernel in one call), and the blocks' memory is
+	// resident for the instance's life. 0 allocates blocks as positions are fed. Feeding or
+	// restoring past Context works as without it (blocks allocated on demand). A value above
+	// the model's context length is clamped to it; a negative one is an error.
+	Context int
 }
 
 // Instance is one guest: its store, linear memory (a wasmmem Region) and the conversation
@@ -162,6 +175,12 @@ func (m *Model) NewInstance(opts InstanceOptions) (*Instance, error) {
 	if opts.Threads > maxThreads {
 		return nil, fmt.Errorf("engine: %d threads out of range (1..%d)", opts.Threads, maxThreads)
 	}
+	if opts.Context < 0 {
+		return nil, fmt.Errorf("engine: context of %d positions", opts.Context)
+	}
+	if c := m.hyper.CtxMax; c > 0 && opts.Context > c {
+		opts.Context = c
+	}
 	opts.KVType = opts.KVType.norm()
 	in, err := m.instantiate(m.engine.module, opts)
 	if err != nil {
@@ -171,7 +190,82 @@ func (m *Model) NewInstance(opts InstanceOptions) (*Instance, error) {
 		in.Close()
 		return nil, err
 	}
+	if opts.Context > 0 {
+		if err := in.reserve(opts.Context); err != nil {
+			in.Close()
+			return nil, fmt.Errorf("engine: new instance for %d positions: %w", opts.Context, err)
+		}
+	}
 	return in, nil
+}
+
+// reserve allocates the KV blocks of positions [0, npos) and makes their memory resident
+// (InstanceOptions.Context). Blocks lie in the guest's slabs, mostly back to back: each run of
+// adjacent blocks is one span, and the spans are populated on up to Threads goroutines (the
+// kernel zeroes pages on all of them at once), in pieces of about equal bytes.
+func (in *Instance) reserve(npos int) error {
+	regs, err := in.AllocKV(npos)
+	if err != nil {
+		return fmt.Errorf("allocate KV blocks: %w", err)
+	}
+	spans := make([][2]int, 0, len(regs))
+	total := 0
+	for _, r := range regs {
+		spans = append(spans, [2]int{int(r.Offset), int(r.Offset) + int(r.Length)})
+	}
+	slices.SortFunc(spans, func(a, b [2]int) int { return cmp.Compare(a[0], b[0]) })
+	runs := spans[:0]
+	for _, s := range spans {
+		// Join blocks separated by less than a slot's alignment padding.
+		if n := len(runs); n > 0 && s[0] <= runs[n-1][1]+BlockAlign {
+			total += max(0, s[1]-runs[n-1][1])
+			runs[n-1][1] = max(runs[n-1][1], s[1])
+			continue
+		}
+		total += s[1] - s[0]
+		runs = append(runs, s)
+	}
+	workers := max(1, min(in.opts.Threads, runtime.GOMAXPROCS(0)))
+	if workers == 1 || total < 4<<20 {
+		for _, s := range runs {
+			if err := in.region.Populate(s[0], s[1]-s[0]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// Cut the runs into workers pieces of about total/workers bytes each (page-aligned cuts).
+	per := (total/workers + BlockAlign - 1) &^ (BlockAlign - 1)
+	var pieces [][][2]int
+	var cur [][2]int
+	have := 0
+	for _, s := range runs {
+		for s[0] < s[1] {
+			take := min(s[1]-s[0], per-have)
+			cur = append(cur, [2]int{s[0], s[0] + take})
+			s[0] += take
+			if have += take; have == per {
+				pieces, cur, have = append(pieces, cur), nil, 0
+			}
+		}
+	}
+	if len(cur) > 0 {
+		pieces = append(pieces, cur)
+	}
+	errs := make([]error, len(pieces))
+	var wg sync.WaitGroup
+	for i, p := range pieces {
+		wg.Go(func() {
+			for _, s := range p {
+				if err := in.region.Populate(s[0], s[1]-s[0]); err != nil {
+					errs[i] = err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // instantiate makes the store and instance and finds the memory region (no guest calls other

@@ -55,6 +55,8 @@ func (e *ChunkError) Unwrap() []error { return []error{ErrChunk, e.Err} }
 type Options struct {
 	// Instance configures the new instance. Threads, Batch and the sampler's absence matter;
 	// KVType and BlockSize, when set, must equal the checkpoint's (zero: take the checkpoint's).
+	// Context is raised to the checkpoint's position: the instance is made with the memory of
+	// every block the restore writes already resident (engine.InstanceOptions.Context).
 	Instance engine.InstanceOptions
 	// Workers bounds the chunks decoded at once; 0 means GOMAXPROCS.
 	Workers int
@@ -129,6 +131,11 @@ func Restore(ctx context.Context, store cas.Store, model *engine.Model, cp *chec
 		return nil, nil, fmt.Errorf("restore: %w", err)
 	}
 	io.KVType, io.BlockSize = kv, cp.Layout.BlockSize
+	// Made for at least the checkpoint's context: the KV blocks are allocated and resident
+	// before the chunks arrive, faulted in by the kernel in one call per span instead of a
+	// page fault per 4 KiB as the decoding writes them (on a 2-core VM, 64 MiB: ≈ 13 ms of
+	// populating against 40–75 ms of faults).
+	io.Context = max(io.Context, cp.Position)
 	in, err := model.NewInstance(io)
 	if err != nil {
 		return nil, nil, fmt.Errorf("restore: %w", err)

@@ -215,7 +215,7 @@ func TestHelperRestoreProcess(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res.Position != cp.Position || res.KVBytes != cp.KVBytes() {
+		if res.Position != cp.Position || res.KVBytes != cp.KVBytes() || in.Options().Context < cp.Position {
 			t.Fatalf("restore result %+v", res)
 		}
 		tr, err := continueTrace(in, steps)

@@ -63,6 +63,13 @@ type Config struct {
 	// HugePages restores with transparent huge pages under the fresh KV blocks
 	// (restore.IntoOptions.HugePages): for long-lived processes such as a daemon.
 	HugePages bool
+	// Context is the number of positions every instance is made for
+	// (engine.InstanceOptions.Context: their KV memory allocated and resident at creation); 0
+	// for none. A restore makes its instance for at least the checkpoint's position anyway.
+	Context int
+	// KVCodec selects how checkpoints store KV blocks (checkpoint.CaptureOptions.KVCodec);
+	// the default is checkpoint.KVCodecFloat. NewManager refuses an unknown value.
+	KVCodec checkpoint.KVCodec
 }
 
 // Manager owns the sessions of one data directory, the models they use and the prefix cache.
@@ -80,6 +87,12 @@ type Manager struct {
 func NewManager(cfg Config) (*Manager, error) {
 	if cfg.Index == nil || cfg.Engine == nil || cfg.DataDir == "" {
 		return nil, errors.New("session: NewManager needs an index, an engine and a data directory")
+	}
+	if _, err := checkpoint.ParseKVCodec(string(cfg.KVCodec)); err != nil {
+		return nil, fmt.Errorf("session: %w", err)
+	}
+	if cfg.Context < 0 {
+		return nil, fmt.Errorf("session: context of %d positions", cfg.Context)
 	}
 	m := &Manager{cfg: cfg, models: map[string]*engine.Model{}, sessions: map[string]*Session{}}
 	if !cfg.NoPrefixCache {
@@ -240,7 +253,7 @@ func (m *Manager) Fork(ctx context.Context, name string, from index.ID) (*Sessio
 }
 
 func (m *Manager) instanceOptions(kv engine.KVType, blockSize int, smp engine.Sampler) engine.InstanceOptions {
-	return engine.InstanceOptions{KVType: kv, BlockSize: blockSize, Threads: m.cfg.Threads, Batch: m.cfg.Batch, Sampler: smp}
+	return engine.InstanceOptions{KVType: kv, BlockSize: blockSize, Threads: m.cfg.Threads, Batch: m.cfg.Batch, Sampler: smp, Context: m.cfg.Context}
 }
 
 // Session is one named conversation. Its methods are safe for concurrent use and serialized.
@@ -637,7 +650,7 @@ func (s *Session) checkpointLocked(ctx context.Context) (*checkpoint.Result, err
 		return &checkpoint.Result{Checkpoint: s.head, Position: s.head.Position,
 			Blocks: s.head.Layout.Layers * s.head.Layout.Blocks(s.head.Position), KVBytes: s.head.KVBytes()}, nil
 	}
-	opts := checkpoint.CaptureOptions{Parent: s.head, Reuse: s.reuse, ModelSource: s.source, Workers: s.m.cfg.Workers}
+	opts := checkpoint.CaptureOptions{Parent: s.head, Reuse: s.reuse, ModelSource: s.source, Workers: s.m.cfg.Workers, KVCodec: s.m.cfg.KVCodec}
 	r, err := checkpoint.Capture(ctx, s.m.cfg.Index, s.model, s.inst, opts)
 	if err != nil && len(s.reuse) > 0 && errors.Is(err, index.ErrMissingChunks) {
 		opts.Reuse = nil // prefix chunks collected meanwhile: store them again

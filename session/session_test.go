@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/driftstore/driftstore/cas/castest"
 	"github.com/driftstore/driftstore/checkpoint"
 	"github.com/driftstore/driftstore/checkpoint/cptest"
 	"github.com/driftstore/driftstore/engine"
@@ -139,14 +139,20 @@ func TestContinueAcrossManagers(t *testing.T) {
 	}
 
 	// The same turns, each in a new manager (a new "process" as far as sessions go), restoring
-	// with and without huge pages.
+	// with and without huge pages, instances made for a context or not, KV stored in either
+	// codec.
 	var got [][]int32
 	for i, turn := range []session.Turn{
 		{Model: ref.model, Prompt: prompt, N: 9, Sampler: &smp},
 		{Prompt: []int32{5, 6, 7}, N: 9},
 		{N: 9},
 	} {
-		e := open(t, dir, false, func(c *session.Config) { c.HugePages = i == 2 })
+		e := open(t, dir, false, func(c *session.Config) {
+			c.HugePages = i == 2
+			if i == 1 {
+				c.KVCodec, c.Context = checkpoint.KVCodecRaw, 100
+			}
+		})
 		s, _ := e.mgr.Session("s")
 		r, err := s.Run(ctx, turn)
 		if err != nil {
@@ -204,15 +210,7 @@ func TestFailedRestoreLeavesLiveSessionUntouched(t *testing.T) {
 	}
 	// Corrupt a block of the first checkpoint, then try to restore it.
 	bad := cp1.KV[0][1].Digest
-	p := filepath.Join(e.dir, "chunks", bad.Hex()[:2], bad.Hex()[2:])
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)-10] ^= 0x11
-	if err := os.WriteFile(p, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	castest.Corrupt(t, repo.ChunkStoreDir(e.dir), bad)
 	head, _ := s.Head()
 	_, err = s.Restore(ctx, cp1.ID)
 	if err == nil || !strings.Contains(err.Error(), bad.String()) {
@@ -462,4 +460,23 @@ func TestHelperCheckpointProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	fmt.Printf("took %d\n", time.Since(t0))
+}
+
+func TestConfigRefused(t *testing.T) {
+	r, err := repo.Open(t.TempDir(), repo.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	e, err := cptest.Engine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cfg := range []session.Config{{KVCodec: "zip"}, {Context: -1}} {
+		cfg.Index, cfg.Engine, cfg.DataDir = r.Index(), e, t.TempDir()
+		if m, err := session.NewManager(cfg); err == nil {
+			m.Close()
+			t.Fatalf("NewManager accepted KV codec %q, context %d", cfg.KVCodec, cfg.Context)
+		}
+	}
 }

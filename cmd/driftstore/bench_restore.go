@@ -23,7 +23,7 @@ import (
 func init() {
 	registerBench(&benchmark{
 		name:    "restore",
-		args:    "[--models tiny,llama-3.2-1b] [--contexts 24,128,512,2048,4096] [--type q8_0] [--kv f16] [--threads N] [--reps 3] [--turns 8] [--plain-kv] [--huge-pages]",
+		args:    "[--models tiny,llama-3.2-1b] [--contexts 24,128,512,2048,4096] [--type q8_0] [--kv f16] [--threads N] [--reps 3] [--turns 8] [--kv-codec float|raw] [--reserve=true|false] [--huge-pages]",
 		summary: "checkpoint (full, incremental), restore, first token after restore vs re-prefill, stored bytes, restore over the verify-and-copy floor",
 		run:     runBenchRestore,
 	})
@@ -69,6 +69,8 @@ type benchRestoreResult struct {
 	Threads       int                `json:"threads"`
 	Workers       int                `json:"workers"`
 	KV            string             `json:"kv"`
+	KVCodec       string             `json:"kv_codec"`
+	Reserve       bool               `json:"reserve"` // instances made for the context (KV memory resident at creation)
 	HugePages     bool               `json:"huge_pages"`
 	CopyVerifyGBs float64            `json:"verify_copy_gb_s"`
 	Rows          []benchRestoreRow  `json:"rows"`
@@ -84,12 +86,24 @@ func runBenchRestore(c *cli, args []string) error {
 	threads := fs.Int("threads", runtime.NumCPU(), "host threads for the compute ops")
 	reps := fs.Int("reps", 3, "repetitions of each restore and re-prefill (best is reported)")
 	turns := fs.Int("turns", 8, "turns of the stored-bytes conversation (0: skip)")
-	plain := fs.Bool("plain-kv", false, "store KV blocks without the float16 hint (plain zstd where it pays, else raw)")
+	codecFlag := fs.String("kv-codec", "float", "how checkpoints store KV blocks: float (the float16 byte-plane codec for f16 KV) or raw (no hint: raw, zstd only where it pays)")
+	plain := fs.Bool("plain-kv", false, "the same as --kv-codec raw")
+	reserve := fs.Bool("reserve", true, "make restore and re-prefill instances for the context (engine.InstanceOptions.Context: KV memory allocated and resident at creation, paid in inst)")
 	huge := fs.Bool("huge-pages", false, "restore with transparent huge pages under the fresh KV blocks (restore.IntoOptions.HugePages)")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
-	benchPlainKV, benchHugePages = *plain, *huge
+	codec, err := checkpoint.ParseKVCodec(*codecFlag)
+	if err != nil {
+		return usageError("--kv-codec: %v", err)
+	}
+	if *plain {
+		codec = checkpoint.KVCodecRaw
+	}
+	if codec == checkpoint.KVCodecDefault {
+		codec = checkpoint.KVCodecFloat
+	}
+	benchKVCodec, benchHugePages, benchReserve = codec, *huge, *reserve
 	contexts, err := parseInts(*ctxList, "contexts")
 	if err != nil {
 		return err
@@ -117,7 +131,7 @@ func runBenchRestore(c *cli, args []string) error {
 	}
 	defer os.RemoveAll(tmp)
 	workers := runtime.GOMAXPROCS(0)
-	res := benchRestoreResult{Backend: eng.Backend().Name(), Threads: *threads, Workers: workers, KV: kv.String(), HugePages: *huge}
+	res := benchRestoreResult{Backend: eng.Backend().Name(), Threads: *threads, Workers: workers, KV: kv.String(), KVCodec: string(codec), Reserve: *reserve, HugePages: *huge}
 	ctx := c.ctx
 
 	for _, preset := range splitList(*models) {
@@ -145,9 +159,9 @@ func runBenchRestore(c *cli, args []string) error {
 	if c.globals.json {
 		return c.printJSON(res)
 	}
-	c.printf("driftstore bench restore: backend %s, %d threads, %d workers, KV %s, huge pages %v, %s/%s, %d CPUs; verify-and-copy %.2f GB/s\n",
-		res.Backend, res.Threads, res.Workers, res.KV, res.HugePages, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), res.CopyVerifyGBs)
-	c.printf("times in ms (restore, incr16, store16, and re-prefill up to 1024 tokens: best of %d); restore and re-prefill into a ready fresh instance (making one: inst); incr16: checkpoint after 16 new tokens, store16: hashing and storing those blocks alone\n", *reps)
+	c.printf("driftstore bench restore: backend %s, %d threads, %d workers, KV %s stored %s, instances made for the context %v, huge pages %v, %s/%s, %d CPUs; verify-and-copy %.2f GB/s\n",
+		res.Backend, res.Threads, res.Workers, res.KV, res.KVCodec, res.Reserve, res.HugePages, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), res.CopyVerifyGBs)
+	c.printf("times in ms (restore, incr16, store16, and re-prefill up to 1024 tokens: best of %d); restore and re-prefill into a ready fresh instance (making one: inst, which with --reserve includes making the context's KV memory resident); incr16: checkpoint after 16 new tokens, store16: hashing and storing those blocks alone\n", *reps)
 	c.printf("%-13s %5s %9s %8s %7s %7s %6s %6s %8s %7s %6s %8s %9s %9s %7s %7s %8s %7s %6s\n",
 		"model", "ctx", "KV", "ckpt", "incr16", "store16", "incr ×", "inst", "restore", "decode", "load", "TTFT rst", "reprefill", "TTFT pref", "TTFT ×", "rst ×", "B/token", "floor", "×floor")
 	for _, r := range res.Rows {
@@ -167,8 +181,11 @@ func runBenchRestore(c *cli, args []string) error {
 	return nil
 }
 
-// benchPlainKV is --plain-kv, benchHugePages --huge-pages.
-var benchPlainKV, benchHugePages bool
+// benchKVCodec is --kv-codec, benchHugePages --huge-pages, benchReserve --reserve.
+var (
+	benchKVCodec                 checkpoint.KVCodec
+	benchHugePages, benchReserve bool
+)
 
 // benchTokens is a deterministic prompt of n ids below vocab.
 func benchTokens(n, vocab int, salt uint32) []int32 {
@@ -248,7 +265,7 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 		if err != nil {
 			return nil, nil, 0, err
 		}
-		full, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Workers: workers, PlainKV: benchPlainKV})
+		full, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Workers: workers, KVCodec: benchKVCodec})
 		if err != nil {
 			r.Close()
 			return nil, nil, 0, err
@@ -277,12 +294,18 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 			gbs = verifyCopySpeed(buf, cp.Layout.BlockBytes, workers) / 1e9
 		}
 		row.FloorMS = float64(cp.KVBytes()) / (gbs * 1e9) * 1e3
+		// Restore and re-prefill instances: made for this context with --reserve (their KV
+		// memory resident before the clock starts, as llama.cpp's context is), else bare.
+		niopts := iopts
+		if benchReserve {
+			niopts.Context = n
+		}
 
 		// Restore into a ready fresh instance (best of reps), first token, and the continuation
 		// against the live instance.
 		for i := 0; i < reps; i++ {
 			t0 := time.Now()
-			in, err := model.NewInstance(iopts)
+			in, err := model.NewInstance(niopts)
 			if err != nil {
 				r.Close()
 				return nil, nil, 0, err
@@ -336,7 +359,7 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 			pr = 1
 		}
 		for i := 0; i < pr; i++ {
-			in, err := model.NewInstance(iopts)
+			in, err := model.NewInstance(niopts)
 			if err != nil {
 				r.Close()
 				return nil, nil, 0, err
@@ -380,7 +403,7 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 					r.Close()
 					return nil, nil, 0, err
 				}
-				incr, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Parent: parent, Workers: workers, PlainKV: benchPlainKV})
+				incr, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Parent: parent, Workers: workers, KVCodec: benchKVCodec})
 				if err != nil {
 					r.Close()
 					return nil, nil, 0, err
@@ -399,10 +422,7 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 						blocks = append(blocks, slices.Clone(mem[rg.Offset:rg.Offset+rg.Length]))
 					}
 				}
-				hint := checkpoint.LayoutOf(live.Layout()).Hint()
-				if benchPlainKV {
-					hint = cas.HintNone
-				}
+				hint := benchKVCodec.Hint(checkpoint.LayoutOf(live.Layout()))
 				t0 := time.Now()
 				if _, err := cas.PutAll(ctx, floorStore, workers, blocks, hint); err != nil {
 					r.Close()
@@ -450,7 +470,7 @@ func benchConversation(ctx context.Context, c *cli, model *engine.Model, path, n
 		return nil, err
 	}
 	defer r.Close()
-	mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: model.Engine(), DataDir: dir, Threads: threads, Workers: workers, NoPrefixCache: true})
+	mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: model.Engine(), DataDir: dir, Threads: threads, Workers: workers, NoPrefixCache: true, KVCodec: benchKVCodec})
 	if err != nil {
 		return nil, err
 	}
