@@ -3,7 +3,10 @@
 //
 // # Layout
 //
-//	DIR/chunks     the local chunk store (cas.Local)
+//	DIR/packs      the chunk store of a data directory made by this version (cas.Pack: chunks
+//	               appended to pack files, an in-memory index built at open)
+//	DIR/chunks     the chunk store of a data directory made before packs (cas.Local: one file
+//	               per chunk); a directory where DIR/chunks exists keeps using it
 //	DIR/index.db   the bbolt index (package index)
 //	DIR/models     models (not touched here)
 //	DIR/cache      caches (not touched here)
@@ -18,8 +21,9 @@
 //
 // # Concurrency
 //
-// One process at a time opens a data directory (bbolt's file lock); a second gets ErrInUse
-// quickly. Within the process a Repo is safe for concurrent use.
+// One process at a time opens a data directory (the pack store's flock on DIR/packs/LOCK, then
+// bbolt's file lock); a second gets ErrInUse quickly. Within the process a Repo is safe for
+// concurrent use.
 package repo
 
 import (
@@ -35,7 +39,8 @@ import (
 	"github.com/driftstore/driftstore/index"
 )
 
-// ErrInUse: another process has the data directory open. The error also wraps index.ErrLocked.
+// ErrInUse: another process has the data directory open. The error also wraps the lock's own
+// error: cas.ErrLocked (the pack store's lock) or index.ErrLocked (bbolt's).
 var ErrInUse = errors.New("data directory is in use by another driftstore process (a daemon?): use --server URL")
 
 // Options configure Open. The zero value is usable.
@@ -57,7 +62,7 @@ type Options struct {
 // Repo is an open data directory. Close it when done.
 type Repo struct {
 	dir     string
-	local   *cas.Local
+	local   cas.Store // the chunk store on this machine's disk: a *cas.Pack or a *cas.Local
 	ix      *index.Index
 	workers int
 	ro      bool // opened read-only: Put refuses before storing anything
@@ -73,8 +78,11 @@ func Open(dir string, opts Options) (*Repo, error) {
 	} else if _, err := os.Stat(filepath.Join(dir, "index.db")); err != nil {
 		return nil, fmt.Errorf("open data directory %s read-only: %w", dir, err)
 	}
-	local, err := cas.OpenLocal(filepath.Join(dir, "chunks"), cas.LocalOptions{NoSync: opts.NoSync})
+	local, err := openStore(dir, opts)
 	if err != nil {
+		if errors.Is(err, cas.ErrLocked) {
+			return nil, fmt.Errorf("%s: %w (%w)", dir, ErrInUse, err)
+		}
 		return nil, fmt.Errorf("open data directory %s: %w", dir, err)
 	}
 	ix, err := index.Open(filepath.Join(dir, "index.db"), local, index.Options{
@@ -92,6 +100,30 @@ func Open(dir string, opts Options) (*Repo, error) {
 		w = runtime.GOMAXPROCS(0)
 	}
 	return &Repo{dir: dir, local: local, ix: ix, workers: w, ro: opts.ReadOnly}, nil
+}
+
+// ChunkStoreDir returns the chunk store directory of data directory dir: DIR/chunks when it
+// exists (a data directory made before pack files, which keeps its cas.Local), otherwise
+// DIR/packs (a cas.Pack).
+func ChunkStoreDir(dir string) string {
+	legacy := filepath.Join(dir, "chunks")
+	if st, err := os.Stat(legacy); err == nil && st.IsDir() {
+		return legacy
+	}
+	return filepath.Join(dir, "packs")
+}
+
+// openStore opens the chunk store of data directory dir (see ChunkStoreDir).
+func openStore(dir string, opts Options) (cas.Store, error) {
+	sdir := ChunkStoreDir(dir)
+	if filepath.Base(sdir) == "chunks" {
+		return cas.OpenLocal(sdir, cas.LocalOptions{NoSync: opts.NoSync})
+	}
+	timeout := opts.LockTimeout
+	if timeout <= 0 {
+		timeout = index.DefaultLockTimeout
+	}
+	return cas.OpenPack(sdir, cas.PackOptions{NoSync: opts.NoSync, ReadOnly: opts.ReadOnly, LockTimeout: timeout})
 }
 
 // closeStore closes the store when it has a Close method.
@@ -117,26 +149,46 @@ func (r *Repo) Index() *index.Index { return r.ix }
 // Store returns the chunk store.
 func (r *Repo) Store() cas.Store { return r.local }
 
-// GCResult is index.GCResult plus the store's leftover temporary files removed.
+// GCResult is index.GCResult plus what the chunk store's own clean-up did: temporary files
+// removed (cas.Local) or pack files compacted (cas.Pack).
 type GCResult struct {
 	index.GCResult
-	TempFiles int `json:"temp_files_deleted"`
+	TempFiles      int   `json:"temp_files_deleted"`
+	PacksCompacted int   `json:"packs_compacted"`
+	BytesReclaimed int64 `json:"bytes_reclaimed"` // pack bytes removed less bytes copied
 }
 
-// GC collects garbage (see index.Index.GC), then removes temporary files that interrupted
-// writers left in the chunk store, when older than the grace period (at least a minute).
+// GC collects garbage (see index.Index.GC), then lets the chunk store reclaim space: a store
+// with temporary files (cas.Local) removes those that interrupted writers left, when older than
+// the grace period (at least a minute); a store with Compact (cas.Pack) rewrites the pack files
+// that are more than half dead.
 func (r *Repo) GC(ctx context.Context, opts index.GCOptions) (GCResult, error) {
 	res, err := r.ix.GC(ctx, opts)
 	out := GCResult{GCResult: res}
 	if err != nil || opts.DryRun {
 		return out, err
 	}
-	age := opts.Grace
-	if age == 0 {
-		age = index.DefaultGrace
+	if c, ok := r.local.(interface {
+		CleanTemp(context.Context, time.Duration) (int, error)
+	}); ok {
+		age := opts.Grace
+		if age == 0 {
+			age = index.DefaultGrace
+		}
+		if out.TempFiles, err = c.CleanTemp(ctx, max(age, time.Minute)); err != nil {
+			return out, err
+		}
 	}
-	out.TempFiles, err = r.local.CleanTemp(ctx, max(age, time.Minute))
-	return out, err
+	if c, ok := r.local.(interface {
+		Compact(context.Context) (cas.CompactStats, error)
+	}); ok {
+		st, err := c.Compact(ctx)
+		out.PacksCompacted, out.BytesReclaimed = st.Packs, st.BytesReclaimed
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
 }
 
 // Fsck checks the data directory; see index.Index.Fsck.

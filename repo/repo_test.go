@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/cas/castest"
 	"github.com/driftstore/driftstore/chunker"
 	"github.com/driftstore/driftstore/index"
 )
@@ -226,9 +227,34 @@ func TestResolve(t *testing.T) {
 	}
 }
 
+// TestCorruptChunkFile damages chunks on disk, in a new data directory (pack files) and in one
+// made before them (one file per chunk, DIR/chunks): get names the first damaged chunk, leaves
+// no output file, and fsck names every damaged chunk.
 func TestCorruptChunkFile(t *testing.T) {
-	r, damaged := openTest(t)
-	*damaged = true
+	for _, legacy := range []bool{false, true} {
+		t.Run(map[bool]string{false: "packs", true: "legacy-chunks"}[legacy], func(t *testing.T) {
+			testCorruptChunkFile(t, legacy)
+		})
+	}
+}
+
+func testCorruptChunkFile(t *testing.T, legacy bool) {
+	dir := filepath.Join(t.TempDir(), "data")
+	if legacy {
+		if err := os.MkdirAll(filepath.Join(dir, "chunks"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := Open(dir, Options{NoSync: true, Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	_, isLocal := r.Store().(*cas.Local)
+	if isLocal != legacy {
+		t.Fatalf("store %T for a legacy directory %v", r.Store(), legacy)
+	}
+	storeDir := ChunkStoreDir(dir)
 	ctx := context.Background()
 	data := randBytes(3, 400_000)
 	res, err := r.PutReader(ctx, "blob", bytes.NewReader(data), PutOptions{Chunker: ChunkerSpec{Method: ChunkFixed, Size: 100_000}})
@@ -237,15 +263,7 @@ func TestCorruptChunkFile(t *testing.T) {
 	}
 	in, _ := r.Inspect(res.ID)
 	victim := in.Regions[0].Chunks[2].Digest
-	path := r.local.Path(victim)
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw[len(raw)-10] ^= 0x55
-	if err := os.WriteFile(path, raw, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	castest.Corrupt(t, storeDir, victim)
 	out := filepath.Join(t.TempDir(), "out.bin")
 	_, err = r.GetFile(ctx, res.ID, out, GetOptions{})
 	var ce *cas.CorruptError
@@ -266,11 +284,17 @@ func TestCorruptChunkFile(t *testing.T) {
 	if len(fr.Problems) != 1 || fr.Problems[0].Kind != index.ChunkCorrupt || fr.Problems[0].Digest != victim {
 		t.Fatalf("fsck problems: %v", fr.Problems)
 	}
-	// Truncate another chunk file to nothing, replace a third with garbage.
+	// Damage two more chunks: in a legacy directory truncate one file to nothing and replace
+	// another with garbage; in packs flip a byte of each.
 	for i, content := range [][]byte{{}, []byte("garbage garbage garbage")} {
 		d := in.Regions[0].Chunks[i].Digest
-		if err := os.WriteFile(r.local.Path(d), content, 0o644); err != nil {
-			t.Fatal(err)
+		if legacy {
+			l := r.Store().(*cas.Local)
+			if err := os.WriteFile(l.Path(d), content, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			castest.Corrupt(t, storeDir, d)
 		}
 		if _, err := r.Get(ctx, res.ID, io.Discard, GetOptions{}); err == nil || !strings.Contains(err.Error(), in.Regions[0].Chunks[0].Digest.String()) {
 			t.Fatalf("get over damaged chunk %d: %v (want the first chunk %s named)", i, err, in.Regions[0].Chunks[0].Digest)
@@ -291,6 +315,41 @@ func TestCorruptChunkFile(t *testing.T) {
 	}
 }
 
+// TestStoreLayout: a new data directory gets a pack store in DIR/packs and no DIR/chunks; it
+// reopens with the same store; a directory with DIR/chunks keeps its cas.Local.
+func TestStoreLayout(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	for range 2 {
+		r, err := Open(dir, Options{NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := r.Store().(*cas.Pack); !ok {
+			t.Fatalf("new data directory: store %T", r.Store())
+		}
+		r.Close()
+	}
+	if _, err := os.Stat(filepath.Join(dir, "chunks")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("new data directory has DIR/chunks: %v", err)
+	}
+	if ChunkStoreDir(dir) != filepath.Join(dir, "packs") {
+		t.Fatal(ChunkStoreDir(dir))
+	}
+	old := filepath.Join(t.TempDir(), "old")
+	os.MkdirAll(filepath.Join(old, "chunks"), 0o755)
+	r, err := Open(old, Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, ok := r.Store().(*cas.Local); !ok {
+		t.Fatalf("data directory with DIR/chunks: store %T", r.Store())
+	}
+	if _, err := os.Stat(filepath.Join(old, "packs")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("legacy data directory got DIR/packs: %v", err)
+	}
+}
+
 func TestGarbageIndexFile(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "index.db"), bytes.Repeat([]byte("not a bolt file "), 512), 0o600); err != nil {
@@ -308,7 +367,7 @@ func TestGarbageIndexFile(t *testing.T) {
 }
 
 func TestGCRemovesUntaggedAfterGrace(t *testing.T) {
-	r, _ := openTest(t)
+	r, reopened := openTest(t)
 	ctx := context.Background()
 	keep, _ := r.PutReader(ctx, "k", bytes.NewReader(randBytes(10, 200_000)), PutOptions{Tag: "keep"})
 	drop, _ := r.PutReader(ctx, "d", bytes.NewReader(randBytes(11, 200_000)), PutOptions{})
@@ -329,6 +388,19 @@ func TestGCRemovesUntaggedAfterGrace(t *testing.T) {
 	if in, _ := r.Inspect(keep.ID); n != in.UniqueChunks {
 		t.Fatalf("store holds %d chunks after GC, the kept manifest names %d", n, in.UniqueChunks)
 	}
+	// The pack holding both uploads was more than half dead: GC compacted it.
+	if res.PacksCompacted != 1 || res.BytesReclaimed <= 0 {
+		t.Fatalf("GC did not compact the pack store: %+v", res)
+	}
+	*reopened = true // checked below instead of at cleanup
+	r.Close()
+	r, err = Open(r.Dir(), Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	getBytes(t, r, keep.ID, GetOptions{})
+	fsckClean(t, r)
 }
 
 func TestReadOnlyOption(t *testing.T) {

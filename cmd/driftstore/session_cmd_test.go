@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/driftstore/driftstore/cas/castest"
 	"github.com/driftstore/driftstore/checkpoint"
 	"github.com/driftstore/driftstore/checkpoint/cptest"
 	"github.com/driftstore/driftstore/index"
@@ -103,10 +104,7 @@ func TestCLISessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	bad := cp.KV[3][0].Digest
-	p := filepath.Join(dir, "chunks", bad.Hex()[:2], bad.Hex()[2:])
-	b, _ := os.ReadFile(p)
-	b[len(b)/2] ^= 0x5a
-	os.WriteFile(p, b, 0o644)
+	castest.Corrupt(t, repo.ChunkStoreDir(dir), bad)
 	code, _, errOut = storageRun(t, dir, "restore", "--session", "a")
 	if code != 1 || !strings.Contains(errOut, bad.String()) || !strings.Contains(errOut, "layer 3 block 0") {
 		t.Fatalf("restore of a corrupt chunk: exit %d: %s", code, errOut)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/cas/castest"
 	"github.com/driftstore/driftstore/repo"
 )
 
@@ -157,13 +158,7 @@ func TestCLICorruptChunk(t *testing.T) {
 		t.Fatal(out)
 	}
 	victim := in.Regions[0].Chunks[1].Digest
-	st, err := cas.OpenLocal(filepath.Join(dir, "chunks"), cas.LocalOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, _ := os.ReadFile(st.Path(victim))
-	raw[len(raw)/2] ^= 1
-	os.WriteFile(st.Path(victim), raw, 0o644)
+	castest.Corrupt(t, repo.ChunkStoreDir(dir), victim)
 
 	outFile := filepath.Join(work, "out.bin")
 	code, _, errOut := storageRun(t, dir, "get", "x", "-o", outFile)
