@@ -1,13 +1,13 @@
 package cas
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
 	"sync"
 
+	"github.com/klauspost/compress/huff0"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -48,12 +48,40 @@ var errPayload = errors.New("stored form does not decode")
 //	CodecRaw        the chunk's bytes.
 //	CodecZstd       one zstd frame (RFC 8878) that declares its content size; no checksum
 //	                (every read is verified against the BLAKE3 name instead).
-//	CodecF16Planes  u32 little-endian L, then a zstd frame of L bytes holding the low-byte
-//	                plane, then a zstd frame (the rest) holding the high-byte plane. For a chunk
+//	CodecF16Planes  the chunk split into byte planes, each kept in its own way. For a chunk
 //	                of n bytes read as little-endian float16 values, the low plane is bytes
 //	                0, 2, 4, … (ceil(n/2) bytes: an odd trailing byte belongs to it) and the
-//	                high plane is bytes 1, 3, 5, … (floor(n/2) bytes). Both frames declare
-//	                their content size.
+//	                high plane is bytes 1, 3, 5, … (floor(n/2) bytes). Two layouts exist;
+//	                the first four bytes tell them apart. Encode writes version 2; Decode
+//	                reads both.
+//
+// CodecF16Planes version 2 (all integers little-endian):
+//
+//	bytes 0-3   the tag 02 00 16 f1 (as a u32, 0xf1160002: no version 1 payload starts so,
+//	            since its first u32 is a frame length below 2^26)
+//	byte  4     flags: bit 0 set = the low plane is a zstd frame, else raw; bit 1 set = the
+//	            high plane is a zstd frame, else Huffman blocks; other bits 0
+//	bytes 5-8   n, the chunk's size (at most MaxChunkSize)
+//	bytes 9-12  L, the length of the low plane's section, which follows
+//	then        the low plane's section (L bytes): the plane itself (L = ceil(n/2)), or a
+//	            zstd frame of it
+//	then        the high plane's section (the rest): a zstd frame of the plane, or Huffman
+//	            blocks: the plane cut into blocks of 64 KiB (the last one shorter; none when
+//	            the plane is empty), each a kind byte followed by
+//	              0 raw:     the block's bytes
+//	              1 rle:     one byte, repeated for the whole block
+//	              2 huffman: u32 length, then that many bytes: a huff0 table and four
+//	                         interleaved streams (klauspost/compress/huff0 Compress4X, the
+//	                         format of zstd's literals section)
+//
+// Version 1 (written before version 2; still read): u32 L, then a zstd frame of L bytes
+// holding the low plane, then a zstd frame (the rest) holding the high plane; both frames
+// declare their content size.
+//
+// Why version 2: the low plane of float16 data is nearly random and is kept raw, so encoding
+// writes it straight from the split into the payload and decoding interleaves it straight from
+// the payload, with no frame to build or parse; the high plane goes through huff0 directly,
+// without zstd's match search (which finds nothing in such planes) and block framing.
 //
 // Splitting float16 values into planes puts the sign, exponent and top mantissa bits (high
 // bytes, low entropy in real activations and KV caches) apart from the low mantissa bits (nearly
@@ -167,58 +195,15 @@ func encode(dst, data []byte, hint Hint) (Codec, []byte) {
 
 // encodeVerified is encode followed by a check that the stored form decodes back to data, so
 // that a codec bug can never commit a chunk that does not match its name. For CodecRaw it
-// appends nothing (see encode). The float16 plane codec checks each plane against its frame,
-// straight from the planes it encoded, without interleaving them back.
+// appends nothing (see encode).
 func encodeVerified(dst, data []byte, hint Hint) (Codec, []byte, error) {
-	if !(hint == HintFloat16 && len(data) >= 2) {
-		codec, out := encode(dst, data, hint)
-		if codec != CodecRaw {
-			if err := verifyEncoded(out[len(dst):], codec, data); err != nil {
-				return 0, nil, err
-			}
-		}
-		return codec, out, nil
-	}
-	n := len(data)
-	loLen := (n + 1) / 2
-	planes := getBuf(n)
-	defer putBuf(planes)
-	p := (*planes)[:n]
-	splitPlanes(p[:loLen], p[loLen:], data)
-	start := len(dst)
-	out := encodePlanes(dst, p[:loLen], p[loLen:])
-	if float64(len(out)-start) > float64(n)*(1-MinSavings) {
-		return CodecRaw, dst[:start], nil
-	}
-	if err := verifyPlanes(out[start:], p[:loLen], p[loLen:]); err != nil {
-		return 0, nil, err
-	}
-	return CodecF16Planes, out, nil
-}
-
-// verifyPlanes checks that a CodecF16Planes payload holds exactly the planes lo and hi.
-func verifyPlanes(stored, lo, hi []byte) error {
-	if len(stored) < 4 {
-		return fmt.Errorf("f16planes stored form is truncated")
-	}
-	l := binary.LittleEndian.Uint32(stored)
-	if uint64(l) > uint64(len(stored)-4) {
-		return fmt.Errorf("f16planes stored form: low plane length %d exceeds the payload", l)
-	}
-	scratch := getBuf(len(lo))
-	defer putBuf(scratch)
-	for i, pl := range []struct {
-		frame, want []byte
-	}{{stored[4 : 4+l], lo}, {stored[4+l:], hi}} {
-		got, err := decodeFrame((*scratch)[:0], pl.frame, len(pl.want))
-		if err != nil {
-			return fmt.Errorf("f16planes stored form: plane %d does not decode: %v", i, err)
-		}
-		if !bytes.Equal(got, pl.want) {
-			return fmt.Errorf("f16planes stored form: plane %d decodes to other bytes", i)
+	codec, out := encode(dst, data, hint)
+	if codec != CodecRaw {
+		if err := verifyEncoded(out[len(dst):], codec, data); err != nil {
+			return 0, nil, err
 		}
 	}
-	return nil
+	return codec, out, nil
 }
 
 // EncodeWith appends data's stored form under the given codec to dst, whatever it saves.
@@ -235,33 +220,156 @@ func EncodeWith(dst, data []byte, codec Codec) ([]byte, error) {
 		}
 		return enc.EncodeAll(data, dst), nil
 	case CodecF16Planes:
-		n := len(data)
-		loLen := (n + 1) / 2
-		planes := getBuf(n)
-		p := (*planes)[:n]
-		splitPlanes(p[:loLen], p[loLen:], data)
-		dst = encodePlanes(dst, p[:loLen], p[loLen:])
-		putBuf(planes)
-		return dst, nil
+		return encodePlanes(dst, data), nil
 	}
 	return dst, fmt.Errorf("encode: unknown codec %d", codec)
 }
 
-// encodePlanes appends the CodecF16Planes payload of the planes lo and hi to dst.
-func encodePlanes(dst, lo, hi []byte) []byte {
+// Version 2 of the CodecF16Planes stored form (see the stored forms above).
+const (
+	planesV2Tag    = 0xf1160002
+	planesV2Header = 13
+	planesLoZstd   = 1 << 0
+	planesHiZstd   = 1 << 1
+	hiBlockSize    = 64 << 10
+	hiBlockRaw     = 0
+	hiBlockRLE     = 1
+	hiBlockHuff    = 2
+)
+
+// huffScratch pools huff0 state (tables and buffers; a Scratch is not safe for concurrent use).
+var huffScratch = sync.Pool{New: func() any { return new(huff0.Scratch) }}
+
+// encodePlanes appends the CodecF16Planes payload (version 2) of data to dst. The low plane is
+// split straight into the payload; when a sample of it shows structure (zero runs, skewed
+// bytes) the fast zstd encoder gets a try and is kept if smaller. The high plane takes Huffman
+// blocks, or a zstd frame with literal entropy coding when one byte value dominates a sample
+// (runs that matches shrink far below Huffman's one bit per byte).
+func encodePlanes(dst, data []byte) []byte {
 	c := sharedCodecs()
+	n := len(data)
+	loLen, hiLen := (n+1)/2, n/2
 	at := len(dst)
-	dst = append(dst, 0, 0, 0, 0)
-	// The low plane is nearly random mantissa bits: a zstd frame of raw blocks, written
-	// directly when a sample finds no structure; otherwise the fast encoder, which finds matches
-	// (zero runs, repeats) and stores the rest raw. The high plane takes entropy coding.
-	if looksUniform(lo) {
-		dst = appendRawFrame(dst, lo)
-	} else {
-		dst = c.fast.EncodeAll(lo, dst)
+	if need := at + planesV2Header + loLen + hiLen + 16 + 5*(hiLen/hiBlockSize+1); cap(dst) < need {
+		grown := make([]byte, at, need)
+		copy(grown, dst)
+		dst = grown
 	}
-	binary.LittleEndian.PutUint32(dst[at:], uint32(len(dst)-at-4))
-	return c.entropy.EncodeAll(hi, dst)
+	dst = binary.LittleEndian.AppendUint32(dst, planesV2Tag)
+	dst = append(dst, 0)
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(n))
+	dst = append(dst, 0, 0, 0, 0) // L, below
+	loAt := len(dst)
+	dst = dst[:loAt+loLen]
+	hiBuf := getBuf(hiLen)
+	defer putBuf(hiBuf)
+	hi := (*hiBuf)[:hiLen]
+	splitPlanes(dst[loAt:], hi, data)
+	var flags byte
+	if !looksUniform(dst[loAt:]) {
+		tmp := getBuf(loLen)
+		lo := append((*tmp)[:0], dst[loAt:]...)
+		z := c.fast.EncodeAll(lo, dst[:loAt])
+		if len(z)-loAt < loLen {
+			dst, flags = z, flags|planesLoZstd
+		} else {
+			dst = append(z[:loAt], lo...)
+		}
+		putBuf(tmp)
+	}
+	binary.LittleEndian.PutUint32(dst[at+9:], uint32(len(dst)-loAt))
+	if dominated(hi) {
+		dst, flags = c.entropy.EncodeAll(hi, dst), flags|planesHiZstd
+	} else {
+		dst = appendHuffBlocks(dst, hi)
+	}
+	dst[at+4] = flags
+	return dst
+}
+
+// appendHuffBlocks appends the Huffman blocks of plane p (see the stored forms) to dst.
+func appendHuffBlocks(dst, p []byte) []byte {
+	s := huffScratch.Get().(*huff0.Scratch)
+	defer huffScratch.Put(s)
+	for len(p) > 0 {
+		b := p[:min(len(p), hiBlockSize)]
+		p = p[len(b):]
+		s.Reuse = huff0.ReusePolicyNone // every block carries its own table
+		out, _, err := huff0.Compress4X(b, s)
+		switch {
+		case err == nil:
+			dst = append(dst, hiBlockHuff)
+			dst = binary.LittleEndian.AppendUint32(dst, uint32(len(out)))
+			dst = append(dst, out...)
+		case errors.Is(err, huff0.ErrUseRLE):
+			dst = append(dst, hiBlockRLE, b[0])
+		default: // ErrIncompressible, or anything else: keep the bytes
+			dst = append(dst, hiBlockRaw)
+			dst = append(dst, b...)
+		}
+	}
+	return dst
+}
+
+// decodeHuffBlocks decodes Huffman blocks (see the stored forms) into all of p, which must be
+// exactly the plane's size; every byte of in must be used.
+func decodeHuffBlocks(p, in []byte) error {
+	s := huffScratch.Get().(*huff0.Scratch)
+	defer huffScratch.Put(s)
+	for off := 0; off < len(p); {
+		bs := min(hiBlockSize, len(p)-off)
+		blk := p[off : off+bs : off+bs]
+		if len(in) == 0 {
+			return fmt.Errorf("%w: high plane ends at block %d", errPayload, off/hiBlockSize)
+		}
+		kind := in[0]
+		in = in[1:]
+		switch kind {
+		case hiBlockRaw:
+			if len(in) < bs {
+				return fmt.Errorf("%w: raw high-plane block truncated", errPayload)
+			}
+			copy(blk, in[:bs])
+			in = in[bs:]
+		case hiBlockRLE:
+			if len(in) < 1 {
+				return fmt.Errorf("%w: rle high-plane block truncated", errPayload)
+			}
+			for i := range blk {
+				blk[i] = in[0]
+			}
+			in = in[1:]
+		case hiBlockHuff:
+			if len(in) < 4 {
+				return fmt.Errorf("%w: huffman high-plane block truncated", errPayload)
+			}
+			l := binary.LittleEndian.Uint32(in)
+			in = in[4:]
+			if uint64(l) > uint64(len(in)) {
+				return fmt.Errorf("%w: huffman block of %d bytes exceeds the payload", errPayload, l)
+			}
+			s2, rest, err := huff0.ReadTable(in[:l], s)
+			if err != nil {
+				return fmt.Errorf("%w: huffman table: %v", errPayload, err)
+			}
+			s = s2
+			out, err := s.Decoder().Decompress4X(blk[:0], rest)
+			if err != nil {
+				return fmt.Errorf("%w: huffman block: %v", errPayload, err)
+			}
+			if len(out) != bs {
+				return fmt.Errorf("%w: huffman block decoded to %d bytes, want %d", errPayload, len(out), bs)
+			}
+			in = in[l:]
+		default:
+			return fmt.Errorf("%w: unknown high-plane block kind %d", errPayload, kind)
+		}
+		off += bs
+	}
+	if len(in) != 0 {
+		return fmt.Errorf("%w: %d bytes after the high plane", errPayload, len(in))
+	}
+	return nil
 }
 
 // Decode appends the decoded chunk of the stored form to dst[:0] and returns it. When size ≥ 0
@@ -339,7 +447,83 @@ func decodeFrame(dst, frame []byte, size int) ([]byte, error) {
 	return dst[:n], nil
 }
 
+// decodePlanes decodes a CodecF16Planes payload of either version.
 func decodePlanes(dst, stored []byte, size int) ([]byte, error) {
+	if len(stored) >= 4 && binary.LittleEndian.Uint32(stored) == planesV2Tag {
+		return decodePlanesV2(dst, stored, size)
+	}
+	return decodePlanesV1(dst, stored, size)
+}
+
+func decodePlanesV2(dst, stored []byte, size int) ([]byte, error) {
+	if len(stored) < planesV2Header {
+		return dst[:0], fmt.Errorf("%w: plane payload of %d bytes is truncated", errPayload, len(stored))
+	}
+	flags := stored[4]
+	if flags&^(planesLoZstd|planesHiZstd) != 0 {
+		return dst[:0], fmt.Errorf("%w: unknown plane flags %#x", errPayload, flags)
+	}
+	n := int(binary.LittleEndian.Uint32(stored[5:]))
+	if n > MaxChunkSize || (size >= 0 && n != size) {
+		return dst[:0], fmt.Errorf("%w: plane payload declares %d bytes, want %d", errPayload, n, size)
+	}
+	l := binary.LittleEndian.Uint32(stored[9:])
+	if uint64(l) > uint64(len(stored)-planesV2Header) {
+		return dst[:0], fmt.Errorf("%w: low plane length %d exceeds the payload", errPayload, l)
+	}
+	loStored, hiStored := stored[planesV2Header:planesV2Header+l], stored[planesV2Header+l:]
+	loLen, hiLen := (n+1)/2, n/2
+	// Check what the sections declare before allocating for n: a few bytes of garbage must not
+	// cost a 64 MiB buffer.
+	for _, sec := range []struct {
+		zstd bool
+		data []byte
+		want int
+	}{{flags&planesLoZstd != 0, loStored, loLen}, {flags&planesHiZstd != 0, hiStored, hiLen}} {
+		if !sec.zstd {
+			continue
+		}
+		if got, err := frameSize(sec.data); err != nil {
+			return dst[:0], err
+		} else if got >= 0 && got != sec.want {
+			return dst[:0], fmt.Errorf("%w: plane frame declares %d bytes, want %d", errPayload, got, sec.want)
+		}
+	}
+	if flags&planesHiZstd == 0 && len(hiStored) < 2*((hiLen+hiBlockSize-1)/hiBlockSize) {
+		return dst[:0], fmt.Errorf("%w: %d bytes cannot hold the Huffman blocks of a %d-byte plane", errPayload, len(hiStored), hiLen)
+	}
+	lo := loStored
+	if flags&planesLoZstd == 0 {
+		if len(lo) != loLen {
+			return dst[:0], fmt.Errorf("%w: raw low plane is %d bytes, want %d", errPayload, len(lo), loLen)
+		}
+	} else {
+		loBuf := getBuf(loLen)
+		defer putBuf(loBuf)
+		var err error
+		if lo, err = decodeFrame((*loBuf)[:0:loLen], loStored, loLen); err != nil {
+			return dst[:0], err
+		}
+	}
+	hiBuf := getBuf(hiLen)
+	defer putBuf(hiBuf)
+	hi := (*hiBuf)[:hiLen]
+	if flags&planesHiZstd != 0 {
+		if _, err := decodeFrame(hi[:0:hiLen], hiStored, hiLen); err != nil {
+			return dst[:0], err
+		}
+	} else if err := decodeHuffBlocks(hi, hiStored); err != nil {
+		return dst[:0], err
+	}
+	if cap(dst) < n {
+		dst = make([]byte, n)
+	}
+	dst = dst[:n]
+	joinPlanes(dst, lo, hi)
+	return dst, nil
+}
+
+func decodePlanesV1(dst, stored []byte, size int) ([]byte, error) {
 	if len(stored) < 4 {
 		return dst[:0], fmt.Errorf("%w: plane payload of %d bytes is truncated", errPayload, len(stored))
 	}
@@ -489,38 +673,31 @@ func looksUniform(p []byte) bool {
 	return true
 }
 
-// appendRawFrame appends a zstd frame (RFC 8878) that holds p in raw (stored) blocks and
-// declares its content size: what a zstd encoder emits for incompressible input, without the
-// match search. Any zstd decoder reads it.
-func appendRawFrame(dst, p []byte) []byte {
-	dst = append(dst, 0x28, 0xb5, 0x2f, 0xfd) // magic
-	n := len(p)
-	// Frame header descriptor: Single_Segment_Flag (bit 5) and Frame_Content_Size_Flag
-	// (bits 7-6); no checksum, no dictionary. Single segment: the window is the content.
-	switch {
-	case n < 256:
-		dst = append(dst, 0<<6|1<<5, byte(n))
-	case n < 256+1<<16:
-		dst = append(dst, 1<<6|1<<5)
-		dst = binary.LittleEndian.AppendUint16(dst, uint16(n-256))
-	default:
-		dst = append(dst, 2<<6|1<<5)
-		dst = binary.LittleEndian.AppendUint32(dst, uint32(n))
-	}
-	const maxBlock = 128 << 10
-	off := 0
-	for {
-		sz := min(maxBlock, n-off)
-		last := uint32(0)
-		if off+sz == n {
-			last = 1
+// dominated reports whether one byte value takes more than 3/8 of a sample of p (8 spread
+// windows of 512 bytes; all of p when smaller): a plane with long runs, for which a zstd
+// frame (matches, then Huffman) beats Huffman alone.
+func dominated(p []byte) bool {
+	const windows, win = 8, 512
+	var hist [256]uint32
+	total := 0
+	if len(p) <= windows*win {
+		for _, c := range p {
+			hist[c]++
 		}
-		h := uint32(sz)<<3 | 0<<1 | last // Block_Size, Block_Type 0 (raw), Last_Block
-		dst = append(dst, byte(h), byte(h>>8), byte(h>>16))
-		dst = append(dst, p[off:off+sz]...)
-		off += sz
-		if last == 1 {
-			return dst
+		total = len(p)
+	} else {
+		step := len(p) / windows
+		for w := 0; w < windows; w++ {
+			for _, c := range p[w*step : w*step+win] {
+				hist[c]++
+			}
+		}
+		total = windows * win
+	}
+	for _, n := range hist {
+		if int(n)*8 > total*3 {
+			return true
 		}
 	}
+	return false
 }
