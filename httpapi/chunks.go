@@ -1,19 +1,17 @@
 package httpapi
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"sync"
-	"sync/atomic"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/httpapi/ingest"
 	"github.com/driftstore/driftstore/httpapi/wire"
 )
 
@@ -125,8 +123,11 @@ func (s *Server) putChunk(c echo.Context) error {
 		}
 		codec = cas.Codec(n)
 	}
-	res, err := s.storeChunks(req.Context(), []wire.StoredChunk{{Digest: d, Codec: codec, Stored: body, Size: -1}}, hint)
-	if err != nil {
+	in := ingest.New(req.Context(), s.ix, s.ingestConfig(1, hint))
+	err = in.Add(wire.StoredChunk{Digest: d, Codec: codec, Stored: body, Size: -1})
+	res, cerr := in.Close()
+	s.countIngest(res)
+	if err = errors.Join(cerr, err); err != nil {
 		return err
 	}
 	if res.Stored == 1 {
@@ -135,142 +136,18 @@ func (s *Server) putChunk(c echo.Context) error {
 	return c.NoContent(http.StatusOK)
 }
 
-// storeChunks verifies, stores and records chunks, and counts what it did. A chunk with Codec
-// zero carries its decoded bytes, which the store puts with hint and a codec of its choice; any
-// other codec means the stored form, committed as is once it decodes to the digest (see
-// cas.Batch.PutStored). Decoded bytes are always verified; a chunk already recorded is
-// otherwise skipped without decoding. A chunk whose size is known (Size >= 0) must decode to
-// that size, and no chunk may decode to more than MaxChunkSize bytes (one that does is not
-// recorded). A codec this package cannot decode is refused (errUnsupportedCodec), also for a
-// chunk already recorded.
-//
-// The chunks not yet recorded go through one cas batch, verified and written on up to
-// StoreWorkers goroutines, then committed with one durability barrier, and only then recorded
-// in one index transaction: a chunk is recorded only once durable and verified. Every chunk
-// that verifies is committed and recorded, also when another chunk of the list fails; the
-// error names the first failing chunk in order, and a chunk that fails is never committed.
-// The work is not cut short when ctx ends (the bytes have arrived whole): the context's values
-// are kept, its cancellation is not.
-func (s *Server) storeChunks(ctx context.Context, chunks []wire.StoredChunk, hint cas.Hint) (wire.BatchResult, error) {
-	var res wire.BatchResult
-	recs, err := s.ix.Chunks(digestsOf(chunks))
-	if err != nil {
-		return res, err
-	}
-	release := s.ix.HoldGC()
-	defer release()
-	ctx = context.WithoutCancel(ctx)
-	infos := make([]cas.Info, len(chunks))
-	errs := make([]error, len(chunks))
-	var todo []int // chunks to store, in order
-	for i, ch := range chunks {
-		if ch.Codec != 0 && !ch.Codec.Valid() {
-			errs[i] = fmt.Errorf("%w: chunk %s: codec %d", errUnsupportedCodec, ch.Digest, ch.Codec)
-			continue
-		}
-		if ch.Codec == 0 || ch.Codec == cas.CodecRaw {
-			if got := cas.Sum(ch.Stored); got != ch.Digest {
-				errs[i] = fmt.Errorf("%w: chunk %s: the bytes hash to %s", errDigestMismatch, ch.Digest, got)
-				continue
-			}
-		}
-		if recs[i].Codec == 0 {
-			todo = append(todo, i)
-		}
-	}
-	batch := cas.NewBatch(s.store)
-	defer batch.Discard()
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range max(1, min(s.cfg.StoreWorkers, len(todo))) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				k := int(next.Add(1) - 1)
-				if k >= len(todo) {
-					return
-				}
-				i := todo[k]
-				ch := chunks[i]
-				var info cas.Info
-				var err error
-				if ch.Codec == 0 {
-					info, err = batch.Put(ctx, ch.Stored, hint)
-				} else {
-					info, err = batch.PutStored(ctx, ch.Digest, ch.Codec, ch.Stored)
-				}
-				switch {
-				case errors.Is(err, cas.ErrCorrupt):
-					errs[i] = fmt.Errorf("%w: %w", errDigestMismatch, err)
-				case err != nil:
-					errs[i] = fmt.Errorf("store chunk %s: %w", ch.Digest, err)
-				default:
-					infos[i] = info
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if len(todo) > 0 {
-		if err := batch.Commit(ctx); err != nil {
-			return res, fmt.Errorf("store %d chunks: %w", len(todo), err)
-		}
-	}
-	var firstErr error
-	stored := make([]cas.Info, 0, len(todo))
-	for i, ch := range chunks {
-		if errs[i] != nil {
-			if errors.Is(errs[i], errDigestMismatch) {
-				s.metrics.chunksRefused.Add(1)
-			}
-			if firstErr == nil {
-				firstErr = errs[i]
-			}
-			continue
-		}
-		if recs[i].Codec == 0 && infos[i].Size > s.cfg.MaxChunkSize {
-			// A stored form that decodes past the limit (verified, so committed, but never
-			// recorded: garbage for GC).
-			if firstErr == nil {
-				firstErr = fmt.Errorf("%w: chunk %s is %d bytes, limit %d", wire.ErrTooLarge, ch.Digest, infos[i].Size, s.cfg.MaxChunkSize)
-			}
-			continue
-		}
-		res.Chunks++
-		res.Bytes += int64(len(ch.Stored))
-		if recs[i].Codec != 0 {
-			res.Deduped++
-			res.RawBytes += recs[i].Size
-			continue
-		}
-		info := infos[i]
-		if ch.Size >= 0 && info.Size != ch.Size && firstErr == nil {
-			// The content is valid for its digest (verified), only the frame's size was wrong:
-			// keep the chunk but refuse the rest of the stream.
-			firstErr = fmt.Errorf("%w: chunk %s declared %d bytes, has %d", errBadRequest, ch.Digest, ch.Size, info.Size)
-		}
-		stored = append(stored, info)
-		res.Stored++
-		res.RawBytes += info.Size
-	}
-	if len(stored) > 0 {
-		if err := s.ix.RecordChunks(ctx, stored); err != nil {
-			return res, fmt.Errorf("record %d chunks: %w", len(stored), err)
-		}
-	}
+// ingestConfig is how this server's uploads are ingested (see package ingest): verified on
+// workers goroutines as they arrive, committed and recorded RecordBatch chunks at a time.
+func (s *Server) ingestConfig(workers int, hint cas.Hint) ingest.Config {
+	return ingest.Config{Workers: workers, GroupChunks: s.cfg.RecordBatch, MaxChunkSize: s.cfg.MaxChunkSize, Hint: hint}
+}
+
+// countIngest adds an ingester's counts to the metrics.
+func (s *Server) countIngest(res ingest.Result) {
+	s.metrics.chunksRefused.Add(int64(res.Refused))
 	s.metrics.chunksReceived.Add(int64(res.Chunks))
 	s.metrics.chunksStored.Add(int64(res.Stored))
 	s.metrics.chunksDeduped.Add(int64(res.Deduped))
-	return res, firstErr
-}
-
-func digestsOf(chunks []wire.StoredChunk) []cas.Digest {
-	ds := make([]cas.Digest, len(chunks))
-	for i, c := range chunks {
-		ds[i] = c.Digest
-	}
-	return ds
 }
 
 // readDigests reads the digest list of a missing-set or download request: JSON, or the
@@ -310,18 +187,12 @@ func (s *Server) missing(c echo.Context) error {
 	return c.JSON(http.StatusOK, wire.MissingResponse{Missing: miss})
 }
 
-// arenaSize is the stored bytes one upload group holds at most: a group is committed when its
-// arena is full (or at RecordBatch chunks), so memory per upload stays near arenaSize.
-const arenaSize = 8 << 20
-
-// arenas holds upload arenas (capacity arenaSize) between requests.
-var arenas = sync.Pool{New: func() any { b := make([]byte, 0, arenaSize); return &b }}
-
-// upload receives a chunk stream. Frames are read straight into the group's arena; each group
-// (RecordBatch chunks or arenaSize stored bytes) is verified on StoreWorkers goroutines,
-// committed through one cas batch and recorded in one index transaction (storeChunks). A
-// stream that breaks off, or a chunk that fails verification, ends the request with an error
-// after the chunks that arrived whole and verified have been committed.
+// upload receives a chunk stream through an ingester (package ingest): this goroutine reads
+// frames into pooled buffers while StoreWorkers goroutines verify and write them and the groups
+// of RecordBatch chunks are committed and recorded behind them, so reading, verifying and
+// committing overlap. A stream that breaks off, or a chunk that fails verification, ends the
+// request with an error after the chunks that arrived whole and verified (up to the end of the
+// failing chunk's group) have been committed.
 func (s *Server) upload(c echo.Context) error {
 	if err := s.writable(); err != nil {
 		return err
@@ -329,69 +200,22 @@ func (s *Server) upload(c echo.Context) error {
 	if err := limitBody(c, s.cfg.MaxUploadSize); err != nil {
 		return err
 	}
-	ctx := c.Request().Context()
 	sr := wire.NewChunkStreamReader(c.Request().Body, wire.StreamLimits{
 		MaxChunkSize:  s.cfg.MaxChunkSize,
 		MaxStoredSize: s.cfg.maxStoredSize(),
 	})
-	var total wire.BatchResult
-	group := make([]wire.StoredChunk, 0, s.cfg.RecordBatch)
-	ap := arenas.Get().(*[]byte)
-	defer arenas.Put(ap)
-	arena := (*ap)[:0]
-	flush := func() error {
-		if len(group) == 0 {
-			return nil
-		}
-		res, err := s.storeChunks(ctx, group, cas.HintNone)
-		total.Chunks += res.Chunks
-		total.Stored += res.Stored
-		total.Deduped += res.Deduped
-		total.RawBytes += res.RawBytes
-		total.Bytes += res.Bytes
-		clear(group) // let go of chunks cloned outside the arena
-		group = group[:0]
-		arena = arena[:0]
+	in := ingest.New(c.Request().Context(), s.ix, s.ingestConfig(s.cfg.StoreWorkers, cas.HintNone))
+	rerr := in.ReadStream(sr)
+	res, err := in.Close()
+	s.countIngest(res)
+	if err != nil {
 		return err
 	}
-	for {
-		ch, grown, err := sr.NextInto(arena)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			if ferr := flush(); ferr != nil {
-				return ferr
-			}
-			s.log.Warn("upload stream ended early", "err", err, "committed", total.Chunks)
-			return fmt.Errorf("upload after %d chunks: %w", total.Chunks, err)
-		}
-		if len(grown) > len(arena) || len(ch.Stored) == 0 {
-			arena = grown // read into the arena
-		} else {
-			// The arena is full: commit the group, then move the frame (in the reader's
-			// buffer until the next read) into the emptied arena.
-			if err := flush(); err != nil {
-				return err
-			}
-			if len(ch.Stored) <= cap(arena) {
-				arena = append(arena, ch.Stored...)
-				ch.Stored = arena[:len(arena):len(arena)]
-			} else {
-				ch.Stored = bytes.Clone(ch.Stored)
-			}
-		}
-		group = append(group, ch)
-		if len(group) >= s.cfg.RecordBatch {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
+	if rerr != nil {
+		s.log.Warn("upload stream ended early", "err", rerr, "committed", res.Chunks)
+		return fmt.Errorf("upload after %d chunks: %w", res.Chunks, rerr)
 	}
-	if err := flush(); err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, total)
+	return c.JSON(http.StatusOK, wire.BatchResult{Chunks: res.Chunks, Stored: res.Stored, Deduped: res.Deduped, RawBytes: res.RawBytes, Bytes: res.Bytes})
 }
 
 // download streams the named chunks in their stored form. Every chunk is checked to be present

@@ -10,6 +10,7 @@ import (
 
 	"github.com/driftstore/driftstore/cas"
 	"github.com/driftstore/driftstore/checkpoint"
+	"github.com/driftstore/driftstore/httpapi/ingest"
 	"github.com/driftstore/driftstore/httpapi/wire"
 	"github.com/driftstore/driftstore/index"
 	"github.com/driftstore/driftstore/repo"
@@ -24,8 +25,6 @@ var (
 	errBadRequest = errors.New("bad request")
 	// errUnauthorized: no bearer token, or the wrong one.
 	errUnauthorized = errors.New("missing or wrong bearer token")
-	// errUnsupportedCodec: a stored-form chunk in a codec this server cannot verify.
-	errUnsupportedCodec = errors.New("unsupported codec")
 	// errShuttingDown: the server is draining and takes no new writes.
 	errShuttingDown = errors.New("server is shutting down")
 )
@@ -46,9 +45,9 @@ func apiError(err error) (status int, body wire.ErrorDetail) {
 		return http.StatusRequestEntityTooLarge, detail(wire.CodeTooLarge)
 	case errors.Is(err, errUnauthorized):
 		return http.StatusUnauthorized, detail(wire.CodeUnauthorized)
-	case errors.Is(err, errDigestMismatch):
+	case errors.Is(err, errDigestMismatch), errors.Is(err, ingest.ErrMismatch):
 		return http.StatusBadRequest, detail(wire.CodeDigestMismatch)
-	case errors.Is(err, errUnsupportedCodec):
+	case errors.Is(err, ingest.ErrUnsupportedCodec):
 		return http.StatusUnsupportedMediaType, detail(wire.CodeUnsupported)
 	case errors.Is(err, cas.ErrBadDigest):
 		return http.StatusBadRequest, detail(wire.CodeBadDigest)

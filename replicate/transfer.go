@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/httpapi/ingest"
 	"github.com/driftstore/driftstore/httpapi/wire"
 	"github.com/driftstore/driftstore/index"
 )
@@ -406,16 +407,19 @@ func uploadChunks(ctx context.Context, local *index.Index, remote *Client, ds []
 	return err
 }
 
-// downloadChunks fetches chunks from the daemon in one stream and stores them locally in
-// groups, each chunk verified before it is committed (see ingester).
+// downloadChunks fetches chunks from the daemon in one stream and stores them locally through
+// an ingester (package ingest): each chunk is verified on the workers as it arrives, and groups
+// are committed and recorded behind the stream. Chunks count as sent once recorded.
 func downloadChunks(ctx context.Context, remote *Client, local *index.Index, ds []cas.Digest, lim wire.StreamLimits, sent func(int, int64, int64)) error {
-	release := local.HoldGC()
-	defer release()
-	in := newIngester(local, sent)
+	in := ingest.New(ctx, local, ingest.Config{MaxChunkSize: lim.MaxChunkSize, Committed: sent})
 	err := remote.download(ctx, ds, lim, func(sr *wire.ChunkStreamReader) error {
-		return in.readStream(ctx, sr)
+		if err := in.ReadStream(sr); err != nil {
+			return fmt.Errorf("download: %w", err)
+		}
+		return nil
 	})
-	return in.finish(ctx, err)
+	_, cerr := in.Close()
+	return errors.Join(cerr, err)
 }
 
 // relayChunks moves chunks from one daemon to another: a download stream from src feeds an
@@ -433,12 +437,10 @@ func relayChunks(ctx context.Context, src, dst *Client, ds []cas.Digest, lim wir
 	return err
 }
 
-// copyLocal copies chunks between two local indexes and their stores, as stored, in groups
-// (see ingester).
+// copyLocal copies chunks between two local indexes and their stores, as stored, through an
+// ingester (verified on its workers, committed and recorded in groups).
 func copyLocal(ctx context.Context, src, dst *index.Index, ds []cas.Digest, sent func(int, int64, int64)) error {
-	release := dst.HoldGC()
-	defer release()
-	in := newIngester(dst, sent)
+	in := ingest.New(ctx, dst, ingest.Config{Committed: sent})
 	var err error
 	for _, d := range ds {
 		var codec cas.Codec
@@ -447,9 +449,10 @@ func copyLocal(ctx context.Context, src, dst *index.Index, ds []cas.Digest, sent
 		if err != nil {
 			break
 		}
-		if err = in.add(ctx, wire.StoredChunk{Digest: d, Codec: codec, Size: -1, Stored: stored}); err != nil {
+		if err = in.Add(wire.StoredChunk{Digest: d, Codec: codec, Size: -1, Stored: stored}); err != nil {
 			break
 		}
 	}
-	return in.finish(ctx, err)
+	_, cerr := in.Close()
+	return errors.Join(cerr, err)
 }

@@ -160,25 +160,42 @@ func (sr *ChunkStreamReader) Next() (StoredChunk, error) {
 // is returned unchanged and Stored belongs to the reader, as with Next. Nothing is read into
 // buf on an error.
 func (sr *ChunkStreamReader) NextInto(buf []byte) (StoredChunk, []byte, error) {
-	if sr.err != nil {
-		return StoredChunk{}, buf, sr.err
-	}
-	c, out, err := sr.next(buf)
-	if err != nil {
-		sr.err = err
+	out := buf
+	c, err := sr.NextWith(func(n int) []byte {
+		if cap(buf)-len(buf) < n {
+			return nil
+		}
+		out = buf[:len(buf)+n]
+		return buf[len(buf):]
+	})
+	if err != nil || len(c.Stored) == 0 || len(out) == len(buf) {
 		return c, buf, err
 	}
 	return c, out, nil
 }
 
-func (sr *ChunkStreamReader) next(dst []byte) (StoredChunk, []byte, error) {
-	c, err := sr.nextFrame(&dst)
-	return c, dst, err
+// NextWith is Next, letting the caller say where each frame's stored bytes go: get is called,
+// from the caller's goroutine and before any of them are read, with the frame's stored length
+// n (at least 1 and within the limits) and returns a slice of capacity at least n, whose first
+// n bytes receive them (Stored is then that slice's [:n:n], owned by the caller), or nil to have
+// them read into the reader's own buffer (Stored is then valid only until the next call, as
+// with Next). get is not called for an empty frame or when the frame's header is bad. On an
+// error, a slice get returned may hold part of the frame.
+func (sr *ChunkStreamReader) NextWith(get func(n int) []byte) (StoredChunk, error) {
+	if sr.err != nil {
+		return StoredChunk{}, sr.err
+	}
+	c, err := sr.nextFrame(get)
+	if err != nil {
+		sr.err = err
+		return StoredChunk{}, err
+	}
+	return c, nil
 }
 
-// nextFrame reads one frame; its stored bytes go to *dst's spare capacity when they fit
-// (*dst is then extended), otherwise to sr.buf.
-func (sr *ChunkStreamReader) nextFrame(dst *[]byte) (StoredChunk, error) {
+// nextFrame reads one frame; its stored bytes go where get says (see NextWith), otherwise to
+// sr.buf.
+func (sr *ChunkStreamReader) nextFrame(get func(n int) []byte) (StoredChunk, error) {
 	if sr.state == 0 {
 		var m [len(streamMagic)]byte
 		if _, err := sr.readFull(m[:]); err != nil {
@@ -244,16 +261,19 @@ func (sr *ChunkStreamReader) nextFrame(dst *[]byte) (StoredChunk, error) {
 	}
 	c.Size = int64(size)
 	n := int(storedLen)
-	if d := *dst; n > 0 && cap(d)-len(d) >= n {
-		start := len(d)
-		d = d[:start+n]
-		if _, err := sr.readFull(d[start:]); err != nil {
-			return StoredChunk{}, err
+	if n > 0 && get != nil {
+		if d := get(n); d != nil {
+			if cap(d) < n {
+				return StoredChunk{}, fmt.Errorf("chunk stream: the buffer for chunk %s holds %d bytes, %d needed", c.Digest, cap(d), n)
+			}
+			d = d[:n:n]
+			if _, err := sr.readFull(d); err != nil {
+				return StoredChunk{}, err
+			}
+			c.Stored = d
+			sr.count++
+			return c, nil
 		}
-		c.Stored = d[start : start+n : start+n]
-		*dst = d
-		sr.count++
-		return c, nil
 	}
 	// Grow the buffer with the bytes that actually arrive, so that a frame that lies about its
 	// length costs no more memory than the bytes sent.

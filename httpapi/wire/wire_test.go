@@ -295,3 +295,51 @@ func FuzzDigestList(f *testing.F) {
 		}
 	})
 }
+
+// TestChunkStreamNextWith: get is asked for each non-empty frame's length before its bytes are
+// read; a buffer it returns receives them, nil leaves them in the reader's buffer, and one too
+// small is an error.
+func TestChunkStreamNextWith(t *testing.T) {
+	in := sampleChunks() // stored lengths 0, 1, 3000, 70000
+	full := encodeStream(t, in, true)
+	r := NewChunkStreamReader(bytes.NewReader(full), testLimits)
+	var asked []int
+	bufs := map[int][]byte{}
+	for i := 0; ; i++ {
+		c, err := r.NextWith(func(n int) []byte {
+			asked = append(asked, n)
+			if n > 5000 {
+				return nil
+			}
+			b := make([]byte, n+10)
+			bufs[i] = b
+			return b
+		})
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(c.Stored, in[i].Stored) || c.Digest != in[i].Digest || c.Size != in[i].Size {
+			t.Fatalf("chunk %d differs", i)
+		}
+		if b, ok := bufs[i]; ok && (&c.Stored[0] != &b[0] || cap(c.Stored) != len(c.Stored)) {
+			t.Fatalf("chunk %d: Stored is not the caller's buffer", i)
+		}
+	}
+	if len(asked) != 3 || asked[0] != 1 || asked[1] != 3000 || asked[2] != 70000 {
+		t.Fatalf("get asked for %v", asked)
+	}
+	r = NewChunkStreamReader(bytes.NewReader(full), testLimits)
+	for {
+		_, err := r.NextWith(func(n int) []byte { return make([]byte, 0, n-1) })
+		if err == nil {
+			continue
+		}
+		if err == io.EOF || errors.Is(err, ErrMalformed) {
+			t.Fatalf("a buffer too small: %v", err)
+		}
+		break
+	}
+}
