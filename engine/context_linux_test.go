@@ -84,3 +84,47 @@ func TestInstanceContext(t *testing.T) {
 		t.Fatal("negative context accepted")
 	}
 }
+
+// TestPopulateKV: blocks allocated on demand are not resident until written or populated;
+// populateKV makes them resident without changing them, on one thread or several.
+func TestPopulateKV(t *testing.T) {
+	m := testModel(t, "small", gguf.TypeF16)
+	defer func(n int) { populateSplit = n }(populateSplit)
+	populateSplit = 64 << 10 // the small model's 1 MiB of blocks in pieces on 2 threads
+	for _, threads := range []int{1, 2} {
+		in := newInst(t, m, InstanceOptions{Threads: threads})
+		regs, err := in.AllocKV(512)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mem := in.Memory()
+		first := mem[regs[0].Offset : regs[0].Offset+regs[0].Length]
+		first[7] = 42
+		untouched := 0
+		for _, r := range regs[1:] {
+			if got, _ := residentPages(t, mem[r.Offset:r.Offset+r.Length]); got == 0 {
+				untouched++
+			}
+		}
+		if untouched == 0 {
+			t.Fatal("every fresh block is resident before populateKV; the test needs untouched memory")
+		}
+		if err := in.populateKV(regs); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range regs {
+			b := mem[r.Offset : r.Offset+r.Length]
+			if got, total := residentPages(t, b); got != total {
+				t.Fatalf("threads %d: region %+v: %d of %d pages resident after populateKV", threads, r, got, total)
+			}
+			for i, v := range b {
+				if v != 0 && !(r == regs[0] && i == 7 && v == 42) {
+					t.Fatalf("region %+v byte %d is %d after populateKV", r, i, v)
+				}
+			}
+		}
+		if err := in.populateKV([]KVRegion{{Offset: uint32(len(mem)) - 100, Length: 4096}}); err == nil {
+			t.Fatal("populateKV of a region past the memory succeeded")
+		}
+	}
+}

@@ -200,21 +200,39 @@ func (m *Model) NewInstance(opts InstanceOptions) (*Instance, error) {
 }
 
 // reserve allocates the KV blocks of positions [0, npos) and makes their memory resident
-// (InstanceOptions.Context). Blocks lie in the guest's slabs, mostly back to back: each run of
-// adjacent blocks is one span, and the spans are populated on up to Threads goroutines (the
-// kernel zeroes pages on all of them at once), in pieces of about equal bytes.
+// (InstanceOptions.Context).
 func (in *Instance) reserve(npos int) error {
 	regs, err := in.AllocKV(npos)
 	if err != nil {
 		return fmt.Errorf("allocate KV blocks: %w", err)
 	}
+	return in.populateKV(regs)
+}
+
+// populateSplit is the fewest bytes populateKV spreads over several goroutines (a variable for
+// tests, whose models are small).
+var populateSplit = 4 << 20
+
+// populateKV makes the memory of KV block regions resident and writable now (see
+// wasmmem.Region.Populate), so that writing them takes no page faults. Contents are unchanged. Blocks lie in the guest's slabs, mostly back to
+// back: adjacent regions are joined into spans, and the spans populated on up to Threads
+// goroutines (the kernel zeroes pages on all of them at once) in pieces of about equal bytes.
+// Call it between guest calls, like any host access to the memory; a region outside the
+// memory is an error.
+func (in *Instance) populateKV(regs []KVRegion) error {
+	if len(regs) == 0 {
+		return nil
+	}
+	if in.closed {
+		return ErrClosed
+	}
 	spans := make([][2]int, 0, len(regs))
-	total := 0
 	for _, r := range regs {
 		spans = append(spans, [2]int{int(r.Offset), int(r.Offset) + int(r.Length)})
 	}
 	slices.SortFunc(spans, func(a, b [2]int) int { return cmp.Compare(a[0], b[0]) })
 	runs := spans[:0]
+	total := 0
 	for _, s := range spans {
 		// Join blocks separated by less than a slot's alignment padding.
 		if n := len(runs); n > 0 && s[0] <= runs[n-1][1]+BlockAlign {
@@ -226,10 +244,10 @@ func (in *Instance) reserve(npos int) error {
 		runs = append(runs, s)
 	}
 	workers := max(1, min(in.opts.Threads, runtime.GOMAXPROCS(0)))
-	if workers == 1 || total < 4<<20 {
+	if workers == 1 || total < populateSplit {
 		for _, s := range runs {
 			if err := in.region.Populate(s[0], s[1]-s[0]); err != nil {
-				return err
+				return fmt.Errorf("engine: populate KV blocks: %w", err)
 			}
 		}
 		return nil
@@ -258,7 +276,7 @@ func (in *Instance) reserve(npos int) error {
 		wg.Go(func() {
 			for _, s := range p {
 				if err := in.region.Populate(s[0], s[1]-s[0]); err != nil {
-					errs[i] = err
+					errs[i] = fmt.Errorf("engine: populate KV blocks: %w", err)
 					return
 				}
 			}

@@ -132,9 +132,8 @@ func Restore(ctx context.Context, store cas.Store, model *engine.Model, cp *chec
 	}
 	io.KVType, io.BlockSize = kv, cp.Layout.BlockSize
 	// Made for at least the checkpoint's context: the KV blocks are allocated and resident
-	// before the chunks arrive, faulted in by the kernel in one call per span instead of a
-	// page fault per 4 KiB as the decoding writes them (on a 2-core VM, 64 MiB: ≈ 13 ms of
-	// populating against 40–75 ms of faults).
+	// before IntoWith starts (populated by the kernel at creation instead of faulted in a page
+	// at a time while the chunks land), so NewInstance carries that cost, not the decode.
 	io.Context = max(io.Context, cp.Position)
 	in, err := model.NewInstance(io)
 	if err != nil {
@@ -172,7 +171,6 @@ func IntoWith(ctx context.Context, store cas.Store, in *engine.Instance, cp *che
 	if err != nil {
 		return nil, fmt.Errorf("restore checkpoint %s: allocate KV blocks: %w", cp.ID, err)
 	}
-	alloc := time.Since(start)
 	nb := cp.Layout.Blocks(cp.Position)
 	if len(regions) != nb*cp.Layout.Layers {
 		return nil, fmt.Errorf("restore checkpoint %s: guest allocated %d block regions, the checkpoint has %d layers × %d blocks", cp.ID, len(regions), cp.Layout.Layers, nb)
@@ -180,6 +178,7 @@ func IntoWith(ctx context.Context, store cas.Store, in *engine.Instance, cp *che
 	if opts.HugePages {
 		hugePages(in, regions)
 	}
+	alloc := time.Since(start)
 	// The small state goes straight into the guest's buffers when its chunks split where the
 	// guest keeps it apart (head, then logits); otherwise through a buffer and LoadState.
 	var head, logits, state []byte
