@@ -46,9 +46,11 @@ func (p *Pack) Compact(ctx context.Context) (CompactStats, error) {
 		}
 	}
 	var cands []*packFile
+	sizes := map[*packFile]int64{} // a candidate's size does not change: nothing writes to it
 	for _, pf := range p.packs {
 		if pf != p.active && pf.pins == 0 && len(pf.pending) == 0 && pf.err == nil && 2*(pf.size-pf.live) > pf.size {
 			cands = append(cands, pf)
+			sizes[pf] = pf.size
 		}
 	}
 	p.mu.Unlock()
@@ -81,7 +83,7 @@ func (p *Pack) Compact(ctx context.Context) (CompactStats, error) {
 		if err := ctx.Err(); err != nil {
 			return fail(err)
 		}
-		recs, _, _, err := scanPack(pf.f, pf.size)
+		recs, _, _, err := scanPack(pf.f, sizes[pf])
 		if err != nil {
 			return fail(fmt.Errorf("%s: %w", pf.path, err))
 		}
@@ -107,20 +109,15 @@ func (p *Pack) Compact(ctx context.Context) (CompactStats, error) {
 				if !targetStays || going[r.h.b] {
 					continue
 				}
-				h := r.h
-				if err := p.writeMeta(nil, h); err != nil {
+				tpf, end, err := p.writeMetaAt(nil, r.h)
+				if err != nil {
 					return fail(err)
 				}
+				touched[tpf] = max(touched[tpf], end)
 				st.RecordsMoved++
 			}
 		}
 	}
-	// Tombstone copies went to the active pack, maybe after the last chunk copy: sync to its end.
-	p.mu.Lock()
-	if a := p.active; a != nil {
-		touched[a] = max(touched[a], a.size)
-	}
-	p.mu.Unlock()
 	for pf, end := range touched {
 		if err := p.waitDurable(pf, end); err != nil {
 			return fail(err)
@@ -171,7 +168,7 @@ func (p *Pack) Compact(ctx context.Context) (CompactStats, error) {
 			continue
 		}
 		st.Packs++
-		st.BytesReclaimed += pf.size
+		st.BytesReclaimed += sizes[pf]
 	}
 	st.BytesReclaimed -= copied
 	if !p.opts.NoSync {

@@ -140,6 +140,12 @@ func (p *Pack) writeChunk(d Digest, encode encodeFunc) (*packRecord, error) {
 // writeMeta appends a record without payload (tombstone or sync marker) to pf, or to the
 // active pack when pf is nil. It is not synced.
 func (p *Pack) writeMeta(pf *packFile, h recordHeader) error {
+	_, _, err := p.writeMetaAt(pf, h)
+	return err
+}
+
+// writeMetaAt is writeMeta returning the pack written to and the record's end.
+func (p *Pack) writeMetaAt(pf *packFile, h recordHeader) (*packFile, int64, error) {
 	p.mu.Lock()
 	var off int64
 	if pf != nil {
@@ -151,7 +157,7 @@ func (p *Pack) writeMeta(pf *packFile, h recordHeader) error {
 		pf, off, err = p.reserve(packHeaderSize, false)
 		if err != nil {
 			p.mu.Unlock()
-			return err
+			return nil, 0, err
 		}
 	}
 	p.mu.Unlock()
@@ -159,7 +165,7 @@ func (p *Pack) writeMeta(pf *packFile, h recordHeader) error {
 	h.encode(b[:])
 	err := pwriteRecord(pf, b[:], nil, off)
 	p.finishWrite(pf, off, err)
-	return err
+	return pf, off + packHeaderSize, err
 }
 
 // appendTombstone appends a tombstone for the record e of chunk d.
