@@ -10,7 +10,7 @@ import (
 func init() {
 	registerBench(&benchmark{
 		name:    "storage",
-		args:    "[--size N] [--workers 1,2] [--dedup=false] [--sync] [--dir DIR]",
+		args:    "[--size N] [--workers 1,2] [--dedup=false] [--sync] [--dir DIR[,DIR...]]",
 		summary: "ingest and read-back throughput next to stage limits; dedup of a growing KV series",
 		run:     runBenchStorage,
 	})
@@ -23,7 +23,7 @@ func runBenchStorage(c *cli, args []string) error {
 	workers := fs.String("workers", "1,2", "comma-separated worker counts")
 	dedup := fs.Bool("dedup", true, "also run the growing-KV dedup series (6 GiB of ingest over 6 variants)")
 	sync := fs.Bool("sync", false, "fsync chunks and index commits during ingest, as put does")
-	dir := fs.String("dir", "", "directory for temporary data directories (default: the system temp dir)")
+	dir := fs.String("dir", "", "comma-separated directories for temporary data directories, each measured (default: the system temp dir and /dev/shm)")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
@@ -45,7 +45,7 @@ func runBenchStorage(c *cli, args []string) error {
 	if !c.globals.json {
 		log = c.stderr
 	}
-	res, err := benchstore.Run(c.ctx, benchstore.Config{Size: size.n, Workers: ws, Dir: *dir, Dedup: *dedup, Sync: *sync, Log: log})
+	res, err := benchstore.Run(c.ctx, benchstore.Config{Size: size.n, Workers: ws, Dirs: splitList(*dir), Dedup: *dedup, Sync: *sync, Log: log})
 	if err != nil {
 		return err
 	}
