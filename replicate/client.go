@@ -18,6 +18,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/driftstore/driftstore/cas"
@@ -432,33 +434,21 @@ func (c *Client) Missing(ctx context.Context, ds []cas.Digest) ([]cas.Digest, er
 // Upload sends one chunk stream: write is called with a stream writer (from another goroutine
 // than the caller's) and should write the chunks; the daemon verifies and commits them as they
 // arrive. Once the daemon has answered, the stream's writes fail; Upload returns only after
-// write has returned. Upload is not retried: when it fails, the chunks that arrived whole are
-// committed, and the caller asks Missing again before resending.
+// write has returned (or without calling it, when the request fails before its body is sent).
+// Upload is not retried: when it fails, the chunks that arrived whole are committed, and the
+// caller asks Missing again before resending.
+//
+// With the standard HTTP/1 transport, the frames go straight from write to the connection (the
+// request body's WriteTo); other transports read the body, which is then fed through a pipe.
 func (c *Client) Upload(ctx context.Context, write func(sw *wire.ChunkStreamWriter) error) (wire.BatchResult, error) {
-	pr, pw := io.Pipe()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		sw := wire.NewChunkStreamWriter(pw)
-		err := write(sw)
-		if err == nil {
-			err = sw.Close()
-		}
-		pw.CloseWithError(err)
-	}()
-	// Stop the writer (its next write to the pipe fails) and wait for it.
-	stop := func(err error) {
-		pr.CloseWithError(err)
-		<-done
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+wire.PathUpload, pr)
+	body := &uploadBody{write: write, done: make(chan struct{})}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+wire.PathUpload, body)
 	if err != nil {
-		stop(err)
 		return wire.BatchResult{}, err
 	}
 	c.prepare(req, wire.MediaTypeChunkStream, nil)
 	resp, err := c.hc.Do(req)
-	stop(errors.New("upload request finished"))
+	body.stop()
 	if err != nil {
 		return wire.BatchResult{}, fmt.Errorf("POST %s: %w", c.base+wire.PathUpload, err)
 	}
@@ -471,6 +461,116 @@ func (c *Client) Upload(ctx context.Context, write func(sw *wire.ChunkStreamWrit
 		return res, fmt.Errorf("upload: decode answer: %w", err)
 	}
 	return res, nil
+}
+
+// errUploadOver is what the stream's writes fail with once the upload request has finished.
+var errUploadOver = errors.New("upload request finished")
+
+// uploadBody is an upload request's body. The transport either calls WriteTo, which runs write
+// on the transport's goroutine straight onto the connection, or Read, which starts write on a
+// goroutine of its own feeding a pipe. stop, after the request, makes further writes fail and
+// waits for write to return.
+type uploadBody struct {
+	write func(sw *wire.ChunkStreamWriter) error
+
+	mu      sync.Mutex // guards started, stopped, pr
+	started bool       // write has been or is being called
+	stopped bool       // the request is over: write must not start
+	pr      *io.PipeReader
+	over    atomic.Bool   // set by stop: the stream's writes fail
+	done    chan struct{} // closed when write (and the stream's Close) has returned
+}
+
+// begin reports whether write may start now, marking it started.
+func (b *uploadBody) begin() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.started || b.stopped {
+		return false
+	}
+	b.started = true
+	return true
+}
+
+// run calls write with a stream writer onto w, then writes the trailer.
+func (b *uploadBody) run(w io.Writer) error {
+	defer close(b.done)
+	sw := wire.NewChunkStreamWriter(stoppableWriter{w: w, over: &b.over})
+	err := b.write(sw)
+	if err == nil {
+		err = sw.Close()
+	}
+	return err
+}
+
+// WriteTo writes the whole stream to w (the transport's connection).
+func (b *uploadBody) WriteTo(w io.Writer) (int64, error) {
+	if !b.begin() {
+		return 0, errors.New("upload body already sent or request over")
+	}
+	cw := &countWriter{w: w}
+	err := b.run(cw)
+	return cw.n, err
+}
+
+func (b *uploadBody) Read(p []byte) (int, error) {
+	if b.begin() {
+		pr, pw := io.Pipe()
+		b.mu.Lock()
+		b.pr = pr
+		b.mu.Unlock()
+		go func() { pw.CloseWithError(b.run(pw)) }()
+	}
+	b.mu.Lock()
+	pr := b.pr
+	b.mu.Unlock()
+	if pr == nil {
+		return 0, errors.New("upload body already sent or request over")
+	}
+	return pr.Read(p)
+}
+
+// Close is called by the transport when it is done with the body; stop does the waiting.
+func (b *uploadBody) Close() error { return nil }
+
+// stop ends the body after the request: a write not yet started never starts, one running
+// fails at its next write and is waited for.
+func (b *uploadBody) stop() {
+	b.over.Store(true)
+	b.mu.Lock()
+	b.stopped = true
+	started, pr := b.started, b.pr
+	b.mu.Unlock()
+	if pr != nil {
+		pr.CloseWithError(errUploadOver)
+	}
+	if started {
+		<-b.done
+	}
+}
+
+// stoppableWriter fails every write once over is set.
+type stoppableWriter struct {
+	w    io.Writer
+	over *atomic.Bool
+}
+
+func (s stoppableWriter) Write(p []byte) (int, error) {
+	if s.over.Load() {
+		return 0, errUploadOver
+	}
+	return s.w.Write(p)
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // Download asks for chunks ds (at most wire.MaxMissingDigests) and calls fn with each as it

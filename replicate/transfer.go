@@ -37,8 +37,10 @@ var ErrDiverged = errors.New("refs have diverged")
 type Options struct {
 	// Concurrency is how many chunk batches are in flight at once (default 4).
 	Concurrency int
-	// BatchBytes and BatchChunks bound one batch (defaults 4 MiB of uncompressed bytes and
-	// 2048 chunks).
+	// BatchBytes and BatchChunks bound one batch, which travels as one chunk stream (defaults
+	// 64 MiB of uncompressed bytes and 2048 chunks). The receiver verifies and commits a stream
+	// while it arrives, so a large batch costs no memory there; each batch costs a request and
+	// at least one durability barrier, and a failed batch is resumed from what arrived.
 	BatchBytes  int64
 	BatchChunks int
 	// Retries is how often a failed batch is tried again, after asking the destination what
@@ -60,7 +62,7 @@ func (o *Options) setDefaults() {
 		o.Concurrency = 4
 	}
 	if o.BatchBytes <= 0 {
-		o.BatchBytes = 4 << 20
+		o.BatchBytes = 64 << 20
 	}
 	if o.BatchChunks <= 0 || o.BatchChunks > wire.MaxMissingDigests {
 		o.BatchChunks = 2048
