@@ -400,10 +400,14 @@ func (c *Client) putChunk(ctx context.Context, d cas.Digest, body []byte, h map[
 }
 
 // Missing returns the digests among ds that the daemon lacks, in the order given, without
-// duplicates. Long lists are asked in batches of wire.MaxMissingDigests.
+// duplicates (a daemon answers one request so; across the batches of a long list, asked
+// wire.MaxMissingDigests at a time, they are removed here).
 func (c *Client) Missing(ctx context.Context, ds []cas.Digest) ([]cas.Digest, error) {
 	var out []cas.Digest
-	seen := make(map[cas.Digest]struct{}, len(ds))
+	var seen map[cas.Digest]struct{} // across requests; one answer has no duplicates
+	if len(ds) > wire.MaxMissingDigests {
+		seen = make(map[cas.Digest]struct{}, len(ds))
+	}
 	for len(ds) > 0 {
 		n := min(len(ds), wire.MaxMissingDigests)
 		resp, err := c.do(ctx, request{method: http.MethodPost, path: wire.PathMissing, body: wire.AppendDigestList(nil, ds[:n]),
@@ -419,6 +423,9 @@ func (c *Client) Missing(ctx context.Context, ds []cas.Digest) ([]cas.Digest, er
 		miss, err := wire.ParseDigestList(body, n)
 		if err != nil {
 			return nil, fmt.Errorf("missing chunks: answer: %w", err)
+		}
+		if seen == nil {
+			return miss, nil
 		}
 		for _, d := range miss {
 			if _, dup := seen[d]; !dup {
