@@ -186,6 +186,13 @@ func encode(dst, data []byte, hint Hint) (Codec, []byte) {
 	if hint == HintFloat16 && len(data) >= 2 {
 		codec = CodecF16Planes
 	}
+	if need := start + len(data) + len(data)>>7 + 64; codec == CodecZstd && cap(dst) < need {
+		// Room for zstd's worst case (raw blocks and their headers) up front: growing the
+		// output block by block costs more than the encoding of data without matches.
+		grown := make([]byte, start, need)
+		copy(grown, dst)
+		dst = grown
+	}
 	out, err := EncodeWith(dst, data, codec)
 	if err == nil && float64(len(out)-start) <= float64(len(data))*(1-MinSavings) {
 		return codec, out
