@@ -251,24 +251,57 @@ func (in *Ingester) Close() (Result, error) {
 	return in.res, in.err
 }
 
+// lookupBatch is the most jobs a worker takes at once: their index records are read in one
+// transaction instead of one each.
+const lookupBatch = 16
+
 func (in *Ingester) work() {
 	defer in.workers.Done()
+	batch := make([]job, 0, lookupBatch)
+	ds := make([]cas.Digest, 0, lookupBatch)
 	for j := range in.jobs {
-		in.verifyAndWrite(j)
-		putBuf(j.buf)
-		in.mu.Lock()
-		in.inflight -= j.e.stored
-		in.mu.Unlock()
-		in.cond.Signal()
-		if j.e.err != nil {
-			in.failed.Store(true)
+		// Take what else is waiting, without waiting for more.
+		batch = append(batch[:0], j)
+	more:
+		for len(batch) < lookupBatch {
+			select {
+			case j, ok := <-in.jobs:
+				if !ok {
+					break more
+				}
+				batch = append(batch, j)
+			default:
+				break more
+			}
 		}
-		j.g.wg.Done()
+		ds = ds[:0]
+		for _, j := range batch {
+			ds = append(ds, j.ch.Digest)
+		}
+		recs, lerr := in.ix.Chunks(ds)
+		for i, j := range batch {
+			if lerr != nil {
+				j.e.err = fmt.Errorf("look up chunk %s: %w", j.ch.Digest, lerr)
+			} else {
+				in.verifyAndWrite(j, recs[i])
+			}
+			putBuf(j.buf)
+			in.mu.Lock()
+			in.inflight -= j.e.stored
+			in.mu.Unlock()
+			in.cond.Signal()
+			if j.e.err != nil {
+				in.failed.Store(true)
+			}
+			j.g.wg.Done()
+		}
+		clear(batch) // let go of the chunks' bytes
 	}
 }
 
-// verifyAndWrite handles one chunk, filling in its entry.
-func (in *Ingester) verifyAndWrite(j job) {
+// verifyAndWrite handles one chunk, filling in its entry. rec is the chunk's index record
+// (Codec 0: none).
+func (in *Ingester) verifyAndWrite(j job, rec index.ChunkRecord) {
 	ch, e := j.ch, j.e
 	if ch.Codec != 0 && !ch.Codec.Valid() {
 		e.err = fmt.Errorf("%w: chunk %s: codec %d", ErrUnsupportedCodec, ch.Digest, ch.Codec)
@@ -281,9 +314,7 @@ func (in *Ingester) verifyAndWrite(j job) {
 			return
 		}
 	}
-	rec, err := in.ix.Chunk(ch.Digest)
-	switch {
-	case err == nil:
+	if rec.Codec != 0 {
 		if ch.Codec == cas.CodecRaw {
 			// Cheap to check, and a raw chunk's bytes are its content.
 			if got := cas.Sum(ch.Stored); got != ch.Digest {
@@ -293,11 +324,9 @@ func (in *Ingester) verifyAndWrite(j job) {
 		}
 		e.recorded, e.recSize = true, rec.Size
 		return
-	case !errors.Is(err, index.ErrChunkNotRecorded):
-		e.err = fmt.Errorf("look up chunk %s: %w", ch.Digest, err)
-		return
 	}
 	var info cas.Info
+	var err error
 	if ch.Codec == 0 {
 		info, err = j.g.batch.Put(in.ctx, ch.Stored, in.cfg.Hint)
 	} else {

@@ -135,6 +135,7 @@ type ChunkStreamReader struct {
 	state  int // 0: before magic, 1: in frames, 2: done
 	err    error
 	nbytes int64
+	hdr    [33]byte // a frame's digest and codec, read here rather than into a local that escapes
 }
 
 // NewChunkStreamReader reads frames from r under the given limits.
@@ -209,11 +210,11 @@ func (sr *ChunkStreamReader) nextFrame(get func(n int) []byte) (StoredChunk, err
 	if sr.state == 2 {
 		return StoredChunk{}, io.EOF
 	}
-	var tag [1]byte
-	if _, err := sr.readFull(tag[:]); err != nil {
+	tag, err := sr.readByte()
+	if err != nil {
 		return StoredChunk{}, err
 	}
-	switch tag[0] {
+	switch tag {
 	case tagTrailer:
 		n, err := sr.uvarint()
 		if err != nil {
@@ -233,13 +234,13 @@ func (sr *ChunkStreamReader) nextFrame(get func(n int) []byte) (StoredChunk, err
 		return StoredChunk{}, io.EOF
 	case tagFrame:
 	default:
-		return StoredChunk{}, fmt.Errorf("%w: unknown frame tag %#x", ErrMalformed, tag[0])
+		return StoredChunk{}, fmt.Errorf("%w: unknown frame tag %#x", ErrMalformed, tag)
 	}
 	if sr.lim.MaxChunks > 0 && sr.count >= uint64(sr.lim.MaxChunks) {
 		return StoredChunk{}, fmt.Errorf("%w: more than %d chunks in one stream", ErrTooLarge, sr.lim.MaxChunks)
 	}
-	var hdr [33]byte
-	if _, err := sr.readFull(hdr[:]); err != nil {
+	hdr := sr.hdr[:]
+	if _, err := sr.readFull(hdr); err != nil {
 		return StoredChunk{}, err
 	}
 	var c StoredChunk
@@ -311,20 +312,34 @@ func (sr *ChunkStreamReader) readFull(p []byte) (int, error) {
 func (sr *ChunkStreamReader) uvarint() (uint64, error) {
 	var v uint64
 	for i := 0; i < binary.MaxVarintLen64; i++ {
-		var b [1]byte
-		if _, err := sr.readFull(b[:]); err != nil {
+		b, err := sr.readByte()
+		if err != nil {
 			return 0, err
 		}
-		if i == binary.MaxVarintLen64-1 && b[0] > 1 {
+		if i == binary.MaxVarintLen64-1 && b > 1 {
 			return 0, fmt.Errorf("%w: varint overflows 64 bits", ErrMalformed)
 		}
-		v |= uint64(b[0]&0x7f) << (7 * i)
-		if b[0] < 0x80 {
-			if i > 0 && b[0] == 0 {
+		v |= uint64(b&0x7f) << (7 * i)
+		if b < 0x80 {
+			if i > 0 && b == 0 {
 				return 0, fmt.Errorf("%w: varint not in shortest form", ErrMalformed)
 			}
 			return v, nil
 		}
 	}
 	return 0, fmt.Errorf("%w: varint too long", ErrMalformed)
+}
+
+// readByte reads one byte (without allocating, unlike readFull of a local array), with
+// readFull's accounting and errors.
+func (sr *ChunkStreamReader) readByte() (byte, error) {
+	b, err := sr.r.ReadByte()
+	if err != nil {
+		if err == io.EOF {
+			err = fmt.Errorf("chunk stream cut off after %d chunks: %w", sr.count, io.ErrUnexpectedEOF)
+		}
+		return 0, err
+	}
+	sr.nbytes++
+	return b, nil
 }
