@@ -33,7 +33,7 @@ func reportRate(b *testing.B, stored int64, f func(context.Context) (time.Durati
 // real daemons over loopback with a plain HTTP POST of the same stored bytes to a handler that
 // writes them to one file. All report MB/s of the stored bytes. The receiving side syncs nothing
 // except in the -sync variants, whose receiving data directory syncs as a real daemon's does
-// (and the plain copy fsyncs its file).
+// (and the plain copy fsyncs its file and directory).
 func BenchmarkLoopback(b *testing.B) {
 	env, err := benchpush.Start(context.Background(), benchpush.Config{Size: benchSize, Dir: b.TempDir()})
 	if err != nil {

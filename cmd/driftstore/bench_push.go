@@ -19,7 +19,7 @@ func runBenchPush(c *cli, args []string) error {
 	fs := c.flagSet()
 	size := sizeFlag{n: 32 << 20, set: true}
 	fs.Var(&size, "size", "uncompressed bytes of the benchmark session (default 32MiB)")
-	sync := fs.Bool("sync", true, "receiving data directories fsync as a real daemon does (and the plain copy fsyncs its file)")
+	sync := fs.Bool("sync", true, "receiving data directories fsync as a real daemon does (and the plain copy fsyncs its file and directory)")
 	reps := fs.Int("reps", 3, "repetitions of each measurement; the best is reported")
 	dir := fs.String("dir", "", "directory for temporary data directories (default: the system temp dir)")
 	if err := c.parse(fs, args); err != nil {
