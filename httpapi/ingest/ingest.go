@@ -49,7 +49,7 @@ type Config struct {
 	GroupChunks int
 	GroupBytes  int64
 	// InFlightBytes bounds the stored bytes read but not yet verified and written (default
-	// 32 MiB; a single larger chunk is still taken): Add and ReadStream wait beyond it.
+	// 16 MiB; a single larger chunk is still taken): Add and ReadStream wait beyond it.
 	InFlightBytes int64
 	// MaxChunkSize is the largest decoded chunk recorded (default cas.MaxChunkSize). A larger
 	// one that verifies is committed, never recorded, and fails with wire.ErrTooLarge.
@@ -73,7 +73,7 @@ func (c *Config) setDefaults() {
 		c.GroupBytes = 64 << 20
 	}
 	if c.InFlightBytes <= 0 {
-		c.InFlightBytes = 32 << 20
+		c.InFlightBytes = 16 << 20
 	}
 	if c.MaxChunkSize <= 0 || c.MaxChunkSize > cas.MaxChunkSize {
 		c.MaxChunkSize = cas.MaxChunkSize
@@ -251,9 +251,13 @@ func (in *Ingester) Close() (Result, error) {
 	return in.res, in.err
 }
 
-// lookupBatch is the most jobs a worker takes at once: their index records are read in one
+// A worker takes the jobs waiting, up to lookupBatch of them or lookupBytes stored bytes (so
+// that large chunks stay spread over the workers), and reads their index records in one
 // transaction instead of one each.
-const lookupBatch = 16
+const (
+	lookupBatch = 16
+	lookupBytes = 256 << 10
+)
 
 func (in *Ingester) work() {
 	defer in.workers.Done()
@@ -262,14 +266,16 @@ func (in *Ingester) work() {
 	for j := range in.jobs {
 		// Take what else is waiting, without waiting for more.
 		batch = append(batch[:0], j)
+		n := len(j.ch.Stored)
 	more:
-		for len(batch) < lookupBatch {
+		for len(batch) < lookupBatch && n < lookupBytes {
 			select {
 			case j, ok := <-in.jobs:
 				if !ok {
 					break more
 				}
 				batch = append(batch, j)
+				n += len(j.ch.Stored)
 			default:
 				break more
 			}

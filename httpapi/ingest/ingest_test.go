@@ -231,3 +231,25 @@ func fsck(t *testing.T, r *repo.Repo) {
 		t.Fatalf("fsck: %v", res.Problems)
 	}
 }
+
+// TestInFlightBound: with room for one chunk in flight, Add waits for each chunk to be handled
+// before taking the next, and everything is still stored.
+func TestInFlightBound(t *testing.T) {
+	r := openRepo(t)
+	cs := chunks(4, 20)
+	in := ingest.New(context.Background(), r.Index(), ingest.Config{Workers: 2, GroupChunks: 8, InFlightBytes: 1})
+	for _, c := range cs {
+		if err := in.Add(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := in.Close()
+	if err != nil || res.Stored != 20 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	for i, ok := range recorded(t, r.Index(), cs) {
+		if !ok {
+			t.Fatalf("chunk %d not recorded", i)
+		}
+	}
+}
