@@ -1,6 +1,7 @@
 package cas_test
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -8,6 +9,8 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,10 +35,49 @@ func TestPackHelperProcess(t *testing.T) {
 		}
 		os.Exit(1)
 	}
-	if mode == "put" {
+	switch mode {
+	case "put":
 		if _, err := p.Put(bg, castest.Random(1000, 5), cas.HintNone); err != nil {
 			fmt.Println("error", err)
 			os.Exit(1)
+		}
+	case "stream":
+		// Put distinct chunks until killed, alternately one by one from two goroutines and in
+		// batches of four (PutAll, two workers), printing "ok i" for each acknowledged chunk.
+		base, _ := strconv.Atoi(os.Getenv("CAS_BASE"))
+		w := bufio.NewWriter(os.Stdout)
+		var mu sync.Mutex
+		ack := func(i int) {
+			mu.Lock()
+			fmt.Fprintln(w, "ok", i)
+			w.Flush()
+			mu.Unlock()
+		}
+		for i := base; ; i += 4 {
+			if i/4%2 == 0 {
+				var wg sync.WaitGroup
+				for k := range 4 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						if _, err := p.Put(bg, helperChunk(i+k), cas.HintFloat16); err != nil {
+							fmt.Println("error", err)
+							os.Exit(1)
+						}
+						ack(i + k)
+					}()
+				}
+				wg.Wait()
+				continue
+			}
+			chunks := [][]byte{helperChunk(i), helperChunk(i + 1), helperChunk(i + 2), helperChunk(i + 3)}
+			if _, err := cas.PutAll(bg, p, 2, chunks, cas.HintFloat16); err != nil {
+				fmt.Println("error", err)
+				os.Exit(1)
+			}
+			for k := range 4 {
+				ack(i + k)
+			}
 		}
 	}
 	p.Close()
@@ -81,5 +123,64 @@ func TestPackSecondProcess(t *testing.T) {
 	p = openPack(t, dir, cas.PackOptions{})
 	if ok, _ := p.Has(bg, cas.Sum(castest.Random(1000, 5))); !ok {
 		t.Fatal("the second process's chunk is missing")
+	}
+}
+
+// TestPackKillDuringPuts SIGKILLs a writer at varying moments, three times over one store:
+// after each kill the store reopens (repairing the torn tail), every chunk the writer was told
+// is stored is present with its bytes, and every chunk present reads back intact.
+func TestPackKillDuringPuts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns writers")
+	}
+	dir := t.TempDir()
+	acked := map[int]bool{}
+	for round := range 3 {
+		cmd := packHelper(t, "stream", dir, 2000)
+		cmd.Env = append(cmd.Env, "CAS_BASE="+strconv.Itoa(round*100_000))
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(stdout)
+		want := 6 + 9*round // acknowledged chunks to wait for before the kill
+		n := 0
+		for n < want && sc.Scan() {
+			var i int
+			if _, err := fmt.Sscanf(sc.Text(), "ok %d", &i); err != nil {
+				t.Fatalf("helper: %s", sc.Text())
+			}
+			acked[i] = true
+			n++
+		}
+		cmd.Process.Signal(syscall.SIGKILL)
+		for sc.Scan() { // acknowledgements printed before the kill landed
+			var i int
+			if _, err := fmt.Sscanf(sc.Text(), "ok %d", &i); err == nil {
+				acked[i] = true
+			}
+		}
+		cmd.Wait()
+		p, err := cas.OpenPack(dir, cas.PackOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range acked {
+			c := helperChunk(i)
+			got, err := p.Get(bg, cas.Sum(c), nil)
+			if err != nil || !bytes.Equal(got, c) {
+				t.Fatalf("round %d: acknowledged chunk %d: %v", round, i, err)
+			}
+		}
+		if err := p.Walk(bg, func(in cas.Info) error {
+			_, err := p.Get(bg, in.Digest, nil)
+			return err
+		}); err != nil {
+			t.Fatalf("round %d: a present chunk does not read back: %v", round, err)
+		}
+		p.Close()
 	}
 }
