@@ -346,6 +346,9 @@ func (p *Pack) put(ctx context.Context, d Digest, encode encodeFunc) (Info, erro
 	if info, ok := p.existing(d); ok {
 		return info, nil
 	}
+	if p.opts.ReadOnly { // before encoding for nothing
+		return Info{}, fmt.Errorf("put %s: %w", d, ErrReadOnly)
+	}
 	release, err := p.claim(ctx, d)
 	if err != nil {
 		return Info{}, err
