@@ -539,25 +539,40 @@ func TestClientGetFile(t *testing.T) {
 // count chunks as sent after the caller has read the counts.
 func TestUploadWaitsForTheWriter(t *testing.T) {
 	d := apitest.Start(t, t.TempDir(), httpapi.Config{MaxUploadSize: 64 << 10})
-	c, err := replicate.NewClient(d.URL, replicate.ClientOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var returned atomic.Bool
-	_, err = c.Upload(context.Background(), func(sw *wire.ChunkStreamWriter) error {
-		defer returned.Store(true)
-		for i := 0; ; i++ {
-			data := kvLike(uint64(i), 16<<10)
-			if _, err := sw.WriteChunk(wire.StoredChunk{Digest: cas.Sum(data), Codec: cas.CodecRaw, Size: int64(len(data)), Stored: data}); err != nil {
-				time.Sleep(20 * time.Millisecond) // a writer slow to wind down
-				return err
-			}
+	// The standard transport writes the body through its WriteTo; one that only reads it
+	// makes Upload feed a pipe instead. Both must wait for the writer.
+	for name, hc := range map[string]*http.Client{"write-to": nil, "read": {Transport: readOnlyBody{http.DefaultTransport}}} {
+		c, err := replicate.NewClient(d.URL, replicate.ClientOptions{HTTPClient: hc})
+		if err != nil {
+			t.Fatal(err)
 		}
-	})
-	if err == nil {
-		t.Fatal("an upload over the daemon's limit succeeded")
+		var returned atomic.Bool
+		_, err = c.Upload(context.Background(), func(sw *wire.ChunkStreamWriter) error {
+			defer returned.Store(true)
+			for i := 0; ; i++ {
+				data := kvLike(uint64(i), 16<<10)
+				if _, err := sw.WriteChunk(wire.StoredChunk{Digest: cas.Sum(data), Codec: cas.CodecRaw, Size: int64(len(data)), Stored: data}); err != nil {
+					time.Sleep(20 * time.Millisecond) // a writer slow to wind down
+					return err
+				}
+			}
+		})
+		if err == nil {
+			t.Fatalf("%s: an upload over the daemon's limit succeeded", name)
+		}
+		if !returned.Load() {
+			t.Fatalf("%s: Upload returned while its writer was still running", name)
+		}
 	}
-	if !returned.Load() {
-		t.Fatal("Upload returned while its writer was still running")
+}
+
+// readOnlyBody hides every capability of a request body but Read and Close.
+type readOnlyBody struct{ base http.RoundTripper }
+
+func (r readOnlyBody) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body != nil && req.Body != http.NoBody {
+		req = req.Clone(req.Context())
+		req.Body = struct{ io.ReadCloser }{req.Body}
 	}
+	return r.base.RoundTrip(req)
 }
