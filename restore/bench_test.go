@@ -26,17 +26,30 @@ import (
 var kv1BHyper = gguf.Hyper{Arch: "llama", Context: 4096, Dim: 512, Layers: 16, FFN: 256, Heads: 8, KVHeads: 8,
 	HeadDim: 64, RopeDim: 64, RopeTheta: 500000, RMSEps: 1e-5, Vocab: 2048, Tied: true}
 
-// benchCheckpoint makes a checkpoint of npos positions of the 1B KV shape in a fresh store.
+// benchCheckpoint makes a checkpoint of npos positions of model m (kv1BHyper) in a fresh store
+// of kind "local" or "pack".
 // Computing 2048 positions of attention takes minutes on two cores, so the KV blocks of the
 // first npos-1 positions are filled with f16 values of a normal distribution (what real K and
 // V look like to the codecs: random low bytes, a narrow range of exponents) and adopted as a
 // prefix; the last position is fed for real, for the logits. `driftstore bench restore`
 // measures KV computed by the model.
-func benchCheckpoint(b *testing.B, npos int, codec checkpoint.KVCodec) (*engine.Model, *cas.Local, *checkpoint.Checkpoint) {
+func benchCheckpoint(b *testing.B, m *engine.Model, kind string, npos int, codec checkpoint.KVCodec) (cas.Store, *checkpoint.Checkpoint) {
 	b.Helper()
 	dir := b.TempDir()
-	m := benchModel(b, dir)
-	store, err := cas.OpenLocal(filepath.Join(dir, "chunks"), cas.LocalOptions{NoSync: true})
+	var store cas.Store
+	var err error
+	switch kind {
+	case "local": // a file per chunk
+		store, err = cas.OpenLocal(filepath.Join(dir, "chunks"), cas.LocalOptions{NoSync: true})
+	case "pack": // what new data directories use (repo)
+		var p *cas.Pack
+		if p, err = cas.OpenPack(filepath.Join(dir, "packs"), cas.PackOptions{NoSync: true}); err == nil {
+			b.Cleanup(func() { p.Close() })
+			store = p
+		}
+	default:
+		b.Fatalf("no store %q", kind)
+	}
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -74,7 +87,7 @@ func benchCheckpoint(b *testing.B, npos int, codec checkpoint.KVCodec) (*engine.
 	if err != nil {
 		b.Fatal(err)
 	}
-	return m, store, r.Checkpoint
+	return store, r.Checkpoint
 }
 
 // benchModel writes and loads the model of kv1BHyper in dir.
@@ -116,39 +129,43 @@ func BenchmarkNewInstance1B(b *testing.B) {
 }
 
 // BenchmarkRestore1B restores 2048 positions of the Llama-3.2-1B KV shape (64 MiB) from a
-// local store into fresh instances, with the KV stored in each codec, into an instance made
+// pack store (what data directories use) and a file-per-chunk store into fresh instances, with
+// the KV stored in each codec, into an instance made
 // for that context (its KV memory allocated and resident before the restore, as llama.cpp's
 // context is) or made bare (the restore allocates the blocks and faults their pages in).
 // Making the instance is outside the timed part; BenchmarkNewInstance1B measures it.
 func BenchmarkRestore1B(b *testing.B) {
 	const npos = 2048
-	for _, codec := range []checkpoint.KVCodec{checkpoint.KVCodecFloat, checkpoint.KVCodecRaw} {
-		b.Run("codec="+string(codec), func(b *testing.B) {
-			m, store, cp := benchCheckpoint(b, npos, codec)
-			for _, made := range []struct {
-				name string
-				ctx  int
-			}{{"instance=bare", 0}, {"instance=ctx2048", npos}} {
-				b.Run(made.name, func(b *testing.B) {
-					b.SetBytes(cp.KVBytes())
-					for b.Loop() {
-						b.StopTimer()
-						in, err := m.NewInstance(engine.InstanceOptions{Context: made.ctx, Threads: runtime.GOMAXPROCS(0)})
-						if err != nil {
-							b.Fatal(err)
+	m := benchModel(b, b.TempDir())
+	for _, kind := range []string{"pack", "local"} {
+		for _, codec := range []checkpoint.KVCodec{checkpoint.KVCodecFloat, checkpoint.KVCodecRaw} {
+			b.Run("store="+kind+"/codec="+string(codec), func(b *testing.B) {
+				store, cp := benchCheckpoint(b, m, kind, npos, codec)
+				for _, made := range []struct {
+					name string
+					ctx  int
+				}{{"instance=bare", 0}, {"instance=ctx2048", npos}} {
+					b.Run(made.name, func(b *testing.B) {
+						b.SetBytes(cp.KVBytes())
+						for b.Loop() {
+							b.StopTimer()
+							in, err := m.NewInstance(engine.InstanceOptions{Context: made.ctx, Threads: runtime.GOMAXPROCS(0)})
+							if err != nil {
+								b.Fatal(err)
+							}
+							b.StartTimer()
+							_, err = restore.IntoWith(context.Background(), store, in, cp, restore.IntoOptions{})
+							b.StopTimer()
+							in.Close()
+							if err != nil {
+								b.Fatal(err)
+							}
+							b.StartTimer()
 						}
-						b.StartTimer()
-						_, err = restore.IntoWith(context.Background(), store, in, cp, restore.IntoOptions{})
-						b.StopTimer()
-						in.Close()
-						if err != nil {
-							b.Fatal(err)
-						}
-						b.StartTimer()
-					}
-				})
-			}
-		})
+					})
+				}
+			})
+		}
 	}
 }
 
