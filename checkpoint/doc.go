@@ -60,6 +60,15 @@ package checkpoint
 // hashed and written whole, which grows with the context but costs little next to the barriers.
 // A session's ref moves afterwards, by compare-and-swap (package session).
 //
+// # KV codec
+//
+// CaptureOptions.KVCodec chooses how the store encodes KV blocks: KVCodecFloat (the default)
+// hints them as the layout's float type, so f16 blocks are stored as float16 byte planes
+// (smaller at rest, restored at about 1 GB/s a core); KVCodecRaw gives no hint, so they stay
+// raw (zstd only where it pays) and restore at copy speed. The codec is not part of the
+// manifest: digests and checkpoint IDs are the same either way, and a chunk already stored in
+// one form is not stored again in the other.
+//
 // # Restore in place
 //
 // The state's chunks split where the guest keeps the state apart (the head in its transfer

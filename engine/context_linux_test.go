@@ -109,7 +109,7 @@ func TestPopulateKV(t *testing.T) {
 		if untouched == 0 {
 			t.Fatal("every fresh block is resident before populateKV; the test needs untouched memory")
 		}
-		if err := in.populateKV(regs); err != nil {
+		if err := in.populateKV(regs, threads == 2); err != nil {
 			t.Fatal(err)
 		}
 		for _, r := range regs {
@@ -123,7 +123,7 @@ func TestPopulateKV(t *testing.T) {
 				}
 			}
 		}
-		if err := in.populateKV([]KVRegion{{Offset: uint32(len(mem)) - 100, Length: 4096}}); err == nil {
+		if err := in.populateKV([]KVRegion{{Offset: uint32(len(mem)) - 100, Length: 4096}}, false); err == nil {
 			t.Fatal("populateKV of a region past the memory succeeded")
 		}
 	}

@@ -119,6 +119,10 @@ type InstanceOptions struct {
 	// restoring past Context works as without it (blocks allocated on demand). A value above
 	// the model's context length is clamped to it; a negative one is an error.
 	Context int
+	// HugePages advises transparent huge pages over the Context's KV blocks before they are
+	// populated (wasmmem.Region.HugePages): one 2 MiB page instead of 512 small ones where the
+	// kernel has them. Advice only; see restore.IntoOptions.HugePages for when it pays.
+	HugePages bool
 }
 
 // Instance is one guest: its store, linear memory (a wasmmem Region) and the conversation
@@ -206,7 +210,7 @@ func (in *Instance) reserve(npos int) error {
 	if err != nil {
 		return fmt.Errorf("allocate KV blocks: %w", err)
 	}
-	return in.populateKV(regs)
+	return in.populateKV(regs, in.opts.HugePages)
 }
 
 // populateSplit is the fewest bytes populateKV spreads over several goroutines (a variable for
@@ -214,12 +218,14 @@ func (in *Instance) reserve(npos int) error {
 var populateSplit = 4 << 20
 
 // populateKV makes the memory of KV block regions resident and writable now (see
-// wasmmem.Region.Populate), so that writing them takes no page faults. Contents are unchanged. Blocks lie in the guest's slabs, mostly back to
-// back: adjacent regions are joined into spans, and the spans populated on up to Threads
-// goroutines (the kernel zeroes pages on all of them at once) in pieces of about equal bytes.
-// Call it between guest calls, like any host access to the memory; a region outside the
-// memory is an error.
-func (in *Instance) populateKV(regs []KVRegion) error {
+// wasmmem.Region.Populate), so that writing them takes no page faults; contents are
+// unchanged. Blocks lie in the guest's slabs, mostly back to back: adjacent regions are joined
+// into spans (with the few KiB of padding between them, populated too), and the spans
+// populated on up to Threads goroutines (the kernel zeroes pages on all of them at once) in
+// pieces of about equal bytes. With huge, each span is first advised transparent huge pages
+// (advice: its failure is ignored). Call it between guest calls, like any host access to the
+// memory; a region outside the memory is an error.
+func (in *Instance) populateKV(regs []KVRegion, huge bool) error {
 	if len(regs) == 0 {
 		return nil
 	}
@@ -242,6 +248,11 @@ func (in *Instance) populateKV(regs []KVRegion) error {
 		}
 		total += s[1] - s[0]
 		runs = append(runs, s)
+	}
+	if huge {
+		for _, s := range runs {
+			_, _ = in.region.HugePages(s[0], s[1]-s[0])
+		}
 	}
 	workers := max(1, min(in.opts.Threads, runtime.GOMAXPROCS(0)))
 	if workers == 1 || total < populateSplit {

@@ -6,6 +6,17 @@
 //
 // A restore never touches an existing instance: it builds a new one and returns it only on
 // success, so a caller swaps its live instance only when the restore worked.
+//
+// Speed. The floor is copying the KV bytes into place while hashing them (BLAKE3), on every
+// core. Two things kept a restore off it, and both are dealt with outside the decode loop:
+//   - Page faults. Fresh linear memory faults in a page at a time as the chunks land (on
+//     2-core VMs 10–50 ms per 64 MiB). Restore makes its instance for the checkpoint's
+//     context (engine.InstanceOptions.Context), so the KV blocks are allocated and populated
+//     when the instance is made, as llama.cpp's context clears its KV buffer when it is made;
+//     IntoWith callers should do the same.
+//   - The codec. Raw chunks (checkpoint.KVCodecRaw) are one pread straight into place and a
+//     hash (a pack store: cas.Pack), which is the floor; float16-plane chunks decode at about
+//     1 GB/s a core. See BenchmarkRestore1B and BenchmarkVerifyCopy1B.
 package restore
 
 import (
@@ -60,8 +71,9 @@ type Options struct {
 	Instance engine.InstanceOptions
 	// Workers bounds the chunks decoded at once; 0 means GOMAXPROCS.
 	Workers int
-	// HugePages asks for transparent huge pages under the fresh KV blocks before decoding into
-	// them (see IntoOptions.HugePages).
+	// HugePages asks for transparent huge pages under the KV blocks: those of the new
+	// instance's context before they are populated (engine.InstanceOptions.HugePages), and any
+	// the restore allocates past it (IntoOptions.HugePages).
 	HugePages bool
 }
 
@@ -135,6 +147,7 @@ func Restore(ctx context.Context, store cas.Store, model *engine.Model, cp *chec
 	// before IntoWith starts (populated by the kernel at creation instead of faulted in a page
 	// at a time while the chunks land), so NewInstance carries that cost, not the decode.
 	io.Context = max(io.Context, cp.Position)
+	io.HugePages = io.HugePages || opts.HugePages
 	in, err := model.NewInstance(io)
 	if err != nil {
 		return nil, nil, fmt.Errorf("restore: %w", err)

@@ -60,8 +60,9 @@ type Config struct {
 	Workers int
 	// NoPrefixCache turns the prefix cache off.
 	NoPrefixCache bool
-	// HugePages restores with transparent huge pages under the fresh KV blocks
-	// (restore.IntoOptions.HugePages): for long-lived processes such as a daemon.
+	// HugePages asks for transparent huge pages under the KV blocks of restores and of
+	// instances made for a Context (restore.Options.HugePages): for long-lived processes such
+	// as a daemon.
 	HugePages bool
 	// Context is the number of positions every instance is made for
 	// (engine.InstanceOptions.Context: their KV memory allocated and resident at creation); 0
@@ -253,7 +254,7 @@ func (m *Manager) Fork(ctx context.Context, name string, from index.ID) (*Sessio
 }
 
 func (m *Manager) instanceOptions(kv engine.KVType, blockSize int, smp engine.Sampler) engine.InstanceOptions {
-	return engine.InstanceOptions{KVType: kv, BlockSize: blockSize, Threads: m.cfg.Threads, Batch: m.cfg.Batch, Sampler: smp, Context: m.cfg.Context}
+	return engine.InstanceOptions{KVType: kv, BlockSize: blockSize, Threads: m.cfg.Threads, Batch: m.cfg.Batch, Sampler: smp, Context: m.cfg.Context, HugePages: m.cfg.HugePages}
 }
 
 // Session is one named conversation. Its methods are safe for concurrent use and serialized.

@@ -18,6 +18,11 @@
 // by the guest, as with any wasmtime memory. Memories made by the host with
 // wasmtime.NewMemory do not go through the creator and are not Regions.
 //
+// Residency: committed memory is faulted in a page at a time on first write, unless the host
+// populates a range ahead (Region.Populate: one MADV_POPULATE_WRITE, or a write per page),
+// e.g. the KV blocks of an instance when it is made, so that a restore writing them later
+// takes no faults. Transparent huge page advice is Region.HugePages.
+//
 // Bounds: only [0, Len) of a region is ever readable or writable; the rest
 // of the reservation and the guard stay PROT_NONE, since wasmtime's compiled
 // code relies on faults there for its bounds checks.
