@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 
@@ -93,11 +94,20 @@ func (s ChunkerSpec) alignFor(hint cas.Hint) ChunkerSpec {
 	return s
 }
 
-func (s ChunkerSpec) stream(r io.Reader) (*chunker.Stream, error) {
+// cutter returns the chunking function of a normalized spec and the most bytes it looks at:
+// cut(p) is the length of the chunk at the start of p, where p holds at least limit bytes or
+// the rest of the input. The chunks are those of chunker.Stream (FastCDC.Cut, or every Size
+// bytes) for the same input.
+func (s ChunkerSpec) cutter() (cut func(p []byte) int, limit int, err error) {
 	if s.Method == ChunkFixed {
-		return chunker.NewFixedStream(r, s.Size)
+		size := s.Size
+		return func(p []byte) int { return min(size, len(p)) }, size, nil
 	}
-	return chunker.NewStream(r, s.Params)
+	c, err := chunker.NewFastCDC(s.Params)
+	if err != nil {
+		return nil, 0, err
+	}
+	return func(p []byte) int { n, _ := c.Cut(p); return n }, s.Params.Max, nil
 }
 
 // Source is one input of Put: a named byte stream that becomes one region.
@@ -284,7 +294,8 @@ func (r *Repo) Put(ctx context.Context, srcs []Source, opts PutOptions) (PutResu
 	return res, nil
 }
 
-// bufPool holds chunk buffers; buffers larger than maxPooled are dropped rather than pooled.
+// bufPool holds chunk buffers (for Get); buffers larger than maxPooled are dropped rather than
+// pooled.
 var bufPool sync.Pool
 
 const maxPooled = 16 << 20
@@ -304,48 +315,163 @@ func putBuf(p *[]byte) {
 	}
 }
 
+// Ingest reads its input into segments: buffers of segmentSize bytes (or 4 chunks of the
+// largest size, when that is more) that chunks alias, so that no chunk is copied between
+// reading and storing. A segment goes back to its ingest's free list once the reader has moved
+// on and every chunk cut from it is stored; at most workers+3 segments exist per ingest. The
+// bytes after a segment's last cut (fewer than the chunker's limit) are copied to the start of
+// the next segment.
+const segmentSize = 1 << 20
+
+// segmentPool keeps segments of segmentSize bytes between Puts.
+var segmentPool = sync.Pool{New: func() any { return &segment{buf: make([]byte, segmentSize)} }}
+
+// segment is one buffer of input; refs counts the reader (while the segment is current) and the
+// chunks cut from it that are not stored yet.
+type segment struct {
+	buf  []byte
+	refs atomic.Int32
+	free chan<- *segment
+}
+
+// release drops one reference; the last one returns the segment to its free list.
+func (s *segment) release() {
+	if s.refs.Add(-1) == 0 {
+		s.free <- s
+	}
+}
+
+// maxEmptyReads is how many reads in a row may return 0, nil before the reader is deemed stuck.
+const maxEmptyReads = 100
+
+// readSome reads into p (not empty), retrying a read that returns 0, nil up to maxEmptyReads
+// times before giving io.ErrNoProgress.
+func readSome(r io.Reader, p []byte) (int, error) {
+	for range maxEmptyReads {
+		if n, err := r.Read(p); n > 0 || err != nil {
+			return n, err
+		}
+	}
+	return 0, io.ErrNoProgress
+}
+
 // ingest chunks one stream and stores its chunks in batch with a pool of workers (they are
-// durable once the caller commits the batch). It returns the region's
-// chunk list in order, the Info of every chunk stored (in order, with repeats), and the bytes read.
-// At most 2×workers chunks are buffered at once.
+// durable once the caller commits the batch). It returns the region's chunk list in order, the
+// Info of every chunk stored (in order, with repeats), and the bytes read. One goroutine reads
+// and cuts; workers hash, encode and write, each chunk straight from the segment it was read
+// into (see segmentSize). At most 2×workers+1 chunks are cut and not yet stored at once.
 func (r *Repo) ingest(ctx context.Context, batch cas.Batch, rd io.Reader, spec ChunkerSpec, hint cas.Hint, workers int, progress func(int64)) ([]index.ChunkRef, []cas.Info, int64, error) {
-	st, err := spec.stream(rd)
+	cut, limit, err := spec.cutter()
 	if err != nil {
 		return nil, nil, 0, err
 	}
 	type job struct {
-		seq int
-		buf *[]byte
+		seq  int
+		data []byte
+		seg  *segment
 	}
 	type done struct {
 		seq  int
 		info cas.Info
 	}
+	segSize := max(segmentSize, 4*limit)
+	maxSegs := workers + 3
+	free := make(chan *segment, maxSegs)
+	defer func() { // segments of this ingest back to the pool (those still pinned after an error are dropped)
+		for {
+			select {
+			case s := <-free:
+				if len(s.buf) == segmentSize {
+					s.free = nil
+					segmentPool.Put(s)
+				}
+			default:
+				return
+			}
+		}
+	}()
 	jobs := make(chan job, workers)
 	results := make(chan done, workers)
 	g, gctx := errgroup.WithContext(ctx)
 	var total int64
-	g.Go(func() error { // the reader: cut chunks, copy them out of the stream's buffer
+	g.Go(func() error { // the reader: fill segments, cut chunks, hand them out
 		defer close(jobs)
-		for seq := 0; ; seq++ {
-			ch, err := st.Next()
-			if errors.Is(err, io.EOF) {
-				return nil
+		made := 0
+		take := func() (*segment, error) {
+			select {
+			case s := <-free:
+				return s, nil
+			default:
 			}
-			if err != nil {
-				return err
-			}
-			b := getBuf(len(ch.Data))
-			copy(*b, ch.Data)
-			total += int64(len(ch.Data))
-			if progress != nil {
-				progress(int64(len(ch.Data)))
+			if made < maxSegs {
+				made++
+				var s *segment
+				if segSize == segmentSize {
+					s = segmentPool.Get().(*segment)
+				} else {
+					s = &segment{buf: make([]byte, segSize)}
+				}
+				s.free = free
+				return s, nil
 			}
 			select {
-			case jobs <- job{seq, b}:
+			case s := <-free:
+				return s, nil
 			case <-gctx.Done():
-				putBuf(b)
-				return gctx.Err()
+				return nil, gctx.Err()
+			}
+		}
+		var seg *segment
+		n, start, eof := 0, 0, false
+		for seq := 0; ; {
+			next, err := take()
+			if err != nil {
+				if seg != nil {
+					seg.release()
+				}
+				return err
+			}
+			next.refs.Store(1)
+			if seg != nil {
+				n = copy(next.buf, seg.buf[start:n])
+				seg.release()
+			}
+			seg, start = next, 0
+			for n < len(seg.buf) && !eof {
+				k, err := readSome(rd, seg.buf[n:])
+				n += k
+				switch {
+				case errors.Is(err, io.EOF):
+					eof = true
+				case err != nil:
+					seg.release()
+					return fmt.Errorf("read at offset %d: %w", total+int64(n), err)
+				}
+			}
+			for {
+				avail := seg.buf[start:n]
+				if len(avail) == 0 && eof {
+					seg.release()
+					return nil
+				}
+				if len(avail) < limit && !eof || len(avail) == 0 {
+					break // carry the rest over to the next segment
+				}
+				l := cut(avail)
+				seg.refs.Add(1)
+				select {
+				case jobs <- job{seq, avail[:l:l], seg}:
+				case <-gctx.Done():
+					seg.release()
+					seg.release()
+					return gctx.Err()
+				}
+				seq++
+				start += l
+				total += int64(l)
+				if progress != nil {
+					progress(int64(l))
+				}
 			}
 		}
 	})
@@ -355,9 +481,9 @@ func (r *Repo) ingest(ctx context.Context, batch cas.Batch, rd io.Reader, spec C
 		g.Go(func() error {
 			defer wg.Done()
 			for j := range jobs {
-				info, err := batch.Put(gctx, *j.buf, hint)
-				n := len(*j.buf)
-				putBuf(j.buf)
+				info, err := batch.Put(gctx, j.data, hint)
+				n := len(j.data)
+				j.seg.release()
 				if err != nil {
 					return fmt.Errorf("store chunk %d: %w", j.seq, err)
 				}
