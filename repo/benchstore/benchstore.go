@@ -83,6 +83,9 @@ type Pipeline struct {
 	// Cores is process CPU time ÷ wall time during the measurement: near GOMAXPROCS means
 	// CPU-bound.
 	Cores float64 `json:"cores"`
+	// MBPerCPUSecond is bytes ÷ process CPU time (user and system): the cost per byte, which
+	// other load on a shared machine disturbs less than the wall-clock rate.
+	MBPerCPUSecond float64 `json:"mb_per_cpu_s"`
 	// EstimateMBps is the CPU-bound estimate from the stage limits (see the package doc); 0
 	// when a stage it needs was not measured.
 	EstimateMBps float64 `json:"estimate_mb_per_s,omitempty"`
@@ -485,6 +488,15 @@ func bestOf(reps, n int, fn func()) float64 {
 	return float64(n) / best / 1e6
 }
 
+// perCPU is n bytes over cpu seconds in MB, 0 when no CPU time was measured (JSON has no
+// infinity).
+func perCPU(n int64, cpu float64) float64 {
+	if cpu <= 0 {
+		return 0
+	}
+	return float64(n) / cpu / 1e6
+}
+
 // cpuTime returns the process's user and system CPU time so far.
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
@@ -524,7 +536,7 @@ func pipeline(ctx context.Context, cfg Config, dir string, c ingestCase, w int) 
 		if el < best.Seconds {
 			best.Bytes, best.Seconds, best.MBps = res.BytesIn, el, float64(res.BytesIn)/el/1e6
 			best.StoredBytes, best.Ratio = res.StoredBytes, float64(res.BytesIn)/float64(res.StoredBytes)
-			best.Cores = cpu / el
+			best.Cores, best.MBPerCPUSecond = cpu/el, perCPU(res.BytesIn, cpu)
 		}
 		if keep == nil {
 			keep, id = r, res
@@ -545,7 +557,7 @@ func pipeline(ctx context.Context, cfg Config, dir string, c ingestCase, w int) 
 		}
 		if el < rb.Seconds {
 			rb.Bytes, rb.Seconds, rb.MBps = n, el, float64(n)/el/1e6
-			rb.Ratio, rb.Cores = float64(n)/float64(id.StoredBytes), cpu/el
+			rb.Ratio, rb.Cores, rb.MBPerCPUSecond = float64(n)/float64(id.StoredBytes), cpu/el, perCPU(n, cpu)
 		}
 	}
 	return []Pipeline{best, rb}, nil
@@ -642,11 +654,11 @@ func (res *Result) WriteTable(w io.Writer) {
 		}
 		fmt.Fprintf(w, "%-16s %-7s %-12s %7d %10.0f %7s\n", s.Name, s.Data, where, s.Workers, s.MBps, ratio)
 	}
-	fmt.Fprintf(w, "\n%-10s %-7s %-8s %-12s %7s %8s %7s %6s %9s %6s\n", "pipeline", "data", "hint", "where", "workers", "MB/s", "ratio", "cores", "estimate", "MiB")
+	fmt.Fprintf(w, "\n%-10s %-7s %-8s %-12s %7s %8s %7s %6s %9s %9s %6s\n", "pipeline", "data", "hint", "where", "workers", "MB/s", "ratio", "cores", "MB/cpu-s", "estimate", "MiB")
 	for _, p := range res.Pipelines {
-		fmt.Fprintf(w, "%-10s %-7s %-8s %-12s %7d %8.0f %7.3f %6.2f %9.0f %6d\n", p.Op, p.Data, p.Hint, p.Where, p.Workers, p.MBps, p.Ratio, p.Cores, p.EstimateMBps, p.Bytes>>20)
+		fmt.Fprintf(w, "%-10s %-7s %-8s %-12s %7d %8.0f %7.3f %6.2f %9.0f %9.0f %6d\n", p.Op, p.Data, p.Hint, p.Where, p.Workers, p.MBps, p.Ratio, p.Cores, p.MBPerCPUSecond, p.EstimateMBps, p.Bytes>>20)
 	}
-	fmt.Fprintf(w, "\ncores: process CPU time / wall time; estimate: CPU-bound MB/s from the stage limits (stage costs per byte summed over min(workers+1, GOMAXPROCS) cores; ingest no faster than one fastcdc goroutine)\n")
+	fmt.Fprintf(w, "\ncores: process CPU time / wall time; MB/cpu-s: bytes / process CPU time; estimate: CPU-bound MB/s from the stage limits (stage costs per byte summed over min(workers+1, GOMAXPROCS) cores; ingest no faster than one fastcdc goroutine)\n")
 	if len(res.Dedup) > 0 {
 		fmt.Fprintf(w, "\ngrowing KV series: 8 snapshots of a %d MiB float16 region (16 layers x K/V x 8 heads x 4096 positions x 64 dims)\n", KVRegionBytes>>20)
 		fmt.Fprintf(w, "%-26s %9s %10s %10s %8s %8s\n", "chunker", "pos/snap", "in MiB", "stored MiB", "chunks", "in/stored")

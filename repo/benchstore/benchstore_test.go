@@ -44,7 +44,7 @@ func TestRunSmall(t *testing.T) {
 		}
 	}
 	for _, p := range res.Pipelines {
-		if p.MBps <= 0 || p.Bytes != 2<<20 || p.Ratio < 0.99 || p.Where != dir || p.Cores <= 0 || p.EstimateMBps <= 0 {
+		if p.MBps <= 0 || p.Bytes != 2<<20 || p.Ratio < 0.99 || p.Where != dir || p.Cores <= 0 || p.MBPerCPUSecond < 0 || p.EstimateMBps <= 0 {
 			t.Errorf("pipeline %+v", p)
 		}
 		if p.Data == "f16-kv" && p.Hint == "float16" && p.Ratio < 1.05 {
