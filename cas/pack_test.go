@@ -333,3 +333,25 @@ func TestPackReadOnly(t *testing.T) {
 		t.Fatalf("writer while readers hold the store: %v", err)
 	}
 }
+
+// TestPackDiscardedBatchStaysGone: a discarded batch's chunks are not present, also after a
+// reopen (their records are tombstoned, not just forgotten), while a committed one's are.
+func TestPackDiscardedBatchStaysGone(t *testing.T) {
+	dir := t.TempDir()
+	p, err := cas.OpenPack(dir, cas.PackOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, dropped := castest.Random(3000, 1), castest.Random(3000, 2)
+	b := p.NewBatch()
+	if _, err := b.Put(bg, dropped, cas.HintNone); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Put(bg, kept, cas.HintNone); err != nil { // its sync covers dropped's bytes too
+		t.Fatal(err)
+	}
+	b.Discard()
+	p.Close()
+	p = openPack(t, dir, cas.PackOptions{})
+	checkExactly(t, p, map[cas.Digest][]byte{cas.Sum(kept): kept})
+}
