@@ -110,13 +110,16 @@ func benchModel(b *testing.B, dir string) *engine.Model {
 }
 
 // BenchmarkNewInstance1B makes instances of the 1B KV shape: bare, and made for 2048 positions
-// (64 MiB of KV blocks allocated and populated at creation).
+// (64 MiB of KV blocks allocated and populated at creation), with small or huge pages.
 func BenchmarkNewInstance1B(b *testing.B) {
 	m := benchModel(b, b.TempDir())
-	for _, ctx := range []int{0, 2048} {
-		b.Run(fmt.Sprintf("context=%d", ctx), func(b *testing.B) {
+	for _, v := range []struct {
+		ctx  int
+		huge bool
+	}{{0, false}, {2048, false}, {2048, true}} {
+		b.Run(fmt.Sprintf("context=%d/huge=%v", v.ctx, v.huge), func(b *testing.B) {
 			for b.Loop() {
-				in, err := m.NewInstance(engine.InstanceOptions{Context: ctx, Threads: runtime.GOMAXPROCS(0)})
+				in, err := m.NewInstance(engine.InstanceOptions{Context: v.ctx, HugePages: v.huge, Threads: runtime.GOMAXPROCS(0)})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -129,11 +132,11 @@ func BenchmarkNewInstance1B(b *testing.B) {
 }
 
 // BenchmarkRestore1B restores 2048 positions of the Llama-3.2-1B KV shape (64 MiB) from a
-// pack store (what data directories use) and a file-per-chunk store into fresh instances, with
-// the KV stored in each codec, into an instance made
-// for that context (its KV memory allocated and resident before the restore, as llama.cpp's
-// context is) or made bare (the restore allocates the blocks and faults their pages in).
-// Making the instance is outside the timed part; BenchmarkNewInstance1B measures it.
+// pack store (what data directories use) and a file-per-chunk store, with the KV stored in
+// each codec, into fresh instances: made for that context (its KV memory allocated and
+// resident before the restore, as llama.cpp's context is; in small pages, or huge ones where
+// the kernel has them) or made bare (the restore allocates the blocks and faults their pages
+// in). Making the instance is outside the timed part; BenchmarkNewInstance1B measures it.
 func BenchmarkRestore1B(b *testing.B) {
 	const npos = 2048
 	m := benchModel(b, b.TempDir())
@@ -144,12 +147,16 @@ func BenchmarkRestore1B(b *testing.B) {
 				for _, made := range []struct {
 					name string
 					ctx  int
-				}{{"instance=bare", 0}, {"instance=ctx2048", npos}} {
+					huge bool
+				}{{"instance=bare", 0, false}, {"instance=ctx2048", npos, false}, {"instance=ctx2048huge", npos, true}} {
+					if made.huge && kind != "pack" {
+						continue
+					}
 					b.Run(made.name, func(b *testing.B) {
 						b.SetBytes(cp.KVBytes())
 						for b.Loop() {
 							b.StopTimer()
-							in, err := m.NewInstance(engine.InstanceOptions{Context: made.ctx, Threads: runtime.GOMAXPROCS(0)})
+							in, err := m.NewInstance(engine.InstanceOptions{Context: made.ctx, HugePages: made.huge, Threads: runtime.GOMAXPROCS(0)})
 							if err != nil {
 								b.Fatal(err)
 							}
