@@ -3,6 +3,7 @@ package cuda
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"unsafe"
 
@@ -35,6 +36,10 @@ func (p KVPlacement) String() string {
 type BackendOptions struct {
 	Ordinal int // GPU ordinal
 	KV      KVPlacement
+	// Eager issues every kernel as its op is called, instead of deferring an export's kernels
+	// and replaying repeated runs of them through CUDA graphs (deferred.go). For comparison;
+	// DRIFTSTORE_CUDA_EAGER=1 in the environment sets it too.
+	Eager bool
 }
 
 // Backend is the CUDA engine.Backend: weights uploaded once per model, the instances' linear
@@ -53,6 +58,9 @@ func NewBackend(opts BackendOptions) (*Backend, error) {
 	d, err := Open(opts.Ordinal)
 	if err != nil {
 		return nil, err
+	}
+	if os.Getenv("DRIFTSTORE_CUDA_EAGER") == "1" {
+		opts.Eager = true
 	}
 	return &Backend{d: d, reg: NewRegistrar(d), opts: opts}, nil
 }
@@ -112,6 +120,11 @@ func (b *Backend) Load(t *engine.Tensors) (engine.Weights, error) {
 		seen[key] = m
 		w.mats[i] = m
 	}
+	// The guest multiplies the output matrix by one token only (the last one's logits): the
+	// CUDA-core GEMV streams it at full bandwidth, the tensor-core path at less than half.
+	if m := w.mats[t.Output()]; m != nil {
+		m.CUDACores = true
+	}
 	return w, nil
 }
 
@@ -128,6 +141,12 @@ func (w *cudaWeights) NewExec(threads int) (engine.Exec, error) {
 	s, err := w.b.d.NewStream()
 	if err != nil {
 		return nil, err
+	}
+	if !w.b.opts.Eager {
+		if err := s.SetDeferred(true); err != nil {
+			s.Close()
+			return nil, err
+		}
 	}
 	return &Exec{w: w, s: s, kvDev: w.b.opts.KV == KVDevice, tabs: make(map[uintptr]*kvTable)}, nil
 }
@@ -150,7 +169,9 @@ func (w *cudaWeights) Close() error {
 }
 
 // Exec runs one instance's host ops on its own stream, asynchronously: an op queues its
-// kernels and returns. It is an engine.Syncer: the engine calls Sync at the end of every
+// kernels and returns. Unless the backend is Eager, the stream is deferred: kernels are
+// recorded and issued in runs (through CUDA graphs once a run repeats, as every decode step's
+// does), at the latest when the engine calls Sync. It is an engine.Syncer: the engine calls Sync at the end of every
 // guest export, and only then do the results reach linear memory.
 //
 // The instance's linear memory has a device copy (the mirror, offset for offset). Ops read
@@ -250,7 +271,8 @@ func (e *Exec) growMirror(n int) {
 	must(err)
 	if old := e.mirror; old != nil {
 		must(e.s.CopyAsync(nb.Ptr, old.Ptr, old.Len))
-		must(old.Free()) // waits for the device
+		must(e.s.flush()) // recorded work uses the old mirror
+		must(old.Free())  // waits for the device
 	}
 	e.mirror = nb
 	for _, t := range e.tabs { // their entries point into the old mirror
@@ -269,7 +291,7 @@ func (e *Exec) in(x []float32) DevPtr {
 			e.up = make([]byte, nb)
 		}
 		copy(e.up[:nb], unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(x))), nb))
-		must(e.w.b.d.drv.htodAsync(e.mirror.Ptr+DevPtr(o), e.up[:nb], e.s.s))
+		must(e.s.UploadAsync(e.mirror.Ptr+DevPtr(o), e.up[:nb]))
 		e.valid.add(o, o+nb)
 	}
 	e.queued = true
@@ -400,6 +422,7 @@ func (e *Exec) table(l KVLayout, blocks [][]byte, end int) (dev, host DevPtr) {
 		}
 	}
 	if nb > t.cap {
+		must(e.s.flush()) // recorded work may use the old tables
 		t.dev.Free()
 		t.host.Free()
 		t.cap = max(nb, 2*t.cap, 64)
@@ -446,9 +469,10 @@ func (e *Exec) StoreKV(l engine.KVLayout, blocks [][]byte, k, v []float32, n, po
 	kp, vp := e.in(k[:row]), e.in(v[:row])
 	dev, host := e.table(cl, blocks, pos0+n)
 	nb := ceilDiv(pos0+n, cl.BlockSize)
-	must(e.s.StoreKVTable(kp, vp, n, pos0, cl, host, nb))
-	if e.kvDev {
-		must(e.s.StoreKVTable(kp, vp, n, pos0, cl, dev, nb))
+	if e.kvDev { // one kernel writes the device copy and the linear memory
+		must(e.s.StoreKVTable2(kp, vp, n, pos0, cl, dev, host, nb))
+	} else {
+		must(e.s.StoreKVTable(kp, vp, n, pos0, cl, host, nb))
 	}
 }
 

@@ -16,8 +16,13 @@ import (
 
 func newCUDABackend(t testing.TB, kv KVPlacement) *Backend {
 	t.Helper()
+	return newCUDABackendOpts(t, BackendOptions{KV: kv})
+}
+
+func newCUDABackendOpts(t testing.TB, opts BackendOptions) *Backend {
+	t.Helper()
 	device(t) // skips without a GPU
-	b, err := NewBackend(BackendOptions{KV: kv})
+	b, err := NewBackend(opts)
 	if errors.Is(err, ErrUnavailable) {
 		t.Skipf("no CUDA driver: %v", err)
 	}
@@ -146,6 +151,7 @@ func promptTokens(n, vocab int) []int32 {
 func TestBackendMatchesCPU(t *testing.T) {
 	bd := newCUDABackend(t, KVDevice)
 	bh := newCUDABackend(t, KVHost)
+	be := newCUDABackendOpts(t, BackendOptions{KV: KVDevice, Eager: true})
 	for _, typ := range []gguf.Type{gguf.TypeQ8_0, gguf.TypeF16} {
 		path := synthModel(t, "tiny", typ)
 		for _, kv := range []engine.KVType{engine.KVF16, engine.KVF32} {
@@ -164,6 +170,11 @@ func TestBackendMatchesCPU(t *testing.T) {
 			}
 			if string(g1.kv) != string(g1b1.kv) || bitsEqual(g1.logits, g1b1.logits) >= 0 {
 				t.Fatalf("%s: batched and token-by-token prefill differ on CUDA", name)
+			}
+			// Deferred ops replayed through CUDA graphs against every kernel launched at once.
+			ge := runModel(t, be, path, kv, prompt, 16, false)
+			if bitsEqual(g1.logits, ge.logits) >= 0 || bitsEqual(g1.last, ge.last) >= 0 || string(g1.kv) != string(ge.kv) {
+				t.Fatalf("%s: eager launches and graph replays give different results", name)
 			}
 			var maxRef, maxDiff float64
 			for i := range ref.logits {

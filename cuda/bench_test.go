@@ -97,6 +97,11 @@ func BenchmarkGEMV(b *testing.B) {
 				})
 			}
 			run("wdev-xdev", w, od.Ptr, xd.Ptr)
+			if d.tensorCores(w) { // the CUDA-core kernel on the same weights, for comparison
+				d.tc = false
+				run("wdev-xdev-fma", w, od.Ptr, xd.Ptr)
+				d.tc = true
+			}
 			run("wdev-xhost", w, oh, xh)
 			if ty == F16 || ty == Q8_0 {
 				run("whost-xdev", hostWeights(b, d, reg, w), od.Ptr, xd.Ptr)
@@ -119,13 +124,25 @@ func BenchmarkPrefillMatMul(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		tc := d.tensorCores(w)
 		for _, n := range []int{8, 128, 512} {
 			x := devBuf(b, d, randF32(r, n*cols, 1), n*cols)
 			o := devBuf(b, d, nil, n*rows)
-			b.Run(fmt.Sprintf("%v/n%d", ty, n), func(b *testing.B) {
-				ms := timeOps(b, s, func() error { return s.MatMul(o.Ptr, w, x.Ptr, n) })
-				b.ReportMetric(2*float64(rows*cols*n)/(ms*1e-3)/1e12, "TFLOP/s")
-			})
+			for _, fma := range []bool{false, true} {
+				name := fmt.Sprintf("%v/n%d", ty, n)
+				if fma {
+					if !tc {
+						continue
+					}
+					name += "/fma" // the CUDA-core kernel, for comparison
+				}
+				d.tc = tc && !fma
+				b.Run(name, func(b *testing.B) {
+					ms := timeOps(b, s, func() error { return s.MatMul(o.Ptr, w, x.Ptr, n) })
+					b.ReportMetric(2*float64(rows*cols*n)/(ms*1e-3)/1e12, "TFLOP/s")
+				})
+				d.tc = tc
+			}
 		}
 		w.Free()
 	}
@@ -175,6 +192,47 @@ func BenchmarkAttentionDecode(b *testing.B) {
 	}
 }
 
+// BenchmarkAttentionPrefill: 512 query tokens at positions 0.. and 1536.. (1B shape, F16 KV
+// on the device), with the query tokens sharing K/V loads (mq) and one token per block.
+func BenchmarkAttentionPrefill(b *testing.B) {
+	d := device(b)
+	s := newStream(b, d)
+	r := rand.New(rand.NewPCG(12, 12))
+	l := KVLayout{BlockSize: 16, NKVHeads: 8, HeadDim: 64, KVType: F16}
+	const n, ctx = 512, 2048
+	nb := ceilDiv(ctx, l.BlockSize)
+	size := nb * l.BlockBytes()
+	dev, err := d.Alloc(size)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dev.Free()
+	host := make([]byte, size)
+	for i := range host {
+		host[i] = byte(r.IntN(60))
+	}
+	dev.Upload(0, host)
+	blocks := make([]DevPtr, nb)
+	for i := range blocks {
+		blocks[i] = dev.Ptr + DevPtr(i*l.BlockBytes())
+	}
+	q := devBuf(b, d, randF32(r, n*32*64, 1), n*32*64)
+	o := devBuf(b, d, nil, n*32*64)
+	for _, pos0 := range []int{0, ctx - n} {
+		for _, mq := range []bool{true, false} {
+			name := fmt.Sprintf("n%d/pos%d/mq", n, pos0)
+			if !mq {
+				name = fmt.Sprintf("n%d/pos%d/pertoken", n, pos0)
+			}
+			b.Run(name, func(b *testing.B) {
+				attnMQ = mq
+				defer func() { attnMQ = true }()
+				timeOps(b, s, func() error { return s.Attention(o.Ptr, q.Ptr, n, 32, pos0, l, blocks) })
+			})
+		}
+	}
+}
+
 // BenchmarkLaunch: an empty kernel queued back to back (device time per launch), and the
 // host round trip of launch + stream sync (an empty host op done synchronously).
 func BenchmarkLaunch(b *testing.B) {
@@ -183,6 +241,44 @@ func BenchmarkLaunch(b *testing.B) {
 	b.Run("queued", func(b *testing.B) {
 		timeOps(b, s, s.Nop)
 	})
+	// A step of 256 empty kernels then a sync, issued one by one or through a deferred stream
+	// (recorded, replayed as CUDA graphs from the second step on): host wall time per kernel.
+	for _, deferred := range []bool{false, true} {
+		name := "step256/eager"
+		if deferred {
+			name = "step256/graph"
+		}
+		b.Run(name, func(b *testing.B) {
+			st := newStream(b, d)
+			if err := st.SetDeferred(deferred); err != nil {
+				b.Fatal(err)
+			}
+			step := func() {
+				for k := 0; k < 256; k++ {
+					if err := st.Nop(); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := st.Sync(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			step()
+			step()
+			b.ResetTimer()
+			t0 := time.Now()
+			for i := 0; i < b.N; i++ {
+				step()
+			}
+			b.ReportMetric(float64(time.Since(t0).Nanoseconds())/1e3/float64(b.N)/256, "us/kernel")
+			if deferred {
+				rp, bu, di := st.GraphStats()
+				b.ReportMetric(float64(rp), "replays")
+				b.ReportMetric(float64(bu), "builds")
+				b.ReportMetric(float64(di), "direct")
+			}
+		})
+	}
 	b.Run("roundtrip", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
 			if err := s.Nop(); err != nil {

@@ -9,7 +9,12 @@
 // guest's linear memory in place through the mapped device pointers.
 //
 // Every kernel sums in a fixed order (no floating-point atomics): the same launch on the same
-// inputs gives bit-identical outputs on one GPU.
+// inputs gives bit-identical outputs on one GPU, and a token's outputs do not depend on how
+// many tokens share the launch (batched prefill writes the same KV bytes as token-by-token
+// feeding). F16 and Q8_0 matrix products run on the tensor cores (mma.sync, activations split
+// into two F16 terms: float32-level accuracy; DRIFTSTORE_CUDA_TC=0 keeps them on the CUDA
+// cores). A backend Exec defers an export's kernels and replays repeated runs of them as CUDA
+// graphs (deferred.go; BackendOptions.Eager or DRIFTSTORE_CUDA_EAGER=1 launches each at once).
 package cuda
 
 import (

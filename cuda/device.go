@@ -45,6 +45,8 @@ type Device struct {
 
 	closeOnce sync.Once
 	Stats     Stats
+	tc        bool // tensor-core matmuls for F16 and Q8_0 (see Device.tensorCores)
+	tcb       bool // few-token tensor-core matmuls by ds_tcb instead of ds_tcv (same results)
 }
 
 // Available reports whether a CUDA driver loads and sees at least one device; the error says
@@ -100,6 +102,8 @@ func Open(ordinal int) (*Device, error) {
 		return nil, fmt.Errorf("%w: device %d (%s) cannot map host memory with unified addressing", ErrUnavailable, ordinal, d.info.Name)
 	}
 	d.info.HostPtrIsDevPtr = hp != 0
+	d.tc = d.info.CC[0] >= 8 && os.Getenv("DRIFTSTORE_CUDA_TC") != "0"
+	d.tcb = os.Getenv("DRIFTSTORE_CUDA_TCV") == "block"
 	ptx := kernelsPTX
 	if path := os.Getenv("DRIFTSTORE_CUDA_PTX"); path != "" {
 		// Development: kernels compiled elsewhere, before they are committed.

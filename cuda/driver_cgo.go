@@ -61,6 +61,28 @@ DS_FUNCS(DS_PTR)
 
 static void *ds_lib;
 static char ds_loaderr[512];
+static int ds_graphs;
+
+typedef void *CUgraph, *CUgraphExec, *CUgraphNode;
+// CUDA_KERNEL_NODE_PARAMS_v2 (cuda.h, CUDA 12 and later).
+typedef struct {
+	CUfunction func;
+	unsigned gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes;
+	void **kernelParams;
+	void **extra;
+	void *kern;
+	CUcontext ctx;
+} ds_knode_params;
+
+#define DS_GFUNCS(X) \
+	X(cuGraphCreate, "cuGraphCreate", (CUgraph*, unsigned), (a0, a1)) \
+	X(cuGraphDestroy, "cuGraphDestroy", (CUgraph), (a0)) \
+	X(cuGraphAddKernelNode, "cuGraphAddKernelNode_v2", (CUgraphNode*, CUgraph, const CUgraphNode*, size_t, const ds_knode_params*), (a0, a1, a2, a3, a4)) \
+	X(cuGraphInstantiateWithFlags, "cuGraphInstantiateWithFlags", (CUgraphExec*, CUgraph, unsigned long long), (a0, a1, a2)) \
+	X(cuGraphExecKernelNodeSetParams, "cuGraphExecKernelNodeSetParams_v2", (CUgraphExec, CUgraphNode, const ds_knode_params*), (a0, a1, a2)) \
+	X(cuGraphLaunch, "cuGraphLaunch", (CUgraphExec, CUstream), (a0, a1)) \
+	X(cuGraphExecDestroy, "cuGraphExecDestroy", (CUgraphExec), (a0))
+DS_GFUNCS(DS_PTR)
 
 // ds_load opens libcuda.so.1 and resolves every entry point. Returns NULL or an error text.
 static const char *ds_load(void) {
@@ -77,8 +99,13 @@ static const char *ds_load(void) {
 	// Newer drivers add a _v2 of cuEventElapsedTime; both take the same arguments.
 	void *v2 = dlsym(ds_lib, "cuEventElapsedTime_v2");
 	if (v2) p_cuEventElapsedTime = (CUresult (*)(float*, CUevent, CUevent))v2;
+	// Graphs are optional: without them every kernel is launched on its own.
+#define DS_GSYM(name, sym, args, call) p_##name = (CUresult (*) args)dlsym(ds_lib, sym); if (!p_##name) ds_graphs = 0;
+	ds_graphs = 1;
+	DS_GFUNCS(DS_GSYM)
 	return NULL;
 }
+
 
 // Each call makes ctx current on the calling thread first (goroutines move between threads).
 static __thread CUcontext ds_cur;
@@ -155,6 +182,88 @@ static CUresult ds_event_sync(CUcontext c, CUevent e) { BIND(c); return p_cuEven
 static CUresult ds_event_elapsed(CUcontext c, float *ms, CUevent a, CUevent b) { BIND(c); return p_cuEventElapsedTime(ms, a, b); }
 static CUresult ds_event_destroy(CUcontext c, CUevent e) { BIND(c); return p_cuEventDestroy(e); }
 
+// ---- CUDA graphs: kernel runs recorded by package cuda, replayed as one launch ----
+#define DS_MAXARGS 24
+
+static int ds_has_graphs(void) { return ds_graphs; }
+
+// Kernel records, as package cuda keeps them: fns[k]; dims[7k..7k+6] = grid x,y,z, block
+// x,y,z, dynamic shared bytes; args[DS_MAXARGS*k + i] = parameter i (one 8-byte slot each);
+// nargs[k] parameters.
+static void ds_fill(ds_knode_params *p, void **params, CUfunction f, const unsigned *d,
+		uint64_t *a, int nargs) {
+	for (int i = 0; i < nargs && i < DS_MAXARGS; i++) params[i] = &a[i];
+	p->func = f;
+	p->gridDimX = d[0]; p->gridDimY = d[1]; p->gridDimZ = d[2];
+	p->blockDimX = d[3]; p->blockDimY = d[4]; p->blockDimZ = d[5];
+	p->sharedMemBytes = d[6];
+	p->kernelParams = params;
+	p->extra = NULL;
+	p->kern = NULL;
+	p->ctx = NULL;
+}
+
+// ds_launch_many launches n recorded kernels in order on s.
+static CUresult ds_launch_many(CUcontext c, CUstream s, int n, CUfunction *fns,
+		const unsigned *dims, uint64_t *args, const int *nargs) {
+	BIND(c);
+	void *params[DS_MAXARGS];
+	for (int k = 0; k < n; k++) {
+		uint64_t *a = args + (size_t)k * DS_MAXARGS;
+		for (int i = 0; i < nargs[k] && i < DS_MAXARGS; i++) params[i] = &a[i];
+		const unsigned *d = dims + 7 * (size_t)k;
+		CUresult r = p_cuLaunchKernel(fns[k], d[0], d[1], d[2], d[3], d[4], d[5], d[6], s, params, NULL);
+		if (r) return r;
+	}
+	return 0;
+}
+
+// ds_graph_build makes a graph of n recorded kernels, each depending on the one before, and
+// instantiates it; nodes receives the n node handles (for later parameter updates).
+static CUresult ds_graph_build(CUcontext c, int n, CUfunction *fns, const unsigned *dims,
+		uint64_t *args, const int *nargs, CUgraph *g, CUgraphExec *x, CUgraphNode *nodes) {
+	BIND(c);
+	*g = NULL;
+	*x = NULL;
+	CUresult r = p_cuGraphCreate(g, 0);
+	if (r) return r;
+	void *params[DS_MAXARGS];
+	ds_knode_params p;
+	for (int k = 0; k < n; k++) {
+		ds_fill(&p, params, fns[k], dims + 7 * (size_t)k, args + (size_t)k * DS_MAXARGS, nargs[k]);
+		r = p_cuGraphAddKernelNode(&nodes[k], *g, k ? &nodes[k - 1] : NULL, k ? 1 : 0, &p);
+		if (r) break;
+	}
+	if (!r) r = p_cuGraphInstantiateWithFlags(x, *g, 0);
+	if (r) { p_cuGraphDestroy(*g); *g = NULL; *x = NULL; }
+	return r;
+}
+
+// ds_graph_run sets the parameters of the nchg kernels listed in chg (indexes into the
+// records and nodes), then launches the graph on s.
+static CUresult ds_graph_run(CUcontext c, CUstream s, CUgraphExec x, CUgraphNode *nodes,
+		int nchg, const int *chg, CUfunction *fns, const unsigned *dims, uint64_t *args,
+		const int *nargs) {
+	BIND(c);
+	void *params[DS_MAXARGS];
+	ds_knode_params p;
+	for (int i = 0; i < nchg; i++) {
+		int k = chg[i];
+		ds_fill(&p, params, fns[k], dims + 7 * (size_t)k, args + (size_t)k * DS_MAXARGS, nargs[k]);
+		CUresult r = p_cuGraphExecKernelNodeSetParams(x, nodes[k], &p);
+		if (r) return r;
+	}
+	return p_cuGraphLaunch(x, s);
+}
+
+static CUresult ds_graph_free(CUcontext c, CUgraph g, CUgraphExec x) {
+	BIND(c);
+	CUresult r = 0;
+	if (x) r = p_cuGraphExecDestroy(x);
+	if (g) { CUresult r2 = p_cuGraphDestroy(g); if (!r) r = r2; }
+	return r;
+}
+
 static const char *ds_err_name(CUresult r) {
 	const char *s = NULL;
 	if (!p_cuGetErrorName || p_cuGetErrorName(r, &s) != 0 || !s) return "CUDA_ERROR_UNKNOWN_CODE";
@@ -175,11 +284,14 @@ import (
 )
 
 type (
-	cuContext  = C.CUcontext
-	cuModule   = C.CUmodule
-	cuFunction = C.CUfunction
-	cuStream   = C.CUstream
-	cuEvent    = C.CUevent
+	cuContext   = C.CUcontext
+	cuModule    = C.CUmodule
+	cuFunction  = C.CUfunction
+	cuStream    = C.CUstream
+	cuEvent     = C.CUevent
+	cuGraph     = C.CUgraph
+	cuGraphExec = C.CUgraphExec
+	cuGraphNode = C.CUgraphNode
 )
 
 var (
@@ -401,4 +513,47 @@ func (d *drvDevice) eventElapsed(a, b cuEvent) (float32, error) {
 
 func (d *drvDevice) eventDestroy(e cuEvent) error {
 	return errOf("cuEventDestroy", C.ds_event_destroy(d.ctx, e))
+}
+
+// maxArgs is the number of parameter slots of a kernel record (DS_MAXARGS).
+const maxArgs = 24
+
+// graphsAvailable reports whether the driver has the graph entry points (after load).
+func graphsAvailable() bool { return C.ds_has_graphs() != 0 }
+
+// launchMany launches recorded kernels in order (see kernelRecs for the layout).
+func (d *drvDevice) launchMany(s cuStream, r *kernelRecs, lo, hi int) error {
+	if hi <= lo {
+		return nil
+	}
+	return errOf("cuLaunchKernel", C.ds_launch_many(d.ctx, s, C.int(hi-lo), &r.fns[lo],
+		(*C.uint)(unsafe.Pointer(&r.dims[7*lo])), (*C.uint64_t)(unsafe.Pointer(&r.args[maxArgs*lo])),
+		(*C.int)(unsafe.Pointer(&r.nargs[lo]))))
+}
+
+// graphBuild makes and instantiates a graph of the recorded kernels [lo, hi), in order;
+// nodes (hi-lo long) receives their node handles.
+func (d *drvDevice) graphBuild(r *kernelRecs, lo, hi int, nodes []cuGraphNode) (cuGraph, cuGraphExec, error) {
+	var g C.CUgraph
+	var x C.CUgraphExec
+	err := errOf("cuGraph (build)", C.ds_graph_build(d.ctx, C.int(hi-lo), &r.fns[lo],
+		(*C.uint)(unsafe.Pointer(&r.dims[7*lo])), (*C.uint64_t)(unsafe.Pointer(&r.args[maxArgs*lo])),
+		(*C.int)(unsafe.Pointer(&r.nargs[lo])), &g, &x, &nodes[0]))
+	return g, x, err
+}
+
+// graphRun updates the nodes listed in chg (indexes relative to lo) with the records
+// [lo, hi) and launches the graph on s.
+func (d *drvDevice) graphRun(s cuStream, x cuGraphExec, nodes []cuGraphNode, chg []int32, r *kernelRecs, lo, hi int) error {
+	var cp *C.int
+	if len(chg) > 0 {
+		cp = (*C.int)(unsafe.Pointer(&chg[0]))
+	}
+	return errOf("cuGraph (update, launch)", C.ds_graph_run(d.ctx, s, x, &nodes[0], C.int(len(chg)), cp,
+		&r.fns[lo], (*C.uint)(unsafe.Pointer(&r.dims[7*lo])), (*C.uint64_t)(unsafe.Pointer(&r.args[maxArgs*lo])),
+		(*C.int)(unsafe.Pointer(&r.nargs[lo]))))
+}
+
+func (d *drvDevice) graphFree(g cuGraph, x cuGraphExec) error {
+	return errOf("cuGraphExecDestroy", C.ds_graph_free(d.ctx, g, x))
 }

@@ -9,12 +9,28 @@ import (
 )
 
 type (
-	cuContext  = unsafe.Pointer
-	cuModule   = unsafe.Pointer
-	cuFunction = unsafe.Pointer
-	cuStream   = unsafe.Pointer
-	cuEvent    = unsafe.Pointer
+	cuContext   = unsafe.Pointer
+	cuModule    = unsafe.Pointer
+	cuFunction  = unsafe.Pointer
+	cuStream    = unsafe.Pointer
+	cuEvent     = unsafe.Pointer
+	cuGraph     = unsafe.Pointer
+	cuGraphExec = unsafe.Pointer
+	cuGraphNode = unsafe.Pointer
 )
+
+const maxArgs = 24
+
+func graphsAvailable() bool { return false }
+
+func (d *drvDevice) launchMany(cuStream, *kernelRecs, int, int) error { return load() }
+func (d *drvDevice) graphBuild(*kernelRecs, int, int, []cuGraphNode) (cuGraph, cuGraphExec, error) {
+	return nil, nil, load()
+}
+func (d *drvDevice) graphRun(cuStream, cuGraphExec, []cuGraphNode, []int32, *kernelRecs, int, int) error {
+	return load()
+}
+func (d *drvDevice) graphFree(cuGraph, cuGraphExec) error { return load() }
 
 func load() error {
 	return fmt.Errorf("%w: CUDA needs linux with cgo (this build: %s/%s)", ErrUnavailable, runtime.GOOS, runtime.GOARCH)

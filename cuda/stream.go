@@ -11,8 +11,8 @@ import (
 // kernelNames lists every kernel Open resolves.
 func kernelNames() []string {
 	names := []string{"ds_mv_any", "ds_rmsnorm", "ds_rope", "ds_store_kv", "ds_attn",
-		"ds_attn_combine", "ds_swiglu", "ds_add", "ds_embed", "ds_softmax", "ds_argmax", "ds_nop",
-		"ds_sum_words", "ds_fill_words"}
+		"ds_attn_combine", "ds_attn_mq", "ds_swiglu", "ds_add", "ds_embed", "ds_softmax", "ds_argmax", "ds_nop",
+		"ds_sum_words", "ds_fill_words", "ds_tcv_f16", "ds_tcm_f16", "ds_tcv_q8", "ds_tcm_q8", "ds_tcb_f16", "ds_tcb_q8"}
 	for _, t := range []DType{F32, F16, BF16, Q8_0} {
 		for _, shape := range []string{"1x1", "1x8", "4x8"} {
 			names = append(names, "ds_mv_"+t.suffix()+"_"+shape, "ds_mv_"+t.suffix()+"_"+shape+"v")
@@ -54,9 +54,12 @@ type Stream struct {
 	d      *Device
 	s      cuStream
 	part   *Buffer // attention partial results
+	tcPart *Buffer // ds_tcv segment sums
+	tcCnt  *Buffer // ds_tcv tile counters
 	small  *Buffer // token ids in, argmax out
 	tables map[uint64]*table
 	t0, t1 cuEvent
+	q      *deferQ // non-nil: deferred mode (deferred.go)
 }
 
 type table struct {
@@ -88,9 +91,14 @@ func (s *Stream) Close() error {
 	if s.s == nil {
 		return nil
 	}
+	s.discard()
 	err := s.d.drv.streamSync(s.s)
+	s.freeGraphs()
+	s.q = nil
 	s.dropTables()
 	s.part.Free()
+	s.tcPart.Free()
+	s.tcCnt.Free()
 	s.small.Free()
 	if s.t0 != nil {
 		s.d.drv.eventDestroy(s.t0)
@@ -105,9 +113,18 @@ func (s *Stream) Close() error {
 	return err
 }
 
-// Sync waits until everything queued on the stream has run; it reports the first error of an
-// earlier kernel as well.
-func (s *Stream) Sync() error { return s.d.drv.streamSync(s.s) }
+// Sync issues what a deferred stream recorded and waits until everything queued on the stream
+// has run; it reports the first error of an earlier kernel as well.
+func (s *Stream) Sync() error {
+	ferr := s.flush()
+	if s.q != nil {
+		s.q.piece = 0
+	}
+	if err := s.d.drv.streamSync(s.s); err != nil {
+		return err
+	}
+	return ferr
+}
 
 func (s *Stream) launch(name string, grid, block [3]uint32, shmem uint32, args *argSlots) error {
 	f, ok := s.d.fns[name]
@@ -115,6 +132,9 @@ func (s *Stream) launch(name string, grid, block [3]uint32, shmem uint32, args *
 		return fmt.Errorf("cuda: no kernel %s", name)
 	}
 	s.d.Stats.Launches.Add(1)
+	if s.q != nil {
+		return s.record(f, grid, block, shmem, args)
+	}
 	if err := s.d.drv.launch(f, grid, block, shmem, s.s, args); err != nil {
 		return fmt.Errorf("cuda: launch %s: %w", name, err)
 	}
@@ -153,6 +173,9 @@ func (s *Stream) grow(b **Buffer, n int) error {
 	if *b != nil && (*b).Len >= n {
 		return nil
 	}
+	if err := s.flush(); err != nil { // recorded work may use the old buffer
+		return err
+	}
 	if err := (*b).Free(); err != nil {
 		return err
 	}
@@ -181,6 +204,22 @@ func (s *Stream) MatMulStrided(out DevPtr, ostride int, w *Weights, x DevPtr, xs
 	}
 	var a argSlots
 	a.ptr(out).i32(ostride).ptr(w.data.Ptr).ptr(w.scalePtr()).ptr(x).i32(xstride).i32(w.Rows).i32(w.Cols).i32(n)
+	if s.d.tensorCores(w) {
+		// Tensor cores, the same arithmetic for every n (kernels.cu, "tensor-core matrix
+		// products"): few tokens stream the weights once per 8 tokens, many share them per 64.
+		if n <= tcvMaxTokens {
+			rg, nseg := ceilDiv(w.Rows, 16), ceilDiv(w.Cols/32, 8)
+			if err := s.tcScratch(rg*nseg*128*4, rg*4); err != nil {
+				return err
+			}
+			a.ptr(s.tcPart.Ptr).ptr(s.tcCnt.Ptr)
+			if s.d.tcb {
+				return s.launch("ds_tcb_"+w.Type.suffix(), [3]uint32{uint32(ceilDiv(w.Rows, 128)), uint32(nseg), 1}, [3]uint32{256, 1, 1}, 0, &a)
+			}
+			return s.launch("ds_tcv_"+w.Type.suffix(), [3]uint32{uint32(rg), uint32(nseg), 1}, [3]uint32{32, 1, 1}, 0, &a)
+		}
+		return s.launch("ds_tcm_"+w.Type.suffix(), [3]uint32{uint32(ceilDiv(n, 64)), uint32(ceilDiv(w.Rows, 128)), 1}, [3]uint32{256, 1, 1}, 0, &a)
+	}
 	if w.Cols%8 != 0 {
 		a.i32(int(w.Type))
 		return s.launch("ds_mv_any", [3]uint32{uint32(ceilDiv(w.Rows, 256)), uint32(n), 1}, [3]uint32{256, 1, 1}, 0, &a)
@@ -196,6 +235,37 @@ func (s *Stream) MatMulStrided(out DevPtr, ostride int, w *Weights, x DevPtr, xs
 	name := mvName(w.Type, rw, nt, x%16 == 0 && xstride%4 == 0)
 	grid := [3]uint32{uint32(ceilDiv(n, nt)), uint32(ceilDiv(w.Rows, 8*rw)), 1}
 	return s.launch(name, grid, [3]uint32{256, 1, 1}, 0, &a)
+}
+
+// tcvMaxTokens: matmuls of up to this many tokens use ds_tcv (one warp per 16 rows and column
+// segment, all weights in flight at once); larger ones ds_tcm (64-token tiles).
+const tcvMaxTokens = 8
+
+// tcScratch makes the ds_tcv scratch at least partBytes (segment sums) and cntBytes (tile
+// counters, zero between launches: a new buffer is zeroed, and each launch leaves it so).
+func (s *Stream) tcScratch(partBytes, cntBytes int) error {
+	if err := s.grow(&s.tcPart, partBytes); err != nil {
+		return err
+	}
+	if s.tcCnt != nil && s.tcCnt.Len >= cntBytes {
+		return nil
+	}
+	if err := s.grow(&s.tcCnt, cntBytes); err != nil {
+		return err
+	}
+	return s.htod(s.tcCnt.Ptr, make([]byte, s.tcCnt.Len))
+}
+
+// tcMaxCols bounds the columns of a tensor-core matrix (TC_MAXSEG segments of 256).
+const tcMaxCols = 64 * 256
+
+// tensorCores reports whether products with w run on the tensor cores: F16 or Q8_0 weights,
+// columns a multiple of 32 and at most tcMaxCols, a card of compute capability 8.0 or newer,
+// DRIFTSTORE_CUDA_TC not "0" when the device opened, and not marked CUDACores. The choice
+// depends on the matrix only, never on the number of tokens: either way a token's outputs are
+// the same bits whatever n is.
+func (d *Device) tensorCores(w *Weights) bool {
+	return d.tc && !w.CUDACores && (w.Type == F16 || w.Type == Q8_0) && w.Cols%32 == 0 && w.Cols <= tcMaxCols
 }
 
 // RMSNorm: out[t][i] = x[t][i] / sqrt(mean(x[t]^2) + eps) * w[i] for n rows of dim; out may
@@ -244,7 +314,7 @@ func (s *Stream) blockTable(blocks []DevPtr) (DevPtr, error) {
 	for i, p := range blocks {
 		binary.LittleEndian.PutUint64(raw[8*i:], uint64(p))
 	}
-	if err := s.d.drv.htodAsync(buf.Ptr, raw, s.s); err != nil {
+	if err := s.htod(buf.Ptr, raw); err != nil {
 		buf.Free()
 		return 0, err
 	}
@@ -257,6 +327,7 @@ func (s *Stream) blockTable(blocks []DevPtr) (DevPtr, error) {
 }
 
 func (s *Stream) dropTables() {
+	s.flush() // recorded work may use the tables; an error shows at the next Sync
 	for k, t := range s.tables {
 		t.buf.Free()
 		delete(s.tables, k)
@@ -293,6 +364,12 @@ func (s *Stream) StoreKV(k, v DevPtr, n, pos0 int, l KVLayout, blocks []DevPtr) 
 
 // StoreKVTable is StoreKV with the block table already in device memory (nblocks entries).
 func (s *Stream) StoreKVTable(k, v DevPtr, n, pos0 int, l KVLayout, tab DevPtr, nblocks int) error {
+	return s.StoreKVTable2(k, v, n, pos0, l, tab, 0, nblocks)
+}
+
+// StoreKVTable2 is StoreKVTable writing the same bytes through a second block table too
+// (tab2, when not 0, also nblocks entries): one kernel for a device copy and the linear memory.
+func (s *Stream) StoreKVTable2(k, v DevPtr, n, pos0 int, l KVLayout, tab, tab2 DevPtr, nblocks int) error {
 	if err := l.check(); err != nil {
 		return err
 	}
@@ -304,7 +381,7 @@ func (s *Stream) StoreKVTable(k, v DevPtr, n, pos0 int, l KVLayout, tab DevPtr, 
 	}
 	total := n * l.NKVHeads * l.HeadDim
 	var a argSlots
-	a.ptr(k).ptr(v).i32(n).i32(pos0).i32(l.BlockSize).i32(l.NKVHeads).i32(l.HeadDim).i32(int(l.KVType)).ptr(tab)
+	a.ptr(k).ptr(v).i32(n).i32(pos0).i32(l.BlockSize).i32(l.NKVHeads).i32(l.HeadDim).i32(int(l.KVType)).ptr(tab).ptr(tab2)
 	return s.launch("ds_store_kv", [3]uint32{uint32(ceilDiv(total, 256)), 1, 1}, [3]uint32{256, 1, 1}, 0, &a)
 }
 
@@ -364,10 +441,19 @@ func (s *Stream) AttentionTable(out, q DevPtr, n, nheads, pos0 int, l KVLayout, 
 		}
 		o, qq := out+DevPtr(4*t0*row), q+DevPtr(4*t0*row)
 		var a argSlots
-		a.ptr(o).ptr(qq).i32(ng).i32(nheads).i32(pos0 + t0).i32(l.BlockSize).i32(l.NKVHeads).i32(l.HeadDim).
-			i32(int(l.KVType)).ptr(tab).f32(scale).i32(ns).i32(attnChunk).ptr(part)
-		if err := s.launch("ds_attn", [3]uint32{uint32(nheads), uint32(ng), uint32(ns)}, [3]uint32{128, 1, 1}, 0, &a); err != nil {
-			return err
+		if attnMQ && ng > 1 && l.HeadDim <= 128 {
+			// Several tokens: ds_attn_mq, the same arithmetic per token with shared K/V loads.
+			a.ptr(o).ptr(qq).i32(ng).i32(nheads).i32(pos0 + t0).i32(l.BlockSize).i32(l.NKVHeads).i32(l.HeadDim).
+				i32(int(l.KVType)).ptr(tab).f32(scale).i32(ns).ptr(part)
+			if err := s.launch("ds_attn_mq", [3]uint32{uint32(l.NKVHeads), uint32(ceilDiv(ng, mqTokens)), uint32(ns)}, [3]uint32{128, 1, 1}, 0, &a); err != nil {
+				return err
+			}
+		} else {
+			a.ptr(o).ptr(qq).i32(ng).i32(nheads).i32(pos0 + t0).i32(l.BlockSize).i32(l.NKVHeads).i32(l.HeadDim).
+				i32(int(l.KVType)).ptr(tab).f32(scale).i32(ns).i32(attnChunk).ptr(part)
+			if err := s.launch("ds_attn", [3]uint32{uint32(nheads), uint32(ng), uint32(ns)}, [3]uint32{128, 1, 1}, 0, &a); err != nil {
+				return err
+			}
 		}
 		if ns == 1 {
 			continue
@@ -381,8 +467,13 @@ func (s *Stream) AttentionTable(out, q DevPtr, n, nheads, pos0 int, l KVLayout, 
 	return nil
 }
 
+// attnMQ lets several query tokens share K/V loads (ds_attn_mq); tests and benchmarks turn it
+// off to compare with ds_attn, which must give the same bits.
+var attnMQ = true
+
 const (
-	attnChunk     = 128      // positions per attention block
+	attnChunk     = 32       // positions per attention block (ATT_CHUNK in kernels.cu)
+	mqTokens      = 8        // tokens per ds_attn_mq block (MQ_TOK)
 	attnPartBytes = 64 << 20 // bound on the attention partials of one launch
 )
 
@@ -423,7 +514,7 @@ func (s *Stream) Embed(out DevPtr, w *Weights, tokens []int32) error {
 	if err := s.grow(&s.small, len(raw)); err != nil {
 		return err
 	}
-	if err := s.d.drv.htodAsync(s.small.Ptr, raw, s.s); err != nil {
+	if err := s.htod(s.small.Ptr, raw); err != nil {
 		return err
 	}
 	var a argSlots
@@ -481,7 +572,7 @@ func (s *Stream) CopyAsync(dst, src DevPtr, n int) error {
 	if n <= 0 {
 		return nil
 	}
-	return s.d.drv.dtodAsync(dst, src, n, s.s)
+	return s.dtod(dst, src, n)
 }
 
 // CopyToHostAsync copies n bytes from src to the host address dst, which must be registered
@@ -490,13 +581,13 @@ func (s *Stream) CopyToHostAsync(dst uintptr, src DevPtr, n int) error {
 	if n <= 0 {
 		return nil
 	}
-	return s.d.drv.dtohAsyncAddr(dst, src, n, s.s)
+	return s.dtoh(dst, src, n)
 }
 
 // UploadAsync queues a copy of src (staged by the driver before it returns: src may be
 // reused at once) to dst.
 func (s *Stream) UploadAsync(dst DevPtr, src []byte) error {
-	return s.d.drv.htodAsync(dst, src, s.s)
+	return s.htod(dst, src)
 }
 
 // SumWords adds the nwords 4-byte words at p (wrapping) on the device and returns the sum;
@@ -533,10 +624,18 @@ func (s *Stream) FillWords(p DevPtr, nwords int, v uint32) error {
 }
 
 // Timer measures device time on the stream between Start and Stop.
-func (s *Stream) StartTimer() error { return s.d.drv.eventRecord(s.t0, s.s) }
+func (s *Stream) StartTimer() error {
+	if err := s.flush(); err != nil {
+		return err
+	}
+	return s.d.drv.eventRecord(s.t0, s.s)
+}
 
 // StopTimer records the end and waits for it; it returns the milliseconds since StartTimer.
 func (s *Stream) StopTimer() (float32, error) {
+	if err := s.flush(); err != nil {
+		return 0, err
+	}
 	if err := s.d.drv.eventRecord(s.t1, s.s); err != nil {
 		return 0, err
 	}

@@ -67,6 +67,10 @@ type Weights struct {
 	Rows, Cols int
 	data       *Buffer
 	scales     *Buffer // Q8_0 only
+	// CUDACores keeps products with these weights on the CUDA-core kernels even where the
+	// tensor cores could take them (see Device.tensorCores): for matrices only ever multiplied
+	// by one token, where the CUDA-core GEMV streams weights faster. Set before first use.
+	CUDACores bool
 }
 
 // uploadChunk bounds the host staging memory of an upload.

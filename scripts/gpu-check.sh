@@ -23,6 +23,14 @@
 #                          skips them); GPU_CHECK_BENCHTIME (default 200x)
 #   GPU_CHECK_GENERATE=0   skips BenchmarkGenerate (TestGPUReport measures prefill and decode too)
 #   GPU_CHECK_REPORT=0     skips TestGPUReport
+#   GPU_CHECK_EAGER=1      also runs BenchmarkGenerate with DRIFTSTORE_CUDA_EAGER=1 (every kernel
+#                          launched as its op is called: the comparison for deferral and graphs)
+#   DRIFTSTORE_CUDA_PTX    kernels to load instead of the embedded PTX (e.g. fresh from gen-ptx.sh)
+#   DRIFTSTORE_CUDA_TC=0   F16/Q8_0 matrix products on the CUDA cores instead of the tensor cores
+#   DRIFTSTORE_CUDA_TCV=block  few-token tensor-core products by ds_tcb (same results as ds_tcv)
+#   GPU_CHECK_VARIANTS     space-separated NAME=VALUE settings: after the check, for each, the
+#                          matmul and whole-model tests, the F16/Q8_0 GEMV benchmarks and
+#                          BenchmarkGenerate run again with it set (logged in gpu.log)
 #   DRIFTSTORE_CUDA_MODELS where the synthetic models are kept (default
 #                          /tmp/driftstore-cuda-models; never under OUT: ≈ 4 GB)
 set -uo pipefail
@@ -77,7 +85,28 @@ run)
 	fi
 	if [ "${GPU_CHECK_GENERATE:-1}" != 0 ]; then
 		phase generate generate.log -test.run '^$' -test.bench BenchmarkGenerate -test.benchtime 1x -test.timeout 150s
+		if [ "${GPU_CHECK_EAGER:-0}" = 1 ]; then
+			# The same with every kernel launched as its op is called (no deferral, no graphs).
+			DRIFTSTORE_CUDA_EAGER=1 phase generate-eager generate-eager.log -test.run '^$' -test.bench BenchmarkGenerate -test.benchtime 1x -test.timeout 150s
+		fi
 	fi
+
+	vlog=$(mktemp)
+	for v in ${GPU_CHECK_VARIANTS:-}; do
+		{
+			echo "== variant $v"
+			(cd cuda && env "$v" "$bin" -test.v -test.count=1 -test.run '^(TestMatMul|TestBackendMatchesCPU)$' -test.timeout 120s) 2>&1 |
+				grep -E '^(--- |ok|PASS|FAIL|panic)|max \|cuda-cpu\|'
+			for pat in 'GEMV/(F16|Q8_0)/8192x2048/wdev-xdev$' 'PrefillMatMul/F16/n(8|128)$'; do
+				(cd cuda && env "$v" "$bin" -test.run '^$' -test.bench "$pat" -test.benchtime 100x -test.timeout 120s) 2>&1 |
+					grep -E '^(Benchmark|FAIL|panic)'
+			done
+			(cd cuda && env "$v" "$bin" -test.run '^$' -test.bench 'Generate' -test.benchtime 1x -test.timeout 150s) 2>&1 |
+				grep -E '^(Benchmark|FAIL|panic)'
+		} >>"$vlog"
+	done
+	cat "$vlog" >>"$log"
+	grep -q -E '^(--- FAIL|FAIL|panic)' "$vlog" && status=1
 
 	# The summary, from the logs.
 	{
@@ -104,7 +133,7 @@ run)
 			grep -E '^\s+report_test\.go:[0-9]+: .*(differ|Error|error)' "$out/report.log" | sed 's/^/  /'
 			grep -E '^report\| ' "$out/report.log" | sed 's/^report| /  /'
 		fi
-		for f in bench.log generate.log; do
+		for f in bench.log generate.log generate-eager.log; do
 			[ -f "$out/$f" ] || continue
 			echo "== ${f%.log} (device time per op from CUDA events where shown; ns/op is host wall time)"
 			awk '/^Benchmark/ {
@@ -114,6 +143,13 @@ run)
 				print line
 			} /^(FAIL|panic|--- FAIL)/ {print "  " $0}' "$out/$f"
 		done
+		if [ -s "$vlog" ]; then
+			echo "== variants (tests, then GEMV/PrefillMatMul device us/op, then BenchmarkGenerate)"
+			awk '/^== variant/ {print "  " $0; next}
+				/^Benchmark/ {name=$1; sub(/-[0-9]+$/, "", name); sub(/^Benchmark/, "", name); line=sprintf("    %-40s", name)
+					for (i = 3; i < NF; i += 2) if ($(i+1) != "ns/op") line = line sprintf(" %10s %-14s", $i, $(i+1)); print line; next}
+				{print "    " $0}' "$vlog"
+		fi
 		grep -E '^== [a-z]+: exit' "$log" | sed 's/^== /  /'
 		echo "overall: $([ $status = 0 ] && echo OK || echo FAILED) (full log: gpu.log)"
 	} | tee -a "$log"

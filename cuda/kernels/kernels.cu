@@ -165,6 +165,388 @@ MV_TYPE(f16, DT_F16)
 MV_TYPE(bf16, DT_BF16)
 MV_TYPE(q8, DT_Q8_0)
 
+// ---- tensor-core matrix products (F16 and Q8_0 weights) -------------------------------------
+// out[t*ostride + r] = sum_c W[r][c] * x[t*xstride + c], on the tensor cores (mma.sync
+// m16n8k16, F16 inputs, F32 accumulation), with float32-level accuracy: each 32-column chunk
+// of a token's activations is scaled by a power of two 2^e (so its largest magnitude is just
+// under 2^14) and split into two F16 terms, hi = f16(x 2^e) and lo = f16(x 2^e - hi); F16
+// weights and Q8_0 quants (int8) are exact in F16, products are exact in F32. Per output
+// element (r, t) the order of operations is fixed and the same in both kernels:
+//   total = 0
+//   for each segment of 8 chunks (256 columns):
+//     seg = 0
+//     for each chunk: th = mma(W1, hi1, mma(W0, hi0, 0)); tl = mma(W1, lo1, mma(W0, lo0, 0))
+//                     seg = fmaf(s, th + tl, seg),  s = 2^-e (F16) or d[r][chunk] 2^-e (Q8_0)
+//     total = total + seg
+// where the chunk's 32 columns are split between the two mma steps by a fixed permutation:
+// the thread with threadID_in_group c holds columns c*8 .. c*8+7 of the chunk, the first four
+// in step 0 and the last four in step 1. A token's outputs are therefore bit-identical
+// whatever n is and whichever kernel ran: ds_tcv (n small: one warp per 16 rows x 8 tokens x
+// segment, segments summed in order through shared memory) or ds_tcm (n large: 128 rows x 64
+// tokens per block, activations staged in shared memory). Needs cols % 32 == 0 and at most
+// TC_MAXSEG segments (the host checks).
+#define TC_MAXSEG 64
+
+__device__ __forceinline__ void mma16816(float d[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float pow2i(int e) { return __int_as_float((127 + e) << 23); }
+
+// chunk_exp: e with mx * 2^e < 2^14 (0 for 0, NaN and infinities), within [-100, 100]: from
+// the biased exponent E of mx, mx < 2^(E-126) (a subnormal mx gets 100).
+__device__ __forceinline__ int chunk_exp(float mx) {
+    if (!(mx > 0.f) || isinf(mx)) return 0;
+    int ex = ((__float_as_int(mx) >> 23) & 0xff) - 126;
+    return max(-100, min(100, 14 - ex));
+}
+
+// split8: the 8 scaled values as F16 hi and lo terms, packed two per register (column order).
+// Packed conversions (two values per instruction; round to nearest even like __float2half_rn).
+__device__ __forceinline__ void split8(const float v[8], float sc, uint32_t hi[4], uint32_t lo[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        // _rn intrinsics: never contracted, so every kernel rounds exactly the same way.
+        float2 a = make_float2(__fmul_rn(v[2 * i], sc), __fmul_rn(v[2 * i + 1], sc));
+        __half2 h = __float22half2_rn(a);
+        float2 hb = __half22float2(h);
+        __half2 l = __float22half2_rn(make_float2(__fsub_rn(a.x, hb.x), __fsub_rn(a.y, hb.y)));
+        hi[i] = *(uint32_t*)&h;
+        lo[i] = *(uint32_t*)&l;
+    }
+}
+
+// ldx8 loads x[0..7] (any alignment to 4 bytes), or zeros when !ok.
+__device__ __forceinline__ void ldx8(const float* __restrict__ p, bool ok, float v[8]) {
+    if (!ok) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = 0.f;
+    } else if (((uintptr_t)p & 15) == 0) {
+        float4 a = __ldg((const float4*)p), b = __ldg((const float4*)p + 1);
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+        v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = __ldg(p + i);
+    }
+}
+
+// ldw8 loads 8 consecutive weights of row r from column k (a multiple of 8) as 4 registers of
+// packed F16 (Q8_0 quants converted exactly).
+template <int TY>
+__device__ __forceinline__ uint4 ldw8(const void* __restrict__ w, size_t idx) {
+    if (TY == DT_F16) {
+        return __ldg((const uint4*)((const __half*)w + idx));
+    } else {
+        // q + 128 as the low byte of the F16 1024 + (q + 128), then minus 1152: exact.
+        uint2 u = __ldg((const uint2*)((const int8_t*)w + idx));
+        uint32_t q[2] = {u.x ^ 0x80808080u, u.y ^ 0x80808080u};
+        const __half2 off = __float2half2_rn(1152.f);
+        uint32_t r[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint32_t hv = __byte_perm(q[i >> 1], 0x64646464u, (i & 1) ? 0x4342 : 0x4140);
+            __half2 h = __hsub2(*(__half2*)&hv, off);
+            r[i] = *(uint32_t*)&h;
+        }
+        return make_uint4(r[0], r[1], r[2], r[3]);
+    }
+}
+
+// chunk_mma: the chunk's sum for one 16x8 tile (A rows g and g+8 in wa/wb): two independent
+// chains, hi terms (step 0 then step 1) and lo terms likewise, added at the end.
+__device__ __forceinline__ void chunk_mma(float tmp[4], uint4 wa, uint4 wb, const uint32_t hi[4],
+                                          const uint32_t lo[4]) {
+    float th[4] = {0.f, 0.f, 0.f, 0.f}, tl[4] = {0.f, 0.f, 0.f, 0.f};
+    mma16816(th, wa.x, wb.x, wa.y, wb.y, hi[0], hi[1]);
+    mma16816(tl, wa.x, wb.x, wa.y, wb.y, lo[0], lo[1]);
+    mma16816(th, wa.z, wb.z, wa.w, wb.w, hi[2], hi[3]);
+    mma16816(tl, wa.z, wb.z, wa.w, wb.w, lo[2], lo[3]);
+#pragma unroll
+    for (int q = 0; q < 4; q++) tmp[q] = th[q] + tl[q];
+}
+
+// seg_finish (one warp): stores the warp's segment sums for its 16x8 tile (tile index tile)
+// in part; the warp that finishes last for the tile (counted in cnt, which it resets to 0)
+// adds the tile's segment sums in segment order and writes out.
+__device__ __forceinline__ void seg_finish(float* __restrict__ out, int ostride, int rows, int n,
+                                           int r0, int t0, size_t tile, int nseg, int sg,
+                                           const float seg[4], float* __restrict__ part,
+                                           unsigned* __restrict__ cnt) {
+    int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    float* pp = part + (tile * nseg + sg) * 128;
+    pp[g * 8 + 2 * c] = seg[0];
+    pp[g * 8 + 2 * c + 1] = seg[1];
+    pp[(g + 8) * 8 + 2 * c] = seg[2];
+    pp[(g + 8) * 8 + 2 * c + 1] = seg[3];
+    __threadfence();
+    unsigned last = 0;
+    if (lane == 0) last = atomicAdd(&cnt[tile], 1u) == (unsigned)(nseg - 1);
+    last = __shfl_sync(0xffffffffu, last, 0);
+    if (!last) return;
+    __threadfence();
+    const float* tp = part + tile * nseg * 128;
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        int idx = lane + 32 * q, rr = idx >> 3, tt = idx & 7;
+        float tot = 0.f;
+        for (int s = 0; s < nseg; s++) tot += __ldcg(tp + (size_t)s * 128 + idx);
+        if (r0 + rr < rows && t0 + tt < n) out[(size_t)(t0 + tt) * ostride + r0 + rr] = tot;
+    }
+    if (lane == 0) cnt[tile] = 0;
+}
+
+// tcv: grid (ceil(rows/16), nseg, ceil(n/8)), 32 threads: one warp per 16 rows x 8 tokens x
+// segment, so every segment's weights are in flight at once. Each warp stores its segment sum
+// in part; the warp that finishes last for its 16x8 tile (counted in cnt, which it resets to
+// 0) adds the tile's segment sums in segment order and writes out.
+template <int TY>
+__device__ __forceinline__ void tcv_body(float* __restrict__ out, int ostride,
+                                         const void* __restrict__ w,
+                                         const __half* __restrict__ sc,
+                                         const float* __restrict__ x, int xstride, int rows,
+                                         int cols, int n, float* __restrict__ part,
+                                         unsigned* __restrict__ cnt) {
+    int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int r0 = blockIdx.x * 16, sg = blockIdx.y, t0 = blockIdx.z * 8, nseg = gridDim.y;
+    int nch = cols >> 5;
+    int ra = min(r0 + g, rows - 1), rb = min(r0 + g + 8, rows - 1);
+    bool tok = t0 + g < n;
+    const float* xp = x + (size_t)min(t0 + g, n - 1) * xstride + c * 8;
+    int ch0 = sg * 8, nc = min(8, nch - ch0);
+    uint4 A[8], B[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        if (i < nc) {
+            size_t k = (size_t)(ch0 + i) * 32 + c * 8;
+            A[i] = ldw8<TY>(w, (size_t)ra * cols + k);
+            B[i] = ldw8<TY>(w, (size_t)rb * cols + k);
+        }
+    }
+    float seg[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        if (i < nc) {
+            float X[8];
+            ldx8(xp + (size_t)(ch0 + i) * 32, tok, X);
+            float mx = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) mx = fmaxf(mx, fabsf(X[j]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            int e = chunk_exp(mx);
+            uint32_t hi[4], lo[4];
+            split8(X, pow2i(e), hi, lo);
+            float tmp[4];
+            chunk_mma(tmp, A[i], B[i], hi, lo);
+            int e0 = __shfl_sync(0xffffffffu, e, 8 * c), e1 = __shfl_sync(0xffffffffu, e, 8 * c + 4);
+            float s0 = pow2i(-e0), s1 = pow2i(-e1);
+            float da = 1.f, db = 1.f;
+            if (TY == DT_Q8_0) {
+                da = __half2float(sc[(size_t)ra * nch + ch0 + i]);
+                db = __half2float(sc[(size_t)rb * nch + ch0 + i]);
+            }
+            seg[0] = fmaf(da * s0, tmp[0], seg[0]);
+            seg[1] = fmaf(da * s1, tmp[1], seg[1]);
+            seg[2] = fmaf(db * s0, tmp[2], seg[2]);
+            seg[3] = fmaf(db * s1, tmp[3], seg[3]);
+        }
+    }
+    seg_finish(out, ostride, rows, n, r0, t0, (size_t)blockIdx.z * ((rows + 15) >> 4) + blockIdx.x,
+               nseg, sg, seg, part, cnt);
+}
+
+// tcb: ds_tcv's arithmetic with each activation chunk scaled and split once per block instead
+// of once per warp. Grid (ceil(rows/128), nseg, ceil(n/8)), 256 threads: warp w takes rows
+// blockIdx.x*128 + 16w.. of segment blockIdx.y; first, warp i converts chunk i of the segment
+// for the 8 tokens into shared memory. Selected with DRIFTSTORE_CUDA_TCV=block.
+template <int TY>
+__device__ __forceinline__ void tcb_body(float* __restrict__ out, int ostride,
+                                         const void* __restrict__ w,
+                                         const __half* __restrict__ sc,
+                                         const float* __restrict__ x, int xstride, int rows,
+                                         int cols, int n, float* __restrict__ part,
+                                         unsigned* __restrict__ cnt) {
+    __shared__ __align__(16) uint32_t shi[8][8][16], slo[8][8][16];
+    __shared__ int se[8][8];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int rg = blockIdx.x * 8 + warp;
+    int r0 = rg * 16, sg = blockIdx.y, t0 = blockIdx.z * 8, nseg = gridDim.y;
+    int nch = cols >> 5, ch0 = sg * 8, nc = min(8, nch - ch0);
+    bool live = r0 < rows;
+    int ra = min(r0 + g, rows - 1), rb = min(r0 + g + 8, rows - 1);
+    uint4 A[8], B[8];
+    if (live) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            if (i < nc) {
+                size_t k = (size_t)(ch0 + i) * 32 + c * 8;
+                A[i] = ldw8<TY>(w, (size_t)ra * cols + k);
+                B[i] = ldw8<TY>(w, (size_t)rb * cols + k);
+            }
+        }
+    }
+    if (warp < nc) {
+        bool tok = t0 + g < n;
+        float X[8];
+        ldx8(x + (size_t)min(t0 + g, n - 1) * xstride + (size_t)(ch0 + warp) * 32 + c * 8, tok, X);
+        float mx = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) mx = fmaxf(mx, fabsf(X[j]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        int e = chunk_exp(mx);
+        uint32_t hi[4], lo[4];
+        split8(X, pow2i(e), hi, lo);
+        *(uint4*)&shi[warp][g][c * 4] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+        *(uint4*)&slo[warp][g][c * 4] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+        if (c == 0) se[warp][g] = e;
+    }
+    __syncthreads();
+    if (!live) return;
+    int nch_all = nch;
+    float seg[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        if (i < nc) {
+            uint4 h = *(const uint4*)&shi[i][g][c * 4];
+            uint4 l = *(const uint4*)&slo[i][g][c * 4];
+            uint32_t hi[4] = {h.x, h.y, h.z, h.w}, lo[4] = {l.x, l.y, l.z, l.w};
+            float tmp[4];
+            chunk_mma(tmp, A[i], B[i], hi, lo);
+            float s0 = pow2i(-se[i][2 * c]), s1 = pow2i(-se[i][2 * c + 1]);
+            float da = 1.f, db = 1.f;
+            if (TY == DT_Q8_0) {
+                da = __half2float(sc[(size_t)ra * nch_all + ch0 + i]);
+                db = __half2float(sc[(size_t)rb * nch_all + ch0 + i]);
+            }
+            seg[0] = fmaf(da * s0, tmp[0], seg[0]);
+            seg[1] = fmaf(da * s1, tmp[1], seg[1]);
+            seg[2] = fmaf(db * s0, tmp[2], seg[2]);
+            seg[3] = fmaf(db * s1, tmp[3], seg[3]);
+        }
+    }
+    seg_finish(out, ostride, rows, n, r0, t0, (size_t)blockIdx.z * ((rows + 15) >> 4) + rg, nseg,
+               sg, seg, part, cnt);
+}
+
+// tcm: grid (ceil(n/64), ceil(rows/128)), 256 threads. Warp w takes rows w*16.. of the block's
+// 128 and all 64 tokens (8 tiles of 8); each chunk of the tokens' activations is scaled, split
+// and staged in shared memory (double-buffered) by the whole block.
+#define TCM_TOK 64
+template <int TY>
+__device__ __forceinline__ void tcm_body(float* __restrict__ out, int ostride,
+                                         const void* __restrict__ w,
+                                         const __half* __restrict__ sc,
+                                         const float* __restrict__ x, int xstride, int rows,
+                                         int cols, int n) {
+    __shared__ __align__(16) uint32_t shi[2][TCM_TOK][16], slo[2][TCM_TOK][16];
+    __shared__ int se[2][TCM_TOK];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int r0 = blockIdx.y * 128 + warp * 16, t0 = blockIdx.x * TCM_TOK;
+    int nch = cols >> 5;
+    int ra = min(r0 + g, rows - 1), rb = min(r0 + g + 8, rows - 1);
+    // Staging role: thread i converts token i/4, columns (i%4)*8 .. +8 of each chunk.
+    int ct = threadIdx.x >> 2, cc = threadIdx.x & 3;
+    bool ctok = t0 + ct < n;
+    const float* cxp = x + (size_t)min(t0 + ct, n - 1) * xstride + cc * 8;
+    float tot[8][4], seg[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) tot[j][q] = seg[j][q] = 0.f;
+    float xv[8];
+    uint4 wa, wb;
+    ldx8(cxp, ctok, xv);
+    wa = ldw8<TY>(w, (size_t)ra * cols + c * 8);
+    wb = ldw8<TY>(w, (size_t)rb * cols + c * 8);
+    for (int ch = 0; ch < nch; ch++) {
+        int buf = ch & 1;
+        {
+            float mx = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) mx = fmaxf(mx, fabsf(xv[j]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            int e = chunk_exp(mx);
+            uint32_t hi[4], lo[4];
+            split8(xv, pow2i(e), hi, lo);
+            *(uint4*)&shi[buf][ct][cc * 4] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+            *(uint4*)&slo[buf][ct][cc * 4] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+            if (cc == 0) se[buf][ct] = e;
+        }
+        uint4 ca = wa, cb = wb;
+        __syncthreads();
+        if (ch + 1 < nch) {
+            size_t k = (size_t)(ch + 1) * 32;
+            ldx8(cxp + k, ctok, xv);
+            wa = ldw8<TY>(w, (size_t)ra * cols + k + c * 8);
+            wb = ldw8<TY>(w, (size_t)rb * cols + k + c * 8);
+        }
+        float da = 1.f, db = 1.f;
+        if (TY == DT_Q8_0) {
+            da = __half2float(sc[(size_t)ra * nch + ch]);
+            db = __half2float(sc[(size_t)rb * nch + ch]);
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            uint4 h = *(const uint4*)&shi[buf][8 * j + g][c * 4];
+            uint4 l = *(const uint4*)&slo[buf][8 * j + g][c * 4];
+            uint32_t hi[4] = {h.x, h.y, h.z, h.w}, lo[4] = {l.x, l.y, l.z, l.w};
+            float tmp[4];
+            chunk_mma(tmp, ca, cb, hi, lo);
+            float s0 = pow2i(-se[buf][8 * j + 2 * c]), s1 = pow2i(-se[buf][8 * j + 2 * c + 1]);
+            seg[j][0] = fmaf(da * s0, tmp[0], seg[j][0]);
+            seg[j][1] = fmaf(da * s1, tmp[1], seg[j][1]);
+            seg[j][2] = fmaf(db * s0, tmp[2], seg[j][2]);
+            seg[j][3] = fmaf(db * s1, tmp[3], seg[j][3]);
+        }
+        if ((ch & 7) == 7 || ch == nch - 1) {
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    tot[j][q] = tot[j][q] + seg[j][q];
+                    seg[j][q] = 0.f;
+                }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        int ta = t0 + 8 * j + 2 * c;
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            int t = ta + (q & 1), r = r0 + g + 8 * (q >> 1);
+            if (t < n && r < rows) out[(size_t)t * ostride + r] = tot[j][q];
+        }
+    }
+}
+
+#define TC_KERNELS(suffix, TY)                                                                  \
+    extern "C" __global__ void __launch_bounds__(32)                                            \
+        ds_tcv_##suffix(float* out, int ostride, const void* w, const __half* sc,               \
+                        const float* x, int xstride, int rows, int cols, int n, float* part,    \
+                        unsigned* cnt) {                                                        \
+        tcv_body<TY>(out, ostride, w, sc, x, xstride, rows, cols, n, part, cnt);                \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256)                                           \
+        ds_tcb_##suffix(float* out, int ostride, const void* w, const __half* sc,               \
+                        const float* x, int xstride, int rows, int cols, int n, float* part,    \
+                        unsigned* cnt) {                                                        \
+        tcb_body<TY>(out, ostride, w, sc, x, xstride, rows, cols, n, part, cnt);                \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256)                                           \
+        ds_tcm_##suffix(float* out, int ostride, const void* w, const __half* sc,               \
+                        const float* x, int xstride, int rows, int cols, int n) {               \
+        tcm_body<TY>(out, ostride, w, sc, x, xstride, rows, cols, n);                           \
+    }
+TC_KERNELS(f16, DT_F16)
+TC_KERNELS(q8, DT_Q8_0)
+
 // mv_any: any shape (cols not a multiple of 8): one thread per (row, token), in column order.
 extern "C" __global__ void ds_mv_any(float* out, int ostride, const void* w, const __half* sc,
                                      const float* x, int xstride, int rows, int cols, int n,
@@ -240,126 +622,229 @@ extern "C" __global__ void ds_rope(float* x, int n, int nheads, int hd, int stri
 }
 
 // store_kv: writes K and V of n tokens at positions pos0.. into their blocks, converting to
-// the KV type (F16 round to nearest even). k, v are [n][nkv*hd].
+// the KV type (F16 round to nearest even). k, v are [n][nkv*hd]. When blocks2 is not null the
+// same bytes also go to the blocks it lists (a device copy and the linear memory at once).
 extern "C" __global__ void ds_store_kv(const float* k, const float* v, int n, int pos0,
                                        int bsize, int nkv, int hd, int kvtype,
-                                       const u64* blocks) {
+                                       const u64* blocks, const u64* blocks2) {
     int row = nkv * hd;
     long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (id >= (long long)n * row) return;
     int e = (int)(id % row);
     int t = (int)(id / row);
     int p = pos0 + t;
-    u64 base = blocks[p / bsize];
     size_t off = (size_t)(p % bsize) * row + e;
     size_t vofs = (size_t)bsize * row;
+    float kv = k[(size_t)t * row + e], vv = v[(size_t)t * row + e];
     if (kvtype == DT_F16) {
-        __half* b = (__half*)base;
-        b[off] = __float2half_rn(k[(size_t)t * row + e]);
-        b[vofs + off] = __float2half_rn(v[(size_t)t * row + e]);
+        __half kh = __float2half_rn(kv), vh = __float2half_rn(vv);
+        __half* b = (__half*)blocks[p / bsize];
+        b[off] = kh;
+        b[vofs + off] = vh;
+        if (blocks2) {
+            b = (__half*)blocks2[p / bsize];
+            b[off] = kh;
+            b[vofs + off] = vh;
+        }
     } else {
-        float* b = (float*)base;
-        b[off] = k[(size_t)t * row + e];
-        b[vofs + off] = v[(size_t)t * row + e];
+        float* b = (float*)blocks[p / bsize];
+        b[off] = kv;
+        b[vofs + off] = vv;
+        if (blocks2) {
+            b = (float*)blocks2[p / bsize];
+            b[off] = kv;
+            b[vofs + off] = vv;
+        }
     }
 }
 
 // ---- attention ------------------------------------------------------------------------------
 // attn: causal GQA attention of n query tokens at positions pos0.. over the KV blocks. q and
 // out are [n][nheads*hd]; query head h reads KV head h/(nheads/nkv). Grid (nheads, n, nsplit),
-// 128 threads. Each block takes one contiguous chunk of the token's context; each warp an
-// interleaved subset of the chunk with an online softmax; lanes hold head elements
-// lane, lane+32, ... (hd <= 256). Warps, then splits, are merged in a fixed order. With
-// nsplit == 1 the result goes to out, else (m, l, acc[hd]) per split to part.
-#define ATT_WARPS 4
+// 128 threads; the block of split s takes positions [s*ATT_CHUNK, (s+1)*ATT_CHUNK) of the
+// token's context (the split depends on positions only, never on n). Scores: each warp takes
+// ATT_PPW consecutive positions at once (independent loads; lanes hold head elements lane,
+// lane+32, ...; hd <= 256), reduced by a fixed butterfly. Then the chunk's max, weights and
+// their sum in position order, and each thread sums weight * V over the chunk's positions in
+// order for its head elements. With nsplit == 1 the result goes to out, else (m, l, acc[hd])
+// per split to part, merged by attn_combine in split order.
+#define ATT_CHUNK 32
+#define ATT_PPW 8
 #define ATT_MAXE 8
 extern "C" __global__ void __launch_bounds__(128)
     ds_attn(float* out, const float* q, int n, int nheads, int pos0, int bsize, int nkv, int hd,
             int kvtype, const u64* blocks, float scale, int nsplit, int chunk, float* part) {
-    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
-    __shared__ float sacc[ATT_WARPS][ATT_MAXE * 32];
+    __shared__ float sp[ATT_CHUNK];
     int h = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int kvh = h / (nheads / nkv);
     int ctx = pos0 + t + 1;
-    int lo = s * chunk, hi = min(ctx, lo + chunk);
+    int lo = s * ATT_CHUNK, hi = min(ctx, lo + ATT_CHUNK);
     int row = nkv * hd;
     size_t vofs = (size_t)bsize * row;
     const float* qp = q + ((size_t)t * nheads + h) * hd;
-    float qv[ATT_MAXE], acc[ATT_MAXE];
+    float qv[ATT_MAXE];
 #pragma unroll
     for (int j = 0; j < ATT_MAXE; j++) {
         int e = lane + 32 * j;
         qv[j] = e < hd ? qp[e] : 0.f;
-        acc[j] = 0.f;
     }
-    float m = -INFINITY, l = 0.f;
-    for (int p = lo + warp; p < hi; p += ATT_WARPS) {
-        u64 base = blocks[p / bsize];
-        size_t off = (size_t)(p % bsize) * row + (size_t)kvh * hd;
-        float d = 0.f;
-        if (kvtype == DT_F16) {
-            const __half* kp = (const __half*)base + off;
+    int p0 = lo + warp * ATT_PPW;
+    float d[ATT_PPW];
 #pragma unroll
-            for (int j = 0; j < ATT_MAXE; j++) {
-                int e = lane + 32 * j;
-                if (e < hd) d = fmaf(qv[j], __half2float(kp[e]), d);
-            }
-        } else {
-            const float* kp = (const float*)base + off;
+    for (int i = 0; i < ATT_PPW; i++) d[i] = 0.f;
+    if (p0 < hi) {
 #pragma unroll
-            for (int j = 0; j < ATT_MAXE; j++) {
-                int e = lane + 32 * j;
-                if (e < hd) d = fmaf(qv[j], kp[e], d);
+        for (int i = 0; i < ATT_PPW; i++) {
+            int p = p0 + i;
+            if (p < hi) {
+                size_t off = (size_t)(p % bsize) * row + (size_t)kvh * hd;
+                if (kvtype == DT_F16) {
+                    const __half* kp = (const __half*)blocks[p / bsize] + off;
+#pragma unroll
+                    for (int j = 0; j < ATT_MAXE; j++) {
+                        int e = lane + 32 * j;
+                        if (e < hd) d[i] = fmaf(qv[j], __half2float(kp[e]), d[i]);
+                    }
+                } else {
+                    const float* kp = (const float*)blocks[p / bsize] + off;
+#pragma unroll
+                    for (int j = 0; j < ATT_MAXE; j++) {
+                        int e = lane + 32 * j;
+                        if (e < hd) d[i] = fmaf(qv[j], kp[e], d[i]);
+                    }
+                }
             }
         }
-        float sc = warp_sum(d) * scale;
-        float mn = fmaxf(m, sc);
-        float corr = expf(m - mn);  // m = -inf at first: corr = 0
-        float pw = expf(sc - mn);
-        l = l * corr + pw;
-        if (kvtype == DT_F16) {
-            const __half* vp = (const __half*)base + vofs + off;
-#pragma unroll
-            for (int j = 0; j < ATT_MAXE; j++) {
-                int e = lane + 32 * j;
-                if (e < hd) acc[j] = fmaf(pw, __half2float(vp[e]), acc[j] * corr);
-            }
-        } else {
-            const float* vp = (const float*)base + vofs + off;
-#pragma unroll
-            for (int j = 0; j < ATT_MAXE; j++) {
-                int e = lane + 32 * j;
-                if (e < hd) acc[j] = fmaf(pw, vp[e], acc[j] * corr);
-            }
-        }
-        m = mn;
     }
-    if (lane == 0) { sm[warp] = m; sl[warp] = l; }
 #pragma unroll
-    for (int j = 0; j < ATT_MAXE; j++) sacc[warp][lane + 32 * j] = acc[j];
+    for (int i = 0; i < ATT_PPW; i++) {
+        float v = warp_sum(d[i]);
+        if (lane == 0) sp[warp * ATT_PPW + i] = p0 + i < hi ? v * scale : -INFINITY;
+    }
     __syncthreads();
-    float M = -INFINITY;
-    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm[w]);
-    float L = 0.f;
-    float f[ATT_WARPS];
-    for (int w = 0; w < ATT_WARPS; w++) {
-        f[w] = sm[w] == -INFINITY ? 0.f : expf(sm[w] - M);
-        L += sl[w] * f[w];
+    float m = -INFINITY;
+    for (int i = 0; i < ATT_CHUNK; i++) m = fmaxf(m, sp[i]);
+    __syncthreads();
+    if (threadIdx.x < ATT_CHUNK) {
+        float v = sp[threadIdx.x];
+        sp[threadIdx.x] = v == -INFINITY ? 0.f : expf(v - m);
     }
+    __syncthreads();
+    float l = 0.f;
+    for (int i = 0; i < ATT_CHUNK; i++) l += sp[i];
+    int np = max(0, hi - lo);
     for (int e = threadIdx.x; e < hd; e += blockDim.x) {
         float a = 0.f;
-        for (int w = 0; w < ATT_WARPS; w++) a += sacc[w][e] * f[w];
+        for (int i = 0; i < np; i++) {
+            int p = lo + i;
+            size_t off = vofs + (size_t)(p % bsize) * row + (size_t)kvh * hd + e;
+            float vv = kvtype == DT_F16 ? __half2float(((const __half*)blocks[p / bsize])[off])
+                                        : ((const float*)blocks[p / bsize])[off];
+            a = fmaf(sp[i], vv, a);
+        }
         if (nsplit == 1) {
-            out[((size_t)t * nheads + h) * hd + e] = a / L;
+            out[((size_t)t * nheads + h) * hd + e] = a / l;
         } else {
             part[(((size_t)t * nheads + h) * nsplit + s) * (hd + 2) + 2 + e] = a;
         }
     }
     if (nsplit > 1 && threadIdx.x == 0) {
         float* pp = part + (((size_t)t * nheads + h) * nsplit + s) * (hd + 2);
-        pp[0] = M;
-        pp[1] = L;
+        pp[0] = m;
+        pp[1] = l;
+    }
+}
+
+// attn_mq: ds_attn for several query tokens at once, with exactly ds_attn's arithmetic for
+// every (token, head, split): the same score sums (lanes over head elements, the same fmaf
+// order and butterfly), the same max, weights, weight sum and V sums in position order, the
+// same outputs. It only shares the loads: a block stages the chunk's K and V of one KV head
+// in shared memory once for the MQ_TOK tokens and nheads/nkv query heads that read them. Grid
+// (nkv, ceil(n/MQ_TOK), nsplit), 128 threads; hd <= 128.
+#define MQ_TOK 8
+extern "C" __global__ void __launch_bounds__(128)
+    ds_attn_mq(float* out, const float* q, int n, int nheads, int pos0, int bsize, int nkv,
+               int hd, int kvtype, const u64* blocks, float scale, int nsplit, float* part) {
+    __shared__ float sk[ATT_CHUNK][128], sv[ATT_CHUNK][128];
+    __shared__ float sp[4][ATT_CHUNK];
+    int kvh = blockIdx.x, s = blockIdx.z;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int G = nheads / nkv;
+    int t0 = blockIdx.y * MQ_TOK, nt = min(MQ_TOK, n - t0);
+    int lo = s * ATT_CHUNK;
+    int hiMax = min(pos0 + t0 + nt, lo + ATT_CHUNK);
+    int row = nkv * hd;
+    size_t vofs = (size_t)bsize * row;
+    for (int idx = threadIdx.x; idx < ATT_CHUNK * hd; idx += blockDim.x) {
+        int i = idx / hd, e = idx - i * hd, p = lo + i;
+        float kk = 0.f, vv = 0.f;
+        if (p < hiMax) {
+            size_t off = (size_t)(p % bsize) * row + (size_t)kvh * hd + e;
+            if (kvtype == DT_F16) {
+                const __half* b = (const __half*)blocks[p / bsize];
+                kk = __half2float(b[off]);
+                vv = __half2float(b[vofs + off]);
+            } else {
+                const float* b = (const float*)blocks[p / bsize];
+                kk = b[off];
+                vv = b[vofs + off];
+            }
+        }
+        sk[i][e] = kk;
+        sv[i][e] = vv;
+    }
+    __syncthreads();
+    for (int r = warp; r < G * nt; r += 4) {
+        int t = t0 + r / G, h = kvh * G + r % G;
+        int hi = min(pos0 + t + 1, lo + ATT_CHUNK), np = max(0, hi - lo);
+        const float* qp = q + ((size_t)t * nheads + h) * hd;
+        float qv[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int e = lane + 32 * j;
+            qv[j] = e < hd ? qp[e] : 0.f;
+        }
+        for (int i = 0; i < ATT_CHUNK; i++) {
+            float d = 0.f;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int e = lane + 32 * j;
+                if (e < hd) d = fmaf(qv[j], sk[i][e], d);
+            }
+            float v = warp_sum(d);
+            if (lane == 0) sp[warp][i] = i < np ? v * scale : -INFINITY;
+        }
+        __syncwarp();
+        float m = -INFINITY;
+        for (int i = 0; i < ATT_CHUNK; i++) m = fmaxf(m, sp[warp][i]);
+        __syncwarp();
+        {
+            float v = sp[warp][lane];  // ATT_CHUNK == 32: one position per lane
+            sp[warp][lane] = v == -INFINITY ? 0.f : expf(v - m);
+        }
+        __syncwarp();
+        float l = 0.f;
+        for (int i = 0; i < ATT_CHUNK; i++) l += sp[warp][i];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int e = lane + 32 * j;
+            if (e < hd) {
+                float a = 0.f;
+                for (int i = 0; i < np; i++) a = fmaf(sp[warp][i], sv[i][e], a);
+                if (nsplit == 1) {
+                    out[((size_t)t * nheads + h) * hd + e] = a / l;
+                } else {
+                    part[(((size_t)t * nheads + h) * nsplit + s) * (hd + 2) + 2 + e] = a;
+                }
+            }
+        }
+        if (nsplit > 1 && lane == 0) {
+            float* pp = part + (((size_t)t * nheads + h) * nsplit + s) * (hd + 2);
+            pp[0] = m;
+            pp[1] = l;
+        }
+        __syncwarp();
     }
 }
 
