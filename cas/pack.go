@@ -51,8 +51,10 @@ import (
 // prefix named by the last sync marker seen are trusted; those after it were never
 // acknowledged to a writer, so each is decoded and BLAKE3-verified, and the scan also stops at
 // the first that fails. A writable store truncates the pack where the scan stopped, unless that
-// point lies inside a prefix a marker vouches for (a damaged durable record, not a torn write):
-// such a pack is left as it is, indexed up to the damage, and never appended to again.
+// point lies inside a prefix a marker (before or after it) vouches for: that is a damaged
+// durable record, not a torn write. Such a pack is left as it is and never appended to or
+// compacted again; the records after the damage are found by searching for the next
+// well-formed header, and each is BLAKE3-verified before it is indexed.
 //
 // Open time: without a sidecar index, a store of 1 GiB in 256 KiB chunks (4,096 records) opens
 // in about 7 ms with the headers in the page cache (BenchmarkPackOpen, on the 2-core
@@ -269,6 +271,7 @@ type packFile struct {
 	live    int64   // bytes of records the index points to
 	pins    int     // records reserved and not yet published, discarded or failed
 	sealed  bool    // no more records (except sync markers) are appended
+	damaged bool    // a record inside its synced prefix does not parse: never compacted
 	err     error   // sticky: a write or sync failed; nothing more in this pack becomes durable
 }
 
@@ -457,12 +460,12 @@ type scannedRecord struct {
 	h   recordHeader
 }
 
-// scanPack reads the record headers of f (size bytes) up to the first that does not parse or
-// whose payload passes the end, and returns them, the offset where the scan stopped (size
+// scanPack reads the record headers of f (size bytes) from offset from up to the first that
+// does not parse or whose payload passes the end, and returns them, the offset where the scan stopped (size
 // when it read every record) and the durable prefix the last valid sync marker names.
-func scanPack(f io.ReaderAt, size int64) (recs []scannedRecord, stop, durable int64, err error) {
+func scanPack(f io.ReaderAt, from, size int64) (recs []scannedRecord, stop, durable int64, err error) {
 	var hb [packHeaderSize]byte
-	off := int64(0)
+	off := from
 	for off+packHeaderSize <= size {
 		if _, err := f.ReadAt(hb[:], off); err != nil {
 			if errors.Is(err, io.EOF) {
@@ -490,34 +493,81 @@ func scanPack(f io.ReaderAt, size int64) (recs []scannedRecord, stop, durable in
 	return recs, off, durable, nil
 }
 
+// findHeaders calls fn with the offset and header of every well-formed record header (magic,
+// fields and CRC; payload within the file) that starts in f's bytes [from, size), in order,
+// until fn returns false. Headers found this way may lie inside another record's payload.
+func findHeaders(f io.ReaderAt, from, size int64, fn func(off int64, h recordHeader) bool) {
+	const block = 64 << 10
+	buf := make([]byte, block+packHeaderSize)
+	for off := from; off < size; off += block {
+		n, err := f.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return
+		}
+		b := buf[:n]
+		for i := 0; i < min(n, block); i++ {
+			j := bytes.Index(b[i:], packMagic[:])
+			if j < 0 || i+j >= min(n, block) {
+				break
+			}
+			i += j
+			h, err := parseRecordHeader(b[i:])
+			at := off + int64(i)
+			if err == nil && at+packHeaderSize+h.payloadLen() <= size && !fn(at, h) {
+				return
+			}
+		}
+	}
+}
+
 // laterDurable searches f's bytes after from (where a scan stopped) for valid sync markers and
 // returns the largest durable prefix one of them names (0 when there is none). Such a marker
 // means the bytes at from were synced before: damage, not a torn write. Bytes past a scan's
 // stop point are always of this incarnation of the file (a cut tail is truncated before any
 // append), so a marker found there is genuine. Reads the rest of the file once.
 func laterDurable(f io.ReaderAt, from, size int64) int64 {
-	const block = 1 << 20
-	buf := make([]byte, block+packHeaderSize)
 	var best int64
-	for off := from + 1; off < size; off += block {
-		n, err := f.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
-		if err != nil && !errors.Is(err, io.EOF) {
-			return best
+	findHeaders(f, from+1, size, func(off int64, h recordHeader) bool {
+		if h.kind == kindSync && int64(h.a) <= off {
+			best = max(best, int64(h.a))
 		}
-		b := buf[:n]
-		for i := 0; i < min(n, block); {
-			j := bytes.Index(b[i:], packMagic[:])
-			if j < 0 || i+j >= min(n, block) {
+		return true
+	})
+	return best
+}
+
+// resync recovers the chunk records of a damaged pack after the damage at from: it looks for
+// the next well-formed header, scans on from there, and repeats after each stop. Every chunk
+// record recovered so is BLAKE3-verified (a header found by searching may lie inside another
+// record's payload; a verified one holds the right bytes whatever its origin), and tombstones
+// found so are ignored (a chunk they removed comes back as garbage for the next collection,
+// which is safe; a tombstone that is not one could drop a live chunk, which is not).
+func (p *Pack) resync(pf *packFile, from, size int64, dups map[Digest][]packEntry) {
+	for from < size {
+		next := int64(-1)
+		findHeaders(pf.f, from+1, size, func(off int64, h recordHeader) bool {
+			next = off
+			return false
+		})
+		if next < 0 {
+			return
+		}
+		recs, stop, _, err := scanPack(pf.f, next, size)
+		if err != nil {
+			return
+		}
+		for _, r := range recs {
+			if r.h.kind != kindChunk {
+				continue
+			}
+			if verifyRecord(pf.f, r) != nil {
+				stop = r.off
 				break
 			}
-			i += j
-			if h, err := parseRecordHeader(b[i:]); err == nil && h.kind == kindSync && int64(h.a) <= off+int64(i) {
-				best = max(best, int64(h.a))
-			}
-			i++
+			p.apply(pf, r, dups)
 		}
+		from = max(stop, next)
 	}
-	return best
 }
 
 // verifyRecord decodes a chunk record's payload and checks it against its digest and size.
@@ -545,7 +595,7 @@ func (p *Pack) scan(pf *packFile, dups map[Digest][]packEntry) error {
 	if err != nil {
 		return err
 	}
-	recs, stop, durable, err := scanPack(pf.f, st.Size())
+	recs, stop, durable, err := scanPack(pf.f, 0, st.Size())
 	if err != nil {
 		return err
 	}
@@ -564,9 +614,13 @@ func (p *Pack) scan(pf *packFile, dups map[Digest][]packEntry) error {
 	pf.size, pf.synced = stop, stop
 	if stop < st.Size() {
 		switch {
-		case p.opts.ReadOnly:
 		case stop < durable || laterDurable(pf.f, stop, st.Size()) > stop:
-			pf.sealed = true // damaged where a sync vouched for it: keep the bytes, append elsewhere
+			// Damaged where a sync vouched for the bytes: keep them, recover what follows the
+			// damage, and never append to or compact this pack.
+			pf.sealed, pf.damaged = true, true
+			pf.size, pf.synced = st.Size(), st.Size()
+			p.resync(pf, stop, st.Size(), dups)
+		case p.opts.ReadOnly:
 		default:
 			if err := pf.f.Truncate(stop); err != nil {
 				return fmt.Errorf("truncate torn tail at %d: %w", stop, err)

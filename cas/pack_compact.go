@@ -21,7 +21,8 @@ type CompactStats struct {
 // the active pack with their write times; the copies are synced, the index moved to them, and
 // then the old pack files are removed, oldest first, and the directory synced. The active pack
 // is sealed first (a new one started) when it qualifies itself. Packs with records being
-// written or awaiting a batch's Commit are left for a later Compact.
+// written or awaiting a batch's Commit are left for a later Compact; a damaged pack (see the
+// layout in pack.go) is never compacted.
 //
 // Safe for concurrent use with every other method: Gets of a moved chunk read the old copy
 // until the index points to the new one, and a pack file is closed only when no read of it is
@@ -48,7 +49,7 @@ func (p *Pack) Compact(ctx context.Context) (CompactStats, error) {
 	var cands []*packFile
 	sizes := map[*packFile]int64{} // a candidate's size does not change: nothing writes to it
 	for _, pf := range p.packs {
-		if pf != p.active && pf.pins == 0 && len(pf.pending) == 0 && pf.err == nil && 2*(pf.size-pf.live) > pf.size {
+		if pf != p.active && pf.pins == 0 && len(pf.pending) == 0 && pf.err == nil && !pf.damaged && 2*(pf.size-pf.live) > pf.size {
 			cands = append(cands, pf)
 			sizes[pf] = pf.size
 		}
@@ -83,7 +84,7 @@ func (p *Pack) Compact(ctx context.Context) (CompactStats, error) {
 		if err := ctx.Err(); err != nil {
 			return fail(err)
 		}
-		recs, _, _, err := scanPack(pf.f, sizes[pf])
+		recs, _, _, err := scanPack(pf.f, 0, sizes[pf])
 		if err != nil {
 			return fail(fmt.Errorf("%s: %w", pf.path, err))
 		}

@@ -42,6 +42,9 @@ func FuzzPackOpen(f *testing.F) {
 	f.Add(seed)
 	f.Add(seed[:len(seed)/2])
 	f.Add(seed[:len(seed)-70])
+	damaged := bytes.Clone(seed) // the second chunk's header destroyed inside the synced prefix
+	damaged[300+2*64+2] ^= 0xff
+	f.Add(damaged)
 	f.Add([]byte{})
 	f.Add(bytes.Repeat([]byte("DSPK"), 40))
 	f.Fuzz(func(t *testing.T, data []byte) {

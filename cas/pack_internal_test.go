@@ -158,8 +158,8 @@ func appendFile(t *testing.T, path string, b []byte) {
 }
 
 // TestPackDamageInsideSyncedPrefix: a header destroyed where a sync marker vouches for the
-// bytes is damage, not a torn write: the pack is not truncated (the records after it stay on
-// disk), the store opens, reads what comes before, and appends to a new pack.
+// bytes is damage, not a torn write: the pack is not truncated, the store opens, reads what
+// comes before and after the damage, appends to a new pack and never compacts the damaged one.
 func TestPackDamageInsideSyncedPrefix(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -178,7 +178,8 @@ func TestPackDamageInsideSyncedPrefix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.Put(ctx, testChunk(3000, 3), HintNone) // its marker vouches for b
+	c3 := testChunk(3000, 3)
+	p.Put(ctx, c3, HintNone) // its marker vouches for b
 	p.Close()
 	size := packSize(t, path)
 	f, _ := os.OpenFile(path, os.O_RDWR, 0)
@@ -198,6 +199,19 @@ func TestPackDamageInsideSyncedPrefix(t *testing.T) {
 	}
 	if packSize(t, path) != size {
 		t.Fatal("a pack damaged inside its synced prefix was truncated")
+	}
+	if got, err := p.Get(ctx, Sum(c3), nil); err != nil || !bytes.Equal(got, c3) {
+		t.Fatalf("chunk after the damage not recovered: %v", err)
+	}
+	// Compact never removes the damaged pack (it would lose what only resync finds).
+	if err := p.Delete(ctx, Sum(a)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p.Get(ctx, Sum(c3), nil); err != nil || !bytes.Equal(got, c3) {
+		t.Fatalf("recovered chunk after Compact: %v", err)
 	}
 	c := testChunk(100, 7)
 	if _, err := p.Put(ctx, c, HintNone); err != nil {
