@@ -96,10 +96,11 @@ type Config struct {
 	MaxTokens int
 	// RecordBatch is how many chunks of an upload stream are stored through one cas batch (one
 	// durability barrier) and then recorded in one index transaction (default 256; a group also
-	// ends at 8 MiB of stored bytes).
+	// ends at 64 MiB of stored bytes). Groups are committed behind the stream, in order, while
+	// the next one arrives (see package ingest).
 	RecordBatch int
-	// StoreWorkers is how many chunks of one such group are verified and written at once
-	// (default GOMAXPROCS, at most 8).
+	// StoreWorkers is how many chunks of one upload stream are verified and written at once, as
+	// they arrive (default GOMAXPROCS, at most 8).
 	StoreWorkers int
 }
 
