@@ -315,10 +315,11 @@ func putBuf(p *[]byte) {
 	}
 }
 
-// Ingest reads its input into segments: buffers of segmentSize bytes (or 4 chunks of the
+// Ingest reads its input into segments: buffers of segmentSize bytes (or two chunks of the
 // largest size, when that is more) that chunks alias, so that no chunk is copied between
 // reading and storing. A segment goes back to its ingest's free list once the reader has moved
-// on and every chunk cut from it is stored; at most workers+3 segments exist per ingest. The
+// on and every chunk cut from it is stored; at most workers+3 segments of segmentSize exist
+// per ingest, or 3 of the larger kind (a fixed chunk size of 64 MiB then holds 384 MiB). The
 // bytes after a segment's last cut (fewer than the chunker's limit) are copied to the start of
 // the next segment.
 const segmentSize = 1 << 20
@@ -374,8 +375,10 @@ func (r *Repo) ingest(ctx context.Context, batch cas.Batch, rd io.Reader, spec C
 		seq  int
 		info cas.Info
 	}
-	segSize := max(segmentSize, 4*limit)
-	maxSegs := workers + 3
+	segSize, maxSegs := segmentSize, workers+3
+	if 2*limit > segmentSize {
+		segSize, maxSegs = 2*limit, 3
+	}
 	free := make(chan *segment, maxSegs)
 	defer func() { // segments of this ingest back to the pool (those still pinned after an error are dropped)
 		for {
