@@ -95,14 +95,14 @@ func (c *FastCDC) cut(data []byte) (length int, fingerprint uint64) {
 // paper rolls it: the first byte of each pair is added shifted one bit further and checked
 // against maskFirst (the mask shifted left by one), the second against mask. It returns the
 // index in p of the byte at which the hash matched, or -1 and the hash at the end of p.
-// Four bytes per loop iteration: one bounds check and one loop branch per four bytes, which
-// is most of the gain over a pair per iteration (the hash chain itself is one LEA and one ADD
-// per pair).
+// Eight bytes per loop iteration: one bounds check and one loop branch per eight bytes (the
+// hash chain itself is one LEA and one ADD per pair); measured per CPU-second on this project's
+// machine, a pair per iteration ran at ~2.1 GB/s, four bytes at ~3.4, eight at ~4.4.
 func scan(p []byte, h, maskFirst, mask uint64) (int, uint64) {
 	g, gl := &gear, &gearLS
 	i := 0
-	for ; i+4 <= len(p); i += 4 {
-		q := p[i : i+4 : i+4]
+	for ; i+8 <= len(p); i += 8 {
+		q := p[i : i+8 : i+8]
 		h = h<<2 + gl[q[0]]
 		if h&maskFirst == 0 {
 			return i, h
@@ -119,8 +119,24 @@ func scan(p []byte, h, maskFirst, mask uint64) (int, uint64) {
 		if h&mask == 0 {
 			return i + 3, h
 		}
+		h = h<<2 + gl[q[4]]
+		if h&maskFirst == 0 {
+			return i + 4, h
+		}
+		h += g[q[5]]
+		if h&mask == 0 {
+			return i + 5, h
+		}
+		h = h<<2 + gl[q[6]]
+		if h&maskFirst == 0 {
+			return i + 6, h
+		}
+		h += g[q[7]]
+		if h&mask == 0 {
+			return i + 7, h
+		}
 	}
-	if i+2 <= len(p) {
+	for ; i+2 <= len(p); i += 2 {
 		h = h<<2 + gl[p[i]]
 		if h&maskFirst == 0 {
 			return i, h
