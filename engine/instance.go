@@ -114,8 +114,9 @@ type InstanceOptions struct {
 	// their memory resident (wasmmem.Region.Populate), so that a restore or a prefill of up to
 	// Context positions writes into memory that takes no page faults, as llama.cpp's context
 	// allocates and clears its whole KV buffer when it is made. Creation costs that much more
-	// (the page faults move there, done by the kernel in one call), and the blocks' memory is
-	// resident for the instance's life. 0 allocates blocks as positions are fed. Feeding or
+	// (the page faults move there, done by the kernel a span at a time on Threads goroutines:
+	// 64 MiB took 11–17 ms on 2 cores of a KVM guest, 6.5–9 ms with HugePages, against
+	// ≈ 1.3 ms for a bare instance), and the blocks' memory is resident for the instance's life. 0 allocates blocks as positions are fed. Feeding or
 	// restoring past Context works as without it (blocks allocated on demand). A value above
 	// the model's context length is clamped to it; a negative one is an error.
 	Context int
