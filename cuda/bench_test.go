@@ -101,6 +101,15 @@ func BenchmarkGEMV(b *testing.B) {
 				d.tc = false
 				run("wdev-xdev-fma", w, od.Ptr, xd.Ptr)
 				d.tc = true
+				// and the other few-token tensor-core kernels (same results)
+				saved := d.tcv
+				for m := range tcModeNames {
+					if tcMode(m) != saved {
+						d.tcv = tcMode(m)
+						run("wdev-xdev-"+tcMode(m).String(), w, od.Ptr, xd.Ptr)
+					}
+				}
+				d.tcv = saved
 			}
 			run("wdev-xhost", w, oh, xh)
 			if ty == F16 || ty == Q8_0 {

@@ -271,6 +271,66 @@ func TestMatMul(t *testing.T) {
 	}
 }
 
+// TestFewTokenKernels: every few-token tensor-core kernel (DRIFTSTORE_CUDA_TCV's choices)
+// gives each token the same bits as ds_tcm's batch of 12 (n > tcvMaxTokens), for n = 1, 3, 8,
+// aligned and misaligned activations, shapes with a partial row tile and a partial segment, and
+// activations spread over 2^±20 with an all-zero chunk and a huge value.
+func TestFewTokenKernels(t *testing.T) {
+	d := device(t)
+	s := newStream(t, d)
+	saved := d.tcv
+	defer func() { d.tcv = saved }()
+	r := rand.New(rand.NewPCG(7, 8))
+	const batch = 12
+	for _, ty := range []DType{F16, Q8_0} {
+		for _, sh := range []struct{ rows, cols int }{{1000, 2048}, {130, 2080}, {64, 8192}} {
+			raw, _ := encode(r, ty, sh.rows, sh.cols)
+			w, err := d.UploadWeights(ty, sh.rows, sh.cols, raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !d.tensorCores(w) {
+				w.Free()
+				t.Skipf("%v %dx%d not on the tensor cores (DRIFTSTORE_CUDA_TC=0?)", ty, sh.rows, sh.cols)
+			}
+			x := randF32(r, batch*sh.cols+1, 1)
+			for i := range x {
+				x[i] = float32(math.Ldexp(float64(x[i]), r.IntN(41)-20))
+			}
+			for i := 32; i < 64; i++ {
+				x[i] = 0
+			}
+			x[100] = 3e30
+			xb := devBuf(t, d, x, len(x))
+			for _, mis := range []int{0, 1} {
+				xp := xb.Ptr + DevPtr(4*mis)
+				ref := devBuf(t, d, nil, batch*sh.rows)
+				if err := s.MatMul(ref.Ptr, w, xp, batch); err != nil {
+					t.Fatal(err)
+				}
+				want := readF32(t, ref, 0, batch*sh.rows)
+				for m := range tcModeNames {
+					d.tcv = tcMode(m)
+					for _, n := range []int{1, 3, 8} {
+						ob := devBuf(t, d, nil, n*sh.rows)
+						if err := s.MatMul(ob.Ptr, w, xp, n); err != nil {
+							t.Fatal(err)
+						}
+						if i := bitsEqual(want[:n*sh.rows], readF32(t, ob, 0, n*sh.rows)); i >= 0 {
+							t.Errorf("%v %dx%d mis%d %v n=%d: token %d row %d differs from the batch",
+								ty, sh.rows, sh.cols, mis, tcMode(m), n, i/sh.rows, i%sh.rows)
+						}
+						ob.Free()
+					}
+				}
+				d.tcv = saved
+				ref.Free()
+			}
+			w.Free()
+		}
+	}
+}
+
 func TestNormRopeElementwise(t *testing.T) {
 	d := device(t)
 	s := newStream(t, d)

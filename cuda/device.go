@@ -45,8 +45,8 @@ type Device struct {
 
 	closeOnce sync.Once
 	Stats     Stats
-	tc        bool // tensor-core matmuls for F16 and Q8_0 (see Device.tensorCores)
-	tcb       bool // few-token tensor-core matmuls by ds_tcb instead of ds_tcv (same results)
+	tc        bool   // tensor-core matmuls for F16 and Q8_0 (see Device.tensorCores)
+	tcv       tcMode // the few-token tensor-core kernel (all give the same results)
 }
 
 // Available reports whether a CUDA driver loads and sees at least one device; the error says
@@ -103,7 +103,10 @@ func Open(ordinal int) (*Device, error) {
 	}
 	d.info.HostPtrIsDevPtr = hp != 0
 	d.tc = d.info.CC[0] >= 8 && os.Getenv("DRIFTSTORE_CUDA_TC") != "0"
-	d.tcb = os.Getenv("DRIFTSTORE_CUDA_TCV") == "block"
+	if d.tcv, err = parseTCMode(os.Getenv("DRIFTSTORE_CUDA_TCV")); err != nil {
+		drv.release()
+		return nil, err
+	}
 	ptx := kernelsPTX
 	if path := os.Getenv("DRIFTSTORE_CUDA_PTX"); path != "" {
 		// Development: kernels compiled elsewhere, before they are committed.

@@ -12,7 +12,8 @@ import (
 func kernelNames() []string {
 	names := []string{"ds_mv_any", "ds_rmsnorm", "ds_rope", "ds_store_kv", "ds_attn",
 		"ds_attn_combine", "ds_attn_mq", "ds_swiglu", "ds_add", "ds_embed", "ds_softmax", "ds_argmax", "ds_nop",
-		"ds_sum_words", "ds_fill_words", "ds_tcv_f16", "ds_tcm_f16", "ds_tcv_q8", "ds_tcm_q8", "ds_tcb_f16", "ds_tcb_q8"}
+		"ds_sum_words", "ds_fill_words", "ds_tcv_f16", "ds_tcm_f16", "ds_tcv_q8", "ds_tcm_q8", "ds_tcb_f16", "ds_tcb_q8",
+		"ds_tcr_f16", "ds_tcr_f16v", "ds_tcr_q8", "ds_tcr_q8v", "ds_tcx", "ds_tcxv", "ds_tcs_f16", "ds_tcs_q8"}
 	for _, t := range []DType{F32, F16, BF16, Q8_0} {
 		for _, shape := range []string{"1x1", "1x8", "4x8"} {
 			names = append(names, "ds_mv_"+t.suffix()+"_"+shape, "ds_mv_"+t.suffix()+"_"+shape+"v")
@@ -54,8 +55,8 @@ type Stream struct {
 	d      *Device
 	s      cuStream
 	part   *Buffer // attention partial results
-	tcPart *Buffer // ds_tcv segment sums
-	tcCnt  *Buffer // ds_tcv tile counters
+	tcPart *Buffer // ds_tcv/ds_tcb segment sums, or ds_tcx's split activations
+	tcCnt  *Buffer // ds_tcv/ds_tcb tile counters
 	small  *Buffer // token ids in, argmax out
 	tables map[uint64]*table
 	t0, t1 cuEvent
@@ -208,15 +209,7 @@ func (s *Stream) MatMulStrided(out DevPtr, ostride int, w *Weights, x DevPtr, xs
 		// Tensor cores, the same arithmetic for every n (kernels.cu, "tensor-core matrix
 		// products"): few tokens stream the weights once per 8 tokens, many share them per 64.
 		if n <= tcvMaxTokens {
-			rg, nseg := ceilDiv(w.Rows, 16), ceilDiv(w.Cols/32, 8)
-			if err := s.tcScratch(rg*nseg*128*4, rg*4); err != nil {
-				return err
-			}
-			a.ptr(s.tcPart.Ptr).ptr(s.tcCnt.Ptr)
-			if s.d.tcb {
-				return s.launch("ds_tcb_"+w.Type.suffix(), [3]uint32{uint32(ceilDiv(w.Rows, 128)), uint32(nseg), 1}, [3]uint32{256, 1, 1}, 0, &a)
-			}
-			return s.launch("ds_tcv_"+w.Type.suffix(), [3]uint32{uint32(rg), uint32(nseg), 1}, [3]uint32{32, 1, 1}, 0, &a)
+			return s.matMulFew(out, ostride, w, x, xstride, n, &a)
 		}
 		return s.launch("ds_tcm_"+w.Type.suffix(), [3]uint32{uint32(ceilDiv(n, 64)), uint32(ceilDiv(w.Rows, 128)), 1}, [3]uint32{256, 1, 1}, 0, &a)
 	}
@@ -237,12 +230,89 @@ func (s *Stream) MatMulStrided(out DevPtr, ostride int, w *Weights, x DevPtr, xs
 	return s.launch(name, grid, [3]uint32{256, 1, 1}, 0, &a)
 }
 
-// tcvMaxTokens: matmuls of up to this many tokens use ds_tcv (one warp per 16 rows and column
-// segment, all weights in flight at once); larger ones ds_tcm (64-token tiles).
+// tcvMaxTokens: matmuls of up to this many tokens use a few-token kernel (Device.tcv: the
+// weights streamed once for all n tokens); larger ones ds_tcm (64-token tiles).
 const tcvMaxTokens = 8
 
-// tcScratch makes the ds_tcv scratch at least partBytes (segment sums) and cntBytes (tile
-// counters, zero between launches: a new buffer is zeroed, and each launch leaves it so).
+// tcMode names a few-token tensor-core kernel. All compute the same bits (kernels.cu, "tensor-
+// core matrix products"); they differ in speed only. DRIFTSTORE_CUDA_TCV picks one.
+type tcMode int
+
+const (
+	tcStream tcMode = iota // ds_tcr: one block per 16 rows, a ring of chunks in flight per warp
+	tcSplit                // ds_tcx + ds_tcs: activations split once per product, then streamed
+	tcWarp                 // ds_tcv: one warp per 16 rows x 256 columns, partial sums via atomics
+	tcBlock                // ds_tcb: ds_tcv with the activation split once per 8-warp block
+)
+
+var tcModeNames = []string{tcStream: "stream", tcSplit: "split", tcWarp: "warp", tcBlock: "block"}
+
+func (m tcMode) String() string { return tcModeNames[m] }
+
+// parseTCMode reads DRIFTSTORE_CUDA_TCV ("" is the default, tcStream).
+func parseTCMode(v string) (tcMode, error) {
+	if v == "" {
+		return tcStream, nil
+	}
+	for i, name := range tcModeNames {
+		if v == name {
+			return tcMode(i), nil
+		}
+	}
+	return 0, fmt.Errorf("cuda: DRIFTSTORE_CUDA_TCV=%q: want one of %v", v, tcModeNames)
+}
+
+// tcWarps: warps per block of ds_tcr/ds_tcs (fewer when the matrix has fewer segments).
+const tcWarps = 8
+
+// matMulFew launches the few-token tensor-core product chosen by s.d.tcv; a holds the
+// arguments common to every tensor-core kernel (out, ostride, w, scales, x, xstride, rows,
+// cols, n).
+func (s *Stream) matMulFew(out DevPtr, ostride int, w *Weights, x DevPtr, xstride, n int, a *argSlots) error {
+	rg, nch := ceilDiv(w.Rows, 16), w.Cols/32
+	nseg := ceilDiv(nch, 8)
+	suffix := w.Type.suffix()
+	vec := x%16 == 0 && xstride%4 == 0
+	nw := uint32(min(tcWarps, nseg))
+	shmem := uint32(nseg * 128 * 4) // the tile's segment sums
+	switch s.d.tcv {
+	case tcStream:
+		name := "ds_tcr_" + suffix
+		if vec {
+			name += "v"
+		}
+		return s.launch(name, [3]uint32{uint32(rg), 1, 1}, [3]uint32{32 * nw, 1, 1}, shmem, a)
+	case tcSplit:
+		// Scratch: nch*64 uint4 of hi/lo fragments, then nch*8 floats of scales.
+		if err := s.grow(&s.tcPart, nch*(1024+32)); err != nil {
+			return err
+		}
+		xs, xe := s.tcPart.Ptr, s.tcPart.Ptr+DevPtr(nch*1024)
+		var b argSlots
+		b.ptr(xs).ptr(xe).ptr(x).i32(xstride).i32(w.Cols).i32(n)
+		name := "ds_tcx"
+		if vec {
+			name += "v"
+		}
+		if err := s.launch(name, [3]uint32{uint32(ceilDiv(nch, 8)), 1, 1}, [3]uint32{256, 1, 1}, 0, &b); err != nil {
+			return err
+		}
+		var c argSlots
+		c.ptr(out).i32(ostride).ptr(w.data.Ptr).ptr(w.scalePtr()).ptr(xs).ptr(xe).i32(w.Rows).i32(w.Cols).i32(n)
+		return s.launch("ds_tcs_"+suffix, [3]uint32{uint32(rg), 1, 1}, [3]uint32{32 * nw, 1, 1}, shmem, &c)
+	}
+	if err := s.tcScratch(rg*nseg*128*4, rg*4); err != nil {
+		return err
+	}
+	a.ptr(s.tcPart.Ptr).ptr(s.tcCnt.Ptr)
+	if s.d.tcv == tcBlock {
+		return s.launch("ds_tcb_"+suffix, [3]uint32{uint32(ceilDiv(w.Rows, 128)), uint32(nseg), 1}, [3]uint32{256, 1, 1}, 0, a)
+	}
+	return s.launch("ds_tcv_"+suffix, [3]uint32{uint32(rg), uint32(nseg), 1}, [3]uint32{32, 1, 1}, 0, a)
+}
+
+// tcScratch makes the ds_tcv/ds_tcb scratch at least partBytes (segment sums) and cntBytes
+// (tile counters, zero between launches: a new buffer is zeroed, and each launch leaves it so).
 func (s *Stream) tcScratch(partBytes, cntBytes int) error {
 	if err := s.grow(&s.tcPart, partBytes); err != nil {
 		return err

@@ -18,6 +18,13 @@
 #        timeout_s: 480  (expected run ≈ 2–3 min; the limit only bounds a hang: gpu.log and the
 #                   per-phase logs in OUT come back even then)
 #
+#   scripts/gpu-check.sh kbench [OUT]  on a machine with nvcc and a GPU (no Go): builds
+#                                     cuda/tcbench/tcbench.cu (the kernels without Go), checks
+#                                     every few-token kernel bit for bit against ds_tcm, times
+#                                     them beside the CUDA-core GEMV (weights rotated past L2),
+#                                     and profiles them with ncu where it exists
+#                                     (GPU_CHECK_NCU=0 skips that); all into OUT/kbench.log.
+#
 # Environment:
 #   GPU_CHECK_BENCH        -test.bench pattern of the kernel benchmarks ('.' by default; 'none'
 #                          skips them); GPU_CHECK_BENCHTIME (default 200x)
@@ -27,7 +34,9 @@
 #                          launched as its op is called: the comparison for deferral and graphs)
 #   DRIFTSTORE_CUDA_PTX    kernels to load instead of the embedded PTX (e.g. fresh from gen-ptx.sh)
 #   DRIFTSTORE_CUDA_TC=0   F16/Q8_0 matrix products on the CUDA cores instead of the tensor cores
-#   DRIFTSTORE_CUDA_TCV=block  few-token tensor-core products by ds_tcb (same results as ds_tcv)
+#   DRIFTSTORE_CUDA_TCV    the few-token (n <= 8) tensor-core kernel, all with the same results:
+#                          stream (default, ds_tcr), split (ds_tcx + ds_tcs), warp (ds_tcv),
+#                          block (ds_tcb)
 #   GPU_CHECK_VARIANTS     space-separated NAME=VALUE settings: after the check, for each, the
 #                          matmul and whole-model tests, the F16/Q8_0 GEMV benchmarks and
 #                          BenchmarkGenerate run again with it set (logged in gpu.log)
@@ -153,6 +162,41 @@ run)
 		grep -E '^== [a-z]+: exit' "$log" | sed 's/^== /  /'
 		echo "overall: $([ $status = 0 ] && echo OK || echo FAILED) (full log: gpu.log)"
 	} | tee -a "$log"
+	exit $status
+	;;
+kbench)
+	out=${2:-${OUT:-/tmp/gpu-check}}
+	mkdir -p "$out"
+	log=$out/kbench.log
+	: >"$log"
+	bin=/tmp/tcbench
+	{
+		echo "== kbench $(date -u +%FT%TZ) on $(hostname)"
+		nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv || true
+		nvcc --version | tail -n 1
+	} >>"$log" 2>&1
+	# ptxas's resource report for the matrix kernels (registers, spills, shared memory).
+	if ! nvcc -O3 -arch=sm_90 -std=c++17 -Xptxas -v -o "$bin" cuda/tcbench/tcbench.cu >/tmp/tcbench.build 2>&1; then
+		cat /tmp/tcbench.build >>"$log"
+		echo "kbench: build failed" | tee -a "$log"
+		exit 1
+	fi
+	grep -A3 -E "Compiling entry function '.*(tc|mv_(f16|q8)_1x1v)" /tmp/tcbench.build |
+		grep -E "Compiling|Used|spill" | sed -E "s/^ptxas info *: //" >>"$log"
+	status=0
+	"$bin" check 2>&1 | tee -a "$log" | tail -n 3 || status=1
+	"$bin" ${GPU_CHECK_KBENCH_TIME:-time} 2>&1 | tee -a "$log" || status=1
+	if [ "${GPU_CHECK_NCU:-1}" != 0 ] && command -v ncu >/dev/null; then
+		echo "== ncu" >>"$log"
+		timeout 240 ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+			--section LaunchStats --section WarpStateStats -k regex:'ds_|h_' "$bin" ncu >"$out/ncu.txt" 2>&1
+		echo "ncu exit $?" >>"$log"
+		# The headline numbers per kernel, then the whole report.
+		grep -E "^  [a-zA-Z_0-9]+.*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall Long|Warp Cycles Per Issued|Theoretical Occ" "$out/ncu.txt" >>"$log"
+		echo "== ncu full report" >>"$log"
+		cat "$out/ncu.txt" >>"$log"
+		rm -f "$out/ncu.txt"
+	fi
 	exit $status
 	;;
 *)

@@ -434,6 +434,257 @@ __device__ __forceinline__ void tcb_body(float* __restrict__ out, int ostride,
                sg, seg, part, cnt);
 }
 
+// ---- few-token tensor-core products that stream the weights (ds_tcr, ds_tcs) -----------------
+// The same arithmetic per output element as ds_tcv and ds_tcm (the order of operations above),
+// organized for memory speed. Block: nw warps (32*nw threads) own one 16-row tile and all its
+// columns, so no global partial sums, fences or atomics: warp w takes segments w, w+nw, ...
+// in order, keeping a ring of TCR_D chunks of weights (and activations) in flight: the loads
+// of chunk j+TCR_D are issued as chunk j is consumed. Each warp leaves its segment sums in
+// shared memory (dynamic, nseg*128 floats); after a barrier the block adds them in segment
+// order and writes the tile. Grid (ceil(rows/16)), n <= 8 tokens.
+//   ds_tcr: each warp scales and splits its activation chunks itself (as ds_tcv does);
+//   ds_tcs: a first kernel, ds_tcx, scales and splits the activations once per matmul into a
+//           scratch buffer (hi/lo fragments per lane, 2^-e per token), which ds_tcs streams
+//           alongside the weights; no conversion work is repeated per row tile.
+#define TCR_D 4
+
+// wraw: the raw weight bits of 8 columns (F16: 16 bytes; Q8_0: 8 bytes in .x, .y).
+template <int TY>
+__device__ __forceinline__ uint4 wraw(const void* __restrict__ w, size_t idx) {
+    if (TY == DT_F16) return __ldg((const uint4*)((const __half*)w + idx));
+    uint2 u = __ldg((const uint2*)((const int8_t*)w + idx));
+    return make_uint4(u.x, u.y, 0u, 0u);
+}
+
+// wcvt: wraw's bits as packed F16 (Q8_0 quants converted exactly, as ldw8 does).
+template <int TY>
+__device__ __forceinline__ uint4 wcvt(uint4 u) {
+    if (TY == DT_F16) return u;
+    uint32_t q[2] = {u.x ^ 0x80808080u, u.y ^ 0x80808080u};
+    const __half2 off = __float2half2_rn(1152.f);
+    uint32_t r[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        uint32_t hv = __byte_perm(q[i >> 1], 0x64646464u, (i & 1) ? 0x4342 : 0x4140);
+        __half2 h = __hsub2(*(__half2*)&hv, off);
+        r[i] = *(uint32_t*)&h;
+    }
+    return make_uint4(r[0], r[1], r[2], r[3]);
+}
+
+// ldx8v: x[0..7] as two 16-byte loads (VEC: p 16-byte aligned) or eight 4-byte ones; zeros
+// when !ok. No branch on the address: the host picks VEC.
+template <bool VEC>
+__device__ __forceinline__ void ldx8v(const float* __restrict__ p, bool ok, float v[8]) {
+    if (VEC) {
+        float4 a = make_float4(0.f, 0.f, 0.f, 0.f), b = a;
+        if (ok) {
+            a = __ldg((const float4*)p);
+            b = __ldg((const float4*)p + 1);
+        }
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+        v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = ok ? __ldg(p + i) : 0.f;
+    }
+}
+
+// tc_split: one lane's share of a chunk's scale and split (lanes 4g..4g+3 hold token g's 32
+// columns): hi/lo fragments and the token's exponent e, exactly as ds_tcv and ds_tcm.
+__device__ __forceinline__ int tc_split(const float X[8], uint32_t hi[4], uint32_t lo[4]) {
+    float mx = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) mx = fmaxf(mx, fabsf(X[j]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    int e = chunk_exp(mx);
+    split8(X, pow2i(e), hi, lo);
+    return e;
+}
+
+// tc_acc: seg += the chunk's scaled tile sums (the common last step of every kernel).
+__device__ __forceinline__ void tc_acc(float seg[4], const float tmp[4], float s0, float s1,
+                                       float da, float db) {
+    seg[0] = fmaf(da * s0, tmp[0], seg[0]);
+    seg[1] = fmaf(da * s1, tmp[1], seg[1]);
+    seg[2] = fmaf(db * s0, tmp[2], seg[2]);
+    seg[3] = fmaf(db * s1, tmp[3], seg[3]);
+}
+
+// tc_store_seg / tc_tile_out: segment sums into shared memory (element rr*8 + tt of segment
+// s), then the block's ordered sum over segments and the tile's outputs.
+__device__ __forceinline__ void tc_store_seg(float* __restrict__ part, int s, const float seg[4]) {
+    int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    float* pp = part + s * 128;
+    pp[g * 8 + 2 * c] = seg[0];
+    pp[g * 8 + 2 * c + 1] = seg[1];
+    pp[(g + 8) * 8 + 2 * c] = seg[2];
+    pp[(g + 8) * 8 + 2 * c + 1] = seg[3];
+}
+
+__device__ __forceinline__ void tc_tile_out(float* __restrict__ out, int ostride, int rows, int n,
+                                            int r0, int nseg, const float* __restrict__ part) {
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < 128; idx += blockDim.x) {
+        int tt = idx >> 4, rr = idx & 15;
+        float tot = 0.f;
+        for (int s = 0; s < nseg; s++) tot += part[s * 128 + rr * 8 + tt];
+        if (r0 + rr < rows && tt < n) out[(size_t)tt * ostride + r0 + rr] = tot;
+    }
+}
+
+template <int TY, bool VEC, int D>
+__device__ __forceinline__ void tcr_body(float* __restrict__ out, int ostride,
+                                         const void* __restrict__ w,
+                                         const __half* __restrict__ sc,
+                                         const float* __restrict__ x, int xstride, int rows,
+                                         int cols, int n) {
+    extern __shared__ float tc_part[];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int nw = blockDim.x >> 5, r0 = blockIdx.x * 16;
+    int nch = cols >> 5, nseg = (nch + 7) >> 3;
+    int ra = min(r0 + g, rows - 1), rb = min(r0 + g + 8, rows - 1);
+    bool tok = g < n;
+    const float* xp = x + (size_t)min(g, n - 1) * xstride + c * 8;
+    const char* wa = (const char*)w + (size_t)ra * cols * (TY == DT_F16 ? 2 : 1);
+    const char* wb = (const char*)w + (size_t)rb * cols * (TY == DT_F16 ? 2 : 1);
+    const __half* sa = sc + (size_t)ra * nch;
+    const __half* sb = sc + (size_t)rb * nch;
+    int J = warp < nseg ? ((nseg - warp + nw - 1) / nw) * 8 : 0;  // the warp's chunk slots
+    uint4 RA[D], RB[D];
+    float X[D][8], DA[D], DB[D];
+    // Slot j of the warp is chunk (warp + (j/8)*nw)*8 + j%8 (past nch: nothing).
+#pragma unroll
+    for (int i = 0; i < D; i++) {
+        int ch = (warp + (i >> 3) * nw) * 8 + (i & 7);
+        if (i < J && ch < nch) {
+            RA[i] = wraw<TY>(wa, (size_t)ch * 32 + c * 8);
+            RB[i] = wraw<TY>(wb, (size_t)ch * 32 + c * 8);
+            if (TY == DT_Q8_0) { DA[i] = __half2float(sa[ch]); DB[i] = __half2float(sb[ch]); }
+            ldx8v<VEC>(xp + (size_t)ch * 32, tok, X[i]);
+        }
+    }
+    float seg[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int j0 = 0; j0 < J; j0 += D) {
+#pragma unroll
+        for (int i = 0; i < D; i++) {
+            int j = j0 + i;
+            int ch = (warp + (j >> 3) * nw) * 8 + (j & 7);
+            if (ch < nch) {
+                uint32_t hi[4], lo[4];
+                int e = tc_split(X[i], hi, lo);
+                float tmp[4];
+                chunk_mma(tmp, wcvt<TY>(RA[i]), wcvt<TY>(RB[i]), hi, lo);
+                int e0 = __shfl_sync(0xffffffffu, e, 8 * c), e1 = __shfl_sync(0xffffffffu, e, 8 * c + 4);
+                float da = 1.f, db = 1.f;
+                if (TY == DT_Q8_0) { da = DA[i]; db = DB[i]; }
+                tc_acc(seg, tmp, pow2i(-e0), pow2i(-e1), da, db);
+            }
+            int jn = j + D, chn = (warp + (jn >> 3) * nw) * 8 + (jn & 7);
+            if (jn < J && chn < nch) {
+                RA[i] = wraw<TY>(wa, (size_t)chn * 32 + c * 8);
+                RB[i] = wraw<TY>(wb, (size_t)chn * 32 + c * 8);
+                if (TY == DT_Q8_0) { DA[i] = __half2float(sa[chn]); DB[i] = __half2float(sb[chn]); }
+                ldx8v<VEC>(xp + (size_t)chn * 32, tok, X[i]);
+            }
+            if ((j & 7) == 7) {
+                tc_store_seg(tc_part, warp + (j >> 3) * nw, seg);
+#pragma unroll
+                for (int q = 0; q < 4; q++) seg[q] = 0.f;
+            }
+        }
+    }
+    tc_tile_out(out, ostride, rows, n, r0, nseg, tc_part);
+}
+
+// tcx: the activations of n <= 8 tokens scaled and split per 32-column chunk, once. xs holds
+// per chunk 64 uint4: the hi fragments of the 32 lanes, then the lo ones (lane 4g+c: token g,
+// columns c*8 .. c*8+7; zeros for tokens >= n); xe per chunk the 8 tokens' 2^-e. Grid
+// (ceil(nch/8)), 256 threads: warp w takes chunk blockIdx.x*8 + w.
+template <bool VEC>
+__device__ __forceinline__ void tcx_body(uint4* __restrict__ xs, float* __restrict__ xe,
+                                         const float* __restrict__ x, int xstride, int cols,
+                                         int n) {
+    int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int ch = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (ch >= (cols >> 5)) return;
+    float X[8];
+    ldx8v<VEC>(x + (size_t)min(g, n - 1) * xstride + (size_t)ch * 32 + c * 8, g < n, X);
+    uint32_t hi[4], lo[4];
+    int e = tc_split(X, hi, lo);
+    xs[(size_t)ch * 64 + lane] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+    xs[(size_t)ch * 64 + 32 + lane] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+    if (c == 0) xe[(size_t)ch * 8 + g] = pow2i(-e);
+}
+
+template <int TY, int D>
+__device__ __forceinline__ void tcs_body(float* __restrict__ out, int ostride,
+                                         const void* __restrict__ w,
+                                         const __half* __restrict__ sc,
+                                         const uint4* __restrict__ xs,
+                                         const float* __restrict__ xe, int rows, int cols, int n) {
+    extern __shared__ float tc_part[];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int nw = blockDim.x >> 5, r0 = blockIdx.x * 16;
+    int nch = cols >> 5, nseg = (nch + 7) >> 3;
+    int ra = min(r0 + g, rows - 1), rb = min(r0 + g + 8, rows - 1);
+    bool tok = g < n;
+    const char* wa = (const char*)w + (size_t)ra * cols * (TY == DT_F16 ? 2 : 1);
+    const char* wb = (const char*)w + (size_t)rb * cols * (TY == DT_F16 ? 2 : 1);
+    const __half* sa = sc + (size_t)ra * nch;
+    const __half* sb = sc + (size_t)rb * nch;
+    int J = warp < nseg ? ((nseg - warp + nw - 1) / nw) * 8 : 0;
+    uint4 RA[D], RB[D], H[D], L[D];
+    float2 S[D];
+    float DA[D], DB[D];
+    const uint4 z = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+    for (int i = 0; i < D; i++) {
+        int ch = (warp + (i >> 3) * nw) * 8 + (i & 7);
+        if (i < J && ch < nch) {
+            RA[i] = wraw<TY>(wa, (size_t)ch * 32 + c * 8);
+            RB[i] = wraw<TY>(wb, (size_t)ch * 32 + c * 8);
+            if (TY == DT_Q8_0) { DA[i] = __half2float(sa[ch]); DB[i] = __half2float(sb[ch]); }
+            H[i] = tok ? __ldg(xs + (size_t)ch * 64 + lane) : z;
+            L[i] = tok ? __ldg(xs + (size_t)ch * 64 + 32 + lane) : z;
+            S[i] = __ldg((const float2*)(xe + (size_t)ch * 8 + 2 * c));
+        }
+    }
+    float seg[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int j0 = 0; j0 < J; j0 += D) {
+#pragma unroll
+        for (int i = 0; i < D; i++) {
+            int j = j0 + i;
+            int ch = (warp + (j >> 3) * nw) * 8 + (j & 7);
+            if (ch < nch) {
+                uint32_t hi[4] = {H[i].x, H[i].y, H[i].z, H[i].w};
+                uint32_t lo[4] = {L[i].x, L[i].y, L[i].z, L[i].w};
+                float tmp[4];
+                chunk_mma(tmp, wcvt<TY>(RA[i]), wcvt<TY>(RB[i]), hi, lo);
+                float da = 1.f, db = 1.f;
+                if (TY == DT_Q8_0) { da = DA[i]; db = DB[i]; }
+                tc_acc(seg, tmp, S[i].x, S[i].y, da, db);
+            }
+            int jn = j + D, chn = (warp + (jn >> 3) * nw) * 8 + (jn & 7);
+            if (jn < J && chn < nch) {
+                RA[i] = wraw<TY>(wa, (size_t)chn * 32 + c * 8);
+                RB[i] = wraw<TY>(wb, (size_t)chn * 32 + c * 8);
+                if (TY == DT_Q8_0) { DA[i] = __half2float(sa[chn]); DB[i] = __half2float(sb[chn]); }
+                H[i] = tok ? __ldg(xs + (size_t)chn * 64 + lane) : z;
+                L[i] = tok ? __ldg(xs + (size_t)chn * 64 + 32 + lane) : z;
+                S[i] = __ldg((const float2*)(xe + (size_t)chn * 8 + 2 * c));
+            }
+            if ((j & 7) == 7) {
+                tc_store_seg(tc_part, warp + (j >> 3) * nw, seg);
+#pragma unroll
+                for (int q = 0; q < 4; q++) seg[q] = 0.f;
+            }
+        }
+    }
+    tc_tile_out(out, ostride, rows, n, r0, nseg, tc_part);
+}
+
 // tcm: grid (ceil(n/64), ceil(rows/128)), 256 threads. Warp w takes rows w*16.. of the block's
 // 128 and all 64 tokens (8 tiles of 8); each chunk of the tokens' activations is scaled, split
 // and staged in shared memory (double-buffered) by the whole block.
@@ -546,6 +797,34 @@ __device__ __forceinline__ void tcm_body(float* __restrict__ out, int ostride,
     }
 TC_KERNELS(f16, DT_F16)
 TC_KERNELS(q8, DT_Q8_0)
+
+#define TCR_KERNEL(name, TY, VEC)                                                               \
+    extern "C" __global__ void __launch_bounds__(256)                                           \
+        name(float* out, int ostride, const void* w, const __half* sc, const float* x,          \
+             int xstride, int rows, int cols, int n) {                                          \
+        tcr_body<TY, VEC, TCR_D>(out, ostride, w, sc, x, xstride, rows, cols, n);               \
+    }
+TCR_KERNEL(ds_tcr_f16, DT_F16, false)
+TCR_KERNEL(ds_tcr_f16v, DT_F16, true)
+TCR_KERNEL(ds_tcr_q8, DT_Q8_0, false)
+TCR_KERNEL(ds_tcr_q8v, DT_Q8_0, true)
+
+extern "C" __global__ void __launch_bounds__(256)
+    ds_tcx(uint4* xs, float* xe, const float* x, int xstride, int cols, int n) {
+    tcx_body<false>(xs, xe, x, xstride, cols, n);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    ds_tcxv(uint4* xs, float* xe, const float* x, int xstride, int cols, int n) {
+    tcx_body<true>(xs, xe, x, xstride, cols, n);
+}
+#define TCS_KERNEL(name, TY)                                                                    \
+    extern "C" __global__ void __launch_bounds__(256)                                           \
+        name(float* out, int ostride, const void* w, const __half* sc, const uint4* xs,         \
+             const float* xe, int rows, int cols, int n) {                                      \
+        tcs_body<TY, TCR_D>(out, ostride, w, sc, xs, xe, rows, cols, n);                        \
+    }
+TCS_KERNEL(ds_tcs_f16, DT_F16)
+TCS_KERNEL(ds_tcs_q8, DT_Q8_0)
 
 // mv_any: any shape (cols not a multiple of 8): one thread per (row, token), in column order.
 extern "C" __global__ void ds_mv_any(float* out, int ostride, const void* w, const __half* sc,
