@@ -69,6 +69,11 @@ type Result struct {
 	// and durably storing the chunks (Store); recording them and committing the manifest
 	// (Commit).
 	Prepare, Store, Commit time.Duration
+	// Parts of Store and Commit: hashing, encoding and writing the chunks (Put); then the
+	// chunks' durability barrier (Sync) and, at the same time, building, encoding and hashing
+	// the manifest (Encode); the index transaction that records the chunks and commits the
+	// manifest, its own durability included (Index).
+	Put, Sync, Encode, Index time.Duration
 }
 
 // Capture checkpoints a live instance into the store and index bound to ix: it stores one chunk
@@ -214,10 +219,7 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 	if err != nil {
 		return nil, err
 	}
-	if err := batch.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("checkpoint: store %d chunks: %w", len(jobs), err)
-	}
-	stored := time.Now()
+	put := time.Now()
 	for i, j := range jobs {
 		ref := index.ChunkRef{Digest: infos[i].Digest, Length: int64(len(j.data))}
 		switch j.state {
@@ -227,25 +229,45 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 			cp.State = append(cp.State, ref)
 		}
 	}
+	// The durability barrier of the chunks (Commit) runs while the manifest of the whole
+	// context is built, encoded and hashed: the barrier is mostly waiting on the disk, the
+	// manifest mostly CPU, and the manifest is committed only after the barrier.
+	synced := make(chan error, 1)
+	var syncedAt time.Time
+	go func() {
+		err := batch.Commit(ctx)
+		syncedAt = time.Now()
+		synced <- err
+	}()
+	var enc *index.Encoded
 	m, err := cp.Manifest()
-	if err != nil {
-		return nil, err
+	if err == nil {
+		enc, err = m.Encoded()
 	}
+	encoded := time.Now()
+	if serr := <-synced; serr != nil {
+		return nil, fmt.Errorf("checkpoint: store %d chunks: %w", len(jobs), serr)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: manifest: %w", err)
+	}
+	stored := time.Now()
 	if opts.BeforeCommit != nil {
 		opts.BeforeCommit()
 	}
 	// Record the chunks and commit the manifest in one index transaction: the manifest is
 	// committed only with every chunk it names durable (above) and recorded (here). Chunks the
 	// parent names at the same place are not looked up again (index.PutManifest).
-	id, err := ix.CommitManifest(ctx, infos, m)
-	if err != nil {
+	ixStart := time.Now()
+	if err := ix.CommitEncoded(ctx, infos, enc); err != nil {
 		return nil, fmt.Errorf("checkpoint: commit manifest: %w", err)
 	}
-	cp.ID = id
+	cp.ID = enc.ID()
 	res := &Result{
 		Checkpoint: cp, Position: st.Position, Blocks: nb * layout.Layers, BlocksWritten: written,
 		KVBytes: cp.KVBytes(), BytesWritten: bytesWritten.Load(), Duration: time.Since(start),
 		Prepare: prepared.Sub(start), Store: stored.Sub(prepared),
+		Put: put.Sub(prepared), Sync: syncedAt.Sub(put), Encode: encoded.Sub(put), Index: time.Since(ixStart),
 	}
 	res.Commit = res.Duration - res.Prepare - res.Store
 	for i := range jobs {

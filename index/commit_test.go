@@ -206,3 +206,49 @@ func BenchmarkPutManifestChild(b *testing.B) {
 		})
 	}
 }
+
+// A parent committed through this Index is taken from memory (rememberRegions); the memory must
+// be the committed regions, not the caller's slices, and must not stand in for a parent that is
+// gone.
+func TestRecentParentRegions(t *testing.T) {
+	f := newFixture(t)
+	f.problemsOK = true // the test removes a manifest behind the index's back
+	ctx := context.Background()
+	base := f.put("p0", "p1")
+	pm := &Manifest{Kind: "file", Regions: []Region{{Name: "r", Chunks: append([]ChunkRef(nil), base...)}}}
+	parent, err := f.ix.PutManifest(ctx, pm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.ix.recentRegions(parent); !ok {
+		t.Fatal("parent not remembered after its commit")
+	}
+	// The caller changes its manifest afterwards: the index still knows the parent as
+	// committed, so a child naming an unrecorded chunk at that place is refused.
+	_, ghost := f.storeOnly("ghost")
+	pm.Regions[0].Chunks[0] = ghost[0]
+	child := &Manifest{Kind: "file", Parent: parent, Regions: []Region{{Name: "r", Chunks: []ChunkRef{ghost[0], base[1]}}}}
+	var me *MissingChunksError
+	if _, err := f.ix.PutManifest(ctx, child); !errors.As(err, &me) || len(me.Missing) != 1 || me.Missing[0] != ghost[0].Digest {
+		t.Fatalf("err = %v, want the changed chunk missing", err)
+	}
+	// Encoded copies too: a change after Encoded does not reach the commit.
+	e, err := (&Manifest{Kind: "file", Parent: parent, Regions: []Region{{Name: "r", Chunks: []ChunkRef{base[0], base[1]}}}}).Encoded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ix.CommitEncoded(ctx, nil, e); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.ix.Manifest(e.ID()); err != nil || got.Parent != parent || len(got.Regions[0].Chunks) != 2 {
+		t.Fatalf("committed child: %+v, %v", got, err)
+	}
+	// The parent removed behind the index's back: remembered or not, the child is refused.
+	if err := f.ix.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketManifests).Delete(parent[:]) }); err != nil {
+		t.Fatal(err)
+	}
+	other := &Manifest{Kind: "file", Parent: parent, Regions: []Region{{Name: "r", Chunks: []ChunkRef{base[1]}}}}
+	if _, err := f.ix.PutManifest(ctx, other); !errors.Is(err, ErrMissingParent) {
+		t.Fatalf("err = %v, want ErrMissingParent", err)
+	}
+}

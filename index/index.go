@@ -127,6 +127,52 @@ type Index struct {
 	// gcMu guards the window between a writer finding a chunk present in the store and recording
 	// it: writers hold it shared (HoldGC), garbage collection's sweep holds it exclusively.
 	gcMu sync.RWMutex
+
+	// recentMu guards recent: the regions of the last few manifests committed through this
+	// Index, newest last (see rememberRegions). A manifest's ID is the hash of the encoding of
+	// exactly these regions, so they are what its stored bytes would decode to; a child's
+	// commit takes its parent's regions from here instead of hashing and decoding the parent's
+	// stored bytes inside the write transaction.
+	recentMu sync.Mutex
+	recent   []recentManifest
+}
+
+// recentManifest is one entry of Index.recent.
+type recentManifest struct {
+	id      ID
+	regions []Region
+}
+
+// recentManifests is how many manifests' regions Index.recent keeps (a few sessions
+// checkpointing in turn each find their parent there).
+const recentManifests = 8
+
+// rememberRegions records that manifest id has regions (shared, never modified afterwards).
+func (ix *Index) rememberRegions(id ID, regions []Region) {
+	ix.recentMu.Lock()
+	defer ix.recentMu.Unlock()
+	for i, r := range ix.recent {
+		if r.id == id {
+			ix.recent = append(ix.recent[:i], ix.recent[i+1:]...)
+			break
+		}
+	}
+	if len(ix.recent) >= recentManifests {
+		ix.recent = append(ix.recent[:0], ix.recent[1:]...)
+	}
+	ix.recent = append(ix.recent, recentManifest{id: id, regions: regions})
+}
+
+// recentRegions returns the regions of manifest id if this Index committed it recently.
+func (ix *Index) recentRegions(id ID) ([]Region, bool) {
+	ix.recentMu.Lock()
+	defer ix.recentMu.Unlock()
+	for _, r := range ix.recent {
+		if r.id == id {
+			return r.regions, true
+		}
+	}
+	return nil, false
 }
 
 // Open opens (creating if needed) the index file at path, bound to store, which garbage

@@ -599,3 +599,40 @@ func trunc(s string) string {
 	}
 	return s
 }
+
+// Encoded is a manifest together with its canonical encoding and ID, made by
+// Manifest.Encoded, for callers that encode a manifest apart from committing it (to overlap
+// the encoding with other work, or to learn the ID first). An Encoded is immutable and safe for
+// concurrent use.
+type Encoded struct {
+	m    *Manifest
+	data []byte
+	id   ID
+}
+
+// Encoded encodes m (see Encode) and keeps the result with a copy of m's kind, parent and
+// regions (the index's commit needs nothing else), so that later changes to m do not affect
+// it. m is only read.
+func (m *Manifest) Encoded() (*Encoded, error) {
+	data, id, err := m.Encode()
+	if err != nil {
+		return nil, err
+	}
+	c := &Manifest{Kind: m.Kind, Parent: m.Parent, Regions: make([]Region, len(m.Regions))}
+	n := 0
+	for _, r := range m.Regions {
+		n += len(r.Chunks)
+	}
+	refs := make([]ChunkRef, 0, n) // one allocation for every region's chunks
+	for i, r := range m.Regions {
+		refs = append(refs, r.Chunks...)
+		c.Regions[i] = Region{Name: r.Name, Chunks: refs[len(refs)-len(r.Chunks) : len(refs) : len(refs)]}
+	}
+	return &Encoded{m: c, data: data, id: id}, nil
+}
+
+// ID returns the manifest's ID (the BLAKE3 of Bytes).
+func (e *Encoded) ID() ID { return e.id }
+
+// Bytes returns the canonical encoding. The slice is shared: do not modify it.
+func (e *Encoded) Bytes() []byte { return e.data }

@@ -43,14 +43,21 @@ func (ix *Index) PutManifest(ctx context.Context, m *Manifest) (ID, error) {
 // their Put until this returns); m may name them, chunks already recorded, and its parent's
 // chunks (see PutManifest). On any refusal nothing is recorded. Returns the manifest's ID.
 func (ix *Index) CommitManifest(ctx context.Context, infos []cas.Info, m *Manifest) (ID, error) {
-	if err := validInfos(infos); err != nil {
-		return ID{}, err
-	}
-	data, id, err := m.Encode()
+	e, err := m.Encoded()
 	if err != nil {
 		return ID{}, err
 	}
-	return id, ix.putManifest(ctx, infos, m, data, id)
+	return e.ID(), ix.CommitEncoded(ctx, infos, e)
+}
+
+// CommitEncoded is CommitManifest for a manifest already encoded (Manifest.Encoded): the
+// caller may encode it while other work (the chunks' durability barrier, say) is under way.
+// Same guarantees and errors as CommitManifest.
+func (ix *Index) CommitEncoded(ctx context.Context, infos []cas.Info, e *Encoded) error {
+	if err := validInfos(infos); err != nil {
+		return err
+	}
+	return ix.putManifest(ctx, infos, e.m, e.data, e.id)
 }
 
 // PutManifestBytes is PutManifest for an encoded manifest from any source: data is decoded
@@ -64,11 +71,17 @@ func (ix *Index) PutManifestBytes(ctx context.Context, data []byte) (ID, error) 
 	return id, ix.putManifest(ctx, nil, m, data, id)
 }
 
+// putManifest commits m, whose canonical encoding is data and ID id. m's regions are kept
+// (rememberRegions) after a successful commit: the caller must not modify them afterwards.
 func (ix *Index) putManifest(ctx context.Context, infos []cas.Info, m *Manifest, data []byte, id ID) error {
 	if err := ctxErr(ctx); err != nil {
 		return err
 	}
 	now := ix.now()
+	// The parent's regions, when this Index committed it recently: then the transaction only
+	// checks that it is still present (a present manifest's chunks are all recorded) rather
+	// than hashing and decoding its stored bytes.
+	recent, haveRecent := ix.recentRegions(m.Parent)
 	err := ix.update(func(tx *bolt.Tx) error {
 		chunks := tx.Bucket(bucketChunks)
 		if err := recordIn(chunks, infos, now); err != nil {
@@ -80,7 +93,11 @@ func (ix *Index) putManifest(ctx context.Context, infos []cas.Info, m *Manifest,
 		if !parentPresent {
 			if v := mb.Get(m.Parent[:]); v != nil {
 				parentPresent = true
-				parent = knownRegions(m.Parent, v)
+				if haveRecent {
+					parent = recent
+				} else {
+					parent = knownRegions(m.Parent, v)
+				}
 			}
 		}
 		if err := checkChunks(chunks, m, parent); err != nil {
@@ -99,6 +116,7 @@ func (ix *Index) putManifest(ctx context.Context, infos []cas.Info, m *Manifest,
 	if err != nil {
 		return fmt.Errorf("put manifest %s: %w", id, err)
 	}
+	ix.rememberRegions(id, m.Regions)
 	return nil
 }
 
