@@ -23,7 +23,7 @@ import (
 func init() {
 	registerBench(&benchmark{
 		name:    "restore",
-		args:    "[--models tiny,llama-3.2-1b] [--contexts 24,128,512,2048,4096] [--type q8_0] [--kv f16] [--threads N] [--reps 3] [--turns 8] [--kv-codec float|raw] [--reserve=true|false] [--huge-pages]",
+		args:    "[--models tiny,llama-3.2-1b] [--contexts 24,128,512,2048,4096] [--type q8_0] [--kv f16] [--threads N] [--reps 3] [--turns 8] [--kv-codec float|raw] [--reserve=true|false] [--huge-pages] [--reprefill=true|false]",
 		summary: "checkpoint (full, incremental), restore, first token after restore vs re-prefill, stored bytes, restore over the verify-and-copy floor",
 		run:     runBenchRestore,
 	})
@@ -37,6 +37,8 @@ type benchRestoreRow struct {
 	IncrMS         float64 `json:"checkpoint_incr16_ms"`
 	IncrBlocks     int     `json:"checkpoint_incr16_blocks"`
 	IncrCommitMS   float64 `json:"checkpoint_incr16_commit_ms"` // of IncrMS: recording the chunks and committing the manifest
+	IncrSyncMS     float64 `json:"checkpoint_incr16_sync_ms"`   // of IncrMS: the chunks' durability barrier
+	IncrIndexMS    float64 `json:"checkpoint_incr16_index_ms"`  // of IncrMS: the index transaction, its syncs included
 	IncrFloorMS    float64 `json:"incr16_hash_store_blocks_ms"` // hashing and storing those blocks alone
 	InstanceMS     float64 `json:"new_instance_ms"`             // making a fresh instance (excluded from restore and re-prefill)
 	RestoreMS      float64 `json:"restore_ms"`                  // into a ready fresh instance
@@ -90,6 +92,7 @@ func runBenchRestore(c *cli, args []string) error {
 	plain := fs.Bool("plain-kv", false, "the same as --kv-codec raw")
 	reserve := fs.Bool("reserve", true, "make restore and re-prefill instances for the context (engine.InstanceOptions.Context: KV memory allocated and resident at creation, paid in inst)")
 	huge := fs.Bool("huge-pages", false, "restore with transparent huge pages under the fresh KV blocks (restore.IntoOptions.HugePages)")
+	reprefill := fs.Bool("reprefill", true, "measure re-prefill into a fresh instance (false: skip it, the slow part at long contexts; its columns read 0)")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
@@ -103,7 +106,7 @@ func runBenchRestore(c *cli, args []string) error {
 	if codec == checkpoint.KVCodecDefault {
 		codec = checkpoint.KVCodecFloat
 	}
-	benchKVCodec, benchHugePages, benchReserve = codec, *huge, *reserve
+	benchKVCodec, benchHugePages, benchReserve, benchReprefill = codec, *huge, *reserve, *reprefill
 	contexts, err := parseInts(*ctxList, "contexts")
 	if err != nil {
 		return err
@@ -161,16 +164,16 @@ func runBenchRestore(c *cli, args []string) error {
 	}
 	c.printf("driftstore bench restore: backend %s, %d threads, %d workers, KV %s stored %s, instances made for the context %v, huge pages %v, %s/%s, %d CPUs; verify-and-copy %.2f GB/s\n",
 		res.Backend, res.Threads, res.Workers, res.KV, res.KVCodec, res.Reserve, res.HugePages, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), res.CopyVerifyGBs)
-	c.printf("times in ms (restore, incr16, store16, and re-prefill up to 1024 tokens: best of %d); restore and re-prefill into a ready fresh instance (making one: inst, which with --reserve includes making the context's KV memory resident); incr16: checkpoint after 16 new tokens, store16: hashing and storing those blocks alone\n", *reps)
-	c.printf("%-13s %5s %9s %8s %7s %7s %6s %6s %8s %7s %6s %8s %9s %9s %7s %7s %8s %7s %6s\n",
-		"model", "ctx", "KV", "ckpt", "incr16", "store16", "incr ×", "inst", "restore", "decode", "load", "TTFT rst", "reprefill", "TTFT pref", "TTFT ×", "rst ×", "B/token", "floor", "×floor")
+	c.printf("times in ms (restore, incr16, store16, and re-prefill up to 1024 tokens: best of %d); restore and re-prefill into a ready fresh instance (making one: inst, which with --reserve includes making the context's KV memory resident); incr16: checkpoint after 16 new tokens (of which isync: the chunks' barrier, iindex: the index transaction), store16: hashing and storing those blocks alone into the same kind of store with the same durability and codec\n", *reps)
+	c.printf("%-13s %5s %9s %8s %7s %6s %6s %7s %6s %6s %8s %7s %6s %8s %9s %9s %7s %7s %8s %7s %6s\n",
+		"model", "ctx", "KV", "ckpt", "incr16", "isync", "iindex", "store16", "incr ×", "inst", "restore", "decode", "load", "TTFT rst", "reprefill", "TTFT pref", "TTFT ×", "rst ×", "B/token", "floor", "×floor")
 	for _, r := range res.Rows {
 		incrX := 0.0
 		if r.IncrFloorMS > 0 {
 			incrX = r.IncrMS / r.IncrFloorMS
 		}
-		c.printf("%-13s %5d %9s %8.1f %7.1f %7.1f %6.2f %6.2f %8.2f %7.2f %6.2f %8.2f %9.1f %9.1f %7.1f %7.1f %8.0f %7.2f %6.2f%s\n",
-			r.Model, r.Context, progress.Bytes(r.KVBytes), r.FullMS, r.IncrMS, r.IncrFloorMS, incrX, r.InstanceMS, r.RestoreMS, r.RestoreDecMS, r.RestoreLoadMS, r.TTFTRestoreMS,
+		c.printf("%-13s %5d %9s %8.1f %7.1f %6.1f %6.1f %7.1f %6.2f %6.2f %8.2f %7.2f %6.2f %8.2f %9.1f %9.1f %7.1f %7.1f %8.0f %7.2f %6.2f%s\n",
+			r.Model, r.Context, progress.Bytes(r.KVBytes), r.FullMS, r.IncrMS, r.IncrSyncMS, r.IncrIndexMS, r.IncrFloorMS, incrX, r.InstanceMS, r.RestoreMS, r.RestoreDecMS, r.RestoreLoadMS, r.TTFTRestoreMS,
 			r.PrefillMS, r.TTFTPrefillMS, r.TTFTSpeedup, r.RestoreSpeedup, r.StoredPerToken, r.FloorMS, r.OverFloor,
 			map[bool]string{true: "", false: "  CONTINUATION DIFFERS"}[r.Identical])
 	}
@@ -181,10 +184,11 @@ func runBenchRestore(c *cli, args []string) error {
 	return nil
 }
 
-// benchKVCodec is --kv-codec, benchHugePages --huge-pages, benchReserve --reserve.
+// benchKVCodec is --kv-codec, benchHugePages --huge-pages, benchReserve --reserve,
+// benchReprefill --reprefill.
 var (
-	benchKVCodec                 checkpoint.KVCodec
-	benchHugePages, benchReserve bool
+	benchKVCodec                                 checkpoint.KVCodec
+	benchHugePages, benchReserve, benchReprefill bool
 )
 
 // benchTokens is a deterministic prompt of n ids below vocab.
@@ -363,6 +367,9 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 		if n > 1024 {
 			pr = 1
 		}
+		if !benchReprefill {
+			pr = 0
+		}
 		for i := 0; i < pr; i++ {
 			in, err := model.NewInstance(niopts)
 			if err != nil {
@@ -388,13 +395,30 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 				row.TTFTPrefillMS = ms(ttft)
 			}
 		}
-		row.TTFTSpeedup = row.TTFTPrefillMS / row.TTFTRestoreMS
-		row.RestoreSpeedup = row.PrefillMS / row.RestoreMS
+		if pr > 0 {
+			row.TTFTSpeedup = row.TTFTPrefillMS / row.TTFTRestoreMS
+			row.RestoreSpeedup = row.PrefillMS / row.RestoreMS
+		}
 
 		if n+16*reps <= model.Hyper().CtxMax {
 			// Incremental (best of reps): rewind the live instance to the checkpoint, then reps
 			// times feed 16 new tokens and checkpoint with the previous checkpoint as parent;
-			// each against the same blocks hashed and stored alone into an empty store.
+			// each against the same blocks hashed and stored alone into another data
+			// directory's store: the same kind of store (pack files in a new data directory),
+			// the same durability and codec, warm (its pack file open) as r's is.
+			fr, err := repo.Open(filepath.Join(tmp, fmt.Sprintf("%s-%d-floor", name, n)), repo.Options{})
+			if err != nil {
+				r.Close()
+				return nil, nil, 0, err
+			}
+			defer fr.Close()
+			if regs, err := live.KVRegions(); err == nil && len(regs) > 0 {
+				_, err = cas.PutAll(ctx, fr.Store(), workers, [][]byte{slices.Clone(live.Memory()[regs[0].Offset : regs[0].Offset+regs[0].Length])}, benchKVCodec.Hint(cp.Layout))
+			}
+			if err != nil {
+				r.Close()
+				return nil, nil, 0, err
+			}
 			in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers, HugePages: benchHugePages})
 			if err != nil {
 				r.Close()
@@ -413,11 +437,6 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 					r.Close()
 					return nil, nil, 0, err
 				}
-				floorStore, err := cas.OpenLocal(filepath.Join(tmp, fmt.Sprintf("%s-%d-floor%d", name, n, rep)), cas.LocalOptions{})
-				if err != nil {
-					r.Close()
-					return nil, nil, 0, err
-				}
 				var blocks [][]byte
 				regs, _ := live.KVRegions()
 				mem := live.Memory()
@@ -429,13 +448,14 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 				}
 				hint := benchKVCodec.Hint(checkpoint.LayoutOf(live.Layout()))
 				t0 := time.Now()
-				if _, err := cas.PutAll(ctx, floorStore, workers, blocks, hint); err != nil {
+				if _, err := cas.PutAll(ctx, fr.Store(), workers, blocks, hint); err != nil {
 					r.Close()
 					return nil, nil, 0, err
 				}
 				fl := time.Since(t0)
 				if rep == 0 || ms(incr.Duration) < row.IncrMS {
 					row.IncrMS, row.IncrBlocks, row.IncrCommitMS = ms(incr.Duration), incr.BlocksWritten, ms(incr.Commit)
+					row.IncrSyncMS, row.IncrIndexMS = ms(incr.Sync), ms(incr.Index)
 				}
 				if rep == 0 || ms(fl) < row.IncrFloorMS {
 					row.IncrFloorMS = ms(fl)
