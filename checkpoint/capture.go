@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -90,10 +91,18 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 	start := time.Now()
 	store := ix.Store()
 	layout := LayoutOf(in.Layout())
-	state, err := in.SaveState()
+	sbuf := statePool.Get().(*[]byte)
+	state, err := in.AppendState((*sbuf)[:0])
 	if err != nil {
+		statePool.Put(sbuf)
 		return nil, fmt.Errorf("checkpoint: save state: %w", err)
 	}
+	// The chunks are only read during their Put, and nothing keeps state past this call (the
+	// token history is parsed into a slice of its own).
+	defer func() {
+		*sbuf = state[:0]
+		statePool.Put(sbuf)
+	}()
 	// The head is all Capture needs to read; the logits are stored as they are.
 	st, err := ParseStateHead(state[:min(len(state), stateFixed)], -1)
 	if err == nil {
@@ -198,20 +207,32 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 	// with one barrier instead of one per chunk.
 	batch := cas.NewBatch(store)
 	defer batch.Discard()
+	// A Batcher's batch makes its chunks visible only at Commit, so a chunk its Put hashed and
+	// the store already shows was there before (a shared prefix): one hash per chunk. Other
+	// stores' Puts are visible at once, so there Capture asks before it puts (two hashes).
+	_, statAfter := store.(cas.Batcher)
 	var bytesWritten atomic.Int64
 	err = parallel(ctx, workers, len(jobs), func(ctx context.Context, i int) error {
 		j := jobs[i]
-		// Ask first: a chunk already present (a shared prefix) costs a hash and a stat, and is
-		// counted as not new. Recording it below restarts its grace period for GC.
-		d := cas.Sum(j.data)
-		if info, err := store.Stat(ctx, d); err == nil && info.Size == int64(len(j.data)) {
-			infos[i], existed[i] = info, true
-		} else {
-			info, err := batch.Put(ctx, j.data, j.hint)
-			if err != nil {
-				return fmt.Errorf("checkpoint: store %s: %w", j.name(), err)
+		// A chunk already present costs a hash and a stat, and is counted as not new.
+		// Recording it below restarts its grace period for GC.
+		if !statAfter {
+			d := cas.Sum(j.data)
+			if info, err := store.Stat(ctx, d); err == nil && info.Size == int64(len(j.data)) {
+				infos[i], existed[i] = info, true
+				bytesWritten.Add(int64(len(j.data)))
+				return nil
 			}
-			infos[i] = info
+		}
+		info, err := batch.Put(ctx, j.data, j.hint)
+		if err != nil {
+			return fmt.Errorf("checkpoint: store %s: %w", j.name(), err)
+		}
+		infos[i] = info
+		if statAfter {
+			if _, err := store.Stat(ctx, info.Digest); err == nil {
+				existed[i] = true
+			}
 		}
 		bytesWritten.Add(int64(len(j.data)))
 		return nil
@@ -280,6 +301,10 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 	}
 	return res, nil
 }
+
+// statePool holds buffers for the guest's small state (512 KiB of logits at a 128k
+// vocabulary): a fresh slice per capture costs about as much as reading the state.
+var statePool = sync.Pool{New: func() any { return new([]byte) }}
 
 // LogitsChunk is the most bytes of logits Capture stores in one chunk (a restore decodes the
 // chunks of a 128K-entry vocabulary's 512 KiB of logits on several cores at once).
