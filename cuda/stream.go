@@ -14,6 +14,7 @@ func kernelNames() []string {
 		"ds_attn_combine", "ds_attn_mq", "ds_swiglu", "ds_add", "ds_embed", "ds_softmax", "ds_argmax", "ds_nop",
 		"ds_sum_words", "ds_fill_words", "ds_tcv_f16", "ds_tcm_f16", "ds_tcv_q8", "ds_tcm_q8", "ds_tcb_f16", "ds_tcb_q8",
 		"ds_tcr_f16", "ds_tcr_f16v", "ds_tcr_q8", "ds_tcr_q8v", "ds_tcx", "ds_tcxv", "ds_tcs_f16", "ds_tcs_q8"}
+	names = append(names, tcaNames...)
 	for _, t := range []DType{F32, F16, BF16, Q8_0} {
 		for _, shape := range []string{"1x1", "1x8", "4x8"} {
 			names = append(names, "ds_mv_"+t.suffix()+"_"+shape, "ds_mv_"+t.suffix()+"_"+shape+"v")
@@ -239,13 +240,30 @@ const tcvMaxTokens = 8
 type tcMode int
 
 const (
-	tcStream tcMode = iota // ds_tcr: one block per 16 rows, a ring of chunks in flight per warp
+	tcAsync  tcMode = iota // ds_tca: one block per 16 rows, weights through per-warp cp.async rings
+	tcStream               // ds_tcr: one block per 16 rows, a register ring of chunks per warp
 	tcSplit                // ds_tcx + ds_tcs: activations split once per product, then streamed
 	tcWarp                 // ds_tcv: one warp per 16 rows x 256 columns, partial sums via atomics
 	tcBlock                // ds_tcb: ds_tcv with the activation split once per 8-warp block
 )
 
-var tcModeNames = []string{tcStream: "stream", tcSplit: "split", tcWarp: "warp", tcBlock: "block"}
+var tcModeNames = []string{tcAsync: "async", tcStream: "stream", tcSplit: "split", tcWarp: "warp", tcBlock: "block"}
+
+var tcaNames = []string{"ds_tca_f16", "ds_tca_f16v", "ds_tca_q8", "ds_tca_q8v"}
+
+const (
+	tcaStages    = 8         // TCA_S in kernels.cu
+	tcaMaxShared = 160 << 10 // 16 warps' rings of F16 weights and 64 segments' sums
+)
+
+// tcaLaneBytes is tca_lane_bytes in kernels.cu: one lane's weights (and Q8_0 scale words) per
+// chunk.
+func tcaLaneBytes(t DType) int {
+	if t == F16 {
+		return 32
+	}
+	return 24
+}
 
 func (m tcMode) String() string { return tcModeNames[m] }
 
@@ -262,8 +280,19 @@ func parseTCMode(v string) (tcMode, error) {
 	return 0, fmt.Errorf("cuda: DRIFTSTORE_CUDA_TCV=%q: want one of %v", v, tcModeNames)
 }
 
-// tcWarps: warps per block of ds_tcr/ds_tcs (fewer when the matrix has fewer segments).
-const tcWarps = 8
+// tcWarps: warps per block of ds_tcr/ds_tcs/ds_tca (never more than the matrix has
+// segments): 16 where the row tiles alone would leave SMs with few warps, else 8.
+// DRIFTSTORE_CUDA_TCW overrides it.
+func (d *Device) tcWarps(rowTiles, nseg int) int {
+	nw := 8
+	if rowTiles < 2*d.info.SMs {
+		nw = 16
+	}
+	if d.tcw > 0 {
+		nw = d.tcw
+	}
+	return min(nw, nseg)
+}
 
 // matMulFew launches the few-token tensor-core product chosen by s.d.tcv; a holds the
 // arguments common to every tensor-core kernel (out, ostride, w, scales, x, xstride, rows,
@@ -273,15 +302,31 @@ func (s *Stream) matMulFew(out DevPtr, ostride int, w *Weights, x DevPtr, xstrid
 	nseg := ceilDiv(nch, 8)
 	suffix := w.Type.suffix()
 	vec := x%16 == 0 && xstride%4 == 0
-	nw := uint32(min(tcWarps, nseg))
-	shmem := uint32(nseg * 128 * 4) // the tile's segment sums
-	switch s.d.tcv {
+	nw := s.d.tcWarps(rg, nseg)
+	shmem := nseg * 128 * 4 // the tile's segment sums
+	mode := s.d.tcv
+	if mode == tcAsync {
+		shmem += nw * tcaStages * 32 * tcaLaneBytes(w.Type)
+		if shmem > s.d.tcaShared {
+			mode, shmem = tcStream, nseg*128*4
+		}
+	}
+	if mode != tcAsync {
+		nw = min(nw, 8) // ds_tcr and ds_tcs take at most 256 threads
+	}
+	switch mode {
+	case tcAsync:
+		name := "ds_tca_" + suffix
+		if vec {
+			name += "v"
+		}
+		return s.launch(name, [3]uint32{uint32(rg), 1, 1}, [3]uint32{uint32(32 * nw), 1, 1}, uint32(shmem), a)
 	case tcStream:
 		name := "ds_tcr_" + suffix
 		if vec {
 			name += "v"
 		}
-		return s.launch(name, [3]uint32{uint32(rg), 1, 1}, [3]uint32{32 * nw, 1, 1}, shmem, a)
+		return s.launch(name, [3]uint32{uint32(rg), 1, 1}, [3]uint32{uint32(32 * nw), 1, 1}, uint32(shmem), a)
 	case tcSplit:
 		// Scratch: nch*64 uint4 of hi/lo fragments, then nch*8 floats of scales.
 		if err := s.grow(&s.tcPart, nch*(1024+32)); err != nil {
@@ -299,7 +344,7 @@ func (s *Stream) matMulFew(out DevPtr, ostride int, w *Weights, x DevPtr, xstrid
 		}
 		var c argSlots
 		c.ptr(out).i32(ostride).ptr(w.data.Ptr).ptr(w.scalePtr()).ptr(xs).ptr(xe).i32(w.Rows).i32(w.Cols).i32(n)
-		return s.launch("ds_tcs_"+suffix, [3]uint32{uint32(rg), 1, 1}, [3]uint32{32 * nw, 1, 1}, shmem, &c)
+		return s.launch("ds_tcs_"+suffix, [3]uint32{uint32(rg), 1, 1}, [3]uint32{uint32(32 * nw), 1, 1}, uint32(shmem), &c)
 	}
 	if err := s.tcScratch(rg*nseg*128*4, rg*4); err != nil {
 		return err

@@ -50,6 +50,17 @@ H_TCS(h_tcs8_q8, DT_Q8_0, 8)
 H_TCS(h_tcs2_f16, DT_F16, 2)
 H_TCS(h_tcs2_q8, DT_Q8_0, 2)
 
+#define H_TCA(name, TY, S)                                                                      \
+    __global__ void __launch_bounds__(512) name(float* out, int ostride, const void* w,        \
+                                                const __half* sc, const float* x, int xstride,  \
+                                                int rows, int cols, int n) {                    \
+        tca_body<TY, true, S>(out, ostride, w, sc, x, xstride, rows, cols, n);                  \
+    }
+H_TCA(h_tca4_f16, DT_F16, 4)
+H_TCA(h_tca4_q8, DT_Q8_0, 4)
+H_TCA(h_tca16_f16, DT_F16, 16)
+H_TCA(h_tca16_q8, DT_Q8_0, 16)
+
 static uint64_t rng = 88172645463325252ull;
 static uint64_t next() {
     rng ^= rng << 13;
@@ -161,6 +172,15 @@ static void launch(const std::string& k, const Mat& m, int copy, float* out, con
         else if (k == "tcs8") f = f16 ? h_tcs8_f16 : h_tcs8_q8;
         else f = f16 ? h_tcs2_f16 : h_tcs2_q8;
         f<<<rg, 32 * nw, sh, st>>>(out, rows, w, sc, g_xs, g_xe, rows, cols, n);
+    } else if (k == "tca8" || k == "tca4" || k == "tca16") {
+        decltype(&ds_tca_f16) f;
+        int S = 8;
+        if (k == "tca8") f = f16 ? (vec ? ds_tca_f16v : ds_tca_f16) : (vec ? ds_tca_q8v : ds_tca_q8);
+        else if (k == "tca4") f = f16 ? h_tca4_f16 : h_tca4_q8, S = 4;
+        else f = f16 ? h_tca16_f16 : h_tca16_q8, S = 16;
+        if (k != "tca8" && !vec) { fprintf(stderr, "%s needs aligned x\n", k.c_str()); exit(2); }
+        size_t shm = sh + (size_t)nw * S * 32 * tca_lane_bytes(m.ty);
+        f<<<rg, 32 * nw, shm, st>>>(out, rows, w, sc, x, xstride, rows, cols, n);
     } else {
         fprintf(stderr, "unknown kernel %s\n", k.c_str());
         exit(2);
@@ -175,8 +195,8 @@ struct Variant {
 };
 
 static const std::vector<Variant> fewVariants = {
-    {"tcv", 0}, {"tcb", 0}, {"tcr4", 8}, {"tcr4", 4}, {"tcr8", 8}, {"tcr2", 8},
-    {"tcs4", 8}, {"tcs4", 4}, {"tcs8", 8}, {"tcs2", 8}};
+    {"tcv", 0}, {"tcb", 0}, {"tcr4", 8}, {"tcr2", 8}, {"tcs2", 8}, {"tca8", 4}, {"tca8", 8},
+    {"tca8", 16}, {"tca4", 8}, {"tca4", 16}, {"tca16", 4}, {"tca16", 8}};
 
 static int check() {
     struct Shape { int rows, cols; };
@@ -205,7 +225,7 @@ static int check() {
                     launch("tcm", m, 0, ref, x, s.cols, n, 0, 0);
                     CK(cudaMemcpy(hr.data(), ref, on * 4, cudaMemcpyDeviceToHost));
                     for (auto& v : fewVariants) {
-                        if (mis && (v.k == "tcr8" || v.k == "tcr2")) continue;
+                        if (mis && (v.k == "tcr8" || v.k == "tcr2" || v.k == "tca4" || v.k == "tca16")) continue;
                         CK(cudaMemset(out, 0xff, on * 4));
                         launch(v.k, m, 0, out, x, s.cols, n, v.nw, 0);
                         CK(cudaDeviceSynchronize());
@@ -327,7 +347,18 @@ static int ncu_mode() {
         CK(cudaMemcpy(dx, hx.data(), hx.size() * 4, cudaMemcpyHostToDevice));
         CK(cudaMalloc(&out, 8 * 8192 * 4));
         launch("gemv", m, 0, out, dx, 2048, 1, 0, 0);
-        for (auto& v : fewVariants) launch(v.k, m, 0, out, dx, 2048, 1, v.nw, 0);
+        for (auto& v : fewVariants)
+            if (v.k == "tcr2" || v.k.rfind("tca", 0) == 0) launch(v.k, m, 0, out, dx, 2048, 1, v.nw, 0);
+        // and the 2048x8192 shape through the best guesses
+        Mat m2 = make_mat(ty, 2048, 8192, 0);
+        float* dx2;
+        CK(cudaMalloc(&dx2, 8 * 8192 * 4));
+        CK(cudaMemset(dx2, 0, 8 * 8192 * 4));
+        launch("gemv", m2, 0, out, dx2, 8192, 1, 0, 0);
+        launch("tca8", m2, 0, out, dx2, 8192, 1, 16, 0);
+        CK(cudaDeviceSynchronize());
+        CK(cudaFree(dx2));
+        free_mat(m2);
         CK(cudaDeviceSynchronize());
         CK(cudaFree(dx));
         CK(cudaFree(out));
@@ -343,6 +374,8 @@ int main(int argc, char** argv) {
     CK(cudaMemset(g_cnt, 0, (size_t)1 << 20));
     CK(cudaMalloc(&g_xs, (size_t)16 << 20));
     CK(cudaMalloc(&g_xe, (size_t)1 << 20));
+    for (auto f : {ds_tca_f16, ds_tca_f16v, ds_tca_q8, ds_tca_q8v, h_tca4_f16, h_tca4_q8, h_tca16_f16, h_tca16_q8})
+        CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 << 10));
     cudaDeviceProp p;
     CK(cudaGetDeviceProperties(&p, 0));
     printf("device: %s, %d SMs, L2 %d MB\n", p.name, p.multiProcessorCount, p.l2CacheSize >> 20);
