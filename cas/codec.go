@@ -202,11 +202,25 @@ func encode(dst, data []byte, hint Hint) (Codec, []byte) {
 
 // encodeVerified is encode followed by a check that the stored form decodes back to data, so
 // that a codec bug can never commit a chunk that does not match its name. For CodecRaw it
-// appends nothing (see encode).
+// appends nothing (see encode). A float16 plane payload is checked by decoding its planes and
+// comparing them, interleaved on the fly, with data (the same check as a full decode and
+// compare, without writing the decoded chunk anywhere).
 func encodeVerified(dst, data []byte, hint Hint) (Codec, []byte, error) {
 	codec, out := encode(dst, data, hint)
-	if codec != CodecRaw {
-		if err := verifyEncoded(out[len(dst):], codec, data); err != nil {
+	stored := out[len(dst):]
+	switch {
+	case codec == CodecF16Planes && len(stored) >= 4 && binary.LittleEndian.Uint32(stored) == planesV2Tag:
+		err := withPlanesV2(stored, len(data), func(n int, lo, hi []byte) error {
+			if !joinedEqual(data, lo, hi) {
+				return errors.New("decodes to other bytes")
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, nil, fmt.Errorf("%s stored form: %v", codec, err)
+		}
+	case codec != CodecRaw:
+		if err := verifyEncoded(stored, codec, data); err != nil {
 			return 0, nil, err
 		}
 	}
@@ -463,20 +477,39 @@ func decodePlanes(dst, stored []byte, size int) ([]byte, error) {
 }
 
 func decodePlanesV2(dst, stored []byte, size int) ([]byte, error) {
+	var out []byte
+	err := withPlanesV2(stored, size, func(n int, lo, hi []byte) error {
+		if cap(dst) < n {
+			dst = make([]byte, n)
+		}
+		out = dst[:n]
+		joinPlanes(out, lo, hi)
+		return nil
+	})
+	if err != nil {
+		return dst[:0], err
+	}
+	return out, nil
+}
+
+// withPlanesV2 decodes the planes of a version 2 payload and calls fn with the chunk's size and
+// the planes, which are valid only during the call (lo may alias stored). When size ≥ 0 the
+// payload must declare that size. Errors wrap errPayload, or are fn's.
+func withPlanesV2(stored []byte, size int, fn func(n int, lo, hi []byte) error) error {
 	if len(stored) < planesV2Header {
-		return dst[:0], fmt.Errorf("%w: plane payload of %d bytes is truncated", errPayload, len(stored))
+		return fmt.Errorf("%w: plane payload of %d bytes is truncated", errPayload, len(stored))
 	}
 	flags := stored[4]
 	if flags&^(planesLoZstd|planesHiZstd) != 0 {
-		return dst[:0], fmt.Errorf("%w: unknown plane flags %#x", errPayload, flags)
+		return fmt.Errorf("%w: unknown plane flags %#x", errPayload, flags)
 	}
 	n := int(binary.LittleEndian.Uint32(stored[5:]))
 	if n > MaxChunkSize || (size >= 0 && n != size) {
-		return dst[:0], fmt.Errorf("%w: plane payload declares %d bytes, want %d", errPayload, n, size)
+		return fmt.Errorf("%w: plane payload declares %d bytes, want %d", errPayload, n, size)
 	}
 	l := binary.LittleEndian.Uint32(stored[9:])
 	if uint64(l) > uint64(len(stored)-planesV2Header) {
-		return dst[:0], fmt.Errorf("%w: low plane length %d exceeds the payload", errPayload, l)
+		return fmt.Errorf("%w: low plane length %d exceeds the payload", errPayload, l)
 	}
 	loStored, hiStored := stored[planesV2Header:planesV2Header+l], stored[planesV2Header+l:]
 	loLen, hiLen := (n+1)/2, n/2
@@ -491,25 +524,25 @@ func decodePlanesV2(dst, stored []byte, size int) ([]byte, error) {
 			continue
 		}
 		if got, err := frameSize(sec.data); err != nil {
-			return dst[:0], err
+			return err
 		} else if got >= 0 && got != sec.want {
-			return dst[:0], fmt.Errorf("%w: plane frame declares %d bytes, want %d", errPayload, got, sec.want)
+			return fmt.Errorf("%w: plane frame declares %d bytes, want %d", errPayload, got, sec.want)
 		}
 	}
 	if flags&planesHiZstd == 0 && len(hiStored) < 2*((hiLen+hiBlockSize-1)/hiBlockSize) {
-		return dst[:0], fmt.Errorf("%w: %d bytes cannot hold the Huffman blocks of a %d-byte plane", errPayload, len(hiStored), hiLen)
+		return fmt.Errorf("%w: %d bytes cannot hold the Huffman blocks of a %d-byte plane", errPayload, len(hiStored), hiLen)
 	}
 	lo := loStored
 	if flags&planesLoZstd == 0 {
 		if len(lo) != loLen {
-			return dst[:0], fmt.Errorf("%w: raw low plane is %d bytes, want %d", errPayload, len(lo), loLen)
+			return fmt.Errorf("%w: raw low plane is %d bytes, want %d", errPayload, len(lo), loLen)
 		}
 	} else {
 		loBuf := getBuf(loLen)
 		defer putBuf(loBuf)
 		var err error
 		if lo, err = decodeFrame((*loBuf)[:0:loLen], loStored, loLen); err != nil {
-			return dst[:0], err
+			return err
 		}
 	}
 	hiBuf := getBuf(hiLen)
@@ -517,17 +550,12 @@ func decodePlanesV2(dst, stored []byte, size int) ([]byte, error) {
 	hi := (*hiBuf)[:hiLen]
 	if flags&planesHiZstd != 0 {
 		if _, err := decodeFrame(hi[:0:hiLen], hiStored, hiLen); err != nil {
-			return dst[:0], err
+			return err
 		}
 	} else if err := decodeHuffBlocks(hi, hiStored); err != nil {
-		return dst[:0], err
+		return err
 	}
-	if cap(dst) < n {
-		dst = make([]byte, n)
-	}
-	dst = dst[:n]
-	joinPlanes(dst, lo, hi)
-	return dst, nil
+	return fn(n, lo, hi)
 }
 
 func decodePlanesV1(dst, stored []byte, size int) ([]byte, error) {
@@ -578,6 +606,24 @@ func decodePlanesV1(dst, stored []byte, size int) ([]byte, error) {
 	dst = dst[:n]
 	joinPlanes(dst, p[:loLen], p[loLen:])
 	return dst, nil
+}
+
+// joinedEqual reports whether data equals lo and hi interleaved (data[2k] = lo[k],
+// data[2k+1] = hi[k]), with len(lo) = ceil(len(data)/2) and len(hi) = floor(len(data)/2).
+func joinedEqual(data, lo, hi []byte) bool {
+	if len(lo) != (len(data)+1)/2 || len(hi) != len(data)/2 {
+		return false
+	}
+	i, ok := joinedEqualFast(data, lo, hi)
+	if !ok {
+		return false
+	}
+	for ; i+1 < len(data); i += 2 {
+		if data[i] != lo[i/2] || data[i+1] != hi[i/2] {
+			return false
+		}
+	}
+	return i == len(data) || data[i] == lo[i/2]
 }
 
 // splitPlanes writes the even bytes of src to lo and the odd bytes to hi;

@@ -8,6 +8,9 @@ func splitPlanesSSE2(lo, hi, src []byte) int
 //go:noescape
 func joinPlanesSSE2(dst, lo, hi []byte) int
 
+//go:noescape
+func joinEqualSSE2(data, lo, hi []byte) bool
+
 // splitPlanesFast splits a prefix of src as splitPlanes does and returns its length (a multiple
 // of 32); the caller finishes the rest. len(lo) and len(hi) must be at least len(src)/2.
 func splitPlanesFast(lo, hi, src []byte) int {
@@ -24,4 +27,14 @@ func joinPlanesFast(dst, lo, hi []byte) int {
 		panic("cas: joinPlanes: planes too short")
 	}
 	return joinPlanesSSE2(dst, lo, hi)
+}
+
+// joinedEqualFast compares a prefix of data with lo and hi interleaved, as joinedEqual does,
+// and returns the prefix's length (a multiple of 32) and whether it matched; the caller checks
+// the rest. len(lo) and len(hi) must be at least len(data)/2.
+func joinedEqualFast(data, lo, hi []byte) (int, bool) {
+	if len(lo) < len(data)/2 || len(hi) < len(data)/2 {
+		panic("cas: joinedEqual: planes too short")
+	}
+	return len(data) &^ 31, joinEqualSSE2(data, lo, hi)
 }

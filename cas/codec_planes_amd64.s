@@ -72,3 +72,43 @@ joinloop:
 
 joindone:
 	RET
+
+// func joinEqualSSE2(data, lo, hi []byte) bool
+// Reports whether the first 32·⌊len(data)/32⌋ bytes of data equal lo and hi interleaved
+// (data[2k] = lo[k], data[2k+1] = hi[k]), without writing the interleaved bytes anywhere.
+// The caller guarantees len(lo), len(hi) ≥ len(data)/2.
+TEXT ·joinEqualSSE2(SB), NOSPLIT, $0-73
+	MOVQ data_base+0(FP), DI
+	MOVQ data_len+8(FP), CX
+	MOVQ lo_base+24(FP), SI
+	MOVQ hi_base+48(FP), R8
+	SHRQ $5, CX
+	JZ   eqtrue
+
+eqloop:
+	MOVOU     (SI), X0
+	MOVOU     (R8), X1
+	MOVO      X0, X2
+	PUNPCKLBW X1, X0
+	PUNPCKHBW X1, X2
+	MOVOU     (DI), X3
+	MOVOU     16(DI), X4
+	PCMPEQB   X3, X0
+	PCMPEQB   X4, X2
+	PAND      X2, X0
+	PMOVMSKB  X0, AX
+	CMPL      AX, $0xffff
+	JNE       eqfalse
+	ADDQ      $16, SI
+	ADDQ      $16, R8
+	ADDQ      $32, DI
+	DECQ      CX
+	JNZ       eqloop
+
+eqtrue:
+	MOVB $1, ret+72(FP)
+	RET
+
+eqfalse:
+	MOVB $0, ret+72(FP)
+	RET

@@ -37,6 +37,34 @@ func TestPlanesVectorMatchesGo(t *testing.T) {
 	}
 }
 
+// joinedEqual agrees with joining and comparing, at every length and for a difference at any
+// position.
+func TestJoinedEqual(t *testing.T) {
+	buf := testBytes(400, 9)
+	for n := 0; n < 200; n++ {
+		data := buf[:n]
+		lo, hi := make([]byte, (n+1)/2), make([]byte, n/2)
+		splitPlanes(lo, hi, data)
+		if !joinedEqual(data, lo, hi) {
+			t.Fatalf("n=%d: equal planes reported different", n)
+		}
+		for i := 0; i < n; i++ {
+			p := lo
+			if i%2 == 1 {
+				p = hi
+			}
+			p[i/2] ^= 0x40
+			if joinedEqual(data, lo, hi) {
+				t.Fatalf("n=%d: a difference at byte %d not seen", n, i)
+			}
+			p[i/2] ^= 0x40
+		}
+		if n > 0 && joinedEqual(data[:n-1], lo, hi) {
+			t.Fatalf("n=%d: planes of another length reported equal", n)
+		}
+	}
+}
+
 // The plane codec stores a noisy low plane raw (no match search) and still finds zero runs;
 // the sampled uniformity check tells the two apart.
 func TestPlanesLowPlaneChoice(t *testing.T) {
