@@ -271,19 +271,27 @@ func TestMatMul(t *testing.T) {
 	}
 }
 
-// TestFewTokenKernels: every few-token tensor-core kernel (DRIFTSTORE_CUDA_TCV's choices)
-// gives each token the same bits as ds_tcm's batch of 12 (n > tcvMaxTokens), for n = 1, 3, 8,
-// aligned and misaligned activations, shapes with a partial row tile and a partial segment, and
-// activations spread over 2^±20 with an all-zero chunk and a huge value.
+// TestFewTokenKernels: every few-token tensor-core kernel (DRIFTSTORE_CUDA_TCV's choices, and
+// each ds_tcr instance and warp count that tcrShape picks, plus an odd warp count) gives each
+// token the same bits as ds_tcm's batch of 12 (n > tcvMaxTokens), for n = 1, 3, 8, aligned and
+// misaligned activations, shapes with a partial row tile and a partial segment, and activations
+// spread over 2^±20 with an all-zero chunk and a huge value.
 func TestFewTokenKernels(t *testing.T) {
 	d := device(t)
 	s := newStream(t, d)
-	saved := d.tcv
-	defer func() { d.tcv = saved }()
+	saved, savedW := d.tcv, d.tcw
+	defer func() { d.tcv, d.tcw = saved, savedW }()
+	type config struct {
+		mode tcMode
+		tcw  int
+	}
+	configs := []config{{tcStream, 0}, {tcStream, 3}, {tcWarp, 0}, {tcBlock, 0}}
 	r := rand.New(rand.NewPCG(7, 8))
 	const batch = 12
 	for _, ty := range []DType{F16, Q8_0} {
-		for _, sh := range []struct{ rows, cols int }{{1000, 2048}, {130, 2080}, {64, 8192}} {
+		// ds_tcr8 x 8 warps; ds_tcr2 x 9 (partial segment); ds_tcr2 x 32; ds_tcr2 x 2 (more row
+		// tiles than an H100/H200 has SMs)
+		for _, sh := range []struct{ rows, cols int }{{1000, 2048}, {130, 2080}, {64, 8192}, {2200, 512}} {
 			raw, _ := encode(r, ty, sh.rows, sh.cols)
 			w, err := d.UploadWeights(ty, sh.rows, sh.cols, raw)
 			if err != nil {
@@ -309,21 +317,21 @@ func TestFewTokenKernels(t *testing.T) {
 					t.Fatal(err)
 				}
 				want := readF32(t, ref, 0, batch*sh.rows)
-				for m := range tcModeNames {
-					d.tcv = tcMode(m)
+				for _, cf := range configs {
+					d.tcv, d.tcw = cf.mode, cf.tcw
 					for _, n := range []int{1, 3, 8} {
 						ob := devBuf(t, d, nil, n*sh.rows)
 						if err := s.MatMul(ob.Ptr, w, xp, n); err != nil {
 							t.Fatal(err)
 						}
 						if i := bitsEqual(want[:n*sh.rows], readF32(t, ob, 0, n*sh.rows)); i >= 0 {
-							t.Errorf("%v %dx%d mis%d %v n=%d: token %d row %d differs from the batch",
-								ty, sh.rows, sh.cols, mis, tcMode(m), n, i/sh.rows, i%sh.rows)
+							t.Errorf("%v %dx%d mis%d %v (tcw %d) n=%d: token %d row %d differs from the batch",
+								ty, sh.rows, sh.cols, mis, cf.mode, cf.tcw, n, i/sh.rows, i%sh.rows)
 						}
 						ob.Free()
 					}
 				}
-				d.tcv = saved
+				d.tcv, d.tcw = saved, savedW
 				ref.Free()
 			}
 			w.Free()

@@ -21,7 +21,6 @@ const (
 	attrComputeCapabilityMajor = 75
 	attrComputeCapabilityMinor = 76
 	attrHostPointerForRegMem   = 91
-	attrMaxSharedPerBlockOptin = 97
 )
 
 // Info describes an opened device.
@@ -49,8 +48,7 @@ type Device struct {
 	Stats     Stats
 	tc        bool   // tensor-core matmuls for F16 and Q8_0 (see Device.tensorCores)
 	tcv       tcMode // the few-token tensor-core kernel (all give the same results)
-	tcw       int    // warps per block of ds_tcr/ds_tcs/ds_tca; 0: chosen per matrix
-	tcaShared int    // dynamic shared memory ds_tca may use per block (bytes)
+	tcw       int    // warps per block of ds_tcr2/ds_tcr8; 0: chosen per matrix (tcrShape)
 }
 
 // Available reports whether a CUDA driver loads and sees at least one device; the error says
@@ -131,22 +129,10 @@ func Open(ordinal int) (*Device, error) {
 		}
 		d.fns[name] = f
 	}
-	// ds_tca's rings need more than the default 48 KiB of dynamic shared memory: allow up to
-	// tcaMaxShared (or what the card allows); larger launches take ds_tcr (the same results).
-	optin, _ := drv.attr(attrMaxSharedPerBlockOptin)
-	d.tcaShared = min(optin, tcaMaxShared)
-	for _, name := range tcaNames {
-		if d.tcaShared <= 48<<10 {
-			break
-		}
-		if err := drv.setMaxDynamicShared(d.fns[name], d.tcaShared); err != nil {
-			d.tcaShared = 48 << 10
-		}
-	}
 	if v := os.Getenv("DRIFTSTORE_CUDA_TCW"); v != "" {
-		if d.tcw, err = strconv.Atoi(v); err != nil || d.tcw < 1 || d.tcw > 16 {
+		if d.tcw, err = strconv.Atoi(v); err != nil || d.tcw < 1 || d.tcw > 32 {
 			d.Close()
-			return nil, fmt.Errorf("cuda: DRIFTSTORE_CUDA_TCW=%q: want warps per block, 1 to 16", v)
+			return nil, fmt.Errorf("cuda: DRIFTSTORE_CUDA_TCW=%q: want warps per block, 1 to 32", v)
 		}
 	}
 	return d, nil

@@ -13,8 +13,8 @@ func kernelNames() []string {
 	names := []string{"ds_mv_any", "ds_rmsnorm", "ds_rope", "ds_store_kv", "ds_attn",
 		"ds_attn_combine", "ds_attn_mq", "ds_swiglu", "ds_add", "ds_embed", "ds_softmax", "ds_argmax", "ds_nop",
 		"ds_sum_words", "ds_fill_words", "ds_tcv_f16", "ds_tcm_f16", "ds_tcv_q8", "ds_tcm_q8", "ds_tcb_f16", "ds_tcb_q8",
-		"ds_tcr_f16", "ds_tcr_f16v", "ds_tcr_q8", "ds_tcr_q8v", "ds_tcx", "ds_tcxv", "ds_tcs_f16", "ds_tcs_q8"}
-	names = append(names, tcaNames...)
+	}
+	names = append(names, tcrNames[:]...)
 	for _, t := range []DType{F32, F16, BF16, Q8_0} {
 		for _, shape := range []string{"1x1", "1x8", "4x8"} {
 			names = append(names, "ds_mv_"+t.suffix()+"_"+shape, "ds_mv_"+t.suffix()+"_"+shape+"v")
@@ -56,7 +56,7 @@ type Stream struct {
 	d      *Device
 	s      cuStream
 	part   *Buffer // attention partial results
-	tcPart *Buffer // ds_tcv/ds_tcb segment sums, or ds_tcx's split activations
+	tcPart *Buffer // ds_tcv/ds_tcb segment sums
 	tcCnt  *Buffer // ds_tcv/ds_tcb tile counters
 	small  *Buffer // token ids in, argmax out
 	tables map[uint64]*table
@@ -210,7 +210,7 @@ func (s *Stream) MatMulStrided(out DevPtr, ostride int, w *Weights, x DevPtr, xs
 		// Tensor cores, the same arithmetic for every n (kernels.cu, "tensor-core matrix
 		// products"): few tokens stream the weights once per 8 tokens, many share them per 64.
 		if n <= tcvMaxTokens {
-			return s.matMulFew(out, ostride, w, x, xstride, n, &a)
+			return s.matMulFew(w, x, xstride, &a)
 		}
 		return s.launch("ds_tcm_"+w.Type.suffix(), [3]uint32{uint32(ceilDiv(n, 64)), uint32(ceilDiv(w.Rows, 128)), 1}, [3]uint32{256, 1, 1}, 0, &a)
 	}
@@ -235,35 +235,17 @@ func (s *Stream) MatMulStrided(out DevPtr, ostride int, w *Weights, x DevPtr, xs
 // weights streamed once for all n tokens); larger ones ds_tcm (64-token tiles).
 const tcvMaxTokens = 8
 
-// tcMode names a few-token tensor-core kernel. All compute the same bits (kernels.cu, "tensor-
-// core matrix products"); they differ in speed only. DRIFTSTORE_CUDA_TCV picks one.
+// tcMode names a family of few-token tensor-core kernels. All compute the same bits (kernels.cu,
+// "tensor-core matrix products"); they differ in speed only. DRIFTSTORE_CUDA_TCV picks one.
 type tcMode int
 
 const (
-	tcAsync  tcMode = iota // ds_tca: one block per 16 rows, weights through per-warp cp.async rings
-	tcStream               // ds_tcr: one block per 16 rows, a register ring of chunks per warp
-	tcSplit                // ds_tcx + ds_tcs: activations split once per product, then streamed
+	tcStream tcMode = iota // ds_tcr2/ds_tcr8: one block per 16 rows, register rings per warp
 	tcWarp                 // ds_tcv: one warp per 16 rows x 256 columns, partial sums via atomics
 	tcBlock                // ds_tcb: ds_tcv with the activation split once per 8-warp block
 )
 
-var tcModeNames = []string{tcAsync: "async", tcStream: "stream", tcSplit: "split", tcWarp: "warp", tcBlock: "block"}
-
-var tcaNames = []string{"ds_tca_f16", "ds_tca_f16v", "ds_tca_q8", "ds_tca_q8v"}
-
-const (
-	tcaStages    = 8         // TCA_S in kernels.cu
-	tcaMaxShared = 160 << 10 // 16 warps' rings of F16 weights and 64 segments' sums
-)
-
-// tcaLaneBytes is tca_lane_bytes in kernels.cu: one lane's weights (and Q8_0 scale words) per
-// chunk.
-func tcaLaneBytes(t DType) int {
-	if t == F16 {
-		return 32
-	}
-	return 24
-}
+var tcModeNames = []string{tcStream: "stream", tcWarp: "warp", tcBlock: "block"}
 
 func (m tcMode) String() string { return tcModeNames[m] }
 
@@ -280,71 +262,61 @@ func parseTCMode(v string) (tcMode, error) {
 	return 0, fmt.Errorf("cuda: DRIFTSTORE_CUDA_TCV=%q: want one of %v", v, tcModeNames)
 }
 
-// tcWarps: warps per block of ds_tcr/ds_tcs/ds_tca (never more than the matrix has
-// segments): 16 where the row tiles alone would leave SMs with few warps, else 8.
-// DRIFTSTORE_CUDA_TCW overrides it.
-func (d *Device) tcWarps(rowTiles, nseg int) int {
-	nw := 8
-	if rowTiles < 2*d.info.SMs {
-		nw = 16
+// tcrShape picks the ds_tcr instance for a matrix of rowTiles 16-row tiles and nseg 256-column
+// segments: its ring depth (2 or 8) and warps per block (never more than nseg). The point is
+// to keep every block resident at once with as many warps per SM as the registers allow:
+//   - more row tiles than SMs: ds_tcr2 with 8 warps (4 blocks per SM);
+//   - at most one tile per SM and at most 8 segments: ds_tcr8, one warp per segment (every
+//     chunk in flight at once);
+//   - at most one tile per SM and more segments: ds_tcr2, up to 32 warps, one segment each.
+//
+// DRIFTSTORE_CUDA_TCW overrides the warps per block (within the kernel's limit).
+func (d *Device) tcrShape(rowTiles, nseg int) (depth, warps int) {
+	depth, warps, limit := 2, 8, 32
+	if rowTiles <= d.info.SMs {
+		if nseg <= 8 {
+			depth, warps, limit = 8, 8, 8
+		} else {
+			warps = 32
+		}
 	}
 	if d.tcw > 0 {
-		nw = d.tcw
+		warps = min(d.tcw, limit)
 	}
-	return min(nw, nseg)
+	return depth, min(warps, nseg)
 }
+
+// tcrName is the ds_tcr kernel of ring depth (2 or 8) for F16 or Q8_0 weights; vec: the
+// activations are 16-byte aligned with a row stride of a multiple of 4 floats.
+func tcrName(depth int, t DType, vec bool) string {
+	i := 0
+	if depth == 8 {
+		i = 4
+	}
+	if t == Q8_0 {
+		i += 2
+	}
+	if vec {
+		i++
+	}
+	return tcrNames[i]
+}
+
+var tcrNames = [8]string{"ds_tcr2_f16", "ds_tcr2_f16v", "ds_tcr2_q8", "ds_tcr2_q8v",
+	"ds_tcr8_f16", "ds_tcr8_f16v", "ds_tcr8_q8", "ds_tcr8_q8v"}
 
 // matMulFew launches the few-token tensor-core product chosen by s.d.tcv; a holds the
 // arguments common to every tensor-core kernel (out, ostride, w, scales, x, xstride, rows,
 // cols, n).
-func (s *Stream) matMulFew(out DevPtr, ostride int, w *Weights, x DevPtr, xstride, n int, a *argSlots) error {
-	rg, nch := ceilDiv(w.Rows, 16), w.Cols/32
-	nseg := ceilDiv(nch, 8)
+func (s *Stream) matMulFew(w *Weights, x DevPtr, xstride int, a *argSlots) error {
+	rg, nseg := ceilDiv(w.Rows, 16), ceilDiv(w.Cols/32, 8)
 	suffix := w.Type.suffix()
-	vec := x%16 == 0 && xstride%4 == 0
-	nw := s.d.tcWarps(rg, nseg)
-	shmem := nseg * 128 * 4 // the tile's segment sums
-	mode := s.d.tcv
-	if mode == tcAsync {
-		shmem += nw * tcaStages * 32 * tcaLaneBytes(w.Type)
-		if shmem > s.d.tcaShared {
-			mode, shmem = tcStream, nseg*128*4
-		}
-	}
-	if mode != tcAsync {
-		nw = min(nw, 8) // ds_tcr and ds_tcs take at most 256 threads
-	}
-	switch mode {
-	case tcAsync:
-		name := "ds_tca_" + suffix
-		if vec {
-			name += "v"
-		}
-		return s.launch(name, [3]uint32{uint32(rg), 1, 1}, [3]uint32{uint32(32 * nw), 1, 1}, uint32(shmem), a)
+	switch s.d.tcv {
 	case tcStream:
-		name := "ds_tcr_" + suffix
-		if vec {
-			name += "v"
-		}
+		depth, nw := s.d.tcrShape(rg, nseg)
+		name := tcrName(depth, w.Type, x%16 == 0 && xstride%4 == 0)
+		shmem := nseg * 128 * 4 // the tile's segment sums
 		return s.launch(name, [3]uint32{uint32(rg), 1, 1}, [3]uint32{uint32(32 * nw), 1, 1}, uint32(shmem), a)
-	case tcSplit:
-		// Scratch: nch*64 uint4 of hi/lo fragments, then nch*8 floats of scales.
-		if err := s.grow(&s.tcPart, nch*(1024+32)); err != nil {
-			return err
-		}
-		xs, xe := s.tcPart.Ptr, s.tcPart.Ptr+DevPtr(nch*1024)
-		var b argSlots
-		b.ptr(xs).ptr(xe).ptr(x).i32(xstride).i32(w.Cols).i32(n)
-		name := "ds_tcx"
-		if vec {
-			name += "v"
-		}
-		if err := s.launch(name, [3]uint32{uint32(ceilDiv(nch, 8)), 1, 1}, [3]uint32{256, 1, 1}, 0, &b); err != nil {
-			return err
-		}
-		var c argSlots
-		c.ptr(out).i32(ostride).ptr(w.data.Ptr).ptr(w.scalePtr()).ptr(xs).ptr(xe).i32(w.Rows).i32(w.Cols).i32(n)
-		return s.launch("ds_tcs_"+suffix, [3]uint32{uint32(rg), 1, 1}, [3]uint32{uint32(32 * nw), 1, 1}, uint32(shmem), &c)
 	}
 	if err := s.tcScratch(rg*nseg*128*4, rg*4); err != nil {
 		return err

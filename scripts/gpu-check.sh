@@ -34,11 +34,10 @@
 #                          launched as its op is called: the comparison for deferral and graphs)
 #   DRIFTSTORE_CUDA_PTX    kernels to load instead of the embedded PTX (e.g. fresh from gen-ptx.sh)
 #   DRIFTSTORE_CUDA_TC=0   F16/Q8_0 matrix products on the CUDA cores instead of the tensor cores
-#   DRIFTSTORE_CUDA_TCV    the few-token (n <= 8) tensor-core kernel, all with the same results:
-#                          stream (default, ds_tcr), async (ds_tca), split (ds_tcx + ds_tcs),
-#                          warp (ds_tcv), block (ds_tcb)
-#   DRIFTSTORE_CUDA_TCW    warps per block of ds_tca/ds_tcr/ds_tcs (default: 8, or 16 for
-#                          matrices of fewer than 2 x SMs row tiles)
+#   DRIFTSTORE_CUDA_TCV    the few-token (n <= 8) tensor-core kernels, all with the same results:
+#                          stream (default: ds_tcr2 or ds_tcr8, picked per matrix), warp
+#                          (ds_tcv), block (ds_tcb)
+#   DRIFTSTORE_CUDA_TCW    warps per block of ds_tcr2/ds_tcr8 (default: picked per matrix)
 #   GPU_CHECK_VARIANTS     space-separated NAME=VALUE settings: after the check, for each, the
 #                          matmul and whole-model tests, the F16/Q8_0 GEMV benchmarks and
 #                          BenchmarkGenerate run again with it set (logged in gpu.log)

@@ -434,19 +434,22 @@ __device__ __forceinline__ void tcb_body(float* __restrict__ out, int ostride,
                sg, seg, part, cnt);
 }
 
-// ---- few-token tensor-core products that stream the weights (ds_tcr, ds_tcs) -----------------
+// ---- few-token tensor-core products that stream the weights (ds_tcr2, ds_tcr8) --------------
 // The same arithmetic per output element as ds_tcv and ds_tcm (the order of operations above),
-// organized for memory speed. Block: nw warps (32*nw threads) own one 16-row tile and all its
-// columns, so no global partial sums, fences or atomics: warp w takes segments w, w+nw, ...
-// in order, keeping a ring of TCR_D chunks of weights (and activations) in flight: the loads
-// of chunk j+TCR_D are issued as chunk j is consumed. Each warp leaves its segment sums in
-// shared memory (dynamic, nseg*128 floats); after a barrier the block adds them in segment
-// order and writes the tile. Grid (ceil(rows/16)), n <= 8 tokens.
-//   ds_tcr: each warp scales and splits its activation chunks itself (as ds_tcv does);
-//   ds_tcs: a first kernel, ds_tcx, scales and splits the activations once per matmul into a
-//           scratch buffer (hi/lo fragments per lane, 2^-e per token), which ds_tcs streams
-//           alongside the weights; no conversion work is repeated per row tile.
-#define TCR_D 4
+// organized for memory speed. A block of nw warps (32*nw threads) owns one 16-row tile and all
+// its columns, so there are no global partial sums, fences or atomics: warp w takes segments w,
+// w+nw, ... in order, keeping a register ring of D chunks of weights and activations in flight
+// (the loads of chunk j+D are issued as chunk j is consumed), and scales and splits each
+// activation chunk itself (as ds_tcv does). Each warp leaves its segment sums in shared memory
+// (dynamic, nseg*128 floats); after a barrier the block adds them in segment order and writes
+// the tile. Grid (ceil(rows/16)), n <= 8 tokens. Two instances (the host picks per matrix):
+//   ds_tcr2: D = 2, at most 64 registers: 32 warps per SM, up to 1024 threads per block (many
+//            row tiles: 4 blocks of 8 warps per SM, all resident; few row tiles and many
+//            segments: one block of up to 32 warps, one segment each);
+//   ds_tcr8: D = 8, every chunk of a segment in flight at once, 256 threads (few row tiles and
+//            at most 8 segments: one block per SM, one segment per warp).
+// Measured on an H200 against the alternatives (docs/bench/cuda-notes-2026-11-26.md): more
+// resident warps beat deeper rings; the cp.async ring and the split-once prepass did not pay.
 
 // wraw: the raw weight bits of 8 columns (F16: 16 bytes; Q8_0: 8 bytes in .x, .y).
 template <int TY>
@@ -598,217 +601,6 @@ __device__ __forceinline__ void tcr_body(float* __restrict__ out, int ostride,
     tc_tile_out(out, ostride, rows, n, r0, nseg, tc_part);
 }
 
-// tcx: the activations of n <= 8 tokens scaled and split per 32-column chunk, once. xs holds
-// per chunk 64 uint4: the hi fragments of the 32 lanes, then the lo ones (lane 4g+c: token g,
-// columns c*8 .. c*8+7; zeros for tokens >= n); xe per chunk the 8 tokens' 2^-e. Grid
-// (ceil(nch/8)), 256 threads: warp w takes chunk blockIdx.x*8 + w.
-template <bool VEC>
-__device__ __forceinline__ void tcx_body(uint4* __restrict__ xs, float* __restrict__ xe,
-                                         const float* __restrict__ x, int xstride, int cols,
-                                         int n) {
-    int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    int ch = blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (ch >= (cols >> 5)) return;
-    float X[8];
-    ldx8v<VEC>(x + (size_t)min(g, n - 1) * xstride + (size_t)ch * 32 + c * 8, g < n, X);
-    uint32_t hi[4], lo[4];
-    int e = tc_split(X, hi, lo);
-    xs[(size_t)ch * 64 + lane] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
-    xs[(size_t)ch * 64 + 32 + lane] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
-    if (c == 0) xe[(size_t)ch * 8 + g] = pow2i(-e);
-}
-
-template <int TY, int D>
-__device__ __forceinline__ void tcs_body(float* __restrict__ out, int ostride,
-                                         const void* __restrict__ w,
-                                         const __half* __restrict__ sc,
-                                         const uint4* __restrict__ xs,
-                                         const float* __restrict__ xe, int rows, int cols, int n) {
-    extern __shared__ float tc_part[];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    int nw = blockDim.x >> 5, r0 = blockIdx.x * 16;
-    int nch = cols >> 5, nseg = (nch + 7) >> 3;
-    int ra = min(r0 + g, rows - 1), rb = min(r0 + g + 8, rows - 1);
-    bool tok = g < n;
-    const char* wa = (const char*)w + (size_t)ra * cols * (TY == DT_F16 ? 2 : 1);
-    const char* wb = (const char*)w + (size_t)rb * cols * (TY == DT_F16 ? 2 : 1);
-    const __half* sa = sc + (size_t)ra * nch;
-    const __half* sb = sc + (size_t)rb * nch;
-    int J = warp < nseg ? ((nseg - warp + nw - 1) / nw) * 8 : 0;
-    uint4 RA[D], RB[D], H[D], L[D];
-    float2 S[D];
-    float DA[D], DB[D];
-    const uint4 z = make_uint4(0u, 0u, 0u, 0u);
-#pragma unroll
-    for (int i = 0; i < D; i++) {
-        int ch = (warp + (i >> 3) * nw) * 8 + (i & 7);
-        if (i < J && ch < nch) {
-            RA[i] = wraw<TY>(wa, (size_t)ch * 32 + c * 8);
-            RB[i] = wraw<TY>(wb, (size_t)ch * 32 + c * 8);
-            if (TY == DT_Q8_0) { DA[i] = __half2float(sa[ch]); DB[i] = __half2float(sb[ch]); }
-            H[i] = tok ? __ldg(xs + (size_t)ch * 64 + lane) : z;
-            L[i] = tok ? __ldg(xs + (size_t)ch * 64 + 32 + lane) : z;
-            S[i] = __ldg((const float2*)(xe + (size_t)ch * 8 + 2 * c));
-        }
-    }
-    float seg[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int j0 = 0; j0 < J; j0 += D) {
-#pragma unroll
-        for (int i = 0; i < D; i++) {
-            int j = j0 + i;
-            int ch = (warp + (j >> 3) * nw) * 8 + (j & 7);
-            if (ch < nch) {
-                uint32_t hi[4] = {H[i].x, H[i].y, H[i].z, H[i].w};
-                uint32_t lo[4] = {L[i].x, L[i].y, L[i].z, L[i].w};
-                float tmp[4];
-                chunk_mma(tmp, wcvt<TY>(RA[i]), wcvt<TY>(RB[i]), hi, lo);
-                float da = 1.f, db = 1.f;
-                if (TY == DT_Q8_0) { da = DA[i]; db = DB[i]; }
-                tc_acc(seg, tmp, S[i].x, S[i].y, da, db);
-            }
-            int jn = j + D, chn = (warp + (jn >> 3) * nw) * 8 + (jn & 7);
-            if (jn < J && chn < nch) {
-                RA[i] = wraw<TY>(wa, (size_t)chn * 32 + c * 8);
-                RB[i] = wraw<TY>(wb, (size_t)chn * 32 + c * 8);
-                if (TY == DT_Q8_0) { DA[i] = __half2float(sa[chn]); DB[i] = __half2float(sb[chn]); }
-                H[i] = tok ? __ldg(xs + (size_t)chn * 64 + lane) : z;
-                L[i] = tok ? __ldg(xs + (size_t)chn * 64 + 32 + lane) : z;
-                S[i] = __ldg((const float2*)(xe + (size_t)chn * 8 + 2 * c));
-            }
-            if ((j & 7) == 7) {
-                tc_store_seg(tc_part, warp + (j >> 3) * nw, seg);
-#pragma unroll
-                for (int q = 0; q < 4; q++) seg[q] = 0.f;
-            }
-        }
-    }
-    tc_tile_out(out, ostride, rows, n, r0, nseg, tc_part);
-}
-
-// ---- ds_tca: few-token products with the weights streamed through cp.async -------------------
-// ds_tcr's work split and arithmetic (one block per 16-row tile, warp w takes segments w,
-// w+nw, ..., segment sums added in order by the block), but the weights travel by cp.async
-// into a per-warp ring of TCA_S stages in shared memory, so TCA_S chunks per warp are in flight
-// without holding registers (more warps per SM, more bytes in flight). Each lane copies exactly
-// the weights its own mma fragments need (rows g and g+8, columns c*8 .. c*8+7 of the chunk;
-// Q8_0 also the 4-byte words holding its two scales) and reads back only those, so no barrier
-// is needed between lanes; the activations of the next chunk are loaded into registers one
-// chunk ahead and split per warp as in ds_tcv. Dynamic shared memory: nseg*512 bytes of segment
-// sums, then nw*TCA_S*32*tca_lane_bytes(TY) of rings. Grid (ceil(rows/16)), 32*nw threads.
-#define TCA_S 8
-
-__host__ __device__ constexpr int tca_lane_bytes(int ty) { return ty == DT_F16 ? 32 : 24; }
-
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async8(unsigned dst, const void* src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async4(unsigned dst, const void* src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// scale_word: the 4-byte word holding F16 scale i (sc 4-byte aligned), and which half it is.
-__device__ __forceinline__ const void* scale_word(const __half* sc, size_t i) {
-    return (const void*)((uintptr_t)(sc + i) & ~(uintptr_t)3);
-}
-__device__ __forceinline__ float scale_half(uint32_t word, size_t i) {
-    uint16_t h = (uint16_t)((i & 1) ? (word >> 16) : (word & 0xffffu));
-    return __half2float(__ushort_as_half(h));
-}
-
-template <int TY, bool VEC, int S>
-__device__ __forceinline__ void tca_body(float* __restrict__ out, int ostride,
-                                         const void* __restrict__ w,
-                                         const __half* __restrict__ sc,
-                                         const float* __restrict__ x, int xstride, int rows,
-                                         int cols, int n) {
-    extern __shared__ __align__(16) unsigned char tc_smem[];
-    constexpr int LB = tca_lane_bytes(TY);
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    int nw = blockDim.x >> 5, r0 = blockIdx.x * 16;
-    int nch = cols >> 5, nseg = (nch + 7) >> 3;
-    int ra = min(r0 + g, rows - 1), rb = min(r0 + g + 8, rows - 1);
-    bool tok = g < n;
-    const float* xp = x + (size_t)min(g, n - 1) * xstride + c * 8;
-    const char* wa = (const char*)w + (size_t)ra * cols * (TY == DT_F16 ? 2 : 1);
-    const char* wb = (const char*)w + (size_t)rb * cols * (TY == DT_F16 ? 2 : 1);
-    size_t sia = (size_t)ra * nch, sib = (size_t)rb * nch;
-    float* part = (float*)tc_smem;
-    unsigned char* ring = tc_smem + nseg * 512 + (size_t)warp * S * 32 * LB;
-    unsigned ring_s = (unsigned)__cvta_generic_to_shared(ring) + lane * LB;
-    int J = warp < nseg ? ((nseg - warp + nw - 1) / nw) * 8 : 0;
-    // issue: chunk slot j's copies into stage j % S, as one commit group (empty past the end).
-    auto issue = [&](int j) {
-        int ch = (warp + (j >> 3) * nw) * 8 + (j & 7);
-        if (j < J && ch < nch) {
-            unsigned d = ring_s + (unsigned)((j % S) * 32 * LB);
-            if (TY == DT_F16) {
-                cp_async16(d, wa + (size_t)ch * 64 + c * 16);
-                cp_async16(d + 16, wb + (size_t)ch * 64 + c * 16);
-            } else {
-                cp_async8(d, wa + (size_t)ch * 32 + c * 8);
-                cp_async8(d + 8, wb + (size_t)ch * 32 + c * 8);
-                cp_async4(d + 16, scale_word(sc, sia + ch));
-                cp_async4(d + 20, scale_word(sc, sib + ch));
-            }
-        }
-        cp_async_commit();
-    };
-#pragma unroll
-    for (int i = 0; i < S - 1; i++) issue(i);
-    float Xn[8];
-    ldx8v<VEC>(xp + (size_t)warp * 256, tok && J > 0, Xn);
-    float seg[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int j = 0; j < J; j++) {
-        issue(j + S - 1);
-        float X[8];
-#pragma unroll
-        for (int q = 0; q < 8; q++) X[q] = Xn[q];
-        int ch = (warp + (j >> 3) * nw) * 8 + (j & 7);
-        {
-            int jn = j + 1, chn = (warp + (jn >> 3) * nw) * 8 + (jn & 7);
-            ldx8v<VEC>(xp + (size_t)chn * 32, tok && jn < J && chn < nch, Xn);
-        }
-        cp_async_wait<S - 1>();
-        if (ch < nch) {
-            const unsigned char* rec = ring + ((j % S) * 32 + lane) * LB;
-            uint4 A, B;
-            float da = 1.f, db = 1.f;
-            if (TY == DT_F16) {
-                A = *(const uint4*)rec;
-                B = *(const uint4*)(rec + 16);
-            } else {
-                uint2 qa = *(const uint2*)rec, qb = *(const uint2*)(rec + 8);
-                uint2 s2 = *(const uint2*)(rec + 16);
-                A = wcvt<TY>(make_uint4(qa.x, qa.y, 0u, 0u));
-                B = wcvt<TY>(make_uint4(qb.x, qb.y, 0u, 0u));
-                da = scale_half(s2.x, sia + ch);
-                db = scale_half(s2.y, sib + ch);
-            }
-            uint32_t hi[4], lo[4];
-            int e = tc_split(X, hi, lo);
-            float tmp[4];
-            chunk_mma(tmp, A, B, hi, lo);
-            int e0 = __shfl_sync(0xffffffffu, e, 8 * c), e1 = __shfl_sync(0xffffffffu, e, 8 * c + 4);
-            tc_acc(seg, tmp, pow2i(-e0), pow2i(-e1), da, db);
-        }
-        if ((j & 7) == 7) {
-            tc_store_seg(part, warp + (j >> 3) * nw, seg);
-#pragma unroll
-            for (int q = 0; q < 4; q++) seg[q] = 0.f;
-        }
-    }
-    cp_async_wait<0>();
-    tc_tile_out(out, ostride, rows, n, r0, nseg, part);
-}
-
 // tcm: grid (ceil(n/64), ceil(rows/128)), 256 threads. Warp w takes rows w*16.. of the block's
 // 128 and all 64 tokens (8 tiles of 8); each chunk of the tokens' activations is scaled, split
 // and staged in shared memory (double-buffered) by the whole block.
@@ -922,44 +714,20 @@ __device__ __forceinline__ void tcm_body(float* __restrict__ out, int ostride,
 TC_KERNELS(f16, DT_F16)
 TC_KERNELS(q8, DT_Q8_0)
 
-#define TCR_KERNEL(name, TY, VEC)                                                               \
-    extern "C" __global__ void __launch_bounds__(256)                                           \
+#define TCR_KERNEL(name, TY, VEC, D, THREADS)                                                   \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                       \
         name(float* out, int ostride, const void* w, const __half* sc, const float* x,          \
              int xstride, int rows, int cols, int n) {                                          \
-        tcr_body<TY, VEC, TCR_D>(out, ostride, w, sc, x, xstride, rows, cols, n);               \
+        tcr_body<TY, VEC, D>(out, ostride, w, sc, x, xstride, rows, cols, n);                   \
     }
-TCR_KERNEL(ds_tcr_f16, DT_F16, false)
-TCR_KERNEL(ds_tcr_f16v, DT_F16, true)
-TCR_KERNEL(ds_tcr_q8, DT_Q8_0, false)
-TCR_KERNEL(ds_tcr_q8v, DT_Q8_0, true)
-
-extern "C" __global__ void __launch_bounds__(256)
-    ds_tcx(uint4* xs, float* xe, const float* x, int xstride, int cols, int n) {
-    tcx_body<false>(xs, xe, x, xstride, cols, n);
-}
-extern "C" __global__ void __launch_bounds__(256)
-    ds_tcxv(uint4* xs, float* xe, const float* x, int xstride, int cols, int n) {
-    tcx_body<true>(xs, xe, x, xstride, cols, n);
-}
-#define TCS_KERNEL(name, TY)                                                                    \
-    extern "C" __global__ void __launch_bounds__(256)                                           \
-        name(float* out, int ostride, const void* w, const __half* sc, const uint4* xs,         \
-             const float* xe, int rows, int cols, int n) {                                      \
-        tcs_body<TY, TCR_D>(out, ostride, w, sc, xs, xe, rows, cols, n);                        \
-    }
-TCS_KERNEL(ds_tcs_f16, DT_F16)
-TCS_KERNEL(ds_tcs_q8, DT_Q8_0)
-
-#define TCA_KERNEL(name, TY, VEC)                                                               \
-    extern "C" __global__ void __launch_bounds__(512)                                           \
-        name(float* out, int ostride, const void* w, const __half* sc, const float* x,          \
-             int xstride, int rows, int cols, int n) {                                          \
-        tca_body<TY, VEC, TCA_S>(out, ostride, w, sc, x, xstride, rows, cols, n);               \
-    }
-TCA_KERNEL(ds_tca_f16, DT_F16, false)
-TCA_KERNEL(ds_tca_f16v, DT_F16, true)
-TCA_KERNEL(ds_tca_q8, DT_Q8_0, false)
-TCA_KERNEL(ds_tca_q8v, DT_Q8_0, true)
+TCR_KERNEL(ds_tcr2_f16, DT_F16, false, 2, 1024)
+TCR_KERNEL(ds_tcr2_f16v, DT_F16, true, 2, 1024)
+TCR_KERNEL(ds_tcr2_q8, DT_Q8_0, false, 2, 1024)
+TCR_KERNEL(ds_tcr2_q8v, DT_Q8_0, true, 2, 1024)
+TCR_KERNEL(ds_tcr8_f16, DT_F16, false, 8, 256)
+TCR_KERNEL(ds_tcr8_f16v, DT_F16, true, 8, 256)
+TCR_KERNEL(ds_tcr8_q8, DT_Q8_0, false, 8, 256)
+TCR_KERNEL(ds_tcr8_q8v, DT_Q8_0, true, 8, 256)
 
 // mv_any: any shape (cols not a multiple of 8): one thread per (row, token), in column order.
 extern "C" __global__ void ds_mv_any(float* out, int ostride, const void* w, const __half* sc,

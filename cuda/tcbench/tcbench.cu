@@ -28,38 +28,19 @@
         }                                                                                       \
     } while (0)
 
-// Variants beside the exported kernels: other ring depths.
-#define H_TCR(name, TY, D)                                                                      \
-    __global__ void __launch_bounds__(256) name(float* out, int ostride, const void* w,        \
-                                                const __half* sc, const float* x, int xstride,  \
-                                                int rows, int cols, int n) {                    \
-        tcr_body<TY, true, D>(out, ostride, w, sc, x, xstride, rows, cols, n);                  \
-    }
-H_TCR(h_tcr8_f16, DT_F16, 8)
-H_TCR(h_tcr8_q8, DT_Q8_0, 8)
-H_TCR(h_tcr2_f16, DT_F16, 2)
-H_TCR(h_tcr2_q8, DT_Q8_0, 2)
-#define H_TCS(name, TY, D)                                                                      \
-    __global__ void __launch_bounds__(256) name(float* out, int ostride, const void* w,        \
-                                                const __half* sc, const uint4* xs,              \
-                                                const float* xe, int rows, int cols, int n) {   \
-        tcs_body<TY, D>(out, ostride, w, sc, xs, xe, rows, cols, n);                            \
-    }
-H_TCS(h_tcs8_f16, DT_F16, 8)
-H_TCS(h_tcs8_q8, DT_Q8_0, 8)
-H_TCS(h_tcs2_f16, DT_F16, 2)
-H_TCS(h_tcs2_q8, DT_Q8_0, 2)
+// A variant beside the exported kernels: ring depth 4.
+__global__ void __launch_bounds__(256) h_tcr4_f16(float* out, int ostride, const void* w,
+                                                  const __half* sc, const float* x, int xstride,
+                                                  int rows, int cols, int n) {
+    tcr_body<DT_F16, true, 4>(out, ostride, w, sc, x, xstride, rows, cols, n);
+}
+__global__ void __launch_bounds__(256) h_tcr4_q8(float* out, int ostride, const void* w,
+                                                 const __half* sc, const float* x, int xstride,
+                                                 int rows, int cols, int n) {
+    tcr_body<DT_Q8_0, true, 4>(out, ostride, w, sc, x, xstride, rows, cols, n);
+}
 
-#define H_TCA(name, TY, S)                                                                      \
-    __global__ void __launch_bounds__(512) name(float* out, int ostride, const void* w,        \
-                                                const __half* sc, const float* x, int xstride,  \
-                                                int rows, int cols, int n) {                    \
-        tca_body<TY, true, S>(out, ostride, w, sc, x, xstride, rows, cols, n);                  \
-    }
-H_TCA(h_tca4_f16, DT_F16, 4)
-H_TCA(h_tca4_q8, DT_Q8_0, 4)
-H_TCA(h_tca16_f16, DT_F16, 16)
-H_TCA(h_tca16_q8, DT_Q8_0, 16)
+static int g_sms;
 
 static uint64_t rng = 88172645463325252ull;
 static uint64_t next() {
@@ -126,10 +107,9 @@ static void free_mat(Mat& m) {
 // Scratch shared by the kernels that need it.
 static float* g_part;
 static unsigned* g_cnt;
-static uint4* g_xs;
-static float* g_xe;
 
-// launch: one product out = W x for n tokens by kernel k; nw warps per block for tcr/tcs.
+// launch: one product out = W x for n tokens by kernel k; nw warps per block for tcr ("auto":
+// the instance and warps cuda.Device.tcrShape picks).
 static void launch(const std::string& k, const Mat& m, int copy, float* out, const float* x,
                    int xstride, int n, int nw, cudaStream_t st) {
     const void* w = m.w[copy];
@@ -158,29 +138,25 @@ static void launch(const std::string& k, const Mat& m, int copy, float* out, con
     } else if (k == "tcm") {
         dim3 grid((n + 63) / 64, (rows + 127) / 128);
         (f16 ? ds_tcm_f16 : ds_tcm_q8)<<<grid, 256, 0, st>>>(out, rows, w, sc, x, xstride, rows, cols, n);
-    } else if (k == "tcr4" || k == "tcr8" || k == "tcr2") {
-        decltype(&ds_tcr_f16) f;
-        if (k == "tcr4") f = f16 ? (vec ? ds_tcr_f16v : ds_tcr_f16) : (vec ? ds_tcr_q8v : ds_tcr_q8);
-        else if (k == "tcr8") f = f16 ? h_tcr8_f16 : h_tcr8_q8;
-        else f = f16 ? h_tcr2_f16 : h_tcr2_q8;
-        if (k != "tcr4" && !vec) { fprintf(stderr, "%s needs aligned x\n", k.c_str()); exit(2); }
+    } else if (k == "tcr4" || k == "tcr8" || k == "tcr2" || k == "auto") {
+        std::string kk = k;
+        if (k == "auto") {  // cuda.Device.tcrShape
+            kk = "tcr2";
+            nw = 8;
+            if (rg <= g_sms) {
+                if (nseg <= 8) kk = "tcr8";
+                else nw = 32;
+            }
+            nw = std::min(nw, nseg);
+        }
+        decltype(&ds_tcr2_f16) f;
+        if (kk == "tcr2") f = f16 ? (vec ? ds_tcr2_f16v : ds_tcr2_f16) : (vec ? ds_tcr2_q8v : ds_tcr2_q8);
+        else if (kk == "tcr8") f = f16 ? (vec ? ds_tcr8_f16v : ds_tcr8_f16) : (vec ? ds_tcr8_q8v : ds_tcr8_q8);
+        else {
+            if (!vec) { fprintf(stderr, "%s needs aligned x\n", k.c_str()); exit(2); }
+            f = f16 ? h_tcr4_f16 : h_tcr4_q8;
+        }
         f<<<rg, 32 * nw, sh, st>>>(out, rows, w, sc, x, xstride, rows, cols, n);
-    } else if (k == "tcs4" || k == "tcs8" || k == "tcs2") {
-        (vec ? ds_tcxv : ds_tcx)<<<(nch + 7) / 8, 256, 0, st>>>(g_xs, g_xe, x, xstride, cols, n);
-        decltype(&ds_tcs_f16) f;
-        if (k == "tcs4") f = f16 ? ds_tcs_f16 : ds_tcs_q8;
-        else if (k == "tcs8") f = f16 ? h_tcs8_f16 : h_tcs8_q8;
-        else f = f16 ? h_tcs2_f16 : h_tcs2_q8;
-        f<<<rg, 32 * nw, sh, st>>>(out, rows, w, sc, g_xs, g_xe, rows, cols, n);
-    } else if (k == "tca8" || k == "tca4" || k == "tca16") {
-        decltype(&ds_tca_f16) f;
-        int S = 8;
-        if (k == "tca8") f = f16 ? (vec ? ds_tca_f16v : ds_tca_f16) : (vec ? ds_tca_q8v : ds_tca_q8);
-        else if (k == "tca4") f = f16 ? h_tca4_f16 : h_tca4_q8, S = 4;
-        else f = f16 ? h_tca16_f16 : h_tca16_q8, S = 16;
-        if (k != "tca8" && !vec) { fprintf(stderr, "%s needs aligned x\n", k.c_str()); exit(2); }
-        size_t shm = sh + (size_t)nw * S * 32 * tca_lane_bytes(m.ty);
-        f<<<rg, 32 * nw, shm, st>>>(out, rows, w, sc, x, xstride, rows, cols, n);
     } else {
         fprintf(stderr, "unknown kernel %s\n", k.c_str());
         exit(2);
@@ -195,8 +171,8 @@ struct Variant {
 };
 
 static const std::vector<Variant> fewVariants = {
-    {"tcv", 0}, {"tcb", 0}, {"tcr4", 8}, {"tcr2", 8}, {"tcs2", 8}, {"tca8", 4}, {"tca8", 8},
-    {"tca8", 16}, {"tca4", 8}, {"tca4", 16}, {"tca16", 4}, {"tca16", 8}};
+    {"tcv", 0}, {"tcb", 0}, {"tcr2", 8}, {"tcr2", 16}, {"tcr2", 32}, {"tcr8", 8}, {"tcr8", 4},
+    {"tcr4", 8}, {"auto", 0}};
 
 static int check() {
     struct Shape { int rows, cols; };
@@ -225,7 +201,7 @@ static int check() {
                     launch("tcm", m, 0, ref, x, s.cols, n, 0, 0);
                     CK(cudaMemcpy(hr.data(), ref, on * 4, cudaMemcpyDeviceToHost));
                     for (auto& v : fewVariants) {
-                        if (mis && (v.k == "tcr8" || v.k == "tcr2" || v.k == "tca4" || v.k == "tca16")) continue;
+                        if (mis && v.k == "tcr4") continue;
                         CK(cudaMemset(out, 0xff, on * 4));
                         launch(v.k, m, 0, out, x, s.cols, n, v.nw, 0);
                         CK(cudaDeviceSynchronize());
@@ -347,15 +323,15 @@ static int ncu_mode() {
         CK(cudaMemcpy(dx, hx.data(), hx.size() * 4, cudaMemcpyHostToDevice));
         CK(cudaMalloc(&out, 8 * 8192 * 4));
         launch("gemv", m, 0, out, dx, 2048, 1, 0, 0);
-        for (auto& v : fewVariants)
-            if (v.k == "tcr2" || v.k.rfind("tca", 0) == 0) launch(v.k, m, 0, out, dx, 2048, 1, v.nw, 0);
-        // and the 2048x8192 shape through the best guesses
+        for (auto& v : fewVariants) launch(v.k, m, 0, out, dx, 2048, 1, v.nw, 0);
+        // and the 2048x8192 shape
         Mat m2 = make_mat(ty, 2048, 8192, 0);
         float* dx2;
         CK(cudaMalloc(&dx2, 8 * 8192 * 4));
         CK(cudaMemset(dx2, 0, 8 * 8192 * 4));
         launch("gemv", m2, 0, out, dx2, 8192, 1, 0, 0);
-        launch("tca8", m2, 0, out, dx2, 8192, 1, 16, 0);
+        launch("tcb", m2, 0, out, dx2, 8192, 1, 0, 0);
+        launch("auto", m2, 0, out, dx2, 8192, 1, 0, 0);
         CK(cudaDeviceSynchronize());
         CK(cudaFree(dx2));
         free_mat(m2);
@@ -372,13 +348,10 @@ int main(int argc, char** argv) {
     CK(cudaMalloc(&g_part, (size_t)64 << 20));
     CK(cudaMalloc(&g_cnt, (size_t)1 << 20));
     CK(cudaMemset(g_cnt, 0, (size_t)1 << 20));
-    CK(cudaMalloc(&g_xs, (size_t)16 << 20));
-    CK(cudaMalloc(&g_xe, (size_t)1 << 20));
-    for (auto f : {ds_tca_f16, ds_tca_f16v, ds_tca_q8, ds_tca_q8v, h_tca4_f16, h_tca4_q8, h_tca16_f16, h_tca16_q8})
-        CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 << 10));
     cudaDeviceProp p;
     CK(cudaGetDeviceProperties(&p, 0));
     printf("device: %s, %d SMs, L2 %d MB\n", p.name, p.multiProcessorCount, p.l2CacheSize >> 20);
+    g_sms = p.multiProcessorCount;
     if (mode == "check") return check();
     if (mode == "time") return timing(false);
     if (mode == "quick") return timing(true);
