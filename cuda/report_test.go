@@ -46,10 +46,12 @@ func msOf(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
 //   - decode ms/token: 128 tokens after a 24-token prompt, and 64 tokens after 2048 tokens of
 //     context;
 //   - restore vs re-prefill at 24…4096 tokens: a full checkpoint of a live instance
-//     (checkpoint.Capture into a durable cas.Local and bbolt index in a temporary directory,
-//     chunks fsynced), then best of 3: restore.Into a fresh instance + the first token (sampled
+//     (checkpoint.Capture into a durable cas.Pack and bbolt index in a temporary directory,
+//     chunks fsynced), then best of 3: restore.Into a fresh instance made for the context (KV
+//     memory allocated, resident and registered at creation, not counted, as llama.cpp's
+//     context creation allocates its KV cache) + the first token (sampled
 //     from the logits the checkpoint carries: no forward pass) against Prefill of the same
-//     tokens + the first token; the second token too (one forward pass each: after a restore it
+//     tokens + the first token into an instance made the same way; the second token too (one forward pass each: after a restore it
 //     also uploads the KV blocks from the registered linear memory into the device mirror);
 //     the restored instance's second-step logits must equal the re-prefilled instance's bit for
 //     bit (resume equivalence on one GPU);
@@ -109,14 +111,17 @@ func reportModel(t *testing.T, e *engine.Engine, memInfo func() (int64, int64, e
 	t.Logf("%s: model loaded (weights uploaded) in %.2f s, %.0f MB of device memory", typ, time.Since(t1).Seconds(), float64(free0-free1)/1e6)
 	vocab := m.Hyper().Vocab
 	prompt := tokens(max(contexts[len(contexts)-1], 600), vocab, 11)
-	iopts := engine.InstanceOptions{Batch: 512}
-	newIn := func() *engine.Instance {
-		in, err := m.NewInstance(iopts)
+	// newInFor makes an instance for a context of n positions (engine.InstanceOptions.Context:
+	// its KV memory allocated, resident and registered with the device at creation, as
+	// llama.cpp allocates its KV cache when it makes a context); 0 for one that grows on demand.
+	newInFor := func(n int) *engine.Instance {
+		in, err := m.NewInstance(engine.InstanceOptions{Batch: 512, Context: n})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return in
 	}
+	newIn := func() *engine.Instance { return newInFor(0) }
 	{ // warm-up: kernels loaded, every code path once
 		in := newIn()
 		if err := in.Prefill(prompt[:600]); err != nil {
@@ -174,7 +179,7 @@ func reportModel(t *testing.T, e *engine.Engine, memInfo func() (int64, int64, e
 
 	// Restore vs re-prefill, incremental checkpoint.
 	dir := t.TempDir()
-	store, err := cas.OpenLocal(filepath.Join(dir, "chunks"), cas.LocalOptions{})
+	store, err := cas.OpenPack(filepath.Join(dir, "packs"), cas.PackOptions{}) // what data directories use
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +209,7 @@ func reportModel(t *testing.T, e *engine.Engine, memInfo func() (int64, int64, e
 		var restoredLogits []float32
 		for rep := 0; rep < 3; rep++ {
 			t0 := time.Now()
-			in := newIn()
+			in := newInFor(n)
 			made := time.Since(t0)
 			t1 := time.Now()
 			rr, err := restore.Into(ctx, store, in, cp, 0)
@@ -235,7 +240,7 @@ func reportModel(t *testing.T, e *engine.Engine, memInfo func() (int64, int64, e
 		var pre struct{ ttft, second time.Duration }
 		same := "yes"
 		for rep := 0; rep < 3; rep++ {
-			in := newIn()
+			in := newInFor(n)
 			t1 := time.Now()
 			if err := in.Prefill(prompt[:n]); err != nil {
 				t.Fatal(err)
