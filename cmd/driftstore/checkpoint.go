@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/driftstore/driftstore/internal/progress"
+	"github.com/driftstore/driftstore/session"
 )
 
 func init() {
@@ -37,7 +38,7 @@ func runCheckpoint(c *cli, args []string) error {
 	if c.globals.server != "" {
 		return runCheckpointRemote(c, *name)
 	}
-	env, err := c.openSessions(1, 0, "")
+	env, err := c.openSessions(session.Config{Threads: 1}, "")
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/driftstore/driftstore/index"
 	"github.com/driftstore/driftstore/repo"
+	"github.com/driftstore/driftstore/session"
 )
 
 func init() {
@@ -32,7 +33,7 @@ func runFork(c *cli, args []string) error {
 	if c.globals.server != "" {
 		return runForkRemote(c, *name, *from)
 	}
-	env, err := c.openSessions(1, 0, "")
+	env, err := c.openSessions(session.Config{Threads: 1}, "")
 	if err != nil {
 		return err
 	}

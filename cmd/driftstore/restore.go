@@ -10,6 +10,7 @@ import (
 	"github.com/driftstore/driftstore/index"
 	"github.com/driftstore/driftstore/internal/progress"
 	"github.com/driftstore/driftstore/replicate"
+	"github.com/driftstore/driftstore/session"
 )
 
 func init() {
@@ -100,7 +101,7 @@ func runRestore(c *cli, args []string) error {
 		}
 		return runRestoreRemote(c, *name, *cpFlag)
 	}
-	env, err := c.openSessions(*threads, 0, "")
+	env, err := c.openSessions(session.Config{Threads: *threads}, "")
 	if err != nil {
 		return err
 	}

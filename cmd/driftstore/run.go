@@ -41,8 +41,9 @@ func (e *sessionEnv) Close() {
 }
 
 // openSessions opens the data directory, an engine (module cache under it) and a session
-// manager with threads host threads per instance. backend is --backend ("": the CPU, quietly).
-func (c *cli) openSessions(threads, batch int, backend string) (*sessionEnv, error) {
+// manager configured by cfg (its Index, Engine and DataDir are filled in here). backend is
+// --backend ("": the CPU, quietly).
+func (c *cli) openSessions(cfg session.Config, backend string) (*sessionEnv, error) {
 	r, err := c.openRepo(false)
 	if err != nil {
 		return nil, err
@@ -65,7 +66,8 @@ func (c *cli) openSessions(threads, batch int, backend string) (*sessionEnv, err
 		env.Close()
 		return nil, err
 	}
-	env.mgr, err = session.NewManager(session.Config{Index: r.Index(), Engine: eng, DataDir: c.globals.data, Threads: threads, Batch: batch})
+	cfg.Index, cfg.Engine, cfg.DataDir = r.Index(), eng, c.globals.data
+	env.mgr, err = session.NewManager(cfg)
 	if err != nil {
 		env.Close()
 		return nil, err
@@ -98,6 +100,7 @@ func runRun(c *cli, args []string) error {
 	gf.register(fs, "prompt text (a new session starts with BOS)", "sampler RNG seed (setting any sampling flag on an existing session reseeds it)")
 	prompt, tokens, n := &gf.prompt, &gf.tokens, &gf.n
 	noCP := fs.Bool("no-checkpoint", false, "do not checkpoint at the end of the turn")
+	kvCodec := kvCodecFlag(fs)
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
@@ -114,6 +117,10 @@ func runRun(c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
+	codec, err := kvCodec()
+	if err != nil {
+		return err
+	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	smp := gf.sampler()
@@ -122,7 +129,7 @@ func runRun(c *cli, args []string) error {
 			smp: smp, set: set, kv: rf.kv, blockSize: rf.blockSize, noCheckpoint: *noCP})
 	}
 
-	env, err := c.openSessions(opts.Threads, opts.Batch, rf.backend)
+	env, err := c.openSessions(session.Config{Threads: opts.Threads, Batch: opts.Batch, KVCodec: codec}, rf.backend)
 	if err != nil {
 		return err
 	}

@@ -38,6 +38,7 @@ func runServe(c *cli, args []string) error {
 	maxTokens := fs.Int("max-tokens", wire.MaxGenerateTokens, "most tokens one generate request may ask for")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
+	kvCodec := kvCodecFlag(fs)
 	var maxChunk sizeFlag
 	fs.Var(&maxChunk, "max-chunk", "largest chunk accepted, uncompressed (default 64MiB)")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "how long shutdown waits for requests in flight")
@@ -80,6 +81,10 @@ func runServe(c *cli, args []string) error {
 	if c.globals.server != "" {
 		return usageError("serve runs the daemon itself; --server is for talking to one")
 	}
+	codec, err := kvCodec()
+	if err != nil {
+		return err
+	}
 	token, err := c.readToken()
 	if err != nil {
 		return err
@@ -106,7 +111,7 @@ func runServe(c *cli, args []string) error {
 		if err != nil {
 			return nil, err
 		}
-		mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: eng, DataDir: c.globals.data, Threads: *threads})
+		mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: eng, DataDir: c.globals.data, Threads: *threads, KVCodec: codec})
 		if err != nil {
 			eng.Close()
 			return nil, err

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestRunKVCodec: `run --kv-codec` decides how the turn's checkpoint keeps its KV blocks (the
+// float16 codec compresses the built-in model's KV; raw keeps every block as it is), and a bad
+// value is a usage error that touches nothing.
+func TestRunKVCodec(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	if code, _, errs := storageRun(t, dir, "run", "--session", "x", "--prompt", "hello", "-n", "2", "--kv-codec", "bogus"); code != 2 || !strings.Contains(errs, "--kv-codec") {
+		t.Fatalf("bad codec: exit %d, stderr %q", code, errs)
+	}
+	// raw: no float16 hint, so no block takes the plane codec (a block still mostly empty may
+	// take zstd, which pays on its zeros); float: full blocks take the plane codec.
+	for _, tc := range []struct {
+		codec  string
+		planes bool
+	}{{"raw", false}, {"float", true}} {
+		// A data directory each: chunks are named by content, so a second session with the same
+		// prompt would reuse the first one's blocks as they are stored.
+		dir := filepath.Join(t.TempDir(), tc.codec)
+		name := "s-" + tc.codec
+		if code, _, errs := storageRun(t, dir, "run", "--session", name, "--prompt", "the same prompt for both", "-n", "4", "--kv-codec", tc.codec); code != 0 {
+			t.Fatalf("run --kv-codec %s: exit %d: %s", tc.codec, code, errs)
+		}
+		code, out, errs := storageRun(t, dir, "inspect", name, "--json")
+		if code != 0 {
+			t.Fatalf("inspect: exit %d: %s", code, errs)
+		}
+		var m struct {
+			Regions []struct {
+				Name   string `json:"name"`
+				Chunks []struct {
+					Codec string `json:"codec"`
+				} `json:"chunks"`
+			} `json:"regions"`
+		}
+		if err := json.Unmarshal([]byte(out), &m); err != nil {
+			t.Fatal(err)
+		}
+		kv, planes := 0, 0
+		for _, r := range m.Regions {
+			if !strings.HasPrefix(r.Name, "kv/") {
+				continue
+			}
+			for _, c := range r.Chunks {
+				kv++
+				if c.Codec == "f16planes" {
+					planes++
+				}
+			}
+		}
+		if kv == 0 || (planes > 0) != tc.planes {
+			t.Fatalf("--kv-codec %s: %d of %d KV chunks take the float16 plane codec", tc.codec, planes, kv)
+		}
+	}
+}
