@@ -60,9 +60,10 @@ package checkpoint
 // the chunks' barrier is under way (index.Manifest.Encoded, then index.CommitEncoded). The
 // index looks up only the chunks the parent does not name at the same place, and takes the
 // parent's regions from memory when this process committed it (no hash or decode of the
-// parent's bytes in the transaction); the manifest is still written whole into the index, so
-// the transaction grows with the context. Result's phases say where the time goes
-// (BenchmarkIncremental1B measures them).
+// parent's bytes in the transaction), and stores the manifest as a delta against the session's
+// last full manifest (index/delta.go): the transaction writes the new references, not the
+// whole context's. Result's phases say where the time goes (BenchmarkIncremental1B measures
+// them).
 // A session's ref moves afterwards, by compare-and-swap (package session).
 //
 // # KV codec

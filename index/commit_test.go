@@ -207,7 +207,7 @@ func BenchmarkPutManifestChild(b *testing.B) {
 	}
 }
 
-// A parent committed through this Index is taken from memory (rememberRegions); the memory must
+// A parent committed through this Index is taken from memory (Index.remember); the memory must
 // be the committed regions, not the caller's slices, and must not stand in for a parent that is
 // gone.
 func TestRecentParentRegions(t *testing.T) {
@@ -220,7 +220,7 @@ func TestRecentParentRegions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := f.ix.recentRegions(parent); !ok {
+	if _, ok := f.ix.recentManifest(parent); !ok {
 		t.Fatal("parent not remembered after its commit")
 	}
 	// The caller changes its manifest afterwards: the index still knows the parent as

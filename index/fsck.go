@@ -129,6 +129,11 @@ func (ix *Index) Fsck(ctx context.Context, opts FsckOptions) (*FsckResult, error
 				add(Problem{Kind: ManifestCorrupt, Detail: fmt.Sprintf("key %x is not an ID", k)})
 				return nil
 			}
+			v, err := storedBytes(mb, v)
+			if err != nil {
+				add(Problem{Kind: ManifestCorrupt, Digest: id, Detail: err.Error()})
+				return nil
+			}
 			if sum := cas.Sum(v); sum != id {
 				add(Problem{Kind: ManifestCorrupt, Digest: id, Detail: "stored bytes hash to " + sum.String()})
 				return nil

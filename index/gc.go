@@ -1,6 +1,7 @@
 package index
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -103,6 +104,15 @@ func (ix *Index) GC(ctx context.Context, opts GCOptions) (GCResult, error) {
 			v := mb.Get(id[:])
 			if v == nil {
 				continue // a dangling ref or parent: fsck reports it; nothing to keep
+			}
+			if bytes.HasPrefix(v, []byte(deltaMagic)) && len(v) >= len(deltaMagic)+32 {
+				// The base of a delta form is an ancestor, kept anyway; marked here too, so
+				// that a kept manifest can always be rebuilt.
+				stack = append(stack, ID(v[len(deltaMagic):len(deltaMagic)+32]))
+			}
+			v, err := storedBytes(mb, v)
+			if err != nil {
+				return fmt.Errorf("%w: manifest %s: %w; run fsck", ErrCorruptIndex, id, err)
 			}
 			if cas.Sum(v) != id {
 				return fmt.Errorf("%w: manifest %s: stored bytes do not match the ID; run fsck", ErrCorruptIndex, id)

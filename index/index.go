@@ -47,8 +47,9 @@ import (
 	"github.com/driftstore/driftstore/cas"
 )
 
-// SchemaVersion is the schema this code writes and reads.
-const SchemaVersion = 1
+// SchemaVersion is the schema this code writes and reads: 2 since manifests may be stored in
+// delta form (delta.go); an index of schema 1 is upgraded when opened for writing.
+const SchemaVersion = 2
 
 var (
 	bucketMeta      = []byte("meta")
@@ -128,31 +129,34 @@ type Index struct {
 	// it: writers hold it shared (HoldGC), garbage collection's sweep holds it exclusively.
 	gcMu sync.RWMutex
 
-	// recentMu guards recent: the regions of the last few manifests committed through this
-	// Index, newest last (see rememberRegions). A manifest's ID is the hash of the encoding of
-	// exactly these regions, so they are what its stored bytes would decode to; a child's
-	// commit takes its parent's regions from here instead of hashing and decoding the parent's
-	// stored bytes inside the write transaction.
+	// recentMu guards recent: the last few manifests committed through this Index, newest
+	// last (see remember). A manifest's ID is the hash of the encoding of exactly its regions,
+	// so they are what its stored bytes would decode to: a child's commit takes its parent's
+	// regions from here instead of rebuilding and decoding the parent's stored bytes inside
+	// the write transaction, and takes the base of its delta form from here (delta.go).
 	recentMu sync.Mutex
 	recent   []recentManifest
 }
 
-// recentManifest is one entry of Index.recent.
+// recentManifest is one entry of Index.recent. Its slices are never modified.
 type recentManifest struct {
 	id      ID
 	regions []Region
+	base    ID        // the base of its delta form; zero when stored full
+	full    []byte    // stored full: its canonical encoding
+	layout  refLayout // stored full: where its chunk references lie in full
 }
 
-// recentManifests is how many manifests' regions Index.recent keeps (a few sessions
-// checkpointing in turn each find their parent there).
-const recentManifests = 8
+// recentManifests is how many manifests Index.recent keeps (a few sessions checkpointing in
+// turn each find their parent and its base there).
+const recentManifests = 16
 
-// rememberRegions records that manifest id has regions (shared, never modified afterwards).
-func (ix *Index) rememberRegions(id ID, regions []Region) {
+// remember records e as the newest recent manifest.
+func (ix *Index) remember(e recentManifest) {
 	ix.recentMu.Lock()
 	defer ix.recentMu.Unlock()
 	for i, r := range ix.recent {
-		if r.id == id {
+		if r.id == e.id {
 			ix.recent = append(ix.recent[:i], ix.recent[i+1:]...)
 			break
 		}
@@ -160,19 +164,19 @@ func (ix *Index) rememberRegions(id ID, regions []Region) {
 	if len(ix.recent) >= recentManifests {
 		ix.recent = append(ix.recent[:0], ix.recent[1:]...)
 	}
-	ix.recent = append(ix.recent, recentManifest{id: id, regions: regions})
+	ix.recent = append(ix.recent, e)
 }
 
-// recentRegions returns the regions of manifest id if this Index committed it recently.
-func (ix *Index) recentRegions(id ID) ([]Region, bool) {
+// recentManifest returns manifest id's entry if this Index committed it recently.
+func (ix *Index) recentManifest(id ID) (recentManifest, bool) {
 	ix.recentMu.Lock()
 	defer ix.recentMu.Unlock()
 	for _, r := range ix.recent {
 		if r.id == id {
-			return r.regions, true
+			return r, true
 		}
 	}
-	return nil, false
+	return recentManifest{}, false
 }
 
 // Open opens (creating if needed) the index file at path, bound to store, which garbage
@@ -208,27 +212,28 @@ func Open(path string, store cas.Store, opts Options) (*Index, error) {
 }
 
 func (ix *Index) initSchema(readOnly bool) error {
-	check := func(tx *bolt.Tx) (bool, error) {
+	// ok: a schema version is recorded; old: it is older than SchemaVersion.
+	check := func(tx *bolt.Tx) (ok, old bool, err error) {
 		mb := tx.Bucket(bucketMeta)
 		if mb == nil {
-			return false, nil
+			return false, false, nil
 		}
 		raw := mb.Get(keySchema)
 		v, n := binary.Uvarint(raw)
 		if n <= 0 || n != len(raw) {
-			return false, fmt.Errorf("%w: schema version entry %x", ErrCorruptIndex, raw)
+			return false, false, fmt.Errorf("%w: schema version entry %x", ErrCorruptIndex, raw)
 		}
 		if v > SchemaVersion {
-			return false, fmt.Errorf("%w: version %d, this driftstore knows up to %d; upgrade driftstore", ErrSchemaTooNew, v, SchemaVersion)
+			return false, false, fmt.Errorf("%w: version %d, this driftstore knows up to %d; upgrade driftstore", ErrSchemaTooNew, v, SchemaVersion)
 		}
 		if v < 1 {
-			return false, fmt.Errorf("%w: schema version %d", ErrCorruptIndex, v)
+			return false, false, fmt.Errorf("%w: schema version %d", ErrCorruptIndex, v)
 		}
-		return true, nil
+		return true, v < SchemaVersion, nil
 	}
 	if readOnly {
 		return ix.db.View(func(tx *bolt.Tx) error {
-			ok, err := check(tx)
+			ok, _, err := check(tx)
 			if err == nil && !ok {
 				return fmt.Errorf("%w: no schema version (empty index opened read-only)", ErrCorruptIndex)
 			}
@@ -236,7 +241,7 @@ func (ix *Index) initSchema(readOnly bool) error {
 		})
 	}
 	return ix.db.Update(func(tx *bolt.Tx) error {
-		ok, err := check(tx)
+		ok, old, err := check(tx)
 		if err != nil {
 			return err
 		}
@@ -245,7 +250,9 @@ func (ix *Index) initSchema(readOnly bool) error {
 				return err
 			}
 		}
-		if !ok {
+		if !ok || old {
+			// Schema 1 is schema 2 without delta forms (delta.go): opened for writing, it
+			// becomes schema 2, which an older driftstore refuses rather than misreads.
 			return tx.Bucket(bucketMeta).Put(keySchema, binary.AppendUvarint(nil, SchemaVersion))
 		}
 		return nil

@@ -1,6 +1,7 @@
 package index
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -72,42 +73,67 @@ func (ix *Index) PutManifestBytes(ctx context.Context, data []byte) (ID, error) 
 }
 
 // putManifest commits m, whose canonical encoding is data and ID id. m's regions are kept
-// (rememberRegions) after a successful commit: the caller must not modify them afterwards.
+// (remember) after a successful commit: the caller must not modify them afterwards. data is
+// only read during the call.
 func (ix *Index) putManifest(ctx context.Context, infos []cas.Info, m *Manifest, data []byte, id ID) error {
 	if err := ctxErr(ctx); err != nil {
 		return err
 	}
 	now := ix.now()
-	// The parent's regions, when this Index committed it recently: then the transaction only
-	// checks that it is still present (a present manifest's chunks are all recorded) rather
-	// than hashing and decoding its stored bytes.
-	recent, haveRecent := ix.recentRegions(m.Parent)
+	// The parent, when this Index committed it recently: then the transaction only checks that
+	// it is still present (a present manifest's chunks are all recorded) rather than rebuilding
+	// and decoding its stored bytes. Its base (itself when stored full) is the base of m's
+	// delta form, made here, outside the transaction.
+	parent, haveParent := ix.recentManifest(m.Parent)
+	var base recentManifest
+	var delta []byte
+	if haveParent {
+		base = parent
+		if !parent.base.IsZero() {
+			base, _ = ix.recentManifest(parent.base)
+		}
+		if base.full != nil {
+			delta = makeDelta(base.id, base.full, base.layout, data, layoutOf(m, len(data)))
+		}
+	}
+	entry := recentManifest{id: id, regions: m.Regions}
 	err := ix.update(func(tx *bolt.Tx) error {
+		entry.base = ID{}
 		chunks := tx.Bucket(bucketChunks)
 		if err := recordIn(chunks, infos, now); err != nil {
 			return err
 		}
 		mb := tx.Bucket(bucketManifests)
-		var parent []Region
+		var known []Region
 		parentPresent := m.Parent.IsZero()
 		if !parentPresent {
 			if v := mb.Get(m.Parent[:]); v != nil {
 				parentPresent = true
-				if haveRecent {
-					parent = recent
+				if haveParent {
+					known = parent.regions
 				} else {
-					parent = knownRegions(m.Parent, v)
+					known = knownRegions(mb, m.Parent, v)
 				}
 			}
 		}
-		if err := checkChunks(chunks, m, parent); err != nil {
+		if err := checkChunks(chunks, m, known); err != nil {
 			return err
 		}
 		if !parentPresent {
 			return fmt.Errorf("%w: %s", ErrMissingParent, m.Parent)
 		}
-		if mb.Get(id[:]) == nil {
-			if err := mb.Put(id[:], data); err != nil {
+		if v := mb.Get(id[:]); v != nil {
+			if bytes.HasPrefix(v, []byte(deltaMagic)) && len(v) >= len(deltaMagic)+32 {
+				entry.base = ID(v[len(deltaMagic) : len(deltaMagic)+32])
+			}
+		} else {
+			value := data
+			// The delta form only against the base as it was made from: present, full and the
+			// same bytes (an ancestor of m, so garbage collection keeps it while m lives).
+			if delta != nil && bytes.Equal(mb.Get(base.id[:]), base.full) {
+				value, entry.base = delta, base.id
+			}
+			if err := mb.Put(id[:], value); err != nil {
 				return err
 			}
 		}
@@ -116,15 +142,19 @@ func (ix *Index) putManifest(ctx context.Context, infos []cas.Info, m *Manifest,
 	if err != nil {
 		return fmt.Errorf("put manifest %s: %w", id, err)
 	}
-	ix.rememberRegions(id, m.Regions)
+	if entry.base.IsZero() {
+		entry.full, entry.layout = bytes.Clone(data), layoutOf(m, len(data))
+	}
+	ix.remember(entry)
 	return nil
 }
 
-// knownRegions returns the regions of the stored manifest v (whose ID is id), or nil when the
-// stored bytes do not hash to id or do not parse: then nothing is taken as known and every
-// chunk is looked up.
-func knownRegions(id ID, v []byte) []Region {
-	if cas.Sum(v) != id {
+// knownRegions returns the regions of the manifest id stored as v in mb, or nil when its bytes
+// do not hash to id or do not parse: then nothing is taken as known and every chunk is looked
+// up.
+func knownRegions(mb *bolt.Bucket, id ID, v []byte) []Region {
+	v, err := storedBytes(mb, v)
+	if err != nil || cas.Sum(v) != id {
 		return nil
 	}
 	m, err := decodeRegions(v)
@@ -182,9 +212,14 @@ func checkChunks(chunks *bolt.Bucket, m *Manifest, parent []Region) error {
 func (ix *Index) ManifestBytes(id ID) ([]byte, error) {
 	var out []byte
 	err := ix.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketManifests).Get(id[:])
+		mb := tx.Bucket(bucketManifests)
+		v := mb.Get(id[:])
 		if v == nil {
 			return fmt.Errorf("%w: %s", ErrManifestNotFound, id)
+		}
+		v, err := storedBytes(mb, v)
+		if err != nil {
+			return fmt.Errorf("%w: manifest %s: %w", ErrCorruptIndex, id, err)
 		}
 		if cas.Sum(v) != id {
 			return fmt.Errorf("%w: manifest %s: stored bytes hash to %s", ErrCorruptIndex, id, cas.Sum(v))
@@ -237,7 +272,8 @@ func (ix *Index) Manifests() ([]ManifestInfo, error) {
 	var out []ManifestInfo
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		mt := tx.Bucket(bucketMtimes)
-		return tx.Bucket(bucketManifests).ForEach(func(k, v []byte) error {
+		mb := tx.Bucket(bucketManifests)
+		return mb.ForEach(func(k, v []byte) error {
 			id, ok := digestKey(k)
 			if !ok {
 				out = append(out, ManifestInfo{Err: fmt.Errorf("%w: manifest key %x", ErrCorruptIndex, k)})
@@ -247,7 +283,11 @@ func (ix *Index) Manifests() ([]ManifestInfo, error) {
 			if t := mt.Get(k); len(t) == 8 {
 				info.Put = getTime(t)
 			}
-			m, err := Decode(v)
+			v, err := storedBytes(mb, v)
+			var m *Manifest
+			if err == nil {
+				m, err = Decode(v)
+			}
 			if err == nil && cas.Sum(v) != id {
 				err = fmt.Errorf("stored bytes hash to %s", cas.Sum(v))
 			}
