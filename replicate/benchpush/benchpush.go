@@ -96,8 +96,8 @@ type Rate struct {
 	// Baseline is MBps over the plain HTTP copy's (zero for the baseline itself).
 	Baseline float64 `json:"vs_baseline,omitempty"`
 	// CPUSeconds is the least CPU time (user and system, both ends: they share this process)
-	// one repetition took, setup of a fresh receiver included; 0 where unknown. On a busy
-	// machine it varies less than the wall time, so it shows the direction of a change.
+	// one repetition took, a fresh receiver's setup and removal included; 0 where unknown. On
+	// a busy machine it varies less than the wall time, so it shows the direction of a change.
 	CPUSeconds float64 `json:"cpu_seconds"`
 }
 
