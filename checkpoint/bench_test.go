@@ -33,6 +33,10 @@ var incr1BHyper = gguf.Hyper{Arch: "llama", Context: 8192, Dim: 512, Layers: 16,
 //   - incr16: Capture with the previous checkpoint as parent, into a pack store and index that
 //     sync (as a data directory does): it stores the blocks the 16 tokens touched and the state
 //     (head and logits), and commits the manifest of the whole context;
+//   - snap16: the same turn's checkpoint taken as a snapshot (TakeSnapshot: the state and
+//     the touched blocks copied out of the instance, what a turn that commits in the
+//     background waits for), from a second instance fed the same tokens, then committed
+//     (not timed; its manifest ID must equal incr16's);
 //   - store16: the same blocks alone hashed and stored as cas.PutAll does (workers putting into
 //     one batch, then its Commit) into another pack store of the same kind, durability and KV
 //     codec (warm: its pack file already open).
@@ -91,6 +95,11 @@ func benchIncremental(b *testing.B, m *engine.Model, npos int, codec checkpoint.
 		b.Fatal(err)
 	}
 	defer in.Close()
+	in2, err := m.NewInstance(engine.InstanceOptions{Threads: workers})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer in2.Close()
 	toks := cptest.Tokens(npos, incr1BHyper.Vocab, 3)
 	regs, err := in.AllocKV(npos - 1)
 	if err != nil {
@@ -105,11 +114,20 @@ func benchIncremental(b *testing.B, m *engine.Model, npos int, codec checkpoint.
 		}
 		dtype.F32sToF16s(mem[r.Offset:r.Offset+r.Length], vals)
 	}
-	if err := in.AdoptPrefix(toks[:npos-1]); err != nil {
+	regs2, err := in2.AllocKV(npos - 1)
+	if err != nil {
 		b.Fatal(err)
 	}
-	if err := in.Prefill(toks[npos-1:]); err != nil {
-		b.Fatal(err)
+	for i, r := range regs {
+		copy(in2.Memory()[regs2[i].Offset:regs2[i].Offset+regs2[i].Length], mem[r.Offset:r.Offset+r.Length])
+	}
+	for _, x := range []*engine.Instance{in, in2} {
+		if err := x.AdoptPrefix(toks[:npos-1]); err != nil {
+			b.Fatal(err)
+		}
+		if err := x.Prefill(toks[npos-1:]); err != nil {
+			b.Fatal(err)
+		}
 	}
 	full, err := checkpoint.Capture(ctx, ix, m, in, checkpoint.CaptureOptions{Workers: workers, KVCodec: codec})
 	if err != nil {
@@ -120,11 +138,15 @@ func benchIncremental(b *testing.B, m *engine.Model, npos int, codec checkpoint.
 		b.Fatal(err)
 	}
 	parent := full.Checkpoint
-	var incr, store16, prep, stor, commit, put, sync, enc, idx, fput, fsync []time.Duration
+	var incr, snap16, store16, prep, stor, commit, put, sync, enc, idx, fput, fsync []time.Duration
 	rep := 0
 	for b.Loop() {
 		b.StopTimer()
-		if err := in.Prefill(cptest.Tokens(16, incr1BHyper.Vocab, 1000+rep)); err != nil {
+		turn := cptest.Tokens(16, incr1BHyper.Vocab, 1000+rep)
+		if err := in.Prefill(turn); err != nil {
+			b.Fatal(err)
+		}
+		if err := in2.Prefill(turn); err != nil {
 			b.Fatal(err)
 		}
 		rep++
@@ -134,6 +156,18 @@ func benchIncremental(b *testing.B, m *engine.Model, npos int, codec checkpoint.
 			b.Fatal(err)
 		}
 		b.StopTimer()
+		snap, err := checkpoint.TakeSnapshot(m, in2, checkpoint.CaptureOptions{Parent: parent, Workers: workers, KVCodec: codec})
+		if err != nil {
+			b.Fatal(err)
+		}
+		snap16 = append(snap16, snap.Duration())
+		sres, err := snap.Commit(ctx, ix)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if sres.Checkpoint.ID != res.Checkpoint.ID || snap.BlocksCopied() != res.BlocksWritten {
+			b.Fatalf("snapshot of the same state: %s (%d blocks), Capture %s (%d)", sres.Checkpoint.ID, snap.BlocksCopied(), res.Checkpoint.ID, res.BlocksWritten)
+		}
 		// The blocks the 16 tokens touched: new, or changed since the parent.
 		regs, err := in.KVRegions()
 		if err != nil {
@@ -190,6 +224,7 @@ func benchIncremental(b *testing.B, m *engine.Model, npos int, codec checkpoint.
 	}
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(med(incr), "incr16-ms")
+	b.ReportMetric(med(snap16), "snap16-ms")
 	b.ReportMetric(med(store16), "store16-ms")
 	b.ReportMetric(med(incr)/med(store16), "incr/store")
 	b.ReportMetric(med(prep), "prepare-ms")

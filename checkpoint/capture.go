@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
@@ -49,6 +50,11 @@ type CaptureOptions struct {
 	// KVCodecRaw trades bytes at rest for restores at copy speed. Digests are the same either
 	// way. An unknown value is an error.
 	KVCodec KVCodec
+	// BeforeStore, when set, runs at the start of Commit, before any chunk is hashed or the
+	// garbage collector held off; BeforeSync after every chunk was put and before the
+	// durability barrier. Tests use them to hold a commit (of a snapshot whose instance runs
+	// on meanwhile) at those moments.
+	BeforeStore, BeforeSync func()
 	// BeforeCommit, when set, runs after every chunk is durable and before the chunks are
 	// recorded and the manifest committed, which happen together in one index transaction
 	// (tests use it to observe that moment).
@@ -85,11 +91,65 @@ type Result struct {
 // used by anyone else during the call (its memory is read in place). Cost grows with the blocks
 // not known, not with the context.
 //
+// Capture is TakeSnapshot and Snapshot.Commit in one call, except that the blocks are read in
+// place rather than copied (the instance is not used until Capture returns).
+//
 // A crash or cancellation at any point leaves at worst chunks without a manifest (garbage for
 // GC); the previous checkpoint and the index stay consistent.
 func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engine.Instance, opts CaptureOptions) (*Result, error) {
+	snap, err := takeSnapshot(model, in, opts, false)
+	if err != nil {
+		return nil, err
+	}
+	return snap.Commit(ctx, ix)
+}
+
+// Snapshot is a checkpoint read out of a live instance and not yet stored: the small state and
+// copies of exactly the KV blocks a Capture with the same options would store (those not known
+// from the parent or the reused blocks), in buffers the snapshot owns (pooled). Nothing of it
+// is hashed, encoded or written before Commit. Once TakeSnapshot has returned, the snapshot is
+// independent of the instance: the instance may run on (feed tokens, write into its last,
+// partial block) or be closed while the snapshot is committed on another goroutine.
+//
+// A Snapshot is used once: Commit it, or Release it. It is not safe for concurrent use (one
+// Commit at a time); its read-only accessors may be called at any time.
+type Snapshot struct {
+	cp      *Checkpoint // all but the references of the chunks in jobs, and the ID
+	opts    CaptureOptions
+	state   []byte  // the guest's small state (in *sbuf)
+	sbuf    *[]byte // from statePool
+	headLen int
+	jobs    []job // the KV blocks to store (owned copies, or live memory for Capture)
+	bufs    []*[]byte
+	pool    *sync.Pool // of the layout's block buffers (bufs)
+	used    bool
+
+	start    time.Time
+	duration time.Duration
+	copied   int64
+}
+
+// TakeSnapshot reads a live instance's checkpoint (see Snapshot) without storing anything: it
+// calls into the guest for its state and its KV region list (the calls end with the backend's
+// barrier, so on a GPU backend linear memory holds every KV byte written so far; see
+// engine.Syncer), decides which blocks the parent and opts.Reuse already hold, and copies the
+// others and the state into buffers the snapshot owns. Its cost grows with the bytes copied: the
+// blocks the tokens since the parent touched, plus the logits. The instance must not be used by
+// anyone else during the call; afterwards it is free.
+//
+// The options are those of Capture; Commit uses Workers, KVCodec and the hooks. Reuse's chunks
+// must still be in the store when Commit runs (see CaptureOptions.Reuse).
+func TakeSnapshot(model *engine.Model, in *engine.Instance, opts CaptureOptions) (*Snapshot, error) {
+	return takeSnapshot(model, in, opts, true)
+}
+
+// takeSnapshot is TakeSnapshot; with own false its KV jobs alias the instance's memory (Capture,
+// which commits before the instance runs again).
+func takeSnapshot(model *engine.Model, in *engine.Instance, opts CaptureOptions, own bool) (*Snapshot, error) {
 	start := time.Now()
-	store := ix.Store()
+	if _, err := ParseKVCodec(string(opts.KVCodec)); err != nil {
+		return nil, err
+	}
 	layout := LayoutOf(in.Layout())
 	sbuf := statePool.Get().(*[]byte)
 	state, err := in.AppendState((*sbuf)[:0])
@@ -97,13 +157,14 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 		statePool.Put(sbuf)
 		return nil, fmt.Errorf("checkpoint: save state: %w", err)
 	}
-	// The chunks are only read during their Put, and nothing keeps state past this call (the
-	// token history is parsed into a slice of its own).
+	snap := &Snapshot{opts: opts, state: state, sbuf: sbuf, start: start}
+	ok := false
 	defer func() {
-		*sbuf = state[:0]
-		statePool.Put(sbuf)
+		if !ok {
+			snap.Release()
+		}
 	}()
-	// The head is all Capture needs to read; the logits are stored as they are.
+	// The head is all a snapshot needs to read; the logits are stored as they are.
 	st, err := ParseStateHead(state[:min(len(state), stateFixed)], -1)
 	if err == nil {
 		if want := st.HeadLen + 4*st.NLogits; len(state) != want {
@@ -115,6 +176,7 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: %w", err)
 	}
+	snap.headLen = st.HeadLen
 	regions, err := in.KVRegions()
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: KV regions: %w", err)
@@ -132,6 +194,7 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 		Layout: layout, Position: st.Position, Tokens: st.Tokens, Sampler: st.Sampler, RNG: st.RNG,
 		HasLogits: st.NLogits > 0, KV: make([][]index.ChunkRef, layout.Layers),
 	}
+	snap.cp = cp
 	if opts.Parent != nil {
 		cp.Parent = opts.Parent.ID
 	}
@@ -163,17 +226,7 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 		}
 	}
 
-	prepared := time.Now()
-	// Hold off garbage collection from the first Put to the manifest commit.
-	release := ix.HoldGC()
-	defer release()
-
 	mem := in.Memory()
-	if _, err := ParseKVCodec(string(opts.KVCodec)); err != nil {
-		return nil, err
-	}
-	hint := opts.KVCodec.Hint(layout)
-	var jobs []job
 	for _, r := range regions {
 		if r.Block >= nb || r.Layer >= layout.Layers {
 			return nil, fmt.Errorf("checkpoint: guest region %+v outside position %d", r, st.Position)
@@ -185,18 +238,140 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 		if end > uint64(len(mem)) || int(r.Length) != layout.BlockBytes {
 			return nil, fmt.Errorf("checkpoint: guest region %+v outside memory", r)
 		}
-		jobs = append(jobs, job{data: mem[r.Offset:end:end], l: r.Layer, b: r.Block, hint: hint})
+		snap.jobs = append(snap.jobs, job{data: mem[r.Offset:end:end], l: r.Layer, b: r.Block})
 	}
-	written := len(jobs)
+	if own && len(snap.jobs) > 0 {
+		snap.copyBlocks(layout.BlockBytes, opts.Workers)
+	}
+	snap.duration = time.Since(start)
+	ok = true
+	return snap, nil
+}
+
+// copyBlocks replaces the jobs' data (live memory) by copies in pooled buffers, on up to
+// workers goroutines (0: GOMAXPROCS) when there is enough to copy.
+func (s *Snapshot) copyBlocks(blockBytes, workers int) {
+	p, _ := blockPools.LoadOrStore(blockBytes, &sync.Pool{New: func() any {
+		b := make([]byte, blockBytes)
+		return &b
+	}})
+	s.pool = p.(*sync.Pool)
+	s.bufs = make([]*[]byte, len(s.jobs))
+	for i := range s.bufs {
+		s.bufs[i] = s.pool.Get().(*[]byte)
+	}
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	// Below about 1 MiB a goroutine's start costs more than it saves.
+	workers = max(1, min(workers, len(s.jobs)*blockBytes>>20))
+	cp := func(i int) {
+		buf := *s.bufs[i]
+		copy(buf, s.jobs[i].data)
+		s.jobs[i].data = buf[:blockBytes:blockBytes]
+	}
+	if workers == 1 {
+		for i := range s.jobs {
+			cp(i)
+		}
+	} else {
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				for i := w; i < len(s.jobs); i += workers {
+					cp(i)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	s.copied = int64(len(s.jobs)) * int64(blockBytes)
+}
+
+// blockPools holds pools of KV block buffers by block size (*sync.Pool of *[]byte).
+var blockPools sync.Map
+
+// Duration is the time TakeSnapshot took: what a turn that commits in the background pays.
+func (s *Snapshot) Duration() time.Duration { return s.duration }
+
+// Position is the number of tokens the snapshot holds.
+func (s *Snapshot) Position() int { return s.cp.Position }
+
+// Parent is the ID of the checkpoint the snapshot follows (zero for none).
+func (s *Snapshot) Parent() index.ID { return s.cp.Parent }
+
+// BlocksCopied is the number of KV blocks the snapshot holds (to be stored); BytesCopied their
+// bytes plus the state's.
+func (s *Snapshot) BlocksCopied() int { return len(s.jobs) }
+
+// BytesCopied is the bytes the snapshot copied out of the instance: its KV blocks and state.
+func (s *Snapshot) BytesCopied() int64 { return s.copied + int64(len(s.state)) }
+
+// Blocks is the number of KV block chunks the checkpoint will name.
+func (s *Snapshot) Blocks() int { return s.cp.Layout.Layers * s.cp.Layout.Blocks(s.cp.Position) }
+
+// Release returns the snapshot's buffers to their pools without committing it. Idempotent;
+// Commit releases them itself. After Release, Commit fails with ErrSnapshotUsed.
+func (s *Snapshot) Release() {
+	s.used = true
+	if s.sbuf != nil {
+		*s.sbuf = s.state[:0]
+		statePool.Put(s.sbuf)
+		s.sbuf, s.state = nil, nil
+	}
+	for i, b := range s.bufs {
+		s.pool.Put(b)
+		s.bufs[i] = nil
+	}
+	s.bufs = nil
+	for i := range s.jobs {
+		s.jobs[i].data = nil
+	}
+}
+
+// ErrSnapshotUsed is returned by Commit of a snapshot already committed or released.
+var ErrSnapshotUsed = errors.New("checkpoint: snapshot already committed or released")
+
+// Commit stores the snapshot as Capture would have stored it when the snapshot was taken: it
+// hashes and encodes the state and the copied blocks, puts them in one store batch made durable
+// with one barrier, then records them and commits the manifest in one index transaction; it
+// does not move any ref. The checkpoint and its ID are exactly Capture's for the same instance
+// state and options. It may run on any goroutine, while the instance runs on. It releases the
+// snapshot's buffers when it returns, whatever the outcome: a snapshot is committed once.
+//
+// The Result's Duration is the snapshot's time plus the commit's own (not the time between
+// them); Prepare is the snapshot's time.
+func (s *Snapshot) Commit(ctx context.Context, ix *index.Index) (*Result, error) {
+	if s.used {
+		return nil, ErrSnapshotUsed
+	}
+	defer s.Release()
+	start := time.Now()
+	opts, cp, state, st := s.opts, s.cp, s.state, s.headLen
+	layout := cp.Layout
+	nb := layout.Blocks(cp.Position)
+	store := ix.Store()
+	if opts.BeforeStore != nil {
+		opts.BeforeStore()
+	}
+	// Hold off garbage collection from the first Put to the manifest commit.
+	release := ix.HoldGC()
+	defer release()
+
+	hint := opts.KVCodec.Hint(layout)
 	// The small state: the head (fixed part and token history) as one chunk, the logits as
 	// chunks of at most LogitsChunk bytes, so that a restore decodes them in parallel straight
 	// into the guest's buffers. They go first: at short contexts they are most of the work.
-	sj := []job{{data: state[:st.HeadLen:st.HeadLen], state: 1, hint: cas.HintNone}}
-	for off := st.HeadLen; off < len(state); off += LogitsChunk {
+	jobs := []job{{data: state[:st:st], state: 1, hint: cas.HintNone}}
+	for off := st; off < len(state); off += LogitsChunk {
 		end := min(off+LogitsChunk, len(state))
-		sj = append(sj, job{data: state[off:end:end], state: 1, hint: cas.HintFloat32})
+		jobs = append(jobs, job{data: state[off:end:end], state: 1, hint: cas.HintFloat32})
 	}
-	jobs = append(sj, jobs...)
+	for _, j := range s.jobs {
+		j.hint = hint
+		jobs = append(jobs, j)
+	}
+	written := len(s.jobs)
 	infos := make([]cas.Info, len(jobs))
 	existed := make([]bool, len(jobs))
 	workers := opts.Workers
@@ -209,10 +384,10 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 	defer batch.Discard()
 	// A Batcher's batch makes its chunks visible only at Commit, so a chunk its Put hashed and
 	// the store already shows was there before (a shared prefix): one hash per chunk. Other
-	// stores' Puts are visible at once, so there Capture asks before it puts (two hashes).
+	// stores' Puts are visible at once, so there Commit asks before it puts (two hashes).
 	_, statAfter := store.(cas.Batcher)
 	var bytesWritten atomic.Int64
-	err = parallel(ctx, workers, len(jobs), func(ctx context.Context, i int) error {
+	err := parallel(ctx, workers, len(jobs), func(ctx context.Context, i int) error {
 		j := jobs[i]
 		// A chunk already present costs a hash and a stat, and is counted as not new.
 		// Recording it below restarts its grace period for GC.
@@ -241,6 +416,7 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 		return nil, err
 	}
 	put := time.Now()
+	cp.State = cp.State[:0]
 	for i, j := range jobs {
 		ref := index.ChunkRef{Digest: infos[i].Digest, Length: int64(len(j.data))}
 		switch j.state {
@@ -249,6 +425,9 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 		default:
 			cp.State = append(cp.State, ref)
 		}
+	}
+	if opts.BeforeSync != nil {
+		opts.BeforeSync()
 	}
 	// The durability barrier of the chunks (Commit) runs while the manifest of the whole
 	// context is built, encoded and hashed: the barrier is mostly waiting on the disk, the
@@ -285,10 +464,10 @@ func Capture(ctx context.Context, ix *index.Index, model *engine.Model, in *engi
 	}
 	cp.ID = enc.ID()
 	res := &Result{
-		Checkpoint: cp, Position: st.Position, Blocks: nb * layout.Layers, BlocksWritten: written,
-		KVBytes: cp.KVBytes(), BytesWritten: bytesWritten.Load(), Duration: time.Since(start),
-		Prepare: prepared.Sub(start), Store: stored.Sub(prepared),
-		Put: put.Sub(prepared), Sync: syncedAt.Sub(put), Encode: encoded.Sub(put), Index: time.Since(ixStart),
+		Checkpoint: cp, Position: cp.Position, Blocks: nb * layout.Layers, BlocksWritten: written,
+		KVBytes: cp.KVBytes(), BytesWritten: bytesWritten.Load(), Duration: s.duration + time.Since(start),
+		Prepare: s.duration, Store: stored.Sub(start),
+		Put: put.Sub(start), Sync: syncedAt.Sub(put), Encode: encoded.Sub(put), Index: time.Since(ixStart),
 	}
 	res.Commit = res.Duration - res.Prepare - res.Store
 	for i := range jobs {
