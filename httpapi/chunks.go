@@ -226,18 +226,22 @@ func (s *Server) download(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	miss, err := s.ix.MissingChunks(ds)
+	recs, err := s.ix.Chunks(ds) // one pass: the sizes to send, and whether any is missing
 	if err != nil {
 		return err
+	}
+	var miss []cas.Digest
+	seen := map[cas.Digest]bool{}
+	for i, r := range recs {
+		if r.Codec == 0 && !seen[ds[i]] {
+			seen[ds[i]] = true
+			miss = append(miss, ds[i])
+		}
 	}
 	if len(miss) > 0 {
 		return c.JSON(http.StatusNotFound, wire.ErrorBody{Error: wire.ErrorDetail{
 			Code: wire.CodeChunkNotFound, Message: fmt.Sprintf("%d of the requested chunks are not here", len(miss)), Missing: miss,
 		}})
-	}
-	recs, err := s.ix.Chunks(ds)
-	if err != nil {
-		return err
 	}
 	ctx := c.Request().Context()
 	res := c.Response()
