@@ -201,8 +201,9 @@ type PackOptions struct {
 //
 // Durability: Put is durable before it returns (an fdatasync of the pack; Puts that wait at
 // the same time share one sync, and a new pack file also syncs the directory), and a chunk is
-// visible to Has and Get only once durable. A Batch writes without syncing; Commit syncs each
-// pack it touched once and then makes its chunks visible. A sync covers a pack's bytes only up
+// visible to Has and Get only once durable. A Batch writes without syncing, gathering its
+// records into runs of about 1 MiB written with one pwrite each (see NewBatch); Commit writes
+// the last run, syncs each pack the batch touched once and then makes its chunks visible. A sync covers a pack's bytes only up
 // to the first record still being written, so a record acknowledged to a writer never lies
 // after a torn one.
 //

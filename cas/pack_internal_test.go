@@ -96,8 +96,12 @@ func TestPackTornTail(t *testing.T) {
 			path := filepath.Join(dir, packName(1))
 			size := packSize(t, path)
 			// extra goes in through a batch never committed: written, not synced, no marker.
+			// Its run is written here as a Put that fills the run buffer would write it.
 			b := p.NewBatch()
 			if _, err := b.Put(ctx, extra, HintNone); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.(*packBatch).writeRun(b.(*packBatch).takeRun()); err != nil {
 				t.Fatal(err)
 			}
 			p.Close() // a crash, as far as the files are concerned: no Commit, no Discard
@@ -242,6 +246,74 @@ func TestParseRecordHeaderRoundTrip(t *testing.T) {
 				t.Fatalf("%+v: flipped byte %d accepted", h, i)
 			}
 			b[i] ^= 4
+		}
+	}
+}
+
+// TestPackBatchRunWriteFails: when the write of a batch's run fails (here the pack's file is
+// swapped for a read-only one, so pwritev fails), the Put that wrote the run fails, the batch
+// is broken (later Puts and Commit fail too), nothing of it becomes visible, no pin is left on
+// the pack, and the store goes on in a new pack.
+func TestPackBatchRunWriteFails(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	p, err := OpenPack(dir, PackOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	first := testChunk(1000, 1)
+	if _, err := p.Put(ctx, first, HintNone); err != nil {
+		t.Fatal(err)
+	}
+	pf := p.active
+	ro, err := os.Open(pf.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw := pf.f
+	pf.f = ro
+	defer func() { pf.f = rw; ro.Close() }()
+
+	b := p.NewBatch()
+	defer b.Discard()
+	var put [][]byte
+	var failed error
+	for i := 0; failed == nil && i < 100; i++ {
+		c := testChunk(100_000, byte(10+i))
+		_, failed = b.Put(ctx, c, HintNone)
+		put = append(put, c)
+	}
+	if failed == nil {
+		t.Fatal("no Put wrote the run")
+	}
+	if _, err := b.Put(ctx, testChunk(1000, 2), HintNone); err == nil {
+		t.Fatal("a Put after the run failed succeeded")
+	}
+	if err := b.Commit(ctx); err == nil {
+		t.Fatal("Commit after a failed run succeeded")
+	}
+	for i, c := range put {
+		if ok, _ := p.Has(ctx, Sum(c)); ok {
+			t.Fatalf("chunk %d of the failed batch is visible", i)
+		}
+	}
+	p.mu.Lock()
+	pins, broken := pf.pins, pf.err != nil
+	p.mu.Unlock()
+	if pins != 0 || !broken {
+		t.Fatalf("after the failed run: %d pins, pack broken %v", pins, broken)
+	}
+	again := testChunk(3000, 3)
+	if _, err := p.Put(ctx, again, HintNone); err != nil {
+		t.Fatalf("Put after a failed batch: %v", err)
+	}
+	if p.active == pf {
+		t.Fatal("the broken pack is still appended to")
+	}
+	for _, c := range [][]byte{first, again} {
+		if got, err := p.Get(ctx, Sum(c), nil); err != nil || !bytes.Equal(got, c) {
+			t.Fatalf("chunk after the failed batch: %v", err)
 		}
 	}
 }

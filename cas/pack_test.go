@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"testing"
 
@@ -354,4 +356,117 @@ func TestPackDiscardedBatchStaysGone(t *testing.T) {
 	p.Close()
 	p = openPack(t, dir, cas.PackOptions{})
 	checkExactly(t, p, map[cas.Digest][]byte{cas.Sum(kept): kept})
+}
+
+// TestPackBatchCoalescedRollOver: a batch of many more records than one run buffer holds (and
+// one record too large for a run, and for a pack), into packs small enough to roll over several
+// times, put by two workers while another batch that shares one of its chunks is discarded and
+// plain Puts wait on chunks both batches claimed. No chunk is visible before Commit, every pack
+// stays within MaxPackSize (but the one holding the oversized record alone), and after a reopen
+// the store holds exactly the committed chunks and the plain Puts', intact.
+func TestPackBatchCoalescedRollOver(t *testing.T) {
+	const maxPack = 700 << 10 // under a run: runs are cut at pack ends
+	dir := t.TempDir()
+	p := openPack(t, dir, cas.PackOptions{MaxPackSize: maxPack})
+	ctx, cancel := context.WithTimeout(bg, time.Minute) // a deadlock fails instead of hanging
+	defer cancel()
+
+	var kept [][]byte // about 6 MiB in records of 20-33 KB, raw and compressed
+	for i := range 240 {
+		if i%2 == 0 {
+			kept = append(kept, castest.Random(20_000+i*50, uint64(i)))
+		} else {
+			kept = append(kept, castest.KVFloat16(32<<10, uint64(i)))
+		}
+	}
+	big := castest.Random(2<<20, 999) // raw: a record over both the run size and MaxPackSize
+	kept = append(kept, big)
+	var dropped [][]byte // about 1.8 MiB: one run written before the Discard, the rest buffered
+	for i := range 60 {
+		dropped = append(dropped, castest.Random(30_000, 5000+uint64(i)))
+	}
+	shared := kept[7]                            // put by the discarded batch first
+	afterDiscard := castest.Random(25_000, 6000) // claimed by the discarded batch, then put plainly
+	want := map[cas.Digest][]byte{cas.Sum(afterDiscard): afterDiscard}
+	for _, c := range kept {
+		want[cas.Sum(c)] = c
+	}
+
+	a, d := p.NewBatch(), p.NewBatch()
+	defer a.Discard()
+	defer d.Discard()
+	for _, c := range append([][]byte{shared, afterDiscard}, dropped...) {
+		if _, err := d.Put(ctx, c, cas.HintNone); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Put(ctx, kept[0], cas.HintNone); err != nil { // a claims kept[0]
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	plain := func(c []byte) { // waits for the batch that claimed c to end
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := p.Put(ctx, c, cas.HintNone); err != nil {
+				t.Errorf("plain Put of a chunk claimed by a batch: %v", err)
+			}
+		}()
+	}
+	plain(kept[0])
+	plain(afterDiscard)
+	var next atomic.Int64
+	var workers sync.WaitGroup
+	for range 2 {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for i := int(next.Add(1) - 1); i < len(kept); i = int(next.Add(1) - 1) {
+				hint := cas.HintNone
+				if i%2 == 1 {
+					hint = cas.HintFloat16
+				}
+				if _, err := a.Put(ctx, kept[i], hint); err != nil {
+					t.Errorf("batch put %d: %v", i, err)
+				}
+			}
+		}()
+	}
+	d.Discard() // while a's workers put
+	workers.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	for i, c := range kept {
+		if ok, _ := p.Has(ctx, cas.Sum(c)); ok {
+			t.Fatalf("chunk %d of the batch is visible before Commit", i)
+		}
+	}
+	if err := a.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	checkExactly(t, p, want)
+
+	files := packFiles(t, dir)
+	if len(files) < 5 {
+		t.Fatalf("%d pack files, want the batch to roll over at least 4 times", len(files))
+	}
+	for _, f := range files {
+		st, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Sync markers (and tombstones, without a payload) may follow the last record.
+		const slack = 4 * 64
+		alone := 64 + int64(len(big))
+		if st.Size() > maxPack+slack && (st.Size() < alone || st.Size() > alone+slack) {
+			t.Errorf("%s: %d bytes, over MaxPackSize %d", filepath.Base(f), st.Size(), maxPack)
+		}
+	}
+	p.Close()
+	checkExactly(t, openPack(t, dir, cas.PackOptions{MaxPackSize: maxPack}), want)
 }

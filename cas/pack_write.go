@@ -91,6 +91,14 @@ func (p *Pack) finishWrite(pf *packFile, off int64, err error) {
 	p.mu.Unlock()
 }
 
+// unpinN releases k pins of pf's records that were never placed.
+func (p *Pack) unpinN(pf *packFile, k int) {
+	p.mu.Lock()
+	pf.pins -= k
+	p.cond.Broadcast()
+	p.mu.Unlock()
+}
+
 // unpin releases records that will not be published.
 func (p *Pack) unpin(recs ...*packRecord) {
 	p.mu.Lock()
@@ -101,40 +109,123 @@ func (p *Pack) unpin(recs ...*packRecord) {
 	p.mu.Unlock()
 }
 
-// writeChunk encodes a chunk, reserves its record and writes it, without syncing. On success
-// the record is pinned.
-func (p *Pack) writeChunk(d Digest, encode encodeFunc) (*packRecord, error) {
-	buf := getBuf(64 << 10)
-	defer putBuf(buf)
+// encodeRecord runs encode into buf (a pooled buffer of the caller's, updated when encode grows
+// it) and fills in the record header. The record is the header and payload in out followed by
+// tail; both stay valid until buf is reused (tail may be the caller's data). The returned
+// record is not yet placed: its pf is nil.
+func encodeRecord(d Digest, encode encodeFunc, buf *[]byte) (rec *packRecord, out, tail []byte, err error) {
 	hdr := (*buf)[:packHeaderSize] // filled in once the payload is known
 	codec, size, out, tail, err := encode(hdr)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	if cap(out) <= maxPooled {
 		*buf = out[:0]
 	}
 	length := len(out) - packHeaderSize + len(tail)
-	n := int64(packHeaderSize + length)
 	now := time.Now().UnixNano()
-	p.mu.Lock()
-	pf, off, err := p.reserve(n, true)
-	p.mu.Unlock()
-	if err != nil {
-		return nil, fmt.Errorf("put %s: %w", d, err)
-	}
 	h := recordHeader{kind: kindChunk, codec: codec, digest: d, a: uint64(size), b: uint32(length), time: now}
 	h.encode(out[:packHeaderSize])
-	werr := pwriteRecord(pf, out, tail, off)
-	p.finishWrite(pf, off, werr)
-	rec := &packRecord{pf: pf, digest: d, entry: packEntry{
-		pack: pf.num, off: off, length: uint32(length), size: uint32(size), codec: codec, mod: now,
-	}}
-	if werr != nil {
-		p.unpin(rec)
-		return nil, fmt.Errorf("put %s: %w", d, werr)
+	rec = &packRecord{digest: d, entry: packEntry{length: uint32(length), size: uint32(size), codec: codec, mod: now}}
+	return rec, out, tail, nil
+}
+
+// writeChunk encodes a chunk, reserves its record and writes it, without syncing. On success
+// the record is pinned.
+func (p *Pack) writeChunk(d Digest, encode encodeFunc) (*packRecord, error) {
+	buf := getBuf(64 << 10)
+	defer putBuf(buf)
+	rec, out, tail, err := encodeRecord(d, encode, buf)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.writeRecord(rec, out, tail); err != nil {
+		return nil, err
 	}
 	return rec, nil
+}
+
+// writeRecord reserves space for rec (encoded as out followed by tail, see encodeRecord) and
+// writes it, without syncing. On success rec is placed and pinned; on failure it is neither.
+func (p *Pack) writeRecord(rec *packRecord, out, tail []byte) error {
+	p.mu.Lock()
+	pf, off, err := p.reserve(rec.entry.recordLen(), true)
+	p.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("put %s: %w", rec.digest, err)
+	}
+	werr := pwriteRecord(pf, out, tail, off)
+	p.finishWrite(pf, off, werr)
+	if werr != nil {
+		p.unpinN(pf, 1)
+		return fmt.Errorf("put %s: %w", rec.digest, werr)
+	}
+	rec.pf, rec.entry.pack, rec.entry.off = pf, pf.num, off
+	return nil
+}
+
+// reserveRun reserves space for the longest prefix of recs (records laid out back to back)
+// that fits in one pack: the active pack when at least the first record fits there, otherwise a
+// new one (a record larger than MaxPackSize gets an empty pack of its own, as in reserve). It
+// marks the range pending and pins its k records; the caller writes the n bytes at off and then
+// calls finishWrite. A run never spans two packs. Called with p.mu held for writing.
+func (p *Pack) reserveRun(recs []*packRecord) (pf *packFile, off int64, k int, n int64, err error) {
+	if err := p.writableLocked(); err != nil {
+		return nil, 0, 0, 0, err
+	}
+	fit := func(room int64) (k int, n int64) {
+		for k < len(recs) && n+recs[k].entry.recordLen() <= room {
+			n += recs[k].entry.recordLen()
+			k++
+		}
+		return k, n
+	}
+	pf = p.active
+	usable := pf != nil && !pf.sealed && pf.err == nil
+	if usable {
+		k, n = fit(p.opts.MaxPackSize - pf.size)
+	}
+	if k == 0 && (!usable || pf.size > 0) {
+		if pf, err = p.newPackLocked(); err != nil {
+			return nil, 0, 0, 0, err
+		}
+		k, n = fit(p.opts.MaxPackSize)
+	}
+	if k == 0 {
+		k, n = 1, recs[0].entry.recordLen()
+	}
+	off = pf.size
+	pf.size += n
+	pf.pending = append(pf.pending, off)
+	pf.pins += k
+	return pf, off, k, n, nil
+}
+
+// writeRun writes records encoded back to back in data (recs, in the same order) with one
+// pwrite per pack they go to (see reserveRun), without syncing. Each record written is placed
+// and pinned. On error, the records written before the failure stay placed and pinned (the
+// caller drops them) and the others are not placed.
+func (p *Pack) writeRun(data []byte, recs []*packRecord) error {
+	for len(recs) > 0 {
+		p.mu.Lock()
+		pf, off, k, n, err := p.reserveRun(recs)
+		p.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("write %d chunk records: %w", len(recs), err)
+		}
+		werr := pwriteRecord(pf, data[:n], nil, off)
+		p.finishWrite(pf, off, werr)
+		if werr != nil {
+			p.unpinN(pf, k)
+			return fmt.Errorf("write %d chunk records: %w", len(recs), werr)
+		}
+		for _, r := range recs[:k] {
+			r.pf, r.entry.pack, r.entry.off = pf, pf.num, off
+			off += r.entry.recordLen()
+		}
+		data, recs = data[n:], recs[k:]
+	}
+	return nil
 }
 
 // writeMeta appends a record without payload (tombstone or sync marker) to pf, or to the
@@ -397,12 +488,24 @@ func (p *Pack) Delete(ctx context.Context, d Digest) error {
 	return nil
 }
 
-// NewBatch returns a batch that appends records without syncing; Commit syncs every pack the
-// batch wrote to once (sharing the sync with concurrent Puts) and then makes the chunks
-// visible. Discard tombstones the batch's records (their bytes stay as dead space until
+// NewBatch returns a batch that gathers its chunks' records in memory and appends them in
+// large writes without syncing; Commit writes what is left, syncs every pack the batch wrote
+// to once (sharing the sync with concurrent Puts) and then makes the chunks visible.
+//
+// Coalescing: a Put encodes its record (header and stored form) and copies it into the batch's
+// run buffer (pooled); when the buffer reaches coalesceSize (1 MiB), that Put writes the whole
+// run with one pwrite (space reserved for all of it at once, in one pack: a run never spans two
+// packs, and it is cut where the active pack would pass MaxPackSize). A record of coalesceMax
+// (512 KiB) or more is written alone at once, from the encoder's buffer. Records still in the
+// buffer are written by Commit before its sync, and dropped unwritten by Discard. A failed run
+// write breaks the batch: later Puts and Commit fail with that error.
+//
+// Discard tombstones the batch's records already written (their bytes stay as dead space until
 // Compact). Within the process a chunk is written once when possible: a batch's Put claims the
 // chunk until Commit or Discard when no one else is writing it, and otherwise writes its own
-// copy (the second to become visible is tombstoned as a duplicate).
+// copy (the second to become visible is tombstoned as a duplicate). A plain Put of a chunk
+// claimed by a batch waits for that batch's Commit or Discard (or its own context), whether the
+// batch's record is written yet or still buffered; a Put of it in another batch never waits.
 func (p *Pack) NewBatch() Batch {
 	return &packBatch{p: p, pending: map[Digest]*packPending{}}
 }
@@ -426,6 +529,28 @@ func (p *Pack) PutBatch(ctx context.Context, chunks [][]byte, hint Hint) ([]Info
 	return infos, nil
 }
 
+// Coalescing of a batch's records (see Pack.NewBatch). Variables only so that
+// BenchmarkPackCoalesce can compare settings side by side; nothing else changes them.
+var (
+	// coalesceSize is the size of a run at which it is written. On ext4, writing 22 MB in
+	// 1 MiB pieces costs about a third of the CPU time of the same bytes in 22 KB records (8
+	// against 21-25 ms; BenchmarkPackCoalesce shows the difference for a batch). A batch holds
+	// one run buffer, plus one per run being written.
+	coalesceSize = 1 << 20
+	// coalesceMax: a record of this size or more is written alone at once, from the encoder's
+	// buffer, instead of being copied into the run. The copy costs less than the pwrite it
+	// saves up to records of 256 KiB at least (BenchmarkPackCoalesce, 22 MiB in 256 KiB
+	// records: 26-29 CPU ms written one by one, 24.5-26.5 in runs); at 512 KiB it is even.
+	coalesceMax = 512 << 10
+)
+
+// runPool holds run buffers. A run is written as soon as it reaches coalesceSize and a record
+// of coalesceMax or more never enters it, so a buffer taken from the pool does not grow.
+var runPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, coalesceSize+coalesceMax)
+	return &b
+}}
+
 type packBatch struct {
 	p *Pack
 
@@ -433,10 +558,16 @@ type packBatch struct {
 	pending map[Digest]*packPending
 	written []*packPending // chunks with a record awaiting Commit, in completion order
 	closed  bool
+
+	runMu   sync.Mutex    // guards the fields below; held to append to the run or take it, never during I/O
+	run     *[]byte       // records encoded back to back, not yet written; nil when empty
+	runRecs []*packRecord // the records in run, in order (pf nil: not placed)
+	runErr  error         // sticky: a run's write failed, so some acknowledged records are lost
 }
 
 // packPending is one chunk of a batch. done is closed once the Put that owns it finishes; the
-// other fields are set before that and immutable after (release is cleared by releaseAll).
+// other fields are set before that and immutable after (release is cleared by releaseAll;
+// rec's placement is set when its run is written, by a Put of the batch or by Commit).
 type packPending struct {
 	done    chan struct{}
 	info    Info
@@ -501,8 +632,8 @@ func (b *packBatch) put(ctx context.Context, d Digest, encode encodeFunc) (Info,
 	return info, err
 }
 
-// write appends d's record unless d is visible, claiming d when no one else in the process is
-// writing it (pp.release is then set).
+// write adds d's record to the batch unless d is visible, claiming d when no one else in the
+// process is writing it (pp.release is then set).
 func (b *packBatch) write(d Digest, encode encodeFunc, pp *packPending) (Info, *packRecord, error) {
 	p := b.p
 	if info, ok := p.existing(d); ok {
@@ -516,7 +647,7 @@ func (b *packBatch) write(d Digest, encode encodeFunc, pp *packPending) (Info, *
 			return info, nil, nil
 		}
 	}
-	rec, err := p.writeChunk(d, encode)
+	info, rec, err := b.add(d, encode)
 	if err != nil {
 		if pp.release != nil {
 			pp.release()
@@ -524,7 +655,106 @@ func (b *packBatch) write(d Digest, encode encodeFunc, pp *packPending) (Info, *
 		}
 		return Info{}, nil, err
 	}
-	return rec.entry.info(d), rec, nil
+	return info, rec, nil
+}
+
+// add encodes d's record and appends it to the run, writing the run when it reaches
+// coalesceSize; a record of coalesceMax or more is written alone at once. The record returned
+// may not be placed yet.
+func (b *packBatch) add(d Digest, encode encodeFunc) (Info, *packRecord, error) {
+	if err := b.failed(); err != nil {
+		return Info{}, nil, fmt.Errorf("put %s: %w", d, err)
+	}
+	buf := getBuf(64 << 10)
+	defer putBuf(buf)
+	rec, out, tail, err := encodeRecord(d, encode, buf)
+	if err != nil {
+		return Info{}, nil, err
+	}
+	info := rec.entry.info(d)
+	if rec.entry.recordLen() >= int64(coalesceMax) {
+		if err := b.p.writeRecord(rec, out, tail); err != nil {
+			return Info{}, nil, err
+		}
+		return info, rec, nil
+	}
+	b.runMu.Lock()
+	if b.runErr != nil {
+		b.runMu.Unlock()
+		return Info{}, nil, fmt.Errorf("put %s: %w", d, b.runErr)
+	}
+	if b.run == nil {
+		b.run = runPool.Get().(*[]byte)
+	}
+	*b.run = append(append(*b.run, out...), tail...)
+	b.runRecs = append(b.runRecs, rec)
+	var full *[]byte
+	var recs []*packRecord
+	if len(*b.run) >= coalesceSize {
+		full, recs = b.run, b.runRecs
+		b.run, b.runRecs = nil, nil
+	}
+	b.runMu.Unlock()
+	if full != nil {
+		if err := b.writeRun(full, recs); err != nil {
+			if rec.pf != nil { // written before the failure, but this Put fails: never published
+				b.p.drop([]*packRecord{rec})
+			}
+			return Info{}, nil, fmt.Errorf("put %s: %w", d, err)
+		}
+	}
+	return info, rec, nil
+}
+
+// failed returns the batch's sticky error.
+func (b *packBatch) failed() error {
+	b.runMu.Lock()
+	defer b.runMu.Unlock()
+	return b.runErr
+}
+
+// writeRun writes a run taken from the batch and returns its buffer to the pool; a failure
+// breaks the batch.
+func (b *packBatch) writeRun(run *[]byte, recs []*packRecord) error {
+	err := b.p.writeRun(*run, recs)
+	*run = (*run)[:0]
+	runPool.Put(run)
+	if err != nil {
+		b.runMu.Lock()
+		if b.runErr == nil {
+			b.runErr = err
+		}
+		b.runMu.Unlock()
+	}
+	return err
+}
+
+// takeRun empties the run and returns what it held (nil when empty).
+func (b *packBatch) takeRun() (*[]byte, []*packRecord) {
+	b.runMu.Lock()
+	defer b.runMu.Unlock()
+	run, recs := b.run, b.runRecs
+	b.run, b.runRecs = nil, nil
+	return run, recs
+}
+
+// dropRun forgets the records still in the run: nothing of them was written.
+func (b *packBatch) dropRun() {
+	if run, _ := b.takeRun(); run != nil {
+		*run = (*run)[:0]
+		runPool.Put(run)
+	}
+}
+
+// placed returns the records of written that were written to a pack.
+func placed(written []*packPending) []*packRecord {
+	recs := make([]*packRecord, 0, len(written))
+	for _, pp := range written {
+		if pp.rec.pf != nil {
+			recs = append(recs, pp.rec)
+		}
+	}
+	return recs
 }
 
 func (b *packBatch) Commit(ctx context.Context) error {
@@ -538,13 +768,18 @@ func (b *packBatch) Commit(ctx context.Context) error {
 	b.written = nil
 	b.mu.Unlock()
 	defer b.releaseAll()
-	recs := make([]*packRecord, len(written))
-	for i, pp := range written {
-		recs[i] = pp.rec
-	}
 	if err := ctx.Err(); err != nil {
-		b.p.drop(recs)
+		b.dropRun()
+		b.p.drop(placed(written))
 		return err
+	}
+	if run, recs := b.takeRun(); run != nil {
+		b.writeRun(run, recs) // a failure is the batch's sticky error, checked next
+	}
+	recs := placed(written)
+	if err := b.failed(); err != nil {
+		b.p.drop(recs)
+		return fmt.Errorf("commit %d chunks: %w", len(written), err)
 	}
 	if len(recs) == 0 {
 		return nil
@@ -584,11 +819,8 @@ func (b *packBatch) Discard() {
 	b.written = nil
 	b.closed = true
 	b.mu.Unlock()
-	recs := make([]*packRecord, len(written))
-	for i, pp := range written {
-		recs[i] = pp.rec
-	}
-	b.p.drop(recs)
+	b.dropRun()
+	b.p.drop(placed(written))
 	b.releaseAll()
 }
 
