@@ -15,12 +15,32 @@
 // Concurrency: a Manager and its Sessions are safe for concurrent use; operations on one
 // session are serialized, distinct sessions run in parallel. Every long operation takes a
 // context.
+//
+// # Deferred checkpoints
+//
+// With Config.DeferCheckpoints, a turn's end-of-turn checkpoint is split in two
+// (checkpoint.TakeSnapshot, checkpoint.Snapshot.Commit): the turn waits only for the snapshot
+// (the state and the KV blocks the turn touched, copied out of the instance; well under a
+// millisecond for 16 tokens of a 1B model), and the rest (hashing, encoding, the durability
+// barrier, the manifest and index commit, and then the head's compare-and-swap) runs on a
+// goroutine while the reply goes out. The turn's result says so (TurnResult.Pending). Every
+// later operation on the session (Run, Checkpoint, Restore, Head, Suspend, Manager.Fork of its
+// name, Manager.Close) first waits for that commit, so operations keep their order; a commit
+// that failed is logged at once and returned by the next operation (wrapping
+// ErrDeferredCheckpoint), which then does nothing else: the session stays live with its state,
+// its head where it was, and the next checkpoint stores everything since that head again.
+//
+// The trade: a crash (of the process or the machine) after a turn's reply and before its
+// commit finished loses that turn's checkpoint; the previous checkpoint stays restorable (the
+// store and index are never left inconsistent, at worst with garbage for GC). Synchronous
+// checkpoints (the default) never reply before the checkpoint is durable.
 package session
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -44,6 +64,9 @@ var (
 	ErrModel = errors.New("model does not match the session")
 	// ErrClosed: the manager was closed.
 	ErrClosed = errors.New("session manager closed")
+	// ErrDeferredCheckpoint: a turn's checkpoint committed in the background failed (see
+	// Config.DeferCheckpoints); the operation that reports it did nothing else.
+	ErrDeferredCheckpoint = errors.New("deferred checkpoint failed")
 )
 
 // BuiltinSource is the model source recorded for the built-in tiny model.
@@ -71,6 +94,18 @@ type Config struct {
 	// KVCodec selects how checkpoints store KV blocks (checkpoint.CaptureOptions.KVCodec);
 	// the default is checkpoint.KVCodecFloat. NewManager refuses an unknown value.
 	KVCodec checkpoint.KVCodec
+	// DeferCheckpoints makes Run's end-of-turn checkpoint a snapshot taken during the turn and
+	// committed in the background (see the package doc, "Deferred checkpoints"): the turn
+	// pays for copying the bytes it changed, not for the durability barrier and the index
+	// commit; a crash before the commit finished loses that one checkpoint. Checkpoint and
+	// Suspend stay synchronous.
+	DeferCheckpoints bool
+	// Log receives the failures of background commits (nil: slog.Default()).
+	Log *slog.Logger
+	// AdjustCapture, when set, is called with the options of every checkpoint a session is
+	// about to take (synchronous or deferred), under the session's lock; tests use it to set
+	// the checkpoint.CaptureOptions hooks.
+	AdjustCapture func(session string, opts *checkpoint.CaptureOptions)
 }
 
 // Manager owns the sessions of one data directory, the models they use and the prefix cache.
@@ -95,6 +130,9 @@ func NewManager(cfg Config) (*Manager, error) {
 	if cfg.Context < 0 {
 		return nil, fmt.Errorf("session: context of %d positions", cfg.Context)
 	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
 	m := &Manager{cfg: cfg, models: map[string]*engine.Model{}, sessions: map[string]*Session{}}
 	if !cfg.NoPrefixCache {
 		t, err := checkpoint.OpenPrefixTable(filepath.Join(cfg.DataDir, "cache", "prefix.db"))
@@ -107,7 +145,8 @@ func NewManager(cfg Config) (*Manager, error) {
 }
 
 // Close closes every live instance, the models and the prefix cache. Live sessions are not
-// checkpointed: call Suspend first to keep their last state.
+// checkpointed: call Suspend first to keep their last state. Checkpoints being committed in
+// the background are waited for; their failures are returned.
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	if m.closed {
@@ -117,12 +156,13 @@ func (m *Manager) Close() error {
 	m.closed = true
 	sessions := m.sessions
 	m.mu.Unlock()
+	var errs []error
 	for _, s := range sessions {
 		s.mu.Lock()
+		errs = append(errs, s.settle(context.Background()))
 		s.drop()
 		s.mu.Unlock()
 	}
-	var errs []error
 	m.mu.Lock()
 	for _, md := range m.models {
 		errs = append(errs, md.Close())
@@ -242,6 +282,9 @@ func (m *Manager) Fork(ctx context.Context, name string, from index.ID) (*Sessio
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.settle(ctx); err != nil {
+		return nil, fmt.Errorf("fork: %w", err)
+	}
 	if err := m.cfg.Index.CompareAndSwapRef(ctx, index.RefSession, name, index.ID{}, from); err != nil {
 		if errors.Is(err, index.ErrConflict) {
 			return nil, fmt.Errorf("fork: %w: %s", ErrExists, name)
@@ -270,15 +313,87 @@ type Session struct {
 	inst   *engine.Instance    // live instance; nil when not live
 	dirty  bool                // inst holds state past head
 	reuse  []checkpoint.Blocks // blocks known in inst besides head's (prefix cache)
+	// pending is the checkpoint being committed in the background (DeferCheckpoints), nil
+	// when none; every operation settles it first.
+	pending *pendingCommit
+}
+
+// pendingCommit is a snapshot being committed by its goroutine. res and err are written by
+// that goroutine before it closes done, and read only after done is closed.
+type pendingCommit struct {
+	done chan struct{}
+	res  *checkpoint.Result
+	err  error
+}
+
+// PendingCheckpoint describes an end-of-turn checkpoint taken as a snapshot and being committed
+// in the background (Config.DeferCheckpoints). The session's head moves to it when the commit
+// succeeds; the session's next operation waits for that.
+type PendingCheckpoint struct {
+	// Snapshot is the time the turn spent on its checkpoint: reading the guest's state and
+	// copying the KV blocks it touched (checkpoint.Snapshot.Duration).
+	Snapshot time.Duration
+	// Position is the tokens the checkpoint holds; Parent the head it follows.
+	Position int
+	Parent   index.ID
+	// Blocks is the KV block chunks the checkpoint names, BlocksCopied those the snapshot
+	// copied to store (the rest are the parent's), BytesCopied those blocks' and the state's
+	// bytes.
+	Blocks, BlocksCopied int
+	BytesCopied          int64
+
+	c *pendingCommit
+}
+
+// Wait waits for the commit and returns its result: the durable checkpoint, with the head
+// moved to it, or the error (which the session's next operation also reports). It does not
+// take the session's lock; any number of goroutines may wait.
+func (p *PendingCheckpoint) Wait(ctx context.Context) (*checkpoint.Result, error) {
+	select {
+	case <-p.c.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return p.c.res, p.c.err
+}
+
+// settle waits for the pending commit, if any, and applies its outcome: the head moves to its
+// checkpoint, or its error is returned (once: the session forgets it) and the instance counts
+// as changed since the head again. It returns ctx's error, keeping the commit pending, when
+// ctx ends first. Callers hold s.mu.
+func (s *Session) settle(ctx context.Context) error {
+	c := s.pending
+	if c == nil {
+		return nil
+	}
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.pending = nil
+	if c.err != nil {
+		if s.inst != nil {
+			s.dirty = true
+		}
+		return fmt.Errorf("%w: %w", ErrDeferredCheckpoint, c.err)
+	}
+	s.head, s.loaded = c.res.Checkpoint, true
+	return nil
 }
 
 // Name returns the session's name.
 func (s *Session) Name() string { return s.name }
 
 // Head returns the session's head checkpoint (nil when the session has none yet).
+//
+// It waits for a checkpoint being committed in the background, and reports its failure.
 func (s *Session) Head() (*checkpoint.Checkpoint, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.settle(context.Background()); err != nil {
+		return nil, err
+	}
 	if err := s.load(); err != nil {
 		return nil, err
 	}
@@ -359,17 +474,25 @@ type TurnResult struct {
 	Prefill      time.Duration      // feeding the prompt (excluding prefix-cache restore)
 	PrefixLoad   time.Duration      // restoring prefix-cache blocks
 	Decode       time.Duration      // generating
-	Checkpoint   *checkpoint.Result // the end-of-turn checkpoint (nil with NoCheckpoint)
-	Backend      string
+	Checkpoint   *checkpoint.Result // the end-of-turn checkpoint, durable (nil with NoCheckpoint or Pending)
+	// Pending is the end-of-turn checkpoint when it is being committed in the background
+	// (Config.DeferCheckpoints; nil otherwise): not durable yet when Run returns.
+	Pending *PendingCheckpoint
+	Backend string
 }
 
 // Run runs one turn: makes the session live (restoring its head, or creating it), feeds
 // t.Prompt, generates t.N tokens and, unless t.NoCheckpoint, checkpoints. If the checkpoint
 // fails after generation, the result so far is returned with the error; the session stays live.
+// With Config.DeferCheckpoints the checkpoint is a snapshot committed in the background
+// (TurnResult.Pending).
 func (s *Session) Run(ctx context.Context, t Turn) (*TurnResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := s.settle(ctx); err != nil {
 		return nil, err
 	}
 	if t.N < 0 {
@@ -455,7 +578,13 @@ func (s *Session) Run(ctx context.Context, t Turn) (*TurnResult, error) {
 		return res, fmt.Errorf("session %s: %w", s.name, err)
 	}
 	res.Position = pos
-	if !t.NoCheckpoint {
+	if !t.NoCheckpoint && s.m.cfg.DeferCheckpoints && s.dirty {
+		p, err := s.snapshotLocked(ctx)
+		if err != nil {
+			return res, err
+		}
+		res.Pending = p
+	} else if !t.NoCheckpoint {
 		cr, err := s.checkpointLocked(ctx)
 		if err != nil {
 			return res, err
@@ -588,6 +717,9 @@ func (s *Session) restoreInstance(ctx context.Context, cp *checkpoint.Checkpoint
 func (s *Session) Restore(ctx context.Context, id index.ID) (*restore.Result, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.settle(ctx); err != nil {
+		return nil, err
+	}
 	if err := s.load(); err != nil {
 		return nil, err
 	}
@@ -637,6 +769,9 @@ func (s *Session) Restore(ctx context.Context, id index.ID) (*restore.Result, er
 func (s *Session) Checkpoint(ctx context.Context) (*checkpoint.Result, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.settle(ctx); err != nil {
+		return nil, err
+	}
 	if err := s.load(); err != nil {
 		return nil, err
 	}
@@ -651,7 +786,7 @@ func (s *Session) checkpointLocked(ctx context.Context) (*checkpoint.Result, err
 		return &checkpoint.Result{Checkpoint: s.head, Position: s.head.Position,
 			Blocks: s.head.Layout.Layers * s.head.Layout.Blocks(s.head.Position), KVBytes: s.head.KVBytes()}, nil
 	}
-	opts := checkpoint.CaptureOptions{Parent: s.head, Reuse: s.reuse, ModelSource: s.source, Workers: s.m.cfg.Workers, KVCodec: s.m.cfg.KVCodec}
+	opts := s.captureOptions()
 	r, err := checkpoint.Capture(ctx, s.m.cfg.Index, s.model, s.inst, opts)
 	if err != nil && len(s.reuse) > 0 && errors.Is(err, index.ErrMissingChunks) {
 		opts.Reuse = nil // prefix chunks collected meanwhile: store them again
@@ -674,10 +809,66 @@ func (s *Session) checkpointLocked(ctx context.Context) (*checkpoint.Result, err
 	return r, nil
 }
 
-// Suspend checkpoints the session if it changed since its head and closes its instance.
+func (s *Session) captureOptions() checkpoint.CaptureOptions {
+	opts := checkpoint.CaptureOptions{Parent: s.head, Reuse: s.reuse, ModelSource: s.source, Workers: s.m.cfg.Workers, KVCodec: s.m.cfg.KVCodec}
+	if s.m.cfg.AdjustCapture != nil {
+		s.m.cfg.AdjustCapture(s.name, &opts)
+	}
+	return opts
+}
+
+// snapshotLocked takes the live, changed session's checkpoint as a snapshot and starts its
+// commit on a goroutine (s.pending), which then moves the head by compare-and-swap from the
+// head the snapshot follows. The commit runs under ctx's values but not its cancellation (the
+// turn's request may end first); Manager.Close waits for it.
+func (s *Session) snapshotLocked(ctx context.Context) (*PendingCheckpoint, error) {
+	opts := s.captureOptions()
+	snap, err := checkpoint.TakeSnapshot(s.model, s.inst, opts)
+	if err != nil {
+		return nil, fmt.Errorf("session %s: %w", s.name, err)
+	}
+	c := &pendingCommit{done: make(chan struct{})}
+	p := &PendingCheckpoint{Snapshot: snap.Duration(), Position: snap.Position(), Parent: snap.Parent(),
+		Blocks: snap.Blocks(), BlocksCopied: snap.BlocksCopied(), BytesCopied: snap.BytesCopied(), c: c}
+	// The snapshot holds everything since the head; if its commit fails, settle marks the
+	// instance changed again, and the next checkpoint (reusing no prefix-cache blocks, which
+	// may be what went missing) stores it all.
+	s.pending, s.dirty, s.reuse = c, false, nil
+	go s.commit(context.WithoutCancel(ctx), c, snap)
+	return p, nil
+}
+
+// commit runs on its own goroutine: it commits snap, moves the head from snap's parent to it,
+// and adds it to the prefix cache. It touches nothing of the session but its immutable fields.
+func (s *Session) commit(ctx context.Context, c *pendingCommit, snap *checkpoint.Snapshot) {
+	defer close(c.done)
+	pos, parent := snap.Position(), snap.Parent()
+	r, err := snap.Commit(ctx, s.m.cfg.Index)
+	if err == nil {
+		if err = s.m.cfg.Index.CompareAndSwapRef(ctx, index.RefSession, s.name, parent, r.Checkpoint.ID); err != nil {
+			err = fmt.Errorf("move head: %w", err)
+		}
+	}
+	if err != nil {
+		c.err = fmt.Errorf("session %s: checkpoint at position %d: %w", s.name, pos, err)
+		s.m.cfg.Log.Error("deferred checkpoint failed; the session's head stays at its previous checkpoint",
+			"session", s.name, "position", pos, "err", err)
+		return
+	}
+	c.res = r
+	if s.m.prefix != nil {
+		s.m.prefix.Add(r.Checkpoint) // a cache: a failure costs only future prefix hits
+	}
+}
+
+// Suspend checkpoints the session if it changed since its head and closes its instance. A
+// failed deferred checkpoint is reported and the session left live (call Suspend again).
 func (s *Session) Suspend(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.settle(ctx); err != nil {
+		return err
+	}
 	if s.inst != nil && s.dirty {
 		if _, err := s.checkpointLocked(ctx); err != nil {
 			return err
