@@ -168,7 +168,7 @@ func (p *Pack) writeRecord(rec *packRecord, out, tail []byte) error {
 // that fits in one pack: the active pack when at least the first record fits there, otherwise a
 // new one (a record larger than MaxPackSize gets an empty pack of its own, as in reserve). It
 // marks the range pending and pins its k records; the caller writes the n bytes at off and then
-// calls finishWrite. A run never spans two packs. Called with p.mu held for writing.
+// calls finishWrite. What is reserved never spans two packs. Called with p.mu held for writing.
 func (p *Pack) reserveRun(recs []*packRecord) (pf *packFile, off int64, k int, n int64, err error) {
 	if err := p.writableLocked(); err != nil {
 		return nil, 0, 0, 0, err
@@ -494,11 +494,12 @@ func (p *Pack) Delete(ctx context.Context, d Digest) error {
 //
 // Coalescing: a Put encodes its record (header and stored form) and copies it into the batch's
 // run buffer (pooled); when the buffer reaches coalesceSize (1 MiB), that Put writes the whole
-// run with one pwrite (space reserved for all of it at once, in one pack: a run never spans two
-// packs, and it is cut where the active pack would pass MaxPackSize). A record of coalesceMax
-// (512 KiB) or more is written alone at once, from the encoder's buffer. Records still in the
-// buffer are written by Commit before its sync, and dropped unwritten by Discard. A failed run
-// write breaks the batch: later Puts and Commit fail with that error.
+// run with one pwrite (space for all of it reserved at once; no write spans two packs: where the
+// active pack would pass MaxPackSize, the run is cut at a record boundary and the rest written
+// to a new pack). A record of coalesceMax (512 KiB) or more is written alone at once, from the
+// encoder's buffer. Records still in the buffer are written by Commit before its sync, and
+// dropped unwritten by Discard. A failed run write breaks the batch: later Puts and Commit fail
+// with that error.
 //
 // Discard tombstones the batch's records already written (their bytes stay as dead space until
 // Compact). Within the process a chunk is written once when possible: a batch's Put claims the
