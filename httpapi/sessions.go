@@ -615,6 +615,17 @@ func checkpointSummary(name string, r *checkpoint.Result) wire.CheckpointSummary
 	return out
 }
 
+// pendingSummary describes a turn's checkpoint still being committed (session.Config.
+// DeferCheckpoints): no ID yet, the snapshot's time.
+func pendingSummary(name string, p *session.PendingCheckpoint) *wire.CheckpointSummary {
+	out := &wire.CheckpointSummary{Session: name, Position: p.Position, Blocks: p.Blocks, BlocksWritten: p.BlocksCopied,
+		MS: ms(p.Snapshot), SnapshotMS: ms(p.Snapshot), Pending: true}
+	if !p.Parent.IsZero() {
+		out.Parent = p.Parent.String()
+	}
+	return out
+}
+
 func restoreSummary(name string, head *checkpoint.Checkpoint, r *restore.Result) wire.RestoreSummary {
 	cp := r.Checkpoint
 	return wire.RestoreSummary{Session: name, Checkpoint: cp.ID.String(), HeadMoved: head == nil || head.ID != cp.ID,
@@ -841,6 +852,8 @@ func (s *Server) generate(c echo.Context) error {
 	if res.Checkpoint != nil {
 		cs := checkpointSummary(name, res.Checkpoint)
 		sum.Checkpoint = &cs
+	} else if p := res.Pending; p != nil {
+		sum.Checkpoint = pendingSummary(name, p)
 	}
 	return st.send(wire.EventDone, "", sum)
 }

@@ -58,7 +58,7 @@ func quietLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-func startLive(t testing.TB, token string) *liveDaemon {
+func startLive(t testing.TB, token string, adjust ...func(*session.Config)) *liveDaemon {
 	t.Helper()
 	dir := t.TempDir()
 	r, err := repo.Open(dir, repo.Options{NoSync: true})
@@ -69,7 +69,11 @@ func startLive(t testing.TB, token string) *liveDaemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: e, DataDir: dir})
+	cfg := session.Config{Index: r.Index(), Engine: e, DataDir: dir}
+	for _, f := range adjust {
+		f(&cfg)
+	}
+	mgr, err := session.NewManager(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,4 +436,29 @@ func startPlain(t testing.TB) string {
 	go func() { done <- srv.Serve(ln) }()
 	t.Cleanup(func() { srv.Shutdown(context.Background()); <-done; r.Close() })
 	return "http://" + ln.Addr().String()
+}
+
+// TestGenerateDeferredCheckpoint: with deferred checkpoints the done event says the turn's
+// checkpoint is pending (no ID yet, the snapshot's time); the session's next request sees it
+// committed as its head, and the next turn's checkpoint follows it.
+func TestGenerateDeferredCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	d := startLive(t, "", func(c *session.Config) { c.DeferCheckpoints = true })
+	t1 := gen(t, d, "d", wire.Generate{N: 4, Prompt: cptest.Tokens(20, 512, 8), Sampler: sampled})
+	cp := t1.Checkpoint
+	if cp == nil || !cp.Pending || cp.Checkpoint != "" || cp.Position != 24 || cp.Parent == "" || cp.SnapshotMS <= 0 || cp.BlocksWritten == 0 {
+		t.Fatalf("first turn's checkpoint: %+v", cp)
+	}
+	got, err := d.client.Session(ctx, "d")
+	if err != nil || got.Head == "" || got.Head == cp.Parent || got.Position != 24 {
+		t.Fatalf("session after a deferred turn: %+v %v", got, err)
+	}
+	t2 := gen(t, d, "d", wire.Generate{N: 3})
+	if t2.Checkpoint == nil || !t2.Checkpoint.Pending || t2.Checkpoint.Parent != got.Head {
+		t.Fatalf("second turn's checkpoint: %+v, head was %s", t2.Checkpoint, got.Head)
+	}
+	cr, err := d.client.CheckpointSession(ctx, "d")
+	if err != nil || cr.BlocksWritten != 0 || cr.Position != 27 || cr.Parent != got.Head {
+		t.Fatalf("explicit checkpoint after the pending one: %+v %v", cr, err)
+	}
 }

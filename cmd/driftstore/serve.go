@@ -41,6 +41,7 @@ func runServe(c *cli, args []string) error {
 	kvCodec := kvCodecFlag(fs)
 	var maxChunk sizeFlag
 	fs.Var(&maxChunk, "max-chunk", "largest chunk accepted, uncompressed (default 64MiB)")
+	deferCkpt := fs.Bool("defer-checkpoints", false, "reply to a generate request once the end-of-turn checkpoint is snapshotted (the turn's KV blocks and state copied, under a millisecond for a few tokens) and make it durable in the background; trades: a crash before that commit finishes loses the turn's checkpoint (the previous one stays restorable). Default: reply only after the checkpoint is durable")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "how long shutdown waits for requests in flight")
 	if err := c.parse(fs, args); err != nil {
 		return err
@@ -111,13 +112,15 @@ func runServe(c *cli, args []string) error {
 		if err != nil {
 			return nil, err
 		}
-		mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: eng, DataDir: c.globals.data, Threads: *threads, KVCodec: codec})
+		mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: eng, DataDir: c.globals.data, Threads: *threads, KVCodec: codec,
+			DeferCheckpoints: *deferCkpt, Log: logger})
 		if err != nil {
 			eng.Close()
 			return nil, err
 		}
 		live.eng, live.mgr = eng, mgr
-		logger.Info("live sessions ready", "backend", sel.String(), "model", modelName(*model), "module_from_cache", eng.ModuleLoad().FromCache)
+		logger.Info("live sessions ready", "backend", sel.String(), "model", modelName(*model), "module_from_cache", eng.ModuleLoad().FromCache,
+			"defer_checkpoints", *deferCkpt)
 		return mgr, nil
 	}
 	cfg := httpapi.Config{Repo: r, Token: token, Logger: logger, OpenSessions: open, Model: *model, MaxTokens: *maxTokens}

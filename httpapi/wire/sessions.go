@@ -138,6 +138,12 @@ type TurnSummary struct {
 
 // CheckpointSummary describes a checkpoint written (or, with BlocksWritten 0 and MS 0, the
 // head reported because nothing changed).
+//
+// In a generate's summary from a daemon that defers checkpoints (serve --defer-checkpoints),
+// Pending says the turn's checkpoint was snapshotted but is not durable yet: Checkpoint is
+// empty (its ID is known only once its chunks are hashed), BlocksWritten is the blocks it will
+// store, StoredNew is 0, and MS and SnapshotMS are the snapshot's time (what the turn waited).
+// The session's head moves when the commit succeeds; the session's next request waits for it.
 type CheckpointSummary struct {
 	Session       string  `json:"session"`
 	Checkpoint    string  `json:"checkpoint"`
@@ -148,6 +154,8 @@ type CheckpointSummary struct {
 	KVBytes       int64   `json:"kv_bytes"`
 	StoredNew     int64   `json:"stored_new_bytes"`
 	MS            float64 `json:"ms"`
+	Pending       bool    `json:"pending,omitempty"`
+	SnapshotMS    float64 `json:"snapshot_ms,omitempty"`
 }
 
 // RestoreRequest is the body of POST /v1/sessions/{name}/restore. Checkpoint (an ID, unique
