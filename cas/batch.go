@@ -138,7 +138,12 @@ func (l *Local) NewBatch() Batch {
 // PutBatch stores chunks in one batch, one after the other (see BatchPutter). For parallel
 // encoding, use PutAll, which drives a batch with several workers.
 func (l *Local) PutBatch(ctx context.Context, chunks [][]byte, hint Hint) ([]Info, error) {
-	b := l.NewBatch()
+	return putAllInBatch(ctx, l.NewBatch(), chunks, hint)
+}
+
+// putAllInBatch puts chunks into b one after the other and commits it (BatchPutter's contract); b is
+// discarded on error.
+func putAllInBatch(ctx context.Context, b Batch, chunks [][]byte, hint Hint) ([]Info, error) {
 	defer b.Discard()
 	infos := make([]Info, len(chunks))
 	for i, c := range chunks {

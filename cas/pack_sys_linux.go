@@ -9,23 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// errWouldBlock is what flockNB returns while another process holds the lock.
-var errWouldBlock = unix.EWOULDBLOCK
-
-// flockNB takes an flock on f without waiting: shared or exclusive.
-func flockNB(f *os.File, shared bool) error {
-	how := unix.LOCK_EX
-	if shared {
-		how = unix.LOCK_SH
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
-		if err != unix.EINTR {
-			return err
-		}
-	}
-}
-
 // fdatasync makes f's data (and the metadata needed to read it, such as its size) durable.
 func fdatasync(f *os.File) error {
 	for {

@@ -514,20 +514,7 @@ func (p *Pack) NewBatch() Batch {
 // PutBatch stores chunks in one batch, one after the other (see BatchPutter). For parallel
 // encoding, use PutAll, which drives a batch with several workers.
 func (p *Pack) PutBatch(ctx context.Context, chunks [][]byte, hint Hint) ([]Info, error) {
-	b := p.NewBatch()
-	defer b.Discard()
-	infos := make([]Info, len(chunks))
-	for i, c := range chunks {
-		info, err := b.Put(ctx, c, hint)
-		if err != nil {
-			return nil, fmt.Errorf("put chunk %d: %w", i, err)
-		}
-		infos[i] = info
-	}
-	if err := b.Commit(ctx); err != nil {
-		return nil, err
-	}
-	return infos, nil
+	return putAllInBatch(ctx, p.NewBatch(), chunks, hint)
 }
 
 // Coalescing of a batch's records (see Pack.NewBatch). Variables only so that
