@@ -53,5 +53,9 @@ func runGC(c *cli, args []string) error {
 	c.printf("manifests: %d kept, %s %d\n", res.ManifestsKept, verb, res.ManifestsDeleted)
 	c.printf("chunks:    %d kept, %s %d recorded and %d unrecorded\n", res.ChunksKept, verb, res.ChunksDeleted, res.UnrecordedChunks)
 	c.printf("freed:     %s (grace %v, %v)\n", progress.Bytes(res.BytesFreed), *grace, time.Since(start).Round(time.Millisecond))
+	if res.PacksCompacted > 0 || res.TempFiles > 0 {
+		c.printf("store:     %d pack files compacted (%s reclaimed), %d temporary files removed\n",
+			res.PacksCompacted, progress.Bytes(res.BytesReclaimed), res.TempFiles)
+	}
 	return nil
 }
