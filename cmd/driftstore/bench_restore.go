@@ -36,12 +36,13 @@ type benchRestoreRow struct {
 	FullMS         float64 `json:"checkpoint_full_ms"`
 	IncrMS         float64 `json:"checkpoint_incr16_ms"`
 	IncrBlocks     int     `json:"checkpoint_incr16_blocks"`
-	IncrCommitMS   float64 `json:"checkpoint_incr16_commit_ms"` // of IncrMS: recording the chunks and committing the manifest
-	IncrSyncMS     float64 `json:"checkpoint_incr16_sync_ms"`   // of IncrMS: the chunks' durability barrier
-	IncrIndexMS    float64 `json:"checkpoint_incr16_index_ms"`  // of IncrMS: the index transaction, its syncs included
-	IncrFloorMS    float64 `json:"incr16_hash_store_blocks_ms"` // hashing and storing those blocks alone
-	InstanceMS     float64 `json:"new_instance_ms"`             // making a fresh instance (excluded from restore and re-prefill)
-	RestoreMS      float64 `json:"restore_ms"`                  // into a ready fresh instance
+	IncrCommitMS   float64 `json:"checkpoint_incr16_commit_ms"`   // of IncrMS: recording the chunks and committing the manifest
+	IncrSyncMS     float64 `json:"checkpoint_incr16_sync_ms"`     // of IncrMS: the chunks' durability barrier
+	IncrIndexMS    float64 `json:"checkpoint_incr16_index_ms"`    // of IncrMS: the index transaction, its syncs included
+	IncrFloorMS    float64 `json:"incr16_hash_store_blocks_ms"`   // hashing and storing those blocks alone
+	IncrSnapMS     float64 `json:"checkpoint_incr16_snapshot_ms"` // its turn latency when deferred (serve --defer-checkpoints): the snapshot
+	InstanceMS     float64 `json:"new_instance_ms"`               // making a fresh instance (excluded from restore and re-prefill)
+	RestoreMS      float64 `json:"restore_ms"`                    // into a ready fresh instance
 	RestoreAllocMS float64 `json:"restore_alloc_ms"`
 	RestoreDecMS   float64 `json:"restore_decode_ms"`
 	RestoreLoadMS  float64 `json:"restore_load_state_ms"`
@@ -164,16 +165,16 @@ func runBenchRestore(c *cli, args []string) error {
 	}
 	c.printf("driftstore bench restore: backend %s, %d threads, %d workers, KV %s stored %s, instances made for the context %v, huge pages %v, %s/%s, %d CPUs; verify-and-copy %.2f GB/s\n",
 		res.Backend, res.Threads, res.Workers, res.KV, res.KVCodec, res.Reserve, res.HugePages, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), res.CopyVerifyGBs)
-	c.printf("times in ms (restore, incr16, store16, and re-prefill up to 1024 tokens: best of %d); restore and re-prefill into a ready fresh instance (making one: inst, which with --reserve includes making the context's KV memory resident); incr16: checkpoint after 16 new tokens (of which isync: the chunks' barrier, iindex: the index transaction), store16: hashing and storing those blocks alone into the same kind of store with the same durability and codec\n", *reps)
-	c.printf("%-13s %5s %9s %8s %7s %6s %6s %7s %6s %6s %8s %7s %6s %8s %9s %9s %7s %7s %8s %7s %6s\n",
-		"model", "ctx", "KV", "ckpt", "incr16", "isync", "iindex", "store16", "incr ×", "inst", "restore", "decode", "load", "TTFT rst", "reprefill", "TTFT pref", "TTFT ×", "rst ×", "B/token", "floor", "×floor")
+	c.printf("times in ms (restore, incr16, store16, and re-prefill up to 1024 tokens: best of %d); restore and re-prefill into a ready fresh instance (making one: inst, which with --reserve includes making the context's KV memory resident); incr16: checkpoint after 16 new tokens (of which isync: the chunks' barrier, iindex: the index transaction), isnap: the turn latency of the same checkpoint deferred (the snapshot: state and those blocks copied), store16: hashing and storing those blocks alone into the same kind of store with the same durability and codec\n", *reps)
+	c.printf("%-13s %5s %9s %8s %7s %6s %6s %6s %7s %6s %6s %8s %7s %6s %8s %9s %9s %7s %7s %8s %7s %6s\n",
+		"model", "ctx", "KV", "ckpt", "incr16", "isync", "iindex", "isnap", "store16", "incr ×", "inst", "restore", "decode", "load", "TTFT rst", "reprefill", "TTFT pref", "TTFT ×", "rst ×", "B/token", "floor", "×floor")
 	for _, r := range res.Rows {
 		incrX := 0.0
 		if r.IncrFloorMS > 0 {
 			incrX = r.IncrMS / r.IncrFloorMS
 		}
-		c.printf("%-13s %5d %9s %8.1f %7.1f %6.1f %6.1f %7.1f %6.2f %6.2f %8.2f %7.2f %6.2f %8.2f %9.1f %9.1f %7.1f %7.1f %8.0f %7.2f %6.2f%s\n",
-			r.Model, r.Context, progress.Bytes(r.KVBytes), r.FullMS, r.IncrMS, r.IncrSyncMS, r.IncrIndexMS, r.IncrFloorMS, incrX, r.InstanceMS, r.RestoreMS, r.RestoreDecMS, r.RestoreLoadMS, r.TTFTRestoreMS,
+		c.printf("%-13s %5d %9s %8.1f %7.1f %6.1f %6.1f %6.2f %7.1f %6.2f %6.2f %8.2f %7.2f %6.2f %8.2f %9.1f %9.1f %7.1f %7.1f %8.0f %7.2f %6.2f%s\n",
+			r.Model, r.Context, progress.Bytes(r.KVBytes), r.FullMS, r.IncrMS, r.IncrSyncMS, r.IncrIndexMS, r.IncrSnapMS, r.IncrFloorMS, incrX, r.InstanceMS, r.RestoreMS, r.RestoreDecMS, r.RestoreLoadMS, r.TTFTRestoreMS,
 			r.PrefillMS, r.TTFTPrefillMS, r.TTFTSpeedup, r.RestoreSpeedup, r.StoredPerToken, r.FloorMS, r.OverFloor,
 			map[bool]string{true: "", false: "  CONTINUATION DIFFERS"}[r.Identical])
 	}
@@ -431,6 +432,17 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 				if err := live.Prefill(benchTokens(16, vocab, uint32(1000+rep))); err != nil {
 					r.Close()
 					return nil, nil, 0, err
+				}
+				// The turn latency of this checkpoint deferred: the snapshot alone (released: the
+				// Capture below stores the same checkpoint).
+				snap, err := checkpoint.TakeSnapshot(model, live, checkpoint.CaptureOptions{Parent: parent, Workers: workers, KVCodec: benchKVCodec})
+				if err != nil {
+					r.Close()
+					return nil, nil, 0, err
+				}
+				snap.Release()
+				if rep == 0 || ms(snap.Duration()) < row.IncrSnapMS {
+					row.IncrSnapMS = ms(snap.Duration())
 				}
 				incr, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Parent: parent, Workers: workers, KVCodec: benchKVCodec})
 				if err != nil {
