@@ -66,6 +66,23 @@ package checkpoint
 // them).
 // A session's ref moves afterwards, by compare-and-swap (package session).
 //
+// # Snapshot, then commit
+//
+// Capture is two steps, which a caller may also take apart: TakeSnapshot reads the guest's state
+// and its KV region list (guest calls, each ending with the backend's barrier, so a GPU's
+// write-through KV is in linear memory) and copies the state and exactly the blocks Capture
+// would store (those not known from the parent or Reuse) into buffers the snapshot owns (the
+// blocks from a pool per block size); no hashing, no I/O. Snapshot.Commit does all the rest:
+// hashing, codec, the batch and its barrier, the manifest, the index transaction. A snapshot
+// does not refer to the instance, which may run on (write into its last, partial block) or
+// close while the commit runs on another goroutine; the committed checkpoint is byte for byte
+// what Capture stores for the instance as it was at the snapshot (same manifest ID). Capture
+// itself does not copy: it commits before the instance runs again, so its jobs read the live
+// memory in place. What a turn waits for when its checkpoint is deferred (session
+// Config.DeferCheckpoints) is the snapshot: for 16 new tokens of the 1B shape, the state (the
+// head and 513 KB of logits), the region list and one or two 256 KiB blocks per layer
+// (BenchmarkIncremental1B's snap16, bench restore's isnap).
+//
 // # KV codec
 //
 // CaptureOptions.KVCodec chooses how the store encodes KV blocks: KVCodecFloat (the default)
