@@ -281,3 +281,43 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// TestDeferredPrefixCache: a new session whose prompt's prefix comes from the prefix cache
+// snapshots only the blocks it computed; its deferred commit names the cached blocks.
+func TestDeferredPrefixCache(t *testing.T) {
+	ctx := context.Background()
+	e := open(t, t.TempDir(), false, deferred)
+	prefix := cptest.Tokens(256, 512, 1)
+	pa := append(slices.Clone(prefix), cptest.Tokens(20, 512, 2)...)
+	pb := append(slices.Clone(prefix), cptest.Tokens(20, 512, 3)...)
+	a, _ := e.mgr.Session("a")
+	ra, err := a.Run(ctx, session.Turn{Model: e.model, Prompt: pa, N: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := ra.Pending.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := e.mgr.Session("b")
+	rb, err := b.Run(ctx, session.Turn{Model: e.model, Prompt: pb, N: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 280 positions: blocks 0..15 are the cached prefix, 16 and 17 computed (2 layers).
+	if rb.PrefixTokens != 256 || rb.Pending == nil || rb.Pending.BlocksCopied != 4 || rb.Pending.Blocks != 36 {
+		t.Fatalf("second session: %d prefix tokens, pending %+v", rb.PrefixTokens, rb.Pending)
+	}
+	cb, err := rb.Pending.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for l := range cb.Checkpoint.KV {
+		if !slices.Equal(cb.Checkpoint.KV[l][:16], ca.Checkpoint.KV[l][:16]) {
+			t.Fatalf("layer %d: the cached blocks are not the first session's", l)
+		}
+	}
+	if head, err := b.Head(); err != nil || head.ID != cb.Checkpoint.ID {
+		t.Fatalf("head %v %v", head, err)
+	}
+}
