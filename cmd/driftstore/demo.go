@@ -246,7 +246,7 @@ func runDemo(c *cli, args []string) error {
 	if err := r.Store().Walk(ctx, func(in cas.Info) error { out.StoredBytes += in.StoredSize; return nil }); err != nil {
 		return err
 	}
-	say("              %d checkpoints hold %s; the store keeps %s at rest (%.1f× less: shared blocks stored once, zstd)\n\n",
+	say("              %d checkpoints hold %s; the store keeps %s at rest (%.1f× less: shared blocks stored once, compressed)\n\n",
 		out.Checkpoints, progress.Bytes(out.LogicalBytes), progress.Bytes(out.StoredBytes), float64(out.LogicalBytes)/float64(max(out.StoredBytes, 1)))
 	if c.globals.json {
 		if err := c.printJSON(out); err != nil {
