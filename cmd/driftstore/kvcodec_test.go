@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -58,5 +59,47 @@ func TestRunKVCodec(t *testing.T) {
 		if kv == 0 || (planes > 0) != tc.planes {
 			t.Fatalf("--kv-codec %s: %d of %d KV chunks take the float16 plane codec", tc.codec, planes, kv)
 		}
+	}
+}
+
+// TestRunServerDeferredCheckpoint: `run --server` against a daemon with --defer-checkpoints
+// says the turn's checkpoint is pending (no ID yet), and the next turn continues from it: after
+// the daemon stops, the session's head holds every token of both turns.
+func TestRunServerDeferredCheckpoint(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	url, stop := startServeStop(t, dir, "--defer-checkpoints")
+	remote := func(args ...string) (string, string) {
+		t.Helper()
+		code, out, errs := storageRun(t, dir, append([]string{"--server", url}, args...)...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, errs)
+		}
+		return out, errs
+	}
+	out, errs := remote("run", "--session", "d", "--tokens", "1,2,3", "-n", "4", "--json")
+	var res struct {
+		Checkpoint string `json:"checkpoint"`
+		Pending    bool   `json:"checkpoint_pending"`
+		Position   int    `json:"position"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || !res.Pending || res.Checkpoint != "" || res.Position != 7 {
+		t.Fatalf("first turn: %v %+v\n%s", err, res, out)
+	}
+	if _, errs = remote("run", "--session", "d", "-n", "2"); !strings.Contains(errs, "checkpoint pending: position 9") {
+		t.Fatalf("second turn's human output:\n%s", errs)
+	}
+	stop() // waits for the pending commit
+	code, out, errs := storageRun(t, dir, "inspect", "d", "--json")
+	if code != 0 || !strings.Contains(out, `"position"`) {
+		t.Fatalf("inspect after stop: exit %d: %s %s", code, out, errs)
+	}
+	var m struct {
+		Meta map[string]any `json:"meta"`
+	}
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(m.Meta["position"]) != "9" {
+		t.Fatalf("head after the daemon stopped: position %v, want 9 (meta %v)", m.Meta["position"], m.Meta)
 	}
 }

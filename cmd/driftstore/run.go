@@ -77,18 +77,22 @@ func (c *cli) openSessions(cfg session.Config, backend string) (*sessionEnv, err
 
 type runResult struct {
 	generateResult
-	Session       string  `json:"session"`
-	Checkpoint    string  `json:"checkpoint,omitempty"`
-	Parent        string  `json:"parent,omitempty"`
-	Position      int     `json:"position"`
-	New           bool    `json:"new"`
-	RestoreMS     float64 `json:"restore_ms,omitempty"`
-	PrefixTokens  int     `json:"prefix_cache_tokens"`
-	PrefixMS      float64 `json:"prefix_cache_ms,omitempty"`
-	CheckpointMS  float64 `json:"checkpoint_ms,omitempty"`
-	BlocksWritten int     `json:"blocks_written"`
-	Blocks        int     `json:"blocks"`
-	StoredNew     int64   `json:"stored_new_bytes"`
+	Session      string  `json:"session"`
+	Checkpoint   string  `json:"checkpoint,omitempty"`
+	Parent       string  `json:"parent,omitempty"`
+	Position     int     `json:"position"`
+	New          bool    `json:"new"`
+	RestoreMS    float64 `json:"restore_ms,omitempty"`
+	PrefixTokens int     `json:"prefix_cache_tokens"`
+	PrefixMS     float64 `json:"prefix_cache_ms,omitempty"`
+	CheckpointMS float64 `json:"checkpoint_ms,omitempty"`
+	// CheckpointPending: a daemon with --defer-checkpoints snapshotted the turn's checkpoint and
+	// makes it durable in the background; Checkpoint is then empty (its ID is not known yet),
+	// CheckpointMS is the snapshot's time and BlocksWritten the blocks it will store.
+	CheckpointPending bool  `json:"checkpoint_pending,omitempty"`
+	BlocksWritten     int   `json:"blocks_written"`
+	Blocks            int   `json:"blocks"`
+	StoredNew         int64 `json:"stored_new_bytes"`
 }
 
 func runRun(c *cli, args []string) error {
@@ -251,7 +255,11 @@ func (c *cli) printRun(out runResult, hasText bool, restoredFrom string) error {
 	}
 	c.logf("prompt %d tokens, prefill %.1f ms, decode %d tokens %.1f ms (%.1f tok/s), backend %s\n",
 		out.PromptTokens, out.PrefillMS, len(out.Tokens), out.DecodeMS, out.DecodeTokS, out.Backend)
-	if out.Checkpoint != "" {
+	switch {
+	case out.CheckpointPending:
+		c.logf("checkpoint pending: position %d, %d of %d KV blocks snapshotted in %.2f ms; the daemon makes it durable in the background (--defer-checkpoints)\n",
+			out.Position, out.BlocksWritten, out.Blocks, out.CheckpointMS)
+	case out.Checkpoint != "":
 		c.logf("checkpoint %s: position %d, %d of %d KV blocks written (%s new at rest) in %.1f ms\n",
 			out.Checkpoint, out.Position, out.BlocksWritten, out.Blocks, progress.Bytes(out.StoredNew), out.CheckpointMS)
 	}

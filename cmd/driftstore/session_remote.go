@@ -103,7 +103,7 @@ func runRunRemote(c *cli, rt remoteTurn) error {
 		out.RestoreMS, restoredFrom = r.TotalMS, r.Checkpoint
 	}
 	if cp := sum.Checkpoint; cp != nil {
-		out.Checkpoint, out.Parent, out.CheckpointMS = cp.Checkpoint, cp.Parent, cp.MS
+		out.Checkpoint, out.Parent, out.CheckpointMS, out.CheckpointPending = cp.Checkpoint, cp.Parent, cp.MS, cp.Pending
 		out.BlocksWritten, out.Blocks, out.StoredNew = cp.BlocksWritten, cp.Blocks, cp.StoredNew
 	}
 	return c.printRun(out, sum.HasText, restoredFrom)
