@@ -186,6 +186,11 @@ func encode(dst, data []byte, hint Hint) (Codec, []byte) {
 	if hint == HintFloat16 && len(data) >= 2 {
 		codec = CodecF16Planes
 	}
+	if codec == CodecZstd && !zstdLiteralEntropy && !fastZstdMayMatch(data) {
+		// The fast encoder would find no match, so it would store every block raw (its
+		// literals are entropy-coded only in blocks with matches): raw is what pays.
+		return CodecRaw, dst
+	}
 	if need := start + len(data) + len(data)>>7 + 64; codec == CodecZstd && cap(dst) < need {
 		// Room for zstd's worst case (raw blocks and their headers) up front: growing the
 		// output block by block costs more than the encoding of data without matches.
@@ -198,6 +203,83 @@ func encode(dst, data []byte, hint Hint) (Codec, []byte) {
 		return codec, out
 	}
 	return CodecRaw, dst[:start]
+}
+
+// The fast zstd level's match search, as klauspost/compress (the version in go.mod) runs it
+// for EncodeWith(CodecZstd) with zstdLiteralEntropy off. Its encoder cuts the input into
+// blocks of fastZstdBlock bytes. In each block it looks for a match at positions s = b, then
+// s += 2 + (s-b)>>5 (b the block's start: the search skips ahead faster the longer it finds
+// nothing) while s < end-8 (end the block's end): at s it compares the 4 bytes at s and at s+1
+// with those of one earlier position each, taken from a hash table of the positions it looked
+// at before (in this block and the chunk's earlier ones; none from other chunks). Until its
+// first match the positions it looks at depend only on the block bounds. A block in which it
+// finds no match is stored raw (literal entropy coding is off for blocks without matches), so
+// a chunk in which it finds none is stored raw whole, and encode keeps it raw.
+//
+// TestFastZstdProbe checks, on the real encoder, that every chunk fastZstdMayMatch clears is
+// stored in raw blocks only, including matches placed just after a block boundary.
+const (
+	fastZstdBlock      = 64 << 10 // SpeedFastest's block size (the options leave it alone)
+	fastZstdProbeLimit = 512 << 10
+	probeTableBits     = 14
+)
+
+// probeTable is an open-addressing set of 32-bit values, reused across probes: a slot holds
+// gen<<32 | value, and only slots of the current generation count.
+type probeTable struct {
+	slot [1 << probeTableBits]uint64
+	gen  uint64
+}
+
+var probeTables = sync.Pool{New: func() any { return new(probeTable) }}
+
+// fastZstdMayMatch reports whether the fast zstd encoder might find a match in data. false
+// is a proof that it finds none (see above): fastZstdMayMatch looks at the same positions as
+// the encoder does before its first match and answers true as soon as any two of the 4-byte
+// values read there are equal, a superset of the encoder's hash-table hits. For data without
+// repeats that costs a few hundred table probes per 64 KiB block, against a full pass of
+// copies for the encoder's raw blocks. Chunks over fastZstdProbeLimit answer true (not probed).
+func fastZstdMayMatch(data []byte) bool {
+	if len(data) > fastZstdProbeLimit {
+		return true
+	}
+	t := probeTables.Get().(*probeTable)
+	defer probeTables.Put(t)
+	t.gen++
+	if t.gen >= 1<<32 {
+		clear(t.slot[:])
+		t.gen = 1
+	}
+	tag := t.gen << 32
+	const mask = 1<<probeTableBits - 1
+	seen := func(v uint32) bool {
+		i := uint32(uint64(v)*0x9e3779b97f4a7c15>>(64-probeTableBits)) & mask
+		for {
+			e := t.slot[i]
+			if e&^0xffffffff != tag {
+				t.slot[i] = tag | uint64(v)
+				return false
+			}
+			if uint32(e) == v {
+				return true
+			}
+			i = (i + 1) & mask
+		}
+	}
+	for b := 0; b < len(data); b += fastZstdBlock {
+		blk := data[b:min(b+fastZstdBlock, len(data))]
+		limit := len(blk) - 8
+		if limit < 2 { // the encoder keeps blocks under 10 bytes as literals
+			continue
+		}
+		for s := 0; s < limit; s += 2 + s>>5 {
+			w := binary.LittleEndian.Uint64(blk[s:])
+			if seen(uint32(w)) || seen(uint32(w>>8)) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // encodeVerified is encode followed by a check that the stored form decodes back to data, so
