@@ -261,6 +261,10 @@ type packFile struct {
 	path string
 	f    *os.File
 
+	// writeback: a durable store's large writes start the kernel's writeback at once, so that
+	// the sync that ends their batch finds little left to write (see pwriteRecord).
+	writeback bool
+
 	rw     sync.RWMutex // readers hold it shared during a pread; Compact takes it to close f
 	closed bool         // guarded by rw
 
@@ -452,7 +456,7 @@ func (p *Pack) openPackFile(num uint32, create bool) (*packFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &packFile{num: num, path: path, f: f}, nil
+	return &packFile{num: num, path: path, f: f, writeback: !p.opts.NoSync && !p.opts.ReadOnly}, nil
 }
 
 // scannedRecord is a record header found by scanPack, at off.
