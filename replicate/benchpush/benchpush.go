@@ -165,38 +165,39 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 func (e *Env) measure(ctx context.Context) (*Result, error) {
 	res := &Result{GoMaxProcs: runtime.GOMAXPROCS(0), CPUs: runtime.NumCPU(), Sync: !e.cfg.NoSync, Reps: e.cfg.Reps,
 		Size: e.cfg.Size, StoredBytes: e.Stored, Chunks: e.Chunks, ChunkSize: ChunkSize, PushGoal: PushGoal, WireGoal: WireGoal}
-	best := func(name string, f func(context.Context) (time.Duration, error)) (Rate, error) {
-		var min, minCPU time.Duration
-		for i := range e.cfg.Reps {
+	// The three transfers take turns, round by round (plain, push, pull, plain, ...), so that
+	// the machine's drift (it is shared and noisy) falls on all three alike; each reports its
+	// best round.
+	kinds := []struct {
+		name string
+		f    func(context.Context) (time.Duration, error)
+		r    *Rate
+	}{{"plain-http", e.PlainCopy, &res.PlainHTTP}, {"push", e.PushOnce, &res.Push}, {"pull", e.PullOnce, &res.Pull}}
+	best := make([]struct{ d, cpu time.Duration }, len(kinds))
+	for i := range e.cfg.Reps {
+		for k, kd := range kinds {
 			cpu0 := processCPU()
-			d, err := f(ctx)
+			d, err := kd.f(ctx)
 			cpu := processCPU() - cpu0
 			if err != nil {
-				return Rate{}, fmt.Errorf("%s: %w", name, err)
+				return nil, fmt.Errorf("%s: %w", kd.name, err)
 			}
-			if i == 0 || d < min {
-				min = d
+			if i == 0 || d < best[k].d {
+				best[k].d = d
 			}
-			if i == 0 || cpu < minCPU {
-				minCPU = cpu
+			if i == 0 || cpu < best[k].cpu {
+				best[k].cpu = cpu
 			}
 		}
-		r := Rate{Bytes: e.Stored, Seconds: min.Seconds(), MBps: float64(e.Stored) / 1e6 / min.Seconds(), CPUSeconds: minCPU.Seconds()}
-		e.logf("%-10s %8.1f MB/s (best of %d), %.0f ms CPU", name, r.MBps, e.cfg.Reps, 1000*r.CPUSeconds)
-		return r, nil
 	}
-	var err error
-	if res.PlainHTTP, err = best("plain-http", e.PlainCopy); err != nil {
-		return nil, err
-	}
-	if res.Push, err = best("push", e.PushOnce); err != nil {
-		return nil, err
-	}
-	if res.Pull, err = best("pull", e.PullOnce); err != nil {
-		return nil, err
+	for k, kd := range kinds {
+		d := best[k].d
+		*kd.r = Rate{Bytes: e.Stored, Seconds: d.Seconds(), MBps: float64(e.Stored) / 1e6 / d.Seconds(), CPUSeconds: best[k].cpu.Seconds()}
+		e.logf("%-10s %8.1f MB/s (best of %d), %.0f ms CPU", kd.name, kd.r.MBps, e.cfg.Reps, 1000*kd.r.CPUSeconds)
 	}
 	res.Push.Baseline = res.Push.MBps / res.PlainHTTP.MBps
 	res.Pull.Baseline = res.Pull.MBps / res.PlainHTTP.MBps
+	var err error
 	if res.Incremental, err = e.IncrementalPush(ctx); err != nil {
 		return nil, err
 	}
