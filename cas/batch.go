@@ -44,6 +44,23 @@ type Batch interface {
 	Discard()
 }
 
+// Retainer is the optional capability of a Batch to keep a chunk's bytes where the caller
+// holds them until it writes them, instead of copying them (Pack's batches do, for chunks
+// stored raw, which they gather into runs written with one pwritev each).
+type Retainer interface {
+	// PutRetained is Put, except that the batch may go on reading data after the call
+	// returns, until it calls release. release is called exactly once, from any goroutine,
+	// possibly before PutRetained returns (whenever the batch did not keep data, an error
+	// included), and at the latest when the batch writes or drops what it kept: on Flush,
+	// Commit or Discard, or when a run fills. data must not change until then. Safe for
+	// concurrent use with Put, PutStored, PutRetained and Flush.
+	PutRetained(ctx context.Context, data []byte, hint Hint, release func()) (Info, error)
+	// Flush writes what the batch gathered in memory, so that every chunk kept so far is
+	// released; a failed write breaks the batch as a failed Put does, and is returned. Safe
+	// for concurrent use with the Puts; not with Commit or Discard.
+	Flush() error
+}
+
 // Batcher is the optional capability of a Store to write chunks in batches (see Batch).
 // NewBatch returns an empty batch; batches are independent of each other and of Put.
 type Batcher interface {
@@ -121,6 +138,7 @@ func (b *putBatch) Discard() {
 var (
 	_ Batcher     = (*Local)(nil)
 	_ BatchPutter = (*Local)(nil)
+	_ Retainer    = (*packBatch)(nil)
 )
 
 // NewBatch returns a batch that writes chunk files to temporary files in their shard

@@ -201,19 +201,31 @@ func (p *Pack) reserveRun(recs []*packRecord) (pf *packFile, off int64, k int, n
 	return pf, off, k, n, nil
 }
 
-// writeRun writes records encoded back to back in data (recs, in the same order) with one
-// pwrite per pack they go to (see reserveRun), without syncing. Each record written is placed
-// and pinned. On error, the records written before the failure stay placed and pinned (the
-// caller drops them) and the others are not placed.
-func (p *Pack) writeRun(data []byte, recs []*packRecord) error {
+// writeRun writes the records of a run (ents, in order: each is buf[lo:hi] followed by its
+// retained tail) back to back with one pwritev per pack they go to (see reserveRun), without
+// syncing. Each record written is placed and pinned. On error, the records written before the
+// failure stay placed and pinned (the caller drops them) and the others are not placed.
+func (p *Pack) writeRun(buf []byte, ents []runEntry) error {
+	recs := make([]*packRecord, len(ents))
+	for i, e := range ents {
+		recs[i] = e.rec
+	}
+	iov := make([][]byte, 0, 2*len(ents))
 	for len(recs) > 0 {
 		p.mu.Lock()
-		pf, off, k, n, err := p.reserveRun(recs)
+		pf, off, k, _, err := p.reserveRun(recs)
 		p.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("write %d chunk records: %w", len(recs), err)
 		}
-		werr := pwriteRecord(pf, data[:n], nil, off)
+		iov = iov[:0]
+		for _, e := range ents[:k] {
+			iov = append(iov, buf[e.lo:e.hi])
+			if len(e.tail) > 0 {
+				iov = append(iov, e.tail)
+			}
+		}
+		werr := pwriteRun(pf, iov, off)
 		p.finishWrite(pf, off, werr)
 		if werr != nil {
 			p.unpinN(pf, k)
@@ -223,7 +235,7 @@ func (p *Pack) writeRun(data []byte, recs []*packRecord) error {
 			r.pf, r.entry.pack, r.entry.off = pf, pf.num, off
 			off += r.entry.recordLen()
 		}
-		data, recs = data[n:], recs[k:]
+		ents, recs = ents[k:], recs[k:]
 	}
 	return nil
 }
@@ -501,6 +513,11 @@ func (p *Pack) Delete(ctx context.Context, d Digest) error {
 // dropped unwritten by Discard. A failed run write breaks the batch: later Puts and Commit fail
 // with that error.
 //
+// The batch is a Retainer: PutRetained keeps a chunk stored raw out of the run buffer and
+// writes it straight from the caller's memory (one pwritev per run, the records' headers from
+// the buffer and their payloads from where the caller holds them), which spares the copy of
+// every raw byte; the caller's release runs once the run is written or dropped.
+//
 // Discard tombstones the batch's records already written (their bytes stay as dead space until
 // Compact). Within the process a chunk is written once when possible: a batch's Put claims the
 // chunk until Commit or Discard when no one else is writing it, and otherwise writes its own
@@ -547,10 +564,28 @@ type packBatch struct {
 	written []*packPending // chunks with a record awaiting Commit, in completion order
 	closed  bool
 
-	runMu   sync.Mutex    // guards the fields below; held to append to the run or take it, never during I/O
-	run     *[]byte       // records encoded back to back, not yet written; nil when empty
-	runRecs []*packRecord // the records in run, in order (pf nil: not placed)
-	runErr  error         // sticky: a run's write failed, so some acknowledged records are lost
+	runMu   sync.Mutex // guards the fields below; held to append to the run or take it, never during I/O
+	run     *[]byte    // the run's bytes held in memory (see runEntry); nil when the run is empty
+	runEnts []runEntry // the run's records, in order (rec.pf nil: not placed)
+	runLen  int64      // bytes of the run's records, retained payloads included
+	runErr  error      // sticky: a run's write failed, so some acknowledged records are lost
+}
+
+// runEntry is one record of a run: its bytes run[lo:hi] (the header, and the payload unless
+// retained) followed by the retained payload, if any, which stays the caller's memory until
+// release is called.
+type runEntry struct {
+	rec     *packRecord
+	lo, hi  int
+	tail    []byte
+	release func()
+}
+
+// retain is a PutRetained's offer of its data: add sets taken when the run keeps it.
+type retain struct {
+	data    []byte
+	release func()
+	taken   bool
 }
 
 // packPending is one chunk of a batch. done is closed once the Put that owns it finishes; the
@@ -574,7 +609,36 @@ func (b *packBatch) Put(ctx context.Context, data []byte, hint Hint) (Info, erro
 	d := Sum(data)
 	return b.put(ctx, d, func(dst []byte) (Codec, int, []byte, []byte, error) {
 		return encodeChunk(dst, d, data, hint)
-	})
+	}, nil)
+}
+
+// PutRetained is Put, except that a chunk stored raw stays in the caller's memory until its
+// run is written (see Retainer).
+func (b *packBatch) PutRetained(ctx context.Context, data []byte, hint Hint, release func()) (Info, error) {
+	keep := &retain{data: data, release: release}
+	defer func() {
+		if !keep.taken {
+			release()
+		}
+	}()
+	if err := ctx.Err(); err != nil {
+		return Info{}, err
+	}
+	if len(data) > MaxChunkSize {
+		return Info{}, fmt.Errorf("put: %d bytes: %w (limit %d)", len(data), ErrTooLarge, MaxChunkSize)
+	}
+	d := Sum(data)
+	return b.put(ctx, d, func(dst []byte) (Codec, int, []byte, []byte, error) {
+		return encodeChunk(dst, d, data, hint)
+	}, keep)
+}
+
+// Flush writes the run held in memory (see Retainer).
+func (b *packBatch) Flush() error {
+	if run, ents := b.takeRun(); run != nil {
+		return b.writeRun(run, ents)
+	}
+	return b.failed()
 }
 
 // PutStored verifies a stored form and appends it (see Batch.PutStored).
@@ -582,10 +646,12 @@ func (b *packBatch) PutStored(ctx context.Context, d Digest, codec Codec, stored
 	if err := ctx.Err(); err != nil {
 		return Info{}, err
 	}
-	return b.put(ctx, d, storedEncoder(d, codec, stored))
+	return b.put(ctx, d, storedEncoder(d, codec, stored), nil)
 }
 
-func (b *packBatch) put(ctx context.Context, d Digest, encode encodeFunc) (Info, error) {
+// put stores d's record in the batch; keep, when not nil, offers the chunk's data to the run
+// (see retain).
+func (b *packBatch) put(ctx context.Context, d Digest, encode encodeFunc, keep *retain) (Info, error) {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -607,7 +673,7 @@ func (b *packBatch) put(ctx context.Context, d Digest, encode encodeFunc) (Info,
 	b.pending[d] = pp
 	b.mu.Unlock()
 
-	info, rec, err := b.write(d, encode, pp)
+	info, rec, err := b.write(d, encode, pp, keep)
 	b.mu.Lock()
 	pp.info, pp.rec, pp.err = info, rec, err
 	if err != nil {
@@ -622,7 +688,7 @@ func (b *packBatch) put(ctx context.Context, d Digest, encode encodeFunc) (Info,
 
 // write adds d's record to the batch unless d is visible, claiming d when no one else in the
 // process is writing it (pp.release is then set).
-func (b *packBatch) write(d Digest, encode encodeFunc, pp *packPending) (Info, *packRecord, error) {
+func (b *packBatch) write(d Digest, encode encodeFunc, pp *packPending, keep *retain) (Info, *packRecord, error) {
 	p := b.p
 	if info, ok := p.existing(d); ok {
 		return info, nil, nil
@@ -635,7 +701,7 @@ func (b *packBatch) write(d Digest, encode encodeFunc, pp *packPending) (Info, *
 			return info, nil, nil
 		}
 	}
-	info, rec, err := b.add(d, encode)
+	info, rec, err := b.add(d, encode, keep)
 	if err != nil {
 		if pp.release != nil {
 			pp.release()
@@ -647,9 +713,10 @@ func (b *packBatch) write(d Digest, encode encodeFunc, pp *packPending) (Info, *
 }
 
 // add encodes d's record and appends it to the run, writing the run when it reaches
-// coalesceSize; a record of coalesceMax or more is written alone at once. The record returned
-// may not be placed yet.
-func (b *packBatch) add(d Digest, encode encodeFunc) (Info, *packRecord, error) {
+// coalesceSize; a record of coalesceMax or more is written alone at once. When keep offers
+// the chunk's data and the record's payload is that data (a raw chunk), the run keeps a
+// reference to it instead of a copy. The record returned may not be placed yet.
+func (b *packBatch) add(d Digest, encode encodeFunc, keep *retain) (Info, *packRecord, error) {
 	if err := b.failed(); err != nil {
 		return Info{}, nil, fmt.Errorf("put %s: %w", d, err)
 	}
@@ -674,17 +741,25 @@ func (b *packBatch) add(d Digest, encode encodeFunc) (Info, *packRecord, error) 
 	if b.run == nil {
 		b.run = runPool.Get().(*[]byte)
 	}
-	*b.run = append(append(*b.run, out...), tail...)
-	b.runRecs = append(b.runRecs, rec)
+	e := runEntry{rec: rec, lo: len(*b.run)}
+	*b.run = append(*b.run, out...)
+	if keep != nil && len(tail) > 0 && len(tail) == len(keep.data) && &tail[0] == &keep.data[0] {
+		e.tail, e.release, keep.taken = tail, keep.release, true
+	} else {
+		*b.run = append(*b.run, tail...)
+	}
+	e.hi = len(*b.run)
+	b.runEnts = append(b.runEnts, e)
+	b.runLen += rec.entry.recordLen()
 	var full *[]byte
-	var recs []*packRecord
-	if len(*b.run) >= coalesceSize {
-		full, recs = b.run, b.runRecs
-		b.run, b.runRecs = nil, nil
+	var ents []runEntry
+	if b.runLen >= int64(coalesceSize) {
+		full, ents = b.run, b.runEnts
+		b.run, b.runEnts, b.runLen = nil, nil, 0
 	}
 	b.runMu.Unlock()
 	if full != nil {
-		if err := b.writeRun(full, recs); err != nil {
+		if err := b.writeRun(full, ents); err != nil {
 			if rec.pf != nil { // written before the failure, but this Put fails: never published
 				b.p.drop([]*packRecord{rec})
 			}
@@ -701,12 +776,11 @@ func (b *packBatch) failed() error {
 	return b.runErr
 }
 
-// writeRun writes a run taken from the batch and returns its buffer to the pool; a failure
-// breaks the batch.
-func (b *packBatch) writeRun(run *[]byte, recs []*packRecord) error {
-	err := b.p.writeRun(*run, recs)
-	*run = (*run)[:0]
-	runPool.Put(run)
+// writeRun writes a run taken from the batch, releases its retained payloads and returns its
+// buffer to the pool; a failure breaks the batch.
+func (b *packBatch) writeRun(run *[]byte, ents []runEntry) error {
+	err := b.p.writeRun(*run, ents)
+	releaseRun(run, ents)
 	if err != nil {
 		b.runMu.Lock()
 		if b.runErr == nil {
@@ -717,20 +791,31 @@ func (b *packBatch) writeRun(run *[]byte, recs []*packRecord) error {
 	return err
 }
 
+// releaseRun lets go of a run that was written or dropped: its retained payloads go back to
+// their owners and its buffer to the pool.
+func releaseRun(run *[]byte, ents []runEntry) {
+	for _, e := range ents {
+		if e.release != nil {
+			e.release()
+		}
+	}
+	*run = (*run)[:0]
+	runPool.Put(run)
+}
+
 // takeRun empties the run and returns what it held (nil when empty).
-func (b *packBatch) takeRun() (*[]byte, []*packRecord) {
+func (b *packBatch) takeRun() (*[]byte, []runEntry) {
 	b.runMu.Lock()
 	defer b.runMu.Unlock()
-	run, recs := b.run, b.runRecs
-	b.run, b.runRecs = nil, nil
-	return run, recs
+	run, ents := b.run, b.runEnts
+	b.run, b.runEnts, b.runLen = nil, nil, 0
+	return run, ents
 }
 
 // dropRun forgets the records still in the run: nothing of them was written.
 func (b *packBatch) dropRun() {
-	if run, _ := b.takeRun(); run != nil {
-		*run = (*run)[:0]
-		runPool.Put(run)
+	if run, ents := b.takeRun(); run != nil {
+		releaseRun(run, ents)
 	}
 }
 
@@ -761,8 +846,8 @@ func (b *packBatch) Commit(ctx context.Context) error {
 		b.p.drop(placed(written))
 		return err
 	}
-	if run, recs := b.takeRun(); run != nil {
-		b.writeRun(run, recs) // a failure is the batch's sticky error, checked next
+	if run, ents := b.takeRun(); run != nil {
+		b.writeRun(run, ents) // a failure is the batch's sticky error, checked next
 	}
 	recs := placed(written)
 	if err := b.failed(); err != nil {

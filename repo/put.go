@@ -317,12 +317,20 @@ func putBuf(p *[]byte) {
 
 // Ingest reads its input into segments: buffers of segmentSize bytes (or two chunks of the
 // largest size, when that is more) that chunks alias, so that no chunk is copied between
-// reading and storing. A segment goes back to its ingest's free list once the reader has moved
-// on and every chunk cut from it is stored; at most workers+3 segments of segmentSize exist
-// per ingest, or 3 of the larger kind (a fixed chunk size of 64 MiB then holds 384 MiB). The
-// bytes after a segment's last cut (fewer than the chunker's limit) are copied to the start of
-// the next segment.
+// reading and storing. When the batch is a cas.Retainer, a chunk stored raw is not copied when
+// it is stored either: the batch writes it from the segment with the rest of its run. A
+// segment goes back to its ingest's free list once the reader has moved on and every chunk cut
+// from it is stored (and written, when retained); at most workers+extraSegments (5) segments of segmentSize
+// exist per ingest, or 3 of the larger kind (a fixed chunk size of 64 MiB then holds 384 MiB).
+// A reader that finds no free segment has the batch flush what it retains, and so do the
+// workers until it gets one, so that retained chunks never hold up the input. The bytes after
+// a segment's last cut (fewer than the chunker's limit) are copied to the start of the next
+// segment.
 const segmentSize = 1 << 20
+
+// extraSegments is how many segments of segmentSize an ingest may hold beyond one per worker.
+// A variable only so that tests can starve the reader; nothing else changes it.
+var extraSegments = 5
 
 // segmentPool keeps segments of segmentSize bytes between Puts.
 var segmentPool = sync.Pool{New: func() any { return &segment{buf: make([]byte, segmentSize)} }}
@@ -375,7 +383,7 @@ func (r *Repo) ingest(ctx context.Context, batch cas.Batch, rd io.Reader, spec C
 		seq  int
 		info cas.Info
 	}
-	segSize, maxSegs := segmentSize, workers+3
+	segSize, maxSegs := segmentSize, workers+extraSegments
 	if 2*limit > segmentSize {
 		segSize, maxSegs = 2*limit, 3
 	}
@@ -395,6 +403,14 @@ func (r *Repo) ingest(ctx context.Context, batch cas.Batch, rd io.Reader, spec C
 	}()
 	jobs := make(chan job, workers)
 	results := make(chan done, workers)
+	retainer, _ := batch.(cas.Retainer)
+	var starved atomic.Bool // the reader waits for a segment: retained chunks must be written
+	flush := func() error {
+		if err := retainer.Flush(); err != nil {
+			return fmt.Errorf("write chunks: %w", err)
+		}
+		return nil
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	var total int64
 	g.Go(func() error { // the reader: fill segments, cut chunks, hand them out
@@ -416,6 +432,15 @@ func (r *Repo) ingest(ctx context.Context, batch cas.Batch, rd io.Reader, spec C
 				}
 				s.free = free
 				return s, nil
+			}
+			if retainer != nil {
+				// Chunks retained by the batch pin segments until their run is written: have
+				// it written now, and by the workers for the chunks they store while we wait.
+				starved.Store(true)
+				defer starved.Store(false)
+				if err := flush(); err != nil {
+					return nil, err
+				}
 			}
 			select {
 			case s := <-free:
@@ -484,9 +509,18 @@ func (r *Repo) ingest(ctx context.Context, batch cas.Batch, rd io.Reader, spec C
 		g.Go(func() error {
 			defer wg.Done()
 			for j := range jobs {
-				info, err := batch.Put(gctx, j.data, hint)
+				var info cas.Info
+				var err error
+				if retainer != nil {
+					info, err = retainer.PutRetained(gctx, j.data, hint, j.seg.release)
+					if err == nil && starved.Load() {
+						err = flush()
+					}
+				} else {
+					info, err = batch.Put(gctx, j.data, hint)
+					j.seg.release()
+				}
 				n := len(j.data)
-				j.seg.release()
 				if err != nil {
 					return fmt.Errorf("store chunk %d: %w", j.seq, err)
 				}

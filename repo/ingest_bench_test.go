@@ -1,0 +1,74 @@
+package repo_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/repo"
+	"github.com/driftstore/driftstore/repo/benchstore"
+)
+
+// BenchmarkIngest measures Put as `driftstore put` runs it (synced) of 64 MiB of float16
+// KV-like data without a hint (the default codec choice) and of random data, with 1 and 2
+// workers, into a fresh data directory under $INGEST_BENCH_DIR (default: the test's temp dir).
+func BenchmarkIngest(b *testing.B) {
+	kv := make([]byte, 64<<20)
+	benchstore.KVFloat16(kv, 1)
+	rnd := make([]byte, 64<<20)
+	benchstore.Random(rnd, 2)
+	base := os.Getenv("INGEST_BENCH_DIR")
+	for _, ds := range []struct {
+		name string
+		data []byte
+	}{{"f16-kv", kv}, {"random", rnd}} {
+		for _, w := range []int{1, 2} {
+			b.Run(fmt.Sprintf("%s/workers=%d", ds.name, w), func(b *testing.B) {
+				b.SetBytes(int64(len(ds.data)))
+				var cpu time.Duration
+				for b.Loop() {
+					b.StopTimer()
+					dir := b.TempDir()
+					if base != "" {
+						var err error
+						if dir, err = os.MkdirTemp(base, "ingest-"); err != nil {
+							b.Fatal(err)
+						}
+					}
+					r, err := repo.Open(filepath.Join(dir, "data"), repo.Options{Workers: w})
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+					cpu0 := cpuTime()
+					if _, err := r.PutReader(context.Background(), "in", bytes.NewReader(ds.data), repo.PutOptions{Hint: cas.HintNone}); err != nil {
+						b.Fatal(err)
+					}
+					cpu += cpuTime() - cpu0
+					b.StopTimer()
+					r.Close()
+					if base != "" {
+						os.RemoveAll(dir)
+					}
+					b.StartTimer()
+				}
+				b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N)/float64(len(ds.data)), "cpu-ns/B")
+			})
+		}
+	}
+}
+
+// cpuTime returns the process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
