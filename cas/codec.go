@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"runtime"
 	"sync"
 
@@ -221,11 +222,16 @@ func encode(dst, data []byte, hint Hint) (Codec, []byte) {
 const (
 	fastZstdBlock      = 64 << 10 // SpeedFastest's block size (the options leave it alone)
 	fastZstdProbeLimit = 512 << 10
-	probeTableBits     = 14
+	// fastZstdVisits is how many positions the search looks at in a block of fastZstdBlock
+	// bytes without a match (234), rounded up; two values each.
+	fastZstdVisits = 240
+	probeTableBits = 14 // 2^14 slots: load under 1/2 for fastZstdProbeLimit
 )
 
 // probeTable is an open-addressing set of 32-bit values, reused across probes: a slot holds
-// gen<<32 | value, and only slots of the current generation count.
+// gen<<32 | value, and only slots of the current generation count. A probe uses the first
+// 2^bits slots, bits chosen for a load of at most 1/4 (16 KiB for a 64 KiB chunk), so that the
+// table stays in cache next to the chunk.
 type probeTable struct {
 	slot [1 << probeTableBits]uint64
 	gen  uint64
@@ -251,9 +257,12 @@ func fastZstdMayMatch(data []byte) bool {
 		t.gen = 1
 	}
 	tag := t.gen << 32
-	const mask = 1<<probeTableBits - 1
+	values := max(1, (len(data)+fastZstdBlock-1)/fastZstdBlock) * 2 * fastZstdVisits
+	nb := min(max(11, bits.Len(uint(4*values-1))), probeTableBits)
+	mask := uint32(1)<<nb - 1
+	shift := 64 - nb
 	seen := func(v uint32) bool {
-		i := uint32(uint64(v)*0x9e3779b97f4a7c15>>(64-probeTableBits)) & mask
+		i := uint32(uint64(v)*0x9e3779b97f4a7c15>>shift) & mask
 		for {
 			e := t.slot[i]
 			if e&^0xffffffff != tag {
