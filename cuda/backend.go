@@ -40,6 +40,9 @@ type BackendOptions struct {
 	// and replaying repeated runs of them through CUDA graphs (deferred.go). For comparison;
 	// DRIFTSTORE_CUDA_EAGER=1 in the environment sets it too.
 	Eager bool
+	// GEMM, when not nil, replaces the GEMM options the environment gave the device
+	// (DRIFTSTORE_CUDA_GEMM...; gemm.go): whether prefill products may run through cuBLAS.
+	GEMM *GEMMOptions
 }
 
 // Backend is the CUDA engine.Backend: weights uploaded once per model, the instances' linear
@@ -61,6 +64,12 @@ func NewBackend(opts BackendOptions) (*Backend, error) {
 	}
 	if os.Getenv("DRIFTSTORE_CUDA_EAGER") == "1" {
 		opts.Eager = true
+	}
+	if opts.GEMM != nil {
+		if err := d.SetGEMM(*opts.GEMM); err != nil {
+			d.Close()
+			return nil, err
+		}
 	}
 	return &Backend{d: d, reg: NewRegistrar(d), opts: opts}, nil
 }
@@ -142,6 +151,7 @@ func (w *cudaWeights) NewExec(threads int) (engine.Exec, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.stableX = true // the mirror changes only through the stream's operations
 	if !w.b.opts.Eager {
 		if err := s.SetDeferred(true); err != nil {
 			s.Close()

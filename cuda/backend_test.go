@@ -147,11 +147,13 @@ func promptTokens(n, vocab int) []int32 {
 // other side of an F16 rounding boundary, which changes it by up to 2^-11 relative; through
 // 6 layers that stays well under 1e-2 of the logits' largest magnitude, the bound used.
 // On CUDA itself: bit-identical logits between runs, between the two placements, and
-// between batched and token-by-token prefill (the same KV bytes).
+// between batched and token-by-token prefill (the same KV bytes): all with the own kernels
+// (GEMMOwn); TestCUBLASModel checks the cuBLAS path.
 func TestBackendMatchesCPU(t *testing.T) {
-	bd := newCUDABackend(t, KVDevice)
-	bh := newCUDABackend(t, KVHost)
-	be := newCUDABackendOpts(t, BackendOptions{KV: KVDevice, Eager: true})
+	own := &GEMMOptions{Mode: GEMMOwn} // batched = token-by-token holds on the own kernels only
+	bd := newCUDABackendOpts(t, BackendOptions{KV: KVDevice, GEMM: own})
+	bh := newCUDABackendOpts(t, BackendOptions{KV: KVHost, GEMM: own})
+	be := newCUDABackendOpts(t, BackendOptions{KV: KVDevice, Eager: true, GEMM: own})
 	for _, typ := range []gguf.Type{gguf.TypeQ8_0, gguf.TypeF16} {
 		path := synthModel(t, "tiny", typ)
 		for _, kv := range []engine.KVType{engine.KVF16, engine.KVF32} {

@@ -36,7 +36,8 @@ func hostWeights(b *testing.B, d *Device, reg *Registrar, w *Weights) *Weights {
 	return hw
 }
 
-// timeOps runs op iters times between device events and reports device ms per op.
+// timeOps runs op iters times between device events and reports device ms per op, and the
+// host time to issue one (us/op(issue): where it nears the device time, the host bounds it).
 func timeOps(b *testing.B, s *Stream, op func() error) float64 {
 	for i := 0; i < 3; i++ {
 		if err := op(); err != nil {
@@ -50,11 +51,13 @@ func timeOps(b *testing.B, s *Stream, op func() error) float64 {
 	if err := s.StartTimer(); err != nil {
 		b.Fatal(err)
 	}
+	t0 := time.Now()
 	for i := 0; i < b.N; i++ {
 		if err := op(); err != nil {
 			b.Fatal(err)
 		}
 	}
+	issue := time.Since(t0)
 	ms, err := s.StopTimer()
 	if err != nil {
 		b.Fatal(err)
@@ -62,6 +65,7 @@ func timeOps(b *testing.B, s *Stream, op func() error) float64 {
 	b.StopTimer()
 	per := float64(ms) / float64(b.N)
 	b.ReportMetric(per*1000, "us/op(dev)")
+	b.ReportMetric(float64(issue.Nanoseconds())/1e3/float64(b.N), "us/op(issue)")
 	return per
 }
 
@@ -121,39 +125,67 @@ func BenchmarkGEMV(b *testing.B) {
 	}
 }
 
-// BenchmarkPrefillMatMul: n tokens through 8192x2048 F16/Q8_0 weights (device-resident).
+// BenchmarkPrefillMatMul: n tokens through the F16/Q8_0 weight shapes of a 1B-shaped layer
+// (device-resident): the own tensor-core kernels ("own"), cuBLAS where it loads ("cublas";
+// Q8_0 dequantized per product; "cublas-q8copy": from a kept F16 copy; "cublas-xreuse": the
+// activations converted to F16 once, as q/k/v and gate/up share them), and the CUDA-core
+// kernel at 128 and 512 tokens ("fma"). Device time per product; the sum over a layer's
+// products (2x 2048x2048, 2x 512x2048, 2x 8192x2048, 1x 2048x8192) sets
+// DefaultGEMMMinTokens.
 func BenchmarkPrefillMatMul(b *testing.B) {
 	d := device(b)
 	s := newStream(b, d)
+	saved := d.GEMM()
+	defer d.SetGEMM(saved)
 	r := rand.New(rand.NewPCG(10, 10))
+	blas := loadBLAS() == nil
 	for _, ty := range []DType{F16, Q8_0} {
-		rows, cols := 8192, 2048
-		raw, _ := encode(r, ty, rows, cols)
-		w, err := d.UploadWeights(ty, rows, cols, raw)
-		if err != nil {
-			b.Fatal(err)
-		}
-		tc := d.tensorCores(w)
-		for _, n := range []int{8, 128, 512} {
-			x := devBuf(b, d, randF32(r, n*cols, 1), n*cols)
-			o := devBuf(b, d, nil, n*rows)
-			for _, fma := range []bool{false, true} {
-				name := fmt.Sprintf("%v/n%d", ty, n)
-				if fma {
-					if !tc {
-						continue
-					}
-					name += "/fma" // the CUDA-core kernel, for comparison
-				}
-				d.tc = tc && !fma
-				b.Run(name, func(b *testing.B) {
-					ms := timeOps(b, s, func() error { return s.MatMul(o.Ptr, w, x.Ptr, n) })
-					b.ReportMetric(2*float64(rows*cols*n)/(ms*1e-3)/1e12, "TFLOP/s")
-				})
-				d.tc = tc
+		for _, sh := range [][2]int{{8192, 2048}, {2048, 8192}, {2048, 2048}, {512, 2048}} {
+			rows, cols := sh[0], sh[1]
+			raw, _ := encode(r, ty, rows, cols)
+			w, err := d.UploadWeights(ty, rows, cols, raw)
+			if err != nil {
+				b.Fatal(err)
 			}
+			tc := d.tensorCores(w)
+			for _, n := range []int{8, 16, 24, 32, 48, 64, 128, 512, 2048} {
+				x := devBuf(b, d, randF32(r, n*cols, 1), n*cols)
+				o := devBuf(b, d, nil, n*rows)
+				variants := []string{"own"}
+				if blas {
+					variants = append(variants, "cublas", "cublas-xreuse")
+					if ty == Q8_0 {
+						variants = append(variants, "cublas-q8copy")
+					}
+				}
+				if tc && rows == 8192 && (n == 128 || n == 512) {
+					variants = append(variants, "fma")
+				}
+				for _, v := range variants {
+					opts := GEMMOptions{Mode: GEMMOwn}
+					switch v {
+					case "cublas", "cublas-xreuse":
+						opts = GEMMOptions{Mode: GEMMCUBLAS, MinTokens: 2}
+					case "cublas-q8copy":
+						opts = GEMMOptions{Mode: GEMMCUBLAS, MinTokens: 2, Q8Copy: true}
+					}
+					if err := d.SetGEMM(opts); err != nil {
+						b.Fatal(err)
+					}
+					d.tc = tc && v != "fma"
+					s.stableX = v == "cublas-xreuse" // the F16 activations converted once
+					b.Run(fmt.Sprintf("%v/%dx%d/n%d/%s", ty, rows, cols, n, v), func(b *testing.B) {
+						ms := timeOps(b, s, func() error { return s.MatMul(o.Ptr, w, x.Ptr, n) })
+						b.ReportMetric(2*float64(rows*cols*n)/(ms*1e-3)/1e12, "TFLOP/s")
+					})
+					d.tc = tc
+					s.stableX = false
+				}
+				x.Free()
+				o.Free()
+			}
+			w.Free()
 		}
-		w.Free()
 	}
 }
 

@@ -13,7 +13,18 @@
 // many tokens share the launch (batched prefill writes the same KV bytes as token-by-token
 // feeding). F16 and Q8_0 matrix products run on the tensor cores (mma.sync, activations split
 // into two F16 terms: float32-level accuracy; DRIFTSTORE_CUDA_TC=0 keeps them on the CUDA
-// cores). A backend Exec defers an export's kernels and replays repeated runs of them as CUDA
+// cores).
+//
+// Products of many tokens (prefill) may instead run through cuBLAS, loaded at run time
+// (libcublas.so.13, .12 or .11; absent, the own kernels run everything: gemm.go).
+// DRIFTSTORE_CUDA_GEMM picks: "auto" (the default) uses cuBLAS where it loads, for F16 and
+// Q8_0 weights and batches of at least DefaultGEMMMinTokens (DRIFTSTORE_CUDA_GEMM_MIN);
+// "own" never; "cublas" as auto, failing where cuBLAS is missing. The trade: cuBLAS rounds
+// activations (and Q8_0 weights) to F16 and chooses its algorithm per shape, so with it the
+// KV bytes of a batched prefill no longer equal token-by-token feeding's, and a prefix
+// prefilled in different batches by two instances gives different KV blocks (no dedup of
+// those blocks in the store); resume equivalence still holds (same inputs through the same
+// calls give the same bits on one GPU). Decode steps (one token) always use the own kernels. A backend Exec defers an export's kernels and replays repeated runs of them as CUDA
 // graphs (deferred.go; BackendOptions.Eager or DRIFTSTORE_CUDA_EAGER=1 launches each at once).
 package cuda
 
@@ -63,4 +74,5 @@ type Stats struct {
 	Launches   atomic.Int64
 	Registered atomic.Int64 // bytes of host memory registered now
 	Uploaded   atomic.Int64 // bytes uploaded as weights
+	BLASCalls  atomic.Int64 // matrix products run by cuBLAS
 }

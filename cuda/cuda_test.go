@@ -33,8 +33,12 @@ func device(t testing.TB) *Device {
 		testDev, testDevErr = Open(0)
 		if testDevErr == nil {
 			i := testDev.Info()
-			fmt.Fprintf(os.Stderr, "cuda: %s, sm_%d%d, %d SMs, %d MiB, driver %d, host ptr = device ptr: %v\n",
-				i.Name, i.CC[0], i.CC[1], i.SMs, i.TotalMem>>20, i.DriverVersion, i.HostPtrIsDevPtr)
+			lib, err := CUBLASLibrary()
+			if lib == "" {
+				lib = fmt.Sprintf("none (%v)", err)
+			}
+			fmt.Fprintf(os.Stderr, "cuda: %s, sm_%d%d, %d SMs, %d MiB, driver %d, host ptr = device ptr: %v; GEMM %+v, cuBLAS %s\n",
+				i.Name, i.CC[0], i.CC[1], i.SMs, i.TotalMem>>20, i.DriverVersion, i.HostPtrIsDevPtr, testDev.GEMM(), lib)
 		}
 	})
 	if errors.Is(testDevErr, ErrUnavailable) {
@@ -191,6 +195,7 @@ func TestPTXCurrent(t *testing.T) {
 // cols roundings of u * sum|w*x| each. Misaligned inputs also spread magnitudes over 2^±20.
 func TestMatMul(t *testing.T) {
 	d := device(t)
+	ownGEMM(t, d) // batch independence is the own kernels' property (gemm_test.go: cuBLAS)
 	s := newStream(t, d)
 	pool := cpu.NewPool(2)
 	defer pool.Close()
@@ -278,6 +283,7 @@ func TestMatMul(t *testing.T) {
 // spread over 2^±20 with an all-zero chunk and a huge value.
 func TestFewTokenKernels(t *testing.T) {
 	d := device(t)
+	ownGEMM(t, d)
 	s := newStream(t, d)
 	saved, savedW := d.tcv, d.tcw
 	defer func() { d.tcv, d.tcw = saved, savedW }()

@@ -199,6 +199,7 @@ func (s *Stream) record(f cuFunction, grid, block [3]uint32, shmem uint32, args 
 
 // dtod queues (or issues) a device-to-device copy.
 func (s *Stream) dtod(dst, src DevPtr, n int) error {
+	s.seq++
 	if s.q == nil {
 		return s.d.drv.dtodAsync(dst, src, n, s.s)
 	}
@@ -208,6 +209,7 @@ func (s *Stream) dtod(dst, src DevPtr, n int) error {
 
 // htod queues (or issues) an upload of src, which may be reused as soon as this returns.
 func (s *Stream) htod(dst DevPtr, src []byte) error {
+	s.seq++
 	if s.q == nil {
 		return s.d.drv.htodAsync(dst, src, s.s)
 	}
@@ -219,6 +221,7 @@ func (s *Stream) htod(dst DevPtr, src []byte) error {
 
 // dtoh queues (or issues) a copy into host memory at addr.
 func (s *Stream) dtoh(addr uintptr, src DevPtr, n int) error {
+	s.seq++
 	if s.q == nil {
 		return s.d.drv.dtohAsyncAddr(addr, src, n, s.s)
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 )
 
 //go:embed kernels/kernels.ptx
@@ -49,6 +50,12 @@ type Device struct {
 	tc        bool   // tensor-core matmuls for F16 and Q8_0 (see Device.tensorCores)
 	tcv       tcMode // the few-token tensor-core kernel (all give the same results)
 	tcw       int    // warps per block of ds_tcr2/ds_tcr8; 0: chosen per matrix (tcrShape)
+
+	gemm       atomic.Pointer[GEMMOptions] // products of batches (gemm.go); never nil after Open
+	blasBroken atomic.Bool                 // GEMMAuto: a cuBLAS handle could not be made
+	blasVer    atomic.Int64
+	blasMu     sync.Mutex // guards blasFree
+	blasFree   []*blasRec // handles of closed streams, for the next ones
 }
 
 // Available reports whether a CUDA driver loads and sees at least one device; the error says
@@ -109,6 +116,14 @@ func Open(ordinal int) (*Device, error) {
 		drv.release()
 		return nil, err
 	}
+	gemm, err := gemmFromEnv()
+	if err == nil {
+		err = d.SetGEMM(gemm)
+	}
+	if err != nil {
+		drv.release()
+		return nil, err
+	}
 	ptx := kernelsPTX
 	if path := os.Getenv("DRIFTSTORE_CUDA_PTX"); path != "" {
 		// Development: kernels compiled elsewhere, before they are committed.
@@ -146,6 +161,7 @@ func (d *Device) Info() Info { return d.info }
 func (d *Device) Close() error {
 	var err error
 	d.closeOnce.Do(func() {
+		err = d.closeBLAS()
 		if d.mod != nil {
 			err = errors.Join(err, d.drv.unloadModule(d.mod))
 		}

@@ -264,6 +264,67 @@ static CUresult ds_graph_free(CUcontext c, CUgraph g, CUgraphExec x) {
 	return r;
 }
 
+// ---- cuBLAS, loaded at run time (optional): the few entry points the large products use ----
+typedef void *cublasHandle_t;
+#define DS_BFUNCS(X) \
+	X(cublasCreate, "cublasCreate_v2", (cublasHandle_t*), (a0)) \
+	X(cublasDestroy, "cublasDestroy_v2", (cublasHandle_t), (a0)) \
+	X(cublasSetStream, "cublasSetStream_v2", (cublasHandle_t, CUstream), (a0, a1)) \
+	X(cublasSetWorkspace, "cublasSetWorkspace_v2", (cublasHandle_t, void*, size_t), (a0, a1, a2)) \
+	X(cublasGetVersion, "cublasGetVersion_v2", (cublasHandle_t, int*), (a0, a1)) \
+	X(cublasGemmEx, "cublasGemmEx", (cublasHandle_t, int, int, int, int, int, const void*, const void*, int, int, const void*, int, int, const void*, void*, int, int, int, int), (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18))
+DS_BFUNCS(DS_PTR)
+
+static void *ds_blas_lib;
+static char ds_blas_err[512];
+
+// ds_blas_open opens the cuBLAS library at path (a soname or a full path; for a full path,
+// pre is its libcublasLt in the same folder, opened first so the dependency resolves, or
+// NULL) and resolves its entry points. Returns NULL or an error text; on error nothing stays
+// open.
+static const char *ds_blas_open(const char *path, const char *pre) {
+	void *lt = NULL;
+	if (pre) lt = dlopen(pre, RTLD_LAZY | RTLD_LOCAL);
+	void *h = dlopen(path, RTLD_LAZY | RTLD_LOCAL);
+	if (!h) {
+		const char *e = dlerror();
+		snprintf(ds_blas_err, sizeof ds_blas_err, "%s", e ? e : "dlopen failed");
+		if (lt) dlclose(lt);
+		return ds_blas_err;
+	}
+#define DS_BSYM(name, sym, args, call) \
+	p_##name = (CUresult (*) args)dlsym(h, sym); \
+	if (!p_##name) { snprintf(ds_blas_err, sizeof ds_blas_err, "%s lacks %s", path, sym); dlclose(h); if (lt) dlclose(lt); return ds_blas_err; }
+	DS_BFUNCS(DS_BSYM)
+	ds_blas_lib = h;
+	return NULL;
+}
+
+// cuBLAS keeps its own notion of the current context (the runtime's); it is the primary
+// context that package cuda retains, once made current on the calling thread.
+static CUresult ds_blas_create(CUcontext c, cublasHandle_t *h) { BIND(c); return p_cublasCreate(h); }
+static CUresult ds_blas_destroy(CUcontext c, cublasHandle_t h) { BIND(c); return p_cublasDestroy(h); }
+static CUresult ds_blas_version(CUcontext c, cublasHandle_t h, int *v) { BIND(c); return p_cublasGetVersion(h, v); }
+// ds_blas_bind puts the handle on stream s with the given workspace (cublasSetStream resets the
+// workspace to the library's own pool, so the workspace is set after it).
+static CUresult ds_blas_bind(CUcontext c, cublasHandle_t h, CUstream s, CUdeviceptr ws, size_t wsn) {
+	BIND(c);
+	CUresult r = p_cublasSetStream(h, s);
+	if (r) return r;
+	return p_cublasSetWorkspace(h, (void *)(uintptr_t)ws, wsn);
+}
+// ds_blas_gemm: C[m][n] (column-major, ldc) = A^T B with A [k][m] F16 (column-major, lda: the
+// row-major [m][k] weights), B [k][n] F16 (ldb), C float32; compute type 32F, host scalars.
+static CUresult ds_blas_gemm(CUcontext c, cublasHandle_t h, int m, int n, int k, CUdeviceptr a,
+		int lda, CUdeviceptr b, int ldb, CUdeviceptr cc, int ldc) {
+	BIND(c);
+	const float alpha = 1.0f, beta = 0.0f;
+	// CUBLAS_OP_T = 1, CUBLAS_OP_N = 0; CUDA_R_16F = 2, CUDA_R_32F = 0;
+	// CUBLAS_COMPUTE_32F = 68; CUBLAS_GEMM_DEFAULT = -1.
+	return p_cublasGemmEx(h, 1, 0, m, n, k, &alpha, (const void *)(uintptr_t)a, 2, lda,
+		(const void *)(uintptr_t)b, 2, ldb, &beta, (void *)(uintptr_t)cc, 0, ldc, 68, -1);
+}
+
 static const char *ds_err_name(CUresult r) {
 	const char *s = NULL;
 	if (!p_cuGetErrorName || p_cuGetErrorName(r, &s) != 0 || !s) return "CUDA_ERROR_UNKNOWN_CODE";
@@ -278,6 +339,7 @@ static const char *ds_err_string(CUresult r) {
 import "C"
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"unsafe"
@@ -292,6 +354,7 @@ type (
 	cuGraph     = C.CUgraph
 	cuGraphExec = C.CUgraphExec
 	cuGraphNode = C.CUgraphNode
+	blasHandle  = C.cublasHandle_t
 )
 
 var (
@@ -556,4 +619,54 @@ func (d *drvDevice) graphRun(s cuStream, x cuGraphExec, nodes []cuGraphNode, chg
 
 func (d *drvDevice) graphFree(g cuGraph, x cuGraphExec) error {
 	return errOf("cuGraphExecDestroy", C.ds_graph_free(d.ctx, g, x))
+}
+
+// blasOpen opens the cuBLAS library at path (pre: its libcublasLt to open first, or "") and
+// resolves the entry points; once per process, by loadBLAS.
+func blasOpen(path, pre string) error {
+	cp := C.CString(path)
+	defer C.free(unsafe.Pointer(cp))
+	var cpre *C.char
+	if pre != "" {
+		cpre = C.CString(pre)
+		defer C.free(unsafe.Pointer(cpre))
+	}
+	if msg := C.ds_blas_open(cp, cpre); msg != nil {
+		return errors.New(C.GoString(msg))
+	}
+	return nil
+}
+
+func blasErrOf(op string, r C.CUresult) error {
+	if r == 0 {
+		return nil
+	}
+	return &Error{Op: op, Code: int(r), Name: blasStatusName(int(r))}
+}
+
+func (d *drvDevice) blasCreate() (blasHandle, error) {
+	var h C.cublasHandle_t
+	return h, blasErrOf("cublasCreate", C.ds_blas_create(d.ctx, &h))
+}
+
+func (d *drvDevice) blasDestroy(h blasHandle) error {
+	return blasErrOf("cublasDestroy", C.ds_blas_destroy(d.ctx, h))
+}
+
+func (d *drvDevice) blasVersion(h blasHandle) (int, error) {
+	var v C.int
+	return int(v), blasErrOf("cublasGetVersion", C.ds_blas_version(d.ctx, h, &v))
+}
+
+// blasBind puts h on stream s with the workspace [ws, ws+wsn) of device memory.
+func (d *drvDevice) blasBind(h blasHandle, s cuStream, ws DevPtr, wsn int) error {
+	return blasErrOf("cublasSetStream/SetWorkspace", C.ds_blas_bind(d.ctx, h, s, C.CUdeviceptr(ws), C.size_t(wsn)))
+}
+
+// blasGemm enqueues, on h's stream, out[j][i] = sum_l a[i][l] * b[j][l] for i < m, j < n, l < k:
+// a is [m] rows of F16 (row stride lda elements), b [n] rows of F16 (ldb), out [n] rows of
+// float32 (ldc).
+func (d *drvDevice) blasGemm(h blasHandle, m, n, k int, a DevPtr, lda int, b DevPtr, ldb int, out DevPtr, ldc int) error {
+	return blasErrOf("cublasGemmEx", C.ds_blas_gemm(d.ctx, h, C.int(m), C.int(n), C.int(k),
+		C.CUdeviceptr(a), C.int(lda), C.CUdeviceptr(b), C.int(ldb), C.CUdeviceptr(out), C.int(ldc)))
 }

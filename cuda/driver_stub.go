@@ -17,6 +17,7 @@ type (
 	cuGraph     = unsafe.Pointer
 	cuGraphExec = unsafe.Pointer
 	cuGraphNode = unsafe.Pointer
+	blasHandle  = unsafe.Pointer
 )
 
 const maxArgs = 24
@@ -72,3 +73,12 @@ func (d *drvDevice) eventRecord(cuEvent, cuStream) error                { return
 func (d *drvDevice) eventSync(cuEvent) error                            { return load() }
 func (d *drvDevice) eventElapsed(cuEvent, cuEvent) (float32, error)     { return 0, load() }
 func (d *drvDevice) eventDestroy(cuEvent) error                         { return load() }
+
+func blasOpen(string, string) error                                   { return load() }
+func (d *drvDevice) blasCreate() (blasHandle, error)                  { return nil, load() }
+func (d *drvDevice) blasDestroy(blasHandle) error                     { return load() }
+func (d *drvDevice) blasVersion(blasHandle) (int, error)              { return 0, load() }
+func (d *drvDevice) blasBind(blasHandle, cuStream, DevPtr, int) error { return load() }
+func (d *drvDevice) blasGemm(blasHandle, int, int, int, DevPtr, int, DevPtr, int, DevPtr, int) error {
+	return load()
+}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/driftstore/driftstore/cas"
 	"github.com/driftstore/driftstore/checkpoint"
+	"github.com/driftstore/driftstore/cuda"
 	"github.com/driftstore/driftstore/engine"
 	"github.com/driftstore/driftstore/gguf"
 	"github.com/driftstore/driftstore/index"
@@ -70,14 +71,17 @@ func TestGPUReport(t *testing.T) {
 		t.Skipf("set %s=1 to run the 1B-shaped GPU report (writes ≈ 4 GB of model files, a minute or two on an H100)", ReportEnv)
 	}
 	info := gpu.Device().Info()
+	gemmEnv := gpu.Device().GEMM()
 	e := newEngine(t, gpu)
 	var rep report
 	rep.add("device: %s (sm_%d%d, %d SMs, %d MiB), driver API %d; GOMAXPROCS %d", info.Name, info.CC[0], info.CC[1], info.SMs, info.TotalMem>>20, info.DriverVersion, runtime.GOMAXPROCS(0))
 	var perf, rest []string
 	// Printed even when a measurement fails half way (t.Fatal runs the deferred calls).
 	defer func() {
+		lib, lerr := cuda.CUBLASLibrary()
+		rep.add("cuBLAS: %q (version %d; %v); GEMM options from the environment: %+v", lib, gpu.Device().CUBLASVersion(), lerr, gemmEnv)
 		rep.add("")
-		rep.add("| 1B shape | prefill tok/s 24 / 128 / 512 / 2048 / 4096 | decode ms/token (128 tokens; 64 after 2048) |")
+		rep.add("| 1B shape, GEMM | prefill tok/s 24 / 128 / 512 / 2048 / 4096 | decode ms/token (128 tokens; 64 after 2048) |")
 		rep.add("|---|---|---|")
 		rep.lines = append(rep.lines, perf...)
 		rep.add("")
@@ -91,15 +95,20 @@ func TestGPUReport(t *testing.T) {
 		fmt.Print(b.String())
 	}()
 	for _, typ := range []gguf.Type{gguf.TypeF16, gguf.TypeQ8_0} {
-		reportModel(t, e, gpu.Device().MemInfo, "llama-3.2-1b", typ, reportContexts, &perf, &rest)
+		reportModel(t, e, gpu.Device(), "llama-3.2-1b", typ, reportContexts, &perf, &rest)
 	}
 }
 
-// reportModel measures one model on e (memInfo: the device's free and total memory); it
-// appends the prefill/decode row to perf and each restore row to rest as soon as measured.
-// contexts must include 24 and 2048 for the decode figures.
-func reportModel(t *testing.T, e *engine.Engine, memInfo func() (int64, int64, error), preset string, typ gguf.Type, contexts []int, perf, rest *[]string) {
+// reportModel measures one model on e (dev: its GPU); it appends the prefill/decode rows (one
+// per GEMM variant: the own kernels, cuBLAS where it loads, for Q8_0 also cuBLAS from kept
+// F16 copies) to perf and each restore row to rest as soon as measured. The restore rows use
+// the GEMM options the device opened with (the environment's). contexts must include 24 and
+// 2048 for the decode figures.
+func reportModel(t *testing.T, e *engine.Engine, dev *cuda.Device, preset string, typ gguf.Type, contexts []int, perf, rest *[]string) {
 	ctx := context.Background()
+	memInfo := dev.MemInfo
+	gemmEnv := dev.GEMM()
+	defer dev.SetGEMM(gemmEnv)
 	t0 := time.Now()
 	path := synthPath(t, preset, typ)
 	t.Logf("%s: model file ready in %.1f s", typ, time.Since(t0).Seconds())
@@ -125,6 +134,56 @@ func reportModel(t *testing.T, e *engine.Engine, memInfo func() (int64, int64, e
 		return in
 	}
 	newIn := func() *engine.Instance { return newInFor(0) }
+	variants := []struct {
+		name string
+		o    cuda.GEMMOptions
+	}{{"own", cuda.GEMMOptions{Mode: cuda.GEMMOwn}}, {"cublas", cuda.GEMMOptions{Mode: cuda.GEMMCUBLAS}}}
+	if typ == gguf.TypeQ8_0 {
+		variants = append(variants, variants[1])
+		variants[2].name, variants[2].o.Q8Copy = "cublas, F16 copy", true
+	}
+	for _, v := range variants {
+		if err := dev.SetGEMM(v.o); err != nil {
+			t.Logf("%s: GEMM %s not measured: %v", typ, v.name, err)
+			continue
+		}
+		prefillDecode(t, newIn, prompt, fmt.Sprintf("%s, %s", typ, v.name), contexts, perf)
+	}
+	if err := dev.SetGEMM(gemmEnv); err != nil {
+		t.Fatal(err)
+	}
+	label := fmt.Sprintf("%s (%s)", typ, gemmEnv.Mode)
+	// Under cuBLAS the KV bits depend on how the prompt was cut into batches: the restored
+	// instance is compared with a twin fed the same batches as the captured one.
+	sameCalls := gemmEnv.Mode != cuda.GEMMOwn
+	twinLogits := func(n int) (int32, []float32) {
+		in := newIn() // made as the captured instance was: the same buffers, the same calls
+		defer in.Close()
+		fed := 0
+		for _, c := range contexts {
+			if c > n {
+				break
+			}
+			if err := in.Prefill(prompt[fed:c]); err != nil {
+				t.Fatal(err)
+			}
+			fed = c
+		}
+		if _, err := in.Sample(); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := in.Step()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok, logits(t, in)
+	}
+	restoreRows(t, ctx, m, newIn, newInFor, prompt, label, contexts, sameCalls, twinLogits, rest)
+}
+
+// prefillDecode measures prefill at each context (best of 3; 2 at 4096) on fresh instances
+// after a warm-up instance, and decode after 24 and 2048 tokens; it appends a row to perf.
+func prefillDecode(t *testing.T, newIn func() *engine.Instance, prompt []int32, label string, contexts []int, perf *[]string) {
 	{ // warm-up: kernels loaded, every code path once
 		in := newIn()
 		if err := in.Prefill(prompt[:600]); err != nil {
@@ -177,9 +236,16 @@ func reportModel(t *testing.T, e *engine.Engine, memInfo func() (int64, int64, e
 	for _, np := range contexts {
 		ps = append(ps, fmt.Sprintf("%.0f", float64(np)/prefill[np].Seconds()))
 	}
-	*perf = append(*perf, fmt.Sprintf("| %s | %s | %.2f; %.2f |", typ, strings.Join(ps, " / "), dec128, dec2048))
-	t.Logf("%s: prefill tok/s %s; decode %.2f ms/token (128 tokens), %.2f after 2048", typ, strings.Join(ps, " / "), dec128, dec2048)
+	*perf = append(*perf, fmt.Sprintf("| %s | %s | %.2f; %.2f |", label, strings.Join(ps, " / "), dec128, dec2048))
+	t.Logf("%s: prefill tok/s %s; decode %.2f ms/token (128 tokens), %.2f after 2048", label, strings.Join(ps, " / "), dec128, dec2048)
+}
 
+// restoreRows measures restore against re-prefill at each context and the incremental
+// checkpoint after it (see TestGPUReport), appending a row to rest per context. sameCalls:
+// the restored instance's bits are compared with twin(n) (an instance fed the same batches
+// as the captured one), and a re-prefill's differing bits are no error.
+func restoreRows(t *testing.T, ctx context.Context, m *engine.Model, newIn func() *engine.Instance, newInFor func(int) *engine.Instance,
+	prompt []int32, typ string, contexts []int, sameCalls bool, twin func(n int) (int32, []float32), rest *[]string) {
 	// Restore vs re-prefill, incremental checkpoint.
 	dir := t.TempDir()
 	store, err := cas.OpenPack(filepath.Join(dir, "packs"), cas.PackOptions{}) // what data directories use
@@ -260,13 +326,25 @@ func reportModel(t *testing.T, e *engine.Engine, memInfo func() (int64, int64, e
 			if rep == 0 {
 				pre.ttft, pre.second = ttft, second
 				if tok != restoredTok || bitsDiff(logits(t, in), restoredLogits) >= 0 {
-					same = "NO"
-					t.Errorf("%s, %d tokens: the restored instance's next token and logits differ from the re-prefilled one's (%d vs %d)", typ, n, restoredTok, tok)
+					if !sameCalls {
+						same = "NO"
+						t.Errorf("%s, %d tokens: the restored instance's next token and logits differ from the re-prefilled one's (%d vs %d)", typ, n, restoredTok, tok)
+					} else {
+						same = "differs from one-call re-prefill"
+					}
 				}
 			} else {
 				pre.ttft, pre.second = min(pre.ttft, ttft), min(pre.second, second)
 			}
 			in.Close()
+		}
+		if sameCalls {
+			if tok, l := twin(n); tok != restoredTok || bitsDiff(l, restoredLogits) >= 0 {
+				same = "NO (same batches)"
+				t.Errorf("%s, %d tokens: the restored instance's next token and logits differ from an instance fed the same batches (%d vs %d)", typ, n, restoredTok, tok)
+			} else {
+				same = "yes (same batches); " + same
+			}
 		}
 		// Incremental: the checkpoint restored, 16 more tokens, a checkpoint with it as parent.
 		in := newIn()

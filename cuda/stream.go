@@ -13,6 +13,7 @@ func kernelNames() []string {
 	names := []string{"ds_mv_any", "ds_rmsnorm", "ds_rope", "ds_store_kv", "ds_attn",
 		"ds_attn_combine", "ds_attn_mq", "ds_swiglu", "ds_add", "ds_embed", "ds_softmax", "ds_argmax", "ds_nop",
 		"ds_sum_words", "ds_fill_words", "ds_tcv_f16", "ds_tcm_f16", "ds_tcv_q8", "ds_tcm_q8", "ds_tcb_f16", "ds_tcb_q8",
+		"ds_f32_to_f16", "ds_q8_to_f16",
 	}
 	names = append(names, tcrNames[:]...)
 	for _, t := range []DType{F32, F16, BF16, Q8_0} {
@@ -61,7 +62,16 @@ type Stream struct {
 	small  *Buffer // token ids in, argmax out
 	tables map[uint64]*table
 	t0, t1 cuEvent
-	q      *deferQ // non-nil: deferred mode (deferred.go)
+	q      *deferQ  // non-nil: deferred mode (deferred.go)
+	blas   *blasRec // the cuBLAS handle, from the first cuBLAS product on (gemm.go)
+	xh, wh *Buffer  // cuBLAS products: F16 activations, dequantized Q8_0 weights
+	seq    uint64   // operations queued (kernels, copies): tells whether xh is still current
+	xhOf   xhKey    // what xh holds, valid while seq == xhSeq and stableX
+	xhSeq  uint64
+	// stableX: device memory that products read changes only through this stream's
+	// operations (the backend's Exec and its mirror), so cuBLAS products may reuse the F16
+	// activations of the previous product when nothing was queued in between.
+	stableX bool
 }
 
 type table struct {
@@ -95,6 +105,9 @@ func (s *Stream) Close() error {
 	}
 	s.discard()
 	err := s.d.drv.streamSync(s.s)
+	s.releaseBLAS()
+	s.xh.Free()
+	s.wh.Free()
 	s.freeGraphs()
 	s.q = nil
 	s.dropTables()
@@ -134,6 +147,7 @@ func (s *Stream) launch(name string, grid, block [3]uint32, shmem uint32, args *
 		return fmt.Errorf("cuda: no kernel %s", name)
 	}
 	s.d.Stats.Launches.Add(1)
+	s.seq++
 	if s.q != nil {
 		return s.record(f, grid, block, shmem, args)
 	}
@@ -195,14 +209,22 @@ func (s *Stream) MatMul(out DevPtr, w *Weights, x DevPtr, n int) error {
 	return s.MatMulStrided(out, w.Rows, w, x, w.Cols, n)
 }
 
-// MatMulStrided is MatMul with row strides (in floats) for out and x. The result for each
-// token does not depend on n or on the other tokens (the same order of operations).
+// MatMulStrided is MatMul with row strides (in floats) for out and x. On the own kernels the
+// result for each token does not depend on n or on the other tokens (the same order of
+// operations); a product that goes to cuBLAS (the device's GEMMOptions: F16 or Q8_0 weights,
+// at least MinTokens tokens; gemm.go) gives bits that depend on n and on where the operands
+// lie, the same for the same call.
 func (s *Stream) MatMulStrided(out DevPtr, ostride int, w *Weights, x DevPtr, xstride, n int) error {
 	if n <= 0 {
 		return nil
 	}
 	if ostride < w.Rows || xstride < w.Cols {
 		return fmt.Errorf("cuda: matmul strides %d/%d for [%d][%d] weights", ostride, xstride, w.Rows, w.Cols)
+	}
+	if o := s.d.blasFor(w, n); o != nil {
+		if ok, err := s.matMulBLAS(out, ostride, w, x, xstride, n, o); ok || err != nil {
+			return err
+		}
 	}
 	var a argSlots
 	a.ptr(out).i32(ostride).ptr(w.data.Ptr).ptr(w.scalePtr()).ptr(x).i32(xstride).i32(w.Rows).i32(w.Cols).i32(n)

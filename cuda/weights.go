@@ -3,6 +3,7 @@ package cuda
 import (
 	"encoding/binary"
 	"fmt"
+	"sync"
 )
 
 // DType is a tensor type by its GGML id.
@@ -71,6 +72,9 @@ type Weights struct {
 	// tensor cores could take them (see Device.tensorCores): for matrices only ever multiplied
 	// by one token, where the CUDA-core GEMV streams weights faster. Set before first use.
 	CUDACores bool
+
+	f16mu sync.Mutex // guards f16
+	f16   *Buffer    // Q8_0: the F16 copy cuBLAS products use (GEMMOptions.Q8Copy), made on demand
 }
 
 // uploadChunk bounds the host staging memory of an upload.
@@ -131,12 +135,18 @@ func (d *Device) UploadWeights(t DType, rows, cols int, raw []byte) (*Weights, e
 	return w, nil
 }
 
-// DeviceBytes is the device memory the weights take.
+// DeviceBytes is the device memory the weights take (with the F16 copy of Q8_0 weights, where
+// cuBLAS products made one).
 func (w *Weights) DeviceBytes() int {
 	n := w.data.Len
 	if w.scales != nil {
 		n += w.scales.Len
 	}
+	w.f16mu.Lock()
+	if w.f16 != nil {
+		n += w.f16.Len
+	}
+	w.f16mu.Unlock()
 	return n
 }
 
@@ -146,6 +156,12 @@ func (w *Weights) Free() error {
 	if e := w.scales.Free(); err == nil {
 		err = e
 	}
+	w.f16mu.Lock()
+	if e := w.f16.Free(); err == nil {
+		err = e
+	}
+	w.f16 = nil
+	w.f16mu.Unlock()
 	return err
 }
 

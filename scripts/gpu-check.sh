@@ -38,6 +38,19 @@
 #                          stream (default: ds_tcr2 or ds_tcr8, picked per matrix), warp
 #                          (ds_tcv), block (ds_tcb)
 #   DRIFTSTORE_CUDA_TCW    warps per block of ds_tcr2/ds_tcr8 (default: picked per matrix)
+#   DRIFTSTORE_CUDA_GEMM   auto (default) | own | cublas: who multiplies batches of at least
+#                          DRIFTSTORE_CUDA_GEMM_MIN tokens (default 9) by F16/Q8_0 weights.
+#                          auto: cuBLAS where libcublas.so.13/.12/.11 loads, else the own
+#                          kernels; own: always the own kernels; cublas: fail without it.
+#                          The trade: with cuBLAS (activations rounded to F16, an algorithm per
+#                          shape) a batched prefill no longer writes the KV bits of token-by-
+#                          token feeding, so a prefix prefilled in different batches does not
+#                          dedup; resume equivalence holds (same inputs, same calls, same
+#                          bits). Tests asserting batched == token-by-token force own;
+#                          TestMatMulCUBLAS/TestCUBLASModel check cuBLAS; TestGPUReport
+#                          measures prefill both ways (rows "own", "cublas").
+#   DRIFTSTORE_CUDA_GEMM_Q8=copy  cuBLAS products of Q8_0 weights use an F16 copy kept on the
+#                          device (made on first use) instead of dequantizing per product
 #   GPU_CHECK_VARIANTS     space-separated NAME=VALUE settings: after the check, for each, the
 #                          matmul and whole-model tests, the F16/Q8_0 GEMV benchmarks and
 #                          BenchmarkGenerate run again with it set (logged in gpu.log)

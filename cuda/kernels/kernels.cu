@@ -1078,6 +1078,38 @@ extern "C" __global__ void ds_embed(float* out, const void* w, const __half* sc,
     out[(size_t)t * cols + c] = ld1(ty, w, sc, (size_t)tok[t] * cols + c);
 }
 
+// f32_to_f16: out[t][c] = x[t*xstride + c] rounded to F16 (nearest even; beyond 65504 it is
+// infinite), for total = n*cols elements, out contiguous: the activations of a cuBLAS product.
+extern "C" __global__ void ds_f32_to_f16(__half* out, const float* x, int xstride, int cols,
+                                         long long total) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    long long t = i / cols;
+    int c = (int)(i - t * cols);
+    out[i] = __float2half_rn(x[t * xstride + c]);
+}
+
+// q8_to_f16: the repacked Q8_0 weights (int8 quants, F16 scale per 32) as F16, each value
+// d * q computed exactly in float32 (as ld8 does) then rounded to F16; one thread per 8 values
+// (groups = rows*cols/8).
+extern "C" __global__ void ds_q8_to_f16(__half* out, const int8_t* q, const __half* sc,
+                                        long long groups) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= groups) return;
+    uint2 u = __ldg((const uint2*)q + i);
+    float d = __half2float(sc[i >> 2]);
+    uint32_t a[2] = {u.x, u.y};
+    uint32_t h[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float lo = d * (float)(int8_t)(a[k >> 1] >> (16 * (k & 1)));
+        float hi = d * (float)(int8_t)(a[k >> 1] >> (16 * (k & 1) + 8));
+        __half2 t = __floats2half2_rn(lo, hi);  // lo at the lower address
+        h[k] = *(const uint32_t*)&t;
+    }
+    *(uint4*)(out + 8 * i) = make_uint4(h[0], h[1], h[2], h[3]);
+}
+
 // softmax in place over each of n rows of count values; one block per row.
 extern "C" __global__ void ds_softmax(float* x, int count, int n) {
     __shared__ float sh[32];
