@@ -331,8 +331,15 @@ func (s *Stream) matMulBLAS(out DevPtr, ostride int, w *Weights, x DevPtr, xstri
 			return false, err
 		}
 		var a argSlots
-		a.ptr(s.xh.Ptr).ptr(x).i32(xstride).i32(cols).i64(total)
-		if err := s.launch("ds_f32_to_f16", [3]uint32{uint32(ceilDiv(int(total), 256)), 1, 1}, [3]uint32{256, 1, 1}, 0, &a); err != nil {
+		a.ptr(s.xh.Ptr).ptr(x).i32(xstride).i32(cols)
+		var err error
+		if x%16 == 0 && xstride%4 == 0 && cols%4 == 0 && n <= 65535 {
+			err = s.launch("ds_f32_to_f16v", [3]uint32{uint32(ceilDiv(cols/4, 256)), uint32(n), 1}, [3]uint32{256, 1, 1}, 0, &a)
+		} else {
+			a.i64(total)
+			err = s.launch("ds_f32_to_f16", [3]uint32{uint32(ceilDiv(int(total), 256)), 1, 1}, [3]uint32{256, 1, 1}, 0, &a)
+		}
+		if err != nil {
 			return false, err
 		}
 	}

@@ -13,7 +13,7 @@ func kernelNames() []string {
 	names := []string{"ds_mv_any", "ds_rmsnorm", "ds_rope", "ds_store_kv", "ds_attn",
 		"ds_attn_combine", "ds_attn_mq", "ds_swiglu", "ds_add", "ds_embed", "ds_softmax", "ds_argmax", "ds_nop",
 		"ds_sum_words", "ds_fill_words", "ds_tcv_f16", "ds_tcm_f16", "ds_tcv_q8", "ds_tcm_q8", "ds_tcb_f16", "ds_tcb_q8",
-		"ds_f32_to_f16", "ds_q8_to_f16",
+		"ds_f32_to_f16", "ds_f32_to_f16v", "ds_q8_to_f16",
 	}
 	names = append(names, tcrNames[:]...)
 	for _, t := range []DType{F32, F16, BF16, Q8_0} {

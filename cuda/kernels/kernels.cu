@@ -1089,6 +1089,17 @@ extern "C" __global__ void ds_f32_to_f16(__half* out, const float* x, int xstrid
     out[i] = __float2half_rn(x[t * xstride + c]);
 }
 
+// f32_to_f16v: ds_f32_to_f16 four values per thread (x 16-byte aligned, xstride and cols
+// multiples of 4); grid (cols/4 / 256, n).
+extern "C" __global__ void ds_f32_to_f16v(__half* out, const float* x, int xstride, int cols) {
+    int t = blockIdx.y;
+    int c = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (c >= cols) return;
+    float4 v = *(const float4*)(x + (size_t)t * xstride + c);
+    __half2 a = __floats2half2_rn(v.x, v.y), b = __floats2half2_rn(v.z, v.w);
+    *(uint2*)(out + (size_t)t * cols + c) = make_uint2(*(const uint32_t*)&a, *(const uint32_t*)&b);
+}
+
 // q8_to_f16: the repacked Q8_0 weights (int8 quants, F16 scale per 32) as F16, each value
 // d * q computed exactly in float32 (as ld8 does) then rounded to F16; one thread per 8 values
 // (groups = rows*cols/8).
