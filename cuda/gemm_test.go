@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/driftstore/driftstore/engine"
@@ -218,5 +219,56 @@ func TestCUBLASModel(t *testing.T) {
 		if !(worst <= cublasLogitBound*rms) {
 			t.Fatalf("%v: cuBLAS logits differ from the own kernels' by %.3g of their RMS (bound %.0e)", typ, worst/rms, cublasLogitBound)
 		}
+	}
+}
+
+// TestGEMMOptionsFromEnv: the settings parse as documented and bad values are errors (no GPU).
+func TestGEMMOptionsFromEnv(t *testing.T) {
+	cases := []struct {
+		mode, min, q8 string
+		want          GEMMOptions
+		bad           bool
+	}{
+		{want: GEMMOptions{Mode: GEMMAuto}},
+		{mode: "own", want: GEMMOptions{Mode: GEMMOwn}},
+		{mode: "cublas", min: "32", q8: "copy", want: GEMMOptions{Mode: GEMMCUBLAS, MinTokens: 32, Q8Copy: true}},
+		{mode: "auto", q8: "dequant", want: GEMMOptions{Mode: GEMMAuto}},
+		{mode: "fast", bad: true},
+		{min: "1", bad: true},
+		{min: "x", bad: true},
+		{q8: "keep", bad: true},
+	}
+	for _, c := range cases {
+		t.Setenv("DRIFTSTORE_CUDA_GEMM", c.mode)
+		t.Setenv("DRIFTSTORE_CUDA_GEMM_MIN", c.min)
+		t.Setenv("DRIFTSTORE_CUDA_GEMM_Q8", c.q8)
+		got, err := gemmFromEnv()
+		if c.bad {
+			if err == nil {
+				t.Errorf("%+v: no error", c)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("%+v: got %+v, %v", c, got, err)
+		}
+	}
+	for _, m := range []GEMMMode{GEMMAuto, GEMMOwn, GEMMCUBLAS} {
+		if p, err := ParseGEMMMode(m.String()); err != nil || p != m {
+			t.Errorf("%v: parses as %v, %v", m, p, err)
+		}
+	}
+}
+
+// TestBLASOpenMissing: a library that is not there is an error naming it, and leaves nothing
+// loaded (no GPU; the process's real cuBLAS, if any, is loaded by loadBLAS only).
+func TestBLASOpenMissing(t *testing.T) {
+	const path = "/nonexistent/libcublas.so.13"
+	err := blasOpen(path, "/nonexistent/libcublasLt.so.13")
+	if err == nil {
+		t.Fatal("opening a missing library succeeded")
+	}
+	if !strings.Contains(err.Error(), "nonexistent") {
+		t.Errorf("error %q does not name the library", err)
 	}
 }
