@@ -359,48 +359,63 @@ func (in *Ingester) verifyAndWrite(j job, rec index.ChunkRecord) {
 	}
 }
 
-// commit runs the groups in order: wait for their chunks, commit the batch, record, count.
+// maxCoalesce bounds the groups the committer takes at once.
+const maxCoalesce = 8
+
+// commit runs the groups in order: wait for their chunks, commit the batch, record, count. When
+// it falls behind (groups queued while it syncs), it takes every queued group at once: their
+// batches share one barrier and their records one index transaction, and the reader, which
+// would otherwise wait for room in the queue, goes on reading. The failure rule holds: a group
+// with a failed chunk is committed and recorded, the groups after it are discarded.
 func (in *Ingester) commit() {
 	defer close(in.done)
 	stopped := false
 	var recs []cas.Info
+	ready := make([]*group, 0, maxCoalesce)
 	for g := range in.groups {
-		g.wg.Wait()
-		if stopped {
-			g.batch.Discard()
-			continue
+		ready = append(ready[:0], g)
+	more:
+		for len(ready) < maxCoalesce {
+			select {
+			case g, ok := <-in.groups:
+				if !ok {
+					break more
+				}
+				ready = append(ready, g)
+			default:
+				break more
+			}
 		}
-		if err := g.batch.Commit(in.ctx); err != nil {
-			in.fail(fmt.Errorf("store %d chunks: %w", len(g.entries), err))
-			stopped = true
-			continue
+		// Wait for the groups' chunks, in order, up to the first group with a failed chunk.
+		n := len(ready)
+		for i, g := range ready {
+			g.wg.Wait()
+			if n == len(ready) && g.hasFailure() {
+				n = i + 1
+			}
+		}
+		if stopped {
+			n = 0
+		}
+		for _, g := range ready[n:] {
+			g.batch.Discard()
+		}
+		ready = ready[:n]
+		for i, g := range ready {
+			if err := g.batch.Commit(in.ctx); err != nil {
+				in.fail(fmt.Errorf("store %d chunks: %w", len(g.entries), err))
+				stopped = true
+				for _, later := range ready[i+1:] {
+					later.batch.Discard()
+				}
+				ready = ready[:i]
+				break
+			}
 		}
 		recs = recs[:0]
-		var res Result
-		var firstErr error
-		for i := range g.entries {
-			e := &g.entries[i]
-			if e.err != nil {
-				if errors.Is(e.err, ErrMismatch) {
-					res.Refused++
-				}
-				if firstErr == nil {
-					firstErr = e.err
-				}
-				if !e.keep {
-					continue
-				}
-			}
-			res.Chunks++
-			res.Bytes += e.stored
-			if e.recorded {
-				res.Deduped++
-				res.RawBytes += e.recSize
-				continue
-			}
-			res.Stored++
-			res.RawBytes += e.info.Size
-			recs = append(recs, e.info)
+		tallies := make([]tally, len(ready))
+		for i, g := range ready {
+			tallies[i], recs = g.tally(recs)
 		}
 		if len(recs) > 0 {
 			if err := in.ix.RecordChunks(in.ctx, recs); err != nil {
@@ -409,20 +424,69 @@ func (in *Ingester) commit() {
 				continue
 			}
 		}
-		in.res.Chunks += res.Chunks
-		in.res.Stored += res.Stored
-		in.res.Deduped += res.Deduped
-		in.res.Refused += res.Refused
-		in.res.RawBytes += res.RawBytes
-		in.res.Bytes += res.Bytes
-		if in.cfg.Committed != nil && res.Chunks > 0 {
-			in.cfg.Committed(res.Chunks, res.RawBytes, res.Bytes)
-		}
-		if firstErr != nil {
-			in.fail(firstErr)
-			stopped = true
+		for _, t := range tallies {
+			res := t.res
+			in.res.Chunks += res.Chunks
+			in.res.Stored += res.Stored
+			in.res.Deduped += res.Deduped
+			in.res.Refused += res.Refused
+			in.res.RawBytes += res.RawBytes
+			in.res.Bytes += res.Bytes
+			if in.cfg.Committed != nil && res.Chunks > 0 {
+				in.cfg.Committed(res.Chunks, res.RawBytes, res.Bytes)
+			}
+			if t.err != nil {
+				in.fail(t.err)
+				stopped = true
+			}
 		}
 	}
+}
+
+// tally is what a committed group comes to: its counts and its first chunk error.
+type tally struct {
+	res Result
+	err error
+}
+
+// hasFailure reports whether a chunk of g failed. Call after g.wg.Wait.
+func (g *group) hasFailure() bool {
+	for i := range g.entries {
+		if g.entries[i].err != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// tally counts the committed group g and appends the records of its new chunks to recs.
+func (g *group) tally(recs []cas.Info) (tally, []cas.Info) {
+	var t tally
+	for i := range g.entries {
+		e := &g.entries[i]
+		if e.err != nil {
+			if errors.Is(e.err, ErrMismatch) {
+				t.res.Refused++
+			}
+			if t.err == nil {
+				t.err = e.err
+			}
+			if !e.keep {
+				continue
+			}
+		}
+		t.res.Chunks++
+		t.res.Bytes += e.stored
+		if e.recorded {
+			t.res.Deduped++
+			t.res.RawBytes += e.recSize
+			continue
+		}
+		t.res.Stored++
+		t.res.RawBytes += e.info.Size
+		recs = append(recs, e.info)
+	}
+	return t, recs
 }
 
 func (in *Ingester) fail(err error) {

@@ -7,7 +7,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/driftstore/driftstore/cas"
 	"github.com/driftstore/driftstore/httpapi/ingest"
@@ -160,6 +162,61 @@ func TestFailureRule(t *testing.T) {
 			t.Fatalf("chunk %d recorded %v, want %v", i, ok, want)
 		}
 		if has, _ := r.Store().Has(context.Background(), cs[i].Digest); has && i >= 20 || has && i == bad {
+			t.Fatalf("chunk %d committed", i)
+		}
+	}
+	fsck(t, r)
+}
+
+// TestFailureRuleCoalesced: the committer, held up inside its first Committed call while two
+// more groups queue behind it (the third waiting to be queued), takes the queued groups at once;
+// the failure rule still holds: the group with the bad chunk is committed but for that chunk,
+// no group after it is.
+func TestFailureRuleCoalesced(t *testing.T) {
+	r := openRepo(t)
+	cs := chunks(5, 12)
+	bad := 4 // in the third group of 2
+	cs[bad].Stored = bytes.Clone(cs[bad].Stored)
+	cs[bad].Stored[len(cs[bad].Stored)/2] ^= 0x40
+	first, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	in := ingest.New(context.Background(), r.Index(), ingest.Config{Workers: 2, GroupChunks: 2, Committed: func(int, int64, int64) {
+		once.Do(func() { close(first); <-release })
+	}})
+	var added atomic.Int32
+	done := make(chan error, 1)
+	go func() {
+		for _, c := range cs {
+			if err := in.Add(c); err != nil {
+				done <- err
+				return
+			}
+			added.Add(1)
+		}
+		done <- nil
+	}()
+	<-first
+	// Groups 2 and 3 are queued once chunk 5 is in (the Add of chunk 6 may already refuse: a
+	// worker has seen the bad chunk; else the Add of chunk 7 waits for room in the queue).
+	for added.Load() < 6 {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	if err := <-done; err != nil && !errors.Is(err, ingest.ErrStopped) {
+		t.Fatalf("Add: %v", err)
+	}
+	res, err := in.Close()
+	if !errors.Is(err, ingest.ErrMismatch) {
+		t.Fatalf("Close: %v", err)
+	}
+	if res.Chunks != 5 || res.Refused != 1 || res.Stored != 5 {
+		t.Fatalf("result %+v", res)
+	}
+	for i, ok := range recorded(t, r.Index(), cs) {
+		if want := i < 6 && i != bad; ok != want {
+			t.Fatalf("chunk %d recorded %v, want %v", i, ok, want)
+		}
+		if has, _ := r.Store().Has(context.Background(), cs[i].Digest); has && (i >= 6 || i == bad) {
 			t.Fatalf("chunk %d committed", i)
 		}
 	}
