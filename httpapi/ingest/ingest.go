@@ -149,7 +149,7 @@ type job struct {
 func New(ctx context.Context, ix *index.Index, cfg Config) *Ingester {
 	cfg.setDefaults()
 	in := &Ingester{ix: ix, store: ix.Store(), cfg: cfg, ctx: context.WithoutCancel(ctx), release: ix.HoldGC(),
-		jobs: make(chan job, 4*cfg.Workers), groups: make(chan *group, 2), done: make(chan struct{})}
+		jobs: make(chan job, 4*cfg.Workers), groups: make(chan *group, maxCoalesce), done: make(chan struct{})}
 	in.cond = sync.NewCond(&in.mu)
 	for range cfg.Workers {
 		in.workers.Add(1)
@@ -359,13 +359,14 @@ func (in *Ingester) verifyAndWrite(j job, rec index.ChunkRecord) {
 	}
 }
 
-// maxCoalesce bounds the groups the committer takes at once.
+// maxCoalesce bounds the groups the committer takes at once, and the groups queued for it
+// (beyond that the reader waits).
 const maxCoalesce = 8
 
 // commit runs the groups in order: wait for their chunks, commit the batch, record, count. When
 // it falls behind (groups queued while it syncs), it takes every queued group at once: their
-// batches share one barrier and their records one index transaction, and the reader, which
-// would otherwise wait for room in the queue, goes on reading. The failure rule holds: a group
+// batches share one barrier and their records one index transaction, and the queue does not
+// fill up behind a slow barrier. The failure rule holds: a group
 // with a failed chunk is committed and recorded, the groups after it are discarded.
 func (in *Ingester) commit() {
 	defer close(in.done)

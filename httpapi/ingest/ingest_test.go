@@ -168,8 +168,8 @@ func TestFailureRule(t *testing.T) {
 	fsck(t, r)
 }
 
-// TestFailureRuleCoalesced: the committer, held up inside its first Committed call while two
-// more groups queue behind it (the third waiting to be queued), takes the queued groups at once;
+// TestFailureRuleCoalesced: the committer, held up inside its first Committed call while more
+// groups queue behind it, takes the queued groups at once;
 // the failure rule still holds: the group with the bad chunk is committed but for that chunk,
 // no group after it is.
 func TestFailureRuleCoalesced(t *testing.T) {
@@ -197,7 +197,7 @@ func TestFailureRuleCoalesced(t *testing.T) {
 	}()
 	<-first
 	// Groups 2 and 3 are queued once chunk 5 is in (the Add of chunk 6 may already refuse: a
-	// worker has seen the bad chunk; else the Add of chunk 7 waits for room in the queue).
+	// worker has seen the bad chunk; else later groups queue too).
 	for added.Load() < 6 {
 		time.Sleep(time.Millisecond)
 	}
