@@ -67,8 +67,8 @@ func ParseGEMMMode(v string) (GEMMMode, error) {
 // DefaultGEMMMinTokens is the smallest batch that goes to cuBLAS by default: every batch the
 // few-token kernels do not take. Measured on an H100 (docs/bench/cuda-notes-2026-11-26.md,
 // "cuBLAS"), summed over the products of a layer of the 1B shape: at 8 tokens the few-token
-// kernels take 62 µs against cuBLAS's 132; from 9 tokens on the own kernels use ds_tcm's
-// 64-token tiles, 616-657 µs up to 128 tokens, against cuBLAS's 130-153.
+// kernels take 62 µs against cuBLAS's 120; from 9 tokens on the own kernels use ds_tcm's
+// 64-token tiles, 616-659 µs up to 128 tokens, against cuBLAS's 109-122.
 const DefaultGEMMMinTokens = tcvMaxTokens + 1
 
 // blasWorkspace is the workspace each cuBLAS handle gets (what NVIDIA recommends for Hopper).
@@ -187,7 +187,8 @@ func blasStatusName(code int) string {
 
 // SetGEMM sets the device's GEMM options for the products issued after it returns (on any
 // stream). With Mode GEMMAuto or GEMMCUBLAS it loads cuBLAS (once per process); GEMMCUBLAS
-// fails where it does not load.
+// fails where it does not load. A handle that could not be made before (GEMMAuto then fell
+// back to the own kernels) is tried again.
 func (d *Device) SetGEMM(o GEMMOptions) error {
 	if o.Mode < GEMMAuto || o.Mode > GEMMCUBLAS {
 		return fmt.Errorf("cuda: GEMM mode %v", o.Mode)
@@ -204,6 +205,7 @@ func (d *Device) SetGEMM(o GEMMOptions) error {
 		}
 	}
 	d.gemm.Store(&o)
+	d.blasBroken.Store(false)
 	return nil
 }
 
