@@ -252,3 +252,135 @@ func TestRecentParentRegions(t *testing.T) {
 		t.Fatalf("err = %v, want ErrMissingParent", err)
 	}
 }
+
+// encodedChain returns n manifests, each the child of the one before (the first a child of
+// parent): 64 recorded chunks, then two more per manifest stored but not yet recorded (their
+// infos are returned too).
+func (f *fixture) encodedChain(parent ID, n int, tag string) ([]*Encoded, []cas.Info) {
+	f.t.Helper()
+	var all []cas.Info
+	var chunks []ChunkRef
+	for i := range 64 {
+		chunks = append(chunks, f.put(fmt.Sprintf("%s-base-%d", tag, i))...)
+	}
+	var es []*Encoded
+	for i := range n {
+		infos, refs := f.storeOnly(fmt.Sprintf("%s-%d-a", tag, i), fmt.Sprintf("%s-%d-b", tag, i))
+		all = append(all, infos...)
+		chunks = append(chunks, refs...)
+		m := &Manifest{Kind: "checkpoint", Parent: parent, Regions: []Region{{Name: "kv", Chunks: append([]ChunkRef(nil), chunks...)}}}
+		e, err := m.Encoded()
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		es, parent = append(es, e), e.ID()
+	}
+	return es, all
+}
+
+// TestCommitChainAndRef: chunks, a chain of manifests (each the parent of the next) and the
+// move of a ref to the last, in one transaction; the children are stored as deltas against
+// the first, as PutManifest one by one would.
+func TestCommitChainAndRef(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	es, infos := f.encodedChain(ID{}, 4, "c")
+	last := es[len(es)-1].ID()
+	err := f.ix.Commit(ctx, Commit{Chunks: infos, Manifests: es, Ref: &RefMove{Kind: RefSession, Name: "s", Target: last}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head, err := f.ix.Ref(RefSession, "s"); err != nil || head != last {
+		t.Fatalf("ref at %v, %v; want %v", head, err, last)
+	}
+	if h, err := f.ix.RefHistory(RefSession, "s"); err != nil || len(h) != 1 || !h[0].Old.IsZero() || h[0].New != last {
+		t.Fatalf("history %+v, %v", h, err)
+	}
+	for i, e := range es {
+		got, err := f.ix.ManifestBytes(e.ID())
+		if err != nil || string(got) != string(e.Bytes()) {
+			t.Fatalf("manifest %d: %v", i, err)
+		}
+		v := f.storedValue(e.ID())
+		if delta := len(v) >= 36 && string(v[:4]) == deltaMagic; delta != (i > 0) || delta && ID(v[4:36]) != es[0].ID() {
+			t.Fatalf("manifest %d stored as delta: %v", i, delta)
+		}
+	}
+	// The next commit builds on the remembered chain: a delta against the same base.
+	infos, refs := f.storeOnly("d-1", "d-2")
+	child := &Manifest{Kind: "checkpoint", Parent: last, Regions: []Region{{Name: "kv", Chunks: append(append([]ChunkRef(nil), es[len(es)-1].m.Regions[0].Chunks...), refs...)}}}
+	ce, err := child.Encoded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ix.Commit(ctx, Commit{Chunks: infos, Manifests: []*Encoded{ce}, Ref: &RefMove{Kind: RefSession, Name: "s", Expected: last, Target: ce.ID()}}); err != nil {
+		t.Fatal(err)
+	}
+	if v := f.storedValue(ce.ID()); string(v[:4]) != deltaMagic || ID(v[4:36]) != es[0].ID() {
+		t.Fatal("a child of a committed chain not stored as a delta against its base")
+	}
+}
+
+// TestCommitAllOrNothing: a conflicting ref, a missing chunk in a later manifest, or a parent
+// neither present nor earlier in the list: Commit fails and nothing of it is there.
+func TestCommitAllOrNothing(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	other, _ := f.encodedChain(ID{}, 1, "o")
+	if err := f.ix.Commit(ctx, Commit{Chunks: nil, Manifests: nil}); err != nil {
+		t.Fatal(err)
+	}
+	head := f.put("h")
+	hm, err := f.ix.PutManifest(ctx, &Manifest{Kind: "file", Regions: []Region{{Name: "r", Chunks: head}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ix.SetRef(ctx, RefSession, "s", hm); err != nil {
+		t.Fatal(err)
+	}
+	es, infos := f.encodedChain(ID{}, 3, "x")
+	_, ghost := f.storeOnly("never recorded")
+	broken := &Manifest{Kind: "checkpoint", Parent: es[1].ID(), Regions: []Region{{Name: "kv", Chunks: ghost}}}
+	be, err := broken.Encoded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan := &Manifest{Kind: "checkpoint", Parent: other[0].ID(), Regions: []Region{{Name: "kv", Chunks: head}}}
+	oe, err := orphan.Encoded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var me *MissingChunksError
+	for _, c := range []struct {
+		name string
+		c    Commit
+		is   func(error) bool
+	}{
+		{"conflict", Commit{Chunks: infos, Manifests: es, Ref: &RefMove{Kind: RefSession, Name: "s", Expected: ID{}, Target: es[2].ID()}},
+			func(err error) bool { return errors.Is(err, ErrConflict) }},
+		{"missing chunk", Commit{Chunks: infos, Manifests: []*Encoded{es[0], es[1], be}, Ref: &RefMove{Kind: RefSession, Name: "s", Expected: hm, Target: be.ID()}},
+			func(err error) bool { return errors.As(err, &me) && len(me.Missing) == 1 && me.Missing[0] == ghost[0].Digest }},
+		{"missing parent", Commit{Chunks: infos, Manifests: []*Encoded{es[0], oe}},
+			func(err error) bool { return errors.Is(err, ErrMissingParent) }},
+		{"target absent", Commit{Chunks: infos, Manifests: es[:1], Ref: &RefMove{Kind: RefSession, Name: "s", Expected: hm, Target: es[2].ID()}},
+			func(err error) bool { return errors.Is(err, ErrManifestNotFound) }},
+	} {
+		err := f.ix.Commit(ctx, c.c)
+		if !c.is(err) {
+			t.Fatalf("%s: err = %v", c.name, err)
+		}
+		for _, e := range append(es, be, oe) {
+			if has, err := f.ix.HasManifest(e.ID()); has || err != nil {
+				t.Fatalf("%s: manifest %s stored (%v)", c.name, e.ID(), err)
+			}
+		}
+		for _, in := range infos {
+			if _, err := f.ix.Chunk(in.Digest); !errors.Is(err, ErrChunkNotRecorded) {
+				t.Fatalf("%s: chunk recorded (%v)", c.name, err)
+			}
+		}
+		if h, err := f.ix.Ref(RefSession, "s"); err != nil || h != hm {
+			t.Fatalf("%s: ref moved to %v (%v)", c.name, h, err)
+		}
+	}
+}

@@ -631,6 +631,16 @@ func (m *Manifest) Encoded() (*Encoded, error) {
 	return &Encoded{m: c, data: data, id: id}, nil
 }
 
+// DecodeEncoded decodes data strictly (see Decode) into an Encoded manifest whose ID is the
+// BLAKE3 of data. The result shares data: do not modify data while the result is in use.
+func DecodeEncoded(data []byte) (*Encoded, error) {
+	m, err := Decode(data)
+	if err != nil {
+		return nil, err
+	}
+	return &Encoded{m: m, data: data, id: cas.Sum(data)}, nil
+}
+
 // ID returns the manifest's ID (the BLAKE3 of Bytes).
 func (e *Encoded) ID() ID { return e.id }
 

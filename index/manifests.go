@@ -55,98 +55,191 @@ func (ix *Index) CommitManifest(ctx context.Context, infos []cas.Info, m *Manife
 // caller may encode it while other work (the chunks' durability barrier, say) is under way.
 // Same guarantees and errors as CommitManifest.
 func (ix *Index) CommitEncoded(ctx context.Context, infos []cas.Info, e *Encoded) error {
-	if err := validInfos(infos); err != nil {
-		return err
-	}
-	return ix.putManifest(ctx, infos, e.m, e.data, e.id)
+	return ix.Commit(ctx, Commit{Chunks: infos, Manifests: []*Encoded{e}})
 }
 
 // PutManifestBytes is PutManifest for an encoded manifest from any source: data is decoded
 // strictly (see Decode) before anything is written. data is only read during the call.
 func (ix *Index) PutManifestBytes(ctx context.Context, data []byte) (ID, error) {
-	m, err := Decode(data)
+	e, err := DecodeEncoded(data)
 	if err != nil {
 		return ID{}, err
 	}
-	id := cas.Sum(data)
-	return id, ix.putManifest(ctx, nil, m, data, id)
+	return e.id, ix.Commit(ctx, Commit{Manifests: []*Encoded{e}})
 }
 
-// putManifest commits m, whose canonical encoding is data and ID id. m's regions are kept
-// (remember) after a successful commit: the caller must not modify them afterwards. data is
-// only read during the call.
-func (ix *Index) putManifest(ctx context.Context, infos []cas.Info, m *Manifest, data []byte, id ID) error {
+// Commit is what one index transaction commits: all of it, durably with one commit, or none of
+// it.
+type Commit struct {
+	// Chunks are recorded first (as RecordChunks): they must be durably in the store (the
+	// caller should hold HoldGC from their Put until Commit returns).
+	Chunks []cas.Info
+	// Manifests are committed next, in order, each as PutManifest: its chunks recorded (or in
+	// Chunks) and its parent present or earlier in the list. Their regions are kept (the
+	// index remembers recent manifests): do not modify them afterwards.
+	Manifests []*Encoded
+	// Ref, when set, is moved last, with compare-and-swap (as CompareAndSwapRef): its target
+	// may be one of Manifests.
+	Ref *RefMove
+}
+
+// RefMove is a compare-and-swap of ref Kind/Name from Expected (zero: the ref must not exist) to
+// Target (zero: delete it).
+type RefMove struct {
+	Kind             RefKind
+	Name             string
+	Expected, Target ID
+}
+
+// Commit commits c in one transaction. Errors are those of RecordChunks, PutManifest (a
+// *MissingChunksError, a *LengthMismatchError, ErrMissingParent) and CompareAndSwapRef
+// (ErrConflict, ErrManifestNotFound), wrapped with what failed; after any error nothing of c
+// is committed.
+func (ix *Index) Commit(ctx context.Context, c Commit) error {
 	if err := ctxErr(ctx); err != nil {
 		return err
 	}
-	now := ix.now()
-	// The parent, when this Index committed it recently: then the transaction only checks that
-	// it is still present (a present manifest's chunks are all recorded) rather than rebuilding
-	// and decoding its stored bytes. Its base (itself when stored full) is the base of m's
-	// delta form, made here, outside the transaction.
-	parent, haveParent := ix.recentManifest(m.Parent)
-	var base recentManifest
-	var delta []byte
-	if haveParent {
-		base = parent
-		if !parent.base.IsZero() {
-			base, _ = ix.recentManifest(parent.base)
-		}
-		if base.full != nil {
-			delta = makeDelta(base.id, base.full, base.layout, data, layoutOf(m, len(data)))
+	if err := validInfos(c.Chunks); err != nil {
+		return err
+	}
+	var key []byte
+	if c.Ref != nil {
+		var err error
+		if key, err = refKey(c.Ref.Kind, c.Ref.Name); err != nil {
+			return err
 		}
 	}
-	entry := recentManifest{id: id, regions: m.Regions}
+	now := ix.now()
+	plans := make([]manifestPlan, len(c.Manifests))
+	for i, e := range c.Manifests {
+		plans[i] = ix.plan(e, plans[:i])
+	}
 	err := ix.update(func(tx *bolt.Tx) error {
-		entry.base = ID{}
 		chunks := tx.Bucket(bucketChunks)
-		if err := recordIn(chunks, infos, now); err != nil {
+		if err := recordIn(chunks, c.Chunks, now); err != nil {
 			return err
 		}
-		mb := tx.Bucket(bucketManifests)
-		var known []Region
-		parentPresent := m.Parent.IsZero()
-		if !parentPresent {
-			if v := mb.Get(m.Parent[:]); v != nil {
-				parentPresent = true
-				if haveParent {
-					known = parent.regions
-				} else {
-					known = knownRegions(mb, m.Parent, v)
-				}
+		for i := range plans {
+			if err := plans[i].put(tx, chunks, now); err != nil {
+				return fmt.Errorf("put manifest %s: %w", plans[i].e.id, err)
 			}
 		}
-		if err := checkChunks(chunks, m, known); err != nil {
-			return err
-		}
-		if !parentPresent {
-			return fmt.Errorf("%w: %s", ErrMissingParent, m.Parent)
-		}
-		if v := mb.Get(id[:]); v != nil {
-			if bytes.HasPrefix(v, []byte(deltaMagic)) && len(v) >= len(deltaMagic)+32 {
-				entry.base = ID(v[len(deltaMagic) : len(deltaMagic)+32])
-			}
-		} else {
-			value := data
-			// The delta form only against the base as it was made from: present, full and the
-			// same bytes (an ancestor of m, so garbage collection keeps it while m lives).
-			if delta != nil && bytes.Equal(mb.Get(base.id[:]), base.full) {
-				value, entry.base = delta, base.id
-			}
-			if err := mb.Put(id[:], value); err != nil {
-				return err
+		if c.Ref != nil {
+			mv := c.Ref
+			if err := moveRefTx(tx, key, casCheck(mv.Kind, mv.Name, mv.Expected), mv.Target, now); err != nil {
+				return fmt.Errorf("move %s %q to %s: %w", mv.Kind, mv.Name, idOrNone(mv.Target), err)
 			}
 		}
-		return tx.Bucket(bucketMtimes).Put(id[:], putTime(nil, now))
+		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("put manifest %s: %w", id, err)
+		return err
 	}
-	if entry.base.IsZero() {
-		entry.full, entry.layout = bytes.Clone(data), layoutOf(m, len(data))
+	for i := range plans {
+		ix.remember(plans[i].committed())
 	}
-	ix.remember(entry)
 	return nil
+}
+
+// manifestPlan is one manifest of a Commit: what is known of its parent before the
+// transaction, and its delta form, made outside the transaction.
+type manifestPlan struct {
+	e          *Encoded
+	parent     recentManifest // when haveParent: committed recently, or earlier in the Commit
+	haveParent bool
+	base       recentManifest // the base of delta
+	delta      []byte         // nil: stored full
+	storedBase ID             // set by put: the base of the stored delta form, zero when full
+}
+
+// plan prepares e's commit. The parent, when this Index committed it recently or it comes
+// earlier in the same Commit: then the transaction only checks that it is present (a present
+// manifest's chunks are all recorded) rather than rebuilding and decoding its stored bytes. Its
+// base (itself when stored full) is the base of e's delta form.
+func (ix *Index) plan(e *Encoded, earlier []manifestPlan) manifestPlan {
+	p := manifestPlan{e: e}
+	find := func(id ID) (recentManifest, bool) {
+		for i := len(earlier) - 1; i >= 0; i-- {
+			if earlier[i].e.id == id {
+				return earlier[i].intended(), true
+			}
+		}
+		return ix.recentManifest(id)
+	}
+	p.parent, p.haveParent = find(e.m.Parent)
+	if p.haveParent {
+		base := p.parent
+		if !base.base.IsZero() {
+			base, _ = find(base.base)
+		}
+		if base.full != nil {
+			p.base = base
+			p.delta = makeDelta(base.id, base.full, base.layout, e.data, layoutOf(e.m, len(e.data)))
+		}
+	}
+	return p
+}
+
+// intended is the entry p's manifest will have once stored as planned (a later manifest of the
+// same Commit builds on it; the transaction checks the base it names before using a delta).
+func (p *manifestPlan) intended() recentManifest {
+	r := recentManifest{id: p.e.id, regions: p.e.m.Regions}
+	if p.delta != nil {
+		r.base = p.base.id
+	} else {
+		r.full, r.layout = p.e.data, layoutOf(p.e.m, len(p.e.data))
+	}
+	return r
+}
+
+// committed is the entry p's manifest has after its transaction.
+func (p *manifestPlan) committed() recentManifest {
+	r := recentManifest{id: p.e.id, regions: p.e.m.Regions, base: p.storedBase}
+	if r.base.IsZero() {
+		r.full, r.layout = bytes.Clone(p.e.data), layoutOf(p.e.m, len(p.e.data))
+	}
+	return r
+}
+
+// put commits p's manifest in tx (see PutManifest).
+func (p *manifestPlan) put(tx *bolt.Tx, chunks *bolt.Bucket, now time.Time) error {
+	m, id := p.e.m, p.e.id
+	p.storedBase = ID{}
+	mb := tx.Bucket(bucketManifests)
+	var known []Region
+	parentPresent := m.Parent.IsZero()
+	if !parentPresent {
+		if v := mb.Get(m.Parent[:]); v != nil {
+			parentPresent = true
+			if p.haveParent {
+				known = p.parent.regions
+			} else {
+				known = knownRegions(mb, m.Parent, v)
+			}
+		}
+	}
+	if err := checkChunks(chunks, m, known); err != nil {
+		return err
+	}
+	if !parentPresent {
+		return fmt.Errorf("%w: %s", ErrMissingParent, m.Parent)
+	}
+	if v := mb.Get(id[:]); v != nil {
+		if bytes.HasPrefix(v, []byte(deltaMagic)) && len(v) >= len(deltaMagic)+32 {
+			p.storedBase = ID(v[len(deltaMagic) : len(deltaMagic)+32])
+		}
+	} else {
+		value := p.e.data
+		// The delta form only against the base as it was made from: present, full and the
+		// same bytes (an ancestor of m, so garbage collection keeps it while m lives).
+		if p.delta != nil && bytes.Equal(mb.Get(p.base.id[:]), p.base.full) {
+			value, p.storedBase = p.delta, p.base.id
+		}
+		if err := mb.Put(id[:], value); err != nil {
+			return err
+		}
+	}
+	return tx.Bucket(bucketMtimes).Put(id[:], putTime(nil, now))
 }
 
 // knownRegions returns the regions of the manifest id stored as v in mb, or nil when its bytes

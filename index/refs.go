@@ -108,12 +108,17 @@ func (ix *Index) SetRef(ctx context.Context, kind RefKind, name string, target I
 // must not exist; target zero deletes it. When the ref is not at expected, nothing changes and
 // the error wraps ErrConflict. target must be a stored manifest.
 func (ix *Index) CompareAndSwapRef(ctx context.Context, kind RefKind, name string, expected, target ID) error {
-	return ix.moveRef(ctx, kind, name, func(cur ID) error {
+	return ix.Commit(ctx, Commit{Ref: &RefMove{Kind: kind, Name: name, Expected: expected, Target: target}})
+}
+
+// casCheck is a compare-and-swap's condition: the ref is at expected.
+func casCheck(kind RefKind, name string, expected ID) func(cur ID) error {
+	return func(cur ID) error {
 		if cur != expected {
 			return fmt.Errorf("%w: %s %q is at %s, expected %s", ErrConflict, kind, name, idOrNone(cur), idOrNone(expected))
 		}
 		return nil
-	}, target)
+	}
 }
 
 func idOrNone(id ID) string {
@@ -132,50 +137,54 @@ func (ix *Index) moveRef(ctx context.Context, kind RefKind, name string, check f
 		return err
 	}
 	now := ix.now()
-	err = ix.update(func(tx *bolt.Tx) error {
-		refs := tx.Bucket(bucketRefs)
-		var cur ID
-		if v := refs.Get(key); v != nil {
-			if len(v) != len(cur) {
-				return fmt.Errorf("%w: %s %q: value of %d bytes", ErrCorruptIndex, kind, name, len(v))
-			}
-			copy(cur[:], v)
-		}
-		if err := check(cur); err != nil {
-			return err
-		}
-		if cur == target {
-			return nil
-		}
-		if target.IsZero() {
-			if err := refs.Delete(key); err != nil {
-				return err
-			}
-		} else {
-			if tx.Bucket(bucketManifests).Get(target[:]) == nil {
-				return fmt.Errorf("%w: %s", ErrManifestNotFound, target)
-			}
-			if err := refs.Put(key, target[:]); err != nil {
-				return err
-			}
-		}
-		hb, err := tx.Bucket(bucketHistory).CreateBucketIfNotExists(key)
-		if err != nil {
-			return err
-		}
-		seq, err := hb.NextSequence()
-		if err != nil {
-			return err
-		}
-		entry := putTime(make([]byte, 0, 8+64), now)
-		entry = append(entry, cur[:]...)
-		entry = append(entry, target[:]...)
-		return hb.Put(binary.BigEndian.AppendUint64(nil, seq), entry)
-	})
+	err = ix.update(func(tx *bolt.Tx) error { return moveRefTx(tx, key, check, target, now) })
 	if err != nil {
 		return fmt.Errorf("move %s %q to %s: %w", kind, name, idOrNone(target), err)
 	}
 	return nil
+}
+
+// moveRefTx moves the ref at key to target in tx if check accepts where it points now, and logs
+// the change in its history (a move to where it already points changes nothing).
+func moveRefTx(tx *bolt.Tx, key []byte, check func(cur ID) error, target ID, now time.Time) error {
+	refs := tx.Bucket(bucketRefs)
+	var cur ID
+	if v := refs.Get(key); v != nil {
+		if len(v) != len(cur) {
+			return fmt.Errorf("%w: %s %q: value of %d bytes", ErrCorruptIndex, RefKind(key[0]), key[1:], len(v))
+		}
+		copy(cur[:], v)
+	}
+	if err := check(cur); err != nil {
+		return err
+	}
+	if cur == target {
+		return nil
+	}
+	if target.IsZero() {
+		if err := refs.Delete(key); err != nil {
+			return err
+		}
+	} else {
+		if tx.Bucket(bucketManifests).Get(target[:]) == nil {
+			return fmt.Errorf("%w: %s", ErrManifestNotFound, target)
+		}
+		if err := refs.Put(key, target[:]); err != nil {
+			return err
+		}
+	}
+	hb, err := tx.Bucket(bucketHistory).CreateBucketIfNotExists(key)
+	if err != nil {
+		return err
+	}
+	seq, err := hb.NextSequence()
+	if err != nil {
+		return err
+	}
+	entry := putTime(make([]byte, 0, 8+64), now)
+	entry = append(entry, cur[:]...)
+	entry = append(entry, target[:]...)
+	return hb.Put(binary.BigEndian.AppendUint64(nil, seq), entry)
 }
 
 // Refs lists the refs of one kind (0: all kinds), ordered by kind then name.
