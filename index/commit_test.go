@@ -359,7 +359,9 @@ func TestCommitAllOrNothing(t *testing.T) {
 		{"conflict", Commit{Chunks: infos, Manifests: es, Ref: &RefMove{Kind: RefSession, Name: "s", Expected: ID{}, Target: es[2].ID()}},
 			func(err error) bool { return errors.Is(err, ErrConflict) }},
 		{"missing chunk", Commit{Chunks: infos, Manifests: []*Encoded{es[0], es[1], be}, Ref: &RefMove{Kind: RefSession, Name: "s", Expected: hm, Target: be.ID()}},
-			func(err error) bool { return errors.As(err, &me) && len(me.Missing) == 1 && me.Missing[0] == ghost[0].Digest }},
+			func(err error) bool {
+				return errors.As(err, &me) && len(me.Missing) == 1 && me.Missing[0] == ghost[0].Digest
+			}},
 		{"missing parent", Commit{Chunks: infos, Manifests: []*Encoded{es[0], oe}},
 			func(err error) bool { return errors.Is(err, ErrMissingParent) }},
 		{"target absent", Commit{Chunks: infos, Manifests: es[:1], Ref: &RefMove{Kind: RefSession, Name: "s", Expected: hm, Target: es[2].ID()}},
