@@ -59,6 +59,10 @@ type CaptureOptions struct {
 	// recorded and the manifest committed, which happen together in one index transaction
 	// (tests use it to observe that moment).
 	BeforeCommit func()
+	// MoveRef, when set, moves a ref to the new checkpoint (compare-and-swap from
+	// MoveRef.Expected; MoveRef.Target is ignored) in the same index transaction: a conflict
+	// commits nothing (the error wraps index.ErrConflict).
+	MoveRef *index.RefMove
 }
 
 // Result describes a capture.
@@ -459,7 +463,11 @@ func (s *Snapshot) Commit(ctx context.Context, ix *index.Index) (*Result, error)
 	// committed only with every chunk it names durable (above) and recorded (here). Chunks the
 	// parent names at the same place are not looked up again (index.PutManifest).
 	ixStart := time.Now()
-	if err := ix.CommitEncoded(ctx, infos, enc); err != nil {
+	commit := index.Commit{Chunks: infos, Manifests: []*index.Encoded{enc}}
+	if mv := opts.MoveRef; mv != nil {
+		commit.Ref = &index.RefMove{Kind: mv.Kind, Name: mv.Name, Expected: mv.Expected, Target: enc.ID()}
+	}
+	if err := ix.Commit(ctx, commit); err != nil {
 		return nil, fmt.Errorf("checkpoint: commit manifest: %w", err)
 	}
 	cp.ID = enc.ID()

@@ -787,6 +787,12 @@ func (s *Session) checkpointLocked(ctx context.Context) (*checkpoint.Result, err
 			Blocks: s.head.Layout.Layers * s.head.Layout.Blocks(s.head.Position), KVBytes: s.head.KVBytes()}, nil
 	}
 	opts := s.captureOptions()
+	// The head moves in the checkpoint's own index transaction.
+	var expected index.ID
+	if s.head != nil {
+		expected = s.head.ID
+	}
+	opts.MoveRef = &index.RefMove{Kind: index.RefSession, Name: s.name, Expected: expected}
 	r, err := checkpoint.Capture(ctx, s.m.cfg.Index, s.model, s.inst, opts)
 	if err != nil && len(s.reuse) > 0 && errors.Is(err, index.ErrMissingChunks) {
 		opts.Reuse = nil // prefix chunks collected meanwhile: store them again
@@ -794,13 +800,6 @@ func (s *Session) checkpointLocked(ctx context.Context) (*checkpoint.Result, err
 	}
 	if err != nil {
 		return nil, fmt.Errorf("session %s: %w", s.name, err)
-	}
-	var expected index.ID
-	if s.head != nil {
-		expected = s.head.ID
-	}
-	if err := s.m.cfg.Index.CompareAndSwapRef(ctx, index.RefSession, s.name, expected, r.Checkpoint.ID); err != nil {
-		return nil, fmt.Errorf("session %s: move head: %w", s.name, err)
 	}
 	s.head, s.loaded, s.dirty, s.reuse = r.Checkpoint, true, false, nil
 	if s.m.prefix != nil {
@@ -818,11 +817,17 @@ func (s *Session) captureOptions() checkpoint.CaptureOptions {
 }
 
 // snapshotLocked takes the live, changed session's checkpoint as a snapshot and starts its
-// commit on a goroutine (s.pending), which then moves the head by compare-and-swap from the
-// head the snapshot follows. The commit runs under ctx's values but not its cancellation (the
+// commit on a goroutine (s.pending), whose index transaction also moves the head by
+// compare-and-swap from the head the snapshot follows. The commit runs under ctx's values but not its cancellation (the
 // turn's request may end first); Manager.Close waits for it.
 func (s *Session) snapshotLocked(ctx context.Context) (*PendingCheckpoint, error) {
 	opts := s.captureOptions()
+	// The commit moves the head from the snapshot's parent in its own index transaction.
+	var expected index.ID
+	if opts.Parent != nil {
+		expected = opts.Parent.ID
+	}
+	opts.MoveRef = &index.RefMove{Kind: index.RefSession, Name: s.name, Expected: expected}
 	snap, err := checkpoint.TakeSnapshot(s.model, s.inst, opts)
 	if err != nil {
 		return nil, fmt.Errorf("session %s: %w", s.name, err)
@@ -838,17 +843,12 @@ func (s *Session) snapshotLocked(ctx context.Context) (*PendingCheckpoint, error
 	return p, nil
 }
 
-// commit runs on its own goroutine: it commits snap, moves the head from snap's parent to it,
-// and adds it to the prefix cache. It touches nothing of the session but its immutable fields.
+// commit runs on its own goroutine: it commits snap, moving the head from snap's parent to it
+// in the same transaction, and adds it to the prefix cache. It touches nothing of the session but its immutable fields.
 func (s *Session) commit(ctx context.Context, c *pendingCommit, snap *checkpoint.Snapshot) {
 	defer close(c.done)
-	pos, parent := snap.Position(), snap.Parent()
-	r, err := snap.Commit(ctx, s.m.cfg.Index)
-	if err == nil {
-		if err = s.m.cfg.Index.CompareAndSwapRef(ctx, index.RefSession, s.name, parent, r.Checkpoint.ID); err != nil {
-			err = fmt.Errorf("move head: %w", err)
-		}
-	}
+	pos := snap.Position()
+	r, err := snap.Commit(ctx, s.m.cfg.Index) // moves the head from parent too
 	if err != nil {
 		c.err = fmt.Errorf("session %s: checkpoint at position %d: %w", s.name, pos, err)
 		s.m.cfg.Log.Error("deferred checkpoint failed; the session's head stays at its previous checkpoint",
