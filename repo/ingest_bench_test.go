@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/metrics"
 	"syscall"
 	"testing"
 	"time"
@@ -32,6 +34,7 @@ func BenchmarkIngest(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/workers=%d", ds.name, w), func(b *testing.B) {
 				b.SetBytes(int64(len(ds.data)))
 				var cpu time.Duration
+				var idle, total float64
 				for b.Loop() {
 					b.StopTimer()
 					dir := b.TempDir()
@@ -45,12 +48,17 @@ func BenchmarkIngest(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
+					idle0, total0 := schedIdle()
 					b.StartTimer()
 					cpu0 := cpuTime()
 					if _, err := r.PutReader(context.Background(), "in", bytes.NewReader(ds.data), repo.PutOptions{Hint: cas.HintNone}); err != nil {
 						b.Fatal(err)
 					}
 					cpu += cpuTime() - cpu0
+					b.StopTimer()
+					idle1, total1 := schedIdle()
+					idle, total = idle+idle1-idle0, total+total1-total0
+					b.StartTimer()
 					b.StopTimer()
 					r.Close()
 					if base != "" {
@@ -59,9 +67,23 @@ func BenchmarkIngest(b *testing.B) {
 					b.StartTimer()
 				}
 				b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N)/float64(len(ds.data)), "cpu-ns/B")
+				if total > 0 {
+					b.ReportMetric(100*idle/total, "%P-idle")
+				}
 			})
 		}
 	}
+}
+
+// schedIdle returns the Go scheduler's idle and total CPU seconds so far (runtime/metrics
+// /cpu/classes/idle and /cpu/classes/total): the share of GOMAXPROCS the process left unused,
+// whatever else ran on the machine.
+// It runs a garbage collection first: the runtime updates those metrics at collections.
+func schedIdle() (idle, total float64) {
+	runtime.GC()
+	s := []metrics.Sample{{Name: "/cpu/classes/idle:cpu-seconds"}, {Name: "/cpu/classes/total:cpu-seconds"}}
+	metrics.Read(s)
+	return s[0].Value.Float64(), s[1].Value.Float64()
 }
 
 // cpuTime returns the process's user and system CPU time so far.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"testing"
 
@@ -40,7 +41,11 @@ func TestPutRetainedRoundTrip(t *testing.T) {
 				for i := 0; i < len(in); i += 4096 {
 					in[i] = byte(rng.Uint32())
 				}
-				res, err := r.PutReader(ctx, "in", &choppyReader{data: in, rng: rng}, PutOptions{Chunker: spec, Workers: workers})
+				var rd io.Reader = &choppyReader{data: in, rng: rng}
+				if workers == 3 {
+					rd = bytes.NewReader(in) // cut in place (inMemory)
+				}
+				res, err := r.PutReader(ctx, "in", rd, PutOptions{Chunker: spec, Workers: workers})
 				if err != nil {
 					t.Fatalf("%s: put: %v", name, err)
 				}
@@ -56,6 +61,117 @@ func TestPutRetainedRoundTrip(t *testing.T) {
 				out.Reset()
 				if _, err := r.Get(ctx, res.ID, &out, GetOptions{}); err != nil {
 					t.Fatalf("%s: get after the input was overwritten: %v", name, err)
+				}
+			}
+		}
+	}
+}
+
+// piecewise is an in-memory reader whose WriteTo passes its bytes in several Writes of random
+// sizes (as the readers inMemory takes might, unlike bytes.Reader's single Write), through a
+// scratch buffer that it overwrites after each Write, as io.Copy's buffer is reused: a Write
+// that kept using its argument after returning would store garbage.
+type piecewise struct {
+	data    []byte
+	rng     *rand.Rand
+	scratch []byte
+}
+
+func (p *piecewise) Read(b []byte) (int, error) { panic("piecewise: Read: ingest should use WriteTo") }
+
+func (p *piecewise) WriteTo(w io.Writer) (int64, error) {
+	var n int64
+	for len(p.data) > 0 {
+		k := min(len(p.data), 1+p.rng.IntN(3*segmentSize/2))
+		if cap(p.scratch) < k {
+			p.scratch = make([]byte, k)
+		}
+		piece := p.scratch[:k]
+		copy(piece, p.data)
+		m, err := w.Write(piece)
+		for i := range piece {
+			piece[i] = 0xee
+		}
+		n += int64(m)
+		if err != nil {
+			return n, err
+		}
+		p.data = p.data[k:]
+	}
+	return n, nil
+}
+
+func (p *piecewise) inMemoryBytes() {}
+
+// Inputs already in memory (bytes.Reader, bytes.Buffer, and a reader whose WriteTo writes in
+// pieces) are cut in place, into the same chunks as the Stream cuts, and the Put reads back.
+func TestIngestInMemoryMatchesStream(t *testing.T) {
+	r, _ := openTest(t)
+	ctx := context.Background()
+	small := chunker.Params{Min: 1024, Avg: 4096, Max: 16384, Normalization: 1}
+	specs := []ChunkerSpec{{}, {Method: ChunkFastCDC, Params: small}, {Method: ChunkFixed, Size: 5000}, {Method: ChunkFixed, Size: 1 << 20}}
+	for si, spec := range specs {
+		spec, err := spec.normalize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, size := range []int{0, 1, 16383, 3*segmentSize + 12345} {
+			data := randBytes(uint64(size)+9, size)
+			var st *chunker.Stream
+			if spec.Method == ChunkFixed {
+				st, err = chunker.NewFixedStream(bytes.NewReader(data), spec.Size)
+			} else {
+				st, err = chunker.NewStream(bytes.NewReader(data), spec.Params)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []cas.Digest
+			for {
+				ch, err := st.Next()
+				if err == io.EOF {
+					break
+				} else if err != nil {
+					t.Fatal(err)
+				}
+				want = append(want, cas.Sum(ch.Data))
+			}
+			for ri, mk := range []func() io.Reader{
+				func() io.Reader { return bytes.NewReader(data) },
+				func() io.Reader { return bytes.NewBuffer(bytes.Clone(data)) },
+				func() io.Reader { return &piecewise{data: data, rng: rand.New(rand.NewPCG(uint64(si), uint64(size)))} },
+			} {
+				for _, workers := range []int{1, 3} {
+					name := fmt.Sprintf("%v size %d reader %d workers %d", spec, size, ri, workers)
+					rd := mk()
+					if inMemory(rd) == nil {
+						t.Fatalf("%s: not taken as in memory", name)
+					}
+					batch := cas.NewBatch(r.local)
+					var progressed int64
+					refs, _, n, err := r.ingest(ctx, batch, rd, spec, cas.HintNone, workers, func(k int64) { progressed += k })
+					if err != nil {
+						batch.Discard()
+						t.Fatalf("%s: %v", name, err)
+					}
+					if n != int64(size) || progressed != n || len(refs) != len(want) {
+						batch.Discard()
+						t.Fatalf("%s: read %d, progress %d, %d chunks; want %d bytes in %d chunks", name, n, progressed, len(refs), size, len(want))
+					}
+					for i, ref := range refs {
+						if ref.Digest != want[i] {
+							batch.Discard()
+							t.Fatalf("%s: chunk %d differs from the stream's", name, i)
+						}
+					}
+					if err := batch.Commit(ctx); err != nil {
+						t.Fatalf("%s: commit: %v", name, err)
+					}
+					for i, ref := range refs {
+						if _, err := r.local.Get(ctx, ref.Digest, nil); err != nil {
+							t.Fatalf("%s: chunk %d: %v", name, i, err)
+						}
+					}
 				}
 			}
 		}

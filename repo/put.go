@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -350,6 +351,35 @@ func (s *segment) release() {
 	}
 }
 
+// inMemory returns rd as an io.WriterTo when it is a reader of bytes already in memory whose
+// WriteTo hands them over as they are (*bytes.Reader, *bytes.Buffer), so that Put can cut
+// them in place instead of copying them into segments; nil otherwise.
+func inMemory(rd io.Reader) io.WriterTo {
+	switch r := rd.(type) {
+	case *bytes.Reader:
+		return r
+	case *bytes.Buffer:
+		return r
+	case inMemoryReader:
+		return r
+	}
+	return nil
+}
+
+// inMemoryReader is a reader that declares, by its method inMemoryBytes, that its WriteTo
+// passes its own bytes in memory to Write, in one call or several (tests use it for the
+// several).
+type inMemoryReader interface {
+	io.Reader
+	io.WriterTo
+	inMemoryBytes()
+}
+
+// writerFunc is an io.Writer made of a function.
+type writerFunc func(p []byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
 // maxEmptyReads is how many reads in a row may return 0, nil before the reader is deemed stuck.
 const maxEmptyReads = 100
 
@@ -415,6 +445,29 @@ func (r *Repo) ingest(ctx context.Context, batch cas.Batch, rd io.Reader, spec C
 	var total int64
 	g.Go(func() error { // the reader: fill segments, cut chunks, hand them out
 		defer close(jobs)
+		// waitFree waits for a segment to come back on ch. Chunks retained by the batch pin
+		// segments until their run is written: have it written now, and by the workers for the
+		// chunks they store while we wait.
+		waitFree := func(ch <-chan *segment) (*segment, error) {
+			select {
+			case s := <-ch:
+				return s, nil
+			default:
+			}
+			if retainer != nil {
+				starved.Store(true)
+				defer starved.Store(false)
+				if err := flush(); err != nil {
+					return nil, err
+				}
+			}
+			select {
+			case s := <-ch:
+				return s, nil
+			case <-gctx.Done():
+				return nil, gctx.Err()
+			}
+		}
 		made := 0
 		take := func() (*segment, error) {
 			select {
@@ -433,25 +486,65 @@ func (r *Repo) ingest(ctx context.Context, batch cas.Batch, rd io.Reader, spec C
 				s.free = free
 				return s, nil
 			}
-			if retainer != nil {
-				// Chunks retained by the batch pin segments until their run is written: have
-				// it written now, and by the workers for the chunks they store while we wait.
-				starved.Store(true)
-				defer starved.Store(false)
-				if err := flush(); err != nil {
-					return nil, err
-				}
-			}
+			return waitFree(free)
+		}
+		seq := 0
+		// send hands out data, a chunk of seg's buffer, as job seq.
+		send := func(seg *segment, data []byte) error {
+			seg.refs.Add(1)
 			select {
-			case s := <-free:
-				return s, nil
+			case jobs <- job{seq, data, seg}:
 			case <-gctx.Done():
-				return nil, gctx.Err()
+				seg.release()
+				return gctx.Err()
 			}
+			seq++
+			total += int64(len(data))
+			if progress != nil {
+				progress(int64(len(data)))
+			}
+			return nil
+		}
+		src := rd
+		if wt := inMemory(rd); wt != nil {
+			// The bytes are in memory already: cut them where they are, without copying
+			// them into segments. What is left at the end (less than limit, cut once the
+			// input is known to end there) goes through a segment as the rest of the input.
+			var carry []byte
+			_, err := wt.WriteTo(writerFunc(func(p []byte) (int, error) {
+				buf := p
+				if len(carry) > 0 { // a second Write: its first chunk starts in the carry
+					buf, carry = append(carry, p...), nil
+				}
+				done := make(chan *segment, 1)
+				seg := &segment{buf: buf, free: done}
+				seg.refs.Store(1)
+				off := 0
+				for len(buf)-off >= limit {
+					l := cut(buf[off:])
+					if err := send(seg, buf[off:off+l:off+l]); err != nil {
+						seg.release()
+						return 0, err
+					}
+					off += l
+				}
+				carry = append([]byte(nil), buf[off:]...)
+				seg.release()
+				// p may not be used once Write returns: wait until every chunk cut from it
+				// is stored and written.
+				if _, err := waitFree(done); err != nil {
+					return 0, err
+				}
+				return len(p), nil
+			}))
+			if err != nil {
+				return fmt.Errorf("read at offset %d: %w", total, err)
+			}
+			src = bytes.NewReader(carry)
 		}
 		var seg *segment
 		n, start, eof := 0, 0, false
-		for seq := 0; ; {
+		for {
 			next, err := take()
 			if err != nil {
 				if seg != nil {
@@ -466,7 +559,7 @@ func (r *Repo) ingest(ctx context.Context, batch cas.Batch, rd io.Reader, spec C
 			}
 			seg, start = next, 0
 			for n < len(seg.buf) && !eof {
-				k, err := readSome(rd, seg.buf[n:])
+				k, err := readSome(src, seg.buf[n:])
 				n += k
 				switch {
 				case errors.Is(err, io.EOF):
@@ -486,20 +579,11 @@ func (r *Repo) ingest(ctx context.Context, batch cas.Batch, rd io.Reader, spec C
 					break // carry the rest over to the next segment
 				}
 				l := cut(avail)
-				seg.refs.Add(1)
-				select {
-				case jobs <- job{seq, avail[:l:l], seg}:
-				case <-gctx.Done():
+				if err := send(seg, avail[:l:l]); err != nil {
 					seg.release()
-					seg.release()
-					return gctx.Err()
+					return err
 				}
-				seq++
 				start += l
-				total += int64(l)
-				if progress != nil {
-					progress(int64(l))
-				}
 			}
 		}
 	})
