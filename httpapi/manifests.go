@@ -223,6 +223,39 @@ func (s *Server) putRef(c echo.Context) error {
 	return c.JSON(http.StatusOK, wire.Ref{Kind: kind.String(), Name: name, Head: idText(newID)})
 }
 
+// commitRef commits the manifests of a ref commit (wire.RefCommit: parents first, each decoded
+// strictly, its ID the BLAKE3 of its bytes) and moves the ref from Old to New with
+// compare-and-swap, in one index transaction: all of it or nothing. Errors as putManifest's
+// and putRef's (409 conflict, missing_chunks with the list, missing_parent).
+func (s *Server) commitRef(c echo.Context) error {
+	kind, name, err := refParams(c)
+	if err != nil {
+		return err
+	}
+	if err := s.writable(); err != nil {
+		return err
+	}
+	body, err := readBody(c, s.cfg.MaxManifestSize+int64(wire.CommitOverhead))
+	if err != nil {
+		return err
+	}
+	rc, err := wire.DecodeRefCommit(body, wire.CommitLimits{MaxManifests: wire.MaxCommitManifests, MaxManifestSize: int(s.cfg.MaxManifestSize)})
+	if err != nil {
+		return err
+	}
+	es := make([]*index.Encoded, len(rc.Manifests))
+	for i, m := range rc.Manifests {
+		if es[i], err = index.DecodeEncoded(m); err != nil {
+			return fmt.Errorf("ref commit: manifest %d: %w", i, err)
+		}
+	}
+	mv := &index.RefMove{Kind: kind, Name: name, Expected: rc.Old, Target: rc.New}
+	if err := s.ix.Commit(c.Request().Context(), index.Commit{Manifests: es, Ref: mv}); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, wire.Ref{Kind: kind.String(), Name: name, Head: idText(rc.New)})
+}
+
 // RefChange is one entry of a ref's history as the API shows it.
 type RefChange struct {
 	Seq  uint64    `json:"seq"`

@@ -188,6 +188,7 @@ func New(cfg Config) (*Server, error) {
 	e.GET(wire.PathRefs, s.listRefs)
 	e.GET(wire.PathRefs+"/:kind/:name", s.getRef)
 	e.PUT(wire.PathRefs+"/:kind/:name", s.putRef)
+	e.POST(wire.PathRefs+"/:kind/:name"+wire.PathCommitSuffix, s.commitRef)
 	e.GET(wire.PathRefs+"/:kind/:name/history", s.refHistory)
 	if cfg.Repo != nil {
 		s.registerRepoRoutes(e)

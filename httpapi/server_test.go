@@ -242,6 +242,7 @@ func TestAuth(t *testing.T) {
 			{method: "POST", path: wire.PathUpload, body: []byte("DSCS\x01\x00\x00")},
 			{method: "PUT", path: wire.PathManifests + id.String(), body: manifest},
 			{method: "PUT", path: wire.PathRefs + "/tag/x", body: []byte(`{"old":"","new":"` + id.String() + `"}`)},
+			{method: "POST", path: wire.PathRefs + "/tag/x" + wire.PathCommitSuffix, body: wire.AppendRefCommit(nil, &wire.RefCommit{New: id, Manifests: [][]byte{manifest}})},
 			{method: "GET", path: wire.PathRefs},
 			{method: "GET", path: wire.PathHealth},
 			{method: "GET", path: wire.PathMetrics},
@@ -450,6 +451,84 @@ func TestManifestsAndRefs(t *testing.T) {
 	hist := do(t, d.URL, call{method: "GET", path: wire.PathRefs + "/session/s1/history"})
 	if hist.status != 200 || bytes.Count(hist.body, []byte(`"seq"`)) != 2 {
 		t.Fatalf("history: %d %s", hist.status, hist.body)
+	}
+	fsckClean(t, d)
+}
+
+// TestCommitRef: a ref commit stores a chain of manifests and moves the ref in one request;
+// a stale old head, a missing chunk, a missing parent, a bad manifest or a malformed body
+// commit nothing, each with its code; a body past the manifest limit is 413.
+func TestCommitRef(t *testing.T) {
+	d := apitest.Start(t, t.TempDir(), httpapi.Config{MaxManifestSize: 4096})
+	ctx := context.Background()
+	c, _ := replicate.NewClient(d.URL, replicate.ClientOptions{})
+	a, b := randBytes(7, 3000), compressible(8, 5000)
+	for _, data := range [][]byte{a, b} {
+		if _, _, err := c.PutChunk(ctx, data, cas.HintNone); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pb, pid := sampleManifest(t, a)
+	child := &index.Manifest{Kind: "file", Parent: pid, Regions: []index.Region{{Name: "r", Chunks: []index.ChunkRef{
+		{Digest: cas.Sum(a), Length: int64(len(a))}, {Digest: cas.Sum(b), Length: int64(len(b))}}}}}
+	cb, cid, err := child.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ghost := []byte("a chunk never sent")
+	gb, gid := sampleManifest(t, a, ghost)
+	orphan := &index.Manifest{Kind: "file", Parent: cas.Sum([]byte("nobody")), Regions: []index.Region{{Name: "r", Chunks: []index.ChunkRef{{Digest: cas.Sum(a), Length: int64(len(a))}}}}}
+	ob, oid, _ := orphan.Encode()
+	path := wire.PathRefs + "/session/s" + wire.PathCommitSuffix
+	post := func(rc *wire.RefCommit) answer {
+		return do(t, d.URL, call{method: "POST", path: path, body: wire.AppendRefCommit(nil, rc)})
+	}
+	for _, f := range []struct {
+		name   string
+		rc     *wire.RefCommit
+		body   []byte
+		status int
+		code   string
+	}{
+		{"stale old", &wire.RefCommit{Old: pid, New: cid, Manifests: [][]byte{pb, cb}}, nil, 409, wire.CodeConflict},
+		{"missing chunk", &wire.RefCommit{New: gid, Manifests: [][]byte{pb, gb}}, nil, 409, wire.CodeMissingChunks},
+		{"missing parent", &wire.RefCommit{New: oid, Manifests: [][]byte{ob}}, nil, 409, wire.CodeMissingParent},
+		{"bad manifest", &wire.RefCommit{New: pid, Manifests: [][]byte{append(bytes.Clone(pb), 0)}}, nil, 400, wire.CodeBadManifest},
+		{"absent target", &wire.RefCommit{New: cid, Manifests: [][]byte{pb}}, nil, 404, wire.CodeManifestNotFound},
+		{"malformed", nil, []byte("DSRC\x01short"), 400, wire.CodeBadRequest},
+		{"too large", nil, make([]byte, 4096+wire.CommitOverhead+1), 413, wire.CodeTooLarge},
+	} {
+		var got answer
+		if f.rc != nil {
+			got = post(f.rc)
+		} else {
+			got = do(t, d.URL, call{method: "POST", path: path, body: f.body})
+		}
+		if got.status != f.status || got.err.Code != f.code {
+			t.Fatalf("%s: got %d %q (%s), want %d %q", f.name, got.status, got.err.Code, got.err.Message, f.status, f.code)
+		}
+		for _, id := range []index.ID{pid, cid, gid, oid} {
+			if has, err := c.HasManifest(ctx, id); has || err != nil {
+				t.Fatalf("%s: manifest %s stored (%v)", f.name, id, err)
+			}
+		}
+		if _, err := c.Ref(ctx, index.RefSession, "s"); !errors.Is(err, index.ErrRefNotFound) {
+			t.Fatalf("%s: ref moved (%v)", f.name, err)
+		}
+	}
+	if got := post(&wire.RefCommit{New: cid, Manifests: [][]byte{pb, cb}}); got.status != 200 {
+		t.Fatalf("commit: %d %s", got.status, got.body)
+	}
+	chain, err := c.Chain(ctx, index.RefSession, "s")
+	if err != nil || len(chain) != 2 || chain[0] != cid || chain[1] != pid {
+		t.Fatalf("chain %v, %v", chain, err)
+	}
+	// Through the client, again from where the ref is: nothing new to store, the ref moves on.
+	if err := c.CommitRef(ctx, index.RefSession, "s", cid, pid, nil); err != nil {
+		t.Fatal(err)
+	}
+	if head, _ := c.Ref(ctx, index.RefSession, "s"); head != pid {
+		t.Fatalf("head %s, want %s", head, pid)
 	}
 	fsckClean(t, d)
 }

@@ -728,6 +728,76 @@ func (c *Client) Ref(ctx context.Context, kind index.RefKind, name string) (inde
 	return cas.ParseDigest(r.Head)
 }
 
+// CommitRef commits manifests (canonical bytes, parents first) and moves ref kind/name from
+// expected to target on the daemon, in one request and one index transaction (POST
+// .../commit): all of it or nothing. Older manifests beyond what one request carries
+// (wire.MaxCommitManifests, MaxCommitBytes) are put one by one first. A daemon without the
+// route (404 or 405 without an API error, or 413) gets puts and a compare-and-swap instead. A
+// lost answer is resolved as CompareAndSwapRef does.
+func (c *Client) CommitRef(ctx context.Context, kind index.RefKind, name string, expected, target index.ID, manifests [][]byte) error {
+	if err := index.ValidRefName(name); err != nil {
+		return err
+	}
+	first := len(manifests) // manifests[first:] travel in the commit
+	size := 0
+	for first > 0 && len(manifests)-first < wire.MaxCommitManifests && size+len(manifests[first-1]) <= MaxCommitBytes {
+		first--
+		size += len(manifests[first])
+	}
+	if err := c.putManifests(ctx, manifests[:first]); err != nil {
+		return err
+	}
+	body := wire.AppendRefCommit(nil, &wire.RefCommit{Old: expected, New: target, Manifests: manifests[first:]})
+	path := refPath(kind, name) + wire.PathCommitSuffix
+	send := func() error {
+		resp, err := c.do(ctx, request{method: http.MethodPost, path: path, body: body, ctype: wire.MediaTypeRefCommit})
+		if err == nil {
+			drain(resp)
+		}
+		return err
+	}
+	err := send()
+	var e *Error
+	if errors.As(err, &e) && (e.Code == "http_404" || e.Code == "http_405" || e.Status == http.StatusRequestEntityTooLarge) {
+		// An older daemon, or a smaller limit: the manifests one by one, then the move.
+		if err := c.putManifests(ctx, manifests[first:]); err != nil {
+			return err
+		}
+		return c.CompareAndSwapRef(ctx, kind, name, expected, target)
+	}
+	if err != nil && !errors.As(err, &e) && retryable(err) {
+		// The answer was lost: the commit may or may not have happened.
+		for i := 0; i < c.retries; i++ {
+			cur, rerr := c.Ref(ctx, kind, name)
+			if rerr == nil || errors.Is(rerr, index.ErrRefNotFound) {
+				if cur == target {
+					return nil
+				}
+				if cur != expected {
+					return fmt.Errorf("%w: %s %q is at %s after a lost answer (%v)", index.ErrConflict, kind, name, idText(cur), err)
+				}
+				if err = send(); err == nil || errors.As(err, &e) {
+					break
+				}
+			}
+		}
+	}
+	return err
+}
+
+// MaxCommitBytes is the most manifest bytes CommitRef sends in one commit request (a daemon's
+// default manifest limit, which bounds the body).
+const MaxCommitBytes = 16 << 20
+
+func (c *Client) putManifests(ctx context.Context, manifests [][]byte) error {
+	for _, m := range manifests {
+		if _, err := c.PutManifestBytes(ctx, m); err != nil {
+			return fmt.Errorf("put manifest %s: %w", cas.Sum(m), err)
+		}
+	}
+	return nil
+}
+
 // CompareAndSwapRef moves a ref from expected (zero: must not exist) to target (zero: delete)
 // atomically on the daemon; a ref not at expected gives an error matching index.ErrConflict
 // and nothing changes. A request whose answer was lost is retried; when the retry finds the

@@ -45,6 +45,19 @@ func (l *Local) CompareAndSwapRef(ctx context.Context, kind index.RefKind, name 
 	return l.ix.CompareAndSwapRef(ctx, kind, name, expected, target)
 }
 
+// CommitRef commits manifests (canonical bytes, parents first) and moves the ref in one index
+// transaction.
+func (l *Local) CommitRef(ctx context.Context, kind index.RefKind, name string, expected, target index.ID, manifests [][]byte) error {
+	es := make([]*index.Encoded, len(manifests))
+	for i, m := range manifests {
+		var err error
+		if es[i], err = index.DecodeEncoded(m); err != nil {
+			return err
+		}
+	}
+	return l.ix.Commit(ctx, index.Commit{Manifests: es, Ref: &index.RefMove{Kind: kind, Name: name, Expected: expected, Target: target}})
+}
+
 // Refs lists the index's refs of one kind (0: all).
 func (l *Local) Refs(_ context.Context, kind index.RefKind) ([]index.Ref, error) {
 	return l.ix.Refs(kind)

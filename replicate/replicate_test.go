@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -575,4 +576,79 @@ func (r readOnlyBody) RoundTrip(req *http.Request) (*http.Response, error) {
 		req.Body = struct{ io.ReadCloser }{req.Body}
 	}
 	return r.base.RoundTrip(req)
+}
+
+// pathLog records each request's method and path; with oldDaemon set it answers 404 (no API
+// error body) for ref commits, as a daemon without that route does.
+type pathLog struct {
+	mu        sync.Mutex
+	calls     []string
+	oldDaemon bool
+	base      http.RoundTripper
+}
+
+func (p *pathLog) RoundTrip(req *http.Request) (*http.Response, error) {
+	p.mu.Lock()
+	p.calls = append(p.calls, req.Method+" "+req.URL.Path)
+	p.mu.Unlock()
+	if p.oldDaemon && strings.HasSuffix(req.URL.Path, wire.PathCommitSuffix) {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return &http.Response{StatusCode: http.StatusNotFound, Status: "404 Not Found", Request: req, Header: http.Header{},
+			Body: io.NopCloser(strings.NewReader("404 page not found"))}, nil
+	}
+	return p.base.RoundTrip(req)
+}
+
+func (p *pathLog) count(prefix string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, c := range p.calls {
+		if strings.HasPrefix(c, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestPushCommitsManifestsWithTheRef: a push of a three-checkpoint session sends its manifests
+// and the head move in one ref commit; against a daemon without that route it falls back to a
+// put per manifest and a compare-and-swap, with the same result.
+func TestPushCommitsManifestsWithTheRef(t *testing.T) {
+	ctx := context.Background()
+	local := openLocal(t)
+	var head index.ID
+	data := kvLike(11, 1<<20)
+	for turn := range 3 {
+		data = append(data, kvLike(uint64(12+turn), 64<<10)...)
+		head = putSession(t, local, "s", head, data)
+	}
+	for _, old := range []bool{false, true} {
+		d := apitest.Start(t, t.TempDir(), httpapi.Config{})
+		log := &pathLog{oldDaemon: old, base: http.DefaultTransport}
+		st, err := replicate.Push(ctx, local.Index(), client(t, d.URL, log, ""), index.RefSession, "s", fast)
+		if err != nil {
+			t.Fatalf("old daemon %v: %v", old, err)
+		}
+		if st.Manifests != 3 || st.Head != head {
+			t.Fatalf("old daemon %v: %+v", old, st)
+		}
+		commits, puts, moves := log.count("POST "+wire.PathRefs), log.count("PUT "+wire.PathManifests), log.count("PUT "+wire.PathRefs)
+		if want := [3]int{1, 0, 0}; old {
+			if want = [3]int{1, 3, 1}; [3]int{commits, puts, moves} != want {
+				t.Fatalf("old daemon: %d commits, %d manifest puts, %d ref moves; want %v", commits, puts, moves, want)
+			}
+		} else if [3]int{commits, puts, moves} != want {
+			t.Fatalf("%d commits, %d manifest puts, %d ref moves; want %v", commits, puts, moves, want)
+		}
+		if got, err := d.Repo.Index().Ref(index.RefSession, "s"); err != nil || got != head {
+			t.Fatalf("old daemon %v: head %s, %v", old, got, err)
+		}
+		if got := content(t, d.Repo, head); !bytes.Equal(got, data) {
+			t.Fatalf("old daemon %v: content differs", old)
+		}
+		fsckClean(t, d.Repo)
+	}
 }

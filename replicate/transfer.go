@@ -26,6 +26,9 @@ type Peer interface {
 	PutManifestBytes(ctx context.Context, data []byte) (index.ID, error)
 	Missing(ctx context.Context, ds []cas.Digest) ([]cas.Digest, error)
 	CompareAndSwapRef(ctx context.Context, kind index.RefKind, name string, expected, target index.ID) error
+	// CommitRef commits manifests (canonical bytes, parents first) and moves the ref from
+	// expected to target, as one transaction.
+	CommitRef(ctx context.Context, kind index.RefKind, name string, expected, target index.ID, manifests [][]byte) error
 	Refs(ctx context.Context, kind index.RefKind) ([]index.Ref, error)
 }
 
@@ -138,7 +141,15 @@ func CopyManifest(ctx context.Context, src, dst Peer, id index.ID, opts Options)
 		return Stats{}, err
 	}
 	st := Stats{Head: id}
-	err = copyChain(ctx, src, dst, id, index.ID{}, opts, move, &st)
+	send, err := copyChain(ctx, src, dst, id, index.ID{}, opts, move, &st)
+	for _, m := range send {
+		if err != nil {
+			break
+		}
+		if _, err = dst.PutManifestBytes(ctx, m); err != nil {
+			err = fmt.Errorf("put manifest %s: %w", cas.Sum(m), err)
+		}
+	}
 	return st, err
 }
 
@@ -196,19 +207,21 @@ func transfer(ctx context.Context, src, dst Peer, kind index.RefKind, name strin
 		return st, nil
 	}
 
-	if err := copyChain(ctx, src, dst, head, old, opts, move, &st); err != nil {
+	send, err := copyChain(ctx, src, dst, head, old, opts, move, &st)
+	if err != nil {
 		return st, err
 	}
-	if err := dst.CompareAndSwapRef(ctx, kind, name, old, head); err != nil {
+	// The manifests and the move of the ref: one request, one transaction there.
+	if err := dst.CommitRef(ctx, kind, name, old, head, send); err != nil {
 		return st, fmt.Errorf("move destination %s %q from %s to %s: %w", kind, name, idOrNone(old), head, err)
 	}
 	return st, nil
 }
 
-// copyChain sends manifest head and its ancestors that dst lacks, chunks first, then manifests
-// parents first. old is dst's current head (zero: none), which must be an ancestor of head
-// unless opts.Force; nothing is sent otherwise.
-func copyChain(ctx context.Context, src, dst Peer, head, old index.ID, opts Options, move mover, st *Stats) error {
+// copyChain sends the chunks of manifest head and of its ancestors that dst lacks, and returns
+// those manifests' bytes, parents first, for the caller to commit. old is dst's current head
+// (zero: none), which must be an ancestor of head unless opts.Force; nothing is sent otherwise.
+func copyChain(ctx context.Context, src, dst Peer, head, old index.ID, opts Options, move mover, st *Stats) ([][]byte, error) {
 	// Walk the source's chain from its head: manifests the destination lacks are to be sent
 	// (their chain ends at the first one it has, whose ancestors it has too); then on to the
 	// destination's head, which must be an ancestor unless Force.
@@ -232,7 +245,7 @@ func copyChain(ctx context.Context, src, dst Peer, head, old index.ID, opts Opti
 		if sending {
 			has, err := dst.HasManifest(ctx, id)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			sending = !has
 			if has {
@@ -244,11 +257,11 @@ func copyChain(ctx context.Context, src, dst Peer, head, old index.ID, opts Opti
 		}
 		data, err := src.ManifestBytes(ctx, id)
 		if err != nil {
-			return fmt.Errorf("source manifest %s: %w", id, err)
+			return nil, fmt.Errorf("source manifest %s: %w", id, err)
 		}
 		m, err := index.Decode(data)
 		if err != nil {
-			return fmt.Errorf("source manifest %s: %w", id, err)
+			return nil, fmt.Errorf("source manifest %s: %w", id, err)
 		}
 		if sending {
 			send = append(send, manifest{id, data, m})
@@ -256,7 +269,7 @@ func copyChain(ctx context.Context, src, dst Peer, head, old index.ID, opts Opti
 		id = m.Parent
 	}
 	if !found && !opts.Force {
-		return fmt.Errorf("%w: the destination is at %s, which is not an ancestor of %s", ErrDiverged, old, head)
+		return nil, fmt.Errorf("%w: the destination is at %s, which is not an ancestor of %s", ErrDiverged, old, head)
 	}
 
 	// Chunks: every distinct chunk of the manifests to send, less those of base (a manifest
@@ -292,19 +305,17 @@ func copyChain(ctx context.Context, src, dst Peer, head, old index.ID, opts Opti
 	st.Manifests, st.Chunks = len(send), len(all)
 	missing, err := dst.Missing(ctx, all)
 	if err != nil {
-		return fmt.Errorf("ask missing chunks: %w", err)
+		return nil, fmt.Errorf("ask missing chunks: %w", err)
 	}
 	if err := moveChunks(ctx, dst, missing, sizes, opts, move, st); err != nil {
-		return err
+		return nil, err
 	}
 
-	// Manifests, parents first.
-	for i := len(send) - 1; i >= 0; i-- {
-		if _, err := dst.PutManifestBytes(ctx, send[i].data); err != nil {
-			return fmt.Errorf("put manifest %s: %w", send[i].id, err)
-		}
+	out := make([][]byte, 0, len(send))
+	for i := len(send) - 1; i >= 0; i-- { // parents first
+		out = append(out, send[i].data)
 	}
-	return nil
+	return out, nil
 }
 
 func idOrNone(id index.ID) string {
