@@ -756,7 +756,7 @@ func (c *Client) CommitRef(ctx context.Context, kind index.RefKind, name string,
 		}
 		return err
 	}
-	err := send()
+	err := c.moveRef(ctx, kind, name, expected, target, send)
 	var e *Error
 	if errors.As(err, &e) && (e.Code == "http_404" || e.Code == "http_405" || e.Status == http.StatusRequestEntityTooLarge) {
 		// An older daemon, or a smaller limit: the manifests one by one, then the move.
@@ -764,23 +764,6 @@ func (c *Client) CommitRef(ctx context.Context, kind index.RefKind, name string,
 			return err
 		}
 		return c.CompareAndSwapRef(ctx, kind, name, expected, target)
-	}
-	if err != nil && !errors.As(err, &e) && retryable(err) {
-		// The answer was lost: the commit may or may not have happened.
-		for i := 0; i < c.retries; i++ {
-			cur, rerr := c.Ref(ctx, kind, name)
-			if rerr == nil || errors.Is(rerr, index.ErrRefNotFound) {
-				if cur == target {
-					return nil
-				}
-				if cur != expected {
-					return fmt.Errorf("%w: %s %q is at %s after a lost answer (%v)", index.ErrConflict, kind, name, idText(cur), err)
-				}
-				if err = send(); err == nil || errors.As(err, &e) {
-					break
-				}
-			}
-		}
 	}
 	return err
 }
@@ -807,10 +790,18 @@ func (c *Client) CompareAndSwapRef(ctx context.Context, kind index.RefKind, name
 		return err
 	}
 	u := wire.RefUpdate{Old: idText(expected), New: idText(target)}
-	err := c.sendJSON(ctx, http.MethodPut, refPath(kind, name), u, nil, false)
+	return c.moveRef(ctx, kind, name, expected, target, func() error {
+		return c.sendJSON(ctx, http.MethodPut, refPath(kind, name), u, nil, false)
+	})
+}
+
+// moveRef runs send, a request that moves ref kind/name from expected to target, and resolves a
+// lost answer (a network error after which the move may or may not have happened) by reading
+// the ref: at target, done; at expected, send again; elsewhere, a conflict.
+func (c *Client) moveRef(ctx context.Context, kind index.RefKind, name string, expected, target index.ID, send func() error) error {
+	err := send()
 	var e *Error
 	if err != nil && !errors.As(err, &e) && retryable(err) {
-		// The answer was lost: the update may or may not have happened.
 		for i := 0; i < c.retries; i++ {
 			cur, rerr := c.Ref(ctx, kind, name)
 			if rerr == nil || errors.Is(rerr, index.ErrRefNotFound) {
@@ -820,8 +811,7 @@ func (c *Client) CompareAndSwapRef(ctx context.Context, kind index.RefKind, name
 				if cur != expected {
 					return fmt.Errorf("%w: %s %q is at %s after a lost answer (%v)", index.ErrConflict, kind, name, idText(cur), err)
 				}
-				err = c.sendJSON(ctx, http.MethodPut, refPath(kind, name), u, nil, false)
-				if err == nil || errors.As(err, &e) {
+				if err = send(); err == nil || errors.As(err, &e) {
 					break
 				}
 			}
