@@ -35,6 +35,7 @@ func BenchmarkIngest(b *testing.B) {
 				b.SetBytes(int64(len(ds.data)))
 				var cpu time.Duration
 				var idle, total float64
+				var waited, elapsed time.Duration
 				for b.Loop() {
 					b.StopTimer()
 					dir := b.TempDir()
@@ -49,12 +50,15 @@ func BenchmarkIngest(b *testing.B) {
 						b.Fatal(err)
 					}
 					idle0, total0 := schedIdle()
+					wait0, start := runqueueWait(), time.Now()
 					b.StartTimer()
 					cpu0 := cpuTime()
 					if _, err := r.PutReader(context.Background(), "in", bytes.NewReader(ds.data), repo.PutOptions{Hint: cas.HintNone}); err != nil {
 						b.Fatal(err)
 					}
 					cpu += cpuTime() - cpu0
+					waited += runqueueWait() - wait0
+					elapsed += time.Since(start)
 					b.StopTimer()
 					idle1, total1 := schedIdle()
 					idle, total = idle+idle1-idle0, total+total1-total0
@@ -70,6 +74,9 @@ func BenchmarkIngest(b *testing.B) {
 				if total > 0 {
 					b.ReportMetric(100*idle/total, "%P-idle")
 				}
+				if elapsed > 0 {
+					b.ReportMetric(float64(waited)/float64(elapsed), "runq-wait-cores")
+				}
 			})
 		}
 	}
@@ -84,6 +91,25 @@ func schedIdle() (idle, total float64) {
 	s := []metrics.Sample{{Name: "/cpu/classes/idle:cpu-seconds"}, {Name: "/cpu/classes/total:cpu-seconds"}}
 	metrics.Read(s)
 	return s[0].Value.Float64(), s[1].Value.Float64()
+}
+
+// runqueueWait returns the time the process's threads spent runnable but waiting for a CPU
+// (the second field of /proc/self/task/*/schedstat, Linux): other load on the machine. 0 where
+// schedstat is missing.
+func runqueueWait() time.Duration {
+	tasks, _ := os.ReadDir("/proc/self/task")
+	var sum time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + t.Name() + "/schedstat")
+		if err != nil {
+			continue
+		}
+		var run, wait int64
+		if _, err := fmt.Sscan(string(b), &run, &wait); err == nil {
+			sum += time.Duration(wait)
+		}
+	}
+	return sum
 }
 
 // cpuTime returns the process's user and system CPU time so far.

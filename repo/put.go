@@ -193,9 +193,9 @@ func (r *Repo) PutReader(ctx context.Context, name string, rd io.Reader, opts Pu
 }
 
 // Put chunks every source, stores and records the chunks, and commits one manifest with a
-// region per source (in order), then moves opts.Tag to it. Chunks are durable and recorded
-// before the manifest commits. On error nothing is committed (chunks already stored are garbage
-// for GC). Putting the same bytes again yields the same ID and stores nothing new.
+// region per source (in order), then moves opts.Tag to it. Chunks are durable before the index
+// records them, in the one transaction that commits the manifest. On error nothing is
+// committed (chunks already stored are garbage for GC). Putting the same bytes again yields the same ID and stores nothing new.
 func (r *Repo) Put(ctx context.Context, srcs []Source, opts PutOptions) (PutResult, error) {
 	var res PutResult
 	if r.ro {
@@ -257,6 +257,10 @@ func (r *Repo) Put(ctx context.Context, srcs []Source, opts PutOptions) (PutResu
 	if err := m.Validate(); err != nil {
 		return res, fmt.Errorf("put: %w", err)
 	}
+	enc, err := m.Encoded()
+	if err != nil {
+		return res, fmt.Errorf("put: %w", err)
+	}
 	if err := batch.Commit(ctx); err != nil {
 		return res, fmt.Errorf("put: store chunks: %w", err)
 	}
@@ -279,13 +283,11 @@ func (r *Repo) Put(ctx context.Context, srcs []Source, opts PutOptions) (PutResu
 			res.NewBytes += in.StoredSize
 		}
 	}
-	if err := r.ix.RecordChunks(ctx, infos); err != nil {
+	// The chunks' records and the manifest in one index transaction (one durable commit).
+	if err := r.ix.CommitEncoded(ctx, infos, enc); err != nil {
 		return res, fmt.Errorf("put: %w", err)
 	}
-	id, err := r.ix.PutManifest(ctx, m)
-	if err != nil {
-		return res, fmt.Errorf("put: %w", err)
-	}
+	id := enc.ID()
 	res.ID = id
 	if opts.Tag != "" {
 		if _, err := r.ix.SetRef(ctx, index.RefTag, opts.Tag, id); err != nil {
