@@ -257,21 +257,33 @@ func (r *Repo) Put(ctx context.Context, srcs []Source, opts PutOptions) (PutResu
 	if err := m.Validate(); err != nil {
 		return res, fmt.Errorf("put: %w", err)
 	}
-	enc, err := m.Encoded()
+	// While the store makes the chunks durable: encode the manifest and ask the index which
+	// chunks it lacks (for UniqueNew; the batch's commit changes nothing there).
+	var enc *index.Encoded
+	var missing []cas.Digest
+	var encErr, missErr error
+	prepared := make(chan struct{})
+	go func() {
+		defer close(prepared)
+		if enc, encErr = m.Encoded(); encErr != nil {
+			return
+		}
+		ds := make([]cas.Digest, len(infos))
+		for i, in := range infos {
+			ds[i] = in.Digest
+		}
+		missing, missErr = r.ix.MissingChunks(ds)
+	}()
+	err = batch.Commit(ctx)
+	<-prepared
 	if err != nil {
-		return res, fmt.Errorf("put: %w", err)
-	}
-	if err := batch.Commit(ctx); err != nil {
 		return res, fmt.Errorf("put: store chunks: %w", err)
 	}
-	ds := make([]cas.Digest, len(infos))
-	for i, in := range infos {
-		ds[i] = in.Digest
-		res.StoredBytes += in.StoredSize
-	}
-	missing, err := r.ix.MissingChunks(ds)
-	if err != nil {
+	if err := errors.Join(encErr, missErr); err != nil {
 		return res, fmt.Errorf("put: %w", err)
+	}
+	for _, in := range infos {
+		res.StoredBytes += in.StoredSize
 	}
 	isNew := make(map[cas.Digest]bool, len(missing))
 	for _, d := range missing {
