@@ -111,7 +111,9 @@ func (s ChunkerSpec) cutter() (cut func(p []byte) int, limit int, err error) {
 	return func(p []byte) int { n, _ := c.Cut(p); return n }, s.Params.Max, nil
 }
 
-// Source is one input of Put: a named byte stream that becomes one region.
+// Source is one input of Put: a named byte stream that becomes one region. When R is a
+// *bytes.Reader or a *bytes.Buffer, Put cuts and stores the bytes where they are, without
+// copying them (see inMemory): they must not change until Put returns.
 type Source struct {
 	Name string    // region name; must be unique within one Put
 	R    io.Reader // read once, to EOF
