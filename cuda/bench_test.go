@@ -233,14 +233,16 @@ func BenchmarkAttentionDecode(b *testing.B) {
 	}
 }
 
-// BenchmarkAttentionPrefill: 512 query tokens at positions 0.. and 1536.. (1B shape, F16 KV
-// on the device), with the query tokens sharing K/V loads (mq) and one token per block.
+// BenchmarkAttentionPrefill: n query tokens at positions 0.. and ctx-n.. (1B shape, F16 KV on
+// the device): on the tensor cores (tc: ds_attn_tc), with the query tokens sharing K/V loads
+// (mq: ds_attn_mq, the decode kernel's arithmetic) and, at 512, one token per block (ds_attn).
+// The threshold GEMMOptions.AttnMinTokens comes from the small n.
 func BenchmarkAttentionPrefill(b *testing.B) {
 	d := device(b)
 	s := newStream(b, d)
 	r := rand.New(rand.NewPCG(12, 12))
 	l := KVLayout{BlockSize: 16, NKVHeads: 8, HeadDim: 64, KVType: F16}
-	const n, ctx = 512, 2048
+	const ctx, nmax = 2048, 512
 	nb := ceilDiv(ctx, l.BlockSize)
 	size := nb * l.BlockBytes()
 	dev, err := d.Alloc(size)
@@ -257,19 +259,29 @@ func BenchmarkAttentionPrefill(b *testing.B) {
 	for i := range blocks {
 		blocks[i] = dev.Ptr + DevPtr(i*l.BlockBytes())
 	}
-	q := devBuf(b, d, randF32(r, n*32*64, 1), n*32*64)
-	o := devBuf(b, d, nil, n*32*64)
-	for _, pos0 := range []int{0, ctx - n} {
-		for _, mq := range []bool{true, false} {
-			name := fmt.Sprintf("n%d/pos%d/mq", n, pos0)
-			if !mq {
-				name = fmt.Sprintf("n%d/pos%d/pertoken", n, pos0)
+	q := devBuf(b, d, randF32(r, nmax*32*64, 1), nmax*32*64)
+	o := devBuf(b, d, nil, nmax*32*64)
+	saved := d.GEMM()
+	defer d.SetGEMM(saved)
+	for _, n := range []int{8, 16, 32, 64, 128, 512} {
+		for _, pos0 := range []int{0, ctx - n} {
+			for _, v := range []string{"tc", "mq", "pertoken"} {
+				if v == "pertoken" && n != nmax {
+					continue
+				}
+				b.Run(fmt.Sprintf("n%d/pos%d/%s", n, pos0, v), func(b *testing.B) {
+					g := GEMMOptions{Mode: GEMMOwn}
+					if v == "tc" {
+						g = GEMMOptions{Mode: GEMMAuto, AttnMinTokens: 2}
+					}
+					if err := d.SetGEMM(g); err != nil {
+						b.Fatal(err)
+					}
+					attnMQ = v != "pertoken"
+					defer func() { attnMQ = true }()
+					timeOps(b, s, func() error { return s.Attention(o.Ptr, q.Ptr, n, 32, pos0, l, blocks) })
+				})
 			}
-			b.Run(name, func(b *testing.B) {
-				attnMQ = mq
-				defer func() { attnMQ = true }()
-				timeOps(b, s, func() error { return s.Attention(o.Ptr, q.Ptr, n, 32, pos0, l, blocks) })
-			})
 		}
 	}
 }

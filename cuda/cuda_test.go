@@ -510,6 +510,7 @@ func addr(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
 // 2 * ctx * u * max|v|. So tol = (4 * 2 * hd * S + 2 * ctx + 16) * u * max|v|.
 func TestKVAttention(t *testing.T) {
 	d := device(t)
+	ownGEMM(t, d) // ds_attn/ds_attn_mq: attention of batches on the tensor cores is TestAttentionTC's
 	s := newStream(t, d)
 	reg := NewRegistrar(d)
 	pool := cpu.NewPool(2)

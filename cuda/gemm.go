@@ -76,7 +76,8 @@ const blasWorkspace = 32 << 20
 
 // GEMMOptions configures the matrix products of batches (Device.SetGEMM). The environment
 // sets a device's options when it opens: DRIFTSTORE_CUDA_GEMM=auto|own|cublas (Mode),
-// DRIFTSTORE_CUDA_GEMM_MIN (MinTokens), DRIFTSTORE_CUDA_GEMM_Q8=copy (Q8Copy).
+// DRIFTSTORE_CUDA_GEMM_MIN (MinTokens), DRIFTSTORE_CUDA_GEMM_Q8=copy (Q8Copy),
+// DRIFTSTORE_CUDA_ATTN_MIN (AttnMinTokens).
 type GEMMOptions struct {
 	Mode GEMMMode
 	// MinTokens: products of at least this many tokens go to cuBLAS (0: DefaultGEMMMinTokens).
@@ -86,6 +87,27 @@ type GEMMOptions struct {
 	// product; twice the bytes of the quantized weights) instead of dequantizing them into
 	// the stream's scratch for every product.
 	Q8Copy bool
+	// AttnMinTokens: with Mode auto or cublas, attention of batches of at least this many
+	// tokens over F16 KV runs on the tensor cores (ds_attn_tc: F16 queries and weights, bits
+	// that differ from the decode kernel's; stream.go) instead of ds_attn_mq, whose per-token
+	// arithmetic equals decode's (0: DefaultAttnMinTokens; at least 2). Mode own never does.
+	AttnMinTokens int
+}
+
+// DefaultAttnMinTokens is the smallest batch whose attention runs on the tensor cores by
+// default (GEMMOptions.AttnMinTokens): the batches cuBLAS takes, so that a batch either keeps
+// decode's bits throughout (at most 8 tokens) or not. Measured on an H100
+// (BenchmarkAttentionPrefill, 1B shape, device µs, docs/bench/cuda-notes-2026-11-26.md): at 8
+// tokens ds_attn_tc takes 6.8 against ds_attn_mq's 41 from position 0 but 77 against 67 from
+// position 2040 (its 8 blocks walk the whole context alone); at 16 tokens 5.8 vs 44 and 79 vs
+// 118, and ds_attn_mq grows with the tokens (67 → 118 µs from 8 to 16 at 2040): even at about
+// 9-10 tokens on a long context, ahead everywhere else.
+const DefaultAttnMinTokens = DefaultGEMMMinTokens
+
+// attnTCFor says whether attention of n tokens in this layout runs on the tensor cores.
+func (d *Device) attnTCFor(n, nheads int, l KVLayout) bool {
+	o := d.gemm.Load()
+	return o.Mode != GEMMOwn && n >= o.AttnMinTokens && attnTCSupported(nheads, l)
 }
 
 // gemmFromEnv reads the environment's GEMM options.
@@ -98,6 +120,11 @@ func gemmFromEnv() (GEMMOptions, error) {
 	if v := os.Getenv("DRIFTSTORE_CUDA_GEMM_MIN"); v != "" {
 		if o.MinTokens, err = strconv.Atoi(v); err != nil || o.MinTokens < 2 {
 			return o, fmt.Errorf("cuda: DRIFTSTORE_CUDA_GEMM_MIN=%q: want a number of tokens, at least 2", v)
+		}
+	}
+	if v := os.Getenv("DRIFTSTORE_CUDA_ATTN_MIN"); v != "" {
+		if o.AttnMinTokens, err = strconv.Atoi(v); err != nil || o.AttnMinTokens < 2 {
+			return o, fmt.Errorf("cuda: DRIFTSTORE_CUDA_ATTN_MIN=%q: want a number of tokens, at least 2", v)
 		}
 	}
 	switch v := os.Getenv("DRIFTSTORE_CUDA_GEMM_Q8"); v {
@@ -198,6 +225,12 @@ func (d *Device) SetGEMM(o GEMMOptions) error {
 	}
 	if o.MinTokens < 2 {
 		return fmt.Errorf("cuda: GEMM MinTokens %d: at least 2", o.MinTokens)
+	}
+	if o.AttnMinTokens == 0 {
+		o.AttnMinTokens = DefaultAttnMinTokens
+	}
+	if o.AttnMinTokens < 2 {
+		return fmt.Errorf("cuda: GEMM AttnMinTokens %d: at least 2", o.AttnMinTokens)
 	}
 	if o.Mode != GEMMOwn {
 		if err := loadBLAS(); err != nil && o.Mode == GEMMCUBLAS {

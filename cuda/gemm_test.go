@@ -225,9 +225,9 @@ func TestCUBLASModel(t *testing.T) {
 // TestGEMMOptionsFromEnv: the settings parse as documented and bad values are errors (no GPU).
 func TestGEMMOptionsFromEnv(t *testing.T) {
 	cases := []struct {
-		mode, min, q8 string
-		want          GEMMOptions
-		bad           bool
+		mode, min, q8, attn string
+		want                GEMMOptions
+		bad                 bool
 	}{
 		{want: GEMMOptions{Mode: GEMMAuto}},
 		{mode: "own", want: GEMMOptions{Mode: GEMMOwn}},
@@ -237,11 +237,15 @@ func TestGEMMOptionsFromEnv(t *testing.T) {
 		{min: "1", bad: true},
 		{min: "x", bad: true},
 		{q8: "keep", bad: true},
+		{attn: "64", want: GEMMOptions{AttnMinTokens: 64}},
+		{attn: "1", bad: true},
+		{attn: "many", bad: true},
 	}
 	for _, c := range cases {
 		t.Setenv("DRIFTSTORE_CUDA_GEMM", c.mode)
 		t.Setenv("DRIFTSTORE_CUDA_GEMM_MIN", c.min)
 		t.Setenv("DRIFTSTORE_CUDA_GEMM_Q8", c.q8)
+		t.Setenv("DRIFTSTORE_CUDA_ATTN_MIN", c.attn)
 		got, err := gemmFromEnv()
 		if c.bad {
 			if err == nil {

@@ -141,6 +141,10 @@ func reportModel(t *testing.T, e *engine.Engine, dev *cuda.Device, preset string
 	if typ == gguf.TypeQ8_0 {
 		variants = append(variants, variants[1])
 		variants[2].name, variants[2].o.Q8Copy = "cublas, F16 copy", true
+	} else {
+		// The previous state for comparison: cuBLAS products, attention on ds_attn_mq.
+		variants = append(variants, variants[1])
+		variants[2].name, variants[2].o.AttnMinTokens = "cublas, attn mq", 1<<30
 	}
 	for _, v := range variants {
 		if err := dev.SetGEMM(v.o); err != nil {

@@ -11,7 +11,7 @@ import (
 // kernelNames lists every kernel Open resolves.
 func kernelNames() []string {
 	names := []string{"ds_mv_any", "ds_rmsnorm", "ds_rope", "ds_store_kv", "ds_attn",
-		"ds_attn_combine", "ds_attn_mq", "ds_swiglu", "ds_add", "ds_embed", "ds_softmax", "ds_argmax", "ds_nop",
+		"ds_attn_combine", "ds_attn_mq", "ds_attn_tc32", "ds_attn_tc48", "ds_attn_tc64", "ds_attn_tc128", "ds_swiglu", "ds_add", "ds_embed", "ds_softmax", "ds_argmax", "ds_nop",
 		"ds_sum_words", "ds_fill_words", "ds_tcv_f16", "ds_tcm_f16", "ds_tcv_q8", "ds_tcm_q8", "ds_tcb_f16", "ds_tcb_q8",
 		"ds_f32_to_f16", "ds_f32_to_f16v", "ds_q8_to_f16",
 	}
@@ -528,6 +528,9 @@ func (s *Stream) AttentionTable(out, q DevPtr, n, nheads, pos0 int, l KVLayout, 
 	if pos0 < 0 || nblocks < ceilDiv(ctx, l.BlockSize) {
 		return fmt.Errorf("cuda: attention over %d positions with %d blocks of %d", ctx, nblocks, l.BlockSize)
 	}
+	if s.d.attnTCFor(n, nheads, l) {
+		return s.attentionTC(out, q, n, nheads, pos0, l, tab)
+	}
 	// The context is cut into fixed chunks of attnChunk positions, one block each, merged in
 	// order: the split depends on positions only, never on n, so a token's output is the same
 	// whether it comes alone or in a batch. Tokens go in groups that bound the partials' memory.
@@ -576,6 +579,31 @@ func (s *Stream) AttentionTable(out, q DevPtr, n, nheads, pos0 int, l KVLayout, 
 	return nil
 }
 
+// attnTCSupported: the layouts ds_attn_tc has an instance for (F16 KV, head dims 32, 48, 64,
+// 128, at most 64 query heads per KV head).
+func attnTCSupported(nheads int, l KVLayout) bool {
+	switch l.HeadDim {
+	case 32, 48, 64, 128:
+	default:
+		return false
+	}
+	return l.KVType == F16 && nheads%l.NKVHeads == 0 && nheads/l.NKVHeads <= attnTCRows
+}
+
+// attentionTC runs AttentionTable's attention on the tensor cores (ds_attn_tc, kernels.cu):
+// F16 Q and weights, F32 accumulation and softmax; a token's output does not depend on n or on
+// the other tokens, but differs from ds_attn's (the decode kernel) by F16 rounding. The
+// caller checked the layout (attnTCSupported) and the block count.
+func (s *Stream) attentionTC(out, q DevPtr, n, nheads, pos0 int, l KVLayout, tab DevPtr) error {
+	g := nheads / l.NKVHeads
+	tpb := attnTCRows / g
+	qscale := float32(math.Log2E / sqrt64(float64(l.HeadDim)))
+	var a argSlots
+	a.ptr(out).ptr(q).i32(n).i32(nheads).i32(pos0).i32(l.BlockSize).i32(l.NKVHeads).ptr(tab).f32(qscale)
+	s.d.Stats.AttnTC.Add(1)
+	return s.launch(fmt.Sprintf("ds_attn_tc%d", l.HeadDim), [3]uint32{uint32(ceilDiv(n, tpb)), uint32(l.NKVHeads), 1}, [3]uint32{128, 1, 1}, 0, &a)
+}
+
 // attnMQ lets several query tokens share K/V loads (ds_attn_mq); tests and benchmarks turn it
 // off to compare with ds_attn, which must give the same bits.
 var attnMQ = true
@@ -584,6 +612,7 @@ const (
 	attnChunk     = 32       // positions per attention block (ATT_CHUNK in kernels.cu)
 	mqTokens      = 8        // tokens per ds_attn_mq block (MQ_TOK)
 	attnPartBytes = 64 << 20 // bound on the attention partials of one launch
+	attnTCRows    = 64       // query rows (token, head) per ds_attn_tc block (FA_ROWS)
 )
 
 func (s *Stream) elementwise(name string, count int, args *argSlots) error {

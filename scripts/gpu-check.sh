@@ -30,6 +30,8 @@
 #                          skips them); GPU_CHECK_BENCHTIME (default 200x)
 #   GPU_CHECK_GENERATE=0   skips BenchmarkGenerate (TestGPUReport measures prefill and decode too)
 #   GPU_CHECK_REPORT=0     skips TestGPUReport
+#   GPU_CHECK_REPORT_COUNT runs TestGPUReport that many times in one process (default 1): the
+#                          ranges of its figures
 #   GPU_CHECK_EAGER=1      also runs BenchmarkGenerate with DRIFTSTORE_CUDA_EAGER=1 (every kernel
 #                          launched as its op is called: the comparison for deferral and graphs)
 #   DRIFTSTORE_CUDA_PTX    kernels to load instead of the embedded PTX (e.g. fresh from gen-ptx.sh)
@@ -49,6 +51,16 @@
 #                          bits). Tests asserting batched == token-by-token force own;
 #                          TestMatMulCUBLAS/TestCUBLASModel check cuBLAS; TestGPUReport
 #                          measures prefill both ways (rows "own", "cublas").
+#   DRIFTSTORE_CUDA_ATTN_MIN  with GEMM auto or cublas, attention of batches of at least this
+#                          many tokens (default 9, the cuBLAS threshold) over F16 KV runs on
+#                          the tensor cores (ds_attn_tc: F16 queries and softmax weights, float32
+#                          accumulation) instead of ds_attn_mq (decode's arithmetic). The same
+#                          trade as cuBLAS's: batched prefill no longer writes token-by-token
+#                          feeding's KV bits (a token's output does not depend on its batch,
+#                          but differs from decode's); own keeps them; resume equivalence holds.
+#                          TestAttentionTC/TestAttentionTCMask check the kernel against float64
+#                          and exact means, TestAttnTCModel the logits against own; TestGPUReport
+#                          shows "cublas" (tensor-core attention) beside "cublas, attn mq".
 #   DRIFTSTORE_CUDA_GEMM_Q8=copy  cuBLAS products of Q8_0 weights use an F16 copy kept on the
 #                          device (made on first use) instead of dequantizing per product
 #   GPU_CHECK_VARIANTS     space-separated NAME=VALUE settings: after the check, for each, the
@@ -100,7 +112,7 @@ run)
 
 	phase tests test.log -test.v -test.count=1 -test.skip '^TestGPUReport$' -test.timeout 180s
 	if [ "${GPU_CHECK_REPORT:-1}" != 0 ]; then
-		DRIFTSTORE_GPU_REPORT=1 phase report report.log -test.v -test.count=1 -test.run '^TestGPUReport$' -test.timeout 240s
+		DRIFTSTORE_GPU_REPORT=1 phase report report.log -test.v -test.count="${GPU_CHECK_REPORT_COUNT:-1}" -test.run '^TestGPUReport$' -test.timeout $((60 + 120 * ${GPU_CHECK_REPORT_COUNT:-1}))s
 	fi
 	bench=${GPU_CHECK_BENCH:-.}
 	if [ "$bench" != none ]; then

@@ -1052,6 +1052,221 @@ extern "C" __global__ void ds_attn_combine(float* out, const float* part, int n,
     }
 }
 
+// ---- prefill attention on the tensor cores --------------------------------------------------
+// attn_tc: causal GQA attention of n query tokens at positions pos0.. over F16 KV blocks,
+// flash-attention style on the tensor cores (mma.sync m16n8k16, F16 in, F32 accumulation).
+// A block takes FA_ROWS query rows, row r = (token tok0 + r / G, query head kvh*G + r % G)
+// with G = nheads/nkv, so the G heads that read one KV head share its tiles; 4 warps of 16
+// rows each. The context goes in tiles of FA_KT positions aligned to absolute positions 0,
+// FA_KT, ...: K and V of a tile are staged in shared memory (positions past the block's last
+// query zero-filled), S = Q K^T on the tensor cores (Q rounded to F16 after scaling by
+// scale*log2(e)), the causal mask, an online softmax in base 2 in F32 (running max and sum
+// per row), P rounded to F16, O += P V on the tensor cores. The per-row sum is over the
+// F16-rounded weights, so the output is a convex combination of V rows. Grid (ceil(n /
+// (FA_ROWS/G)), nkv), 128 threads; blockIdx.x runs from the last (longest) token tile down.
+//
+// Arithmetic per row: tiles in position order, each tile's sums in a fixed order; a tile that
+// lies wholly past a row's position leaves its running state bit-for-bit unchanged (weight 0,
+// factor exp2(0) = 1), so a token's output does not depend on n or on the other tokens of the
+// launch. It does differ from ds_attn's (another summation order, F16 Q and P): the caller
+// uses it only where batch-dependent bits are accepted (stream.go, AttentionTable).
+#define FA_ROWS 64
+#define FA_KT 64
+
+__device__ __forceinline__ uint32_t h2bits(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+
+template <int HD>
+__device__ __forceinline__ void attn_tc_body(float* __restrict__ out, const float* __restrict__ q,
+                                             int n, int nheads, int pos0, int bsize, int nkv,
+                                             const u64* __restrict__ blocks, float qscale) {
+    constexpr int KS = HD / 16;  // k-steps of S = Q K^T over the head dims
+    constexpr int ND = HD / 8;   // 8-wide column tiles of O over the head dims
+    constexpr int LD = HD + 8;   // shared row stride in halves (16-byte rows, no bank conflicts)
+    constexpr int CH = HD / 8;   // 16-byte chunks per position
+    __shared__ __align__(16) __half Ks[FA_KT * LD];
+    __shared__ __align__(16) __half Vs[FA_KT * LD];
+    const int G = nheads / nkv;
+    const int tpb = FA_ROWS / G;  // tokens per block
+    const int kvh = blockIdx.y;
+    const int tok0 = (gridDim.x - 1 - blockIdx.x) * tpb;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int row = nkv * HD;
+    const size_t vofs = (size_t)bsize * row;
+
+    // The thread's two rows (g and g+8 of its warp's 16): position, output/query offset.
+    int rpos[2];
+    size_t roff[2];
+    bool rok[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int R = warp * 16 + g + 8 * r;
+        int tt = R / G, tok = tok0 + tt;
+        rok[r] = tt < tpb && tok < n;
+        rpos[r] = rok[r] ? pos0 + tok : 0;  // padding rows see position 0 only; not stored
+        roff[r] = rok[r] ? ((size_t)tok * nheads + kvh * G + R % G) * HD : 0;
+    }
+    int wmax = max(rpos[0], rpos[1]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) wmax = max(wmax, __shfl_xor_sync(0xffffffffu, wmax, o));
+    const int lim = pos0 + min(n, tok0 + tpb);  // positions the block reads: [0, lim)
+
+    // Q fragments (A operand, row-major 16 x 16 per k-step), scaled and rounded to F16.
+    uint32_t qa[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int r = i & 1, col = 16 * ks + 2 * c + 8 * (i >> 1);
+            float x0 = 0.f, x1 = 0.f;
+            if (rok[r]) {
+                x0 = q[roff[r] + col] * qscale;
+                x1 = q[roff[r] + col + 1] * qscale;
+            }
+            qa[ks][i] = h2bits(__floats2half2_rn(x0, x1));
+        }
+    }
+
+    float o[ND][4];
+#pragma unroll
+    for (int d = 0; d < ND; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+    const int ntile = (lim + FA_KT - 1) / FA_KT;
+    for (int kt = 0; kt < ntile; kt++) {
+        const int lo = kt * FA_KT;
+        __syncthreads();  // the previous tile is consumed
+        for (int idx = threadIdx.x; idx < FA_KT * CH; idx += blockDim.x) {
+            int i = idx / CH, ch = idx - i * CH, p = lo + i;
+            uint4 kk = make_uint4(0, 0, 0, 0), vv = kk;
+            if (p < lim) {
+                const __half* b = (const __half*)blocks[p / bsize] + (size_t)(p % bsize) * row +
+                                  (size_t)kvh * HD + ch * 8;
+                if (((uintptr_t)b & 15) == 0 && ((uintptr_t)(b + vofs) & 15) == 0) {
+                    kk = *(const uint4*)b;
+                    vv = *(const uint4*)(b + vofs);
+                } else {  // blocks at 2-byte aligned addresses (host memory): halves one by one
+                    uint32_t wk[4], wv[4];
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        wk[e] = (uint32_t)__half_as_ushort(b[2 * e]) |
+                                ((uint32_t)__half_as_ushort(b[2 * e + 1]) << 16);
+                        wv[e] = (uint32_t)__half_as_ushort(b[vofs + 2 * e]) |
+                                ((uint32_t)__half_as_ushort(b[vofs + 2 * e + 1]) << 16);
+                    }
+                    kk = make_uint4(wk[0], wk[1], wk[2], wk[3]);
+                    vv = make_uint4(wv[0], wv[1], wv[2], wv[3]);
+                }
+            }
+            *(uint4*)&Ks[i * LD + ch * 8] = kk;
+            *(uint4*)&Vs[i * LD + ch * 8] = vv;
+        }
+        __syncthreads();
+        if (lo > wmax) continue;  // every row of the warp is before this tile (warp-uniform)
+
+        // S = Q K^T: 16 rows x FA_KT positions, 8 column tiles.
+        float s[FA_KT / 8][4];
+#pragma unroll
+        for (int j = 0; j < FA_KT / 8; j++) {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+            const __half* kr = &Ks[(8 * j + g) * LD + 2 * c];
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                uint32_t b0 = *(const uint32_t*)(kr + 16 * ks);
+                uint32_t b1 = *(const uint32_t*)(kr + 16 * ks + 8);
+                mma16816(s[j], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], b0, b1);
+            }
+        }
+        // Causal mask, the rows' new maxima (over the quad's 4 lanes, fixed butterfly).
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int j = 0; j < FA_KT / 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int r = e >> 1, p = lo + 8 * j + 2 * c + (e & 1);
+                if (p > rpos[r]) s[j][e] = -INFINITY;
+                mx[r] = fmaxf(mx[r], s[j][e]);
+            }
+        }
+        float alpha[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            alpha[r] = exp2f(m[r] - mx[r]);  // m = -inf on the first tile: 0
+            m[r] = mx[r];                    // finite: position 0 is in every row's context
+        }
+        // Weights, rounded to F16 (the A operand of P V), and their sums per row.
+        uint32_t pa[FA_KT / 8][2];
+        float ls[2] = {0.f, 0.f};
+#pragma unroll
+        for (int j = 0; j < FA_KT / 8; j++) {
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                __half2 h = __floats2half2_rn(exp2f(s[j][2 * r] - m[r]), exp2f(s[j][2 * r + 1] - m[r]));
+                float2 f = __half22float2(h);
+                ls[r] += f.x;
+                ls[r] += f.y;
+                pa[j][r] = h2bits(h);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) l[r] = fmaf(l[r], alpha[r], ls[r]);
+#pragma unroll
+        for (int d = 0; d < ND; d++) {
+            o[d][0] *= alpha[0];
+            o[d][1] *= alpha[0];
+            o[d][2] *= alpha[1];
+            o[d][3] *= alpha[1];
+        }
+        // O += P V: k-steps of 16 positions; V fragments by ldmatrix.trans (two column tiles
+        // per x4 load: matrices = positions +0/+8 x dims 8d/8d+8).
+        const int lrow = (lane & 7) + 8 * ((lane >> 3) & 1), lcol = 8 * (lane >> 4);
+#pragma unroll
+        for (int kk = 0; kk < FA_KT / 16; kk++) {
+            const uint32_t a0 = pa[2 * kk][0], a1 = pa[2 * kk][1], a2 = pa[2 * kk + 1][0],
+                           a3 = pa[2 * kk + 1][1];
+#pragma unroll
+            for (int d = 0; d < ND; d += 2) {
+                uint32_t b0, b1, b2, b3;
+                uint32_t addr = (uint32_t)__cvta_generic_to_shared(&Vs[(16 * kk + lrow) * LD + 8 * d + lcol]);
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                             : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
+                             : "r"(addr));
+                mma16816(o[d], a0, a1, a2, a3, b0, b1);
+                mma16816(o[d + 1], a0, a1, a2, a3, b2, b3);
+            }
+        }
+    }
+    // The rows' sums over the quad (fixed butterfly: every lane gets the same value), then out.
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (!rok[r]) continue;
+        float inv = 1.f / l[r];
+        float* op = out + roff[r] + 2 * c;
+#pragma unroll
+        for (int d = 0; d < ND; d++) {
+            op[8 * d] = o[d][2 * r] * inv;
+            op[8 * d + 1] = o[d][2 * r + 1] * inv;
+        }
+    }
+}
+
+#define ATTN_TC_KERNEL(HD)                                                                      \
+    extern "C" __global__ void __launch_bounds__(128)                                           \
+        ds_attn_tc##HD(float* out, const float* q, int n, int nheads, int pos0, int bsize,      \
+                       int nkv, const u64* blocks, float qscale) {                              \
+        attn_tc_body<HD>(out, q, n, nheads, pos0, bsize, nkv, blocks, qscale);                 \
+    }
+ATTN_TC_KERNEL(32)
+ATTN_TC_KERNEL(48)
+ATTN_TC_KERNEL(64)
+ATTN_TC_KERNEL(128)
+
 // ---- element-wise ---------------------------------------------------------------------------
 // swiglu: out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)).
 extern "C" __global__ void ds_swiglu(float* out, const float* gate, const float* up,
