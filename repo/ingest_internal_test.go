@@ -177,3 +177,58 @@ func TestIngestInMemoryMatchesStream(t *testing.T) {
 		}
 	}
 }
+
+// A store whose batches do not retain chunks (cas.Local) gets every chunk through Put, copied,
+// from both the segment path and the in-memory path, and the chunks are the Stream's.
+func TestIngestWithoutRetainer(t *testing.T) {
+	r, _ := openTest(t)
+	local, err := cas.OpenLocal(t.TempDir(), cas.LocalOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, ok := cas.NewBatch(local).(cas.Retainer); ok {
+		t.Fatal("a Local batch retains chunks: this test would not test the copying path")
+	}
+	spec, err := ChunkerSpec{}.normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := randBytes(21, 3*segmentSize+777)
+	st, err := chunker.NewStream(bytes.NewReader(data), spec.Params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []cas.Digest
+	for {
+		ch, err := st.Next()
+		if err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, cas.Sum(ch.Data))
+	}
+	for i, rd := range []io.Reader{&choppyReader{data: data, rng: rand.New(rand.NewPCG(1, 2))}, bytes.NewReader(data)} {
+		batch := cas.NewBatch(local)
+		refs, _, _, err := r.ingest(ctx, batch, rd, spec, cas.HintNone, 2, nil)
+		if err != nil {
+			batch.Discard()
+			t.Fatalf("reader %d: %v", i, err)
+		}
+		if err := batch.Commit(ctx); err != nil {
+			t.Fatalf("reader %d: commit: %v", i, err)
+		}
+		if len(refs) != len(want) {
+			t.Fatalf("reader %d: %d chunks, the stream cuts %d", i, len(refs), len(want))
+		}
+		for k, ref := range refs {
+			if ref.Digest != want[k] {
+				t.Fatalf("reader %d: chunk %d differs from the stream's", i, k)
+			}
+			if _, err := local.Get(ctx, ref.Digest, nil); err != nil {
+				t.Fatalf("reader %d: chunk %d: %v", i, k, err)
+			}
+		}
+	}
+}
