@@ -264,3 +264,38 @@ func BenchmarkGenerate(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDecode: decode of the 1B-shaped F16 model (KV on the device) after a 24-token
+// prompt, b.N tokens in one Generate call (run it with -test.benchtime 512x); reports
+// ms/token. Made for profiles of the host side of a decode step (-test.cpuprofile, nsys).
+func BenchmarkDecode(b *testing.B) {
+	be := newCUDABackend(b, KVDevice)
+	path := synthModel(b, "llama-3.2-1b", gguf.TypeF16)
+	e, err := engine.New(engine.Options{Backend: be, CacheDir: moduleCache(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	m, err := e.LoadModel(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	in, err := m.NewInstance(engine.InstanceOptions{Batch: 512})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer in.Close()
+	if err := in.Prefill(promptTokens(24, 128256)); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := in.Generate(8, nil); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	t0 := time.Now()
+	if _, err := in.Generate(b.N, nil); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(time.Since(t0).Microseconds())/float64(b.N)/1000, "ms/token")
+}
