@@ -197,7 +197,8 @@ func (r *Repo) PutReader(ctx context.Context, name string, rd io.Reader, opts Pu
 // Put chunks every source, stores and records the chunks, and commits one manifest with a
 // region per source (in order), then moves opts.Tag to it. Chunks are durable before the index
 // records them, in the one transaction that commits the manifest. On error nothing is
-// committed (chunks already stored are garbage for GC). Putting the same bytes again yields the same ID and stores nothing new.
+// committed (chunks already stored are garbage for GC). Putting the same bytes again yields
+// the same ID and stores nothing new.
 func (r *Repo) Put(ctx context.Context, srcs []Source, opts PutOptions) (PutResult, error) {
 	var res PutResult
 	if r.ro {
@@ -337,12 +338,12 @@ func putBuf(p *[]byte) {
 // reading and storing. When the batch is a cas.Retainer, a chunk stored raw is not copied when
 // it is stored either: the batch writes it from the segment with the rest of its run. A
 // segment goes back to its ingest's free list once the reader has moved on and every chunk cut
-// from it is stored (and written, when retained); at most workers+extraSegments (5) segments of segmentSize
-// exist per ingest, or 3 of the larger kind (a fixed chunk size of 64 MiB then holds 384 MiB).
-// A reader that finds no free segment has the batch flush what it retains, and so do the
-// workers until it gets one, so that retained chunks never hold up the input. The bytes after
-// a segment's last cut (fewer than the chunker's limit) are copied to the start of the next
-// segment.
+// from it is stored (and written, when retained); at most workers+extraSegments segments of
+// segmentSize exist per ingest, or 3 of the larger kind (a fixed chunk size of 64 MiB then
+// holds 384 MiB). A reader that finds no free segment has the batch flush what it retains,
+// and so do the workers until it gets one, so that retained chunks never hold up the input.
+// The bytes after a segment's last cut (fewer than the chunker's limit) are copied to the
+// start of the next segment. Inputs already in memory skip segments (see inMemory).
 const segmentSize = 1 << 20
 
 // extraSegments is how many segments of segmentSize an ingest may hold beyond one per worker.
