@@ -299,3 +299,50 @@ func BenchmarkDecode(b *testing.B) {
 	}
 	b.ReportMetric(float64(time.Since(t0).Microseconds())/float64(b.N)/1000, "ms/token")
 }
+
+// BenchmarkPrefill: one prefill of 512 or 2048 tokens (batches of 512) of the 1B-shaped F16
+// model on a fresh instance per iteration, KV on the device, the device's GEMM options (the
+// environment's); reports tok/s. "alloc": the instance made for the context (its memory
+// allocated and registered at creation, as llama.cpp allocates its KV cache with the context);
+// "grow": memory grown and registered during the prefill (as TestGPUReport's prefill rows).
+// Made for profiles of a prefill (-test.cpuprofile, ncu) too.
+func BenchmarkPrefill(b *testing.B) {
+	be := newCUDABackend(b, KVDevice)
+	path := synthModel(b, "llama-3.2-1b", gguf.TypeF16)
+	e, err := engine.New(engine.Options{Backend: be, CacheDir: moduleCache(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	m, err := e.LoadModel(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	prompt := promptTokens(2048, 128256)
+	for _, c := range []struct {
+		np   int
+		grow bool
+	}{{512, false}, {2048, false}, {512, true}, {2048, true}} {
+		np, ctx, name := c.np, c.np, "alloc"
+		if c.grow {
+			ctx, name = 0, "grow"
+		}
+		b.Run(fmt.Sprintf("n%d/%s", np, name), func(b *testing.B) {
+			var total time.Duration
+			for i := 0; i < b.N; i++ {
+				in, err := m.NewInstance(engine.InstanceOptions{Batch: 512, Context: ctx})
+				if err != nil {
+					b.Fatal(err)
+				}
+				t0 := time.Now()
+				if err := in.Prefill(prompt[:np]); err != nil {
+					b.Fatal(err)
+				}
+				total += time.Since(t0)
+				in.Close()
+			}
+			b.ReportMetric(float64(np*b.N)/total.Seconds(), "tok/s")
+		})
+	}
+}
