@@ -26,15 +26,18 @@
 // those blocks in the store); resume equivalence still holds (same inputs through the same
 // calls give the same bits on one GPU). Decode steps (one token) always use the own kernels.
 //
-// The same modes govern attention: with "auto" or "cublas", batches of at least
-// DefaultAttnMinTokens tokens (DRIFTSTORE_CUDA_ATTN_MIN) over F16 KV run their attention on
+// The same modes govern attention: with "auto" (whether or not cuBLAS loads) or "cublas",
+// batches of at least DefaultAttnMinTokens tokens (DRIFTSTORE_CUDA_ATTN_MIN) over F16 KV run
+// their attention on
 // the tensor cores (ds_attn_tc, flash-attention style: queries and softmax weights rounded to
 // F16, float32 accumulation and online softmax), else ds_attn_mq, whose per-token arithmetic
 // equals the decode kernel's. ds_attn_tc's output for a token does not depend on the batch it
 // came in, but differs from decode's: the KV bytes a batched prefill writes from layer 2 on
 // then differ from token-by-token feeding's (the trade cuBLAS makes already; "own" keeps
-// batched = token-by-token); resume equivalence holds (same calls, same bits). A backend Exec defers an export's kernels and replays repeated runs of them as CUDA
-// graphs (deferred.go; BackendOptions.Eager or DRIFTSTORE_CUDA_EAGER=1 launches each at once).
+// batched = token-by-token); resume equivalence holds (same calls, same bits).
+//
+// A backend Exec defers an export's kernels and replays repeated runs of them as CUDA graphs
+// (deferred.go; BackendOptions.Eager or DRIFTSTORE_CUDA_EAGER=1 launches each at once).
 package cuda
 
 import (
