@@ -14,6 +14,7 @@ import (
 	"github.com/driftstore/driftstore/checkpoint"
 	"github.com/driftstore/driftstore/engine"
 	"github.com/driftstore/driftstore/gguf"
+	"github.com/driftstore/driftstore/index"
 	"github.com/driftstore/driftstore/internal/progress"
 	"github.com/driftstore/driftstore/repo"
 	"github.com/driftstore/driftstore/restore"
@@ -165,7 +166,7 @@ func runBenchRestore(c *cli, args []string) error {
 	}
 	c.printf("driftstore bench restore: backend %s, %d threads, %d workers, KV %s stored %s, instances made for the context %v, huge pages %v, %s/%s, %d CPUs; verify-and-copy %.2f GB/s\n",
 		res.Backend, res.Threads, res.Workers, res.KV, res.KVCodec, res.Reserve, res.HugePages, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), res.CopyVerifyGBs)
-	c.printf("times in ms (restore, incr16, store16, and re-prefill up to 1024 tokens: best of %d); restore and re-prefill into a ready fresh instance (making one: inst, which with --reserve includes making the context's KV memory resident); incr16: checkpoint after 16 new tokens (of which isync: the chunks' barrier, iindex: the index transaction), isnap: the turn latency of the same checkpoint deferred (the snapshot: state and those blocks copied), store16: hashing and storing those blocks alone into the same kind of store with the same durability and codec\n", *reps)
+	c.printf("times in ms (restore, incr16, store16, and re-prefill up to 1024 tokens: best of %d); restore and re-prefill into a ready fresh instance (making one: inst, which with --reserve includes making the context's KV memory resident); incr16: checkpoint after 16 new tokens, the session head moved with it (of which isync: the chunks' barrier, iindex: the index transaction), isnap: the turn latency of the same checkpoint deferred (the snapshot: state and those blocks copied), store16: hashing and storing those blocks alone into the same kind of store with the same durability and codec\n", *reps)
 	c.printf("%-13s %5s %9s %8s %7s %6s %6s %6s %7s %6s %6s %8s %7s %6s %8s %9s %9s %7s %7s %8s %7s %6s\n",
 		"model", "ctx", "KV", "ckpt", "incr16", "isync", "iindex", "isnap", "store16", "incr ×", "inst", "restore", "decode", "load", "TTFT rst", "reprefill", "TTFT pref", "TTFT ×", "rst ×", "B/token", "floor", "×floor")
 	for _, r := range res.Rows {
@@ -270,7 +271,9 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 		if err != nil {
 			return nil, nil, 0, err
 		}
-		full, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Workers: workers, KVCodec: benchKVCodec})
+		// Checkpoints move a session's head in their own transaction, as a session's do.
+		full, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Workers: workers, KVCodec: benchKVCodec,
+			MoveRef: &index.RefMove{Kind: index.RefSession, Name: "bench"}})
 		if err != nil {
 			r.Close()
 			return nil, nil, 0, err
@@ -444,7 +447,8 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 				if rep == 0 || ms(snap.Duration()) < row.IncrSnapMS {
 					row.IncrSnapMS = ms(snap.Duration())
 				}
-				incr, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Parent: parent, Workers: workers, KVCodec: benchKVCodec})
+				incr, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Parent: parent, Workers: workers, KVCodec: benchKVCodec,
+					MoveRef: &index.RefMove{Kind: index.RefSession, Name: "bench", Expected: parent.ID}})
 				if err != nil {
 					r.Close()
 					return nil, nil, 0, err
