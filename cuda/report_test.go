@@ -7,7 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,8 +25,18 @@ import (
 
 // ReportEnv turns TestGPUReport on: it writes two Llama-3.2-1B-shaped models (≈ 2.5 and
 // 1.3 GB; under $DRIFTSTORE_CUDA_MODELS when set, reused by later runs) and takes a minute or
-// two on an H100.
+// two on an H100. The value "restore" measures only the restore rows and their breakdown (no
+// prefill/decode rows per GEMM variant; one warm-up instance instead).
 const ReportEnv = "DRIFTSTORE_GPU_REPORT"
+
+// reportCodecs are the KV codecs of the restore rows: each checkpoint is captured once per
+// codec, into a store of its own (a chunk is kept in the form of its first Put, so one store
+// would serve the second codec's checkpoint from the first's chunks).
+var reportCodecs = []checkpoint.KVCodec{checkpoint.KVCodecFloat, checkpoint.KVCodecRaw}
+
+// breakdownMin is the smallest context whose restore TestGPUReport breaks down (reads, BLAKE3,
+// copies; workers).
+const breakdownMin = 2048
 
 // reportContexts are the contexts of the restore vs re-prefill rows (the 1B shape holds 8192).
 var reportContexts = []int{24, 128, 512, 2048, 4096}
@@ -46,16 +59,22 @@ func msOf(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
 //     instance made before the clock starts, after a warm-up instance;
 //   - decode ms/token: 128 tokens after a 24-token prompt, and 64 tokens after 2048 tokens of
 //     context;
-//   - restore vs re-prefill at 24…4096 tokens: a full checkpoint of a live instance
-//     (checkpoint.Capture into a durable cas.Pack and bbolt index in a temporary directory,
-//     chunks fsynced), then best of 3: restore.Into a fresh instance made for the context (KV
-//     memory allocated, resident and registered at creation, not counted, as llama.cpp's
-//     context creation allocates its KV cache) + the first token (sampled
-//     from the logits the checkpoint carries: no forward pass) against Prefill of the same
-//     tokens + the first token into an instance made the same way; the second token too (one forward pass each: after a restore it
-//     also uploads the KV blocks from the registered linear memory into the device mirror);
-//     the restored instance's second-step logits must equal the re-prefilled instance's bit for
-//     bit (resume equivalence on one GPU);
+//   - restore vs re-prefill at 24…4096 tokens, for each KV codec (float: float16 byte planes
+//     with Huffman, the default; raw: no hint, the blocks stored as they are): a full
+//     checkpoint of a live instance (checkpoint.Capture into a durable cas.Pack and bbolt
+//     index in a temporary directory per codec, chunks fsynced), then best of 3 (the codecs
+//     alternating): restore.Into a fresh instance made for the context (KV memory allocated,
+//     resident and registered at creation, not counted, as llama.cpp's context creation
+//     allocates its KV cache) + the first token (sampled from the logits the checkpoint
+//     carries: no forward pass) against Prefill of the same tokens + the first token into an
+//     instance made the same way; the second token too (one forward pass each: after a
+//     restore it also uploads the KV blocks from the registered linear memory into the device
+//     mirror); the restored instance's second-step logits must equal the re-prefilled
+//     instance's bit for bit (resume equivalence on one GPU), and the raw restore's those of
+//     the float restore;
+//   - from 2048 tokens on, where a restore's time goes on this host (restoreBreakdown): the
+//     KV chunks decoded into place by 1, 4, 8 and GOMAXPROCS workers, and the parts of that
+//     work (pread, BLAKE3, memmove) timed alone on the same chunks and memory;
 //   - the incremental checkpoint after 16 more tokens (Capture with the full checkpoint as
 //     parent: only the blocks those tokens touched, plus the small state): the latency it adds
 //     to a turn, with its phases; and beside it the same checkpoint taken as a snapshot
@@ -75,7 +94,8 @@ func TestGPUReport(t *testing.T) {
 	e := newEngine(t, gpu)
 	var rep report
 	rep.add("device: %s (sm_%d%d, %d SMs, %d MiB), driver API %d; GOMAXPROCS %d", info.Name, info.CC[0], info.CC[1], info.SMs, info.TotalMem>>20, info.DriverVersion, runtime.GOMAXPROCS(0))
-	var perf, rest []string
+	var perf, rest, breakdown []string
+	restoreOnly := os.Getenv(ReportEnv) == "restore"
 	// Printed even when a measurement fails half way (t.Fatal runs the deferred calls).
 	defer func() {
 		lib, lerr := cuda.CUBLASLibrary()
@@ -85,9 +105,13 @@ func TestGPUReport(t *testing.T) {
 		rep.add("|---|---|---|")
 		rep.lines = append(rep.lines, perf...)
 		rep.add("")
-		rep.add("| 1B shape | context | KV MB | full ckpt ms | new instance ms (not counted) | restore ms (decode + load) | TTFT restore | TTFT re-prefill | speedup | 2nd token: restore path | re-prefill path | incr ckpt 16 tok ms (prepare/store/commit; blocks) | turn latency of a deferred incr ckpt ms (snapshot) | same bits |")
-		rep.add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+		rep.add("| 1B shape | KV codec | context | KV MB | KV stored MB | full ckpt ms | new instance ms (not counted) | restore ms (decode + load) | TTFT restore | TTFT re-prefill | speedup | 2nd token: restore path | re-prefill path | incr ckpt 16 tok ms (prepare/store/commit; blocks) | turn latency of a deferred incr ckpt ms (snapshot) | same bits | decode workers (best restore) |")
+		rep.add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 		rep.lines = append(rep.lines, rest...)
+		rep.add("")
+		rep.add("| where a restore's KV time goes (ms: best, range of 3; same chunks, same memory) | workers | restore.Decode (KV chunks) | its workers (best) | pread only (raw: payload into place) | BLAKE3 only (in place) | memmove only | memmove + BLAKE3 per chunk | Decode GB/s |")
+		rep.add("|---|---|---|---|---|---|---|---|---|")
+		rep.lines = append(rep.lines, breakdown...)
 		var b strings.Builder
 		for _, l := range rep.lines {
 			b.WriteString("report| " + l + "\n")
@@ -95,16 +119,17 @@ func TestGPUReport(t *testing.T) {
 		fmt.Print(b.String())
 	}()
 	for _, typ := range []gguf.Type{gguf.TypeF16, gguf.TypeQ8_0} {
-		reportModel(t, e, gpu.Device(), "llama-3.2-1b", typ, reportContexts, &perf, &rest)
+		reportModel(t, e, gpu.Device(), "llama-3.2-1b", typ, reportContexts, restoreOnly, &perf, &rest, &breakdown)
 	}
 }
 
 // reportModel measures one model on e (dev: its GPU); it appends the prefill/decode rows (one
 // per GEMM variant: the own kernels, cuBLAS where it loads, for Q8_0 also cuBLAS from kept
-// F16 copies) to perf and each restore row to rest as soon as measured. The restore rows use
-// the GEMM options the device opened with (the environment's). contexts must include 24 and
-// 2048 for the decode figures.
-func reportModel(t *testing.T, e *engine.Engine, dev *cuda.Device, preset string, typ gguf.Type, contexts []int, perf, rest *[]string) {
+// F16 copies; none when restoreOnly) to perf, each restore row to rest and the restore
+// breakdowns to breakdown as soon as measured. The restore rows use the GEMM options the
+// device opened with (the environment's). contexts must include 24 and 2048 for the decode
+// figures.
+func reportModel(t *testing.T, e *engine.Engine, dev *cuda.Device, preset string, typ gguf.Type, contexts []int, restoreOnly bool, perf, rest, breakdown *[]string) {
 	ctx := context.Background()
 	memInfo := dev.MemInfo
 	gemmEnv := dev.GEMM()
@@ -146,6 +171,9 @@ func reportModel(t *testing.T, e *engine.Engine, dev *cuda.Device, preset string
 		variants = append(variants, variants[1])
 		variants[2].name, variants[2].o.AttnMinTokens = "cublas, attn mq", 1<<30
 	}
+	if restoreOnly {
+		variants = nil
+	}
 	for _, v := range variants {
 		if err := dev.SetGEMM(v.o); err != nil {
 			t.Logf("%s: GEMM %s not measured: %v", typ, v.name, err)
@@ -182,7 +210,17 @@ func reportModel(t *testing.T, e *engine.Engine, dev *cuda.Device, preset string
 		}
 		return tok, logits(t, in)
 	}
-	restoreRows(t, ctx, m, newIn, newInFor, prompt, label, contexts, sameCalls, twinLogits, rest)
+	if restoreOnly { // warm-up: kernels loaded, every code path once
+		in := newIn()
+		if err := in.Prefill(prompt[:600]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := in.Generate(4, nil); err != nil {
+			t.Fatal(err)
+		}
+		in.Close()
+	}
+	restoreRows(t, ctx, m, newIn, newInFor, prompt, label, contexts, sameCalls, twinLogits, rest, breakdown)
 }
 
 // prefillDecode measures prefill at each context (best of 3; 2 at 4096) on fresh instances
@@ -244,23 +282,35 @@ func prefillDecode(t *testing.T, newIn func() *engine.Instance, prompt []int32, 
 	t.Logf("%s: prefill tok/s %s; decode %.2f ms/token (128 tokens), %.2f after 2048", label, strings.Join(ps, " / "), dec128, dec2048)
 }
 
-// restoreRows measures restore against re-prefill at each context and the incremental
-// checkpoint after it (see TestGPUReport), appending a row to rest per context. sameCalls:
-// the restored instance's bits are compared with twin(n) (an instance fed the same batches
-// as the captured one), and a re-prefill's differing bits are no error.
+// codecStore is one KV codec's durable pack store and index (see reportCodecs).
+type codecStore struct {
+	codec checkpoint.KVCodec
+	store *cas.Pack
+	ix    *index.Index
+}
+
+// restoreRows measures restore against re-prefill at each context, for each KV codec, and the
+// incremental checkpoint after it (see TestGPUReport), appending a row to rest per context and
+// codec, and from breakdownMin on a breakdown of the restore's KV time per codec to breakdown.
+// sameCalls: the restored instance's bits are compared with twin(n) (an instance fed the same
+// batches as the captured one), and a re-prefill's differing bits are no error.
 func restoreRows(t *testing.T, ctx context.Context, m *engine.Model, newIn func() *engine.Instance, newInFor func(int) *engine.Instance,
-	prompt []int32, typ string, contexts []int, sameCalls bool, twin func(n int) (int32, []float32), rest *[]string) {
+	prompt []int32, typ string, contexts []int, sameCalls bool, twin func(n int) (int32, []float32), rest, breakdown *[]string) {
 	// Restore vs re-prefill, incremental checkpoint.
 	dir := t.TempDir()
-	store, err := cas.OpenPack(filepath.Join(dir, "packs"), cas.PackOptions{}) // what data directories use
-	if err != nil {
-		t.Fatal(err)
+	var stores []codecStore
+	for _, c := range reportCodecs {
+		store, err := cas.OpenPack(filepath.Join(dir, string(c), "packs"), cas.PackOptions{}) // what data directories use
+		if err != nil {
+			t.Fatal(err)
+		}
+		ix, err := index.Open(filepath.Join(dir, string(c), "index.db"), store, index.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ix.Close()
+		stores = append(stores, codecStore{codec: c, store: store, ix: ix})
 	}
-	ix, err := index.Open(filepath.Join(dir, "index.db"), store, index.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ix.Close()
 	live := newIn()
 	defer func() { live.Close() }()
 	fed := 0
@@ -269,47 +319,68 @@ func restoreRows(t *testing.T, ctx context.Context, m *engine.Model, newIn func(
 			t.Fatal(err)
 		}
 		fed = n
-		full, err := checkpoint.Capture(ctx, ix, m, live, checkpoint.CaptureOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cp := full.Checkpoint
-		var best struct {
+		type measured struct {
+			full                                *checkpoint.Result
 			restore, decode, load, ttft, second time.Duration
 			newInst                             time.Duration
+			workers                             restore.Stats
+			tok                                 int32
+			logits                              []float32
+			stored                              int64
 		}
-		var restoredTok int32
-		var restoredLogits []float32
-		for rep := 0; rep < 3; rep++ {
-			t0 := time.Now()
-			in := newInFor(n)
-			made := time.Since(t0)
-			t1 := time.Now()
-			rr, err := restore.Into(ctx, store, in, cp, 0)
+		ms := make([]measured, len(stores))
+		for k, cs := range stores {
+			full, err := checkpoint.Capture(ctx, cs.ix, m, live, checkpoint.CaptureOptions{KVCodec: cs.codec})
 			if err != nil {
 				t.Fatal(err)
 			}
-			dr := time.Since(t1)
-			if _, err := in.Sample(); err != nil {
-				t.Fatal(err)
-			}
-			ttft := time.Since(t1)
-			tok, err := in.Step()
-			if err != nil {
-				t.Fatal(err)
-			}
-			second := time.Since(t1)
-			if rep == 0 {
-				restoredTok, restoredLogits = tok, logits(t, in)
-				best.restore, best.decode, best.load, best.ttft, best.second, best.newInst = dr, rr.Decode, rr.Load, ttft, second, made
-			} else {
-				if dr < best.restore {
-					best.restore, best.decode, best.load = dr, rr.Decode, rr.Load
+			best := &ms[k]
+			best.full = full
+			for _, l := range full.Checkpoint.KV {
+				for _, ref := range l {
+					info, err := cs.store.Stat(ctx, ref.Digest)
+					if err != nil {
+						t.Fatal(err)
+					}
+					best.stored += info.StoredSize
 				}
-				best.ttft, best.second, best.newInst = min(best.ttft, ttft), min(best.second, second), min(best.newInst, made)
 			}
-			in.Close()
 		}
+		// Restores of the codecs alternate, so that drift on the machine touches them alike.
+		for rep := 0; rep < 3; rep++ {
+			for k, cs := range stores {
+				best := &ms[k]
+				t0 := time.Now()
+				in := newInFor(n)
+				made := time.Since(t0)
+				t1 := time.Now()
+				rr, err := restore.Into(ctx, cs.store, in, best.full.Checkpoint, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				dr := time.Since(t1)
+				if _, err := in.Sample(); err != nil {
+					t.Fatal(err)
+				}
+				ttft := time.Since(t1)
+				tok, err := in.Step()
+				if err != nil {
+					t.Fatal(err)
+				}
+				second := time.Since(t1)
+				if rep == 0 {
+					best.tok, best.logits = tok, logits(t, in)
+					best.restore, best.decode, best.load, best.ttft, best.second, best.newInst, best.workers = dr, rr.Decode, rr.Load, ttft, second, made, rr.Workers
+				} else {
+					if dr < best.restore {
+						best.restore, best.decode, best.load, best.workers = dr, rr.Decode, rr.Load, rr.Workers
+					}
+					best.ttft, best.second, best.newInst = min(best.ttft, ttft), min(best.second, second), min(best.newInst, made)
+				}
+				in.Close()
+			}
+		}
+		restoredTok, restoredLogits := ms[0].tok, ms[0].logits
 		var pre struct{ ttft, second time.Duration }
 		same := "yes"
 		for rep := 0; rep < 3; rep++ {
@@ -350,38 +421,211 @@ func restoreRows(t *testing.T, ctx context.Context, m *engine.Model, newIn func(
 				same = "yes (same batches); " + same
 			}
 		}
-		// Incremental: the checkpoint restored, 16 more tokens, a checkpoint with it as parent.
-		in := newIn()
-		if _, err := restore.Into(ctx, store, in, cp, 0); err != nil {
-			t.Fatal(err)
+		for k, cs := range stores {
+			best := &ms[k]
+			cp := best.full.Checkpoint
+			sameK := same
+			if k > 0 {
+				// The same instance captured in another codec: the same manifest, the same bits.
+				sameK = "= " + string(stores[0].codec) + " restore"
+				if cp.ID != ms[0].full.Checkpoint.ID || best.tok != restoredTok || bitsDiff(best.logits, restoredLogits) >= 0 {
+					sameK = "NO (vs " + string(stores[0].codec) + ")"
+					t.Errorf("%s, %d tokens: the %s restore (checkpoint %s, token %d) differs from the %s restore (%s, %d)",
+						typ, n, cs.codec, cp.ID, best.tok, stores[0].codec, ms[0].full.Checkpoint.ID, restoredTok)
+				}
+			}
+			// Incremental: the checkpoint restored, 16 more tokens, a checkpoint with it as parent.
+			in := newIn()
+			if _, err := restore.Into(ctx, cs.store, in, cp, 0); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := in.Generate(16, nil); err != nil {
+				t.Fatal(err)
+			}
+			opts := checkpoint.CaptureOptions{Parent: cp, KVCodec: cs.codec}
+			snap, err := checkpoint.TakeSnapshot(m, in, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			incr, err := checkpoint.Capture(ctx, cs.ix, m, in, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in.Close()
+			// The snapshot, committed after its instance is gone, names what Capture named.
+			deferred, err := snap.Commit(ctx, cs.ix)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if deferred.Checkpoint.ID != incr.Checkpoint.ID {
+				sameK = "NO"
+				t.Errorf("%s, %s, %d tokens: the snapshot's checkpoint %s differs from Capture's %s", typ, cs.codec, n, deferred.Checkpoint.ID, incr.Checkpoint.ID)
+			}
+			w := best.workers
+			row := fmt.Sprintf("| %s | %s | %d | %.1f | %.1f | %.1f | %.2f | %.2f (%.2f + %.2f) | %.2f | %.2f | %.1f× | %.2f | %.2f | %.2f (%.2f/%.2f/%.2f; %d) | %.3f | %s | %d of %d, %.1f cores busy, last started %.3f ms |",
+				typ, cs.codec, n, float64(cp.KVBytes())/1e6, float64(best.stored)/1e6, msOf(best.full.Duration), msOf(best.newInst), msOf(best.restore), msOf(best.decode), msOf(best.load),
+				msOf(best.ttft), msOf(pre.ttft), msOf(pre.ttft)/math.Max(msOf(best.ttft), 1e-3), msOf(best.second), msOf(pre.second),
+				msOf(incr.Duration), msOf(incr.Prepare), msOf(incr.Store), msOf(incr.Commit), incr.BlocksWritten, msOf(snap.Duration()), sameK,
+				w.Active, w.Workers, w.Cores(), msOf(w.LastStart))
+			*rest = append(*rest, row)
+			t.Logf("%s, %s KV, %d tokens: TTFT restore %.2f ms (new instance %.2f ms not counted; decode: %s) vs re-prefill %.2f ms; incremental checkpoint %.2f ms (deferred: %.3f ms in the turn)",
+				typ, cs.codec, n, msOf(best.ttft), msOf(best.newInst), best.workers, msOf(pre.ttft), msOf(incr.Duration), msOf(snap.Duration()))
 		}
-		if _, err := in.Generate(16, nil); err != nil {
-			t.Fatal(err)
+		if n >= breakdownMin {
+			for k, cs := range stores {
+				*breakdown = append(*breakdown, restoreBreakdown(t, ctx, newInFor, cs, ms[k].full.Checkpoint, typ)...)
+			}
 		}
-		snap, err := checkpoint.TakeSnapshot(m, in, checkpoint.CaptureOptions{Parent: cp})
-		if err != nil {
-			t.Fatal(err)
-		}
-		incr, err := checkpoint.Capture(ctx, ix, m, in, checkpoint.CaptureOptions{Parent: cp})
-		if err != nil {
-			t.Fatal(err)
-		}
-		in.Close()
-		// The snapshot, committed after its instance is gone, names what Capture named.
-		deferred, err := snap.Commit(ctx, ix)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if deferred.Checkpoint.ID != incr.Checkpoint.ID {
-			same = "NO"
-			t.Errorf("%s, %d tokens: the snapshot's checkpoint %s differs from Capture's %s", typ, n, deferred.Checkpoint.ID, incr.Checkpoint.ID)
-		}
-		row := fmt.Sprintf("| %s | %d | %.1f | %.1f | %.2f | %.2f (%.2f + %.2f) | %.2f | %.2f | %.1f× | %.2f | %.2f | %.2f (%.2f/%.2f/%.2f; %d) | %.3f | %s |",
-			typ, n, float64(cp.KVBytes())/1e6, msOf(full.Duration), msOf(best.newInst), msOf(best.restore), msOf(best.decode), msOf(best.load),
-			msOf(best.ttft), msOf(pre.ttft), msOf(pre.ttft)/math.Max(msOf(best.ttft), 1e-3), msOf(best.second), msOf(pre.second),
-			msOf(incr.Duration), msOf(incr.Prepare), msOf(incr.Store), msOf(incr.Commit), incr.BlocksWritten, msOf(snap.Duration()), same)
-		*rest = append(*rest, row)
-		t.Logf("%s, %d tokens: TTFT restore %.2f ms (new instance %.2f ms not counted) vs re-prefill %.2f ms; incremental checkpoint %.2f ms (deferred: %.3f ms in the turn)",
-			typ, n, msOf(best.ttft), msOf(best.newInst), msOf(pre.ttft), msOf(incr.Duration), msOf(snap.Duration()))
 	}
+}
+
+// restoreBreakdown times, on this host, the parts of restoring checkpoint cp's KV blocks from
+// cs: its KV chunks decoded by restore.DecodeStats into the block regions of a fresh instance
+// made for the context (the memory a restore writes: resident and registered with the GPU),
+// with 1, 4, 8 and GOMAXPROCS workers; and with the same workers and chunk order (a shared
+// counter) the parts alone: for raw chunks the pread of each payload straight into its place
+// (no hash), BLAKE3 of each chunk in place (checked against its digest), memmove from a heap
+// copy into place, and memmove + BLAKE3 chunk by chunk (the floor: one copy and a hash of each
+// chunk on the core that copied it). Each figure is the best of 3 with the range. It returns
+// the table rows.
+func restoreBreakdown(t *testing.T, ctx context.Context, newInFor func(int) *engine.Instance, cs codecStore, cp *checkpoint.Checkpoint, typ string) []string {
+	n := cp.Position
+	in := newInFor(n)
+	defer in.Close()
+	regions, err := in.AllocKV(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := in.Memory()
+	jobs := make([]restore.Job, 0, len(regions))
+	var total int64
+	for _, r := range regions {
+		end := uint64(r.Offset) + uint64(r.Length)
+		jobs = append(jobs, restore.Job{Digest: cp.KV[r.Layer][r.Block].Digest, Dst: mem[r.Offset:end:end], Layer: r.Layer, Block: r.Block})
+		total += int64(r.Length)
+	}
+	// Where each raw payload lies, for the pread-only part; the bytes, for memmove.
+	type loc struct {
+		f   *os.File
+		off int64
+	}
+	var locs []loc
+	if cs.codec == checkpoint.KVCodecRaw {
+		files := map[string]*os.File{}
+		defer func() {
+			for _, f := range files {
+				f.Close()
+			}
+		}()
+		for _, j := range jobs {
+			path, off, length, err := cs.store.Locate(j.Digest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if length != len(j.Dst) {
+				t.Logf("breakdown %s %s %d: chunk %s is stored in %d bytes, not raw: no pread-only figure", typ, cs.codec, n, j.Digest, length)
+				locs = nil
+				break
+			}
+			f := files[path]
+			if f == nil {
+				if f, err = os.Open(path); err != nil {
+					t.Fatal(err)
+				}
+				files[path] = f
+			}
+			locs = append(locs, loc{f, off})
+		}
+	}
+	if err := restore.Decode(ctx, cs.store, jobs, 0); err != nil { // the bytes in place, to copy below
+		t.Fatal(err)
+	}
+	src := make([][]byte, len(jobs))
+	for i, j := range jobs {
+		src[i] = slices.Clone(j.Dst)
+	}
+	var bad atomic.Int64
+	par := func(workers int, fn func(i int)) time.Duration {
+		t0 := time.Now()
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Go(func() {
+				for {
+					i := int(next.Add(1) - 1)
+					if i >= len(jobs) {
+						return
+					}
+					fn(i)
+				}
+			})
+		}
+		wg.Wait()
+		return time.Since(t0)
+	}
+	// best3 runs f three times: "best (lo-hi)" in ms, and the best.
+	best3 := func(f func() time.Duration) (string, time.Duration) {
+		var ds []time.Duration
+		for range 3 {
+			ds = append(ds, f())
+		}
+		lo, hi := slices.Min(ds), slices.Max(ds)
+		return fmt.Sprintf("%.3f (%.3f-%.3f)", msOf(lo), msOf(lo), msOf(hi)), lo
+	}
+	var rows []string
+	nproc := runtime.GOMAXPROCS(0)
+	for _, workers := range []int{1, 4, 8, nproc} {
+		if workers > nproc {
+			continue
+		}
+		var bestStats restore.Stats
+		dec, dbest := best3(func() time.Duration {
+			t0 := time.Now()
+			st, err := restore.DecodeStats(ctx, cs.store, jobs, workers)
+			d := time.Since(t0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bestStats.Wall == 0 || st.Wall < bestStats.Wall {
+				bestStats = st
+			}
+			return d
+		})
+		pread := "–"
+		if locs != nil {
+			pread, _ = best3(func() time.Duration {
+				return par(workers, func(i int) {
+					if _, err := locs[i].f.ReadAt(jobs[i].Dst, locs[i].off); err != nil {
+						bad.Add(1)
+					}
+				})
+			})
+		}
+		hash, _ := best3(func() time.Duration {
+			return par(workers, func(i int) {
+				if cas.Sum(jobs[i].Dst) != jobs[i].Digest {
+					bad.Add(1)
+				}
+			})
+		})
+		move, _ := best3(func() time.Duration {
+			return par(workers, func(i int) { copy(jobs[i].Dst, src[i]) })
+		})
+		moveHash, _ := best3(func() time.Duration {
+			return par(workers, func(i int) {
+				copy(jobs[i].Dst, src[i])
+				if cas.Sum(jobs[i].Dst) != jobs[i].Digest {
+					bad.Add(1)
+				}
+			})
+		})
+		row := fmt.Sprintf("| %s, %s KV, %d tokens (%d chunks, %.1f MB) | %d | %s | %s | %s | %s | %s | %s | %.1f |",
+			typ, cs.codec, n, len(jobs), float64(total)/1e6, workers, dec, bestStats, pread, hash, move, moveHash, float64(total)/dbest.Seconds()/1e9)
+		rows = append(rows, row)
+		t.Logf("breakdown %s", row)
+	}
+	if b := bad.Load(); b > 0 {
+		t.Errorf("breakdown %s %s %d: %d chunks read or hashed wrong", typ, cs.codec, n, b)
+	}
+	return rows
 }

@@ -100,6 +100,7 @@ type Result struct {
 	NewInstance time.Duration // instantiating the guest
 	Alloc       time.Duration // allocating the KV blocks
 	Decode      time.Duration // reading, decoding and verifying the chunks into place
+	Workers     Stats         // how the decode used its workers
 	Load        time.Duration // handing the small state to the guest
 	Total       time.Duration
 }
@@ -238,7 +239,8 @@ func IntoWith(ctx context.Context, store cas.Store, in *engine.Instance, cp *che
 		jobs = append(jobs, Job{Digest: ref.Digest, Dst: mem[r.Offset:end:end], Layer: r.Layer, Block: r.Block})
 	}
 	t1 := time.Now()
-	if err := Decode(ctx, store, jobs, workers); err != nil {
+	ws, err := DecodeStats(ctx, store, jobs, workers)
+	if err != nil {
 		var ce *ChunkError
 		if errors.As(err, &ce) {
 			ce.Checkpoint = cp.ID
@@ -270,7 +272,7 @@ func IntoWith(ctx context.Context, store cas.Store, in *engine.Instance, cp *che
 	}
 	return &Result{
 		Checkpoint: cp, Position: cp.Position, Chunks: len(jobs), KVBytes: cp.KVBytes(), StateBytes: cp.StateBytes(),
-		Alloc: alloc, Decode: decode, Load: time.Since(t2), Total: time.Since(start),
+		Alloc: alloc, Decode: decode, Workers: ws, Load: time.Since(t2), Total: time.Since(start),
 	}, nil
 }
 
@@ -355,14 +357,64 @@ func (j Job) where() string {
 // workers goroutines (0: GOMAXPROCS). The first failure stops the rest and is returned as a
 // *ChunkError; the Dst ranges are then unspecified.
 func Decode(ctx context.Context, store cas.Store, jobs []Job, workers int) error {
+	_, err := DecodeStats(ctx, store, jobs, workers)
+	return err
+}
+
+// Stats say how a Decode used its workers: how many goroutines it started, how many of them
+// decoded at least one chunk, when each started and how long each was busy. Each worker reads
+// the clock twice (at its first chunk and when it finds none left), never per chunk.
+type Stats struct {
+	Workers int // goroutines started: min(workers, jobs)
+	Active  int // workers that decoded at least one chunk
+	// MinChunks and MaxChunks: the fewest and most chunks one active worker decoded.
+	MinChunks, MaxChunks int
+	Wall                 time.Duration // the call, from start to return
+	// Busy: summed over the active workers, from taking its first chunk to finding none left
+	// (Busy / Wall is the mean number of cores the chunks kept busy).
+	Busy time.Duration
+	// FirstStart and LastStart: from the call to the first and to the last active worker
+	// taking its first chunk (the cost of waking the goroutines).
+	FirstStart, LastStart time.Duration
+}
+
+// Cores is Busy / Wall: how many workers were decoding on average.
+func (s Stats) Cores() float64 {
+	if s.Wall <= 0 {
+		return 0
+	}
+	return float64(s.Busy) / float64(s.Wall)
+}
+
+func (s Stats) String() string {
+	return fmt.Sprintf("%d workers, %d active (%d-%d chunks each), wall %.3f ms, busy %.3f ms (%.1f cores), first/last start %.3f/%.3f ms",
+		s.Workers, s.Active, s.MinChunks, s.MaxChunks, float64(s.Wall.Nanoseconds())/1e6, float64(s.Busy.Nanoseconds())/1e6, s.Cores(),
+		float64(s.FirstStart.Nanoseconds())/1e6, float64(s.LastStart.Nanoseconds())/1e6)
+}
+
+// DecodeStats is Decode, also returning how it used its workers (on error too, as far as it
+// got).
+func DecodeStats(ctx context.Context, store cas.Store, jobs []Job, workers int) (Stats, error) {
+	start := time.Now()
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
 	workers = max(1, min(workers, len(jobs)))
+	type span struct {
+		first, last time.Time
+		chunks      int
+	}
+	spans := make([]span, workers)
 	g, gctx := errgroup.WithContext(ctx)
 	var next atomic.Int64
-	for range workers {
+	for w := range workers {
+		sp := &spans[w]
 		g.Go(func() error {
+			defer func() {
+				if sp.chunks > 0 {
+					sp.last = time.Now()
+				}
+			}()
 			for {
 				if err := gctx.Err(); err != nil {
 					return err
@@ -371,6 +423,10 @@ func Decode(ctx context.Context, store cas.Store, jobs []Job, workers int) error
 				if i >= len(jobs) {
 					return nil
 				}
+				if sp.chunks == 0 {
+					sp.first = time.Now()
+				}
+				sp.chunks++
 				j := jobs[i]
 				got, err := store.Get(gctx, j.Digest, j.Dst[:0:len(j.Dst)])
 				if err == nil && (len(got) != len(j.Dst) || (len(got) > 0 && &got[0] != &j.Dst[0])) {
@@ -385,5 +441,20 @@ func Decode(ctx context.Context, store cas.Store, jobs []Job, workers int) error
 			}
 		})
 	}
-	return g.Wait()
+	err := g.Wait()
+	st := Stats{Workers: workers, Wall: time.Since(start)}
+	for _, sp := range spans {
+		if sp.chunks == 0 {
+			continue
+		}
+		first := sp.first.Sub(start)
+		if st.Active == 0 {
+			st.MinChunks, st.MaxChunks, st.FirstStart, st.LastStart = sp.chunks, sp.chunks, first, first
+		}
+		st.Active++
+		st.MinChunks, st.MaxChunks = min(st.MinChunks, sp.chunks), max(st.MaxChunks, sp.chunks)
+		st.FirstStart, st.LastStart = min(st.FirstStart, first), max(st.LastStart, first)
+		st.Busy += sp.last.Sub(sp.first)
+	}
+	return st, err
 }

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/driftstore/driftstore/cas"
 	"github.com/driftstore/driftstore/checkpoint"
@@ -460,5 +461,73 @@ func TestIntoNonFreshInstanceNamesCheckpoint(t *testing.T) {
 	_, err = restore.Into(context.Background(), e.store, in, cp, 0)
 	if err == nil || !strings.Contains(err.Error(), "not fresh") || !strings.Contains(err.Error(), cp.ID.String()) {
 		t.Fatalf("restore into a used instance: %v", err)
+	}
+}
+
+// TestDecodeStats: the workers' account adds up (every chunk decoded by some active worker,
+// starts and busy time within the call), the worker count is capped by the jobs, and Into
+// reports its decode's account.
+func TestDecodeStats(t *testing.T) {
+	store, err := cas.OpenLocal(t.TempDir(), cas.LocalOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const n, size = 64, 8192
+	buf := make([]byte, n*size)
+	var jobs []restore.Job
+	for i := range n {
+		chunk := bytes.Repeat([]byte{byte(i), byte(i >> 8), 7}, size/3+1)[:size]
+		info, err := store.Put(ctx, chunk, cas.HintNone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobs = append(jobs, restore.Job{Digest: info.Digest, Dst: buf[i*size : (i+1)*size], Layer: i})
+	}
+	for _, workers := range []int{1, 3, 200} {
+		st, err := restore.DecodeStats(ctx, store, jobs, workers)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := min(workers, n); st.Workers != want {
+			t.Errorf("workers %d: started %d, want %d", workers, st.Workers, want)
+		}
+		if st.Active < 1 || st.Active > st.Workers || st.MinChunks < 1 || st.MinChunks > st.MaxChunks ||
+			st.MinChunks*st.Active > n || st.MaxChunks*st.Active < n || st.MaxChunks+(st.Active-1)*st.MinChunks > n {
+			t.Errorf("workers %d: chunk counts do not add up to %d: %+v", workers, n, st)
+		}
+		if st.Wall <= 0 || st.FirstStart < 0 || st.FirstStart > st.LastStart || st.LastStart > st.Wall ||
+			st.Busy < 0 || st.Busy > time.Duration(st.Active)*st.Wall || st.Cores() > float64(st.Active) {
+			t.Errorf("workers %d: times outside the call: %+v (%s)", workers, st, st)
+		}
+		if workers == 1 && (st.Active != 1 || st.MinChunks != n) {
+			t.Errorf("one worker: %+v", st)
+		}
+	}
+	for i := range n {
+		if !bytes.Equal(buf[i*size:(i+1)*size], bytes.Repeat([]byte{byte(i), byte(i >> 8), 7}, size/3+1)[:size]) {
+			t.Fatalf("chunk %d decoded wrong", i)
+		}
+	}
+	// A failure still accounts for the workers started.
+	bad := append(slices.Clone(jobs), restore.Job{Digest: cas.Sum([]byte("absent")), Dst: make([]byte, 6)})
+	st, err := restore.DecodeStats(ctx, store, bad, 2)
+	if !errors.Is(err, restore.ErrChunk) || st.Workers != 2 {
+		t.Fatalf("missing chunk: %v, %+v", err, st)
+	}
+
+	e := openEnv(t, t.TempDir())
+	cp := capture(t, e, engine.KVDefault, 20)
+	in, err := e.model.NewInstance(engine.InstanceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	res, err := restore.Into(ctx, e.store, in, cp, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := res.Workers; w.Workers != min(2, res.Chunks) || w.Active < 1 || w.MaxChunks < 1 || w.Wall <= 0 || w.Wall > res.Decode {
+		t.Fatalf("Into's decode account: %+v (decode %v, %d chunks)", w, res.Decode, res.Chunks)
 	}
 }

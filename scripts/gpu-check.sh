@@ -29,7 +29,10 @@
 #   GPU_CHECK_BENCH        -test.bench pattern of the kernel benchmarks ('.' by default; 'none'
 #                          skips them); GPU_CHECK_BENCHTIME (default 200x)
 #   GPU_CHECK_GENERATE=0   skips BenchmarkGenerate (TestGPUReport measures prefill and decode too)
-#   GPU_CHECK_REPORT=0     skips TestGPUReport
+#   GPU_CHECK_REPORT=0     skips TestGPUReport; GPU_CHECK_REPORT=restore runs only its restore
+#                          rows (float and raw KV codecs) and their breakdown (reads, BLAKE3,
+#                          copies, workers), not the prefill/decode rows per GEMM variant
+#   GPU_CHECK_TESTS=0      skips the tests (everything but TestGPUReport and the benchmarks)
 #   GPU_CHECK_REPORT_COUNT runs TestGPUReport that many times in one process (default 1): the
 #                          ranges of its figures
 #   GPU_CHECK_EAGER=1      also runs BenchmarkGenerate with DRIFTSTORE_CUDA_EAGER=1 (every kernel
@@ -110,9 +113,13 @@ run)
 		ldd --version 2>&1 | head -1
 	} >>"$log" 2>&1
 
-	phase tests test.log -test.v -test.count=1 -test.skip '^TestGPUReport$' -test.timeout 180s
+	if [ "${GPU_CHECK_TESTS:-1}" != 0 ]; then
+		phase tests test.log -test.v -test.count=1 -test.skip '^TestGPUReport$' -test.timeout 180s
+	else
+		: >"$out/test.log"
+	fi
 	if [ "${GPU_CHECK_REPORT:-1}" != 0 ]; then
-		DRIFTSTORE_GPU_REPORT=1 phase report report.log -test.v -test.count="${GPU_CHECK_REPORT_COUNT:-1}" -test.run '^TestGPUReport$' -test.timeout $((60 + 120 * ${GPU_CHECK_REPORT_COUNT:-1}))s
+		DRIFTSTORE_GPU_REPORT=${GPU_CHECK_REPORT:-1} phase report report.log -test.v -test.count="${GPU_CHECK_REPORT_COUNT:-1}" -test.run '^TestGPUReport$' -test.timeout $((60 + 120 * ${GPU_CHECK_REPORT_COUNT:-1}))s
 	fi
 	bench=${GPU_CHECK_BENCH:-.}
 	if [ "$bench" != none ]; then
