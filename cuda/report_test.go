@@ -34,6 +34,17 @@ const ReportEnv = "DRIFTSTORE_GPU_REPORT"
 // would serve the second codec's checkpoint from the first's chunks).
 var reportCodecs = []checkpoint.KVCodec{checkpoint.KVCodecFloat, checkpoint.KVCodecRaw}
 
+// restoreVariant is one way of restoring in the restore rows: a KV codec's store, and whether
+// the decode's workers are started per call (restore.IntoOptions.Spawn: how restores ran
+// before the crew) instead of waking restore's parked crew.
+type restoreVariant struct {
+	codec int // index in reportCodecs
+	spawn bool
+}
+
+// reportVariants: each codec with the crew, and raw with goroutines spawned per call beside it.
+var reportVariants = []restoreVariant{{0, false}, {1, false}, {1, true}}
+
 // breakdownMin is the smallest context whose restore TestGPUReport breaks down (reads, BLAKE3,
 // copies; workers).
 const breakdownMin = 2048
@@ -71,7 +82,8 @@ func msOf(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
 //     restore it also uploads the KV blocks from the registered linear memory into the device
 //     mirror); the restored instance's second-step logits must equal the re-prefilled
 //     instance's bit for bit (resume equivalence on one GPU), and the raw restore's those of
-//     the float restore;
+//     the float restore; the raw restore also with its decode's goroutines started per call
+//     (restore.IntoOptions.Spawn, how restores ran before restore's crew);
 //   - from 2048 tokens on, where a restore's time goes on this host (restoreBreakdown): the
 //     KV chunks decoded into place by 1, 4, 8 and GOMAXPROCS workers, and the parts of that
 //     work (pread, BLAKE3, memmove) timed alone on the same chunks and memory;
@@ -105,12 +117,12 @@ func TestGPUReport(t *testing.T) {
 		rep.add("|---|---|---|")
 		rep.lines = append(rep.lines, perf...)
 		rep.add("")
-		rep.add("| 1B shape | KV codec | context | KV MB | KV stored MB | full ckpt ms | new instance ms (not counted) | restore ms (decode + load) | TTFT restore | TTFT re-prefill | speedup | 2nd token: restore path | re-prefill path | incr ckpt 16 tok ms (prepare/store/commit; blocks) | turn latency of a deferred incr ckpt ms (snapshot) | same bits | decode workers (best restore) |")
+		rep.add("| 1B shape | KV codec | context | KV MB | KV stored MB | full ckpt ms | new instance ms (not counted) | restore ms (prologue + decode + load) | TTFT restore | TTFT re-prefill | speedup | 2nd token: restore path | re-prefill path | incr ckpt 16 tok ms (prepare/store/commit; blocks) | turn latency of a deferred incr ckpt ms (snapshot) | same bits | decode workers (best restore) |")
 		rep.add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 		rep.lines = append(rep.lines, rest...)
 		rep.add("")
-		rep.add("| where a restore's KV time goes (ms: best, range of 3; same chunks, same memory) | workers | restore.Decode (KV chunks) | its workers (best) | pread only (raw: payload into place) | BLAKE3 only (in place) | memmove only | memmove + BLAKE3 per chunk | Decode GB/s |")
-		rep.add("|---|---|---|---|---|---|---|---|---|")
+		rep.add("| where a restore's KV time goes (ms: best, range of 3; same chunks, same memory) | workers | restore.Decode, crew (KV chunks) | its workers (best) | Decode, goroutines spawned per call | pread only (raw: payload into place) | BLAKE3 only (in place) | memmove only | memmove + BLAKE3 per chunk | Decode (crew) GB/s |")
+		rep.add("|---|---|---|---|---|---|---|---|---|---|")
 		rep.lines = append(rep.lines, breakdown...)
 		var b strings.Builder
 		for _, l := range rep.lines {
@@ -320,41 +332,47 @@ func restoreRows(t *testing.T, ctx context.Context, m *engine.Model, newIn func(
 		}
 		fed = n
 		type measured struct {
-			full                                *checkpoint.Result
-			restore, decode, load, ttft, second time.Duration
-			newInst                             time.Duration
-			workers                             restore.Stats
-			tok                                 int32
-			logits                              []float32
-			stored                              int64
+			full                  *checkpoint.Result
+			restore, decode, load time.Duration
+			ttft, second          time.Duration
+			newInst               time.Duration
+			workers               restore.Stats
+			tok                   int32
+			logits                []float32
+			stored                int64
 		}
-		ms := make([]measured, len(stores))
+		fulls := make([]*checkpoint.Result, len(stores))
+		stored := make([]int64, len(stores))
 		for k, cs := range stores {
 			full, err := checkpoint.Capture(ctx, cs.ix, m, live, checkpoint.CaptureOptions{KVCodec: cs.codec})
 			if err != nil {
 				t.Fatal(err)
 			}
-			best := &ms[k]
-			best.full = full
+			fulls[k] = full
 			for _, l := range full.Checkpoint.KV {
 				for _, ref := range l {
 					info, err := cs.store.Stat(ctx, ref.Digest)
 					if err != nil {
 						t.Fatal(err)
 					}
-					best.stored += info.StoredSize
+					stored[k] += info.StoredSize
 				}
 			}
 		}
-		// Restores of the codecs alternate, so that drift on the machine touches them alike.
+		ms := make([]measured, len(reportVariants))
+		for k, v := range reportVariants {
+			ms[k].full, ms[k].stored = fulls[v.codec], stored[v.codec]
+		}
+		// Restores of the variants alternate, so that drift on the machine touches them alike.
 		for rep := 0; rep < 3; rep++ {
-			for k, cs := range stores {
+			for k, v := range reportVariants {
+				cs := stores[v.codec]
 				best := &ms[k]
 				t0 := time.Now()
 				in := newInFor(n)
 				made := time.Since(t0)
 				t1 := time.Now()
-				rr, err := restore.Into(ctx, cs.store, in, best.full.Checkpoint, 0)
+				rr, err := restore.IntoWith(ctx, cs.store, in, best.full.Checkpoint, restore.IntoOptions{Spawn: v.spawn})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -421,9 +439,14 @@ func restoreRows(t *testing.T, ctx context.Context, m *engine.Model, newIn func(
 				same = "yes (same batches); " + same
 			}
 		}
-		for k, cs := range stores {
+		for k, v := range reportVariants {
+			cs := stores[v.codec]
 			best := &ms[k]
 			cp := best.full.Checkpoint
+			name := string(cs.codec)
+			if v.spawn {
+				name += ", spawned"
+			}
 			sameK := same
 			if k > 0 {
 				// The same instance captured in another codec: the same manifest, the same bits.
@@ -431,8 +454,20 @@ func restoreRows(t *testing.T, ctx context.Context, m *engine.Model, newIn func(
 				if cp.ID != ms[0].full.Checkpoint.ID || best.tok != restoredTok || bitsDiff(best.logits, restoredLogits) >= 0 {
 					sameK = "NO (vs " + string(stores[0].codec) + ")"
 					t.Errorf("%s, %d tokens: the %s restore (checkpoint %s, token %d) differs from the %s restore (%s, %d)",
-						typ, n, cs.codec, cp.ID, best.tok, stores[0].codec, ms[0].full.Checkpoint.ID, restoredTok)
+						typ, n, name, cp.ID, best.tok, stores[0].codec, ms[0].full.Checkpoint.ID, restoredTok)
 				}
+			}
+			incrCell, snapCell := "(above)", "(above)"
+			if v.spawn { // the incremental checkpoint does not depend on how the restore woke its workers
+				w := best.workers
+				row := fmt.Sprintf("| %s | %s | %d | %.1f | %.1f | %.1f | %.2f | %.2f (%.2f + %.2f + %.2f) | %.2f | %.2f | %.1f× | %.2f | %.2f | %s | %s | %s | %d of %d, %.1f cores busy, last started %.3f ms |",
+					typ, name, n, float64(cp.KVBytes())/1e6, float64(best.stored)/1e6, msOf(best.full.Duration), msOf(best.newInst),
+					msOf(best.restore), msOf(best.restore-best.decode-best.load), msOf(best.decode), msOf(best.load),
+					msOf(best.ttft), msOf(pre.ttft), msOf(pre.ttft)/math.Max(msOf(best.ttft), 1e-3), msOf(best.second), msOf(pre.second),
+					incrCell, snapCell, sameK, w.Active, w.Workers, w.Cores(), msOf(w.LastStart))
+				*rest = append(*rest, row)
+				t.Logf("%s, %s KV, %d tokens: TTFT restore %.2f ms (decode: %s) vs re-prefill %.2f ms", typ, name, n, msOf(best.ttft), best.workers, msOf(pre.ttft))
+				continue
 			}
 			// Incremental: the checkpoint restored, 16 more tokens, a checkpoint with it as parent.
 			in := newIn()
@@ -462,27 +497,30 @@ func restoreRows(t *testing.T, ctx context.Context, m *engine.Model, newIn func(
 				t.Errorf("%s, %s, %d tokens: the snapshot's checkpoint %s differs from Capture's %s", typ, cs.codec, n, deferred.Checkpoint.ID, incr.Checkpoint.ID)
 			}
 			w := best.workers
-			row := fmt.Sprintf("| %s | %s | %d | %.1f | %.1f | %.1f | %.2f | %.2f (%.2f + %.2f) | %.2f | %.2f | %.1f× | %.2f | %.2f | %.2f (%.2f/%.2f/%.2f; %d) | %.3f | %s | %d of %d, %.1f cores busy, last started %.3f ms |",
-				typ, cs.codec, n, float64(cp.KVBytes())/1e6, float64(best.stored)/1e6, msOf(best.full.Duration), msOf(best.newInst), msOf(best.restore), msOf(best.decode), msOf(best.load),
+			incrCell = fmt.Sprintf("%.2f (%.2f/%.2f/%.2f; %d)", msOf(incr.Duration), msOf(incr.Prepare), msOf(incr.Store), msOf(incr.Commit), incr.BlocksWritten)
+			snapCell = fmt.Sprintf("%.3f", msOf(snap.Duration()))
+			row := fmt.Sprintf("| %s | %s | %d | %.1f | %.1f | %.1f | %.2f | %.2f (%.2f + %.2f + %.2f) | %.2f | %.2f | %.1f× | %.2f | %.2f | %s | %s | %s | %d of %d, %.1f cores busy, last started %.3f ms |",
+				typ, name, n, float64(cp.KVBytes())/1e6, float64(best.stored)/1e6, msOf(best.full.Duration), msOf(best.newInst),
+				msOf(best.restore), msOf(best.restore-best.decode-best.load), msOf(best.decode), msOf(best.load),
 				msOf(best.ttft), msOf(pre.ttft), msOf(pre.ttft)/math.Max(msOf(best.ttft), 1e-3), msOf(best.second), msOf(pre.second),
-				msOf(incr.Duration), msOf(incr.Prepare), msOf(incr.Store), msOf(incr.Commit), incr.BlocksWritten, msOf(snap.Duration()), sameK,
-				w.Active, w.Workers, w.Cores(), msOf(w.LastStart))
+				incrCell, snapCell, sameK, w.Active, w.Workers, w.Cores(), msOf(w.LastStart))
 			*rest = append(*rest, row)
 			t.Logf("%s, %s KV, %d tokens: TTFT restore %.2f ms (new instance %.2f ms not counted; decode: %s) vs re-prefill %.2f ms; incremental checkpoint %.2f ms (deferred: %.3f ms in the turn)",
-				typ, cs.codec, n, msOf(best.ttft), msOf(best.newInst), best.workers, msOf(pre.ttft), msOf(incr.Duration), msOf(snap.Duration()))
+				typ, name, n, msOf(best.ttft), msOf(best.newInst), best.workers, msOf(pre.ttft), msOf(incr.Duration), msOf(snap.Duration()))
 		}
 		if n >= breakdownMin {
 			for k, cs := range stores {
-				*breakdown = append(*breakdown, restoreBreakdown(t, ctx, newInFor, cs, ms[k].full.Checkpoint, typ)...)
+				*breakdown = append(*breakdown, restoreBreakdown(t, ctx, newInFor, cs, fulls[k].Checkpoint, typ)...)
 			}
 		}
 	}
 }
 
 // restoreBreakdown times, on this host, the parts of restoring checkpoint cp's KV blocks from
-// cs: its KV chunks decoded by restore.DecodeStats into the block regions of a fresh instance
+// cs: its KV chunks decoded by restore.DecodeWith into the block regions of a fresh instance
 // made for the context (the memory a restore writes: resident and registered with the GPU),
-// with 1, 4, 8 and GOMAXPROCS workers; and with the same workers and chunk order (a shared
+// with 1, 4, 8 and GOMAXPROCS workers, woken from restore's crew and, beside it, started per
+// call (DecodeOptions.Spawn); and with the same workers and chunk order (a shared
 // counter) the parts alone: for raw chunks the pread of each payload straight into its place
 // (no hash), BLAKE3 of each chunk in place (checked against its digest), memmove from a heap
 // copy into place, and memmove + BLAKE3 chunk by chunk (the floor: one copy and a hash of each
@@ -591,6 +629,13 @@ func restoreBreakdown(t *testing.T, ctx context.Context, newInFor func(int) *eng
 			}
 			return d
 		})
+		spawned, _ := best3(func() time.Duration {
+			t0 := time.Now()
+			if _, err := restore.DecodeWith(ctx, cs.store, jobs, restore.DecodeOptions{Workers: workers, Spawn: true}); err != nil {
+				t.Fatal(err)
+			}
+			return time.Since(t0)
+		})
 		pread := "–"
 		if locs != nil {
 			pread, _ = best3(func() time.Duration {
@@ -619,8 +664,8 @@ func restoreBreakdown(t *testing.T, ctx context.Context, newInFor func(int) *eng
 				}
 			})
 		})
-		row := fmt.Sprintf("| %s, %s KV, %d tokens (%d chunks, %.1f MB) | %d | %s | %s | %s | %s | %s | %s | %.1f |",
-			typ, cs.codec, n, len(jobs), float64(total)/1e6, workers, dec, bestStats, pread, hash, move, moveHash, float64(total)/dbest.Seconds()/1e9)
+		row := fmt.Sprintf("| %s, %s KV, %d tokens (%d chunks, %.1f MB) | %d | %s | %s | %s | %s | %s | %s | %s | %.1f |",
+			typ, cs.codec, n, len(jobs), float64(total)/1e6, workers, dec, bestStats, spawned, pread, hash, move, moveHash, float64(total)/dbest.Seconds()/1e9)
 		rows = append(rows, row)
 		t.Logf("breakdown %s", row)
 	}

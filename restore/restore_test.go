@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -529,5 +531,120 @@ func TestDecodeStats(t *testing.T) {
 	}
 	if w := res.Workers; w.Workers != min(2, res.Chunks) || w.Active < 1 || w.MaxChunks < 1 || w.Wall <= 0 || w.Wall > res.Decode {
 		t.Fatalf("Into's decode account: %+v (decode %v, %d chunks)", w, res.Decode, res.Chunks)
+	}
+}
+
+// countingStore is a real store that counts the Gets in flight and can make some slow (a test
+// instrument around cas.Local, not a stand-in for it).
+type countingStore struct {
+	cas.Store
+	inflight, maxInflight atomic.Int64
+	slow                  map[cas.Digest]bool
+}
+
+func (s *countingStore) Get(ctx context.Context, d cas.Digest, dst []byte) ([]byte, error) {
+	n := s.inflight.Add(1)
+	defer s.inflight.Add(-1)
+	for {
+		m := s.maxInflight.Load()
+		if n <= m || s.maxInflight.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	if s.slow[d] {
+		time.Sleep(2 * time.Millisecond)
+	}
+	return s.Store.Get(ctx, d, dst)
+}
+
+// decodeJobs stores n chunks of size bytes (distinct contents) and returns jobs into a fresh
+// buffer and the bytes they must produce.
+func decodeJobs(t *testing.T, store cas.Store, n, size int, seed uint64) ([]restore.Job, []byte, []byte) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(seed, 9))
+	want := make([]byte, n*size)
+	for i := range want {
+		want[i] = byte(rng.Uint32())
+	}
+	buf := make([]byte, n*size)
+	jobs := make([]restore.Job, n)
+	for i := range n {
+		info, err := store.Put(context.Background(), want[i*size:(i+1)*size], cas.HintNone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobs[i] = restore.Job{Digest: info.Digest, Dst: buf[i*size : (i+1)*size], Layer: 0, Block: i}
+	}
+	return jobs, buf, want
+}
+
+// TestDecodeCrewAndSpawn: the woken crew and goroutines started per call decode the same
+// bytes, call after call, and calls at the same time (the crew busy with one of them, the
+// others starting goroutines) each get exactly their own chunks.
+func TestDecodeCrewAndSpawn(t *testing.T) {
+	store, err := cas.OpenLocal(t.TempDir(), cas.LocalOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const callers, rounds = 6, 15
+	var wg sync.WaitGroup
+	for c := range callers {
+		jobs, buf, want := decodeJobs(t, store, 48, 3000, uint64(c))
+		wg.Go(func() {
+			for r := range rounds {
+				clear(buf)
+				st, err := restore.DecodeWith(ctx, store, jobs, restore.DecodeOptions{Spawn: r%3 == 2})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if !bytes.Equal(buf, want) {
+					t.Errorf("caller %d round %d: decoded bytes differ", c, r)
+					return
+				}
+				if st.MinChunks < 1 || st.MaxChunks*st.Active < len(jobs) || st.Active > st.Workers {
+					t.Errorf("caller %d round %d: account %+v", c, r, st)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestDecodeReturnsAfterEveryChunk: on a failure DecodeWith returns the chunk's error only
+// once no worker is still writing a chunk (slow reads in flight are waited for), so the
+// caller may reuse or free the destinations.
+func TestDecodeReturnsAfterEveryChunk(t *testing.T) {
+	local, err := cas.OpenLocal(t.TempDir(), cas.LocalOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jobs, _, _ := decodeJobs(t, local, 64, 2048, 7)
+	store := &countingStore{Store: local, slow: map[cas.Digest]bool{}}
+	for i := 4; i < len(jobs); i += 5 {
+		store.slow[jobs[i].Digest] = true
+	}
+	missing := cas.Sum([]byte("not stored"))
+	jobs[10].Digest = missing
+	for _, spawn := range []bool{false, true} {
+		st, err := restore.DecodeWith(context.Background(), store, jobs, restore.DecodeOptions{Workers: 8, Spawn: spawn})
+		var ce *restore.ChunkError
+		if !errors.As(err, &ce) || ce.Digest != missing || !errors.Is(err, cas.ErrNotFound) {
+			t.Fatalf("spawn %v: %v", spawn, err)
+		}
+		if n := store.inflight.Load(); n != 0 {
+			t.Fatalf("spawn %v: returned with %d reads in flight", spawn, n)
+		}
+		if st.Workers != 8 || store.maxInflight.Load() > 8 {
+			t.Fatalf("spawn %v: %d workers, %d reads at once (bound 8)", spawn, st.Workers, store.maxInflight.Load())
+		}
+	}
+	// A cancelled context: its error, and nothing in flight either.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := restore.DecodeWith(ctx, store, jobs, restore.DecodeOptions{}); !errors.Is(err, context.Canceled) || store.inflight.Load() != 0 {
+		t.Fatalf("cancelled: %v, %d in flight", err, store.inflight.Load())
 	}
 }
