@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/driftstore/driftstore/checkpoint"
 )
 
 // TestRunKVCodec: `run --kv-codec` decides how the turn's checkpoint keeps its KV blocks (the
@@ -21,7 +23,7 @@ func TestRunKVCodec(t *testing.T) {
 	for _, tc := range []struct {
 		codec  string
 		planes bool
-	}{{"raw", false}, {"float", true}} {
+	}{{"raw", false}, {"float", true}, {"auto", true}} { // auto: float on the CPU backend
 		// A data directory each: chunks are named by content, so a second session with the same
 		// prompt would reuse the first one's blocks as they are stored.
 		dir := filepath.Join(t.TempDir(), tc.codec)
@@ -58,6 +60,26 @@ func TestRunKVCodec(t *testing.T) {
 		}
 		if kv == 0 || (planes > 0) != tc.planes {
 			t.Fatalf("--kv-codec %s: %d of %d KV chunks take the float16 plane codec", tc.codec, planes, kv)
+		}
+	}
+}
+
+// TestResolveKVCodec: auto takes raw KV on a GPU backend and float on the CPU; an explicit
+// codec stays as it is.
+func TestResolveKVCodec(t *testing.T) {
+	for _, tc := range []struct {
+		codec   checkpoint.KVCodec
+		backend string
+		want    checkpoint.KVCodec
+	}{
+		{kvCodecAuto, "cuda", checkpoint.KVCodecRaw},
+		{kvCodecAuto, "metal", checkpoint.KVCodecRaw},
+		{kvCodecAuto, "cpu", checkpoint.KVCodecFloat},
+		{checkpoint.KVCodecFloat, "cuda", checkpoint.KVCodecFloat},
+		{checkpoint.KVCodecRaw, "cpu", checkpoint.KVCodecRaw},
+	} {
+		if got := resolveKVCodec(tc.codec, tc.backend); got != tc.want {
+			t.Errorf("resolveKVCodec(%q, %q) = %q, want %q", tc.codec, tc.backend, got, tc.want)
 		}
 	}
 }

@@ -41,8 +41,8 @@ func (e *sessionEnv) Close() {
 }
 
 // openSessions opens the data directory, an engine (module cache under it) and a session
-// manager configured by cfg (its Index, Engine and DataDir are filled in here). backend is
-// --backend ("": the CPU, quietly).
+// manager configured by cfg (its Index, Engine and DataDir are filled in here, and a KVCodec of
+// kvCodecAuto resolved for the backend). backend is --backend ("": the CPU, quietly).
 func (c *cli) openSessions(cfg session.Config, backend string) (*sessionEnv, error) {
 	r, err := c.openRepo(false)
 	if err != nil {
@@ -50,6 +50,7 @@ func (c *cli) openSessions(cfg session.Config, backend string) (*sessionEnv, err
 	}
 	env := &sessionEnv{repo: r}
 	var eng *engine.Engine
+	chosen := "cpu"
 	if backend == "" {
 		eng, err = engine.New(engine.Options{CacheDir: engine.ModuleCacheDir(c.globals.data)})
 		if err == nil {
@@ -59,7 +60,7 @@ func (c *cli) openSessions(cfg session.Config, backend string) (*sessionEnv, err
 		var re *runEngine
 		re, err = c.newEngine(backend, engine.ModuleCacheDir(c.globals.data))
 		if err == nil {
-			env.eng, eng = re, re.Engine
+			env.eng, eng, chosen = re, re.Engine, re.sel.Name()
 		}
 	}
 	if err != nil {
@@ -67,6 +68,7 @@ func (c *cli) openSessions(cfg session.Config, backend string) (*sessionEnv, err
 		return nil, err
 	}
 	cfg.Index, cfg.Engine, cfg.DataDir = r.Index(), eng, c.globals.data
+	cfg.KVCodec = resolveKVCodec(cfg.KVCodec, chosen)
 	env.mgr, err = session.NewManager(cfg)
 	if err != nil {
 		env.Close()

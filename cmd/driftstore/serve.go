@@ -112,7 +112,7 @@ func runServe(c *cli, args []string) error {
 		if err != nil {
 			return nil, err
 		}
-		mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: eng, DataDir: c.globals.data, Threads: *threads, KVCodec: codec,
+		mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: eng, DataDir: c.globals.data, Threads: *threads, KVCodec: resolveKVCodec(codec, sel.Name()),
 			DeferCheckpoints: *deferCkpt, Log: logger})
 		if err != nil {
 			eng.Close()
@@ -120,7 +120,7 @@ func runServe(c *cli, args []string) error {
 		}
 		live.eng, live.mgr = eng, mgr
 		logger.Info("live sessions ready", "backend", sel.String(), "model", modelName(*model), "module_from_cache", eng.ModuleLoad().FromCache,
-			"defer_checkpoints", *deferCkpt)
+			"defer_checkpoints", *deferCkpt, "kv_codec", string(resolveKVCodec(codec, sel.Name())))
 		return mgr, nil
 	}
 	cfg := httpapi.Config{Repo: r, Token: token, Logger: logger, OpenSessions: open, Model: *model, MaxTokens: *maxTokens}
