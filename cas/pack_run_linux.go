@@ -13,8 +13,9 @@ import (
 const iovMax = 1024
 
 // pwriteRun writes the buffers of iov back to back at off in pf's file with pwritev(2), as
-// many calls as IOV_MAX and short writes need, and starts their writeback as pwriteRecord
-// does. It changes iov's elements (not the bytes they hold).
+// many calls as IOV_MAX and short writes need, and starts their writeback when pf.writeback is
+// set and they come to writebackMin or more (see pwriteRecord). It changes iov's elements (not
+// the bytes they hold).
 func pwriteRun(pf *packFile, iov [][]byte, off int64) error {
 	total := 0
 	for _, b := range iov {

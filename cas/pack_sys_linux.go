@@ -3,7 +3,6 @@
 package cas
 
 import (
-	"fmt"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -22,45 +21,17 @@ func fdatasync(f *os.File) error {
 	}
 }
 
-// writebackMin is the smallest write whose writeback pwriteRecord starts at once.
+// writebackMin is the smallest write whose writeback pwriteRun starts at once.
 const writebackMin = 256 << 10
 
 // pwriteRecord writes a then b at off in pf's file with pwritev(2), without copying them
-// into one buffer. When pf.writeback is set and the write is large, it then asks the kernel to
-// start writing those pages to the disk (sync_file_range(2) with SYNC_FILE_RANGE_WRITE: it does
-// not wait, and makes nothing durable): the disk then works while the batch goes on, and the
-// batch's fdatasync only waits for what is still in flight instead of the whole batch.
+// into one buffer (see pwriteRun). When pf.writeback is set and the write is large, it then asks
+// the kernel to start writing those pages to the disk (sync_file_range(2) with
+// SYNC_FILE_RANGE_WRITE: it does not wait, and makes nothing durable): the disk then works while
+// the batch goes on, and the batch's fdatasync only waits for what is still in flight instead
+// of the whole batch.
 func pwriteRecord(pf *packFile, a, b []byte, off int64) error {
-	if n := len(a) + len(b); pf.writeback && n >= writebackMin {
-		defer unix.SyncFileRange(int(pf.f.Fd()), off, int64(n), unix.SYNC_FILE_RANGE_WRITE) // advisory: an error changes nothing
-	}
-	fd := int(pf.f.Fd())
-	iov := [][]byte{a, b}
-	if len(b) == 0 {
-		iov = iov[:1]
-	}
-	for len(iov) > 0 {
-		n, err := unix.Pwritev(fd, iov, off)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return &os.PathError{Op: "pwritev", Path: pf.path, Err: err}
-		}
-		if n == 0 {
-			return fmt.Errorf("pwritev %s: wrote nothing", pf.path)
-		}
-		off += int64(n)
-		for n > 0 && len(iov) > 0 {
-			k := min(n, len(iov[0]))
-			iov[0] = iov[0][k:]
-			n -= k
-			if len(iov[0]) == 0 {
-				iov = iov[1:]
-			}
-		}
-	}
-	return nil
+	return pwriteRun(pf, [][]byte{a, b}, off)
 }
 
 // syncDirPath makes the entries of directory dir durable.
