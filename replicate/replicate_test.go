@@ -652,3 +652,28 @@ func TestPushCommitsManifestsWithTheRef(t *testing.T) {
 		fsckClean(t, d.Repo)
 	}
 }
+
+// TestPushSpreadsOverStreams: a 16 MiB push goes as two 8 MiB upload streams (the transfer is
+// cut into Concurrency batches of at least 8 MiB), a 1 MiB one as one.
+func TestPushSpreadsOverStreams(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		size    int
+		uploads int
+	}{{16 << 20, 2}, {1 << 20, 1}} {
+		local := openLocal(t)
+		data := kvLike(uint64(20+c.size), c.size)
+		head := putSession(t, local, "s", index.ID{}, data)
+		d := apitest.Start(t, t.TempDir(), httpapi.Config{})
+		log := &pathLog{base: http.DefaultTransport}
+		if _, err := replicate.Push(ctx, local.Index(), client(t, d.URL, log, ""), index.RefSession, "s", fast); err != nil {
+			t.Fatal(err)
+		}
+		if got := log.count("POST " + wire.PathUpload); got != c.uploads {
+			t.Fatalf("%d MiB push: %d upload streams, want %d", c.size>>20, got, c.uploads)
+		}
+		if got := content(t, d.Repo, head); !bytes.Equal(got, data) {
+			t.Fatal("content differs")
+		}
+	}
+}

@@ -41,9 +41,11 @@ type Options struct {
 	// Concurrency is how many chunk batches are in flight at once (default 4).
 	Concurrency int
 	// BatchBytes and BatchChunks bound one batch, which travels as one chunk stream (defaults
-	// 64 MiB of uncompressed bytes and 2048 chunks). The receiver verifies and commits a stream
-	// while it arrives, so a large batch costs no memory there; each batch costs a request and
-	// at least one durability barrier, and a failed batch is resumed from what arrived.
+	// 64 MiB of uncompressed bytes and 2048 chunks); a transfer is also cut into Concurrency
+	// batches where each keeps at least 8 MiB, so that several streams run at once. The
+	// receiver verifies and commits a stream while it arrives, so a large batch costs no memory
+	// there; each batch costs a request and at least one durability barrier, and a failed batch
+	// is resumed from what arrived.
 	BatchBytes  int64
 	BatchChunks int
 	// Retries is how often a failed batch is tried again, after asking the destination what
@@ -325,6 +327,19 @@ func idOrNone(id index.ID) string {
 	return id.String()
 }
 
+// minBatchBytes is the smallest batch batchLimit makes to spread a transfer over streams.
+const minBatchBytes = 8 << 20
+
+// batchLimit is the most uncompressed bytes of one batch of a transfer of total bytes: the
+// transfer is cut into Concurrency batches, one stream each, where that keeps them at least
+// minBatchBytes (and at most opts.BatchBytes). Streams running at once keep both ends busy:
+// on the 2-core benchmark machine a 32 MiB push in four streams of 8 MiB ran at 1.00–1.06×
+// a plain copy's speed against 0.72–0.90× in one stream (BENCHMARKS.md).
+func batchLimit(total int64, opts Options) int64 {
+	even := (total + int64(opts.Concurrency) - 1) / int64(opts.Concurrency)
+	return min(opts.BatchBytes, max(even, minBatchBytes))
+}
+
 // moveChunks sends the missing chunks in batches, Concurrency at a time. A failed batch is
 // tried again after asking the destination which of its chunks still lack, so nothing that
 // arrived is sent twice.
@@ -351,9 +366,10 @@ func moveChunks(ctx context.Context, dst Peer, missing []cas.Digest, sizes map[c
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(opts.Concurrency)
+	limit := batchLimit(total, opts)
 	for len(missing) > 0 {
 		n, bytes := 0, int64(0)
-		for n < len(missing) && n < opts.BatchChunks && (n == 0 || bytes+sizes[missing[n]] <= opts.BatchBytes) {
+		for n < len(missing) && n < opts.BatchChunks && (n == 0 || bytes+sizes[missing[n]] <= limit) {
 			bytes += sizes[missing[n]]
 			n++
 		}
