@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -262,7 +263,8 @@ type packFile struct {
 	f    *os.File
 
 	// writeback: a durable store's large writes start the kernel's writeback at once, so that
-	// the sync that ends their batch finds little left to write (see pwriteRecord).
+	// the sync that ends their batch finds little left to write (see pwriteRecord), and its
+	// active pack's blocks are allocated ahead of the writes (see Pack.preallocate).
 	writeback bool
 
 	rw     sync.RWMutex // readers hold it shared during a pread; Compact takes it to close f
@@ -270,6 +272,7 @@ type packFile struct {
 
 	// Guarded by Pack.mu.
 	size    int64   // end of the last reserved record
+	alloc   int64   // blocks allocated ahead up to here (fallocate, the size unchanged)
 	pending []int64 // offsets of records reserved and not yet written
 	synced  int64   // prefix known durable
 	syncing bool    // an fdatasync is running
@@ -691,6 +694,9 @@ func (p *Pack) Close() error {
 		pf.rw.Lock()
 		if !pf.closed {
 			pf.closed = true
+			if pf.alloc > 0 && pf.alloc != math.MaxInt64 {
+				errs = append(errs, releaseAhead(pf.f))
+			}
 			errs = append(errs, pf.f.Close())
 		}
 		pf.rw.Unlock()

@@ -43,3 +43,22 @@ func syncDirPath(dir string) error {
 	defer f.Close()
 	return f.Sync()
 }
+
+// allocateAhead allocates n bytes of f's blocks from off without changing its size.
+func allocateAhead(f *os.File, off, n int64) error {
+	for {
+		err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, off, n)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// releaseAhead frees the blocks allocateAhead left past f's end (a truncate to its own size).
+func releaseAhead(f *os.File) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	return f.Truncate(fi.Size())
+}

@@ -2,7 +2,10 @@
 
 package cas
 
-import "os"
+import (
+	"errors"
+	"os"
+)
 
 // fdatasync makes f durable: an fsync here (no fdatasync).
 func fdatasync(f *os.File) error { return f.Sync() }
@@ -29,3 +32,9 @@ func syncDirPath(dir string) error {
 	defer f.Close()
 	return f.Sync()
 }
+
+// allocateAhead: not on this system (no fallocate); the pack goes on without.
+func allocateAhead(f *os.File, off, n int64) error { return errors.ErrUnsupported }
+
+// releaseAhead: nothing was allocated ahead.
+func releaseAhead(f *os.File) error { return nil }

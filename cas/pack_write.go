@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -51,7 +52,30 @@ func (p *Pack) reserve(n int64, pin bool) (*packFile, int64, error) {
 	if pin {
 		pf.pins++
 	}
+	p.preallocate(pf)
 	return pf, off, nil
+}
+
+// preallocStep is how far ahead of its writes a durable store's active pack has its blocks
+// allocated.
+const preallocStep = 64 << 20
+
+// preallocate allocates pf's blocks ahead of its reserved end, preallocStep at a time and at
+// most to MaxPackSize, without changing its size (fallocate with KEEP_SIZE, where it exists):
+// on ext4 each pwrite then finds its blocks allocated instead of allocating them (128 MiB in
+// 1 MiB writes: 44–51 ms inside the writes before, 32–35 after). Only for a durable store
+// (pf.writeback); a file system without it simply goes on without. Close releases what is left
+// past the end. Called with p.mu held for writing.
+func (p *Pack) preallocate(pf *packFile) {
+	if !pf.writeback || pf.size <= pf.alloc {
+		return
+	}
+	end := min(max(pf.size, pf.alloc)+preallocStep, max(p.opts.MaxPackSize, pf.size))
+	if err := allocateAhead(pf.f, pf.alloc, end-pf.alloc); err != nil {
+		pf.alloc = math.MaxInt64 // not here: no more tries
+		return
+	}
+	pf.alloc = end
 }
 
 // newPackLocked seals the active pack and starts the next one, syncing the directory so that
@@ -198,6 +222,7 @@ func (p *Pack) reserveRun(recs []*packRecord) (pf *packFile, off int64, k int, n
 	pf.size += n
 	pf.pending = append(pf.pending, off)
 	pf.pins += k
+	p.preallocate(pf)
 	return pf, off, k, n, nil
 }
 
