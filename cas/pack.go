@@ -235,6 +235,9 @@ type Pack struct {
 	nextNum  uint32    // number of the next pack file
 	inflight map[Digest]chan struct{}
 	closed   bool
+	// noAlloc: the directory's file system gains nothing from blocks allocated ahead
+	// (tmpfs: it would only zero pages early); set at open.
+	noAlloc bool
 
 	compactMu sync.Mutex // one Compact at a time
 }
@@ -343,6 +346,7 @@ func OpenPack(dir string, opts PackOptions) (*Pack, error) {
 		packs:    map[uint32]*packFile{},
 		inflight: map[Digest]chan struct{}{},
 		nextNum:  1,
+		noAlloc:  !allocatesAhead(dir),
 	}
 	p.cond = sync.NewCond(&p.mu)
 	if err := p.load(); err != nil {
@@ -459,7 +463,11 @@ func (p *Pack) openPackFile(num uint32, create bool) (*packFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &packFile{num: num, path: path, f: f, writeback: !p.opts.NoSync && !p.opts.ReadOnly}, nil
+	pf := &packFile{num: num, path: path, f: f, writeback: !p.opts.NoSync && !p.opts.ReadOnly}
+	if p.noAlloc {
+		pf.alloc = math.MaxInt64 // see Pack.preallocate
+	}
+	return pf, nil
 }
 
 // scannedRecord is a record header found by scanPack, at off.

@@ -70,3 +70,36 @@ func TestPackPreallocates(t *testing.T) {
 		p.Close()
 	}
 }
+
+// TestNoPreallocationOnTmpfs: on tmpfs, where allocating ahead only zeroes pages early, a
+// durable pack allocates nothing past its end.
+func TestNoPreallocationOnTmpfs(t *testing.T) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs("/dev/shm", &st); err != nil || st.Type != 0x01021994 {
+		t.Skip("no tmpfs at /dev/shm")
+	}
+	if allocatesAhead("/dev/shm") {
+		t.Fatal("allocatesAhead says yes on tmpfs")
+	}
+	dir, err := os.MkdirTemp("/dev/shm", "pack-")
+	if err != nil {
+		t.Skip(err)
+	}
+	defer os.RemoveAll(dir)
+	p, err := OpenPack(dir, PackOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	data := make([]byte, 512<<10)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	if _, err := p.Put(context.Background(), data, HintNone); err != nil {
+		t.Fatal(err)
+	}
+	if blocks, size := allocated(t, filepath.Join(dir, packName(1))); blocks > size+1<<20 {
+		t.Fatalf("%d bytes of blocks for a %d-byte file on tmpfs", blocks, size)
+	}
+}

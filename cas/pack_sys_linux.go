@@ -62,3 +62,14 @@ func releaseAhead(f *os.File) error {
 	}
 	return f.Truncate(fi.Size())
 }
+
+// allocatesAhead reports whether blocks allocated ahead pay on dir's file system: not on tmpfs
+// or ramfs, whose fallocate only zeroes memory pages early (measured: ingest into tmpfs
+// 1030-1500 MB/s without, 685-850 with).
+func allocatesAhead(dir string) bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return false
+	}
+	return st.Type != unix.TMPFS_MAGIC && st.Type != unix.RAMFS_MAGIC
+}

@@ -38,3 +38,6 @@ func allocateAhead(f *os.File, off, n int64) error { return errors.ErrUnsupporte
 
 // releaseAhead: nothing was allocated ahead.
 func releaseAhead(f *os.File) error { return nil }
+
+// allocatesAhead: never here (see allocateAhead).
+func allocatesAhead(dir string) bool { return false }

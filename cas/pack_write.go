@@ -64,8 +64,8 @@ const preallocStep = 64 << 20
 // most to MaxPackSize, without changing its size (fallocate with KEEP_SIZE, where it exists):
 // on ext4 each pwrite then finds its blocks allocated instead of allocating them (128 MiB in
 // 1 MiB writes: 44–51 ms inside the writes before, 32–35 after). Only for a durable store
-// (pf.writeback); a file system without it simply goes on without. Close releases what is left
-// past the end. Called with p.mu held for writing.
+// (pf.writeback) on a file system where it pays (allocatesAhead); one without fallocate simply
+// goes on without. Close releases what is left past the end. Called with p.mu held for writing.
 func (p *Pack) preallocate(pf *packFile) {
 	if !pf.writeback || pf.size <= pf.alloc {
 		return
