@@ -73,8 +73,12 @@ func (r *Repo) getRegion(ctx context.Context, reg index.Region, w io.Writer, wor
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, gctx := errgroup.WithContext(cctx)
-	tasks := make(chan task)
-	order := make(chan chan fetched, 2*workers) // futures, in region order; bounds read-ahead
+	// Tasks wait in a queue and up to 8 chunks a worker are read ahead of the writer, so that a
+	// worker rarely waits for the dispatcher or for a slow chunk ahead of it (BenchmarkGet,
+	// float16 planes, 2 workers, alternating runs: 1225-1507 MB/s with an unbuffered queue and
+	// 2 a worker, 1487-1789 with these).
+	tasks := make(chan task, 2*workers)
+	order := make(chan chan fetched, 8*workers) // futures, in region order; bounds read-ahead
 	g.Go(func() error {
 		defer close(tasks)
 		defer close(order)
