@@ -55,6 +55,10 @@ type Retainer interface {
 	// Commit or Discard, or when a run fills. data must not change until then. Safe for
 	// concurrent use with Put, PutStored, PutRetained and Flush.
 	PutRetained(ctx context.Context, data []byte, hint Hint, release func()) (Info, error)
+	// PutStoredRetained is PutStored with the same keeping of stored, and release, as
+	// PutRetained's (a chunk arriving in its stored form goes to the pack file from the
+	// caller's buffer).
+	PutStoredRetained(ctx context.Context, d Digest, codec Codec, stored []byte, release func()) (Info, error)
 	// Flush writes what the batch gathered in memory, so that every chunk kept so far is
 	// released; a failed write breaks the batch as a failed Put does, and is returned. Safe
 	// for concurrent use with the Puts; not with Commit or Discard.

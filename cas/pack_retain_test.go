@@ -170,3 +170,48 @@ func TestPackPutRetainedManyRecords(t *testing.T) {
 		}
 	}
 }
+
+// TestPackPutStoredRetained: stored forms given with release are written from the caller's
+// memory and released exactly once, only after they are written (each release clears the
+// memory); a bad one is refused and released at once.
+func TestPackPutStoredRetained(t *testing.T) {
+	ctx := context.Background()
+	p, r := openRetainPack(t)
+	b := r.(Batch)
+	c := &releaseCounter{n: map[int]int{}}
+	var chunks [][]byte
+	var stored [][]byte
+	for i := range 40 {
+		data := testBytes(48<<10, byte(i))
+		codec, st := Encode(nil, data, HintNone)
+		chunks, stored = append(chunks, data), append(stored, st)
+		// The release hands the memory back, which is reused at once: a release before the
+		// record is written would store the cleared bytes.
+		count := c.release(i)
+		if _, err := r.PutStoredRetained(ctx, Sum(data), codec, st, func() { count(); clear(st) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bad := bytes.Clone(stored[0])
+	bad[len(bad)/2] ^= 1
+	if _, err := r.PutStoredRetained(ctx, Sum([]byte("other")), CodecRaw, bad, c.release(99)); err == nil {
+		t.Fatal("a stored form of other content was accepted")
+	}
+	if c.count(99) != 1 {
+		t.Fatalf("refused chunk released %d times", c.count(99))
+	}
+	if err := b.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range stored {
+		if n := c.count(i); n != 1 {
+			t.Fatalf("chunk %d released %d times", i, n)
+		}
+	}
+	for i, data := range chunks {
+		got, err := p.Get(ctx, Sum(data), nil)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("chunk %d: %v", i, err)
+		}
+	}
+}

@@ -666,6 +666,21 @@ func (b *packBatch) Flush() error {
 	return b.failed()
 }
 
+// PutStoredRetained verifies a stored form and appends it from where the caller holds it (see
+// Retainer).
+func (b *packBatch) PutStoredRetained(ctx context.Context, d Digest, codec Codec, stored []byte, release func()) (Info, error) {
+	keep := &retain{data: stored, release: release}
+	defer func() {
+		if !keep.taken {
+			release()
+		}
+	}()
+	if err := ctx.Err(); err != nil {
+		return Info{}, err
+	}
+	return b.put(ctx, d, storedEncoder(d, codec, stored), keep)
+}
+
 // PutStored verifies a stored form and appends it (see Batch.PutStored).
 func (b *packBatch) PutStored(ctx context.Context, d Digest, codec Codec, stored []byte) (Info, error) {
 	if err := ctx.Err(); err != nil {

@@ -286,12 +286,15 @@ func (in *Ingester) work() {
 		}
 		recs, lerr := in.ix.Chunks(ds)
 		for i, j := range batch {
+			kept := false
 			if lerr != nil {
 				j.e.err = fmt.Errorf("look up chunk %s: %w", j.ch.Digest, lerr)
 			} else {
-				in.verifyAndWrite(j, recs[i])
+				kept = in.verifyAndWrite(j, recs[i])
 			}
-			putBuf(j.buf)
+			if !kept {
+				putBuf(j.buf)
+			}
 			in.mu.Lock()
 			in.inflight -= j.e.stored
 			in.mu.Unlock()
@@ -306,8 +309,9 @@ func (in *Ingester) work() {
 }
 
 // verifyAndWrite handles one chunk, filling in its entry. rec is the chunk's index record
-// (Codec 0: none).
-func (in *Ingester) verifyAndWrite(j job, rec index.ChunkRecord) {
+// (Codec 0: none). It reports whether it handed j.buf to the batch, which returns it to the
+// pool once the chunk's record is written (cas.Retainer); otherwise the caller does.
+func (in *Ingester) verifyAndWrite(j job, rec index.ChunkRecord) (kept bool) {
 	ch, e := j.ch, j.e
 	if ch.Codec != 0 && !ch.Codec.Valid() {
 		e.err = fmt.Errorf("%w: chunk %s: codec %d", ErrUnsupportedCodec, ch.Digest, ch.Codec)
@@ -333,9 +337,16 @@ func (in *Ingester) verifyAndWrite(j job, rec index.ChunkRecord) {
 	}
 	var info cas.Info
 	var err error
-	if ch.Codec == 0 {
+	r, retains := j.g.batch.(cas.Retainer)
+	switch {
+	case ch.Codec == 0:
 		info, err = j.g.batch.Put(in.ctx, ch.Stored, in.cfg.Hint)
-	} else {
+	case retains && j.buf != nil:
+		// Written from the frame's buffer, without a copy into the batch's run.
+		buf := j.buf
+		info, err = r.PutStoredRetained(in.ctx, ch.Digest, ch.Codec, ch.Stored, func() { putBuf(buf) })
+		kept = true
+	default:
 		info, err = j.g.batch.PutStored(in.ctx, ch.Digest, ch.Codec, ch.Stored)
 	}
 	switch {
@@ -357,6 +368,7 @@ func (in *Ingester) verifyAndWrite(j job, rec index.ChunkRecord) {
 		e.err = fmt.Errorf("%w: chunk %s declared %d bytes, has %d", wire.ErrMalformed, ch.Digest, ch.Size, info.Size)
 		e.keep = true
 	}
+	return kept
 }
 
 // maxCoalesce bounds the groups the committer takes at once, and the groups queued for it
