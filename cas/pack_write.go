@@ -625,27 +625,19 @@ type packPending struct {
 }
 
 func (b *packBatch) Put(ctx context.Context, data []byte, hint Hint) (Info, error) {
-	if err := ctx.Err(); err != nil {
-		return Info{}, err
-	}
-	if len(data) > MaxChunkSize {
-		return Info{}, fmt.Errorf("put: %d bytes: %w (limit %d)", len(data), ErrTooLarge, MaxChunkSize)
-	}
-	d := Sum(data)
-	return b.put(ctx, d, func(dst []byte) (Codec, int, []byte, []byte, error) {
-		return encodeChunk(dst, d, data, hint)
-	}, nil)
+	return b.putData(ctx, data, hint, nil)
 }
 
 // PutRetained is Put, except that a chunk stored raw stays in the caller's memory until its
 // run is written (see Retainer).
 func (b *packBatch) PutRetained(ctx context.Context, data []byte, hint Hint, release func()) (Info, error) {
 	keep := &retain{data: data, release: release}
-	defer func() {
-		if !keep.taken {
-			release()
-		}
-	}()
+	defer keep.releaseUnlessTaken()
+	return b.putData(ctx, data, hint, keep)
+}
+
+// putData is Put, offering data to the run when keep is not nil.
+func (b *packBatch) putData(ctx context.Context, data []byte, hint Hint, keep *retain) (Info, error) {
 	if err := ctx.Err(); err != nil {
 		return Info{}, err
 	}
@@ -656,6 +648,13 @@ func (b *packBatch) PutRetained(ctx context.Context, data []byte, hint Hint, rel
 	return b.put(ctx, d, func(dst []byte) (Codec, int, []byte, []byte, error) {
 		return encodeChunk(dst, d, data, hint)
 	}, keep)
+}
+
+// releaseUnlessTaken releases the data when no run took it.
+func (k *retain) releaseUnlessTaken() {
+	if !k.taken {
+		k.release()
+	}
 }
 
 // Flush writes the run held in memory (see Retainer).
@@ -670,23 +669,21 @@ func (b *packBatch) Flush() error {
 // Retainer).
 func (b *packBatch) PutStoredRetained(ctx context.Context, d Digest, codec Codec, stored []byte, release func()) (Info, error) {
 	keep := &retain{data: stored, release: release}
-	defer func() {
-		if !keep.taken {
-			release()
-		}
-	}()
-	if err := ctx.Err(); err != nil {
-		return Info{}, err
-	}
-	return b.put(ctx, d, storedEncoder(d, codec, stored), keep)
+	defer keep.releaseUnlessTaken()
+	return b.putStored(ctx, d, codec, stored, keep)
 }
 
 // PutStored verifies a stored form and appends it (see Batch.PutStored).
 func (b *packBatch) PutStored(ctx context.Context, d Digest, codec Codec, stored []byte) (Info, error) {
+	return b.putStored(ctx, d, codec, stored, nil)
+}
+
+// putStored is PutStored, offering stored to the run when keep is not nil.
+func (b *packBatch) putStored(ctx context.Context, d Digest, codec Codec, stored []byte, keep *retain) (Info, error) {
 	if err := ctx.Err(); err != nil {
 		return Info{}, err
 	}
-	return b.put(ctx, d, storedEncoder(d, codec, stored), nil)
+	return b.put(ctx, d, storedEncoder(d, codec, stored), keep)
 }
 
 // put stores d's record in the batch; keep, when not nil, offers the chunk's data to the run
