@@ -10,8 +10,8 @@ import (
 
 // kernelNames lists every kernel Open resolves.
 func kernelNames() []string {
-	names := []string{"ds_mv_any", "ds_rmsnorm", "ds_rope", "ds_store_kv", "ds_attn",
-		"ds_attn_combine", "ds_attn_mq", "ds_attn_tc32", "ds_attn_tc48", "ds_attn_tc64", "ds_attn_tc128", "ds_swiglu", "ds_add", "ds_embed", "ds_softmax", "ds_argmax", "ds_nop",
+	names := []string{"ds_mv_any", "ds_rmsnorm", "ds_rope", "ds_rope2", "ds_store_kv", "ds_attn",
+		"ds_attn_combine", "ds_attn_mq", "ds_attn_tc32", "ds_attn_tc48", "ds_attn_tc64", "ds_attn_tc128", "ds_swiglu", "ds_add", "ds_add_rmsnorm", "ds_embed", "ds_softmax", "ds_argmax", "ds_nop",
 		"ds_sum_words", "ds_fill_words", "ds_tcv_f16", "ds_tcm_f16", "ds_tcv_q8", "ds_tcm_q8", "ds_tcb_f16", "ds_tcb_q8",
 		"ds_f32_to_f16", "ds_f32_to_f16v", "ds_q8_to_f16",
 	}
@@ -72,6 +72,23 @@ type Stream struct {
 	// operations (the backend's Exec and its mirror), so cuBLAS products may reuse the F16
 	// activations of the previous product when nothing was queued in between.
 	stableX bool
+	// lastAdd: the add recorded last (deferred mode), valid while seq == lastAdd.seq: an
+	// RMSNorm of its result replaces its record with ds_add_rmsnorm.
+	lastAdd struct {
+		seq       uint64
+		rec       int
+		out, x, y DevPtr
+		count     int
+	}
+	// lastRoPE: the RoPE recorded last (deferred mode), valid while seq == lastRoPE.seq: a
+	// RoPE of other rows at the same tokens and positions joins it (ds_rope2).
+	lastRoPE struct {
+		seq                         uint64
+		rec                         int
+		x                           DevPtr
+		n, nheads, hd, stride, pos0 int
+		base                        float32
+	}
 }
 
 type table struct {
@@ -378,15 +395,42 @@ func (d *Device) tensorCores(w *Weights) bool {
 }
 
 // RMSNorm: out[t][i] = x[t][i] / sqrt(mean(x[t]^2) + eps) * w[i] for n rows of dim; out may
-// equal x.
+// equal x. On a deferred stream, when the operation queued just before is an Add whose output
+// is exactly x (n*dim floats) and its kernel is still unissued, the two become one launch of
+// ds_add_rmsnorm, which writes the same bits to both outputs.
 func (s *Stream) RMSNorm(out, x, w DevPtr, dim, n int, eps float32) error {
 	if n <= 0 {
 		return nil
 	}
+	if la := &s.lastAdd; s.q != nil && la.seq == s.seq && la.out == x && la.count == n*dim &&
+		la.rec == len(s.q.recs.fns)-1 {
+		f, ok := s.d.fns["ds_add_rmsnorm"]
+		if !ok {
+			return fmt.Errorf("cuda: no kernel ds_add_rmsnorm")
+		}
+		var a argSlots
+		a.ptr(out).ptr(la.out).ptr(la.x).ptr(la.y).ptr(w).i32(dim).i32(n).f32(eps)
+		s.rerecord(la.rec, f, [3]uint32{uint32(n), 1, 1}, [3]uint32{rmsThreads, 1, 1}, &a)
+		return nil
+	}
 	var a argSlots
 	a.ptr(out).ptr(x).ptr(w).i32(dim).i32(n).f32(eps)
-	return s.launch("ds_rmsnorm", [3]uint32{uint32(n), 1, 1}, [3]uint32{256, 1, 1}, 0, &a)
+	return s.launch("ds_rmsnorm", [3]uint32{uint32(n), 1, 1}, [3]uint32{rmsThreads, 1, 1}, 0, &a)
 }
+
+// rerecord replaces the unissued kernel record k (the last one) of a deferred stream: a fusion
+// of the last operation with the one being queued. seq moves on, so nothing fuses into it again.
+func (s *Stream) rerecord(k int, f cuFunction, grid, block [3]uint32, a *argSlots) {
+	r := &s.q.recs
+	r.fns[k] = f
+	copy(r.dims[7*k:7*k+7], []uint32{grid[0], grid[1], grid[2], block[0], block[1], block[2], 0})
+	copy(r.args[maxArgs*k:maxArgs*k+maxArgs], a.v[:maxArgs])
+	r.nargs[k] = int32(a.n)
+	s.seq++
+}
+
+// rmsThreads is RMS_THREADS in kernels.cu.
+const rmsThreads = 256
 
 // RoPE rotates adjacent pairs of each of nheads heads (head dim hd) of n tokens at positions
 // pos0.. in place; x is [n][stride].
@@ -398,9 +442,32 @@ func (s *Stream) RoPE(x DevPtr, n, nheads, hd, stride, pos0 int, base float32) e
 	if hd%2 != 0 || stride < nheads*hd {
 		return fmt.Errorf("cuda: rope head dim %d, stride %d", hd, stride)
 	}
+	span := func(p DevPtr, nh, st int) (DevPtr, DevPtr) { return p, p + DevPtr(4*((n-1)*st+nh*hd)) }
+	if lr := &s.lastRoPE; s.q != nil && lr.seq == s.seq && lr.rec == len(s.q.recs.fns)-1 &&
+		lr.n == n && lr.hd == hd && lr.pos0 == pos0 && lr.base == base {
+		lo1, hi1 := span(lr.x, lr.nheads, lr.stride)
+		lo2, hi2 := span(x, nheads, stride)
+		if hi1 <= lo2 || hi2 <= lo1 { // disjoint: the order of the two does not matter
+			f, ok := s.d.fns["ds_rope2"]
+			if !ok {
+				return fmt.Errorf("cuda: no kernel ds_rope2")
+			}
+			var a argSlots
+			a.ptr(lr.x).i32(lr.nheads).i32(lr.stride).ptr(x).i32(nheads).i32(stride).i32(n).i32(hd).i32(pos0).f32(base)
+			all := total + n*lr.nheads*hd/2
+			s.rerecord(lr.rec, f, [3]uint32{uint32(ceilDiv(all, 256)), 1, 1}, [3]uint32{256, 1, 1}, &a)
+			return nil
+		}
+	}
 	var a argSlots
 	a.ptr(x).i32(n).i32(nheads).i32(hd).i32(stride).i32(pos0).f32(base)
-	return s.launch("ds_rope", [3]uint32{uint32(ceilDiv(total, 256)), 1, 1}, [3]uint32{256, 1, 1}, 0, &a)
+	err := s.launch("ds_rope", [3]uint32{uint32(ceilDiv(total, 256)), 1, 1}, [3]uint32{256, 1, 1}, 0, &a)
+	if err == nil && s.q != nil && len(s.q.recs.fns) > 0 {
+		lr := &s.lastRoPE
+		lr.seq, lr.rec, lr.x = s.seq, len(s.q.recs.fns)-1, x
+		lr.n, lr.nheads, lr.hd, lr.stride, lr.pos0, lr.base = n, nheads, hd, stride, pos0, base
+	}
+	return err
 }
 
 // blockTable returns a device copy of blocks, reusing an identical earlier one (the tables
@@ -633,7 +700,14 @@ func (s *Stream) SwiGLU(out, gate, up DevPtr, count int) error {
 func (s *Stream) Add(out, x, y DevPtr, count int) error {
 	var a argSlots
 	a.ptr(out).ptr(x).ptr(y).i64(int64(count))
-	return s.elementwise("ds_add", count, &a)
+	if err := s.elementwise("ds_add", count, &a); err != nil || s.q == nil || count <= 0 {
+		return err
+	}
+	if k := len(s.q.recs.fns) - 1; k >= 0 {
+		s.lastAdd.seq, s.lastAdd.rec = s.seq, k
+		s.lastAdd.out, s.lastAdd.x, s.lastAdd.y, s.lastAdd.count = out, x, y, count
+	}
+	return nil
 }
 
 // Embed writes the rows of w for tokens into out ([len(tokens)][Cols] f32). Token ids are

@@ -767,29 +767,141 @@ __device__ __forceinline__ float block_max(float v, float* sh) {
     return m;
 }
 
-// rmsnorm: out[t][i] = x[t][i] * (1/sqrt(mean(x[t]^2) + eps)) * w[i]; one block per token;
-// out may equal x.
-extern "C" __global__ void ds_rmsnorm(float* out, const float* x, const float* w, int dim,
-                                      int n, float eps) {
+// ---- RMSNorm ----------------------------------------------------------------------------------
+// One block of RMS_THREADS threads per row. Thread tid owns the groups of 4 consecutive elements
+// g = j*RMS_THREADS + tid (j = 0, 1, ...): it sums their squares in the order (j, element), the
+// block adds the threads' sums in a fixed order (block_sum), so a row's bits never depend on
+// the number of rows, on the pointers' alignment (16-byte aligned rows take float4 loads, others
+// scalar loads of the same elements in the same order) or on the fused add. The first
+// RMS_REG groups stay in registers (with their weights, loaded before the reduction) between
+// the two passes: rows up to RMS_THREADS*RMS_REG*4 = 4096 floats read x once.
+#define RMS_THREADS 256
+#define RMS_REG 4
+
+// rms_ld: group g of a (plus b, stored to sum, when b is not null); zeros past dim.
+__device__ __forceinline__ float4 rms_ld(const float* a, const float* b, float* sum, int g,
+                                         int dim, bool vec) {
+    float4 v;
+    if (vec) {
+        v = ((const float4*)a)[g];
+        if (b) {
+            float4 u = ((const float4*)b)[g];
+            v.x = v.x + u.x; v.y = v.y + u.y; v.z = v.z + u.z; v.w = v.w + u.w;
+            ((float4*)sum)[g] = v;
+        }
+        return v;
+    }
+    float e[4];
+#pragma unroll
+    for (int c = 0; c < 4; c++) {
+        int i = 4 * g + c;
+        float x = 0.f;
+        if (i < dim) {
+            x = a[i];
+            if (b) {
+                x = x + b[i];
+                sum[i] = x;
+            }
+        }
+        e[c] = x;
+    }
+    return make_float4(e[0], e[1], e[2], e[3]);
+}
+
+__device__ __forceinline__ float4 rms_w(const float* w, int g, int dim, bool vec) {
+    if (vec) return ((const float4*)w)[g];
+    float e[4];
+#pragma unroll
+    for (int c = 0; c < 4; c++) e[c] = 4 * g + c < dim ? w[4 * g + c] : 0.f;
+    return make_float4(e[0], e[1], e[2], e[3]);
+}
+
+__device__ __forceinline__ void rms_st(float* o, float4 x, float4 w, float scale, int g, int dim,
+                                       bool vec) {
+    float4 r = make_float4(x.x * scale * w.x, x.y * scale * w.y, x.z * scale * w.z,
+                           x.w * scale * w.w);
+    if (vec) {
+        ((float4*)o)[g] = r;
+        return;
+    }
+    float e[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int c = 0; c < 4; c++)
+        if (4 * g + c < dim) o[4 * g + c] = e[c];
+}
+
+__device__ __forceinline__ float rms_sq(float s, float4 v) {
+    s = fmaf(v.x, v.x, s);
+    s = fmaf(v.y, v.y, s);
+    s = fmaf(v.z, v.z, s);
+    return fmaf(v.w, v.w, s);
+}
+
+// rms_row: out = rmsnorm(a (+ b)) of one row; with b, a + b is also stored to sum. out may
+// equal a, b or sum (each thread reads its elements before it writes them).
+__device__ __forceinline__ void rms_row(float* out, const float* a, const float* b, float* sum,
+                                        const float* w, int dim, float eps) {
     __shared__ float sh[32];
-    int t = blockIdx.x;
-    const float* xp = x + (size_t)t * dim;
-    float* op = out + (size_t)t * dim;
+    int tid = threadIdx.x;
+    int ng = (dim + 3) >> 2;
+    uintptr_t al = (uintptr_t)out | (uintptr_t)a | (uintptr_t)w;
+    if (b) al |= (uintptr_t)b | (uintptr_t)sum;
+    bool vec = (dim & 3) == 0 && (al & 15) == 0;
+    float4 xr[RMS_REG], wr[RMS_REG];
     float s = 0.f;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) s = fmaf(xp[i], xp[i], s);
+#pragma unroll
+    for (int j = 0; j < RMS_REG; j++) {
+        int g = j * RMS_THREADS + tid;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f), u = v;
+        if (g < ng) {
+            v = rms_ld(a, b, sum, g, dim, vec);
+            u = rms_w(w, g, dim, vec);
+        }
+        xr[j] = v;
+        wr[j] = u;
+        s = rms_sq(s, v);
+    }
+    for (int g = RMS_REG * RMS_THREADS + tid; g < ng; g += RMS_THREADS)
+        s = rms_sq(s, rms_ld(a, b, sum, g, dim, vec));
     s = block_sum(s, sh);
     float scale = 1.0f / sqrtf(s / (float)dim + eps);
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) op[i] = xp[i] * scale * w[i];
+#pragma unroll
+    for (int j = 0; j < RMS_REG; j++) {
+        int g = j * RMS_THREADS + tid;
+        if (g < ng) rms_st(out, xr[j], wr[j], scale, g, dim, vec);
+    }
+    const float* x = b ? sum : a;
+    for (int g = RMS_REG * RMS_THREADS + tid; g < ng; g += RMS_THREADS)
+        rms_st(out, rms_ld(x, nullptr, nullptr, g, dim, vec), rms_w(w, g, dim, vec), scale, g,
+               dim, vec);
+}
+
+// rmsnorm: out[t][i] = x[t][i] * (1/sqrt(mean(x[t]^2) + eps)) * w[i]; one block of
+// RMS_THREADS per token; out may equal x.
+extern "C" __global__ void __launch_bounds__(RMS_THREADS) ds_rmsnorm(float* out, const float* x,
+                                                                    const float* w, int dim,
+                                                                    int n, float eps) {
+    size_t o = (size_t)blockIdx.x * dim;
+    rms_row(out + o, x + o, nullptr, nullptr, w, dim, eps);
+}
+
+// add_rmsnorm: sum[t][i] = a[t][i] + b[t][i] (ds_add's arithmetic), then out = rmsnorm(sum)
+// (ds_rmsnorm's): the same bits as ds_add followed by ds_rmsnorm, in one launch. sum may
+// equal a or b; out may equal any of them.
+extern "C" __global__ void __launch_bounds__(RMS_THREADS) ds_add_rmsnorm(float* out, float* sum,
+                                                                        const float* a,
+                                                                        const float* b,
+                                                                        const float* w, int dim,
+                                                                        int n, float eps) {
+    size_t o = (size_t)blockIdx.x * dim;
+    rms_row(out + o, a + o, b + o, sum + o, w, dim, eps);
 }
 
 // rope: rotates adjacent pairs (x[2i], x[2i+1]) of each head of each token by
 // (pos0+t) * base^(-2i/hd); angle, sine, cosine and rotation in double (as engine/cpu). x is [n][stride], heads at h*hd.
-extern "C" __global__ void ds_rope(float* x, int n, int nheads, int hd, int stride, int pos0,
-                                   float base) {
+__device__ __forceinline__ void rope_one(float* x, long long id, int nheads, int hd, int stride,
+                                         int pos0, float base) {
     int half = hd >> 1;
-    long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long total = (long long)n * nheads * half;
-    if (id >= total) return;
     int i = (int)(id % half);
     int h = (int)((id / half) % nheads);
     int t = (int)(id / ((long long)half * nheads));
@@ -801,6 +913,26 @@ extern "C" __global__ void ds_rope(float* x, int n, int nheads, int hd, int stri
     double a = p[0], b = p[1];
     p[0] = (float)(a * c - b * s);
     p[1] = (float)(a * s + b * c);
+}
+
+extern "C" __global__ void ds_rope(float* x, int n, int nheads, int hd, int stride, int pos0,
+                                   float base) {
+    long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (id >= (long long)n * nheads * (hd >> 1)) return;
+    rope_one(x, id, nheads, hd, stride, pos0, base);
+}
+
+// rope2: ds_rope of x (nheads, stride) and of y (nheads2, stride2) at the same tokens and
+// positions in one launch (queries and keys); each element gets ds_rope's arithmetic.
+extern "C" __global__ void ds_rope2(float* x, int nheads, int stride, float* y, int nheads2,
+                                    int stride2, int n, int hd, int pos0, float base) {
+    long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long n1 = (long long)n * nheads * (hd >> 1);
+    if (id < n1) {
+        rope_one(x, id, nheads, hd, stride, pos0, base);
+    } else if (id - n1 < (long long)n * nheads2 * (hd >> 1)) {
+        rope_one(y, id - n1, nheads2, hd, stride2, pos0, base);
+    }
 }
 
 // store_kv: writes K and V of n tokens at positions pos0.. into their blocks, converting to
