@@ -1,6 +1,8 @@
 package cuda
 
 import (
+	"bytes"
+	"encoding/binary"
 	"math/rand/v2"
 	"testing"
 )
@@ -173,5 +175,78 @@ func TestRoPEPairFused(t *testing.T) {
 	}
 	if bitsEqual(wk, w2) < 0 {
 		t.Fatalf("keys rotated twice equal keys rotated once: the test checks nothing")
+	}
+}
+
+// TestRoPEStoreKVFused checks that a deferred stream records RoPE of queries, RoPE of keys and
+// StoreKV of those keys (decode's sequence) as one ds_rope_kv writing the bits of the three
+// separate launches: queries, keys, and the KV blocks through both tables (F16 and F32 KV,
+// tokens across a block boundary).
+func TestRoPEStoreKVFused(t *testing.T) {
+	d := device(t)
+	r := rand.New(rand.NewPCG(15, 16))
+	const n, hq, hk, hd, pos0 = 3, 8, 2, 64, 14
+	q, k, v := randF32(r, n*hq*hd, 2), randF32(r, n*hk*hd, 2), randF32(r, n*hk*hd, 2)
+	for _, kt := range []DType{F16, F32} {
+		l := KVLayout{BlockSize: 16, NKVHeads: hk, HeadDim: hd, KVType: kt}
+		bb := l.BlockBytes()
+		s := newStream(t, d)
+		run := func(deferred bool) [][]float32 {
+			t.Helper()
+			if err := s.SetDeferred(deferred); err != nil {
+				t.Fatal(err)
+			}
+			qb, kb, vb := devBuf(t, d, q, len(q)), devBuf(t, d, k, len(k)), devBuf(t, d, v, len(v))
+			blk := devBuf(t, d, nil, 4*bb/4) // 4 blocks: table 1 (0, 1), table 2 (2, 3)
+			var tb [4 * 8]byte
+			for i := range 4 {
+				binary.LittleEndian.PutUint64(tb[8*i:], uint64(blk.Ptr)+uint64(i*bb))
+			}
+			tab, err := d.Alloc(len(tb))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tab.Free()
+			if err := tab.Upload(0, tb[:]); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.RoPE(qb.Ptr, n, hq, hd, hq*hd, pos0, 500000); err != nil {
+				t.Fatal(err)
+			}
+			before := 0
+			if deferred {
+				before = len(s.q.recs.fns)
+			}
+			if err := s.RoPE(kb.Ptr, n, hk, hd, hk*hd, pos0, 500000); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.StoreKVTable2(kb.Ptr, vb.Ptr, n, pos0, l, tab.Ptr, tab.Ptr+16, 2); err != nil {
+				t.Fatal(err)
+			}
+			if deferred && (len(s.q.recs.fns) != before || s.q.recs.fns[before-1] != d.fns["ds_rope_kv"]) {
+				t.Fatalf("%v: rope q, rope k, store kv: %d records, want one ds_rope_kv", kt, len(s.q.recs.fns)-before+1)
+			}
+			if err := s.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.SetDeferred(false); err != nil {
+				t.Fatal(err)
+			}
+			return [][]float32{readF32(t, qb, 0, len(q)), readF32(t, kb, 0, len(k)), readF32(t, blk, 0, bb)}
+		}
+		want, got := run(false), run(true)
+		for i, name := range []string{"queries", "keys", "KV blocks"} {
+			if j := bitsEqual(want[i], got[i]); j >= 0 {
+				t.Fatalf("%v: fused rope + store kv: %s differ at %d", kt, name, j)
+			}
+		}
+		// Both tables were written, and the store wrote something.
+		kv := f32Bytes(got[2])
+		if !bytes.Equal(kv[:2*bb], kv[2*bb:]) {
+			t.Fatalf("%v: the two block tables got different bytes", kt)
+		}
+		if bitsEqual(want[1], k) < 0 {
+			t.Fatalf("keys not rotated: the test checks nothing")
+		}
 	}
 }

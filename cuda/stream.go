@@ -10,7 +10,7 @@ import (
 
 // kernelNames lists every kernel Open resolves.
 func kernelNames() []string {
-	names := []string{"ds_mv_any", "ds_rmsnorm", "ds_rope", "ds_rope2", "ds_store_kv", "ds_attn",
+	names := []string{"ds_mv_any", "ds_rmsnorm", "ds_rope", "ds_rope2", "ds_rope_kv", "ds_store_kv", "ds_attn",
 		"ds_attn_combine", "ds_attn_mq", "ds_attn_tc32", "ds_attn_tc48", "ds_attn_tc64", "ds_attn_tc128", "ds_swiglu", "ds_add", "ds_add_rmsnorm", "ds_embed", "ds_softmax", "ds_argmax", "ds_nop",
 		"ds_sum_words", "ds_fill_words", "ds_tcv_f16", "ds_tcm_f16", "ds_tcv_q8", "ds_tcm_q8", "ds_tcb_f16", "ds_tcb_q8",
 		"ds_f32_to_f16", "ds_f32_to_f16v", "ds_q8_to_f16",
@@ -88,6 +88,16 @@ type Stream struct {
 		x                           DevPtr
 		n, nheads, hd, stride, pos0 int
 		base                        float32
+	}
+	// lastRoPE2: the ds_rope2 recorded last (q: nq heads, rows of qstride; k: nk heads, rows of
+	// kstride), valid while seq == lastRoPE2.seq: a StoreKV of its keys joins it (ds_rope_kv).
+	lastRoPE2 struct {
+		seq                             uint64
+		rec                             int
+		q, k                            DevPtr
+		nq, qstride, nk, kstride, n, hd int
+		pos0                            int
+		base                            float32
 	}
 }
 
@@ -456,6 +466,10 @@ func (s *Stream) RoPE(x DevPtr, n, nheads, hd, stride, pos0 int, base float32) e
 			a.ptr(lr.x).i32(lr.nheads).i32(lr.stride).ptr(x).i32(nheads).i32(stride).i32(n).i32(hd).i32(pos0).f32(base)
 			all := total + n*lr.nheads*hd/2
 			s.rerecord(lr.rec, f, [3]uint32{uint32(ceilDiv(all, 256)), 1, 1}, [3]uint32{256, 1, 1}, &a)
+			l2 := &s.lastRoPE2
+			l2.seq, l2.rec, l2.q, l2.k = s.seq, lr.rec, lr.x, x
+			l2.nq, l2.qstride, l2.nk, l2.kstride = lr.nheads, lr.stride, nheads, stride
+			l2.n, l2.hd, l2.pos0, l2.base = n, hd, pos0, base
 			return nil
 		}
 	}
@@ -556,6 +570,27 @@ func (s *Stream) StoreKVTable2(k, v DevPtr, n, pos0 int, l KVLayout, tab, tab2 D
 		return fmt.Errorf("cuda: store kv at %d..%d with %d blocks of %d", pos0, pos0+n, nblocks, l.BlockSize)
 	}
 	total := n * l.NKVHeads * l.HeadDim
+	row := l.NKVHeads * l.HeadDim
+	if l2 := &s.lastRoPE2; s.q != nil && l2.seq == s.seq && l2.rec == len(s.q.recs.fns)-1 &&
+		l2.k == k && l2.n == n && l2.pos0 == pos0 && l2.hd == l.HeadDim && l2.nk == l.NKVHeads &&
+		l2.kstride == row {
+		span := func(p DevPtr, nh, st int) (DevPtr, DevPtr) { return p, p + DevPtr(4*((n-1)*st+nh*l.HeadDim)) }
+		vlo, vhi := span(v, l.NKVHeads, row)
+		qlo, qhi := span(l2.q, l2.nq, l2.qstride)
+		klo, khi := span(k, l.NKVHeads, row)
+		if (vhi <= qlo || qhi <= vlo) && (vhi <= klo || khi <= vlo) {
+			f, ok := s.d.fns["ds_rope_kv"]
+			if !ok {
+				return fmt.Errorf("cuda: no kernel ds_rope_kv")
+			}
+			var a argSlots
+			a.ptr(l2.q).i32(l2.nq).i32(l2.qstride).ptr(k).ptr(v).i32(l.NKVHeads).i32(n).i32(l.HeadDim).
+				i32(pos0).f32(l2.base).i32(l.BlockSize).i32(int(l.KVType)).ptr(tab).ptr(tab2)
+			all := n * (l2.nq + l.NKVHeads) * l.HeadDim / 2
+			s.rerecord(l2.rec, f, [3]uint32{uint32(ceilDiv(all, 256)), 1, 1}, [3]uint32{256, 1, 1}, &a)
+			return nil
+		}
+	}
 	var a argSlots
 	a.ptr(k).ptr(v).i32(n).i32(pos0).i32(l.BlockSize).i32(l.NKVHeads).i32(l.HeadDim).i32(int(l.KVType)).ptr(tab).ptr(tab2)
 	return s.launch("ds_store_kv", [3]uint32{uint32(ceilDiv(total, 256)), 1, 1}, [3]uint32{256, 1, 1}, 0, &a)

@@ -938,18 +938,13 @@ extern "C" __global__ void ds_rope2(float* x, int nheads, int stride, float* y, 
 // store_kv: writes K and V of n tokens at positions pos0.. into their blocks, converting to
 // the KV type (F16 round to nearest even). k, v are [n][nkv*hd]. When blocks2 is not null the
 // same bytes also go to the blocks it lists (a device copy and the linear memory at once).
-extern "C" __global__ void ds_store_kv(const float* k, const float* v, int n, int pos0,
-                                       int bsize, int nkv, int hd, int kvtype,
-                                       const u64* blocks, const u64* blocks2) {
-    int row = nkv * hd;
-    long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (id >= (long long)n * row) return;
-    int e = (int)(id % row);
-    int t = (int)(id / row);
+// kv_put: stores K and V element e of token t (position pos0 + t) as ds_store_kv does.
+__device__ __forceinline__ void kv_put(float kv, float vv, int e, int t, int pos0, int bsize,
+                                       int row, int kvtype, const u64* blocks,
+                                       const u64* blocks2) {
     int p = pos0 + t;
     size_t off = (size_t)(p % bsize) * row + e;
     size_t vofs = (size_t)bsize * row;
-    float kv = k[(size_t)t * row + e], vv = v[(size_t)t * row + e];
     if (kvtype == DT_F16) {
         __half kh = __float2half_rn(kv), vh = __float2half_rn(vv);
         __half* b = (__half*)blocks[p / bsize];
@@ -970,6 +965,44 @@ extern "C" __global__ void ds_store_kv(const float* k, const float* v, int n, in
             b[vofs + off] = vv;
         }
     }
+}
+
+extern "C" __global__ void ds_store_kv(const float* k, const float* v, int n, int pos0,
+                                       int bsize, int nkv, int hd, int kvtype,
+                                       const u64* blocks, const u64* blocks2) {
+    int row = nkv * hd;
+    long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (id >= (long long)n * row) return;
+    int e = (int)(id % row);
+    int t = (int)(id / row);
+    kv_put(k[(size_t)t * row + e], v[(size_t)t * row + e], e, t, pos0, bsize, row, kvtype,
+           blocks, blocks2);
+}
+
+// rope_kv: ds_rope2 of q (nheads, stride) and k (nkv heads, rows of nkv*hd), then ds_store_kv
+// of k and v, in one launch: the thread that rotates a pair of k also stores it and the same
+// pair of v (v must not overlap q or k). The same bits as the three launches.
+extern "C" __global__ void ds_rope_kv(float* q, int nheads, int stride, float* k, const float* v,
+                                      int nkv, int n, int hd, int pos0, float base, int bsize,
+                                      int kvtype, const u64* blocks, const u64* blocks2) {
+    long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    int half = hd >> 1, row = nkv * hd;
+    long long n1 = (long long)n * nheads * half;
+    if (id < n1) {
+        rope_one(q, id, nheads, hd, stride, pos0, base);
+        return;
+    }
+    id -= n1;
+    if (id >= (long long)n * nkv * half) return;
+    rope_one(k, id, nkv, hd, row, pos0, base);
+    int i = (int)(id % half);
+    int h = (int)((id / half) % nkv);
+    int t = (int)(id / ((long long)half * nkv));
+    int e = h * hd + 2 * i;
+    const float* kp = k + (size_t)t * row + e;
+    const float* vp = v + (size_t)t * row + e;
+    kv_put(kp[0], vp[0], e, t, pos0, bsize, row, kvtype, blocks, blocks2);
+    kv_put(kp[1], vp[1], e + 1, t, pos0, bsize, row, kvtype, blocks, blocks2);
 }
 
 // ---- attention ------------------------------------------------------------------------------
