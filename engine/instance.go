@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/binary"
 	"errors"
@@ -102,6 +103,23 @@ type Sampler struct {
 	Seed uint64
 }
 
+// Candidates is how many of the best logits (in the sampler's order: larger first, NaN as
+// -Inf, the lower id first among equal ones) s reads to draw a token over a vocabulary of
+// vocab: 1 when greedy (Temp 0: the argmax), TopK when 0 < TopK < vocab (the softmax and
+// TopP's nucleus run over those alone), and vocab otherwise (temperature over the whole
+// vocabulary, with or without TopP: the softmax's sum covers every logit). A sampler drawing
+// from logits whose Candidates best entries are exact draws exactly what it draws from the
+// full vector (see Instance.MarkLogitsTop).
+func (s Sampler) Candidates(vocab int) int {
+	switch {
+	case s.Temp == 0:
+		return min(1, vocab)
+	case s.TopK > 0 && s.TopK < vocab:
+		return s.TopK
+	}
+	return vocab
+}
+
 // InstanceOptions configures a new instance; zero values pick the defaults.
 type InstanceOptions struct {
 	KVType    KVType // default F16
@@ -150,6 +168,12 @@ type Instance struct {
 	// the state buffers handed out by StateBuffers, until LoadStateBuffers
 	stHead, stLogits int
 	stPending        bool
+
+	// logitsTop > 0: the guest's logits are partial, only the logitsTop best exact and -Inf
+	// everywhere else (MarkLogitsTop), until they change (a feed or a state load clears it).
+	logitsTop int
+	rcBuf     []byte // recompute scratch: the state to roll back to
+	rcKV      []byte // recompute scratch: the last position's KV blocks
 }
 
 // maxThreads bounds InstanceOptions.Threads: each thread is a goroutine of the instance's
@@ -511,11 +535,20 @@ func (in *Instance) Prefill(tokens []int32) error {
 	if err := in.write(b); err != nil {
 		return err
 	}
-	return in.callStatus("feed", int32(len(tokens)))
+	if err := in.callStatus("feed", int32(len(tokens))); err != nil {
+		return err
+	}
+	in.logitsTop = 0
+	return nil
 }
 
 // Sample draws the next token from the current logits without feeding it (the RNG advances).
+// When the logits are partial (MarkLogitsTop) and the sampler reads more candidates than they
+// hold, it recomputes them first (CompleteLogits).
 func (in *Instance) Sample() (int32, error) {
+	if err := in.logitsFor(in.opts.Sampler); err != nil {
+		return 0, err
+	}
 	v, err := in.callI64("sample")
 	if err != nil {
 		return 0, err
@@ -526,8 +559,12 @@ func (in *Instance) Sample() (int32, error) {
 	return int32(v), nil
 }
 
-// Step samples the next token, feeds it (one forward pass) and returns it.
+// Step samples the next token, feeds it (one forward pass) and returns it. Partial logits are
+// completed first when the sampler needs it, as in Sample.
 func (in *Instance) Step() (int32, error) {
+	if err := in.logitsFor(in.opts.Sampler); err != nil {
+		return 0, err
+	}
 	v, err := in.callI64("step")
 	if err != nil {
 		return 0, err
@@ -535,6 +572,7 @@ func (in *Instance) Step() (int32, error) {
 	if v < 0 {
 		return 0, in.guestError("step")
 	}
+	in.logitsTop = 0
 	return int32(v), nil
 }
 
@@ -611,8 +649,12 @@ func (in *Instance) span(off uint32, n uint64, what string) ([]byte, error) {
 	return mem[off : uint64(off)+n], nil
 }
 
-// Logits returns a copy of the last token's logits, nil before any token was fed.
+// Logits returns a copy of the last token's logits, nil before any token was fed. Partial
+// logits (MarkLogitsTop) are completed first (CompleteLogits: a forward pass of one token).
 func (in *Instance) Logits() ([]float32, error) {
+	if err := in.CompleteLogits(); err != nil {
+		return nil, err
+	}
 	off, err := in.callU32("logits")
 	if err != nil || off == 0 {
 		return nil, err
@@ -704,49 +746,243 @@ func (in *Instance) parseRegions(name string, off uint32) ([]KVRegion, error) {
 
 // SaveState returns the small state: everything but the KV blocks (position, token history,
 // sampler settings, RNG state, last logits), in the guest's versioned format (guest/ABI.md).
+// Partial logits (MarkLogitsTop) are completed first, so the state holds the full vector.
 func (in *Instance) SaveState() ([]byte, error) { return in.AppendState(nil) }
 
 // AppendState appends the small state (as SaveState returns it) to dst and returns the
 // extended slice: a caller that saves often reuses one buffer (a fresh 512 KiB slice per save
-// costs more than the save itself at a 128k vocabulary).
+// costs more than the save itself at a 128k vocabulary). It is AppendStateHead then
+// AppendLogits.
 func (in *Instance) AppendState(dst []byte) ([]byte, error) {
+	out, nl, err := in.appendHead(dst)
+	if err != nil || nl == 0 {
+		return out, err
+	}
+	return in.AppendLogits(slices.Grow(out, 4*nl))
+}
+
+// AppendStateHead appends the head of the small state to dst: the fixed part and the token
+// history (80 + 4·position bytes), whose header still counts the logits (0 or the vocabulary
+// size) although their values are not appended (AppendLogits, or TopLogits, reads them).
+// It never recomputes anything: the head of partial logits is the head of the full ones.
+func (in *Instance) AppendStateHead(dst []byte) ([]byte, error) {
+	out, _, err := in.appendHead(dst)
+	return out, err
+}
+
+// appendHead is AppendStateHead, also returning the logits count of the header.
+func (in *Instance) appendHead(dst []byte) ([]byte, int, error) {
 	off, err := in.callU32("state_save_head")
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if off == 0 {
-		return nil, in.guestError("state_save_head")
+		return nil, 0, in.guestError("state_save_head")
 	}
 	head, err := in.record(off)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if len(head) < stateFixed {
-		return nil, fmt.Errorf("%w: state_save_head: short record", ErrGuest)
+		return nil, 0, fmt.Errorf("%w: state_save_head: short record", ErrGuest)
 	}
 	nl := int(binary.LittleEndian.Uint32(head[76:]))
 	if nl != 0 && nl != in.model.hyper.Vocab {
-		return nil, fmt.Errorf("%w: state_save_head: %d logits for a vocabulary of %d", ErrGuest, nl, in.model.hyper.Vocab)
+		return nil, 0, fmt.Errorf("%w: state_save_head: %d logits for a vocabulary of %d", ErrGuest, nl, in.model.hyper.Vocab)
 	}
-	start := len(dst)
-	out := slices.Grow(dst, len(head)+4*nl)[:start+len(head)+4*nl]
-	copy(out[start:], head)
-	if nl > 0 {
-		loff, err := in.callU32("logits")
-		if err != nil {
-			return nil, err
-		}
-		lb, err := in.span(loff, 4*uint64(nl), "logits")
-		if err != nil || loff == 0 {
-			return nil, fmt.Errorf("%w: state_save_head: logits at %d: %v", ErrGuest, loff, err)
-		}
-		copy(out[start+len(head):], lb)
+	return append(dst, head...), nl, nil
+}
+
+// AppendLogits appends the last token's logits to dst as vocabulary-size little-endian
+// float32s (the tail of the small state), completing partial logits first (CompleteLogits).
+// With no logits (nothing fed, or a prefix adopted) it appends nothing.
+func (in *Instance) AppendLogits(dst []byte) ([]byte, error) {
+	if err := in.CompleteLogits(); err != nil {
+		return nil, err
 	}
-	return out, nil
+	lb, err := in.logitBytes()
+	if err != nil || lb == nil {
+		return dst, err
+	}
+	return append(dst, lb...), nil
+}
+
+// logitBytes is the guest's logits buffer in linear memory (valid until the next guest call),
+// nil when it has no logits.
+func (in *Instance) logitBytes() ([]byte, error) {
+	loff, err := in.callU32("logits")
+	if err != nil || loff == 0 {
+		return nil, err
+	}
+	return in.span(loff, 4*uint64(in.model.hyper.Vocab), "logits")
+}
+
+// TopLogits writes the len(ids) best of the last token's logits, best first in the sampler's
+// order (larger first, NaN as -Inf, -0 equal to +0, the lower id first among equal ones): ids[j]
+// the index, vals[j] its logit with NaN written as -Inf. len(vals) must equal len(ids), 1 ≤
+// len(ids) ≤ the vocabulary size, and the instance must have logits. When the logits are
+// partial and hold fewer than len(ids) entries, they are completed first (CompleteLogits);
+// otherwise nothing is recomputed. The selection runs on the host's CPU over linear memory
+// (engine/cpu TopK: one pass with a heap of len(ids), then a sort of those).
+func (in *Instance) TopLogits(ids []int32, vals []float32) error {
+	v := in.model.hyper.Vocab
+	if len(ids) < 1 || len(ids) > v || len(vals) != len(ids) {
+		return fmt.Errorf("engine: top logits: %d ids and %d values for a vocabulary of %d", len(ids), len(vals), v)
+	}
+	if in.logitsTop > 0 && len(ids) > in.logitsTop {
+		if err := in.CompleteLogits(); err != nil {
+			return err
+		}
+	}
+	lb, err := in.logitBytes()
+	if err != nil {
+		return err
+	}
+	if lb == nil {
+		return errors.New("engine: top logits: the instance has no logits (feed tokens first)")
+	}
+	in.keyBuf = cpu.TopK(ids, vals, unsafe.Slice((*float32)(unsafe.Pointer(&lb[0])), v), in.keyBuf)
+	return nil
+}
+
+// MarkLogitsTop tells the instance that its logits (just loaded: LoadState or
+// LoadStateBuffers) hold only the k best of the last token's logits: those k exact at their
+// ids, in the sampler's order, and -Inf at every other id, as a restore of a checkpoint that
+// kept only the top k writes them (checkpoint.ExpandTopLogits). Such a vector has exactly the
+// same k' best, for every k' ≤ k, as the full one (ties, -Inf and NaN included: NaN reads as
+// -Inf either way), so a sampler whose Candidates are at most k draws from it exactly what it
+// draws from the full vector, and the instance samples from it as it is. A sampler that reads
+// more (SetSampler to a temperature over the whole vocabulary, say), Logits, SaveState and
+// AppendLogits first recompute the full logits (CompleteLogits). The mark lasts until the
+// logits change: Prefill, Step or a state load clears it. k ≥ the vocabulary size clears it; k
+// < 1 is an error, and so is an instance without logits.
+func (in *Instance) MarkLogitsTop(k int) error {
+	if k < 1 {
+		return fmt.Errorf("engine: mark the top %d logits: want at least 1", k)
+	}
+	lb, err := in.logitBytes()
+	if err != nil {
+		return err
+	}
+	if lb == nil {
+		return errors.New("engine: mark top logits: the instance has no logits")
+	}
+	in.logitsTop = k
+	if k >= in.model.hyper.Vocab {
+		in.logitsTop = 0
+	}
+	return nil
+}
+
+// LogitsTop is the number of exact best logits the instance holds when they are partial
+// (MarkLogitsTop), and 0 when its logits are the full vector (or it has none).
+func (in *Instance) LogitsTop() int { return in.logitsTop }
+
+// logitsFor completes partial logits when s reads more candidates than they hold.
+func (in *Instance) logitsFor(s Sampler) error {
+	if in.logitsTop > 0 && s.Candidates(in.model.hyper.Vocab) > in.logitsTop {
+		return in.CompleteLogits()
+	}
+	return nil
+}
+
+// CompleteLogits recomputes the full logits of the last position when they are partial
+// (MarkLogitsTop; otherwise it does nothing): it loads the state one position back (the
+// history without its last token, the same sampler settings and RNG state, no logits) and
+// feeds that last token again, a forward pass of one token over the KV cache of the earlier
+// positions. The token's keys and values are written again at the last position; where the
+// backend writes other bits than those in place (a kernel that rounds differently for one
+// token than for a batch) the bytes in place are put back, so the KV cache, the position,
+// the history, the sampler and the RNG are exactly as before: only the logits change.
+//
+// The recomputed logits are bit-identical to the original ones on the CPU backend, whichever
+// way those were computed (a prefill of any batch size, or a Step): its kernels give every
+// token the same bits whatever the batch (engine/cpu, "Determinism"; TestCompleteLogits). On
+// other backends they are the same up to the rounding of their batched kernels.
+//
+// On error the state is put back as it was (the logits still partial) when the guest still
+// runs.
+func (in *Instance) CompleteLogits() error {
+	k := in.logitsTop
+	if k == 0 {
+		return nil
+	}
+	st, nl, err := in.appendHead(in.rcBuf[:0])
+	if err != nil {
+		return fmt.Errorf("engine: complete logits: %w", err)
+	}
+	if nl == 0 {
+		in.logitsTop = 0
+		return nil
+	}
+	if st, err = in.appendLogitBytes(st); err != nil {
+		return fmt.Errorf("engine: complete logits: %w", err)
+	}
+	in.rcBuf = st
+	le := binary.LittleEndian
+	pos := int(le.Uint32(st[20:]))
+	if pos < 1 || len(st) < stateFixed+4*pos {
+		return fmt.Errorf("%w: complete logits: state of %d bytes at position %d", ErrGuest, len(st), pos)
+	}
+	last := int32(le.Uint32(st[stateFixed+4*(pos-1):]))
+	// The last position's blocks, as they are.
+	regs, err := in.KVRegions()
+	if err != nil {
+		return fmt.Errorf("engine: complete logits: %w", err)
+	}
+	b := (pos - 1) / in.layout.BlockSize
+	kv := in.rcKV[:0]
+	var mine []KVRegion
+	mem := in.region.Bytes()
+	for _, r := range regs {
+		if r.Block == b {
+			mine = append(mine, r)
+			kv = append(kv, mem[uint64(r.Offset):uint64(r.Offset)+uint64(r.Length)]...)
+		}
+	}
+	in.rcKV = kv
+	back := make([]byte, stateFixed+4*(pos-1))
+	copy(back, st[:len(back)])
+	le.PutUint32(back[20:], uint32(pos-1))
+	le.PutUint32(back[76:], 0)
+	if err := in.LoadState(back); err != nil {
+		in.logitsTop = k
+		return fmt.Errorf("engine: complete logits: load the state at position %d: %w", pos-1, err)
+	}
+	if err := in.Prefill([]int32{last}); err != nil {
+		if in.LoadState(st) == nil {
+			in.logitsTop = k
+		}
+		return fmt.Errorf("engine: complete logits: feed token %d at position %d: %w", last, pos-1, err)
+	}
+	mem = in.region.Bytes()
+	changed := false
+	for i, r := range mine {
+		old := kv[i*int(r.Length) : (i+1)*int(r.Length)]
+		if dst := mem[uint64(r.Offset) : uint64(r.Offset)+uint64(r.Length)]; !bytes.Equal(dst, old) {
+			copy(dst, old)
+			changed = true
+		}
+	}
+	if changed {
+		in.invalidateKV()
+	}
+	return nil
+}
+
+// appendLogitBytes appends the logits buffer as it is (partial or not) to dst.
+func (in *Instance) appendLogitBytes(dst []byte) ([]byte, error) {
+	lb, err := in.logitBytes()
+	if err != nil {
+		return nil, err
+	}
+	return append(dst, lb...), nil
 }
 
 // LoadState replaces the small state with one from SaveState. The KV blocks for its position
-// must have been allocated (AllocKV) and filled first. On error the state is unchanged.
+// must have been allocated (AllocKV) and filled first. On error the state is unchanged. The
+// loaded logits count as the full vector: a caller that wrote only the best of them marks them
+// afterwards (MarkLogitsTop).
 //
 // A well-formed state goes straight to its places in the guest's memory (the head to the
 // transfer buffer, the logits to the guest's logits buffer: StateBuffers); anything else is
@@ -769,6 +1005,7 @@ func (in *Instance) LoadState(state []byte) error {
 		return err
 	}
 	in.noteSampler(state)
+	in.logitsTop = 0
 	return nil
 }
 
@@ -881,6 +1118,7 @@ func (in *Instance) LoadStateBuffers() error {
 		return err
 	}
 	in.noteSampler(sampler)
+	in.logitsTop = 0
 	return nil
 }
 
