@@ -65,6 +65,25 @@ type Retainer interface {
 	Flush() error
 }
 
+// JournalBatch is the optional capability of a Batch to carry one entry of its caller's journal
+// (the index's commit log; see index.Index.CommitBatch) with its chunks: CommitJournal is
+// Commit, with payload written after the chunks and made durable by the same barrier, never
+// before them. When it returns nil the chunks are durable and visible and the entry is
+// durable; JournalStore.JournalEntries of the store opened later lists it until a compaction
+// of its file, which keeps it while it is held: release (call it exactly once) says the caller
+// no longer needs it (it has applied the entry durably elsewhere). On error the entry is
+// cancelled (best effort: after a failed sync the fate of the bytes is unknown to everyone) and
+// the chunks are as after a failed Commit. payload is only read during the call.
+type JournalBatch interface {
+	CommitJournal(ctx context.Context, payload []byte) (release func(), err error)
+}
+
+// JournalStore is the optional capability of a Store whose batches are JournalBatches: it
+// lists the journal entries found when it was opened (see Pack.JournalEntries).
+type JournalStore interface {
+	JournalEntries(fn func(payload []byte) error) error
+}
+
 // Batcher is the optional capability of a Store to write chunks in batches (see Batch).
 // NewBatch returns an empty batch; batches are independent of each other and of Put.
 type Batcher interface {

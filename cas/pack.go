@@ -29,21 +29,25 @@ import (
 //
 //	offset  0  4 bytes  magic "DSPK"
 //	offset  4  1 byte   format version, 1
-//	offset  5  1 byte   kind: 1 chunk, 2 tombstone, 3 sync marker
+//	offset  5  1 byte   kind: 1 chunk, 2 tombstone, 3 sync marker, 4 journal entry
 //	offset  6  1 byte   codec (1 raw, 2 zstd, 3 f16planes) for a chunk; 0 otherwise
 //	offset  7  1 byte   reserved, zero
-//	offset  8 32 bytes  digest (BLAKE3-256 of the content) for a chunk or tombstone; zero for a marker
+//	offset  8 32 bytes  digest (BLAKE3-256 of the content) for a chunk or tombstone, of the
+//	                    payload for a journal entry; zero for a marker
 //	offset 40  8 bytes  a: chunk: uncompressed size; tombstone: offset of the record it removes;
-//	                    sync marker: length of the file prefix known durable when it was written
-//	offset 48  4 bytes  b: chunk: payload length; tombstone: number of the pack holding the
-//	                    record it removes; sync marker: zero
+//	                    sync marker: length of the file prefix known durable when it was
+//	                    written; journal entry: zero
+//	offset 48  4 bytes  b: chunk or journal entry: payload length; tombstone: number of the pack
+//	                    holding the record it removes; sync marker: zero
 //	offset 52  8 bytes  write time, Unix nanoseconds
 //	offset 60  4 bytes  CRC-32C (Castagnoli) of bytes 0..59
 //
-// All integers are little-endian. Only chunk records have a payload: the codec's stored form
-// (see codec.go), exactly what a Local chunk file holds after its header. A tombstone removes
-// one record (named by pack number and offset), so a chunk deleted and put again is not removed
-// by the old tombstone. A sync marker is appended (not synced itself) after each successful
+// All integers are little-endian. Chunk records and journal entries have a payload: a chunk's
+// is the codec's stored form (see codec.go), exactly what a Local chunk file holds after its
+// header; a journal entry's is opaque bytes of the index's (see JournalBatch), written after a
+// batch's chunks and made durable by the same sync. A tombstone removes one record (named by
+// pack number and offset), so a chunk deleted and put again is not removed by the old
+// tombstone; a tombstone naming a journal entry cancels it (its commit failed). A sync marker is appended (not synced itself) after each successful
 // fdatasync of the pack and says how long a prefix of the file that sync made durable.
 //
 // Opening scans every pack's record headers (a pread of each header; payloads are skipped).
@@ -68,10 +72,14 @@ const (
 	kindChunk     = 1
 	kindTombstone = 2
 	kindSync      = 3
+	kindJournal   = 4
 
 	// maxStoredLen bounds a chunk record's payload: a compressed form larger than its content
 	// is never stored, but leave room as codec.go's parseHeader does.
 	maxStoredLen = MaxChunkSize + MaxChunkSize/2
+
+	// MaxJournalSize bounds a journal entry's payload.
+	MaxJournalSize = 1 << 28
 
 	// DefaultMaxPackSize is the size at which a pack file is sealed and a new one started.
 	DefaultMaxPackSize = 1 << 30
@@ -105,7 +113,7 @@ type recordHeader struct {
 
 // payloadLen is the length of the payload that follows the header.
 func (h *recordHeader) payloadLen() int64 {
-	if h.kind == kindChunk {
+	if h.kind == kindChunk || h.kind == kindJournal {
 		return int64(h.b)
 	}
 	return 0
@@ -171,6 +179,10 @@ func parseRecordHeader(b []byte) (recordHeader, error) {
 		if h.codec != 0 || h.b != 0 || !h.digest.IsZero() || h.a > 1<<62 {
 			return h, fmt.Errorf("bad sync marker fields")
 		}
+	case kindJournal:
+		if h.codec != 0 || h.a != 0 || h.b > MaxJournalSize {
+			return h, fmt.Errorf("bad journal entry fields")
+		}
 	default:
 		return h, fmt.Errorf("unknown record kind %d", h.kind)
 	}
@@ -235,6 +247,9 @@ type Pack struct {
 	nextNum  uint32    // number of the next pack file
 	inflight map[Digest]chan struct{}
 	closed   bool
+	// journal lists the journal entries the scan at open found, in file order (see
+	// JournalEntries); entries written since are not added.
+	journal []packEntry
 	// noAlloc: the directory's file system gains nothing from blocks allocated ahead
 	// (tmpfs: it would only zero pages early); set at open.
 	noAlloc bool
@@ -303,6 +318,8 @@ var (
 	_ StoredWriter   = (*Pack)(nil)
 	_ Batcher        = (*Pack)(nil)
 	_ BatchPutter    = (*Pack)(nil)
+	_ JournalStore   = (*Pack)(nil)
+	_ JournalBatch   = (*packBatch)(nil)
 )
 
 func packName(num uint32) string { return fmt.Sprintf("pack-%08d.dsp", num) }
@@ -573,7 +590,7 @@ func (p *Pack) resync(pf *packFile, from, size int64, dups map[Digest][]packEntr
 			return
 		}
 		for _, r := range recs {
-			if r.h.kind != kindChunk {
+			if r.h.kind != kindChunk && r.h.kind != kindJournal {
 				continue
 			}
 			if verifyRecord(pf.f, r) != nil {
@@ -586,13 +603,20 @@ func (p *Pack) resync(pf *packFile, from, size int64, dups map[Digest][]packEntr
 	}
 }
 
-// verifyRecord decodes a chunk record's payload and checks it against its digest and size.
+// verifyRecord decodes a chunk record's payload and checks it against its digest and size, or
+// checks a journal entry's payload against its digest.
 func verifyRecord(f io.ReaderAt, r scannedRecord) error {
 	buf := getBuf(int(r.h.b))
 	defer putBuf(buf)
 	payload := (*buf)[:r.h.b]
 	if _, err := f.ReadAt(payload, r.off+packHeaderSize); err != nil && !(errors.Is(err, io.EOF) && len(payload) == 0) {
 		return err
+	}
+	if r.h.kind == kindJournal {
+		if Sum(payload) != r.h.digest {
+			return fmt.Errorf("journal entry at %d: payload does not match its digest", r.off)
+		}
+		return nil
 	}
 	size, err := verifyStored(r.h.digest, r.h.codec, payload)
 	if err != nil {
@@ -616,7 +640,7 @@ func (p *Pack) scan(pf *packFile, dups map[Digest][]packEntry) error {
 		return err
 	}
 	for i, r := range recs {
-		if r.off < durable || r.h.kind != kindChunk {
+		if r.off < durable || r.h.kind != kindChunk && r.h.kind != kindJournal {
 			continue
 		}
 		if verifyRecord(pf.f, r) != nil {
@@ -684,6 +708,9 @@ func (p *Pack) apply(pf *packFile, r scannedRecord, dups map[Digest][]packEntry)
 		if len(dups[d]) == 0 {
 			delete(dups, d)
 		}
+		p.journal = slices.DeleteFunc(p.journal, func(e packEntry) bool { return e.pack == num && e.off == off })
+	case kindJournal:
+		p.journal = append(p.journal, packEntry{pack: pf.num, off: r.off, length: h.b, mod: h.time})
 	}
 }
 
@@ -902,4 +929,57 @@ func LocatePacked(dir string, d Digest) (path string, payloadOffset int64, store
 		return "", 0, 0, fmt.Errorf("locate %s in %s: %w", d, dir, err)
 	}
 	return p.Locate(d)
+}
+
+// JournalEntries calls fn with the payload of every journal entry the store held when it was
+// opened, in the order written (pack by pack), except those a tombstone cancelled; fn's error
+// stops the walk and is returned. An entry whose payload no longer matches its digest is
+// skipped, and the walk then ends with a *CorruptError for the first such entry (after fn saw
+// every good one). payload is valid only during fn. Entries written through this Pack since it
+// was opened are not listed: they are the writer's to remember.
+func (p *Pack) JournalEntries(fn func(payload []byte) error) error {
+	p.mu.RLock()
+	ents := slices.Clone(p.journal)
+	p.mu.RUnlock()
+	var bad error
+	for _, e := range ents {
+		buf := getBuf(packHeaderSize + int(e.length))
+		rec := (*buf)[:packHeaderSize+int(e.length)]
+		err := p.readJournal(e, rec)
+		if err == nil {
+			h, herr := parseRecordHeader(rec)
+			payload := rec[packHeaderSize:]
+			if herr != nil || h.kind != kindJournal || Sum(payload) != h.digest {
+				if bad == nil {
+					bad = &CorruptError{Digest: h.digest, Reason: fmt.Sprintf("journal entry at %s+%d does not match its digest", packName(e.pack), e.off)}
+				}
+			} else {
+				err = fn(payload)
+			}
+		}
+		putBuf(buf)
+		if err != nil {
+			return err
+		}
+	}
+	return bad
+}
+
+// readJournal reads the record of journal entry e (header and payload) into rec.
+func (p *Pack) readJournal(e packEntry, rec []byte) error {
+	p.mu.RLock()
+	pf := p.packs[e.pack]
+	p.mu.RUnlock()
+	if pf == nil {
+		return fmt.Errorf("journal entry in %s: %w", packName(e.pack), ErrClosed)
+	}
+	pf.rw.RLock()
+	defer pf.rw.RUnlock()
+	if pf.closed {
+		return fmt.Errorf("journal entry in %s: %w", pf.path, ErrClosed)
+	}
+	if _, err := pf.f.ReadAt(rec, e.off); err != nil {
+		return fmt.Errorf("journal entry in %s at %d: %w", pf.path, e.off, err)
+	}
+	return nil
 }

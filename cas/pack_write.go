@@ -868,10 +868,36 @@ func placed(written []*packPending) []*packRecord {
 }
 
 func (b *packBatch) Commit(ctx context.Context) error {
+	_, err := b.commit(ctx, nil)
+	return err
+}
+
+// CommitJournal is Commit with a journal entry carrying payload written after the batch's
+// chunks and made durable by the same sync (see JournalBatch).
+func (b *packBatch) CommitJournal(ctx context.Context, payload []byte) (release func(), err error) {
+	if len(payload) > MaxJournalSize {
+		b.Discard()
+		return nil, fmt.Errorf("commit journal entry of %d bytes: over the %d-byte limit", len(payload), MaxJournalSize)
+	}
+	if payload == nil {
+		payload = []byte{}
+	}
+	jr, err := b.commit(ctx, payload)
+	if err != nil {
+		return nil, err
+	}
+	var once sync.Once
+	return func() { once.Do(func() { b.p.unpin(jr) }) }, nil
+}
+
+// commit is Commit, and with journal non-nil CommitJournal: the entry is written after the
+// chunks' last run, and synced last, so that it is never durable without them. The journal
+// entry's record is returned still pinned.
+func (b *packBatch) commit(ctx context.Context, journal []byte) (*packRecord, error) {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return fmt.Errorf("commit: %w", ErrBatchClosed)
+		return nil, fmt.Errorf("commit: %w", ErrBatchClosed)
 	}
 	b.closed = true
 	written := b.written
@@ -881,7 +907,7 @@ func (b *packBatch) Commit(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		b.dropRun()
 		b.p.drop(placed(written))
-		return err
+		return nil, err
 	}
 	if run, ents := b.takeRun(); run != nil {
 		b.writeRun(run, ents) // a failure is the batch's sticky error, checked next
@@ -889,23 +915,68 @@ func (b *packBatch) Commit(ctx context.Context) error {
 	recs := placed(written)
 	if err := b.failed(); err != nil {
 		b.p.drop(recs)
-		return fmt.Errorf("commit %d chunks: %w", len(written), err)
+		return nil, fmt.Errorf("commit %d chunks: %w", len(written), err)
 	}
-	if len(recs) == 0 {
-		return nil
+	var jr *packRecord
+	if journal != nil {
+		var err error
+		if jr, err = b.p.writeJournal(journal); err != nil {
+			b.p.drop(recs)
+			return nil, fmt.Errorf("commit %d chunks: %w", len(recs), err)
+		}
+	}
+	if len(recs) == 0 && jr == nil {
+		return nil, nil
 	}
 	ends := map[*packFile]int64{}
 	for _, r := range recs {
 		ends[r.pf] = max(ends[r.pf], r.end())
 	}
+	// The chunks' packs first, the journal entry's last: an entry made durable vouches for
+	// chunks already durable.
+	fail := func(err error) (*packRecord, error) {
+		b.p.drop(recs)
+		if jr != nil {
+			b.p.cancelJournal(jr)
+		}
+		return nil, fmt.Errorf("commit %d chunks: %w", len(recs), err)
+	}
 	for pf, end := range ends {
+		if jr != nil && pf == jr.pf {
+			continue
+		}
 		if err := b.p.waitDurable(pf, end); err != nil {
-			b.p.drop(recs)
-			return fmt.Errorf("commit %d chunks: %w", len(recs), err)
+			return fail(err)
+		}
+	}
+	if jr != nil {
+		if err := b.p.waitDurable(jr.pf, max(ends[jr.pf], jr.end())); err != nil {
+			return fail(err)
 		}
 	}
 	b.p.publish(recs)
-	return nil
+	return jr, nil
+}
+
+// writeJournal appends a journal entry carrying payload, without syncing. The record is placed
+// and pinned.
+func (p *Pack) writeJournal(payload []byte) (*packRecord, error) {
+	now := time.Now().UnixNano()
+	d := Sum(payload)
+	rec := &packRecord{digest: d, entry: packEntry{length: uint32(len(payload)), mod: now}}
+	hdr := make([]byte, packHeaderSize)
+	(&recordHeader{kind: kindJournal, digest: d, b: uint32(len(payload)), time: now}).encode(hdr)
+	if err := p.writeRecord(rec, hdr, payload); err != nil {
+		return nil, fmt.Errorf("journal entry: %w", err)
+	}
+	return rec, nil
+}
+
+// cancelJournal unpins a journal entry whose commit failed and tombstones it, so that a reopen
+// never finds it (best effort: its pack is broken, so the tombstone goes to another).
+func (p *Pack) cancelJournal(jr *packRecord) {
+	p.unpin(jr)
+	p.writeMeta(nil, recordHeader{kind: kindTombstone, digest: jr.digest, a: uint64(jr.entry.off), b: jr.entry.pack, time: time.Now().UnixNano()})
 }
 
 // drop unpins records that will never be published and tombstones them (best effort: without

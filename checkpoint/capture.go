@@ -50,15 +50,27 @@ type CaptureOptions struct {
 	// KVCodecRaw trades bytes at rest for restores at copy speed. Digests are the same either
 	// way. An unknown value is an error.
 	KVCodec KVCodec
+	// TopLogits is the fewest of the best logits a checkpoint keeps instead of the whole
+	// vector when its sampler reads only the best few (engine.Sampler.Candidates: 1 when
+	// greedy, k for top-k sampling with 0 < k < vocab): it keeps K = max(TopLogits, what the
+	// sampler reads) of them (Checkpoint.TopLogits), K·8 bytes instead of 4·vocab, so a later
+	// top-k change up to K needs no recompute. 0 means DefaultTopLogits. The whole vector is
+	// kept when the sampler reads all of it (temperature with top-k 0, with or without top-p),
+	// when K entries would not be smaller than the vector (K ≥ vocab/2), and with KeepLogits.
+	// An instance whose own logits are partial (restored from top logits:
+	// engine.Instance.LogitsTop) keeps at most the entries it holds, even when its sampler
+	// now reads more (its restore recomputes them when it samples); a negative value is an
+	// error.
+	TopLogits int
+	// KeepLogits keeps the whole logits vector whatever the sampler (the checkpoint as before
+	// top logits). An instance with partial logits recomputes them first
+	// (engine.Instance.CompleteLogits: one token's forward pass).
+	KeepLogits bool
 	// BeforeStore, when set, runs at the start of Commit, before any chunk is hashed or the
 	// garbage collector held off; BeforeSync after every chunk was put and before the
 	// durability barrier. Tests use them to hold a commit (of a snapshot whose instance runs
 	// on meanwhile) at those moments.
 	BeforeStore, BeforeSync func()
-	// BeforeCommit, when set, runs after every chunk is durable and before the chunks are
-	// recorded and the manifest committed, which happen together in one index transaction
-	// (tests use it to observe that moment).
-	BeforeCommit func()
 	// MoveRef, when set, moves a ref to the new checkpoint (compare-and-swap from
 	// MoveRef.Expected; MoveRef.Target is ignored) in the same index transaction: a conflict
 	// commits nothing (the error wraps index.ErrConflict).
@@ -77,13 +89,15 @@ type Result struct {
 	StoredNew     int64 // bytes at rest of the chunks that were new to the store
 	Duration      time.Duration
 	// Phases of Duration: reading the guest's state and KV regions (Prepare); hashing, encoding
-	// and durably storing the chunks (Store); recording them and committing the manifest
-	// (Commit).
+	// and writing the chunks, making them durable and committing the manifest that records
+	// them (Store: index.CommitBatch); what is left (Commit).
 	Prepare, Store, Commit time.Duration
-	// Parts of Store and Commit: hashing, encoding and writing the chunks (Put); then the
-	// chunks' durability barrier (Sync) and, at the same time, building, encoding and hashing
-	// the manifest (Encode); the index transaction that records the chunks and commits the
-	// manifest, its own durability included (Index).
+	// Parts of Store: hashing, encoding and writing the chunks (Put); building, encoding and
+	// hashing the manifest (Encode); and the rest of the commit (Sync: where the store
+	// journals, checking the commit and the one barrier of the chunks and the journal entry;
+	// elsewhere, the chunks' barrier, which runs beside Encode, and the index transaction with
+	// its own two, which is also Index). With the journal Index is 0: the index file is brought
+	// up to date in the background.
 	Put, Sync, Encode, Index time.Duration
 }
 
@@ -154,9 +168,12 @@ func takeSnapshot(model *engine.Model, in *engine.Instance, opts CaptureOptions,
 	if _, err := ParseKVCodec(string(opts.KVCodec)); err != nil {
 		return nil, err
 	}
+	if opts.TopLogits < 0 {
+		return nil, fmt.Errorf("checkpoint: %d top logits", opts.TopLogits)
+	}
 	layout := LayoutOf(in.Layout())
 	sbuf := statePool.Get().(*[]byte)
-	state, err := in.AppendState((*sbuf)[:0])
+	state, err := in.AppendStateHead((*sbuf)[:0])
 	if err != nil {
 		statePool.Put(sbuf)
 		return nil, fmt.Errorf("checkpoint: save state: %w", err)
@@ -168,19 +185,38 @@ func takeSnapshot(model *engine.Model, in *engine.Instance, opts CaptureOptions,
 			snap.Release()
 		}
 	}()
-	// The head is all a snapshot needs to read; the logits are stored as they are.
+	// The head is all a snapshot needs to parse; then the logits follow it in the state
+	// buffer as they are, or only the best of them (top logits).
 	st, err := ParseStateHead(state[:min(len(state), stateFixed)], -1)
 	if err == nil {
-		if want := st.HeadLen + 4*st.NLogits; len(state) != want {
-			err = fmt.Errorf("%w: guest state of %d bytes does not hold position %d and %d logits", ErrBadCheckpoint, len(state), st.Position, st.NLogits)
+		if len(state) != st.HeadLen {
+			err = fmt.Errorf("%w: guest state head of %d bytes does not hold position %d", ErrBadCheckpoint, len(state), st.Position)
 		} else {
-			st, err = ParseStateHead(state[:st.HeadLen], st.NLogits)
+			st, err = ParseStateHead(state, st.NLogits)
 		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: %w", err)
 	}
 	snap.headLen = st.HeadLen
+	top := 0
+	if st.NLogits > 0 {
+		top = topLogits(opts, st.Sampler, st.NLogits, in.LogitsTop())
+		if top > 0 {
+			ids, vals := make([]int32, top), make([]float32, top)
+			if err = in.TopLogits(ids, vals); err == nil {
+				state = AppendTopLogits(state, ids, vals)
+			}
+		} else if state, err = in.AppendLogits(state); err == nil && len(state) != st.HeadLen+4*st.NLogits {
+			err = fmt.Errorf("%w: guest state of %d bytes does not hold position %d and %d logits", ErrBadCheckpoint, len(state), st.Position, st.NLogits)
+		}
+		if state != nil {
+			snap.state = state
+		}
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint: save logits: %w", err)
+		}
+	}
 	regions, err := in.KVRegions()
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: KV regions: %w", err)
@@ -196,7 +232,7 @@ func takeSnapshot(model *engine.Model, in *engine.Instance, opts CaptureOptions,
 		Model: model.Fingerprint(), ModelSource: opts.ModelSource, Vocab: model.Hyper().Vocab,
 		Guest: cas.Digest(guest.Fingerprint), GuestABI: guest.ABIVersion,
 		Layout: layout, Position: st.Position, Tokens: st.Tokens, Sampler: st.Sampler, RNG: st.RNG,
-		HasLogits: st.NLogits > 0, KV: make([][]index.ChunkRef, layout.Layers),
+		HasLogits: st.NLogits > 0, TopLogits: top, KV: make([][]index.ChunkRef, layout.Layers),
 	}
 	snap.cp = cp
 	if opts.Parent != nil {
@@ -366,10 +402,15 @@ func (s *Snapshot) Commit(ctx context.Context, ix *index.Index) (*Result, error)
 	// The small state: the head (fixed part and token history) as one chunk, the logits as
 	// chunks of at most LogitsChunk bytes, so that a restore decodes them in parallel straight
 	// into the guest's buffers. They go first: at short contexts they are most of the work.
+	// Top logits are one small chunk of ids and logits, with no codec hint.
 	jobs := []job{{data: state[:st:st], state: 1, hint: cas.HintNone}}
-	for off := st; off < len(state); off += LogitsChunk {
-		end := min(off+LogitsChunk, len(state))
-		jobs = append(jobs, job{data: state[off:end:end], state: 1, hint: cas.HintFloat32})
+	step, lhint := LogitsChunk, cas.HintFloat32
+	if cp.TopLogits > 0 {
+		step, lhint = len(state)-st, cas.HintNone
+	}
+	for off := st; off < len(state); off += step {
+		end := min(off+step, len(state))
+		jobs = append(jobs, job{data: state[off:end:end], state: 1, hint: lhint})
 	}
 	for _, j := range s.jobs {
 		j.hint = hint
@@ -433,49 +474,41 @@ func (s *Snapshot) Commit(ctx context.Context, ix *index.Index) (*Result, error)
 	if opts.BeforeSync != nil {
 		opts.BeforeSync()
 	}
-	// The durability barrier of the chunks (Commit) runs while the manifest of the whole
-	// context is built, encoded and hashed: the barrier is mostly waiting on the disk, the
-	// manifest mostly CPU, and the manifest is committed only after the barrier.
-	synced := make(chan error, 1)
-	var syncedAt time.Time
-	go func() {
-		err := batch.Commit(ctx)
-		syncedAt = time.Now()
-		synced <- err
-	}()
+	// One call makes the chunks durable and commits the manifest (with the head's move) in the
+	// index: where the store journals, the manifest goes into the chunks' own barrier (one
+	// sync in all; the index file is brought up to date in the background, see
+	// index.CommitBatch); elsewhere the chunks' barrier runs while the manifest of the whole
+	// context is built, encoded and hashed, and the manifest is committed after it. Either
+	// way the manifest is committed only with every chunk it names durable and recorded.
+	// Chunks the parent names at the same place are not looked up again (index.PutManifest).
 	var enc *index.Encoded
-	m, err := cp.Manifest()
-	if err == nil {
-		enc, err = m.Encoded()
-	}
-	encoded := time.Now()
-	if serr := <-synced; serr != nil {
-		return nil, fmt.Errorf("checkpoint: store %d chunks: %w", len(jobs), serr)
-	}
+	var encode time.Duration
+	ixTime, err := ix.CommitBatch(ctx, batch, func() (index.Commit, error) {
+		t0 := time.Now()
+		m, err := cp.Manifest()
+		if err == nil {
+			enc, err = m.Encoded()
+		}
+		encode = time.Since(t0)
+		if err != nil {
+			return index.Commit{}, fmt.Errorf("checkpoint: manifest: %w", err)
+		}
+		commit := index.Commit{Chunks: infos, Manifests: []*index.Encoded{enc}}
+		if mv := opts.MoveRef; mv != nil {
+			commit.Ref = &index.RefMove{Kind: mv.Kind, Name: mv.Name, Expected: mv.Expected, Target: enc.ID()}
+		}
+		return commit, nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint: manifest: %w", err)
+		return nil, fmt.Errorf("checkpoint: commit %d chunks and the manifest: %w", len(jobs), err)
 	}
 	stored := time.Now()
-	if opts.BeforeCommit != nil {
-		opts.BeforeCommit()
-	}
-	// Record the chunks and commit the manifest in one index transaction: the manifest is
-	// committed only with every chunk it names durable (above) and recorded (here). Chunks the
-	// parent names at the same place are not looked up again (index.PutManifest).
-	ixStart := time.Now()
-	commit := index.Commit{Chunks: infos, Manifests: []*index.Encoded{enc}}
-	if mv := opts.MoveRef; mv != nil {
-		commit.Ref = &index.RefMove{Kind: mv.Kind, Name: mv.Name, Expected: mv.Expected, Target: enc.ID()}
-	}
-	if err := ix.Commit(ctx, commit); err != nil {
-		return nil, fmt.Errorf("checkpoint: commit manifest: %w", err)
-	}
 	cp.ID = enc.ID()
 	res := &Result{
 		Checkpoint: cp, Position: cp.Position, Blocks: nb * layout.Layers, BlocksWritten: written,
 		KVBytes: cp.KVBytes(), BytesWritten: bytesWritten.Load(), Duration: s.duration + time.Since(start),
 		Prepare: s.duration, Store: stored.Sub(start),
-		Put: put.Sub(start), Sync: syncedAt.Sub(put), Encode: encoded.Sub(put), Index: time.Since(ixStart),
+		Put: put.Sub(start), Encode: encode, Sync: stored.Sub(put) - encode, Index: ixTime,
 	}
 	res.Commit = res.Duration - res.Prepare - res.Store
 	for i := range jobs {
@@ -487,6 +520,32 @@ func (s *Snapshot) Commit(ctx context.Context, ix *index.Index) (*Result, error)
 		}
 	}
 	return res, nil
+}
+
+// topLogits is the number of best logits a snapshot keeps instead of the whole vector of
+// vocab, 0 for the whole vector (see CaptureOptions.TopLogits), for an instance whose logits
+// are partial with partial entries (0: the whole vector).
+func topLogits(opts CaptureOptions, smp engine.Sampler, vocab, partial int) int {
+	if opts.KeepLogits {
+		return 0
+	}
+	floor := opts.TopLogits
+	if floor == 0 {
+		floor = DefaultTopLogits
+	}
+	need := smp.Candidates(vocab)
+	k := max(need, floor)
+	if partial > 0 {
+		// What the instance holds is all it has without a forward pass; a sampler that
+		// reads more makes the restored instance recompute.
+		k = min(k, partial)
+	} else if need >= vocab {
+		return 0
+	}
+	if 2*k >= vocab {
+		return 0
+	}
+	return k
 }
 
 // statePool holds buffers for the guest's small state (512 KiB of logits at a 128k

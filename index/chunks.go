@@ -97,7 +97,7 @@ func recordIn(b *bolt.Bucket, infos []cas.Info, now time.Time) error {
 // Chunk returns the record of one chunk, or ErrChunkNotRecorded.
 func (ix *Index) Chunk(d cas.Digest) (ChunkRecord, error) {
 	var r ChunkRecord
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketChunks).Get(d[:])
 		if v == nil {
 			return fmt.Errorf("%w: %s", ErrChunkNotRecorded, d)
@@ -113,7 +113,7 @@ func (ix *Index) Chunk(d cas.Digest) (ChunkRecord, error) {
 // ChunkRecord (Codec 0). One transaction, so the answers are consistent with each other.
 func (ix *Index) Chunks(ds []cas.Digest) ([]ChunkRecord, error) {
 	out := make([]ChunkRecord, len(ds))
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketChunks)
 		for i, d := range ds {
 			v := b.Get(d[:])
@@ -135,7 +135,7 @@ func (ix *Index) Chunks(ds []cas.Digest) ([]ChunkRecord, error) {
 // duplicates. One read transaction; ds is only read.
 func (ix *Index) MissingChunks(ds []cas.Digest) ([]cas.Digest, error) {
 	var missing []cas.Digest
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.view(func(tx *bolt.Tx) error {
 		missing = missingIn(tx.Bucket(bucketChunks), ds)
 		return nil
 	})
@@ -176,7 +176,7 @@ func missingIn(b *bolt.Bucket, ds []cas.Digest) []cas.Digest {
 // fn returns an error, which WalkChunks returns. A record that does not decode stops the walk with
 // an error wrapping ErrCorruptIndex. fn must not call methods that write to the index.
 func (ix *Index) WalkChunks(fn func(ChunkRecord) error) error {
-	return ix.db.View(func(tx *bolt.Tx) error {
+	return ix.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketChunks).ForEach(func(k, v []byte) error {
 			d, ok := digestKey(k)
 			if !ok {

@@ -103,7 +103,7 @@ func (ix *Index) Fsck(ctx context.Context, opts FsckOptions) (*FsckResult, error
 
 	// 1. Snapshot the index (records first: a record implies its chunk was already stored).
 	records := make(map[cas.Digest]ChunkRecord)
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.view(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketChunks).ForEach(func(k, v []byte) error {
 			d, ok := digestKey(k)
 			if !ok {

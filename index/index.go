@@ -136,6 +136,8 @@ type Index struct {
 	// the write transaction, and takes the base of its delta form from here (delta.go).
 	recentMu sync.Mutex
 	recent   []recentManifest
+
+	j journal // see journal.go
 }
 
 // recentManifest is one entry of Index.recent. Its slices are never modified.
@@ -208,6 +210,10 @@ func Open(path string, store cas.Store, opts Options) (*Index, error) {
 		db.Close()
 		return nil, fmt.Errorf("open index %s: %w", path, err)
 	}
+	if err := ix.initJournal(opts.ReadOnly); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open index %s: %w", path, err)
+	}
 	return ix, nil
 }
 
@@ -259,8 +265,12 @@ func (ix *Index) initSchema(readOnly bool) error {
 	})
 }
 
-// Close closes the index file. The store is not closed.
-func (ix *Index) Close() error { return ix.db.Close() }
+// Close closes the index file, once the journaled commit being applied, if any, is. The store
+// is not closed.
+func (ix *Index) Close() error {
+	ix.waitApplied()
+	return ix.db.Close()
+}
 
 // Path returns the index file's path.
 func (ix *Index) Path() string { return ix.path }
@@ -280,7 +290,7 @@ func (ix *Index) HoldGC() (release func()) {
 
 // Check runs bbolt's own consistency check of the file's pages and returns what it found.
 func (ix *Index) Check() error {
-	return ix.db.View(func(tx *bolt.Tx) error {
+	return ix.view(func(tx *bolt.Tx) error {
 		var errs []error
 		for err := range tx.Check() {
 			errs = append(errs, err)
@@ -289,7 +299,14 @@ func (ix *Index) Check() error {
 	})
 }
 
+// update runs a write transaction, after every journaled commit is applied and with no journaled
+// commit between its check and its apply (see journal.go).
 func (ix *Index) update(fn func(tx *bolt.Tx) error) error {
+	ix.j.mu.Lock()
+	defer ix.j.mu.Unlock()
+	if err := ix.waitApplied(); err != nil {
+		return err
+	}
 	err := ix.db.Update(fn)
 	if errors.Is(err, berrors.ErrDatabaseReadOnly) {
 		return fmt.Errorf("%w: %s", ErrReadOnly, ix.path)

@@ -99,46 +99,74 @@ func (ix *Index) Commit(ctx context.Context, c Commit) error {
 	if err := ctxErr(ctx); err != nil {
 		return err
 	}
-	if err := validInfos(c.Chunks); err != nil {
-		return err
-	}
-	var key []byte
-	if c.Ref != nil {
-		var err error
-		if key, err = refKey(c.Ref.Kind, c.Ref.Name); err != nil {
-			return err
-		}
-	}
-	now := ix.now()
-	plans := make([]manifestPlan, len(c.Manifests))
-	for i, e := range c.Manifests {
-		plans[i] = ix.plan(e, plans[:i])
-	}
-	err := ix.update(func(tx *bolt.Tx) error {
-		chunks := tx.Bucket(bucketChunks)
-		if err := recordIn(chunks, c.Chunks, now); err != nil {
-			return err
-		}
-		for i := range plans {
-			if err := plans[i].put(tx, chunks, now); err != nil {
-				return fmt.Errorf("put manifest %s: %w", plans[i].e.id, err)
-			}
-		}
-		if c.Ref != nil {
-			mv := c.Ref
-			if err := moveRefTx(tx, key, casCheck(mv.Kind, mv.Name, mv.Expected), mv.Target, now); err != nil {
-				return fmt.Errorf("move %s %q to %s: %w", mv.Kind, mv.Name, idOrNone(mv.Target), err)
-			}
-		}
-		return nil
-	})
+	p, err := ix.prepare(c)
 	if err != nil {
 		return err
 	}
-	for i := range plans {
-		ix.remember(plans[i].committed())
+	if err := ix.update(p.tx); err != nil {
+		return err
+	}
+	p.remember()
+	return nil
+}
+
+// prepared is a Commit checked for what needs no transaction, with its manifests planned.
+type prepared struct {
+	ix    *Index
+	c     Commit
+	key   []byte // the ref's key, when c.Ref is set
+	now   time.Time
+	plans []manifestPlan
+}
+
+// prepare prepares c for a transaction at the current time.
+func (ix *Index) prepare(c Commit) (*prepared, error) { return ix.prepareAt(c, ix.now()) }
+
+// prepareAt prepares c for a transaction that records now as its time.
+func (ix *Index) prepareAt(c Commit, now time.Time) (*prepared, error) {
+	if err := validInfos(c.Chunks); err != nil {
+		return nil, err
+	}
+	p := &prepared{ix: ix, c: c, now: now, plans: make([]manifestPlan, len(c.Manifests))}
+	if c.Ref != nil {
+		var err error
+		if p.key, err = refKey(c.Ref.Kind, c.Ref.Name); err != nil {
+			return nil, err
+		}
+	}
+	for i, e := range c.Manifests {
+		p.plans[i] = ix.plan(e, p.plans[:i])
+	}
+	return p, nil
+}
+
+// tx writes the commit in tx; an error leaves tx to be rolled back. It may run more than once
+// (a check, then the commit).
+func (p *prepared) tx(tx *bolt.Tx) error {
+	c, now := p.c, p.now
+	chunks := tx.Bucket(bucketChunks)
+	if err := recordIn(chunks, c.Chunks, now); err != nil {
+		return err
+	}
+	for i := range p.plans {
+		if err := p.plans[i].put(tx, chunks, now); err != nil {
+			return fmt.Errorf("put manifest %s: %w", p.plans[i].e.id, err)
+		}
+	}
+	if c.Ref != nil {
+		mv := c.Ref
+		if err := moveRefTx(tx, p.key, casCheck(mv.Kind, mv.Name, mv.Expected), mv.Target, now); err != nil {
+			return fmt.Errorf("move %s %q to %s: %w", mv.Kind, mv.Name, idOrNone(mv.Target), err)
+		}
 	}
 	return nil
+}
+
+// remember keeps the committed manifests as recent (after the transaction committed).
+func (p *prepared) remember() {
+	for i := range p.plans {
+		p.ix.remember(p.plans[i].committed())
+	}
 }
 
 // manifestPlan is one manifest of a Commit: what is known of its parent before the
@@ -304,7 +332,7 @@ func checkChunks(chunks *bolt.Bucket, m *Manifest, parent []Region) error {
 // the caller's.
 func (ix *Index) ManifestBytes(id ID) ([]byte, error) {
 	var out []byte
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.view(func(tx *bolt.Tx) error {
 		mb := tx.Bucket(bucketManifests)
 		v := mb.Get(id[:])
 		if v == nil {
@@ -340,7 +368,7 @@ func (ix *Index) Manifest(id ID) (*Manifest, error) {
 // HasManifest reports whether manifest id is present.
 func (ix *Index) HasManifest(id ID) (bool, error) {
 	var ok bool
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.view(func(tx *bolt.Tx) error {
 		ok = tx.Bucket(bucketManifests).Get(id[:]) != nil
 		return nil
 	})
@@ -363,7 +391,7 @@ type ManifestInfo struct {
 // with Err set rather than failing the whole listing.
 func (ix *Index) Manifests() ([]ManifestInfo, error) {
 	var out []ManifestInfo
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.view(func(tx *bolt.Tx) error {
 		mt := tx.Bucket(bucketMtimes)
 		mb := tx.Bucket(bucketManifests)
 		return mb.ForEach(func(k, v []byte) error {
@@ -420,7 +448,7 @@ func (ix *Index) FindManifests(prefix string, limit int) ([]ID, error) {
 		seek = append(seek, hi...)
 	}
 	var out []ID
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketManifests).Cursor()
 		for k, _ := c.Seek(seek); k != nil; k, _ = c.Next() {
 			if !strings.HasPrefix(hex.EncodeToString(k), prefix) {

@@ -82,7 +82,7 @@ func (ix *Index) Ref(kind RefKind, name string) (ID, error) {
 		return ID{}, err
 	}
 	var id ID
-	err = ix.db.View(func(tx *bolt.Tx) error {
+	err = ix.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketRefs).Get(key)
 		if v == nil {
 			return fmt.Errorf("%w: %s %q", ErrRefNotFound, kind, name)
@@ -190,7 +190,7 @@ func moveRefTx(tx *bolt.Tx, key []byte, check func(cur ID) error, target ID, now
 // Refs lists the refs of one kind (0: all kinds), ordered by kind then name.
 func (ix *Index) Refs(kind RefKind) ([]Ref, error) {
 	var out []Ref
-	err := ix.db.View(func(tx *bolt.Tx) error {
+	err := ix.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketRefs).ForEach(func(k, v []byte) error {
 			r, err := decodeRef(k, v)
 			if err != nil {
@@ -223,7 +223,7 @@ func (ix *Index) RefHistory(kind RefKind, name string) ([]RefChange, error) {
 		return nil, err
 	}
 	var out []RefChange
-	err = ix.db.View(func(tx *bolt.Tx) error {
+	err = ix.view(func(tx *bolt.Tx) error {
 		hb := tx.Bucket(bucketHistory).Bucket(key)
 		if hb == nil {
 			return nil

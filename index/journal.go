@@ -1,0 +1,465 @@
+package index
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/driftstore/driftstore/cas"
+)
+
+// # The journal: one durability barrier per commit
+//
+// A bbolt commit costs two fdatasyncs of the index file (its pages, then its meta page), on top
+// of the barrier that made the chunks durable first. When the chunk store can carry journal
+// entries with its batches (cas.JournalBatch: a Pack), CommitBatch spends one barrier instead
+// of three: the Commit, encoded as a journal entry, is written after its chunks and made
+// durable by the same sync, and the index file is brought up to date afterwards, in the
+// background, by an ordinary (synced) bbolt transaction that also records the entry's
+// sequence number as applied. The pack files are the index's write-ahead log:
+//
+//   - A commit is checked against the index before its entry is written (the same transaction,
+//     rolled back), with every earlier journaled commit applied and no other writer in between
+//     (jmu), so the later apply cannot fail for a reason the check could see.
+//   - Every read of the index waits for the commit being applied, if any: within the process, a
+//     journaled commit is visible to everyone as soon as CommitBatch returns.
+//   - Open (for writing) applies the entries of this index's epoch whose sequence numbers are
+//     above the applied one, in order: a crash after the barrier loses nothing.
+//   - An entry stays pinned in the store (never compacted away) until its apply is durable.
+//
+// The epoch is a random number kept in the index file: entries of another index file (one
+// deleted and made anew beside the same store) are never applied to this one.
+
+// Meta keys of the journal.
+var (
+	keyJournalEpoch   = []byte("journal.epoch")   // 16 random bytes
+	keyJournalApplied = []byte("journal.applied") // uvarint: the last sequence number applied
+)
+
+// journalMagic starts every journal entry's payload (version 1).
+const journalMagic = "DSJ\x01"
+
+// errCheckOnly rolls back the transaction that checks a journaled commit.
+var errCheckOnly = errors.New("index: commit checked")
+
+// journal is the Index's journal state.
+type journal struct {
+	// mu is held by a journaled commit from its check to the hand-off of its apply, and by
+	// every direct writer (update) around its transaction: no write slips between a commit's
+	// check and its apply.
+	mu    sync.Mutex
+	epoch [16]byte
+	seq   uint64 // the last sequence number written or applied; guarded by mu
+
+	pendMu  sync.Mutex
+	pending chan struct{} // closed when the commit being applied is; nil when none
+	err     error         // sticky: an apply failed; every later write fails with it
+
+	beforeApply func() // tests: runs in the apply goroutine before the transaction
+}
+
+// JournalError is returned by writes after a journaled commit, durable in the store, could not be
+// applied to the index file; reopening the index applies it again.
+type JournalError struct {
+	Seq uint64
+	Err error
+}
+
+func (e *JournalError) Error() string {
+	return fmt.Sprintf("index: journaled commit %d could not be applied (reopen the data directory to apply it again): %v", e.Seq, e.Err)
+}
+
+func (e *JournalError) Unwrap() error { return e.Err }
+
+// waitApplied waits for the journaled commit being applied, if any, and returns the sticky
+// error of a failed apply.
+func (ix *Index) waitApplied() error {
+	ix.j.pendMu.Lock()
+	ch := ix.j.pending
+	ix.j.pendMu.Unlock()
+	if ch != nil {
+		<-ch
+	}
+	ix.j.pendMu.Lock()
+	defer ix.j.pendMu.Unlock()
+	return ix.j.err
+}
+
+// view runs a read transaction once the journaled commit being applied, if any, is applied.
+func (ix *Index) view(fn func(tx *bolt.Tx) error) error {
+	ix.waitApplied()
+	return ix.db.View(fn)
+}
+
+// CommitBatch makes batch's chunks durable and commits c (see Commit), which build returns; the
+// chunks must be in c.Chunks (or recorded) as Commit requires, and batch must come from this
+// index's store. build runs once, while the chunks' barrier runs where that is possible; its
+// error (or the barrier's) fails the call with nothing committed. The caller holds HoldGC from
+// its Puts until CommitBatch returns.
+//
+// When the store journals (cas.JournalStore, with cas.JournalBatch batches), the commit is
+// checked, then written as a journal entry made durable with the chunks by one barrier, and
+// applied to the index file in the background (see the journal above): when CommitBatch
+// returns nil the commit is durable and visible to every reader of this Index, which waits for
+// the apply if it has not finished. Otherwise it is batch.Commit, then Commit: three barriers.
+// Errors are Commit's, or the batch's; after an error nothing of c is committed (the chunks may
+// be stored, as garbage). indexTime is how long the call waited for an index transaction: the
+// commit's, without the journal; 0 with it.
+func (ix *Index) CommitBatch(ctx context.Context, batch cas.Batch, build func() (Commit, error)) (indexTime time.Duration, err error) {
+	jb, ok := batch.(cas.JournalBatch)
+	if _, js := ix.store.(cas.JournalStore); !ok || !js {
+		synced := make(chan error, 1)
+		go func() { synced <- batch.Commit(ctx) }()
+		c, err := build()
+		if serr := <-synced; serr != nil {
+			return 0, serr
+		}
+		if err != nil {
+			return 0, err
+		}
+		t0 := time.Now()
+		err = ix.Commit(ctx, c)
+		return time.Since(t0), err
+	}
+	c, err := build()
+	if err != nil {
+		batch.Discard()
+		return 0, err
+	}
+	return 0, ix.commitJournaled(ctx, batch, jb, c)
+}
+
+// commitJournaled is CommitBatch's journal path.
+func (ix *Index) commitJournaled(ctx context.Context, batch cas.Batch, jb cas.JournalBatch, c Commit) error {
+	if err := ctxErr(ctx); err != nil {
+		batch.Discard()
+		return err
+	}
+	ix.j.mu.Lock()
+	defer ix.j.mu.Unlock()
+	if err := ix.waitApplied(); err != nil {
+		batch.Discard()
+		return err
+	}
+	p, err := ix.prepare(c)
+	if err == nil {
+		err = ix.db.Update(func(tx *bolt.Tx) error {
+			if err := p.tx(tx); err != nil {
+				return err
+			}
+			return errCheckOnly
+		})
+		if errors.Is(err, errCheckOnly) {
+			err = nil
+		}
+	}
+	if err != nil {
+		batch.Discard()
+		if errors.Is(err, berrors.ErrDatabaseReadOnly) {
+			err = fmt.Errorf("%w: %s", ErrReadOnly, ix.path)
+		}
+		return err
+	}
+	seq := ix.j.seq + 1
+	release, err := jb.CommitJournal(ctx, encodeJournal(ix.j.epoch, seq, p.now, c))
+	if err != nil {
+		return err
+	}
+	ix.j.seq = seq
+	done := make(chan struct{})
+	ix.j.pendMu.Lock()
+	ix.j.pending = done
+	ix.j.pendMu.Unlock()
+	go func() {
+		if h := ix.j.beforeApply; h != nil {
+			h()
+		}
+		err := ix.apply(p, seq)
+		if err == nil {
+			release()
+		}
+		ix.j.pendMu.Lock()
+		if err != nil && ix.j.err == nil {
+			ix.j.err = &JournalError{Seq: seq, Err: err}
+		}
+		ix.j.pending = nil
+		ix.j.pendMu.Unlock()
+		close(done)
+	}()
+	return nil
+}
+
+// apply commits prepared commit p, journaled as seq, to the index file (synced) and records seq as
+// applied in the same transaction.
+func (ix *Index) apply(p *prepared, seq uint64) error {
+	err := ix.db.Update(func(tx *bolt.Tx) error {
+		if err := p.tx(tx); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keyJournalApplied, binary.AppendUvarint(nil, seq))
+	})
+	if err != nil {
+		return err
+	}
+	p.remember()
+	return nil
+}
+
+// initJournal reads (or makes, when writable) the journal's epoch and applied sequence number,
+// and, when writable and the store journals, applies the entries of this epoch not yet
+// applied, in order. Called by Open.
+func (ix *Index) initJournal(readOnly bool) error {
+	var applied uint64
+	haveEpoch := false
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		mb := tx.Bucket(bucketMeta)
+		if v := mb.Get(keyJournalEpoch); len(v) == len(ix.j.epoch) {
+			copy(ix.j.epoch[:], v)
+			haveEpoch = true
+		}
+		if v := mb.Get(keyJournalApplied); v != nil {
+			n, k := binary.Uvarint(v)
+			if k <= 0 || k != len(v) {
+				return fmt.Errorf("%w: journal.applied entry %x", ErrCorruptIndex, v)
+			}
+			applied = n
+		}
+		return nil
+	})
+	if err != nil || readOnly {
+		return err
+	}
+	js, ok := ix.store.(cas.JournalStore)
+	if !haveEpoch {
+		// A new index file (or one from before the journal): a new epoch, so that entries
+		// written for another index file are never applied to this one.
+		if _, err := rand.Read(ix.j.epoch[:]); err != nil {
+			return fmt.Errorf("journal epoch: %w", err)
+		}
+		if err := ix.db.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketMeta).Put(keyJournalEpoch, ix.j.epoch[:])
+		}); err != nil {
+			return err
+		}
+	}
+	ix.j.seq = applied
+	if !ok || !haveEpoch {
+		return nil
+	}
+	type entry struct {
+		seq uint64
+		now time.Time
+		c   Commit
+	}
+	var todo []entry
+	werr := js.JournalEntries(func(payload []byte) error {
+		epoch, seq, now, c, err := decodeJournal(payload)
+		if err != nil {
+			// An entry that passed its digest check but does not decode was written by a
+			// newer driftstore or is damaged beyond its checksum: not ours to apply.
+			return nil
+		}
+		if epoch != ix.j.epoch || seq <= applied {
+			return nil
+		}
+		todo = append(todo, entry{seq, now, c})
+		return nil
+	})
+	if werr != nil && !errors.As(werr, new(*cas.CorruptError)) {
+		return fmt.Errorf("read the journal: %w", werr)
+	}
+	slices.SortFunc(todo, func(a, b entry) int {
+		switch {
+		case a.seq < b.seq:
+			return -1
+		case a.seq > b.seq:
+			return 1
+		}
+		return 0
+	})
+	for _, e := range todo {
+		if e.seq != ix.j.seq+1 {
+			if e.seq == ix.j.seq {
+				continue // the same entry twice (a copy a crash left)
+			}
+			return fmt.Errorf("%w: journal entry %d missing (applied up to %d, next found %d)", ErrCorruptIndex, ix.j.seq+1, ix.j.seq, e.seq)
+		}
+		p, err := ix.prepareAt(e.c, e.now)
+		if err == nil {
+			err = ix.apply(p, e.seq)
+		}
+		if err != nil {
+			return fmt.Errorf("apply journal entry %d: %w", e.seq, err)
+		}
+		ix.j.seq = e.seq
+	}
+	return nil
+}
+
+// encodeJournal encodes a journal entry: magic, epoch, sequence number, the commit's time, then
+// c: its chunk infos, its manifests' canonical bytes and its ref move.
+//
+//	"DSJ\x01" epoch(16) uvarint seq  varint now(Unix ns)
+//	uvarint n, n × (digest(32) uvarint size uvarint stored byte codec varint modtime)
+//	uvarint m, m × (uvarint len, bytes)
+//	byte ref (0 none, 1 set) [byte kind, uvarint len, name, expected(32), target(32)]
+func encodeJournal(epoch [16]byte, seq uint64, now time.Time, c Commit) []byte {
+	n := len(journalMagic) + 16 + 3*binary.MaxVarintLen64 + len(c.Chunks)*(32+4*binary.MaxVarintLen64) + 1
+	for _, e := range c.Manifests {
+		n += binary.MaxVarintLen64 + len(e.data)
+	}
+	if c.Ref != nil {
+		n += 1 + binary.MaxVarintLen64 + len(c.Ref.Name) + 64
+	}
+	b := make([]byte, 0, n)
+	b = append(b, journalMagic...)
+	b = append(b, epoch[:]...)
+	b = binary.AppendUvarint(b, seq)
+	b = binary.AppendVarint(b, now.UnixNano())
+	b = binary.AppendUvarint(b, uint64(len(c.Chunks)))
+	for _, in := range c.Chunks {
+		b = append(b, in.Digest[:]...)
+		b = binary.AppendUvarint(b, uint64(in.Size))
+		b = binary.AppendUvarint(b, uint64(in.StoredSize))
+		b = append(b, byte(in.Codec))
+		b = binary.AppendVarint(b, in.ModTime.UnixNano())
+	}
+	b = binary.AppendUvarint(b, uint64(len(c.Manifests)))
+	for _, e := range c.Manifests {
+		b = binary.AppendUvarint(b, uint64(len(e.data)))
+		b = append(b, e.data...)
+	}
+	if c.Ref == nil {
+		return append(b, 0)
+	}
+	b = append(b, 1, byte(c.Ref.Kind))
+	b = binary.AppendUvarint(b, uint64(len(c.Ref.Name)))
+	b = append(b, c.Ref.Name...)
+	b = append(b, c.Ref.Expected[:]...)
+	return append(b, c.Ref.Target[:]...)
+}
+
+// decodeJournal decodes a journal entry strictly (every manifest decoded and hashed). It never
+// panics on any input.
+func decodeJournal(b []byte) (epoch [16]byte, seq uint64, now time.Time, c Commit, err error) {
+	r := journalReader{b: b}
+	if !bytes.HasPrefix(b, []byte(journalMagic)) {
+		return epoch, 0, now, c, fmt.Errorf("journal entry: bad magic")
+	}
+	r.b = r.b[len(journalMagic):]
+	copy(epoch[:], r.bytes(16))
+	seq = r.uvarint()
+	now = time.Unix(0, r.varint())
+	nc := r.count(32 + 4)
+	for range nc {
+		var in cas.Info
+		in.Digest = cas.Digest(r.bytes(32))
+		in.Size = int64(r.uvarint())
+		in.StoredSize = int64(r.uvarint())
+		in.Codec = cas.Codec(r.byte())
+		in.ModTime = time.Unix(0, r.varint())
+		c.Chunks = append(c.Chunks, in)
+	}
+	nm := r.count(1)
+	for range nm {
+		data := r.bytes(int(r.count(1)))
+		if r.err != nil {
+			break
+		}
+		e, err := DecodeEncoded(bytes.Clone(data))
+		if err != nil {
+			return epoch, 0, now, c, fmt.Errorf("journal entry: manifest: %w", err)
+		}
+		c.Manifests = append(c.Manifests, e)
+	}
+	switch r.byte() {
+	case 0:
+	case 1:
+		mv := &RefMove{Kind: RefKind(r.byte())}
+		mv.Name = string(r.bytes(int(r.count(1))))
+		mv.Expected = ID(r.bytes(32))
+		mv.Target = ID(r.bytes(32))
+		c.Ref = mv
+	default:
+		r.fail()
+	}
+	if r.err == nil && len(r.b) != 0 {
+		r.fail()
+	}
+	if r.err == nil {
+		r.err = validInfos(c.Chunks)
+	}
+	if r.err != nil {
+		return epoch, 0, now, Commit{}, fmt.Errorf("journal entry: %w", r.err)
+	}
+	return epoch, seq, now, c, nil
+}
+
+// journalReader reads a journal entry; after the first error every read returns zeros.
+type journalReader struct {
+	b   []byte
+	err error
+}
+
+var errJournalShort = errors.New("truncated or malformed")
+
+func (r *journalReader) fail() {
+	if r.err == nil {
+		r.err = errJournalShort
+	}
+	r.b = nil
+}
+
+func (r *journalReader) bytes(n int) []byte {
+	if r.err != nil || n < 0 || n > len(r.b) {
+		r.fail()
+		if n >= 0 && n <= 32 {
+			return make([]byte, n) // what a fixed-size read converts to an array
+		}
+		return nil
+	}
+	v := r.b[:n]
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *journalReader) byte() byte { return r.bytes(1)[0] }
+
+func (r *journalReader) uvarint() uint64 {
+	v, k := binary.Uvarint(r.b)
+	if r.err != nil || k <= 0 || v > 1<<62 {
+		r.fail()
+		return 0
+	}
+	r.b = r.b[k:]
+	return v
+}
+
+func (r *journalReader) varint() int64 {
+	v, k := binary.Varint(r.b)
+	if r.err != nil || k <= 0 {
+		r.fail()
+		return 0
+	}
+	r.b = r.b[k:]
+	return v
+}
+
+// count reads a count of items of at least min bytes each, refusing one the rest cannot hold.
+func (r *journalReader) count(min int) uint64 {
+	v := r.uvarint()
+	if r.err == nil && v > uint64(len(r.b)/min) {
+		r.fail()
+		return 0
+	}
+	return v
+}

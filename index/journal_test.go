@@ -1,0 +1,293 @@
+package index
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/driftstore/driftstore/cas"
+)
+
+// journalDir is a data directory with a pack store (which journals) and an index.
+type journalDir struct {
+	t     *testing.T
+	dir   string
+	store *cas.Pack
+	ix    *Index
+}
+
+func openJournalDir(t *testing.T, dir string) *journalDir {
+	t.Helper()
+	store, err := cas.OpenPack(filepath.Join(dir, "chunks"), cas.PackOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix, err := Open(filepath.Join(dir, "index.db"), store, Options{})
+	if err != nil {
+		store.Close()
+		t.Fatal(err)
+	}
+	return &journalDir{t: t, dir: dir, store: store, ix: ix}
+}
+
+func (d *journalDir) close() {
+	d.ix.Close()
+	d.store.Close()
+}
+
+// commit stores parts as new chunks in one batch and commits a manifest of them (child of
+// parent) with the session ref moved from expected to it, through CommitBatch.
+func (d *journalDir) commit(parent, expected ID, parts ...string) (ID, error) {
+	ctx := context.Background()
+	release := d.ix.HoldGC()
+	defer release()
+	b := cas.NewBatch(d.store)
+	defer b.Discard()
+	var infos []cas.Info
+	var refs []ChunkRef
+	for _, p := range parts {
+		in, err := b.Put(ctx, []byte(p), cas.HintNone)
+		if err != nil {
+			return ID{}, err
+		}
+		infos = append(infos, in)
+		refs = append(refs, ChunkRef{Digest: in.Digest, Length: in.Size})
+	}
+	var id ID
+	_, err := d.ix.CommitBatch(ctx, b, func() (Commit, error) {
+		e, err := (&Manifest{Kind: "file", Parent: parent, Regions: []Region{{Name: "r", Chunks: refs}}}).Encoded()
+		if err != nil {
+			return Commit{}, err
+		}
+		id = e.ID()
+		return Commit{Chunks: infos, Manifests: []*Encoded{e}, Ref: &RefMove{Kind: RefSession, Name: "s", Expected: expected, Target: id}}, nil
+	})
+	return id, err
+}
+
+// copyTree copies the regular files under src to dst: the bytes on disk at this moment, as a
+// crash would leave them (every write here went through the page cache of one machine).
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		to := filepath.Join(dst, rel)
+		if fi.IsDir() {
+			return os.MkdirAll(to, 0o755)
+		}
+		in, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		out, err := os.Create(to)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(out, in); err != nil {
+			out.Close()
+			return err
+		}
+		return out.Close()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (d *journalDir) wantHead(want ID, chunks ...string) {
+	d.t.Helper()
+	r, err := d.ix.Ref(RefSession, "s")
+	if err != nil || r != want {
+		d.t.Fatalf("head %v (%v), want %s", r, err, want)
+	}
+	m, err := d.ix.Manifest(want)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	for i, c := range chunks {
+		if _, err := d.ix.Chunk(cas.Sum([]byte(c))); err != nil {
+			d.t.Fatalf("chunk %q: %v", c, err)
+		}
+		got, err := d.store.Get(context.Background(), m.Regions[0].Chunks[i].Digest, nil)
+		if err != nil || !bytes.Equal(got, []byte(c)) {
+			d.t.Fatalf("chunk %d: %q %v", i, got, err)
+		}
+	}
+	res, err := d.ix.Fsck(context.Background(), FsckOptions{})
+	if err != nil || !res.OK() {
+		d.t.Fatalf("fsck: %v %v", res.Problems, err)
+	}
+}
+
+func TestJournaledCommitIsVisibleAtOnce(t *testing.T) {
+	d := openJournalDir(t, t.TempDir())
+	defer d.close()
+	var head ID
+	for i, parts := range [][]string{{"a", "b"}, {"a", "b", "c"}, {"d"}} {
+		parent := head
+		id, err := d.commit(parent, head, parts...)
+		if err != nil {
+			t.Fatalf("commit %d: %v", i, err)
+		}
+		head = id
+		// No wait: every read sees the commit (waiting for its apply if needed).
+		d.wantHead(head, parts...)
+	}
+	// A conflicting move is refused before anything is journaled, and changes nothing.
+	if _, err := d.commit(head, ID{}, "e"); !errors.Is(err, ErrConflict) {
+		t.Fatalf("conflicting commit: %v", err)
+	}
+	d.wantHead(head, "d")
+	// A commit naming a parent that does not exist is refused too.
+	if _, err := d.commit(ID{1}, head, "f"); !errors.Is(err, ErrMissingParent) {
+		t.Fatalf("orphan commit: %v", err)
+	}
+	d.close()
+	d = openJournalDir(t, d.dir)
+	d.wantHead(head, "d")
+}
+
+// TestJournalReplaysAfterCrash takes the files as a crash would leave them after CommitBatch
+// returned and before the index file was brought up to date: the reopened index applies the
+// journal entry, once.
+func TestJournalReplaysAfterCrash(t *testing.T) {
+	dir := t.TempDir()
+	d := openJournalDir(t, dir)
+	first, err := d.commit(ID{}, ID{}, "one", "two")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.wantHead(first, "one", "two")
+	hold, held := make(chan struct{}), make(chan struct{})
+	d.ix.j.beforeApply = func() {
+		close(held)
+		<-hold
+	}
+	second, err := d.commit(first, first, "one", "three")
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-held
+	crash := filepath.Join(t.TempDir(), "crash")
+	copyTree(t, dir, crash)
+	close(hold)
+	d.close()
+
+	// The copy: the index file lacks the second commit; the pack holds it.
+	parts := []string{"one", "three"}
+	for round := 0; round < 2; round++ {
+		c := openJournalDir(t, crash)
+		c.wantHead(second, parts...)
+		if _, err := c.ix.Manifest(first); err != nil {
+			t.Fatal(err)
+		}
+		// The next commit follows on, and survives a reopen (round 1 reopens after it).
+		if round == 0 {
+			third, err := c.commit(second, second, "four")
+			if err != nil {
+				t.Fatal(err)
+			}
+			second, parts = third, []string{"four"}
+			c.wantHead(second, parts...)
+		}
+		c.close()
+	}
+
+	// A new index file beside the same pack store (the old one deleted) never applies the
+	// entries of the old one.
+	fresh := filepath.Join(t.TempDir(), "fresh")
+	copyTree(t, crash, fresh)
+	if err := os.Remove(filepath.Join(fresh, "index.db")); err != nil {
+		t.Fatal(err)
+	}
+	f := openJournalDir(t, fresh)
+	defer f.close()
+	if _, err := f.ix.Ref(RefSession, "s"); !errors.Is(err, ErrRefNotFound) {
+		t.Fatalf("fresh index: ref %v", err)
+	}
+}
+
+// TestJournalApplyFailureIsSticky: when the index file cannot take an apply, later writes fail
+// with a JournalError, and a reopen applies the entry.
+func TestJournalApplyFailureIsSticky(t *testing.T) {
+	dir := t.TempDir()
+	d := openJournalDir(t, dir)
+	first, err := d.commit(ID{}, ID{}, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.wantHead(first, "x") // applied: the hook below is for the next commit
+	crash := filepath.Join(t.TempDir(), "crash")
+	d.ix.j.beforeApply = func() {
+		copyTree(t, dir, crash)
+		d.ix.db.Close() // the apply's transaction fails
+	}
+	if _, err := d.commit(first, first, "y"); err != nil {
+		t.Fatal(err)
+	}
+	var je *JournalError
+	if _, err := d.commit(first, first, "z"); !errors.As(err, &je) || je.Seq == 0 {
+		t.Fatalf("commit after a failed apply: %v", err)
+	}
+	d.store.Close()
+	c := openJournalDir(t, crash)
+	defer c.close()
+	r, err := c.ix.Ref(RefSession, "s")
+	if err != nil || r == first {
+		t.Fatalf("after reopen: head %v %v, want the second commit", r, err)
+	}
+}
+
+func TestJournalEntryRoundTrip(t *testing.T) {
+	e1, err := (&Manifest{Kind: "file", Regions: []Region{{Name: "r", Chunks: []ChunkRef{{Digest: cas.Sum([]byte("a")), Length: 1}}}}}).Encoded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(0, 1234567890123)
+	c := Commit{
+		Chunks:    []cas.Info{{Digest: cas.Sum([]byte("a")), Size: 1, StoredSize: 1, Codec: cas.CodecRaw, ModTime: now}},
+		Manifests: []*Encoded{e1},
+		Ref:       &RefMove{Kind: RefTag, Name: "t/1", Target: e1.ID()},
+	}
+	epoch := [16]byte{1, 2, 3}
+	b := encodeJournal(epoch, 7, now, c)
+	ep, seq, at, got, err := decodeJournal(b)
+	if err != nil || ep != epoch || seq != 7 || !at.Equal(now) {
+		t.Fatalf("decode: %v %v %d %v", err, ep, seq, at)
+	}
+	if len(got.Chunks) != 1 || got.Chunks[0].Digest != c.Chunks[0].Digest || !got.Chunks[0].ModTime.Equal(now) ||
+		len(got.Manifests) != 1 || got.Manifests[0].ID() != e1.ID() || *got.Ref != *c.Ref {
+		t.Fatalf("decoded %+v", got)
+	}
+	// Every cut and every flipped byte of the fixed part is refused or decodes, never panics.
+	for i := range b {
+		if _, _, _, _, err := decodeJournal(b[:i]); err == nil {
+			t.Fatalf("prefix of %d bytes decoded", i)
+		}
+	}
+}
+
+func FuzzJournalEntry(f *testing.F) {
+	e1, _ := (&Manifest{Kind: "file", Regions: []Region{{Name: "r"}}}).Encoded()
+	f.Add(encodeJournal([16]byte{9}, 1, time.Unix(5, 0), Commit{Manifests: []*Encoded{e1}, Ref: &RefMove{Kind: RefSession, Name: "s", Target: e1.ID()}}))
+	f.Add(encodeJournal([16]byte{}, 2, time.Unix(0, 0), Commit{Chunks: []cas.Info{{Digest: cas.Digest{1}, Size: 3, StoredSize: 2, Codec: cas.CodecZstd}}}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		epoch, seq, now, c, err := decodeJournal(b)
+		if err != nil {
+			return
+		}
+		again := encodeJournal(epoch, seq, now, c)
+		if _, _, _, c2, err := decodeJournal(again); err != nil || len(c2.Chunks) != len(c.Chunks) || len(c2.Manifests) != len(c.Manifests) {
+			t.Fatalf("re-encoded entry: %v", err)
+		}
+	})
+}
