@@ -65,6 +65,16 @@ type Retainer interface {
 	Flush() error
 }
 
+// SealedGetter is the optional capability of a Store to check a chunk it holds against the
+// checksum it sealed the chunk's stored bytes with when it stored them (after hashing them to
+// their digest), instead of hashing the content again: much cheaper, and as good against what
+// happens to bytes at rest, but no proof against a deliberate rewrite of the store's files (see
+// Pack's layout). GetSealed has Get's contract otherwise; a chunk stored without a seal is
+// checked against its digest.
+type SealedGetter interface {
+	GetSealed(ctx context.Context, d Digest, dst []byte) ([]byte, error)
+}
+
 // JournalBatch is the optional capability of a Batch to carry one entry of its caller's journal
 // (the index's commit log; see index.Index.CommitBatch) with its chunks: CommitJournal is
 // Commit, with payload written after the chunks and made durable by the same barrier, never

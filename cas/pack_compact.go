@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"slices"
 )
@@ -191,6 +192,9 @@ func (p *Pack) copyRecord(pf *packFile, r scannedRecord) (*packRecord, error) {
 	if err := readAt(pf, d, b[packHeaderSize:], r.off+packHeaderSize); err != nil {
 		return nil, err
 	}
+	if h := r.h; h.sealed && crc32.Checksum(b[packHeaderSize:], castagnoli) != h.crc {
+		return nil, &CorruptError{Digest: d, Reason: fmt.Sprintf("payload in %s at %d does not match its seal", pf.path, r.off)}
+	}
 	n := int64(len(b))
 	p.mu.Lock()
 	npf, off, err := p.reserve(n, true)
@@ -203,7 +207,7 @@ func (p *Pack) copyRecord(pf *packFile, r scannedRecord) (*packRecord, error) {
 	werr := pwriteRecord(npf, b, nil, off)
 	p.finishWrite(npf, off, werr)
 	rec := &packRecord{pf: npf, digest: d, entry: packEntry{
-		pack: npf.num, off: off, length: h.b, size: uint32(h.a), codec: h.codec, mod: h.time,
+		pack: npf.num, off: off, length: h.b, size: uint32(h.a), codec: h.codec, sealed: h.sealed, crc: h.crc, mod: h.time,
 	}}
 	if werr != nil {
 		p.unpin(rec)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"slices"
 	"sync"
@@ -148,9 +149,10 @@ func encodeRecord(d Digest, encode encodeFunc, buf *[]byte) (rec *packRecord, ou
 	}
 	length := len(out) - packHeaderSize + len(tail)
 	now := time.Now().UnixNano()
-	h := recordHeader{kind: kindChunk, codec: codec, digest: d, a: uint64(size), b: uint32(length), time: now}
+	crc := crc32.Update(crc32.Checksum(out[packHeaderSize:], castagnoli), castagnoli, tail)
+	h := recordHeader{kind: kindChunk, codec: codec, digest: d, a: uint64(size), b: uint32(length), time: now, sealed: true, crc: crc}
 	h.encode(out[:packHeaderSize])
-	rec = &packRecord{digest: d, entry: packEntry{length: uint32(length), size: uint32(size), codec: codec, mod: now}}
+	rec = &packRecord{digest: d, entry: packEntry{length: uint32(length), size: uint32(size), codec: codec, sealed: true, crc: crc, mod: now}}
 	return rec, out, tail, nil
 }
 
