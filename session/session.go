@@ -87,6 +87,9 @@ type Config struct {
 	// instances made for a Context (restore.Options.HugePages): for long-lived processes such
 	// as a daemon.
 	HugePages bool
+	// Verify says how restores check the chunks they read (restore.Options.Verify; the default
+	// checks a pack store's seals).
+	Verify restore.Verify
 	// Context is the number of positions every instance is made for
 	// (engine.InstanceOptions.Context: their KV memory allocated and resident at creation); 0
 	// for none. A restore makes its instance for at least the checkpoint's position anyway.
@@ -700,7 +703,7 @@ func (s *Session) restoreInstance(ctx context.Context, cp *checkpoint.Checkpoint
 			return nil, nil, err
 		}
 	}
-	opts := restore.Options{Instance: s.m.instanceOptions(0, 0, engine.Sampler{}), Workers: s.m.cfg.Workers, HugePages: s.m.cfg.HugePages}
+	opts := restore.Options{Instance: s.m.instanceOptions(0, 0, engine.Sampler{}), Workers: s.m.cfg.Workers, HugePages: s.m.cfg.HugePages, Verify: s.m.cfg.Verify}
 	in, r, err := restore.Restore(ctx, s.m.cfg.Index.Store(), s.model, cp, opts)
 	if err != nil {
 		if oldModel != nil {
