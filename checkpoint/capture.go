@@ -152,7 +152,8 @@ type Snapshot struct {
 // barrier, so on a GPU backend linear memory holds every KV byte written so far; see
 // engine.Syncer), decides which blocks the parent and opts.Reuse already hold, and copies the
 // others and the state into buffers the snapshot owns. Its cost grows with the bytes copied: the
-// blocks the tokens since the parent touched, plus the logits. The instance must not be used by
+// blocks the tokens since the parent touched, plus the logits (or the selection of the top
+// logits, see CaptureOptions.TopLogits). The instance must not be used by
 // anyone else during the call; afterwards it is free.
 //
 // The options are those of Capture; Commit uses Workers, KVCodec and the hooks. Reuse's chunks

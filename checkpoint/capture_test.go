@@ -73,14 +73,11 @@ func TestManifestRoundTrip(t *testing.T) {
 	if cp.Position != 40 || len(cp.KV) != 2 || len(cp.KV[0]) != 3 || !cp.HasLogits || len(cp.State) != 2 {
 		t.Fatalf("checkpoint: position %d, %d layers, %d blocks, logits %v, %d state chunks", cp.Position, len(cp.KV), len(cp.KV[0]), cp.HasLogits, len(cp.State))
 	}
-	// The state: the head, then the logits in chunks of at most LogitsChunk bytes.
-	if cp.State[0].Length != int64(checkpoint.StateHeadLen(40)) || cp.StateBytes() != int64(checkpoint.StateHeadLen(40)+4*512) {
-		t.Fatalf("state chunks %+v", cp.State)
-	}
-	for _, c := range cp.State[1:] {
-		if c.Length > checkpoint.LogitsChunk {
-			t.Fatalf("logits chunk of %d bytes", c.Length)
-		}
+	// The state: the head, then (top-k 20 reads 20 logits) the top 64 logits: 512 bytes
+	// instead of the 2048 of the vocabulary's 512 logits.
+	if cp.State[0].Length != int64(checkpoint.StateHeadLen(40)) || cp.TopLogits != checkpoint.DefaultTopLogits ||
+		cp.State[1].Length != checkpoint.TopLogitBytes*checkpoint.DefaultTopLogits {
+		t.Fatalf("state chunks %+v, %d top logits", cp.State, cp.TopLogits)
 	}
 	if cp.Guest != cas.Digest(guest.Fingerprint) || cp.Model != e.model.Fingerprint() || cp.ModelSource != "x.gguf" {
 		t.Fatalf("fingerprints or source wrong: %+v", cp)
@@ -90,7 +87,7 @@ func TestManifestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !slices.Equal(back.Tokens, cp.Tokens) || back.Sampler != cp.Sampler || back.RNG != cp.RNG || back.Layout != cp.Layout ||
-		back.Position != cp.Position || back.Model != cp.Model || !slices.Equal(back.State, cp.State) {
+		back.Position != cp.Position || back.Model != cp.Model || !slices.Equal(back.State, cp.State) || back.TopLogits != cp.TopLogits {
 		t.Fatalf("round trip differs:\n%+v\n%+v", back, cp)
 	}
 	for l := range cp.KV {

@@ -17,7 +17,9 @@ package checkpoint
 //	               token history and last logits, in the guest's versioned format: the head
 //	               (80 + 4·position bytes) as one chunk, then the logits in chunks of at most
 //	               LogitsChunk bytes (checkpoints taken before this layout: one chunk for all;
-//	               readers accept any split)
+//	               readers accept any split); or, with logits.top K, the head and then one
+//	               chunk of the K best logits (K × (u32 id, f32 logit), best first: see
+//	               DecodeTopLogits) in place of the vector
 //
 // Metadata (typed values):
 //
@@ -37,12 +39,34 @@ package checkpoint
 //	sampler.seed       uint64
 //	sampler.rng        bytes    the RNG state, 4 × little-endian uint64 (xoshiro256**)
 //	logits             bool     whether the state holds the last logits (always, past position 0)
+//	logits.top         uint64   K: the state holds only the K best logits (absent: the whole
+//	                            vector, as in every checkpoint taken before top logits)
 //	state.format       uint64   the guest state format version, 1
 //
 // The token history, sampler and RNG state are both in the metadata (for inspection, forks and
 // the prefix cache, without reading chunks) and in the state region (what the guest loads);
 // restore checks they agree. The checkpoint holds the last logits, so the first token after a
 // restore needs no forward pass.
+//
+// # Top logits
+//
+// The logits are the sampler's input, and most samplers read only the best few: greedy the
+// argmax, top-k sampling its k (engine.Sampler.Candidates). A checkpoint whose sampler reads
+// at most K = max(CaptureOptions.TopLogits (default DefaultTopLogits, 64), what it reads)
+// keeps just those K logits, 8·K bytes, instead of the vector (513 KB at the Llama-3 128256
+// vocabulary: about 12% of the final KV of an 8-turn conversation's eight checkpoints before
+// this, and a hash, write and sync of 513 KB in every incremental checkpoint). It keeps the
+// whole vector when its sampler reads all of it (a temperature with top-k 0, with or
+// without top-p: the softmax covers the vocabulary), when K entries would not be smaller
+// (K ≥ vocab/2), and with CaptureOptions.KeepLogits. A restore writes -Inf into the guest's
+// logits buffer and the K values at their ids: the same k best as the full vector for every
+// k ≤ K, ties, -Inf and NaN included (state.go), so the sampler draws the same tokens without
+// a forward pass. The restored instance knows its logits are partial
+// (engine.Instance.MarkLogitsTop): a sampler that reads more (changed after the restore), or
+// an explicit request for the vector (Logits), first recomputes the last position's logits
+// with one token's forward pass, bit-identical to the original on the CPU backend
+// (engine.Instance.CompleteLogits). Checkpoints with the whole vector are read as before;
+// an older driftstore refuses one with top logits (its state region's length disagrees).
 //
 // # Capture
 //
@@ -80,8 +104,8 @@ package checkpoint
 // itself does not copy: it commits before the instance runs again, so its jobs read the live
 // memory in place. What a turn waits for when its checkpoint is deferred (session
 // Config.DeferCheckpoints) is the snapshot: for 16 new tokens of the 1B shape, the state (the
-// head and 513 KB of logits), the region list and one or two 256 KiB blocks per layer
-// (BenchmarkIncremental1B's snap16, bench restore's isnap).
+// head, and the top logits selected, or 513 KB of logits copied), the region list and one or
+// two 256 KiB blocks per layer (BenchmarkIncremental1B's snap16, bench restore's isnap).
 //
 // # KV codec
 //
@@ -97,7 +121,8 @@ package checkpoint
 // The state's chunks split where the guest keeps the state apart (the head in its transfer
 // buffer, the logits in its logits buffer), so a restore decodes them there directly
 // (engine.Instance.StateBuffers), in parallel with the KV blocks, and the first token after a
-// restore needs neither a copy of the state nor a forward pass.
+// restore needs neither a copy of the state nor a forward pass. Top logits are decoded into
+// a small buffer, checked, and expanded into the logits buffer (ExpandTopLogits).
 //
 // # Position 0
 //

@@ -40,6 +40,7 @@ const (
 	KeySeed       = "sampler.seed"
 	KeyRNG        = "sampler.rng"
 	KeyLogits     = "logits"
+	KeyTopLogits  = "logits.top"
 	KeyStateFmt   = "state.format"
 )
 
@@ -64,11 +65,16 @@ type Checkpoint struct {
 	Sampler     engine.Sampler
 	RNG         [4]uint64
 	HasLogits   bool
+	// TopLogits > 0: the state keeps only the TopLogits best of the last logits (a top-logits
+	// chunk, see DecodeTopLogits) instead of the whole vector; 0: the whole vector (or none,
+	// without HasLogits). Metadata "logits.top", absent for 0.
+	TopLogits int
 	// KV[l] lists layer l's block chunks in position order: Layout.Blocks(Position) of them, each
 	// Layout.BlockBytes long.
 	KV [][]index.ChunkRef
 	// State is the guest's small state (see state.go) as chunks: Capture writes the head, then
-	// the logits in chunks of at most LogitsChunk bytes; earlier checkpoints hold one chunk.
+	// the logits in chunks of at most LogitsChunk bytes, or with TopLogits the head and the
+	// top-logits chunk (exactly those two); earlier checkpoints hold one chunk.
 	State []index.ChunkRef
 }
 
@@ -132,6 +138,9 @@ func (c *Checkpoint) Manifest() (*index.Manifest, error) {
 	}
 	m.Meta[KeyRNG] = index.Bytes(rng)
 	m.Meta[KeyLogits] = index.Bool(c.HasLogits)
+	if c.TopLogits > 0 {
+		u(KeyTopLogits, c.TopLogits)
+	}
 	m.Meta[KeyStateFmt] = index.Uint64(stateVersion)
 	return m, nil // index.PutManifest encodes it and so checks the encoding's rules
 }
@@ -169,8 +178,17 @@ func (c *Checkpoint) validate() error {
 			}
 		}
 	}
-	want := int64(stateFixed + 4*c.Position)
-	if c.HasLogits {
+	head := int64(stateFixed + 4*c.Position)
+	want := head
+	switch {
+	case c.TopLogits < 0 || c.TopLogits > c.Vocab || (c.TopLogits > 0 && !c.HasLogits):
+		return bad("%d top logits for a vocabulary of %d (logits %v)", c.TopLogits, c.Vocab, c.HasLogits)
+	case c.TopLogits > 0:
+		want += TopLogitBytes * int64(c.TopLogits)
+		if len(c.State) != 2 || c.State[0].Length != head {
+			return bad("state region of %d chunks for the head and %d top logits, want the head's %d bytes and one chunk", len(c.State), c.TopLogits, head)
+		}
+	case c.HasLogits:
 		want += 4 * int64(c.Vocab)
 	}
 	if got := c.StateBytes(); got != want {
@@ -250,6 +268,12 @@ func Parse(id index.ID, m *index.Manifest) (*Checkpoint, error) {
 		c.HasLogits = hl
 	} else if err == nil {
 		err = bad("metadata %q missing", KeyLogits)
+	}
+	if _, ok := m.Meta[KeyTopLogits]; ok {
+		// absent: the whole vector (every checkpoint before top logits)
+		if c.TopLogits = uint(KeyTopLogits, maxInt); err == nil && c.TopLogits == 0 {
+			err = bad("metadata %q is 0", KeyTopLogits)
+		}
 	}
 	if err != nil {
 		return nil, err

@@ -201,19 +201,26 @@ func IntoWith(ctx context.Context, store cas.Store, in *engine.Instance, cp *che
 	}
 	alloc := time.Since(start)
 	// The small state goes straight into the guest's buffers when its chunks split where the
-	// guest keeps it apart (head, then logits); otherwise through a buffer and LoadState.
-	var head, logits, state []byte
+	// guest keeps it apart (head, then logits); otherwise through a buffer and LoadState. Top
+	// logits (cp.TopLogits) are decoded into a small buffer of their own and expanded into the
+	// guest's logits buffer (-Inf, then each entry at its id) once verified.
+	var head, logits, state, top []byte
 	inPlace := false
 	headLen, nLogits := checkpoint.StateHeadLen(cp.Position), 0
 	if cp.HasLogits {
 		nLogits = cp.Vocab
 	}
-	if len(cp.State) > 0 && cp.State[0].Length == int64(headLen) && cp.StateBytes() == int64(headLen+4*nLogits) {
+	switch {
+	case cp.TopLogits > 0:
+		// Parse checked the shape: the head, then one chunk of top logits.
+		top = make([]byte, cp.State[1].Length)
+		fallthrough
+	case len(cp.State) > 0 && cp.State[0].Length == int64(headLen) && cp.StateBytes() == int64(headLen+4*nLogits):
 		if head, logits, err = in.StateBuffers(headLen, nLogits); err != nil {
 			return nil, fmt.Errorf("restore checkpoint %s: state buffers: %w", cp.ID, err)
 		}
 		inPlace = true
-	} else {
+	default:
 		state = make([]byte, cp.StateBytes())
 	}
 	mem := in.Memory() // valid until the next guest call: LoadState below
@@ -227,6 +234,8 @@ func IntoWith(ctx context.Context, store cas.Store, in *engine.Instance, cp *che
 			dst = state[off : off+ref.Length : off+ref.Length]
 		case i == 0:
 			dst = head
+		case top != nil:
+			dst = top
 		default:
 			o := off - int64(headLen)
 			dst = logits[o : o+ref.Length : o+ref.Length]
@@ -268,11 +277,21 @@ func IntoWith(ctx context.Context, store cas.Store, in *engine.Instance, cp *che
 		st.BlockSize != cp.Layout.BlockSize || (st.NLogits != 0) != cp.HasLogits {
 		return nil, fmt.Errorf("restore: checkpoint %s: %w: the guest state disagrees with the manifest", cp.ID, checkpoint.ErrBadCheckpoint)
 	}
+	if top != nil {
+		ids, vals, err := checkpoint.DecodeTopLogits(top, cp.Vocab)
+		if err != nil {
+			return nil, fmt.Errorf("restore: checkpoint %s: %w", cp.ID, err)
+		}
+		checkpoint.ExpandTopLogits(logits, ids, vals)
+	}
 	t2 := time.Now()
 	if inPlace {
 		err = in.LoadStateBuffers()
 	} else {
 		err = in.LoadState(state)
+	}
+	if err == nil && top != nil {
+		err = in.MarkLogitsTop(cp.TopLogits)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("restore checkpoint %s: load state: %w", cp.ID, err)

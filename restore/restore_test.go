@@ -76,6 +76,11 @@ func (e *env) close() {
 type trace struct {
 	Tokens []int32    `json:"tokens"`
 	Logits [][]uint32 `json:"logits"` // float32 bits, before each step and after the last
+	// Of a restore only (TestHelperRestoreProcess): the top logits it restored
+	// (engine.Instance.LogitsTop, 0: the whole vector) and the tokens another restore of the
+	// same checkpoint generated without reading its logits (no recompute).
+	Top     int     `json:"top,omitempty"`
+	Sampled []int32 `json:"sampled,omitempty"`
 }
 
 func continueTrace(in *engine.Instance, n int) (trace, error) {
@@ -112,7 +117,11 @@ type helperSpec struct {
 
 // TestResumeEquivalence: uninterrupted generation equals checkpoint → restore in another
 // process → continue, token for token and logit for logit, for contexts of 1, 15, 16, 17, 100
-// and 1030 tokens and both KV dtypes, with a sampler that uses the RNG.
+// and 1030 tokens and both KV dtypes, with samplers that keep the top logits (top-k 50 with
+// the RNG; greedy at 15) and one that keeps the whole vector (top-k 0 at 17). Each restore
+// continues twice: sampling from what it restored (the top logits as they are: token for
+// token), and reading the logits before each step (which completes top logits by a
+// recompute: logit for logit).
 func TestResumeEquivalence(t *testing.T) {
 	dir := t.TempDir()
 	e := openEnv(t, dir)
@@ -125,7 +134,15 @@ func TestResumeEquivalence(t *testing.T) {
 	var cases []tcase
 	for _, kv := range []engine.KVType{engine.KVF16, engine.KVF32} {
 		for _, n := range []int{1, 15, 16, 17, 100, 1030} {
-			in, err := e.model.NewInstance(engine.InstanceOptions{KVType: kv, Sampler: engine.Sampler{Temp: 1.1, TopK: 50, TopP: 0.95, Seed: uint64(n)}})
+			smp := engine.Sampler{Temp: 1.1, TopK: 50, TopP: 0.95, Seed: uint64(n)}
+			wantTop := checkpoint.DefaultTopLogits
+			switch n {
+			case 15:
+				smp = engine.Sampler{Seed: 3}
+			case 17:
+				smp.TopK, wantTop = 0, 0
+			}
+			in, err := e.model.NewInstance(engine.InstanceOptions{KVType: kv, Sampler: smp})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -141,7 +158,11 @@ func TestResumeEquivalence(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if got := r.Checkpoint.TopLogits; got != wantTop {
+				t.Fatalf("%s/%d: checkpoint keeps %d top logits, want %d", kv, n, got, wantTop)
+			}
 			want, err := continueTrace(in, steps)
+			want.Top = wantTop
 			in.Close()
 			if err != nil {
 				t.Fatal(err)
@@ -177,9 +198,12 @@ func TestResumeEquivalence(t *testing.T) {
 		t.Fatalf("%d traces for %d cases", len(got), len(cases))
 	}
 	for i, c := range cases {
-		if !slices.Equal(got[i].Tokens, c.want.Tokens) {
-			t.Errorf("%s: restored continuation %v, uninterrupted %v", c.name, got[i].Tokens, c.want.Tokens)
+		if !slices.Equal(got[i].Tokens, c.want.Tokens) || !slices.Equal(got[i].Sampled, c.want.Tokens) {
+			t.Errorf("%s: restored continuations %v and %v (sampled from what was restored), uninterrupted %v", c.name, got[i].Tokens, got[i].Sampled, c.want.Tokens)
 			continue
+		}
+		if got[i].Top != c.want.Top {
+			t.Errorf("%s: restored %d top logits, want %d", c.name, got[i].Top, c.want.Top)
 		}
 		for s := range c.want.Logits {
 			if !slices.Equal(got[i].Logits[s], c.want.Logits[s]) {
@@ -221,11 +245,21 @@ func TestHelperRestoreProcess(t *testing.T) {
 		if res.Position != cp.Position || res.KVBytes != cp.KVBytes() || in.Options().Context < cp.Position {
 			t.Fatalf("restore result %+v", res)
 		}
+		top := in.LogitsTop()
+		sampled, err := in.Generate(steps, nil)
+		in.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in, _, err = restore.Restore(context.Background(), e.store, e.model, cp, restore.Options{}); err != nil {
+			t.Fatal(err)
+		}
 		tr, err := continueTrace(in, steps)
 		in.Close()
 		if err != nil {
 			t.Fatal(err)
 		}
+		tr.Top, tr.Sampled = top, sampled
 		out = append(out, tr)
 	}
 	data, _ := json.Marshal(out)
@@ -234,7 +268,13 @@ func TestHelperRestoreProcess(t *testing.T) {
 	}
 }
 
+// capture checkpoints n tokens fed to a greedy instance (the checkpoint keeps the top logits).
 func capture(t *testing.T, e *env, kv engine.KVType, n int) *checkpoint.Checkpoint {
+	t.Helper()
+	return captureWith(t, e, kv, n, checkpoint.CaptureOptions{})
+}
+
+func captureWith(t *testing.T, e *env, kv engine.KVType, n int, opts checkpoint.CaptureOptions) *checkpoint.Checkpoint {
 	t.Helper()
 	in, err := e.model.NewInstance(engine.InstanceOptions{KVType: kv})
 	if err != nil {
@@ -244,7 +284,7 @@ func capture(t *testing.T, e *env, kv engine.KVType, n int) *checkpoint.Checkpoi
 	if err := in.Prefill(cptest.Tokens(n, 512, 5)); err != nil {
 		t.Fatal(err)
 	}
-	r, err := checkpoint.Capture(context.Background(), e.ix, e.model, in, checkpoint.CaptureOptions{})
+	r, err := checkpoint.Capture(context.Background(), e.ix, e.model, in, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,12 +72,13 @@ func resplit(t *testing.T, e *env, cp *checkpoint.Checkpoint, lengths ...int) *c
 	return &out
 }
 
-// TestStateLayouts: the state as Capture writes it (head, then logits chunks: decoded in place),
-// as one chunk (the earlier layout) and split elsewhere all restore to the same continuation.
+// TestStateLayouts: the state as Capture writes it with the whole logits vector (KeepLogits:
+// head, then logits chunks: decoded in place), as one chunk (the earlier layout) and split
+// elsewhere all restore to the same continuation.
 func TestStateLayouts(t *testing.T) {
 	e := openEnv(t, t.TempDir())
 	for _, kv := range []engine.KVType{engine.KVF16, engine.KVF32} {
-		cp := capture(t, e, kv, 37)
+		cp := captureWith(t, e, kv, 37, checkpoint.CaptureOptions{KeepLogits: true})
 		if len(cp.State) < 2 || cp.State[0].Length != int64(checkpoint.StateHeadLen(37)) {
 			t.Fatalf("capture's state chunks: %+v", cp.State)
 		}
@@ -104,7 +105,13 @@ func TestStateLayouts(t *testing.T) {
 // TestCorruptLogitsChunkIsNamed: a logits chunk decoded in place is verified like any other.
 func TestCorruptLogitsChunkIsNamed(t *testing.T) {
 	e := openEnv(t, t.TempDir())
-	cp := capture(t, e, engine.KVF16, 20)
+	for _, opts := range []checkpoint.CaptureOptions{{KeepLogits: true}, {}} {
+		testCorruptLogitsChunk(t, e, captureWith(t, e, engine.KVF16, 20, opts))
+	}
+}
+
+// testCorruptLogitsChunk corrupts cp's last state chunk (logits, or top logits) on disk.
+func testCorruptLogitsChunk(t *testing.T, e *env, cp *checkpoint.Checkpoint) {
 	st := cp.State[len(cp.State)-1]
 	p := e.store.Path(st.Digest)
 	orig, err := os.ReadFile(p)
