@@ -97,6 +97,10 @@ type Config struct {
 	// KVCodec selects how checkpoints store KV blocks (checkpoint.CaptureOptions.KVCodec);
 	// the default is checkpoint.KVCodecFloat. NewManager refuses an unknown value.
 	KVCodec checkpoint.KVCodec
+	// KeepLogits makes every checkpoint keep the whole logits vector
+	// (checkpoint.CaptureOptions.KeepLogits); by default one whose sampler reads only the best
+	// few logits (greedy, top-k) keeps those (checkpoint.CaptureOptions.TopLogits).
+	KeepLogits bool
 	// DeferCheckpoints makes Run's end-of-turn checkpoint a snapshot taken during the turn and
 	// committed in the background (see the package doc, "Deferred checkpoints"): the turn
 	// pays for copying the bytes it changed, not for the durability barrier and the index
@@ -812,7 +816,8 @@ func (s *Session) checkpointLocked(ctx context.Context) (*checkpoint.Result, err
 }
 
 func (s *Session) captureOptions() checkpoint.CaptureOptions {
-	opts := checkpoint.CaptureOptions{Parent: s.head, Reuse: s.reuse, ModelSource: s.source, Workers: s.m.cfg.Workers, KVCodec: s.m.cfg.KVCodec}
+	opts := checkpoint.CaptureOptions{Parent: s.head, Reuse: s.reuse, ModelSource: s.source, Workers: s.m.cfg.Workers, KVCodec: s.m.cfg.KVCodec,
+		KeepLogits: s.m.cfg.KeepLogits}
 	if s.m.cfg.AdjustCapture != nil {
 		s.m.cfg.AdjustCapture(s.name, &opts)
 	}
