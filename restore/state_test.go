@@ -3,6 +3,7 @@ package restore_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"reflect"
@@ -127,5 +128,57 @@ func testCorruptLogitsChunk(t *testing.T, e *env, cp *checkpoint.Checkpoint) {
 	var ce *restore.ChunkError
 	if in != nil || !errors.As(err, &ce) || ce.Digest != st.Digest || ce.Where == "" || !errors.Is(err, cas.ErrCorrupt) {
 		t.Fatalf("corrupt logits chunk: %v", err)
+	}
+}
+
+// TestBadTopLogitsRefused: a top-logits chunk that verifies against its digest but that no
+// correct selection writes (out of order, an id outside the vocabulary, an id twice, a NaN)
+// is refused with ErrBadCheckpoint, and no instance comes back.
+func TestBadTopLogitsRefused(t *testing.T) {
+	e := openEnv(t, t.TempDir())
+	ctx := context.Background()
+	cp := capture(t, e, engine.KVF16, 25)
+	if cp.TopLogits == 0 || len(cp.State) != 2 {
+		t.Fatalf("capture kept %d top logits in %d state chunks", cp.TopLogits, len(cp.State))
+	}
+	good, err := e.store.Get(ctx, cp.State[1].Digest, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := func(b []byte, j int) []byte { return b[checkpoint.TopLogitBytes*j : checkpoint.TopLogitBytes*(j+1)] }
+	for _, tc := range []struct {
+		name   string
+		modify func(b []byte)
+	}{
+		{"swapped", func(b []byte) {
+			tmp := bytes.Clone(entry(b, 0))
+			copy(entry(b, 0), entry(b, 1))
+			copy(entry(b, 1), tmp)
+		}},
+		{"id-outside", func(b []byte) { binary.LittleEndian.PutUint32(entry(b, 3), uint32(cp.Vocab)) }},
+		{"id-twice", func(b []byte) { copy(entry(b, 5)[:4], entry(b, 4)[:4]) }},
+		{"nan", func(b []byte) { binary.LittleEndian.PutUint32(entry(b, 0)[4:], 0x7fc00000) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bad := bytes.Clone(good)
+			tc.modify(bad)
+			info, err := e.store.Put(ctx, bad, cas.HintNone)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := *cp
+			out.ID, out.State = index.ID{}, []index.ChunkRef{cp.State[0], {Digest: info.Digest, Length: int64(len(bad))}}
+			m, err := out.Manifest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if out.ID, err = e.ix.CommitManifest(ctx, []cas.Info{info}, m); err != nil {
+				t.Fatal(err)
+			}
+			in, _, err := restore.Restore(ctx, e.store, e.model, &out, restore.Options{})
+			if in != nil || !errors.Is(err, checkpoint.ErrBadCheckpoint) {
+				t.Fatalf("restore of a bad top-logits chunk: %v", err)
+			}
+		})
 	}
 }
