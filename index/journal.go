@@ -170,7 +170,7 @@ func (ix *Index) commitJournaled(ctx context.Context, batch cas.Batch, jb cas.Jo
 		return err
 	}
 	seq := ix.j.seq + 1
-	release, err := jb.CommitJournal(ctx, encodeJournal(ix.j.epoch, seq, p.now, c))
+	release, err := jb.CommitJournal(ctx, encodeJournal(ix.j.epoch, seq, p))
 	if err != nil {
 		return err
 	}
@@ -255,29 +255,28 @@ func (ix *Index) initJournal(readOnly bool) error {
 	if !ok || !haveEpoch {
 		return nil
 	}
-	type entry struct {
-		seq uint64
-		now time.Time
-		c   Commit
-	}
-	var todo []entry
+	var todo []*journalEntry
 	werr := js.JournalEntries(func(payload []byte) error {
-		epoch, seq, now, c, err := decodeJournal(payload)
+		e, err := decodeJournal(payload)
 		if err != nil {
 			// An entry that passed its digest check but does not decode was written by a
 			// newer driftstore or is damaged beyond its checksum: not ours to apply.
 			return nil
 		}
-		if epoch != ix.j.epoch || seq <= applied {
+		if e.epoch != ix.j.epoch || e.seq <= applied {
 			return nil
 		}
-		todo = append(todo, entry{seq, now, c})
+		e.forms = slices.Clone(e.forms) // the payload is only valid during the call
+		for i := range e.forms {
+			e.forms[i] = bytes.Clone(e.forms[i])
+		}
+		todo = append(todo, e)
 		return nil
 	})
 	if werr != nil && !errors.As(werr, new(*cas.CorruptError)) {
 		return fmt.Errorf("read the journal: %w", werr)
 	}
-	slices.SortFunc(todo, func(a, b entry) int {
+	slices.SortFunc(todo, func(a, b *journalEntry) int {
 		switch {
 		case a.seq < b.seq:
 			return -1
@@ -293,7 +292,11 @@ func (ix *Index) initJournal(readOnly bool) error {
 			}
 			return fmt.Errorf("%w: journal entry %d missing (applied up to %d, next found %d)", ErrCorruptIndex, ix.j.seq+1, ix.j.seq, e.seq)
 		}
-		p, err := ix.prepareAt(e.c, e.now)
+		c, err := ix.resolve(e)
+		var p *prepared
+		if err == nil {
+			p, err = ix.prepareAt(c, e.now)
+		}
 		if err == nil {
 			err = ix.apply(p, e.seq)
 		}
@@ -305,17 +308,35 @@ func (ix *Index) initJournal(readOnly bool) error {
 	return nil
 }
 
-// encodeJournal encodes a journal entry: magic, epoch, sequence number, the commit's time, then
-// c: its chunk infos, its manifests' canonical bytes and its ref move.
+// journalEntry is a decoded journal entry: the commit with its manifests still in stored form
+// (full, or a delta against a base; see delta.go), which resolve turns into a Commit.
+type journalEntry struct {
+	epoch [16]byte
+	seq   uint64
+	now   time.Time
+	c     Commit   // Manifests nil
+	forms [][]byte // the manifests' stored forms, in order
+}
+
+// encodeJournal encodes the journal entry of prepared commit p: magic, epoch, sequence number,
+// the commit's time, its chunk infos, its manifests as the transaction will store them (a
+// delta against the base its plan found, else the canonical bytes: an entry grows with what
+// the checkpoint adds, not with its context) and its ref move.
 //
 //	"DSJ\x01" epoch(16) uvarint seq  varint now(Unix ns)
 //	uvarint n, n × (digest(32) uvarint size uvarint stored byte codec varint modtime)
-//	uvarint m, m × (uvarint len, bytes)
+//	uvarint m, m × (uvarint len, stored form)
 //	byte ref (0 none, 1 set) [byte kind, uvarint len, name, expected(32), target(32)]
-func encodeJournal(epoch [16]byte, seq uint64, now time.Time, c Commit) []byte {
+func encodeJournal(epoch [16]byte, seq uint64, p *prepared) []byte {
+	c := p.c
+	forms := make([][]byte, len(c.Manifests))
 	n := len(journalMagic) + 16 + 3*binary.MaxVarintLen64 + len(c.Chunks)*(32+4*binary.MaxVarintLen64) + 1
-	for _, e := range c.Manifests {
-		n += binary.MaxVarintLen64 + len(e.data)
+	for i, e := range c.Manifests {
+		forms[i] = e.data
+		if d := p.plans[i].delta; d != nil {
+			forms[i] = d
+		}
+		n += binary.MaxVarintLen64 + len(forms[i])
 	}
 	if c.Ref != nil {
 		n += 1 + binary.MaxVarintLen64 + len(c.Ref.Name) + 64
@@ -324,7 +345,7 @@ func encodeJournal(epoch [16]byte, seq uint64, now time.Time, c Commit) []byte {
 	b = append(b, journalMagic...)
 	b = append(b, epoch[:]...)
 	b = binary.AppendUvarint(b, seq)
-	b = binary.AppendVarint(b, now.UnixNano())
+	b = binary.AppendVarint(b, p.now.UnixNano())
 	b = binary.AppendUvarint(b, uint64(len(c.Chunks)))
 	for _, in := range c.Chunks {
 		b = append(b, in.Digest[:]...)
@@ -333,10 +354,10 @@ func encodeJournal(epoch [16]byte, seq uint64, now time.Time, c Commit) []byte {
 		b = append(b, byte(in.Codec))
 		b = binary.AppendVarint(b, in.ModTime.UnixNano())
 	}
-	b = binary.AppendUvarint(b, uint64(len(c.Manifests)))
-	for _, e := range c.Manifests {
-		b = binary.AppendUvarint(b, uint64(len(e.data)))
-		b = append(b, e.data...)
+	b = binary.AppendUvarint(b, uint64(len(forms)))
+	for _, f := range forms {
+		b = binary.AppendUvarint(b, uint64(len(f)))
+		b = append(b, f...)
 	}
 	if c.Ref == nil {
 		return append(b, 0)
@@ -348,17 +369,17 @@ func encodeJournal(epoch [16]byte, seq uint64, now time.Time, c Commit) []byte {
 	return append(b, c.Ref.Target[:]...)
 }
 
-// decodeJournal decodes a journal entry strictly (every manifest decoded and hashed). It never
-// panics on any input.
-func decodeJournal(b []byte) (epoch [16]byte, seq uint64, now time.Time, c Commit, err error) {
-	r := journalReader{b: b}
+// decodeJournal decodes a journal entry strictly, but for its manifests, left in stored form
+// (aliasing b). It never panics on any input.
+func decodeJournal(b []byte) (*journalEntry, error) {
+	e := &journalEntry{}
 	if !bytes.HasPrefix(b, []byte(journalMagic)) {
-		return epoch, 0, now, c, fmt.Errorf("journal entry: bad magic")
+		return nil, fmt.Errorf("journal entry: bad magic")
 	}
-	r.b = r.b[len(journalMagic):]
-	copy(epoch[:], r.bytes(16))
-	seq = r.uvarint()
-	now = time.Unix(0, r.varint())
+	r := journalReader{b: b[len(journalMagic):]}
+	copy(e.epoch[:], r.bytes(16))
+	e.seq = r.uvarint()
+	e.now = time.Unix(0, r.varint())
 	nc := r.count(32 + 4)
 	for range nc {
 		var in cas.Info
@@ -367,19 +388,15 @@ func decodeJournal(b []byte) (epoch [16]byte, seq uint64, now time.Time, c Commi
 		in.StoredSize = int64(r.uvarint())
 		in.Codec = cas.Codec(r.byte())
 		in.ModTime = time.Unix(0, r.varint())
-		c.Chunks = append(c.Chunks, in)
+		e.c.Chunks = append(e.c.Chunks, in)
 	}
 	nm := r.count(1)
 	for range nm {
-		data := r.bytes(int(r.count(1)))
+		f := r.bytes(int(r.count(1)))
 		if r.err != nil {
 			break
 		}
-		e, err := DecodeEncoded(bytes.Clone(data))
-		if err != nil {
-			return epoch, 0, now, c, fmt.Errorf("journal entry: manifest: %w", err)
-		}
-		c.Manifests = append(c.Manifests, e)
+		e.forms = append(e.forms, f)
 	}
 	switch r.byte() {
 	case 0:
@@ -388,7 +405,7 @@ func decodeJournal(b []byte) (epoch [16]byte, seq uint64, now time.Time, c Commi
 		mv.Name = string(r.bytes(int(r.count(1))))
 		mv.Expected = ID(r.bytes(32))
 		mv.Target = ID(r.bytes(32))
-		c.Ref = mv
+		e.c.Ref = mv
 	default:
 		r.fail()
 	}
@@ -396,12 +413,43 @@ func decodeJournal(b []byte) (epoch [16]byte, seq uint64, now time.Time, c Commi
 		r.fail()
 	}
 	if r.err == nil {
-		r.err = validInfos(c.Chunks)
+		r.err = validInfos(e.c.Chunks)
 	}
 	if r.err != nil {
-		return epoch, 0, now, Commit{}, fmt.Errorf("journal entry: %w", r.err)
+		return nil, fmt.Errorf("journal entry: %w", r.err)
 	}
-	return epoch, seq, now, c, nil
+	return e, nil
+}
+
+// resolve rebuilds e's manifests from their stored forms (a delta's base: an earlier manifest
+// of the entry, or one in the index, which replays in order) and returns its Commit.
+func (ix *Index) resolve(e *journalEntry) (Commit, error) {
+	c := e.c
+	err := ix.db.View(func(tx *bolt.Tx) error {
+		mb := tx.Bucket(bucketManifests)
+		for i, f := range e.forms {
+			data := f
+			if bytes.HasPrefix(f, []byte(deltaMagic)) && len(f) >= len(deltaMagic)+32 {
+				base := ID(f[len(deltaMagic) : len(deltaMagic)+32])
+				var err error
+				if j := slices.IndexFunc(c.Manifests, func(m *Encoded) bool { return m.id == base }); j >= 0 {
+					data, err = applyDelta(c.Manifests[j].data, f[len(deltaMagic)+32:])
+				} else {
+					data, err = storedBytes(mb, f)
+				}
+				if err != nil {
+					return fmt.Errorf("journal entry %d: manifest %d: %w", e.seq, i, err)
+				}
+			}
+			m, err := DecodeEncoded(bytes.Clone(data))
+			if err != nil {
+				return fmt.Errorf("journal entry %d: manifest %d: %w", e.seq, i, err)
+			}
+			c.Manifests = append(c.Manifests, m)
+		}
+		return nil
+	})
+	return c, err
 }
 
 // journalReader reads a journal entry; after the first error every read returns zeros.
