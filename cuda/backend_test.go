@@ -265,12 +265,21 @@ func BenchmarkGenerate(b *testing.B) {
 	}
 }
 
-// BenchmarkDecode: decode of the 1B-shaped F16 model (KV on the device) after a 24-token
-// prompt, b.N tokens in one Generate call (run it with -test.benchtime 512x); reports
-// ms/token. Made for profiles of the host side of a decode step (-test.cpuprofile, nsys).
+// BenchmarkDecode: decode of the 1B-shaped F16 model (DRIFTSTORE_BENCH_TYPE=q8_0: Q8_0; KV
+// on the device) after a 24-token prompt, b.N tokens in one Generate call (run it with
+// -test.benchtime 512x); reports ms/token. Made for profiles of the host side of a decode step
+// (-test.cpuprofile, nsys) and A/B runs (scripts/gpu-check.sh ab).
 func BenchmarkDecode(b *testing.B) {
 	be := newCUDABackend(b, KVDevice)
-	path := synthModel(b, "llama-3.2-1b", gguf.TypeF16)
+	typ := gguf.TypeF16
+	switch v := os.Getenv("DRIFTSTORE_BENCH_TYPE"); v {
+	case "", "f16":
+	case "q8_0":
+		typ = gguf.TypeQ8_0
+	default:
+		b.Fatalf("DRIFTSTORE_BENCH_TYPE=%q: want f16 or q8_0", v)
+	}
+	path := synthModel(b, "llama-3.2-1b", typ)
 	e, err := engine.New(engine.Options{Backend: be, CacheDir: moduleCache(b)})
 	if err != nil {
 		b.Fatal(err)

@@ -50,6 +50,8 @@ type Device struct {
 	tc        bool   // tensor-core matmuls for F16 and Q8_0 (see Device.tensorCores)
 	tcv       tcMode // the few-token tensor-core kernel (all give the same results)
 	tcw       int    // warps per block of ds_tcr2/ds_tcr8; 0: chosen per matrix (tcrShape)
+	fewTC     bool   // DRIFTSTORE_CUDA_FEW=tc: few-token products on the tensor cores always (few.go)
+	tcqForce  [2]int // tests: ds_tcq's row tiles per warp and segment groups (0: tcqShape's)
 
 	gemm       atomic.Pointer[GEMMOptions] // products of batches (gemm.go); never nil after Open
 	blasBroken atomic.Bool                 // GEMMAuto: a cuBLAS handle could not be made
@@ -113,6 +115,10 @@ func Open(ordinal int) (*Device, error) {
 	d.info.HostPtrIsDevPtr = hp != 0
 	d.tc = d.info.CC[0] >= 8 && os.Getenv("DRIFTSTORE_CUDA_TC") != "0"
 	if d.tcv, err = parseTCMode(os.Getenv("DRIFTSTORE_CUDA_TCV")); err != nil {
+		drv.release()
+		return nil, err
+	}
+	if d.fewTC, err = parseFewMode(os.Getenv("DRIFTSTORE_CUDA_FEW")); err != nil {
 		drv.release()
 		return nil, err
 	}

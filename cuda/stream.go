@@ -16,6 +16,8 @@ func kernelNames() []string {
 		"ds_f32_to_f16", "ds_f32_to_f16v", "ds_q8_to_f16",
 	}
 	names = append(names, tcrNames[:]...)
+	names = append(names, tcqNames[:]...)
+	names = append(names, mvmNames[:]...)
 	for _, t := range []DType{F32, F16, BF16, Q8_0} {
 		for _, shape := range []string{"1x1", "1x8", "4x8"} {
 			names = append(names, "ds_mv_"+t.suffix()+"_"+shape, "ds_mv_"+t.suffix()+"_"+shape+"v")
@@ -99,6 +101,9 @@ type Stream struct {
 		pos0                            int
 		base                            float32
 	}
+	// lastFew: the few-token product(s) recorded last (deferred mode), valid while seq ==
+	// lastFew.seq: a product of the same activations joins its launch (few.go).
+	lastFew fewRec
 }
 
 type table struct {
@@ -240,7 +245,10 @@ func (s *Stream) MatMul(out DevPtr, w *Weights, x DevPtr, n int) error {
 // result for each token does not depend on n or on the other tokens (the same order of
 // operations); a product that goes to cuBLAS (the device's GEMMOptions: F16 or Q8_0 weights,
 // at least MinTokens tokens; gemm.go) gives bits that depend on n and on where the operands
-// lie, the same for the same call.
+// lie, the same for the same call. With cuBLAS taking every larger batch, products of at most
+// tcvMaxTokens tokens run on the CUDA cores (few.go): their bits do not depend on n up to
+// tcvMaxTokens. On a deferred stream consecutive few-token products of the same activations
+// share one launch (few.go), with the same bits.
 func (s *Stream) MatMulStrided(out DevPtr, ostride int, w *Weights, x DevPtr, xstride, n int) error {
 	if n <= 0 {
 		return nil
@@ -253,9 +261,25 @@ func (s *Stream) MatMulStrided(out DevPtr, ostride int, w *Weights, x DevPtr, xs
 			return err
 		}
 	}
+	cores := n <= tcvMaxTokens && s.d.fewCores(w)
+	if n <= tcvMaxTokens {
+		if ok, err := s.fuseFew(out, ostride, w, x, xstride, n, cores); ok || err != nil {
+			return err
+		}
+	}
+	err := s.matMulOwn(out, ostride, w, x, xstride, n, cores)
+	if err == nil && s.q != nil {
+		s.noteFew(out, ostride, w, x, xstride, n, cores)
+	}
+	return err
+}
+
+// matMulOwn launches the own kernel of a product: on the CUDA cores when cores (or w is not for
+// the tensor cores), else on the tensor cores.
+func (s *Stream) matMulOwn(out DevPtr, ostride int, w *Weights, x DevPtr, xstride, n int, cores bool) error {
 	var a argSlots
 	a.ptr(out).i32(ostride).ptr(w.data.Ptr).ptr(w.scalePtr()).ptr(x).i32(xstride).i32(w.Rows).i32(w.Cols).i32(n)
-	if s.d.tensorCores(w) {
+	if !cores && s.d.tensorCores(w) {
 		// Tensor cores, the same arithmetic for every n (kernels.cu, "tensor-core matrix
 		// products"): few tokens stream the weights once per 8 tokens, many share them per 64.
 		if n <= tcvMaxTokens {
@@ -420,7 +444,7 @@ func (s *Stream) RMSNorm(out, x, w DevPtr, dim, n int, eps float32) error {
 		}
 		var a argSlots
 		a.ptr(out).ptr(la.out).ptr(la.x).ptr(la.y).ptr(w).i32(dim).i32(n).f32(eps)
-		s.rerecord(la.rec, f, [3]uint32{uint32(n), 1, 1}, [3]uint32{rmsThreads, 1, 1}, &a)
+		s.rerecord(la.rec, f, [3]uint32{uint32(n), 1, 1}, [3]uint32{rmsThreads, 1, 1}, 0, &a)
 		return nil
 	}
 	var a argSlots
@@ -430,10 +454,10 @@ func (s *Stream) RMSNorm(out, x, w DevPtr, dim, n int, eps float32) error {
 
 // rerecord replaces the unissued kernel record k (the last one) of a deferred stream: a fusion
 // of the last operation with the one being queued. seq moves on, so nothing fuses into it again.
-func (s *Stream) rerecord(k int, f cuFunction, grid, block [3]uint32, a *argSlots) {
+func (s *Stream) rerecord(k int, f cuFunction, grid, block [3]uint32, shmem uint32, a *argSlots) {
 	r := &s.q.recs
 	r.fns[k] = f
-	copy(r.dims[7*k:7*k+7], []uint32{grid[0], grid[1], grid[2], block[0], block[1], block[2], 0})
+	copy(r.dims[7*k:7*k+7], []uint32{grid[0], grid[1], grid[2], block[0], block[1], block[2], shmem})
 	copy(r.args[maxArgs*k:maxArgs*k+maxArgs], a.v[:maxArgs])
 	r.nargs[k] = int32(a.n)
 	s.seq++
@@ -465,7 +489,7 @@ func (s *Stream) RoPE(x DevPtr, n, nheads, hd, stride, pos0 int, base float32) e
 			var a argSlots
 			a.ptr(lr.x).i32(lr.nheads).i32(lr.stride).ptr(x).i32(nheads).i32(stride).i32(n).i32(hd).i32(pos0).f32(base)
 			all := total + n*lr.nheads*hd/2
-			s.rerecord(lr.rec, f, [3]uint32{uint32(ceilDiv(all, 256)), 1, 1}, [3]uint32{256, 1, 1}, &a)
+			s.rerecord(lr.rec, f, [3]uint32{uint32(ceilDiv(all, 256)), 1, 1}, [3]uint32{256, 1, 1}, 0, &a)
 			l2 := &s.lastRoPE2
 			l2.seq, l2.rec, l2.q, l2.k = s.seq, lr.rec, lr.x, x
 			l2.nq, l2.qstride, l2.nk, l2.kstride = lr.nheads, lr.stride, nheads, stride
@@ -587,7 +611,7 @@ func (s *Stream) StoreKVTable2(k, v DevPtr, n, pos0 int, l KVLayout, tab, tab2 D
 			a.ptr(l2.q).i32(l2.nq).i32(l2.qstride).ptr(k).ptr(v).i32(l.NKVHeads).i32(n).i32(l.HeadDim).
 				i32(pos0).f32(l2.base).i32(l.BlockSize).i32(int(l.KVType)).ptr(tab).ptr(tab2)
 			all := n * (l2.nq + l.NKVHeads) * l.HeadDim / 2
-			s.rerecord(l2.rec, f, [3]uint32{uint32(ceilDiv(all, 256)), 1, 1}, [3]uint32{256, 1, 1}, &a)
+			s.rerecord(l2.rec, f, [3]uint32{uint32(ceilDiv(all, 256)), 1, 1}, [3]uint32{256, 1, 1}, 0, &a)
 			return nil
 		}
 	}

@@ -18,6 +18,14 @@
 #        timeout_s: 480  (expected run ≈ 2–3 min; the limit only bounds a hang: gpu.log and the
 #                   per-phase logs in OUT come back even then)
 #
+#   scripts/gpu-check.sh ab OUT SPEC...  on a machine with a GPU: BenchmarkDecode (1B shape,
+#                                     GPU_CHECK_AB_TOKENS tokens, default 256) with each SPEC in
+#                                     turn, GPU_CHECK_AB_ROUNDS rounds (default 3), one line per
+#                                     run into OUT/ab.log: an A/B of builds or settings in one
+#                                     process order. SPEC is NAME:BINARY[:VAR=VALUE...], e.g.
+#                                     base:.devcarry/x/old:DRIFTSTORE_CUDA_PTX= (the binary's own
+#                                     PTX) or q8:.devcarry/x/new:DRIFTSTORE_BENCH_TYPE=q8_0.
+#
 #   scripts/gpu-check.sh kbench [OUT]  on a machine with nvcc and a GPU (no Go): builds
 #                                     cuda/tcbench/tcbench.cu (the kernels without Go), checks
 #                                     every few-token kernel bit for bit against ds_tcm, times
@@ -69,6 +77,10 @@
 #   GPU_CHECK_VARIANTS     space-separated NAME=VALUE settings: after the check, for each, the
 #                          matmul and whole-model tests, the F16/Q8_0 GEMV benchmarks and
 #                          BenchmarkGenerate run again with it set (logged in gpu.log)
+#   GPU_CHECK_BIN          the test binary run (default .devcarry/gpu/cudatest)
+#   DRIFTSTORE_CUDA_FEW=tc few-token products of F16/Q8_0 weights on the tensor cores even where
+#                          cuBLAS takes the batches (default there: the CUDA cores; cuda/few.go)
+#   DRIFTSTORE_BENCH_TYPE  BenchmarkDecode's weights: f16 (default) or q8_0
 #   DRIFTSTORE_CUDA_MODELS where the synthetic models are kept (default
 #                          /tmp/driftstore-cuda-models; never under OUT: ≈ 4 GB)
 set -uo pipefail
@@ -88,7 +100,7 @@ run)
 	out=$(cd "$out" && pwd)
 	log=$out/gpu.log
 	: >"$log"
-	bin=$PWD/.devcarry/gpu/cudatest
+	bin=${GPU_CHECK_BIN:-$PWD/.devcarry/gpu/cudatest}
 	[ -x "$bin" ] || { echo "no $bin: run 'scripts/gpu-check.sh build' first (and carry .devcarry/gpu)" | tee -a "$log" >&2; exit 1; }
 	export DRIFTSTORE_CUDA_MODELS=${DRIFTSTORE_CUDA_MODELS:-/tmp/driftstore-cuda-models}
 	unset DRIFTSTORE_GPU_REPORT
@@ -195,6 +207,24 @@ run)
 		grep -E '^== [a-z]+: exit' "$log" | sed 's/^== /  /'
 		echo "overall: $([ $status = 0 ] && echo OK || echo FAILED) (full log: gpu.log)"
 	} | tee -a "$log"
+	exit $status
+	;;
+ab)
+	out=${2:?usage: gpu-check.sh ab OUT NAME:BINARY[:VAR=VALUE...]...}
+	shift 2
+	mkdir -p "$out"
+	export DRIFTSTORE_CUDA_MODELS=${DRIFTSTORE_CUDA_MODELS:-/tmp/driftstore-cuda-models}
+	status=0
+	for round in $(seq 1 "${GPU_CHECK_AB_ROUNDS:-3}"); do
+		for spec in "$@"; do
+			IFS=: read -r -a f <<<"$spec"
+			name=${f[0]} bin=$(cd "$(dirname "${f[1]}")" && pwd)/$(basename "${f[1]}")
+			line=$(cd cuda && env "${f[@]:2}" "$bin" -test.run '^$' -test.bench '^BenchmarkDecode$' \
+				-test.benchtime "${GPU_CHECK_AB_TOKENS:-256}x" -test.timeout 300s 2>&1 | grep -E '^(BenchmarkDecode|FAIL|panic)')
+			[ -n "$line" ] && ! grep -q -E '^(FAIL|panic)' <<<"$line" || status=1
+			echo "round $round $name: $(grep -o -E '[0-9.]+ ms/token' <<<"$line" || echo "$line")" | tee -a "$out/ab.log"
+		done
+	done
 	exit $status
 	;;
 kbench)

@@ -87,15 +87,18 @@ __device__ __forceinline__ float ld1(int ty, const void* __restrict__ w,
 // for one (row, token) is therefore the same for every RW, NT and n: a token's outputs are
 // bit-identical whether it is multiplied alone (decode) or in a batch (prefill).
 // Needs cols % 8 == 0 and 16-byte aligned weight rows (the host checks). VEC: x is 16-byte
-// aligned with xstride % 4 == 0, so x loads are float4. Grid: x = token tiles, y = row groups.
-template <int TY, int RW, int NT, bool VEC>
+// aligned with xstride % 4 == 0, so x loads are float4. Grid: x = token tiles, y = row groups
+// (by). U: the lane loop's unrolling (loads in flight; not the order of operations): one
+// token, 4 (F16, F32, BF16) or 2 (Q8_0: on an H100 in CUDA graphs 2048x8192 12.0 us against
+// 16.0 with 4, 512x2048 4.3 against 5.4; docs/bench/cuda-notes-2026-11-26.md, "ds_mvm").
+template <int TY, int RW, int NT, bool VEC, int U = (NT == 1 ? (TY == DT_Q8_0 ? 2 : 4) : 1)>
 __device__ __forceinline__ void mv_body(float* __restrict__ out, int ostride,
                                         const void* __restrict__ w,
                                         const __half* __restrict__ sc,
                                         const float* __restrict__ x, int xstride, int rows,
-                                        int cols, int n) {
+                                        int cols, int n, int by) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int r0 = (blockIdx.y * (blockDim.x >> 5) + warp) * RW;
+    int r0 = (by * (blockDim.x >> 5) + warp) * RW;
     int t0 = blockIdx.x * NT;
     if (r0 >= rows) return;
     float acc[RW][NT];
@@ -104,7 +107,7 @@ __device__ __forceinline__ void mv_body(float* __restrict__ out, int ostride,
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[i][t] = 0.f;
     int nv = cols >> 3;
-#pragma unroll(NT == 1 ? 4 : 1)
+#pragma unroll(U)
     for (int v = lane; v < nv; v += 32) {
         float f[RW][8];
 #pragma unroll
@@ -151,7 +154,7 @@ __device__ __forceinline__ void mv_body(float* __restrict__ out, int ostride,
     extern "C" __global__ void __launch_bounds__(256)                                           \
         name(float* out, int ostride, const void* w, const __half* sc, const float* x,          \
              int xstride, int rows, int cols, int n) {                                          \
-        mv_body<TY, RW, NT, VEC>(out, ostride, w, sc, x, xstride, rows, cols, n);               \
+        mv_body<TY, RW, NT, VEC>(out, ostride, w, sc, x, xstride, rows, cols, n, blockIdx.y);   \
     }
 #define MV_TYPE(suffix, TY)                                                                     \
     MV_KERNEL(ds_mv_##suffix##_1x1, TY, 1, 1, false)                                            \
@@ -164,6 +167,52 @@ MV_TYPE(f32, DT_F32)
 MV_TYPE(f16, DT_F16)
 MV_TYPE(bf16, DT_BF16)
 MV_TYPE(q8, DT_Q8_0)
+
+// mvm: ds_mv of up to three matrices (nmat) with the same cols and the same activations in one
+// launch (the deferred stream fuses consecutive products of one input: q, k, v; gate, up).
+// blockIdx.y runs over matrix 0's row groups of 8*RW rows, then matrix 1's, then matrix 2's;
+// each row's outputs are those of a separate ds_mv launch, bit for bit.
+struct MvmMat {
+    float* out;
+    const void* w;
+    const __half* sc;
+    int ostride, rows;
+};
+template <int TY, int RW, int NT, bool VEC, int U = (NT == 1 ? (TY == DT_Q8_0 ? 2 : 4) : 1)>
+__device__ __forceinline__ void mvm_body(const float* __restrict__ x, int xstride, int cols, int n,
+                                         int nmat, MvmMat m0, MvmMat m1, MvmMat m2) {
+    const int rpb = (blockDim.x >> 5) * RW;
+    int by = blockIdx.y;
+    MvmMat m = m0;
+    int nb = (m0.rows + rpb - 1) / rpb;
+    if (nmat > 1 && by >= nb) {
+        by -= nb;
+        m = m1;
+        nb = (m1.rows + rpb - 1) / rpb;
+        if (nmat > 2 && by >= nb) {
+            by -= nb;
+            m = m2;
+        }
+    }
+    mv_body<TY, RW, NT, VEC, U>(m.out, m.ostride, m.w, m.sc, x, xstride, m.rows, cols, n, by);
+}
+#define MVM_KERNEL(name, TY, RW, NT, VEC)                                                       \
+    extern "C" __global__ void __launch_bounds__(256)                                           \
+        name(const float* x, int xstride, int cols, int n, int nmat, float* out0, int ostride0, \
+             const void* w0, const __half* sc0, int rows0, float* out1, int ostride1,           \
+             const void* w1, const __half* sc1, int rows1, float* out2, int ostride2,           \
+             const void* w2, const __half* sc2, int rows2) {                                    \
+        mvm_body<TY, RW, NT, VEC>(x, xstride, cols, n, nmat, MvmMat{out0, w0, sc0, ostride0, rows0}, \
+                                  MvmMat{out1, w1, sc1, ostride1, rows1},                       \
+                                  MvmMat{out2, w2, sc2, ostride2, rows2});                      \
+    }
+#define MVM_TYPE(suffix, TY)                                                                    \
+    MVM_KERNEL(ds_mvm_##suffix##_1x1, TY, 1, 1, false)                                          \
+    MVM_KERNEL(ds_mvm_##suffix##_1x1v, TY, 1, 1, true)                                          \
+    MVM_KERNEL(ds_mvm_##suffix##_1x8, TY, 1, 8, false)                                          \
+    MVM_KERNEL(ds_mvm_##suffix##_1x8v, TY, 1, 8, true)
+MVM_TYPE(f16, DT_F16)
+MVM_TYPE(q8, DT_Q8_0)
 
 // ---- tensor-core matrix products (F16 and Q8_0 weights) -------------------------------------
 // out[t*ostride + r] = sum_c W[r][c] * x[t*xstride + c], on the tensor cores (mma.sync
@@ -728,6 +777,252 @@ TCR_KERNEL(ds_tcr8_f16, DT_F16, false, 8, 256)
 TCR_KERNEL(ds_tcr8_f16v, DT_F16, true, 8, 256)
 TCR_KERNEL(ds_tcr8_q8, DT_Q8_0, false, 8, 256)
 TCR_KERNEL(ds_tcr8_q8v, DT_Q8_0, true, 8, 256)
+
+// ---- few-token tensor-core products, several row tiles per warp (ds_tcq) --------------------
+// The same arithmetic per output element as every kernel above (the order of operations in
+// "tensor-core matrix products"), organized so that one activation split serves R row tiles:
+// each warp takes R consecutive 16-row tiles (16R rows) and, for each 32-column chunk of its
+// segments, scales and splits the chunk of the n <= 8 tokens once and multiplies it by the R
+// tiles' weights (ds_tcr splits each chunk once per tile: most of its instructions). Weights
+// stream through a register ring of D chunks x R tiles (the loads of chunk j+D are issued as
+// chunk j is consumed), activations through a ring of 2.
+// Work units: one launch covers up to three matrices (nmat) with the same cols and the same
+// activations (the deferred stream fuses consecutive products of one input: q, k, v; gate,
+// up). Matrix m has ceil(rows_m/16R) row groups; a row group's nseg segments are cut into nsg
+// groups of spg = ceil(nseg/nsg) consecutive segments; block b is one (row group, segment
+// group), the matrices' row groups in order, segment groups innermost. Warp w of a block takes
+// its group's segments w, w+nw, ... Segment sums: nsg = 1, in shared memory (dynamic,
+// R*nseg*128 floats) and the block adds them; nsg > 1, in part (global, [row group][R][nseg]
+// [128] floats) and the block that finishes a row group last (counted in cnt[row group],
+// which it resets to 0: zero between launches) adds them. Either way each output element is
+// the ordered sum (from 0, segment 0 first) of the same segment sums as ds_tcm's: the bits
+// depend neither on R, D, nsg, nw, nmat nor on the order in which blocks run.
+// Grid: sum over matrices of ceil(rows_m/16R) * nsg blocks of nw <= 8 warps.
+// wload: wraw with a prefetch hint. PF 1: the load asks L2 for the 256 bytes around it
+// (ld.global.nc.L2::256B, sm_80+; not kept in L1): a warp's loads of one chunk touch 64 (F16) or
+// 32 (Q8_0) bytes of each of 16 rows, so this brings the row's next chunks into L2 in one
+// DRAM request. PF 0 and 2: a plain __ldg (2: prefetches are issued separately).
+template <int TY, int PF>
+__device__ __forceinline__ uint4 wload(const void* __restrict__ w, size_t idx) {
+    if (PF != 1) return wraw<TY>(w, idx);
+    uint4 u = make_uint4(0u, 0u, 0u, 0u);
+    if (TY == DT_F16) {
+        asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+            : "=r"(u.x), "=r"(u.y), "=r"(u.z), "=r"(u.w)
+            : "l"((const __half*)w + idx));
+    } else {
+        asm("ld.global.nc.L1::no_allocate.L2::256B.v2.u32 {%0, %1}, [%2];"
+            : "=r"(u.x), "=r"(u.y)
+            : "l"((const int8_t*)w + idx));
+    }
+    return u;
+}
+
+struct TcqMat {
+    float* out;
+    const void* w;
+    const __half* sc;
+    int ostride, rows;
+};
+
+template <int TY, bool VEC, int R, int D, int PF>
+__device__ __forceinline__ void tcq_body(const float* __restrict__ x, int xstride, int cols, int n,
+                                         int nsg, float* __restrict__ gpart,
+                                         unsigned* __restrict__ gcnt, int nmat, TcqMat m0,
+                                         TcqMat m1, TcqMat m2) {
+    static_assert(D % 2 == 0 && D <= 8, "ring depth: even, at most 8");
+    extern __shared__ float tc_part[];
+    __shared__ unsigned s_last;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int nw = blockDim.x >> 5;
+    const int nch = cols >> 5, nseg = (nch + 7) >> 3, spg = (nseg + nsg - 1) / nsg;
+    // The block's matrix, its row group (grg: counted over the matrices) and segment group.
+    int unit = blockIdx.x, grg = 0;
+    TcqMat m = m0;
+    {
+        int rgs = (m0.rows + 16 * R - 1) / (16 * R);
+        if (nmat > 1 && unit >= rgs * nsg) {
+            unit -= rgs * nsg;
+            grg += rgs;
+            m = m1;
+            rgs = (m1.rows + 16 * R - 1) / (16 * R);
+            if (nmat > 2 && unit >= rgs * nsg) {
+                unit -= rgs * nsg;
+                grg += rgs;
+                m = m2;
+            }
+        }
+    }
+    const int rg = unit / nsg, sgi = unit - rg * nsg;
+    grg += rg;
+    const int r0 = rg * 16 * R, rows = m.rows;
+    const int sg0 = sgi * spg, sg1 = min(nseg, sg0 + spg);
+    constexpr int ES = TY == DT_F16 ? 2 : 1;
+    const char* wa[R];
+    const char* wb[R];
+    const __half* sa[R];
+    const __half* sb[R];
+#pragma unroll
+    for (int t = 0; t < R; t++) {
+        int ra = min(r0 + 16 * t + g, rows - 1), rb = min(r0 + 16 * t + g + 8, rows - 1);
+        wa[t] = (const char*)m.w + ((size_t)ra * cols + c * 8) * ES;
+        wb[t] = (const char*)m.w + ((size_t)rb * cols + c * 8) * ES;
+        sa[t] = m.sc + (size_t)ra * nch;  // Q8_0 only
+        sb[t] = m.sc + (size_t)rb * nch;
+    }
+    const bool tok = g < n;
+    const float* xp = x + (size_t)min(g, n - 1) * xstride + c * 8;
+    // The warp's segments, and its chunk slots: slot j is chunk (sg0 + warp + (j/8)*nw)*8 + j%8
+    // (past nch: nothing, but the slot still counts, so a segment ends at j%8 == 7).
+    const int nsw = warp < sg1 - sg0 ? (sg1 - sg0 - warp + nw - 1) / nw : 0;
+    const int J = nsw * 8;
+    uint4 RA[D][R], RB[D][R];
+    float DA[D][R], DB[D][R];
+    float X[2][8];
+#pragma unroll
+    for (int i = 0; i < D; i++) {
+        int ch = (sg0 + warp) * 8 + i;
+        if (i < J && ch < nch) {
+#pragma unroll
+            for (int t = 0; t < R; t++) {
+                RA[i][t] = wload<TY, PF>(wa[t], (size_t)ch * 32);
+                RB[i][t] = wload<TY, PF>(wb[t], (size_t)ch * 32);
+                if (TY == DT_Q8_0) {
+                    DA[i][t] = __half2float(sa[t][ch]);
+                    DB[i][t] = __half2float(sb[t][ch]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int ch = (sg0 + warp) * 8 + i;
+        if (i < J && ch < nch) ldx8v<VEC>(xp + (size_t)ch * 32, tok, X[i]);
+    }
+    float seg[R][4];
+#pragma unroll
+    for (int t = 0; t < R; t++) seg[t][0] = seg[t][1] = seg[t][2] = seg[t][3] = 0.f;
+    for (int j0 = 0; j0 < J; j0 += D) {
+#pragma unroll
+        for (int i = 0; i < D; i++) {
+            const int j = j0 + i;
+            const int sgj = sg0 + warp + (j >> 3) * nw;
+            const int ch = sgj * 8 + (j & 7);
+            const bool ok = ch < nch;  // warp-uniform
+            uint32_t hi[4], lo[4];
+            float s0 = 0.f, s1 = 0.f;
+            if (ok) {
+                int e = tc_split(X[i & 1], hi, lo);
+                int e0 = __shfl_sync(0xffffffffu, e, 8 * c), e1 = __shfl_sync(0xffffffffu, e, 8 * c + 4);
+                s0 = pow2i(-e0);
+                s1 = pow2i(-e1);
+            }
+            {  // the activations of slot j+2 into X[i & 1] (j0 is a multiple of the even D)
+                int jn = j + 2, chn = (sg0 + warp + (jn >> 3) * nw) * 8 + (jn & 7);
+                if (jn < J && chn < nch) ldx8v<VEC>(xp + (size_t)chn * 32, tok, X[i & 1]);
+            }
+            if (ok) {
+#pragma unroll
+                for (int t = 0; t < R; t++) {
+                    float tmp[4];
+                    chunk_mma(tmp, wcvt<TY>(RA[i][t]), wcvt<TY>(RB[i][t]), hi, lo);
+                    float da = 1.f, db = 1.f;
+                    if (TY == DT_Q8_0) { da = DA[i][t]; db = DB[i][t]; }
+                    tc_acc(seg[t], tmp, s0, s1, da, db);
+                }
+            }
+            {  // the weights of slot j+D into ring slot i
+                int jn = j + D, chn = (sg0 + warp + (jn >> 3) * nw) * 8 + (jn & 7);
+                if (jn < J && chn < nch) {
+#pragma unroll
+                    for (int t = 0; t < R; t++) {
+                        RA[i][t] = wload<TY, PF>(wa[t], (size_t)chn * 32);
+                        RB[i][t] = wload<TY, PF>(wb[t], (size_t)chn * 32);
+                        if (TY == DT_Q8_0) {
+                            DA[i][t] = __half2float(sa[t][chn]);
+                            DB[i][t] = __half2float(sb[t][chn]);
+                        }
+                    }
+                }
+            }
+            if (PF == 2) {  // rows g (lanes c = 0) and g + 8 (c = 1): the line 16 chunks ahead
+                constexpr int LC = TY == DT_F16 ? 2 : 4;  // chunks per 128-byte line
+                int chp = ch + 16;
+                if ((ch & (LC - 1)) == 0 && chp < nch && c < 2) {
+#pragma unroll
+                    for (int t = 0; t < R; t++) {
+                        const char* p = (c == 0 ? wa[t] : wb[t]) + (size_t)chp * 32 * ES;
+                        asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+                    }
+                }
+            }
+            if ((j & 7) == 7) {  // the segment's sums: element rr*8 + tt of [tile][segment]
+#pragma unroll
+                for (int t = 0; t < R; t++) {
+                    float* pp = nsg == 1 ? tc_part + ((size_t)t * nseg + sgj) * 128
+                                         : gpart + (((size_t)grg * R + t) * nseg + sgj) * 128;
+                    pp[g * 8 + 2 * c] = seg[t][0];
+                    pp[g * 8 + 2 * c + 1] = seg[t][1];
+                    pp[(g + 8) * 8 + 2 * c] = seg[t][2];
+                    pp[(g + 8) * 8 + 2 * c + 1] = seg[t][3];
+                    seg[t][0] = seg[t][1] = seg[t][2] = seg[t][3] = 0.f;
+                }
+            }
+        }
+    }
+    // The row group's outputs: each the ordered sum of its nseg segment sums.
+    if (nsg == 1) {
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < R * 128; idx += blockDim.x) {
+            int t = idx >> 7, tt = (idx >> 4) & 7, rr = idx & 15;
+            const float* p = tc_part + (size_t)t * nseg * 128 + rr * 8 + tt;
+            float tot = 0.f;
+            for (int s = 0; s < nseg; s++) tot += p[s * 128];
+            int r = r0 + 16 * t + rr;
+            if (r < rows && tt < n) m.out[(size_t)tt * m.ostride + r] = tot;
+        }
+        return;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(&gcnt[grg], 1u) == (unsigned)(nsg - 1);
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    for (int idx = threadIdx.x; idx < R * 128; idx += blockDim.x) {
+        int t = idx >> 7, tt = (idx >> 4) & 7, rr = idx & 15;
+        const float* p = gpart + ((size_t)grg * R + t) * nseg * 128 + rr * 8 + tt;
+        float tot = 0.f;
+        for (int s = 0; s < nseg; s++) tot += __ldcg(p + s * 128);
+        int r = r0 + 16 * t + rr;
+        if (r < rows && tt < n) m.out[(size_t)tt * m.ostride + r] = tot;
+    }
+    if (threadIdx.x == 0) gcnt[grg] = 0;
+}
+
+#define TCQ_KERNEL(name, TY, VEC, R, D, PF)                                                     \
+    extern "C" __global__ void __launch_bounds__(256)                                           \
+        name(const float* x, int xstride, int cols, int n, int nsg, float* part, unsigned* cnt, \
+             int nmat, float* out0, int ostride0, const void* w0, const __half* sc0, int rows0, \
+             float* out1, int ostride1, const void* w1, const __half* sc1, int rows1,           \
+             float* out2, int ostride2, const void* w2, const __half* sc2, int rows2) {         \
+        tcq_body<TY, VEC, R, D, PF>(x, xstride, cols, n, nsg, part, cnt, nmat,                  \
+                                TcqMat{out0, w0, sc0, ostride0, rows0},                         \
+                                TcqMat{out1, w1, sc1, ostride1, rows1},                         \
+                                TcqMat{out2, w2, sc2, ostride2, rows2});                        \
+    }
+#define TCQ_KERNELS(R, D, PF16, PF8)                                                            \
+    TCQ_KERNEL(ds_tcq##R##_f16, DT_F16, false, R, D, PF16)                                      \
+    TCQ_KERNEL(ds_tcq##R##_f16v, DT_F16, true, R, D, PF16)                                      \
+    TCQ_KERNEL(ds_tcq##R##_q8, DT_Q8_0, false, R, D, PF8)                                       \
+    TCQ_KERNEL(ds_tcq##R##_q8v, DT_Q8_0, true, R, D, PF8)
+// The instances the host picks from (cuda.Device.tcqShape), measured on an H100 in CUDA graphs
+// (docs/bench/cuda-notes-2026-11-26.md, "ds_tcq"): R = 1, D = 4 for few row tiles (q, k, v in
+// one launch: 8.6 us against ds_tcr's 16.6 in three); R = 2 or 4, D = 2 for many (gate and up
+// in one launch). The L2::256B hint helps F16 at R = 1 (9.1 -> 8.6 us) and hurts Q8_0.
+TCQ_KERNELS(1, 4, 1, 0)
+TCQ_KERNELS(2, 2, 0, 0)
+TCQ_KERNELS(4, 2, 0, 0)
 
 // mv_any: any shape (cols not a multiple of 8): one thread per (row, token), in column order.
 extern "C" __global__ void ds_mv_any(float* out, int ostride, const void* w, const __half* sc,

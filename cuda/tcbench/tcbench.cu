@@ -8,6 +8,9 @@
 //   ./tcbench time      device time per product (CUDA events, median of 7 runs of 30 launches,
 //                       rotating over enough weight copies that L2 holds none of them), GB/s of
 //                       weights; and a device-to-device copy for the memory ceiling
+//   ./tcbench checktcq  the ds_tcq instances alone (several matrices per launch, segment groups)
+//   ./tcbench tcq       one 1B layer's decode products in CUDA graphs: present kernels vs ds_tcq
+//                       (time runs it too)
 //   ./tcbench ncu       each kernel once (F16 and Q8_0, 8192x2048, n = 1), for ncu
 #include "../kernels/kernels.cu"
 
@@ -343,6 +346,340 @@ static int ncu_mode() {
     return 0;
 }
 
+// ---- ds_tcq: several row tiles per warp, several matrices per launch ------------------------
+// Variants beside the exported ones (ds_tcq1: D = 4, F16 with the L2::256B hint; ds_tcq2 and
+// ds_tcq4: D = 2, no hint): ring depths, hints (PF 1), none (PF 0) or separate prefetches (PF 2).
+#define TCQ_KERNELS_H(R, D, PF)                                                                 \
+    TCQ_KERNEL(h_tcq##R##d##D##p##PF##_f16, DT_F16, false, R, D, PF)                            \
+    TCQ_KERNEL(h_tcq##R##d##D##p##PF##_f16v, DT_F16, true, R, D, PF)                            \
+    TCQ_KERNEL(h_tcq##R##d##D##p##PF##_q8, DT_Q8_0, false, R, D, PF)                            \
+    TCQ_KERNEL(h_tcq##R##d##D##p##PF##_q8v, DT_Q8_0, true, R, D, PF)
+TCQ_KERNELS_H(1, 4, 0)
+TCQ_KERNELS_H(2, 2, 1)
+TCQ_KERNELS_H(1, 4, 2)
+TCQ_KERNELS_H(1, 8, 1)
+
+typedef decltype(&ds_tcq1_f16) TcqFn;
+struct TcqK {
+    const char* name;
+    int R, D;
+    TcqFn f16, f16v, q8, q8v;
+};
+#define TCQ_H(R, D, PF)                                                                         \
+    {"q" #R "d" #D "p" #PF, R, D, h_tcq##R##d##D##p##PF##_f16, h_tcq##R##d##D##p##PF##_f16v,   \
+     h_tcq##R##d##D##p##PF##_q8, h_tcq##R##d##D##p##PF##_q8v}
+static const std::vector<TcqK> tcqKernels = {
+    {"tcq1", 1, 4, ds_tcq1_f16, ds_tcq1_f16v, ds_tcq1_q8, ds_tcq1_q8v},
+    {"tcq2", 2, 2, ds_tcq2_f16, ds_tcq2_f16v, ds_tcq2_q8, ds_tcq2_q8v},
+    {"tcq4", 4, 2, ds_tcq4_f16, ds_tcq4_f16v, ds_tcq4_q8, ds_tcq4_q8v},
+    TCQ_H(1, 4, 0), TCQ_H(2, 2, 1), TCQ_H(1, 4, 2), TCQ_H(1, 8, 1),
+};
+
+// launch_tcq: one launch of kernel k over the matrices ms (same cols, same type; copy copy of
+// each) into outs; false (nothing launched) where the configuration is not possible.
+static bool launch_tcq(const TcqK& k, const std::vector<const Mat*>& ms, int copy,
+                       const std::vector<float*>& outs, const float* x, int xstride, int n,
+                       int nsg, int nw, cudaStream_t st) {
+    int cols = ms[0]->cols, nch = cols / 32, nseg = (nch + 7) / 8;
+    if (nsg > nseg) return false;
+    int spg = (nseg + nsg - 1) / nsg;
+    if ((nseg + spg - 1) / spg != nsg) return false;  // an empty segment group
+    nw = std::min(nw, spg);
+    size_t sh = nsg == 1 ? (size_t)k.R * nseg * 128 * 4 : 0;
+    if (sh > 48 * 1024) return false;
+    bool f16 = ms[0]->ty == DT_F16;
+    bool vec = ((uintptr_t)x % 16 == 0) && xstride % 4 == 0;
+    TcqFn f = f16 ? (vec ? k.f16v : k.f16) : (vec ? k.q8v : k.q8);
+    int units = 0;
+    float* o[3] = {nullptr, nullptr, nullptr};
+    const void* w[3] = {nullptr, nullptr, nullptr};
+    const __half* sc[3] = {nullptr, nullptr, nullptr};
+    int rows[3] = {0, 0, 0};
+    for (size_t i = 0; i < ms.size(); i++) {
+        o[i] = outs[i];
+        w[i] = ms[i]->w[copy % ms[i]->ncopy];
+        sc[i] = ms[i]->sc[copy % ms[i]->ncopy];
+        rows[i] = ms[i]->rows;
+        units += (rows[i] + 16 * k.R - 1) / (16 * k.R) * nsg;
+    }
+    f<<<units, 32 * nw, sh, st>>>(x, xstride, cols, n, nsg, g_part, g_cnt, (int)ms.size(),
+                                  o[0], rows[0], w[0], sc[0], rows[0], o[1], rows[1], w[1], sc[1],
+                                  rows[1], o[2], rows[2], w[2], sc[2], rows[2]);
+    CK(cudaGetLastError());
+    return true;
+}
+
+// launch_mvm: one ds_mvm launch over the matrices ms (the CUDA-core GEMV, fused).
+static void launch_mvm(const std::vector<const Mat*>& ms, int copy, const std::vector<float*>& outs,
+                       const float* x, int xstride, int n, cudaStream_t st) {
+    bool f16 = ms[0]->ty == DT_F16;
+    bool vec = ((uintptr_t)x % 16 == 0) && xstride % 4 == 0;
+    decltype(&ds_mvm_f16_1x1) f;
+    if (n == 1) f = f16 ? (vec ? ds_mvm_f16_1x1v : ds_mvm_f16_1x1) : (vec ? ds_mvm_q8_1x1v : ds_mvm_q8_1x1);
+    else f = f16 ? (vec ? ds_mvm_f16_1x8v : ds_mvm_f16_1x8) : (vec ? ds_mvm_q8_1x8v : ds_mvm_q8_1x8);
+    float* o[3] = {nullptr, nullptr, nullptr};
+    const void* w[3] = {nullptr, nullptr, nullptr};
+    const __half* sc[3] = {nullptr, nullptr, nullptr};
+    int rows[3] = {0, 0, 0}, blocks = 0;
+    for (size_t i = 0; i < ms.size(); i++) {
+        o[i] = outs[i];
+        w[i] = ms[i]->w[copy % ms[i]->ncopy];
+        sc[i] = ms[i]->sc[copy % ms[i]->ncopy];
+        rows[i] = ms[i]->rows;
+        blocks += (rows[i] + 7) / 8;
+    }
+    dim3 grid(n == 1 ? 1 : (n + 7) / 8, blocks);
+    f<<<grid, 256, 0, st>>>(x, xstride, ms[0]->cols, n, (int)ms.size(), o[0], rows[0], w[0], sc[0], rows[0],
+                            o[1], rows[1], w[1], sc[1], rows[1], o[2], rows[2], w[2], sc[2], rows[2]);
+    CK(cudaGetLastError());
+}
+
+// GEMV variants: more of the lane loop unrolled (more loads in flight), one token.
+template <int TY, int U>
+__global__ void __launch_bounds__(256) h_mv_u(float* out, int ostride, const void* w, const __half* sc,
+                                              const float* x, int xstride, int rows, int cols, int n) {
+    mv_body<TY, 1, 1, true, U>(out, ostride, w, sc, x, xstride, rows, cols, n, blockIdx.y);
+}
+template <int U>
+static void launch_mv_u(const Mat& m, int copy, float* out, const float* x, int xstride, cudaStream_t st) {
+    dim3 grid(1, (m.rows + 7) / 8);
+    if (m.ty == DT_F16) h_mv_u<DT_F16, U><<<grid, 256, 0, st>>>(out, m.rows, m.w[copy % m.ncopy], m.sc[copy % m.ncopy], x, xstride, m.rows, m.cols, 1);
+    else h_mv_u<DT_Q8_0, U><<<grid, 256, 0, st>>>(out, m.rows, m.w[copy % m.ncopy], m.sc[copy % m.ncopy], x, xstride, m.rows, m.cols, 1);
+    CK(cudaGetLastError());
+}
+
+static int check_tcq() {
+    struct Combo { std::vector<int> rows; int cols; };
+    std::vector<Combo> combos = {{{1000}, 2048}, {{130, 48, 1000}, 2080}, {{2048, 512, 512}, 2048},
+                                 {{64}, 8192}, {{2200, 512}, 512}, {{8192, 8192}, 2048}};
+    int bad = 0, ran = 0;
+    for (int ty : {DT_F16, DT_Q8_0}) {
+        for (auto& cb : combos) {
+            std::vector<Mat> mats;
+            for (int r : cb.rows) mats.push_back(make_mat(ty, r, cb.cols, 0));
+            std::vector<const Mat*> mp;
+            for (auto& m : mats) mp.push_back(&m);
+            size_t xn = (size_t)8 * cb.cols + 4;
+            std::vector<float> hx(xn);
+            for (auto& v : hx) v = ldexpf(unif(), (int)(next() % 41) - 20);
+            for (int i = 0; i < 32; i++) hx[i] = 0.f;
+            hx[40] = 3.0e30f;
+            float* dx;
+            CK(cudaMalloc(&dx, xn * 4));
+            CK(cudaMemcpy(dx, hx.data(), xn * 4, cudaMemcpyHostToDevice));
+            std::vector<float*> refs, outs;
+            for (auto& m : mats) {
+                float *a, *b;
+                CK(cudaMalloc(&a, (size_t)8 * m.rows * 4));
+                CK(cudaMalloc(&b, (size_t)8 * m.rows * 4));
+                refs.push_back(a);
+                outs.push_back(b);
+            }
+            int nseg = (cb.cols / 32 + 7) / 8;
+            for (int n : {1, 3, 8}) {
+                for (int mis : {0, 1}) {
+                    const float* x = dx + mis;
+                    std::vector<std::vector<uint32_t>> hr;
+                    for (size_t i = 0; i < mats.size(); i++) {
+                        CK(cudaMemset(refs[i], 0xff, (size_t)8 * mats[i].rows * 4));
+                        launch("tcm", mats[i], 0, refs[i], x, cb.cols, n, 0, 0);
+                        std::vector<uint32_t> h((size_t)n * mats[i].rows);
+                        CK(cudaMemcpy(h.data(), refs[i], h.size() * 4, cudaMemcpyDeviceToHost));
+                        hr.push_back(h);
+                    }
+                    {  // ds_mvm against separate ds_mv launches
+                        std::vector<std::vector<uint32_t>> hg;
+                        for (size_t i = 0; i < mats.size(); i++) {
+                            CK(cudaMemset(refs[i], 0xff, (size_t)8 * mats[i].rows * 4));
+                            launch("gemv", mats[i], 0, refs[i], x, cb.cols, n, 0, 0);
+                        }
+                        for (size_t i = 0; i < mats.size(); i++) CK(cudaMemset(outs[i], 0xff, (size_t)8 * mats[i].rows * 4));
+                        launch_mvm(mp, 0, outs, x, cb.cols, n, 0);
+                        CK(cudaDeviceSynchronize());
+                        ran++;
+                        for (size_t i = 0; i < mats.size(); i++) {
+                            std::vector<uint32_t> a((size_t)n * mats[i].rows), b(a.size());
+                            CK(cudaMemcpy(a.data(), refs[i], a.size() * 4, cudaMemcpyDeviceToHost));
+                            CK(cudaMemcpy(b.data(), outs[i], b.size() * 4, cudaMemcpyDeviceToHost));
+                            size_t diff = 0;
+                            for (size_t e = 0; e < a.size(); e++) diff += a[e] != b[e];
+                            if (diff) {
+                                bad++;
+                                printf("check FAIL mvm %s mat %zu of %zu (%dx%d) n=%d mis=%d: %zu of %zu differ from ds_mv\n",
+                                       ty == DT_F16 ? "F16" : "Q8_0", i, mats.size(), mats[i].rows, cb.cols, n, mis, diff, a.size());
+                            }
+                            if (n == 1 && mis == 0) {  // the unrolled variants
+                                for (int u = 0; u < 3; u++) {
+                                    CK(cudaMemset(outs[i], 0xff, (size_t)8 * mats[i].rows * 4));
+                                    if (u == 0) launch_mv_u<2>(mats[i], 0, outs[i], x, cb.cols, 0);
+                                    if (u == 1) launch_mv_u<8>(mats[i], 0, outs[i], x, cb.cols, 0);
+                                    if (u == 2) launch_mv_u<16>(mats[i], 0, outs[i], x, cb.cols, 0);
+                                    CK(cudaMemcpy(b.data(), outs[i], b.size() * 4, cudaMemcpyDeviceToHost));
+                                    diff = 0;
+                                    for (size_t e = 0; e < a.size(); e++) diff += a[e] != b[e];
+                                    if (diff) {
+                                        bad++;
+                                        printf("check FAIL mv unrolled (%d) %s %dx%d: %zu differ from ds_mv\n", u,
+                                               ty == DT_F16 ? "F16" : "Q8_0", mats[i].rows, cb.cols, diff);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for (auto& k : tcqKernels) {
+                        for (int nsg : {1, 2, 3, nseg}) {
+                            for (int nw : {8, 3}) {
+                                for (size_t i = 0; i < mats.size(); i++)
+                                    CK(cudaMemset(outs[i], 0xff, (size_t)8 * mats[i].rows * 4));
+                                if (!launch_tcq(k, mp, 0, outs, x, cb.cols, n, nsg, nw, 0)) continue;
+                                CK(cudaDeviceSynchronize());
+                                ran++;
+                                for (size_t i = 0; i < mats.size(); i++) {
+                                    std::vector<uint32_t> h((size_t)n * mats[i].rows);
+                                    CK(cudaMemcpy(h.data(), outs[i], h.size() * 4, cudaMemcpyDeviceToHost));
+                                    size_t diff = 0, first = 0;
+                                    for (size_t e = 0; e < h.size(); e++)
+                                        if (h[e] != hr[i][e]) { if (!diff) first = e; diff++; }
+                                    if (diff) {
+                                        bad++;
+                                        if (bad <= 40)
+                                            printf("check FAIL tcq %s %s mat %zu of %zu (%dx%d) nsg=%d nw=%d n=%d mis=%d: %zu of %zu differ, first %zu (%08x vs %08x)\n",
+                                                   ty == DT_F16 ? "F16" : "Q8_0", k.name, i, mats.size(), mats[i].rows, cb.cols,
+                                                   nsg, nw, n, mis, diff, h.size(), first, h[first], hr[i][first]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            CK(cudaFree(dx));
+            for (auto p : refs) CK(cudaFree(p));
+            for (auto p : outs) CK(cudaFree(p));
+            for (auto& m : mats) free_mat(m);
+        }
+    }
+    printf("check tcq: %s (%d launches, %d failing)\n", bad ? "FAIL" : "all bit-identical to ds_tcm", ran, bad);
+    return bad ? 1 : 0;
+}
+
+// time_graph: device time per call of fn (which launches one product; its argument rotates
+// the weight copies), from CUDA graphs of 30 calls, median of 7 replays.
+template <class F>
+static double time_graph(F fn, cudaStream_t st) {
+    const int per = 30;
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < per; i++) fn(i);
+    CK(cudaStreamEndCapture(st, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    for (int i = 0; i < 2; i++) CK(cudaGraphLaunch(ge, st));
+    std::vector<double> t;
+    for (int r = 0; r < 7; r++) {
+        CK(cudaEventRecord(a, st));
+        CK(cudaGraphLaunch(ge, st));
+        CK(cudaEventRecord(b, st));
+        CK(cudaEventSynchronize(b));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        t.push_back(ms * 1000.0 / per);
+    }
+    std::sort(t.begin(), t.end());
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+    return t[t.size() / 2];
+}
+
+// time_tcq: the decode's products of one layer of the 1B shape (q+k+v, o, gate+up, down), each
+// as separate launches of the present kernels (tcr per cuda.Device.tcrShape; the CUDA-core
+// GEMV) and as one ds_tcq launch per group, over every kernel instance and segment grouping;
+// in CUDA graphs, as decode runs them.
+static int time_tcq() {
+    struct Combo { const char* name; std::vector<int> rows; int cols; };
+    std::vector<Combo> combos = {{"qkv", {2048, 512, 512}, 2048}, {"o", {2048}, 2048},
+                                 {"gateup", {8192, 8192}, 2048}, {"down", {2048}, 8192}};
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    for (int ty : {DT_F16, DT_Q8_0}) {
+        for (int n : {1, 8}) {
+            double layer_tcr = 0, layer_gemv = 0, layer_best = 0, layer_mvm = 0;
+            for (auto& cb : combos) {
+                std::vector<Mat> mats;
+                size_t bytes = 0;
+                for (int r : cb.rows) {
+                    mats.push_back(make_mat(ty, r, cb.cols, (size_t)320 << 20));
+                    bytes += mats.back().wbytes + mats.back().sbytes;
+                }
+                std::vector<const Mat*> mp;
+                for (auto& m : mats) mp.push_back(&m);
+                float* dx;
+                std::vector<float> hx((size_t)8 * cb.cols);
+                for (auto& v : hx) v = unif();
+                CK(cudaMalloc(&dx, hx.size() * 4));
+                CK(cudaMemcpy(dx, hx.data(), hx.size() * 4, cudaMemcpyHostToDevice));
+                std::vector<float*> outs;
+                for (auto& m : mats) {
+                    float* o;
+                    CK(cudaMalloc(&o, (size_t)8 * m.rows * 4));
+                    outs.push_back(o);
+                }
+                auto gb = [&](double us) { return bytes / (us * 1e-6) / 1e9; };
+                double t_tcr = time_graph([&](int i) {
+                    for (size_t m = 0; m < mats.size(); m++) launch("auto", mats[m], i % mats[m].ncopy, outs[m], dx, cb.cols, n, 0, st);
+                }, st);
+                double t_gemv = time_graph([&](int i) {
+                    for (size_t m = 0; m < mats.size(); m++) launch("gemv", mats[m], i % mats[m].ncopy, outs[m], dx, cb.cols, n, 0, st);
+                }, st);
+                double t_mvm = time_graph([&](int i) { launch_mvm(mp, i, outs, dx, cb.cols, n, st); }, st);
+                if (n == 1) {
+                    double u2 = time_graph([&](int i) { for (size_t m = 0; m < mats.size(); m++) launch_mv_u<2>(mats[m], i, outs[m], dx, cb.cols, st); }, st);
+                    double u8 = time_graph([&](int i) { for (size_t m = 0; m < mats.size(); m++) launch_mv_u<8>(mats[m], i, outs[m], dx, cb.cols, st); }, st);
+                    double u16 = time_graph([&](int i) { for (size_t m = 0; m < mats.size(); m++) launch_mv_u<16>(mats[m], i, outs[m], dx, cb.cols, st); }, st);
+                    printf("%-4s n=%d %-7s gemv unrolled x2 %7.2f us, x8 %7.2f us, x16 %7.2f us (separate launches; gemv: x4 F16, x2 Q8_0)\n",
+                           ty == DT_F16 ? "F16" : "Q8_0", n, cb.name, u2, u8, u16);
+                }
+                printf("%-4s n=%d %-7s %6.1f MB  tcr %7.2f us (%4.0f GB/s)  gemv %7.2f us (%4.0f GB/s)  gemv fused %7.2f us (%4.0f GB/s)\n",
+                       ty == DT_F16 ? "F16" : "Q8_0", n, cb.name, bytes / 1e6, t_tcr, gb(t_tcr), t_gemv, gb(t_gemv), t_mvm, gb(t_mvm));
+                layer_mvm += std::min(t_mvm, t_gemv);
+                int nseg = (cb.cols / 32 + 7) / 8;
+                double best = 1e30;
+                std::string bestName;
+                for (auto& k : tcqKernels) {
+                    printf("    %-7s", k.name);
+                    for (int nsg : {1, 2, 4, 8}) {
+                        if (nsg > nseg || !launch_tcq(k, mp, 0, outs, dx, cb.cols, n, nsg, 8, st)) {
+                            printf("  nsg%d     -    ", nsg);
+                            continue;
+                        }
+                        double t = time_graph([&](int i) { launch_tcq(k, mp, i, outs, dx, cb.cols, n, nsg, 8, st); }, st);
+                        printf("  nsg%d %6.2f %4.0f", nsg, t, gb(t));
+                        if (t < best) { best = t; bestName = std::string(k.name) + "/nsg" + std::to_string(nsg); }
+                    }
+                    printf("\n");
+                }
+                printf("    best %s %.2f us (%.0f GB/s): %.2fx tcr\n", bestName.c_str(), best, gb(best), t_tcr / best);
+                layer_tcr += t_tcr;
+                layer_gemv += t_gemv;
+                layer_best += best;
+                CK(cudaFree(dx));
+                for (auto o : outs) CK(cudaFree(o));
+                for (auto& m : mats) free_mat(m);
+            }
+            printf("%-4s n=%d LAYER (us): tcr %.1f  gemv %.1f  gemv fused %.1f  best tcq %.1f  (x16 layers: %.3f / %.3f / %.3f / %.3f ms)\n",
+                   ty == DT_F16 ? "F16" : "Q8_0", n, layer_tcr, layer_gemv, layer_mvm, layer_best, layer_tcr * 16e-3,
+                   layer_gemv * 16e-3, layer_mvm * 16e-3, layer_best * 16e-3);
+        }
+    }
+    CK(cudaStreamDestroy(st));
+    return 0;
+}
+
 int main(int argc, char** argv) {
     std::string mode = argc > 1 ? argv[1] : "check";
     CK(cudaMalloc(&g_part, (size_t)64 << 20));
@@ -352,10 +689,12 @@ int main(int argc, char** argv) {
     CK(cudaGetDeviceProperties(&p, 0));
     printf("device: %s, %d SMs, L2 %d MB\n", p.name, p.multiProcessorCount, p.l2CacheSize >> 20);
     g_sms = p.multiProcessorCount;
-    if (mode == "check") return check();
-    if (mode == "time") return timing(false);
+    if (mode == "check") return check() | check_tcq();
+    if (mode == "checktcq") return check_tcq();
+    if (mode == "tcq") return time_tcq();
+    if (mode == "time") return timing(false) | time_tcq();
     if (mode == "quick") return timing(true);
     if (mode == "ncu") return ncu_mode();
-    fprintf(stderr, "usage: tcbench check|time|quick|ncu\n");
+    fprintf(stderr, "usage: tcbench check|checktcq|time|tcq|quick|ncu\n");
     return 2;
 }
