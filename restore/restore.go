@@ -2,7 +2,9 @@
 // checkpoint fits the model, the guest and the KV layout, allocates the KV blocks in a fresh
 // instance, decodes every chunk straight into its block region of the instance's linear memory
 // (cas Get into the exact region slice: no intermediate buffer), verified, in parallel, and then
-// hands the guest its small state (position, token history, sampler, RNG, last logits).
+// hands the guest its small state (position, token history, sampler, RNG, last logits: the whole
+// vector, or the best of them for a checkpoint that keeps only those, written as a vector of
+// -Inf with those values at their ids and marked partial: engine.Instance.MarkLogitsTop).
 //
 // A restore never touches an existing instance: it builds a new one and returns it only on
 // success, so a caller swaps its live instance only when the restore worked.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -24,7 +25,7 @@ import (
 func init() {
 	registerBench(&benchmark{
 		name:    "restore",
-		args:    "[--models tiny,llama-3.2-1b] [--contexts 24,128,512,2048,4096] [--type q8_0] [--kv f16] [--threads N] [--reps 3] [--turns 8] [--kv-codec float|raw] [--reserve=true|false] [--huge-pages] [--reprefill=true|false]",
+		args:    "[--models tiny,llama-3.2-1b] [--contexts 24,128,512,2048,4096] [--type q8_0] [--kv f16] [--threads N] [--reps 3] [--turns 8] [--kv-codec float|raw] [--reserve=true|false] [--huge-pages] [--reprefill=true|false] [--keep-logits]",
 		summary: "checkpoint (full, incremental), restore, first token after restore vs re-prefill, stored bytes, restore over the verify-and-copy floor",
 		run:     runBenchRestore,
 	})
@@ -74,7 +75,8 @@ type benchRestoreResult struct {
 	Workers       int                `json:"workers"`
 	KV            string             `json:"kv"`
 	KVCodec       string             `json:"kv_codec"`
-	Reserve       bool               `json:"reserve"` // instances made for the context (KV memory resident at creation)
+	KeepLogits    bool               `json:"keep_logits"` // checkpoints keep the whole logits vector, not the best 64
+	Reserve       bool               `json:"reserve"`     // instances made for the context (KV memory resident at creation)
 	HugePages     bool               `json:"huge_pages"`
 	CopyVerifyGBs float64            `json:"verify_copy_gb_s"`
 	Rows          []benchRestoreRow  `json:"rows"`
@@ -95,6 +97,7 @@ func runBenchRestore(c *cli, args []string) error {
 	reserve := fs.Bool("reserve", true, "make restore and re-prefill instances for the context (engine.InstanceOptions.Context: KV memory allocated and resident at creation, paid in inst)")
 	huge := fs.Bool("huge-pages", false, "restore with transparent huge pages under the fresh KV blocks (restore.IntoOptions.HugePages)")
 	reprefill := fs.Bool("reprefill", true, "measure re-prefill into a fresh instance (false: skip it, the slow part at long contexts; its columns read 0)")
+	keepLogits := fs.Bool("keep-logits", false, "checkpoints keep the whole logits vector (by default the greedy sampler's checkpoints keep the best 64 logits)")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
@@ -108,7 +111,7 @@ func runBenchRestore(c *cli, args []string) error {
 	if codec == checkpoint.KVCodecDefault {
 		codec = checkpoint.KVCodecFloat
 	}
-	benchKVCodec, benchHugePages, benchReserve, benchReprefill = codec, *huge, *reserve, *reprefill
+	benchKVCodec, benchHugePages, benchReserve, benchReprefill, benchKeepLogits = codec, *huge, *reserve, *reprefill, *keepLogits
 	contexts, err := parseInts(*ctxList, "contexts")
 	if err != nil {
 		return err
@@ -136,7 +139,7 @@ func runBenchRestore(c *cli, args []string) error {
 	}
 	defer os.RemoveAll(tmp)
 	workers := runtime.GOMAXPROCS(0)
-	res := benchRestoreResult{Backend: eng.Backend().Name(), Threads: *threads, Workers: workers, KV: kv.String(), KVCodec: string(codec), Reserve: *reserve, HugePages: *huge}
+	res := benchRestoreResult{Backend: eng.Backend().Name(), Threads: *threads, Workers: workers, KV: kv.String(), KVCodec: string(codec), Reserve: *reserve, HugePages: *huge, KeepLogits: *keepLogits}
 	ctx := c.ctx
 
 	for _, preset := range splitList(*models) {
@@ -164,8 +167,12 @@ func runBenchRestore(c *cli, args []string) error {
 	if c.globals.json {
 		return c.printJSON(res)
 	}
-	c.printf("driftstore bench restore: backend %s, %d threads, %d workers, KV %s stored %s, instances made for the context %v, huge pages %v, %s/%s, %d CPUs; verify-and-copy %.2f GB/s\n",
-		res.Backend, res.Threads, res.Workers, res.KV, res.KVCodec, res.Reserve, res.HugePages, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), res.CopyVerifyGBs)
+	logits := "the best 64 logits (greedy)"
+	if res.KeepLogits {
+		logits = "the whole logits vector"
+	}
+	c.printf("driftstore bench restore: backend %s, %d threads, %d workers, KV %s stored %s, checkpoints keep %s, instances made for the context %v, huge pages %v, %s/%s, %d CPUs; verify-and-copy %.2f GB/s\n",
+		res.Backend, res.Threads, res.Workers, res.KV, res.KVCodec, logits, res.Reserve, res.HugePages, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), res.CopyVerifyGBs)
 	c.printf("times in ms (restore, incr16, store16, and re-prefill up to 1024 tokens: best of %d); restore and re-prefill into a ready fresh instance (making one: inst, which with --reserve includes making the context's KV memory resident); incr16: checkpoint after 16 new tokens, the session head moved with it (of which isync: the chunks' barrier, iindex: the index transaction), isnap: the turn latency of the same checkpoint deferred (the snapshot: state and those blocks copied), store16: hashing and storing those blocks alone into the same kind of store with the same durability and codec\n", *reps)
 	c.printf("%-13s %5s %9s %8s %7s %6s %6s %6s %7s %6s %6s %8s %7s %6s %8s %9s %9s %7s %7s %8s %7s %6s\n",
 		"model", "ctx", "KV", "ckpt", "incr16", "isync", "iindex", "isnap", "store16", "incr ×", "inst", "restore", "decode", "load", "TTFT rst", "reprefill", "TTFT pref", "TTFT ×", "rst ×", "B/token", "floor", "×floor")
@@ -187,10 +194,10 @@ func runBenchRestore(c *cli, args []string) error {
 }
 
 // benchKVCodec is --kv-codec, benchHugePages --huge-pages, benchReserve --reserve,
-// benchReprefill --reprefill.
+// benchReprefill --reprefill, benchKeepLogits --keep-logits.
 var (
-	benchKVCodec                                 checkpoint.KVCodec
-	benchHugePages, benchReserve, benchReprefill bool
+	benchKVCodec                                                  checkpoint.KVCodec
+	benchHugePages, benchReserve, benchReprefill, benchKeepLogits bool
 )
 
 // benchTokens is a deterministic prompt of n ids below vocab.
@@ -272,7 +279,7 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 			return nil, nil, 0, err
 		}
 		// Checkpoints move a session's head in their own transaction, as a session's do.
-		full, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Workers: workers, KVCodec: benchKVCodec,
+		full, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Workers: workers, KVCodec: benchKVCodec, KeepLogits: benchKeepLogits,
 			MoveRef: &index.RefMove{Kind: index.RefSession, Name: "bench"}})
 		if err != nil {
 			r.Close()
@@ -330,20 +337,25 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 			}
 			ttft := time.Since(t1)
 			if err == nil && i == 0 {
-				// Continue 4 tokens from the restored state and from the live instance, which
-				// is exactly in the captured state (the live one is rewound below).
-				// At the context limit, compare the logits instead.
+				// What the restore gave the instance equals the live instance's, which is
+				// exactly in the captured state (it is rewound below): the best logits the
+				// checkpoint keeps (ids and value bits), or the whole vector. Then continue
+				// 4 tokens from both; at the context limit, compare the whole logits instead
+				// (the restored ones recomputed where the checkpoint keeps only the best).
+				row.Identical, err = sameTopLogits(in, live, cp.TopLogits)
 				k := min(4, model.Hyper().CtxMax-n)
 				var got, want []int32
-				if got, err = in.Generate(k, nil); err == nil {
-					want, err = live.Generate(k, nil)
-					row.Identical = slices.Equal(got, want)
+				if err == nil {
+					if got, err = in.Generate(k, nil); err == nil {
+						want, err = live.Generate(k, nil)
+						row.Identical = row.Identical && slices.Equal(got, want)
+					}
 				}
 				if err == nil && k == 0 {
 					var a, b []float32
 					if a, err = in.Logits(); err == nil {
 						b, err = live.Logits()
-						row.Identical = slices.Equal(a, b)
+						row.Identical = row.Identical && slices.Equal(a, b)
 					}
 				}
 			}
@@ -438,7 +450,7 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 				}
 				// The turn latency of this checkpoint deferred: the snapshot alone (released: the
 				// Capture below stores the same checkpoint).
-				snap, err := checkpoint.TakeSnapshot(model, live, checkpoint.CaptureOptions{Parent: parent, Workers: workers, KVCodec: benchKVCodec})
+				snap, err := checkpoint.TakeSnapshot(model, live, checkpoint.CaptureOptions{Parent: parent, Workers: workers, KVCodec: benchKVCodec, KeepLogits: benchKeepLogits})
 				if err != nil {
 					r.Close()
 					return nil, nil, 0, err
@@ -447,7 +459,7 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 				if rep == 0 || ms(snap.Duration()) < row.IncrSnapMS {
 					row.IncrSnapMS = ms(snap.Duration())
 				}
-				incr, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Parent: parent, Workers: workers, KVCodec: benchKVCodec,
+				incr, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Parent: parent, Workers: workers, KVCodec: benchKVCodec, KeepLogits: benchKeepLogits,
 					MoveRef: &index.RefMove{Kind: index.RefSession, Name: "bench", Expected: parent.ID}})
 				if err != nil {
 					r.Close()
@@ -501,6 +513,27 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 	return rows, conv, gbs, nil
 }
 
+// sameTopLogits reports whether in's and live's best k logits are the same ids with the same
+// value bits (k 0: the whole vectors), reading what in holds without a recompute.
+func sameTopLogits(in, live *engine.Instance, k int) (bool, error) {
+	if k == 0 {
+		a, err := in.Logits()
+		if err != nil {
+			return false, err
+		}
+		b, err := live.Logits()
+		return slices.EqualFunc(a, b, func(x, y float32) bool { return math.Float32bits(x) == math.Float32bits(y) }), err
+	}
+	ai, av, bi, bv := make([]int32, k), make([]float32, k), make([]int32, k), make([]float32, k)
+	if err := in.TopLogits(ai, av); err != nil {
+		return false, err
+	}
+	if err := live.TopLogits(bi, bv); err != nil {
+		return false, err
+	}
+	return slices.Equal(ai, bi) && slices.EqualFunc(av, bv, func(x, y float32) bool { return math.Float32bits(x) == math.Float32bits(y) }), nil
+}
+
 // benchConversation runs a session of turns turns (128 prompt tokens and 8 generated each) and
 // compares the bytes at rest with the final KV bytes.
 func benchConversation(ctx context.Context, c *cli, model *engine.Model, path, name, tmp string, turns int, kv engine.KVType, threads, workers int) (*benchRestoreConv, error) {
@@ -511,7 +544,7 @@ func benchConversation(ctx context.Context, c *cli, model *engine.Model, path, n
 		return nil, err
 	}
 	defer r.Close()
-	mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: model.Engine(), DataDir: dir, Threads: threads, Workers: workers, NoPrefixCache: true, KVCodec: benchKVCodec})
+	mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: model.Engine(), DataDir: dir, Threads: threads, Workers: workers, NoPrefixCache: true, KVCodec: benchKVCodec, KeepLogits: benchKeepLogits})
 	if err != nil {
 		return nil, err
 	}

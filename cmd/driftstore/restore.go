@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/driftstore/driftstore/engine"
@@ -42,6 +43,14 @@ type restoreOut struct {
 	PrefillToken *int32  `json:"reprefill_first_token,omitempty"`
 	Speedup      float64 `json:"speedup,omitempty"` // re-prefill time to first token / restore time to first token
 	LogitsEqual  *bool   `json:"logits_identical,omitempty"`
+	// LogitsTop > 0: the checkpoint keeps only the best LogitsTop logits (ids and values), and
+	// logits_identical compares those with the re-prefill's best LogitsTop (unless
+	// LogitsRecomputed).
+	LogitsTop int `json:"logits_top,omitempty"`
+	// LogitsRecomputed: the sampler reads more logits than the checkpoint keeps, so the first
+	// token cost a forward pass of one token (first_token_ms includes it), and
+	// logits_identical compares the recomputed vector.
+	LogitsRecomputed bool `json:"logits_recomputed,omitempty"`
 }
 
 func runRestore(c *cli, args []string) error {
@@ -134,10 +143,15 @@ func runRestore(c *cli, args []string) error {
 		Session: *name, Checkpoint: cp.ID.String(), HeadMoved: head == nil || head.ID != cp.ID, Position: res.Position,
 		Chunks: res.Chunks, KVBytes: res.KVBytes, StateBytes: res.StateBytes,
 		InstanceMS: ms(res.NewInstance), AllocMS: ms(res.Alloc), DecodeMS: ms(res.Decode), LoadMS: ms(res.Load), TotalMS: ms(res.Total),
+		LogitsTop: cp.TopLogits,
 	}
 	// The first token, drawn from the restored logits. This advances the RNG of the live
 	// instance, which this process drops without checkpointing: the stored session is unchanged.
+	// What is compared with the re-prefill is what the restored instance sampled from: the
+	// top logits the checkpoint keeps (read without a recompute), or the whole vector.
 	var restoredLogits []float32
+	var restoredIDs []int32
+	cmpTop := 0 // > 0: the restored instance holds only its best cmpTop logits
 	err = s.Instance(func(in *engine.Instance) error {
 		t0 := time.Now()
 		tok, err := in.Sample()
@@ -146,6 +160,12 @@ func runRestore(c *cli, args []string) error {
 		}
 		out.TTFTMS = out.TotalMS + ms(time.Since(t0))
 		out.FirstToken = tok
+		if k := in.LogitsTop(); k > 0 {
+			cmpTop = k
+			restoredIDs, restoredLogits = make([]int32, k), make([]float32, k)
+			return in.TopLogits(restoredIDs, restoredLogits)
+		}
+		out.LogitsRecomputed = out.LogitsTop > 0
 		restoredLogits, err = in.Logits()
 		return err
 	})
@@ -175,11 +195,20 @@ func runRestore(c *cli, args []string) error {
 		out.PrefillTTFT = ms(time.Since(t0))
 		out.PrefillToken = &tok
 		out.Speedup = out.PrefillTTFT / math.Max(out.TTFTMS, 1e-6)
-		lg, err := in.Logits()
+		var lg []float32
+		eq := true
+		if k := cmpTop; k > 0 {
+			ids := make([]int32, k)
+			lg = make([]float32, k)
+			err = in.TopLogits(ids, lg)
+			eq = slices.Equal(ids, restoredIDs)
+		} else {
+			lg, err = in.Logits()
+		}
 		if err != nil {
 			return err
 		}
-		eq := len(lg) == len(restoredLogits)
+		eq = eq && len(lg) == len(restoredLogits)
 		for i := 0; eq && i < len(lg); i++ {
 			eq = math.Float32bits(lg[i]) == math.Float32bits(restoredLogits[i])
 		}
@@ -189,12 +218,27 @@ func runRestore(c *cli, args []string) error {
 		return c.printJSON(out)
 	}
 	c.printRestoreHead(out)
-	c.printf("first token %.2f ms after the restore began: %d (from the stored logits, no forward pass)\n", out.TTFTMS, out.FirstToken)
+	switch {
+	case out.LogitsRecomputed:
+		c.printf("first token %.2f ms after the restore began: %d (the sampler reads more logits than the checkpoint keeps: recomputed by one token's forward pass)\n", out.TTFTMS, out.FirstToken)
+	case out.LogitsTop > 0:
+		c.printf("first token %.2f ms after the restore began: %d (from the stored best %d logits, no forward pass)\n", out.TTFTMS, out.FirstToken, out.LogitsTop)
+	default:
+		c.printf("first token %.2f ms after the restore began: %d (from the stored logits, no forward pass)\n", out.TTFTMS, out.FirstToken)
+	}
 	if *compare {
 		c.printf("re-prefill  %.2f ms for the same %d tokens, first token at %.2f ms: %d\n", out.PrefillMS, out.Position, out.PrefillTTFT, *out.PrefillToken)
 		c.printf("speedup     %.1f× to the first token\n", out.Speedup)
+		what := "logits     "
+		if cmpTop > 0 {
+			what = fmt.Sprintf("logits      the best %d (all the checkpoint keeps), ids and values,", cmpTop)
+		} else if out.LogitsRecomputed {
+			what = "logits      recomputed after the restore:"
+		}
 		if *out.LogitsEqual {
-			c.printf("logits      identical to re-prefill's\n")
+			c.printf("%s identical to re-prefill's\n", what)
+		} else if cmpTop > 0 {
+			c.printf("%s differ from re-prefill's\n", what)
 		} else {
 			c.printf("logits      differ from re-prefill's in the last bits (batched prefill rounds differently from the token-by-token decode that produced them)\n")
 		}
@@ -211,8 +255,12 @@ func (c *cli) printRestoreHead(out restoreOut) {
 	if out.HeadMoved {
 		c.printf(" (the session's head now)")
 	}
-	c.printf("\nrestored    %d tokens: %d chunks, %s of KV + %s of state (token history, sampler, RNG, last logits), every byte verified\n",
-		out.Position, out.Chunks, progress.Bytes(out.KVBytes), progress.Bytes(out.StateBytes))
+	logits := "last logits"
+	if out.LogitsTop > 0 {
+		logits = fmt.Sprintf("the best %d last logits", out.LogitsTop)
+	}
+	c.printf("\nrestored    %d tokens: %d chunks, %s of KV + %s of state (token history, sampler, RNG, %s), every byte verified\n",
+		out.Position, out.Chunks, progress.Bytes(out.KVBytes), progress.Bytes(out.StateBytes), logits)
 	c.printf("restore     %.2f ms (instance %.2f, allocate %.2f, decode+verify %.2f = %s/s, load state %.2f)\n",
 		out.TotalMS, out.InstanceMS, out.AllocMS, out.DecodeMS, progress.Bytes(int64(float64(out.KVBytes+out.StateBytes)/math.Max(out.DecodeMS/1000, 1e-9))), out.LoadMS)
 }

@@ -107,6 +107,7 @@ func runRun(c *cli, args []string) error {
 	prompt, tokens, n := &gf.prompt, &gf.tokens, &gf.n
 	noCP := fs.Bool("no-checkpoint", false, "do not checkpoint at the end of the turn")
 	kvCodec := kvCodecFlag(fs)
+	keepLogits := keepLogitsFlag(fs)
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
@@ -131,11 +132,14 @@ func runRun(c *cli, args []string) error {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	smp := gf.sampler()
 	if c.globals.server != "" {
+		if *keepLogits {
+			return usageError("--keep-logits applies where the checkpoint is taken: give it to the daemon (serve --keep-logits)")
+		}
 		return runRunRemote(c, remoteTurn{name: *name, model: rf.model, prompt: *prompt, tokens: *tokens, n: *n,
 			smp: smp, set: set, kv: rf.kv, blockSize: rf.blockSize, noCheckpoint: *noCP})
 	}
 
-	env, err := c.openSessions(session.Config{Threads: opts.Threads, Batch: opts.Batch, KVCodec: codec}, rf.backend)
+	env, err := c.openSessions(session.Config{Threads: opts.Threads, Batch: opts.Batch, KVCodec: codec, KeepLogits: *keepLogits}, rf.backend)
 	if err != nil {
 		return err
 	}
@@ -274,4 +278,9 @@ func modelSource(given string, head *checkpoint.Checkpoint) string {
 		return head.ModelSource
 	}
 	return given
+}
+
+// keepLogitsFlag registers --keep-logits on fs (commands whose sessions write checkpoints).
+func keepLogitsFlag(fs *flag.FlagSet) *bool {
+	return fs.Bool("keep-logits", false, "checkpoints keep the whole logits vector (4 bytes per vocabulary entry) even when the sampler reads only the best few: greedy or top-k sampling keeps max(64, k) of them by default, and a restored session whose sampler is later changed to read more recomputes its last logits (one token's forward pass)")
 }

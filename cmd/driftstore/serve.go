@@ -39,6 +39,7 @@ func runServe(c *cli, args []string) error {
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
 	kvCodec := kvCodecFlag(fs)
+	keepLogits := keepLogitsFlag(fs)
 	var maxChunk sizeFlag
 	fs.Var(&maxChunk, "max-chunk", "largest chunk accepted, uncompressed (default 64MiB)")
 	deferCkpt := fs.Bool("defer-checkpoints", false, "reply to a generate request once the end-of-turn checkpoint is snapshotted (the turn's KV blocks and state copied, under a millisecond for a few tokens) and make it durable in the background; trades: a crash before that commit finishes loses the turn's checkpoint (the previous one stays restorable). Default: reply only after the checkpoint is durable")
@@ -113,7 +114,7 @@ func runServe(c *cli, args []string) error {
 			return nil, err
 		}
 		mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: eng, DataDir: c.globals.data, Threads: *threads, KVCodec: resolveKVCodec(codec, sel.Name()),
-			DeferCheckpoints: *deferCkpt, Log: logger})
+			DeferCheckpoints: *deferCkpt, KeepLogits: *keepLogits, Log: logger})
 		if err != nil {
 			eng.Close()
 			return nil, err
