@@ -16,6 +16,9 @@ import "fmt"
 // (docs/bench/cuda-notes-2026-11-26.md, "ds_tcq"): q, k, v of the 1B shape in one ds_tcq launch
 // 8.6 µs against 16.6 in three ds_tcr launches.
 //
+// Gate and up on the CUDA cores followed by the SwiGLU of the two, in place over gate's output
+// (the guest's order), become one launch too (ds_mvsw; fuseSwiGLU).
+//
 // Which kernels: tensor-core weights (Device.tensorCores) take the tensor-core kernels at every
 // n, so that a token's bits do not depend on its batch; except where cuBLAS takes every batch
 // the few-token kernels do not (GEMM auto or cublas with cuBLAS loaded and MinTokens at most
@@ -187,6 +190,56 @@ func (s *Stream) fuseFew(out DevPtr, ostride int, w *Weights, x DevPtr, xstride,
 	lf.nmat++
 	return true, nil
 }
+
+// fuseSwiGLU turns the recorded launch of gate and up (ds_mvm of two products of equal shape,
+// outputs [n][rows] each) and the SwiGLU of the two that follows, in place over gate's output,
+// into one ds_mvsw launch: up's output as before and gate's overwritten by the SwiGLU, the bits
+// of the separate launches (kernels.cu, "mvsw"). True when it did.
+func (s *Stream) fuseSwiGLU(out, gate, up DevPtr, count int) (bool, error) {
+	lf := &s.lastFew
+	if s.q == nil || lf.nmat != 2 || !lf.cores || lf.seq != s.seq || lf.rec != len(s.q.recs.fns)-1 {
+		return false, nil
+	}
+	g, u := lf.mats[0], lf.mats[1]
+	rows := g.w.Rows
+	if u.w.Rows != rows || g.ostride != rows || u.ostride != rows || gate != g.out || up != u.out ||
+		out != gate || count != lf.n*rows {
+		return false, nil
+	}
+	nt := 1
+	if lf.n > 1 {
+		nt = 8
+	}
+	name := mvswName(g.w.Type, nt, lf.x%16 == 0 && lf.xstride%4 == 0)
+	f, ok := s.d.fns[name]
+	if !ok {
+		return true, fmt.Errorf("cuda: no kernel %s", name)
+	}
+	var a argSlots
+	a.ptr(lf.x).i32(lf.xstride).i32(g.w.Cols).i32(lf.n).ptr(g.out).ptr(u.out).i32(rows).
+		ptr(g.w.data.Ptr).ptr(g.w.scalePtr()).ptr(u.w.data.Ptr).ptr(u.w.scalePtr()).i32(rows)
+	s.rerecord(lf.rec, f, [3]uint32{uint32(ceilDiv(lf.n, nt)), uint32(ceilDiv(rows, 8)), 1}, [3]uint32{256, 1, 1}, 0, &a)
+	lf.nmat = 0
+	return true, nil
+}
+
+// mvswName is the fused gate/up/SwiGLU kernel for F16 or Q8_0 weights, nt tokens per block.
+func mvswName(t DType, nt int, vec bool) string {
+	i := 0
+	if t == Q8_0 {
+		i = 4
+	}
+	if nt == 8 {
+		i += 2
+	}
+	if vec {
+		i++
+	}
+	return mvswNames[i]
+}
+
+var mvswNames = [8]string{"ds_mvsw_f16_1x1", "ds_mvsw_f16_1x1v", "ds_mvsw_f16_1x8", "ds_mvsw_f16_1x8v",
+	"ds_mvsw_q8_1x1", "ds_mvsw_q8_1x1v", "ds_mvsw_q8_1x8", "ds_mvsw_q8_1x8v"}
 
 // tcqShape picks ds_tcq's row tiles per warp (r), segment groups (nsg) and warps per block
 // (nw) for matrices of the given rows sharing cols (H100 measurements in the notes): one tile

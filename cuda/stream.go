@@ -18,6 +18,7 @@ func kernelNames() []string {
 	names = append(names, tcrNames[:]...)
 	names = append(names, tcqNames[:]...)
 	names = append(names, mvmNames[:]...)
+	names = append(names, mvswNames[:]...)
 	for _, t := range []DType{F32, F16, BF16, Q8_0} {
 		for _, shape := range []string{"1x1", "1x8", "4x8"} {
 			names = append(names, "ds_mv_"+t.suffix()+"_"+shape, "ds_mv_"+t.suffix()+"_"+shape+"v")
@@ -61,15 +62,17 @@ type Stream struct {
 	part   *Buffer // attention partial results
 	tcPart *Buffer // ds_tcv/ds_tcb segment sums
 	tcCnt  *Buffer // ds_tcv/ds_tcb tile counters
-	small  *Buffer // token ids in, argmax out
-	tables map[uint64]*table
-	t0, t1 cuEvent
-	q      *deferQ  // non-nil: deferred mode (deferred.go)
-	blas   *blasRec // the cuBLAS handle, from the first cuBLAS product on (gemm.go)
-	xh, wh *Buffer  // cuBLAS products: F16 activations, dequantized Q8_0 weights
-	seq    uint64   // operations queued (kernels, copies): tells whether xh is still current
-	xhOf   xhKey    // what xh holds, valid while seq == xhSeq and stableX
-	xhSeq  uint64
+	// attnCnt: ds_attn's counters of finished splits per token and head (zero between launches)
+	attnCnt *Buffer
+	small   *Buffer // token ids in, argmax out
+	tables  map[uint64]*table
+	t0, t1  cuEvent
+	q       *deferQ  // non-nil: deferred mode (deferred.go)
+	blas    *blasRec // the cuBLAS handle, from the first cuBLAS product on (gemm.go)
+	xh, wh  *Buffer  // cuBLAS products: F16 activations, dequantized Q8_0 weights
+	seq     uint64   // operations queued (kernels, copies): tells whether xh is still current
+	xhOf    xhKey    // what xh holds, valid while seq == xhSeq and stableX
+	xhSeq   uint64
 	// stableX: device memory that products read changes only through this stream's
 	// operations (the backend's Exec and its mirror), so cuBLAS products may reuse the F16
 	// activations of the previous product when nothing was queued in between.
@@ -146,6 +149,7 @@ func (s *Stream) Close() error {
 	s.part.Free()
 	s.tcPart.Free()
 	s.tcCnt.Free()
+	s.attnCnt.Free()
 	s.small.Free()
 	if s.t0 != nil {
 		s.d.drv.eventDestroy(s.t0)
@@ -399,6 +403,18 @@ func (s *Stream) matMulFew(w *Weights, x DevPtr, xstride int, a *argSlots) error
 		return s.launch("ds_tcb_"+suffix, [3]uint32{uint32(ceilDiv(w.Rows, 128)), uint32(nseg), 1}, [3]uint32{256, 1, 1}, 0, a)
 	}
 	return s.launch("ds_tcv_"+suffix, [3]uint32{uint32(rg), uint32(nseg), 1}, [3]uint32{32, 1, 1}, 0, a)
+}
+
+// attnCounts returns ds_attn's counters, at least n of them, zero between launches (a new
+// buffer is zeroed; each launch leaves it so).
+func (s *Stream) attnCounts(n int) (DevPtr, error) {
+	if s.attnCnt != nil && s.attnCnt.Len >= 4*n {
+		return s.attnCnt.Ptr, nil
+	}
+	if err := s.grow(&s.attnCnt, 4*n); err != nil {
+		return 0, err
+	}
+	return s.attnCnt.Ptr, s.htod(s.attnCnt.Ptr, make([]byte, s.attnCnt.Len))
 }
 
 // tcScratch makes the ds_tcv/ds_tcb scratch at least partBytes (segment sums) and cntBytes
@@ -687,11 +703,21 @@ func (s *Stream) AttentionTable(out, q DevPtr, n, nheads, pos0 int, l KVLayout, 
 				return err
 			}
 		} else {
+			// The splits merge themselves (the last block of each token and head; kernels.cu,
+			// attn_merge): no ds_attn_combine launch.
+			var cnt DevPtr
+			if ns > 1 {
+				var err error
+				if cnt, err = s.attnCounts(ng * nheads); err != nil {
+					return err
+				}
+			}
 			a.ptr(o).ptr(qq).i32(ng).i32(nheads).i32(pos0 + t0).i32(l.BlockSize).i32(l.NKVHeads).i32(l.HeadDim).
-				i32(int(l.KVType)).ptr(tab).f32(scale).i32(ns).i32(attnChunk).ptr(part)
+				i32(int(l.KVType)).ptr(tab).f32(scale).i32(ns).i32(attnChunk).ptr(part).ptr(cnt)
 			if err := s.launch("ds_attn", [3]uint32{uint32(nheads), uint32(ng), uint32(ns)}, [3]uint32{128, 1, 1}, 0, &a); err != nil {
 				return err
 			}
+			continue
 		}
 		if ns == 1 {
 			continue
@@ -748,8 +774,13 @@ func (s *Stream) elementwise(name string, count int, args *argSlots) error {
 	return s.launch(name, [3]uint32{uint32(ceilDiv(count, 256)), 1, 1}, [3]uint32{256, 1, 1}, 0, args)
 }
 
-// SwiGLU: out[i] = gate[i] / (1 + exp(-gate[i])) * up[i]; out may alias gate or up.
+// SwiGLU: out[i] = gate[i] / (1 + exp(-gate[i])) * up[i]; out may alias gate or up. On a
+// deferred stream, right after gate and up were recorded as one CUDA-core launch and with out
+// equal to gate, the three become one launch with the same bits (few.go).
 func (s *Stream) SwiGLU(out, gate, up DevPtr, count int) error {
+	if ok, err := s.fuseSwiGLU(out, gate, up, count); ok || err != nil {
+		return err
+	}
 	var a argSlots
 	a.ptr(out).ptr(gate).ptr(up).i64(int64(count))
 	return s.elementwise("ds_swiglu", count, &a)

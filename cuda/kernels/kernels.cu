@@ -214,6 +214,78 @@ __device__ __forceinline__ void mvm_body(const float* __restrict__ x, int xstrid
 MVM_TYPE(f16, DT_F16)
 MVM_TYPE(q8, DT_Q8_0)
 
+// mvsw: the gate and up products of one input and the SwiGLU of the two in one launch (the
+// deferred stream fuses ds_mvm of gate and up with the ds_swiglu that follows, in place over
+// gate's output). Warp w of block b takes row r = 8b + w of both matrices, summed exactly as
+// mv_body sums one row (lane l: the 8-column groups l, l+32, ..., in column order, then the
+// fixed butterfly), so g and u are ds_mv's bits; it writes up[t][r] = u and gate[t][r] =
+// g / (1 + exp(-g)) * u, ds_swiglu's expression. Grid (ceil(n/NT), ceil(rows/8)), 256 threads.
+template <int TY, int NT, bool VEC, int U>
+__device__ __forceinline__ void mvsw_body(const float* __restrict__ x, int xstride, int cols, int n,
+                                          float* __restrict__ og, float* __restrict__ ou,
+                                          int ostride, const void* __restrict__ wg,
+                                          const __half* __restrict__ sg, const void* __restrict__ wu,
+                                          const __half* __restrict__ su, int rows) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int r = blockIdx.y * (blockDim.x >> 5) + warp;
+    int t0 = blockIdx.x * NT;
+    if (r >= rows) return;
+    float acc[2][NT];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[i][t] = 0.f;
+    int nv = cols >> 3;
+#pragma unroll(U)
+    for (int v = lane; v < nv; v += 32) {
+        float f[2][8];
+        ld8<TY>(wg, sg, (size_t)r * cols + (size_t)v * 8, f[0]);
+        ld8<TY>(wu, su, (size_t)r * cols + (size_t)v * 8, f[1]);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (NT == 1 || t0 + t < n) {
+                const float* xp = x + (size_t)(t0 + t) * xstride + (size_t)v * 8;
+                float xv[8];
+                if (VEC) {
+                    float4 a = __ldg((const float4*)xp), b = __ldg((const float4*)xp + 1);
+                    xv[0] = a.x; xv[1] = a.y; xv[2] = a.z; xv[3] = a.w;
+                    xv[4] = b.x; xv[5] = b.y; xv[6] = b.z; xv[7] = b.w;
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 8; e++) xv[e] = __ldg(xp + e);
+                }
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int e = 0; e < 8; e++) acc[i][t] = fmaf(f[i][e], xv[e], acc[i][t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float g = warp_sum(acc[0][t]), u = warp_sum(acc[1][t]);
+        if (lane == (t & 31) && (NT == 1 || t0 + t < n)) {
+            size_t i = (size_t)(t0 + t) * ostride + r;
+            ou[i] = u;
+            og[i] = g / (1.0f + expf(-g)) * u;
+        }
+    }
+}
+#define MVSW_KERNEL(name, TY, NT, VEC)                                                          \
+    extern "C" __global__ void __launch_bounds__(256)                                           \
+        name(const float* x, int xstride, int cols, int n, float* og, float* ou, int ostride,   \
+             const void* wg, const __half* sg, const void* wu, const __half* su, int rows) {    \
+        mvsw_body<TY, NT, VEC, (NT == 1 ? (TY == DT_Q8_0 ? 2 : 4) : 1)>(                        \
+            x, xstride, cols, n, og, ou, ostride, wg, sg, wu, su, rows);                        \
+    }
+#define MVSW_TYPE(suffix, TY)                                                                   \
+    MVSW_KERNEL(ds_mvsw_##suffix##_1x1, TY, 1, false)                                           \
+    MVSW_KERNEL(ds_mvsw_##suffix##_1x1v, TY, 1, true)                                           \
+    MVSW_KERNEL(ds_mvsw_##suffix##_1x8, TY, 8, false)                                           \
+    MVSW_KERNEL(ds_mvsw_##suffix##_1x8v, TY, 8, true)
+MVSW_TYPE(f16, DT_F16)
+MVSW_TYPE(q8, DT_Q8_0)
+
 // ---- tensor-core matrix products (F16 and Q8_0 weights) -------------------------------------
 // out[t*ostride + r] = sum_c W[r][c] * x[t*xstride + c], on the tensor cores (mma.sync
 // m16n8k16, F16 inputs, F32 accumulation), with float32-level accuracy: each 32-column chunk
@@ -1301,6 +1373,32 @@ extern "C" __global__ void ds_rope_kv(float* q, int nheads, int stride, float* k
 }
 
 // ---- attention ------------------------------------------------------------------------------
+// attn_merge merges the nsplit partial results of ds_attn for token t, head h in split order
+// (ds_attn_combine's arithmetic; CG: the partials read past L1, written by other blocks of the
+// same launch).
+template <bool CG>
+__device__ __forceinline__ float ldpart(const float* p) { return CG ? __ldcg(p) : *p; }
+template <bool CG>
+__device__ __forceinline__ void attn_merge(float* __restrict__ out, const float* part, int t, int h,
+                                           int nheads, int hd, int nsplit) {
+    const float* pp = part + ((size_t)t * nheads + h) * nsplit * (hd + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < nsplit; s++) M = fmaxf(M, ldpart<CG>(pp + s * (hd + 2)));
+    float L = 0.f;
+    for (int s = 0; s < nsplit; s++) {
+        float ms = ldpart<CG>(pp + s * (hd + 2));
+        if (ms != -INFINITY) L += ldpart<CG>(pp + s * (hd + 2) + 1) * expf(ms - M);
+    }
+    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+        float a = 0.f;
+        for (int s = 0; s < nsplit; s++) {
+            float ms = ldpart<CG>(pp + s * (hd + 2));
+            if (ms != -INFINITY) a += ldpart<CG>(pp + s * (hd + 2) + 2 + e) * expf(ms - M);
+        }
+        out[((size_t)t * nheads + h) * hd + e] = a / L;
+    }
+}
+
 // attn: causal GQA attention of n query tokens at positions pos0.. over the KV blocks. q and
 // out are [n][nheads*hd]; query head h reads KV head h/(nheads/nkv). Grid (nheads, n, nsplit),
 // 128 threads; the block of split s takes positions [s*ATT_CHUNK, (s+1)*ATT_CHUNK) of the
@@ -1309,14 +1407,18 @@ extern "C" __global__ void ds_rope_kv(float* q, int nheads, int stride, float* k
 // lane+32, ...; hd <= 256), reduced by a fixed butterfly. Then the chunk's max, weights and
 // their sum in position order, and each thread sums weight * V over the chunk's positions in
 // order for its head elements. With nsplit == 1 the result goes to out, else (m, l, acc[hd])
-// per split to part, merged by attn_combine in split order.
+// per split to part, merged in split order by attn_combine, or (cnt not null: a zeroed counter
+// per token and head) by the block that finishes its (token, head) last, with the same
+// arithmetic (attn_merge).
 #define ATT_CHUNK 32
 #define ATT_PPW 8
 #define ATT_MAXE 8
 extern "C" __global__ void __launch_bounds__(128)
     ds_attn(float* out, const float* q, int n, int nheads, int pos0, int bsize, int nkv, int hd,
-            int kvtype, const u64* blocks, float scale, int nsplit, int chunk, float* part) {
+            int kvtype, const u64* blocks, float scale, int nsplit, int chunk, float* part,
+            unsigned* cnt) {
     __shared__ float sp[ATT_CHUNK];
+    __shared__ unsigned last;
     int h = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int kvh = h / (nheads / nkv);
@@ -1395,6 +1497,19 @@ extern "C" __global__ void __launch_bounds__(128)
         float* pp = part + (((size_t)t * nheads + h) * nsplit + s) * (hd + 2);
         pp[0] = m;
         pp[1] = l;
+    }
+    if (nsplit > 1 && cnt != nullptr) {
+        // The split that finishes last for (t, h) (counted in cnt[t*nheads + h], which it
+        // resets to 0) merges them: ds_attn_combine's arithmetic, one launch fewer.
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) last = atomicAdd(&cnt[(size_t)t * nheads + h], 1u) == (unsigned)(nsplit - 1);
+        __syncthreads();
+        if (last) {
+            __threadfence();
+            attn_merge<true>(out, part, t, h, nheads, hd, nsplit);
+            if (threadIdx.x == 0) cnt[(size_t)t * nheads + h] = 0;
+        }
     }
 }
 
@@ -1493,23 +1608,7 @@ extern "C" __global__ void __launch_bounds__(128)
 // attn_combine merges the nsplit partial results of ds_attn in split order. Grid (nheads, n).
 extern "C" __global__ void ds_attn_combine(float* out, const float* part, int n, int nheads,
                                            int hd, int nsplit) {
-    int h = blockIdx.x, t = blockIdx.y;
-    const float* pp = part + ((size_t)t * nheads + h) * nsplit * (hd + 2);
-    float M = -INFINITY;
-    for (int s = 0; s < nsplit; s++) M = fmaxf(M, pp[s * (hd + 2)]);
-    float L = 0.f;
-    for (int s = 0; s < nsplit; s++) {
-        float ms = pp[s * (hd + 2)];
-        if (ms != -INFINITY) L += pp[s * (hd + 2) + 1] * expf(ms - M);
-    }
-    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
-        float a = 0.f;
-        for (int s = 0; s < nsplit; s++) {
-            float ms = pp[s * (hd + 2)];
-            if (ms != -INFINITY) a += pp[s * (hd + 2) + 2 + e] * expf(ms - M);
-        }
-        out[((size_t)t * nheads + h) * hd + e] = a / L;
-    }
+    attn_merge<false>(out, part, blockIdx.y, blockIdx.x, nheads, hd, nsplit);
 }
 
 // ---- prefill attention on the tensor cores --------------------------------------------------
