@@ -65,13 +65,20 @@ func BenchmarkIncremental1B(b *testing.B) {
 	for _, npos := range []int{512, 2048, 4096} {
 		for _, codec := range []checkpoint.KVCodec{checkpoint.KVCodecFloat} {
 			b.Run(fmt.Sprintf("ctx=%d/codec=%s", npos, codec), func(b *testing.B) {
-				benchIncremental(b, m, npos, codec, workers)
+				benchIncremental(b, m, npos, codec, workers, false)
 			})
+			if npos == 2048 {
+				// The instance is greedy: its checkpoints keep the best 64 logits. The same
+				// with the whole vector (513 KB), for comparison.
+				b.Run(fmt.Sprintf("ctx=%d/codec=%s/logits=all", npos, codec), func(b *testing.B) {
+					benchIncremental(b, m, npos, codec, workers, true)
+				})
+			}
 		}
 	}
 }
 
-func benchIncremental(b *testing.B, m *engine.Model, npos int, codec checkpoint.KVCodec, workers int) {
+func benchIncremental(b *testing.B, m *engine.Model, npos int, codec checkpoint.KVCodec, workers int, keepLogits bool) {
 	ctx := context.Background()
 	dir := b.TempDir()
 	store, err := cas.OpenPack(filepath.Join(dir, "packs"), cas.PackOptions{})
@@ -129,7 +136,7 @@ func benchIncremental(b *testing.B, m *engine.Model, npos int, codec checkpoint.
 			b.Fatal(err)
 		}
 	}
-	full, err := checkpoint.Capture(ctx, ix, m, in, checkpoint.CaptureOptions{Workers: workers, KVCodec: codec})
+	full, err := checkpoint.Capture(ctx, ix, m, in, checkpoint.CaptureOptions{Workers: workers, KVCodec: codec, KeepLogits: keepLogits})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -151,12 +158,12 @@ func benchIncremental(b *testing.B, m *engine.Model, npos int, codec checkpoint.
 		}
 		rep++
 		b.StartTimer()
-		res, err := checkpoint.Capture(ctx, ix, m, in, checkpoint.CaptureOptions{Parent: parent, Workers: workers, KVCodec: codec})
+		res, err := checkpoint.Capture(ctx, ix, m, in, checkpoint.CaptureOptions{Parent: parent, Workers: workers, KVCodec: codec, KeepLogits: keepLogits})
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.StopTimer()
-		snap, err := checkpoint.TakeSnapshot(m, in2, checkpoint.CaptureOptions{Parent: parent, Workers: workers, KVCodec: codec})
+		snap, err := checkpoint.TakeSnapshot(m, in2, checkpoint.CaptureOptions{Parent: parent, Workers: workers, KVCodec: codec, KeepLogits: keepLogits})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -172,8 +172,6 @@ type Instance struct {
 	// logitsTop > 0: the guest's logits are partial, only the logitsTop best exact and -Inf
 	// everywhere else (MarkLogitsTop), until they change (a feed or a state load clears it).
 	logitsTop int
-	rcBuf     []byte // recompute scratch: the state to roll back to
-	rcKV      []byte // recompute scratch: the last position's KV blocks
 }
 
 // maxThreads bounds InstanceOptions.Threads: each thread is a goroutine of the instance's
@@ -907,7 +905,8 @@ func (in *Instance) CompleteLogits() error {
 	if k == 0 {
 		return nil
 	}
-	st, nl, err := in.appendHead(in.rcBuf[:0])
+	// Rare (a sampler change after a restore), and a forward pass: the scratch is not kept.
+	st, nl, err := in.appendHead(nil)
 	if err != nil {
 		return fmt.Errorf("engine: complete logits: %w", err)
 	}
@@ -918,7 +917,6 @@ func (in *Instance) CompleteLogits() error {
 	if st, err = in.appendLogitBytes(st); err != nil {
 		return fmt.Errorf("engine: complete logits: %w", err)
 	}
-	in.rcBuf = st
 	le := binary.LittleEndian
 	pos := int(le.Uint32(st[20:]))
 	if pos < 1 || len(st) < stateFixed+4*pos {
@@ -931,7 +929,7 @@ func (in *Instance) CompleteLogits() error {
 		return fmt.Errorf("engine: complete logits: %w", err)
 	}
 	b := (pos - 1) / in.layout.BlockSize
-	kv := in.rcKV[:0]
+	var kv []byte
 	var mine []KVRegion
 	mem := in.region.Bytes()
 	for _, r := range regs {
@@ -940,7 +938,6 @@ func (in *Instance) CompleteLogits() error {
 			kv = append(kv, mem[uint64(r.Offset):uint64(r.Offset)+uint64(r.Length)]...)
 		}
 	}
-	in.rcKV = kv
 	back := make([]byte, stateFixed+4*(pos-1))
 	copy(back, st[:len(back)])
 	le.PutUint32(back[20:], uint32(pos-1))
