@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"hash/crc32"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -95,5 +96,55 @@ func TestPackSeal(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestPackSealIsNoDefenceAgainstRewrites documents the seal's limit: a payload rewritten on
+// purpose with its seal recomputed passes GetSealed; Get, which hashes the content, refuses it.
+func TestPackSealIsNoDefenceAgainstRewrites(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	p, err := OpenPack(dir, PackOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 4096)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	info, err := p.Put(ctx, data, HintNone)
+	if err != nil || info.Codec != CodecRaw {
+		t.Fatalf("put: %+v %v", info, err)
+	}
+	e := p.index[info.Digest]
+	p.Close()
+	path := filepath.Join(dir, packName(e.pack))
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := b[e.off+packHeaderSize : e.off+packHeaderSize+int64(e.length)]
+	payload[0] ^= 1
+	h, err := parseRecordHeader(b[e.off:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.crc = crc32.Checksum(payload, castagnoli)
+	h.encode(b[e.off:])
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err = OpenPack(dir, PackOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if got, err := p.GetSealed(ctx, info.Digest, nil); err != nil || bytes.Equal(got, data) {
+		t.Fatalf("GetSealed of a resealed rewrite: %v (equal to the original: %v)", err, bytes.Equal(got, data))
+	}
+	var ce *CorruptError
+	if _, err := p.Get(ctx, info.Digest, nil); !errors.As(err, &ce) {
+		t.Fatalf("Get of a resealed rewrite: %v", err)
 	}
 }

@@ -82,6 +82,41 @@ type Options struct {
 	// instance's context before they are populated (engine.InstanceOptions.HugePages), and any
 	// the restore allocates past it (IntoOptions.HugePages).
 	HugePages bool
+	// Verify says how each chunk is checked (DecodeOptions.Verify).
+	Verify Verify
+}
+
+// Verify says how a restore checks the chunks it reads.
+type Verify uint8
+
+const (
+	// VerifySealed (the default) checks a chunk against the seal its store took when it stored
+	// it, where the store keeps one (cas.SealedGetter: a pack store's CRC-32C of the stored
+	// bytes, taken after the bytes were hashed to their digest, or BLAKE3-verified when they
+	// came from another machine); other chunks against their digest. It catches what happens
+	// to bytes at rest at a tenth of BLAKE3's cost, not a deliberate rewrite of the store's
+	// files (see cas.Pack).
+	VerifySealed Verify = iota
+	// VerifyFull hashes every chunk's content with BLAKE3 and compares it with its digest.
+	VerifyFull
+)
+
+func (v Verify) String() string {
+	if v == VerifyFull {
+		return "full"
+	}
+	return "sealed"
+}
+
+// ParseVerify parses "sealed" or "full".
+func ParseVerify(s string) (Verify, error) {
+	switch s {
+	case "sealed", "":
+		return VerifySealed, nil
+	case "full":
+		return VerifyFull, nil
+	}
+	return 0, fmt.Errorf("unknown verification %q (sealed or full)", s)
 }
 
 // IntoOptions configure IntoWith.
@@ -97,6 +132,8 @@ type IntoOptions struct {
 	HugePages bool
 	// Spawn: the decode's workers are goroutines started for the call (DecodeOptions.Spawn).
 	Spawn bool
+	// Verify says how each chunk is checked (DecodeOptions.Verify).
+	Verify Verify
 }
 
 // Result describes a restore.
@@ -163,7 +200,7 @@ func Restore(ctx context.Context, store cas.Store, model *engine.Model, cp *chec
 		return nil, nil, fmt.Errorf("restore: %w", err)
 	}
 	made := time.Since(start)
-	res, err := IntoWith(ctx, store, in, cp, IntoOptions{Workers: opts.Workers, HugePages: opts.HugePages})
+	res, err := IntoWith(ctx, store, in, cp, IntoOptions{Workers: opts.Workers, HugePages: opts.HugePages, Verify: opts.Verify})
 	if err != nil {
 		in.Close()
 		return nil, nil, err
@@ -257,7 +294,7 @@ func IntoWith(ctx context.Context, store cas.Store, in *engine.Instance, cp *che
 		jobs = append(jobs, Job{Digest: ref.Digest, Dst: mem[r.Offset:end:end], Layer: r.Layer, Block: r.Block})
 	}
 	t1 := time.Now()
-	ws, err := DecodeWith(ctx, store, jobs, DecodeOptions{Workers: workers, Spawn: opts.Spawn})
+	ws, err := DecodeWith(ctx, store, jobs, DecodeOptions{Workers: workers, Spawn: opts.Spawn, Verify: opts.Verify})
 	if err != nil {
 		var ce *ChunkError
 		if errors.As(err, &ce) {
@@ -427,6 +464,9 @@ type DecodeOptions struct {
 	// Spawn starts the workers as new goroutines for this call instead of waking the parked
 	// crew (see DecodeWith): what Decode did before the crew, kept to measure against.
 	Spawn bool
+	// Verify: VerifySealed (the default) reads through the store's GetSealed where it has one;
+	// VerifyFull always through Get, which hashes every chunk.
+	Verify Verify
 }
 
 // DecodeWith is Decode with options, also returning how it used its workers (on error too,
@@ -447,7 +487,10 @@ func DecodeWith(ctx context.Context, store cas.Store, jobs []Job, opts DecodeOpt
 		workers = runtime.GOMAXPROCS(0)
 	}
 	workers = max(1, min(workers, len(jobs)))
-	b := &batch{ctx: ctx, store: store, jobs: jobs, spans: make([]span, workers), done: make(chan struct{})}
+	b := &batch{ctx: ctx, get: store.Get, jobs: jobs, spans: make([]span, workers), done: make(chan struct{})}
+	if sg, ok := store.(cas.SealedGetter); ok && opts.Verify == VerifySealed {
+		b.get = sg.GetSealed
+	}
 	b.left.Store(int64(len(jobs)))
 	b.slots.Store(int32(workers - 1))
 	woken := 0
@@ -505,7 +548,7 @@ type span struct {
 // after the last index was taken touches nothing but the counters.
 type batch struct {
 	ctx   context.Context
-	store cas.Store
+	get   func(context.Context, cas.Digest, []byte) ([]byte, error) // the store's Get or GetSealed
 	jobs  []Job
 	next  atomic.Int64
 	left  atomic.Int64
@@ -560,7 +603,7 @@ func (b *batch) decode(j Job) error {
 	if err := b.ctx.Err(); err != nil {
 		return err
 	}
-	got, err := b.store.Get(b.ctx, j.Digest, j.Dst[:0:len(j.Dst)])
+	got, err := b.get(b.ctx, j.Digest, j.Dst[:0:len(j.Dst)])
 	if err == nil && (len(got) != len(j.Dst) || (len(got) > 0 && &got[0] != &j.Dst[0])) {
 		err = fmt.Errorf("%w: chunk is %d bytes, its place %d", cas.ErrSizeMismatch, len(got), len(j.Dst))
 	}
