@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"math"
 	"os"
 	"reflect"
 	"testing"
 
 	"github.com/driftstore/driftstore/cas"
 	"github.com/driftstore/driftstore/checkpoint"
+	"github.com/driftstore/driftstore/checkpoint/cptest"
 	"github.com/driftstore/driftstore/engine"
 	"github.com/driftstore/driftstore/index"
 	"github.com/driftstore/driftstore/restore"
@@ -180,5 +182,73 @@ func TestBadTopLogitsRefused(t *testing.T) {
 				t.Fatalf("restore of a bad top-logits chunk: %v", err)
 			}
 		})
+	}
+}
+
+// TestCapturePartialInstance: an instance restored from top logits is checkpointed again
+// without a forward pass, keeping the same chunk, even after a sampler change that reads
+// more (its restore recomputes); KeepLogits completes them first, and the vector it stores is
+// the original instance's, bit for bit.
+func TestCapturePartialInstance(t *testing.T) {
+	e := openEnv(t, t.TempDir())
+	ctx := context.Background()
+	orig, err := e.model.NewInstance(engine.InstanceOptions{Sampler: engine.Sampler{Temp: 0.7, TopK: 30, Seed: 4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	if err := orig.Prefill(cptest.Tokens(33, 512, 3)); err != nil {
+		t.Fatal(err)
+	}
+	want, err := orig.Logits()
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := checkpoint.Capture(ctx, e.ix, e.model, orig, checkpoint.CaptureOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := res.Checkpoint
+	in, _, err := restore.Restore(ctx, e.store, e.model, cp, restore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	if in.LogitsTop() != cp.TopLogits || cp.TopLogits == 0 {
+		t.Fatalf("restored %d top logits of %d", in.LogitsTop(), cp.TopLogits)
+	}
+	if err := in.SetSampler(engine.Sampler{Temp: 0.7, Seed: 4}); err != nil { // reads every logit
+		t.Fatal(err)
+	}
+	again, err := checkpoint.Capture(ctx, e.ix, e.model, in, checkpoint.CaptureOptions{Parent: cp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.LogitsTop() != cp.TopLogits || again.Checkpoint.TopLogits != cp.TopLogits || again.Checkpoint.State[1] != cp.State[1] {
+		t.Fatalf("checkpoint of the restored instance: %d top logits (chunk %v), the instance %d; want %d (chunk %v)",
+			again.Checkpoint.TopLogits, again.Checkpoint.State[1], in.LogitsTop(), cp.TopLogits, cp.State[1])
+	}
+	full, err := checkpoint.Capture(ctx, e.ix, e.model, in, checkpoint.CaptureOptions{Parent: cp, KeepLogits: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.LogitsTop() != 0 || full.Checkpoint.TopLogits != 0 {
+		t.Fatalf("KeepLogits: %d top logits, the instance %d", full.Checkpoint.TopLogits, in.LogitsTop())
+	}
+	var tail []byte
+	for _, ref := range full.Checkpoint.State[1:] {
+		b, err := e.store.Get(ctx, ref.Digest, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tail = append(tail, b...)
+	}
+	if len(tail) != 4*len(want) {
+		t.Fatalf("%d bytes of logits for a vocabulary of %d", len(tail), len(want))
+	}
+	for i, w := range want {
+		if binary.LittleEndian.Uint32(tail[4*i:]) != math.Float32bits(w) {
+			t.Fatalf("logit %d: stored %#x, the original instance's %#x", i, binary.LittleEndian.Uint32(tail[4*i:]), math.Float32bits(w))
+		}
 	}
 }
