@@ -62,6 +62,7 @@ func runRestore(c *cli, args []string) error {
 	from := fs.String("from", "", "pull the session from this daemon first (only the chunks missing here), then restore")
 	peerToken := fs.String("peer-token-file", "", "file holding the --from daemon's bearer token (default: --token-file)")
 	force := fs.Bool("force", false, "with --from: move the session here even when its head here is not an ancestor of the pulled one")
+	verify := verifyFlag(fs)
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
@@ -110,7 +111,11 @@ func runRestore(c *cli, args []string) error {
 		}
 		return runRestoreRemote(c, *name, *cpFlag)
 	}
-	env, err := c.openSessions(session.Config{Threads: *threads}, "")
+	ver, err := verify()
+	if err != nil {
+		return err
+	}
+	env, err := c.openSessions(session.Config{Threads: *threads, Verify: ver}, "")
 	if err != nil {
 		return err
 	}

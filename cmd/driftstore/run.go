@@ -9,6 +9,7 @@ import (
 	"github.com/driftstore/driftstore/engine"
 	"github.com/driftstore/driftstore/internal/progress"
 	"github.com/driftstore/driftstore/repo"
+	"github.com/driftstore/driftstore/restore"
 	"github.com/driftstore/driftstore/session"
 )
 
@@ -108,6 +109,7 @@ func runRun(c *cli, args []string) error {
 	noCP := fs.Bool("no-checkpoint", false, "do not checkpoint at the end of the turn")
 	kvCodec := kvCodecFlag(fs)
 	keepLogits := keepLogitsFlag(fs)
+	verify := verifyFlag(fs)
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
@@ -128,6 +130,10 @@ func runRun(c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
+	ver, err := verify()
+	if err != nil {
+		return err
+	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	smp := gf.sampler()
@@ -139,7 +145,7 @@ func runRun(c *cli, args []string) error {
 			smp: smp, set: set, kv: rf.kv, blockSize: rf.blockSize, noCheckpoint: *noCP})
 	}
 
-	env, err := c.openSessions(session.Config{Threads: opts.Threads, Batch: opts.Batch, KVCodec: codec, KeepLogits: *keepLogits}, rf.backend)
+	env, err := c.openSessions(session.Config{Threads: opts.Threads, Batch: opts.Batch, KVCodec: codec, KeepLogits: *keepLogits, Verify: ver}, rf.backend)
 	if err != nil {
 		return err
 	}
@@ -278,6 +284,19 @@ func modelSource(given string, head *checkpoint.Checkpoint) string {
 		return head.ModelSource
 	}
 	return given
+}
+
+// verifyFlag registers --verify on fs (commands that restore checkpoints); the returned func
+// parses it.
+func verifyFlag(fs *flag.FlagSet) func() (restore.Verify, error) {
+	v := fs.String("verify", "sealed", "how a restore checks each chunk it reads: sealed (against the CRC-32C the pack store took when it stored the chunk, after hashing it to its digest: damage at rest, ten times cheaper) or full (BLAKE3 of every chunk against its digest)")
+	return func() (restore.Verify, error) {
+		r, err := restore.ParseVerify(*v)
+		if err != nil {
+			return 0, usageError("--verify: %v", err)
+		}
+		return r, nil
+	}
 }
 
 // keepLogitsFlag registers --keep-logits on fs (commands whose sessions write checkpoints).

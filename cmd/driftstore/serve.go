@@ -40,6 +40,7 @@ func runServe(c *cli, args []string) error {
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
 	kvCodec := kvCodecFlag(fs)
 	keepLogits := keepLogitsFlag(fs)
+	verify := verifyFlag(fs)
 	var maxChunk sizeFlag
 	fs.Var(&maxChunk, "max-chunk", "largest chunk accepted, uncompressed (default 64MiB)")
 	deferCkpt := fs.Bool("defer-checkpoints", false, "reply to a generate request once the end-of-turn checkpoint is snapshotted (the turn's KV blocks and state copied, under a millisecond for a few tokens) and make it durable in the background; trades: a crash before that commit finishes loses the turn's checkpoint (the previous one stays restorable). Default: reply only after the checkpoint is durable")
@@ -87,6 +88,10 @@ func runServe(c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
+	ver, err := verify()
+	if err != nil {
+		return err
+	}
 	token, err := c.readToken()
 	if err != nil {
 		return err
@@ -114,7 +119,7 @@ func runServe(c *cli, args []string) error {
 			return nil, err
 		}
 		mgr, err := session.NewManager(session.Config{Index: r.Index(), Engine: eng, DataDir: c.globals.data, Threads: *threads, KVCodec: resolveKVCodec(codec, sel.Name()),
-			DeferCheckpoints: *deferCkpt, KeepLogits: *keepLogits, Log: logger})
+			DeferCheckpoints: *deferCkpt, KeepLogits: *keepLogits, Verify: ver, Log: logger})
 		if err != nil {
 			eng.Close()
 			return nil, err

@@ -68,7 +68,7 @@ func TestCLISessions(t *testing.T) {
 	}
 
 	// restore --compare, checkpoint, fork.
-	code, out, errOut = storageRun(t, dir, "restore", "--session", "a", "--compare", "--json")
+	code, out, errOut = storageRun(t, dir, "restore", "--session", "a", "--compare", "--json", "--verify", "full")
 	var ro restoreOut
 	if code != 0 || json.Unmarshal([]byte(out), &ro) != nil || ro.Position != 15 || ro.PrefillMS <= 0 || ro.Checkpoint != r2.Checkpoint {
 		t.Fatalf("restore: exit %d %s %s", code, out, errOut)
@@ -105,9 +105,15 @@ func TestCLISessions(t *testing.T) {
 	}
 	bad := cp.KV[3][0].Digest
 	castest.Corrupt(t, repo.ChunkStoreDir(dir), bad)
-	code, _, errOut = storageRun(t, dir, "restore", "--session", "a")
-	if code != 1 || !strings.Contains(errOut, bad.String()) || !strings.Contains(errOut, "layer 3 block 0") {
-		t.Fatalf("restore of a corrupt chunk: exit %d: %s", code, errOut)
+	// Refused by either verification: the seal (the default) and BLAKE3 (--verify full).
+	for _, verify := range []string{"sealed", "full"} {
+		code, _, errOut = storageRun(t, dir, "restore", "--session", "a", "--verify", verify)
+		if code != 1 || !strings.Contains(errOut, bad.String()) || !strings.Contains(errOut, "layer 3 block 0") {
+			t.Fatalf("restore --verify %s of a corrupt chunk: exit %d: %s", verify, code, errOut)
+		}
+	}
+	if code, _, errOut = storageRun(t, dir, "restore", "--session", "a", "--verify", "maybe"); code != 2 || !strings.Contains(errOut, "--verify") {
+		t.Fatalf("restore --verify maybe: exit %d: %s", code, errOut)
 	}
 	if code, _, _ = storageRun(t, dir, "fsck"); code == 0 {
 		t.Fatal("fsck passed a corrupt chunk")
