@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"os"
 	"path/filepath"
@@ -25,7 +26,7 @@ import (
 func init() {
 	registerBench(&benchmark{
 		name:    "restore",
-		args:    "[--models tiny,llama-3.2-1b] [--contexts 24,128,512,2048,4096] [--type q8_0] [--kv f16] [--threads N] [--reps 3] [--turns 8] [--kv-codec float|raw] [--reserve=true|false] [--huge-pages] [--reprefill=true|false] [--keep-logits]",
+		args:    "[--models tiny,llama-3.2-1b] [--contexts 24,128,512,2048,4096] [--type q8_0] [--kv f16] [--threads N] [--reps 3] [--turns 8] [--kv-codec float|raw] [--reserve=true|false] [--huge-pages] [--reprefill=true|false] [--keep-logits] [--verify sealed|full]",
 		summary: "checkpoint (full, incremental), restore, first token after restore vs re-prefill, stored bytes, restore over the verify-and-copy floor",
 		run:     runBenchRestore,
 	})
@@ -75,6 +76,7 @@ type benchRestoreResult struct {
 	Workers       int                `json:"workers"`
 	KV            string             `json:"kv"`
 	KVCodec       string             `json:"kv_codec"`
+	Verify        string             `json:"verify"`      // how restores check chunks: sealed or full (the floor checks the same way)
 	KeepLogits    bool               `json:"keep_logits"` // checkpoints keep the whole logits vector, not the best 64
 	Reserve       bool               `json:"reserve"`     // instances made for the context (KV memory resident at creation)
 	HugePages     bool               `json:"huge_pages"`
@@ -98,7 +100,12 @@ func runBenchRestore(c *cli, args []string) error {
 	huge := fs.Bool("huge-pages", false, "restore with transparent huge pages under the fresh KV blocks (restore.IntoOptions.HugePages)")
 	reprefill := fs.Bool("reprefill", true, "measure re-prefill into a fresh instance (false: skip it, the slow part at long contexts; its columns read 0)")
 	keepLogits := fs.Bool("keep-logits", false, "checkpoints keep the whole logits vector (by default the greedy sampler's checkpoints keep the best 64 logits)")
+	verify := verifyFlag(fs)
 	if err := c.parse(fs, args); err != nil {
+		return err
+	}
+	var err error
+	if benchVerify, err = verify(); err != nil {
 		return err
 	}
 	codec, err := checkpoint.ParseKVCodec(*codecFlag)
@@ -139,7 +146,8 @@ func runBenchRestore(c *cli, args []string) error {
 	}
 	defer os.RemoveAll(tmp)
 	workers := runtime.GOMAXPROCS(0)
-	res := benchRestoreResult{Backend: eng.Backend().Name(), Threads: *threads, Workers: workers, KV: kv.String(), KVCodec: string(codec), Reserve: *reserve, HugePages: *huge, KeepLogits: *keepLogits}
+	res := benchRestoreResult{Backend: eng.Backend().Name(), Threads: *threads, Workers: workers, KV: kv.String(), KVCodec: string(codec), Reserve: *reserve, HugePages: *huge, KeepLogits: *keepLogits,
+		Verify: benchVerify.String()}
 	ctx := c.ctx
 
 	for _, preset := range splitList(*models) {
@@ -171,9 +179,9 @@ func runBenchRestore(c *cli, args []string) error {
 	if res.KeepLogits {
 		logits = "the whole logits vector"
 	}
-	c.printf("driftstore bench restore: backend %s, %d threads, %d workers, KV %s stored %s, checkpoints keep %s, instances made for the context %v, huge pages %v, %s/%s, %d CPUs; verify-and-copy %.2f GB/s\n",
-		res.Backend, res.Threads, res.Workers, res.KV, res.KVCodec, logits, res.Reserve, res.HugePages, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), res.CopyVerifyGBs)
-	c.printf("times in ms (restore, incr16, store16, and re-prefill up to 1024 tokens: best of %d); restore and re-prefill into a ready fresh instance (making one: inst, which with --reserve includes making the context's KV memory resident); incr16: checkpoint after 16 new tokens, the session head moved with it (of which isync: the chunks' barrier, iindex: the index transaction), isnap: the turn latency of the same checkpoint deferred (the snapshot: state and those blocks copied), store16: hashing and storing those blocks alone into the same kind of store with the same durability and codec\n", *reps)
+	c.printf("driftstore bench restore: backend %s, %d threads, %d workers, KV %s stored %s, checkpoints keep %s, instances made for the context %v, huge pages %v, %s/%s, %d CPUs; restores verify %s; verify-and-copy (%s) %.2f GB/s\n",
+		res.Backend, res.Threads, res.Workers, res.KV, res.KVCodec, logits, res.Reserve, res.HugePages, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), res.Verify, verifyHashName(benchVerify), res.CopyVerifyGBs)
+	c.printf("times in ms (restore, incr16, store16, and re-prefill up to 1024 tokens: best of %d); restore and re-prefill into a ready fresh instance (making one: inst, which with --reserve includes making the context's KV memory resident); incr16: checkpoint after 16 new tokens, the session head moved with it (of which isync: the commit — with a pack store's journal, checking it and the one barrier of its chunks and its journal entry; iindex: waiting for an index transaction, 0 with the journal), isnap: the turn latency of the same checkpoint deferred (the snapshot: state and those blocks copied), store16: hashing and storing those blocks alone into the same kind of store with the same durability and codec\n", *reps)
 	c.printf("%-13s %5s %9s %8s %7s %6s %6s %6s %7s %6s %6s %8s %7s %6s %8s %9s %9s %7s %7s %8s %7s %6s\n",
 		"model", "ctx", "KV", "ckpt", "incr16", "isync", "iindex", "isnap", "store16", "incr ×", "inst", "restore", "decode", "load", "TTFT rst", "reprefill", "TTFT pref", "TTFT ×", "rst ×", "B/token", "floor", "×floor")
 	for _, r := range res.Rows {
@@ -194,8 +202,9 @@ func runBenchRestore(c *cli, args []string) error {
 }
 
 // benchKVCodec is --kv-codec, benchHugePages --huge-pages, benchReserve --reserve,
-// benchReprefill --reprefill, benchKeepLogits --keep-logits.
+// benchReprefill --reprefill, benchKeepLogits --keep-logits, benchVerify --verify.
 var (
+	benchVerify                                                   restore.Verify
 	benchKVCodec                                                  checkpoint.KVCodec
 	benchHugePages, benchReserve, benchReprefill, benchKeepLogits bool
 )
@@ -221,6 +230,10 @@ func storedBytes(ctx context.Context, s cas.Store) (int64, error) {
 // verifyCopySpeed measures copying data into a destination while hashing it with BLAKE3,
 // blockLen bytes at a time on workers goroutines: what a restore of raw chunks must at least do.
 func verifyCopySpeed(data []byte, blockLen, workers int) float64 {
+	hash := func(b []byte) { _ = cas.Sum(b) }
+	if benchVerify == restore.VerifySealed {
+		hash = func(b []byte) { _ = crc32.Checksum(b, castagnoliTable) }
+	}
 	dst := make([]byte, len(data))
 	copy(dst, data) // fault the pages in
 	best := time.Duration(1 << 62)
@@ -235,7 +248,7 @@ func verifyCopySpeed(data []byte, blockLen, workers int) float64 {
 				for i := w; i < n; i += workers {
 					lo, hi := i*blockLen, min((i+1)*blockLen, len(data))
 					copy(dst[lo:hi], data[lo:hi])
-					_ = cas.Sum(dst[lo:hi])
+					hash(dst[lo:hi])
 				}
 			}()
 		}
@@ -330,7 +343,7 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 			}
 			inst := time.Since(t0)
 			t1 := time.Now()
-			rr, err := restore.IntoWith(ctx, r.Store(), in, cp, restore.IntoOptions{Workers: workers, HugePages: benchHugePages})
+			rr, err := restore.IntoWith(ctx, r.Store(), in, cp, restore.IntoOptions{Workers: workers, HugePages: benchHugePages, Verify: benchVerify})
 			d := time.Since(t1)
 			if err == nil {
 				_, err = in.Sample()
@@ -435,7 +448,7 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 				r.Close()
 				return nil, nil, 0, err
 			}
-			in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers, HugePages: benchHugePages})
+			in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers, HugePages: benchHugePages, Verify: benchVerify})
 			if err != nil {
 				r.Close()
 				return nil, nil, 0, err
@@ -492,7 +505,7 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 			}
 		}
 		// Back to n tokens for the next context: restore the full checkpoint into the live slot.
-		in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers, HugePages: benchHugePages})
+		in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers, HugePages: benchHugePages, Verify: benchVerify})
 		if err != nil {
 			r.Close()
 			return nil, nil, 0, err
@@ -567,4 +580,15 @@ func benchConversation(ctx context.Context, c *cli, model *engine.Model, path, n
 	}
 	return &benchRestoreConv{Model: name, Turns: turns, Position: last.Position, KVBytes: last.KVBytes(), StoredBytes: sb,
 		Ratio: float64(sb) / float64(last.KVBytes())}, nil
+}
+
+// castagnoliTable is the CRC-32C table of the sealed floor (cas.Pack's seals).
+var castagnoliTable = crc32.MakeTable(crc32.Castagnoli)
+
+// verifyHashName names what the floor hashes under v.
+func verifyHashName(v restore.Verify) string {
+	if v == restore.VerifySealed {
+		return "CRC-32C, as the pack store's seals"
+	}
+	return "BLAKE3"
 }
