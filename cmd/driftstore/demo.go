@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"github.com/driftstore/driftstore/backends"
 	"os"
 	"slices"
@@ -119,8 +120,12 @@ func runDemo(c *cli, args []string) error {
 	out.FirstTurn, out.Checkpoint, out.Position, out.CheckpointMS = t1.Tokens, cp1.ID.String(), cp1.Position, ms(t1.Checkpoint.Duration)
 	say("1. generate   prompt of %d tokens, then %d sampled (temp 0.8, seed 42): %v\n", len(prompt), len(t1.Tokens), t1.Tokens)
 	say("2. checkpoint %s\n", short(cp1.ID))
-	say("              %d tokens: %d KV blocks of %s (%s), the token history, sampler + RNG state, last logits; %.1f ms\n",
-		cp1.Position, t1.Checkpoint.Blocks, progress.Bytes(int64(cp1.Layout.BlockBytes)), progress.Bytes(cp1.KVBytes()), out.CheckpointMS)
+	logits := "last logits"
+	if cp1.TopLogits > 0 {
+		logits = fmt.Sprintf("the best %d of the last logits (top-k %d sampling reads no more)", cp1.TopLogits, smp.TopK)
+	}
+	say("              %d tokens: %d KV blocks of %s (%s), the token history, sampler + RNG state, %s; %.1f ms\n",
+		cp1.Position, t1.Checkpoint.Blocks, progress.Bytes(int64(cp1.Layout.BlockBytes)), progress.Bytes(cp1.KVBytes()), logits, out.CheckpointMS)
 
 	// 3. The reference: keep going in the same live instance.
 	ref, err := s.Run(ctx, session.Turn{N: *n, NoCheckpoint: true})
