@@ -12,7 +12,6 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/driftstore/driftstore/cas"
 )
@@ -27,9 +26,10 @@ import (
 // background, by an ordinary (synced) bbolt transaction that also records the entry's
 // sequence number as applied. The pack files are the index's write-ahead log:
 //
-//   - A commit is checked against the index before its entry is written (the same transaction,
-//     rolled back), with every earlier journaled commit applied and no other writer in between
-//     (jmu), so the later apply cannot fail for a reason the check could see.
+//   - A commit is checked against the index before its entry is written (the transaction's
+//     checks without its writes, in a read transaction: prepared.check), with every earlier
+//     journaled commit applied and no other writer in between (j.mu), so the later apply
+//     cannot fail for a reason the check could see.
 //   - Every read of the index waits for the commit being applied, if any: within the process, a
 //     journaled commit is visible to everyone as soon as CommitBatch returns.
 //   - Open (for writing) applies the entries of this index's epoch whose sequence numbers are
@@ -47,9 +47,6 @@ var (
 
 // journalMagic starts every journal entry's payload (version 1).
 const journalMagic = "DSJ\x01"
-
-// errCheckOnly rolls back the transaction that checks a journaled commit.
-var errCheckOnly = errors.New("index: commit checked")
 
 // journal is the Index's journal state.
 type journal struct {
@@ -150,23 +147,16 @@ func (ix *Index) commitJournaled(ctx context.Context, batch cas.Batch, jb cas.Jo
 		batch.Discard()
 		return err
 	}
+	if ix.db.IsReadOnly() {
+		batch.Discard()
+		return fmt.Errorf("%w: %s", ErrReadOnly, ix.path)
+	}
 	p, err := ix.prepare(c)
 	if err == nil {
-		err = ix.db.Update(func(tx *bolt.Tx) error {
-			if err := p.tx(tx); err != nil {
-				return err
-			}
-			return errCheckOnly
-		})
-		if errors.Is(err, errCheckOnly) {
-			err = nil
-		}
+		err = ix.db.View(p.check)
 	}
 	if err != nil {
 		batch.Discard()
-		if errors.Is(err, berrors.ErrDatabaseReadOnly) {
-			err = fmt.Errorf("%w: %s", ErrReadOnly, ix.path)
-		}
 		return err
 	}
 	seq := ix.j.seq + 1

@@ -372,3 +372,51 @@ func FuzzJournalEntry(f *testing.F) {
 		}
 	})
 }
+
+// TestJournalCheckRefusesWhatTheTransactionWould: the read-only check of a journaled commit
+// refuses what the transaction itself refuses (index_test and commit_test hold those cases
+// for Commit), with the same errors, and changes nothing.
+func TestJournalCheckRefusesWhatTheTransactionWould(t *testing.T) {
+	ctx := context.Background()
+	d := openJournalDir(t, t.TempDir())
+	defer d.close()
+	head, err := d.commit(ID{}, ID{}, "p", "q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ghost := ChunkRef{Digest: cas.Sum([]byte("never stored")), Length: 12}
+	pRef := ChunkRef{Digest: cas.Sum([]byte("p")), Length: 1}
+	cases := []struct {
+		name string
+		m    *Manifest
+		ref  *RefMove
+		want error
+	}{
+		{"missing chunk", &Manifest{Kind: "file", Parent: head, Regions: []Region{{Name: "r", Chunks: []ChunkRef{pRef, ghost}}}}, nil, ErrMissingChunks},
+		{"length mismatch", &Manifest{Kind: "file", Regions: []Region{{Name: "r", Chunks: []ChunkRef{{Digest: pRef.Digest, Length: 5}}}}}, nil, nil},
+		{"missing parent", &Manifest{Kind: "file", Parent: ID{7}, Regions: []Region{{Name: "r", Chunks: []ChunkRef{pRef}}}}, nil, ErrMissingParent},
+		{"conflict", &Manifest{Kind: "file", Parent: head, Regions: []Region{{Name: "r", Chunks: []ChunkRef{pRef}}}}, &RefMove{Kind: RefSession, Name: "s", Expected: ID{9}}, ErrConflict},
+		{"target not found", &Manifest{Kind: "file", Regions: []Region{{Name: "r", Chunks: []ChunkRef{pRef}}}}, &RefMove{Kind: RefTag, Name: "t", Target: ID{3}}, ErrManifestNotFound},
+	}
+	for _, c := range cases {
+		e, err := c.m.Encoded()
+		if err != nil {
+			t.Fatal(err)
+		}
+		commit := Commit{Manifests: []*Encoded{e}, Ref: c.ref}
+		if c.ref != nil && c.ref.Target.IsZero() {
+			c.ref.Target = e.ID()
+		}
+		b := cas.NewBatch(d.store)
+		_, jerr := d.ix.CommitBatch(ctx, b, func() (Commit, error) { return commit, nil })
+		switch {
+		case jerr == nil:
+			t.Fatalf("%s: journaled commit accepted", c.name)
+		case c.want != nil && !errors.Is(jerr, c.want):
+			t.Fatalf("%s: %v, want %v", c.name, jerr, c.want)
+		case c.name == "length mismatch" && !errors.As(jerr, new(*LengthMismatchError)):
+			t.Fatalf("%s: %v", c.name, jerr)
+		}
+	}
+	d.wantHead(head, "p", "q")
+}

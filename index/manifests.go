@@ -162,6 +162,66 @@ func (p *prepared) tx(tx *bolt.Tx) error {
 	return nil
 }
 
+// check makes tx's checks without its writes, in a read transaction: it returns the errors tx
+// would, with c's chunks taken as recorded and its earlier manifests as present.
+func (p *prepared) check(tx *bolt.Tx) error {
+	c := p.c
+	pending := make(map[cas.Digest]int64, len(c.Chunks))
+	for _, in := range c.Chunks {
+		pending[in.Digest] = in.Size
+	}
+	mb, chunks := tx.Bucket(bucketManifests), tx.Bucket(bucketChunks)
+	earlier := func(id ID, n int) int {
+		for j := n - 1; j >= 0; j-- {
+			if p.plans[j].e.id == id {
+				return j
+			}
+		}
+		return -1
+	}
+	for i := range p.plans {
+		pl := &p.plans[i]
+		m := pl.e.m
+		var known []Region
+		parentPresent := m.Parent.IsZero()
+		if !parentPresent {
+			if v := mb.Get(m.Parent[:]); v != nil {
+				parentPresent = true
+				if pl.haveParent {
+					known = pl.parent.regions
+				} else {
+					known = knownRegions(mb, m.Parent, v)
+				}
+			} else if j := earlier(m.Parent, i); j >= 0 {
+				parentPresent, known = true, p.plans[j].e.m.Regions
+			}
+		}
+		if err := checkChunks(chunks, m, known, pending); err != nil {
+			return fmt.Errorf("put manifest %s: %w", pl.e.id, err)
+		}
+		if !parentPresent {
+			return fmt.Errorf("put manifest %s: %w: %s", pl.e.id, ErrMissingParent, m.Parent)
+		}
+	}
+	if mv := c.Ref; mv != nil {
+		var cur ID
+		if v := tx.Bucket(bucketRefs).Get(p.key); v != nil {
+			if len(v) != len(cur) {
+				return fmt.Errorf("%w: %s %q: value of %d bytes", ErrCorruptIndex, mv.Kind, mv.Name, len(v))
+			}
+			copy(cur[:], v)
+		}
+		err := casCheck(mv.Kind, mv.Name, mv.Expected)(cur)
+		if err == nil && cur != mv.Target && !mv.Target.IsZero() && mb.Get(mv.Target[:]) == nil && earlier(mv.Target, len(p.plans)) < 0 {
+			err = fmt.Errorf("%w: %s", ErrManifestNotFound, mv.Target)
+		}
+		if err != nil {
+			return fmt.Errorf("move %s %q to %s: %w", mv.Kind, mv.Name, idOrNone(mv.Target), err)
+		}
+	}
+	return nil
+}
+
 // remember keeps the committed manifests as recent (after the transaction committed).
 func (p *prepared) remember() {
 	for i := range p.plans {
@@ -246,7 +306,7 @@ func (p *manifestPlan) put(tx *bolt.Tx, chunks *bolt.Bucket, now time.Time) erro
 			}
 		}
 	}
-	if err := checkChunks(chunks, m, known); err != nil {
+	if err := checkChunks(chunks, m, known, nil); err != nil {
 		return err
 	}
 	if !parentPresent {
@@ -286,9 +346,10 @@ func knownRegions(mb *bolt.Bucket, id ID, v []byte) []Region {
 }
 
 // checkChunks checks that every chunk m names is recorded with m's length, except those parent
-// (the regions of m's present parent, or nil) names at the same place. Missing chunks, all of
-// them, take precedence over a length mismatch.
-func checkChunks(chunks *bolt.Bucket, m *Manifest, parent []Region) error {
+// (the regions of m's present parent, or nil) names at the same place; pending (or nil) lists
+// chunks to take as recorded with these sizes. Missing chunks, all of them, take precedence
+// over a length mismatch.
+func checkChunks(chunks *bolt.Bucket, m *Manifest, parent []Region, pending map[cas.Digest]int64) error {
 	var missing []cas.Digest
 	var mismatch error
 	seen := make(map[cas.Digest]struct{})
@@ -305,20 +366,24 @@ func checkChunks(chunks *bolt.Bucket, m *Manifest, parent []Region) error {
 				continue
 			}
 			seen[c.Digest] = struct{}{}
-			v := chunks.Get(c.Digest[:])
-			if v == nil {
-				missing = append(missing, c.Digest)
-				continue
+			size, ok := pending[c.Digest]
+			if !ok {
+				v := chunks.Get(c.Digest[:])
+				if v == nil {
+					missing = append(missing, c.Digest)
+					continue
+				}
+				if mismatch != nil || len(missing) > 0 {
+					continue
+				}
+				rec, err := decodeChunkRecord(c.Digest, v)
+				if err != nil {
+					return err
+				}
+				size = rec.Size
 			}
-			if mismatch != nil || len(missing) > 0 {
-				continue
-			}
-			rec, err := decodeChunkRecord(c.Digest, v)
-			if err != nil {
-				return err
-			}
-			if rec.Size != c.Length {
-				mismatch = &LengthMismatchError{Digest: c.Digest, Length: c.Length, Record: rec.Size}
+			if mismatch == nil && len(missing) == 0 && size != c.Length {
+				mismatch = &LengthMismatchError{Digest: c.Digest, Length: c.Length, Record: size}
 			}
 		}
 	}
