@@ -1404,7 +1404,8 @@ __device__ __forceinline__ void attn_merge(float* __restrict__ out, const float*
 // 128 threads; the block of split s takes positions [s*ATT_CHUNK, (s+1)*ATT_CHUNK) of the
 // token's context (the split depends on positions only, never on n). Scores: each warp takes
 // ATT_PPW consecutive positions at once (independent loads; lanes hold head elements lane,
-// lane+32, ...; hd <= 256), reduced by a fixed butterfly. Then the chunk's max, weights and
+// lane+32, ...; hd <= 256; each position's row found once, by lanes 0..7, and kept in sbp for
+// the V sums), reduced by a fixed butterfly. Then the chunk's max, weights and
 // their sum in position order, and each thread sums weight * V over the chunk's positions in
 // order for its head elements. With nsplit == 1 the result goes to out, else (m, l, acc[hd])
 // per split to part, merged in split order by attn_combine, or (cnt not null: a zeroed counter
@@ -1419,6 +1420,7 @@ extern "C" __global__ void __launch_bounds__(128)
             unsigned* cnt) {
     __shared__ float sp[ATT_CHUNK];
     __shared__ unsigned last;
+    __shared__ const char* sbp[ATT_CHUNK];  // position lo+i's K row of this KV head
     int h = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int kvh = h / (nheads / nkv);
@@ -1437,29 +1439,32 @@ extern "C" __global__ void __launch_bounds__(128)
     float d[ATT_PPW];
 #pragma unroll
     for (int i = 0; i < ATT_PPW; i++) d[i] = 0.f;
-    if (p0 < hi) {
+    const int esz = kvtype == DT_F16 ? 2 : 4;
+    {
+        // Lanes 0..7 find the rows of the warp's positions (one block-table load each); every
+        // K element of the 8 positions is then loaded before any is used.
+        const char* mine = nullptr;
+        int pm = p0 + lane;
+        if (lane < ATT_PPW && pm < hi)
+            mine = (const char*)blocks[pm / bsize] + ((size_t)(pm % bsize) * row + (size_t)kvh * hd) * esz;
+        if (lane < ATT_PPW) sbp[warp * ATT_PPW + lane] = mine;
+        float kf[ATT_PPW][ATT_MAXE];
 #pragma unroll
         for (int i = 0; i < ATT_PPW; i++) {
-            int p = p0 + i;
-            if (p < hi) {
-                size_t off = (size_t)(p % bsize) * row + (size_t)kvh * hd;
-                if (kvtype == DT_F16) {
-                    const __half* kp = (const __half*)blocks[p / bsize] + off;
+            const char* kb = (const char*)__shfl_sync(0xffffffffu, (unsigned long long)mine, i);
 #pragma unroll
-                    for (int j = 0; j < ATT_MAXE; j++) {
-                        int e = lane + 32 * j;
-                        if (e < hd) d[i] = fmaf(qv[j], __half2float(kp[e]), d[i]);
-                    }
-                } else {
-                    const float* kp = (const float*)blocks[p / bsize] + off;
-#pragma unroll
-                    for (int j = 0; j < ATT_MAXE; j++) {
-                        int e = lane + 32 * j;
-                        if (e < hd) d[i] = fmaf(qv[j], kp[e], d[i]);
-                    }
-                }
+            for (int j = 0; j < ATT_MAXE; j++) {
+                int e = lane + 32 * j;
+                kf[i][j] = 0.f;
+                if (p0 + i < hi && e < hd)
+                    kf[i][j] = kvtype == DT_F16 ? __half2float(((const __half*)kb)[e]) : ((const float*)kb)[e];
             }
         }
+#pragma unroll
+        for (int i = 0; i < ATT_PPW; i++)
+#pragma unroll
+            for (int j = 0; j < ATT_MAXE; j++)
+                if (p0 + i < hi && lane + 32 * j < hd) d[i] = fmaf(qv[j], kf[i][j], d[i]);
     }
 #pragma unroll
     for (int i = 0; i < ATT_PPW; i++) {
@@ -1480,11 +1485,12 @@ extern "C" __global__ void __launch_bounds__(128)
     int np = max(0, hi - lo);
     for (int e = threadIdx.x; e < hd; e += blockDim.x) {
         float a = 0.f;
+        // V rows from sbp (no block-table load per position), 8 positions unrolled so their
+        // loads overlap; summed in position order as ever.
+#pragma unroll 8
         for (int i = 0; i < np; i++) {
-            int p = lo + i;
-            size_t off = vofs + (size_t)(p % bsize) * row + (size_t)kvh * hd + e;
-            float vv = kvtype == DT_F16 ? __half2float(((const __half*)blocks[p / bsize])[off])
-                                        : ((const float*)blocks[p / bsize])[off];
+            const char* vb = sbp[i] + vofs * esz;
+            float vv = kvtype == DT_F16 ? __half2float(((const __half*)vb)[e]) : ((const float*)vb)[e];
             a = fmaf(sp[i], vv, a);
         }
         if (nsplit == 1) {
