@@ -38,12 +38,14 @@ var reportCodecs = []checkpoint.KVCodec{checkpoint.KVCodecFloat, checkpoint.KVCo
 // the decode's workers are started per call (restore.IntoOptions.Spawn: how restores ran
 // before the crew) instead of waking restore's parked crew.
 type restoreVariant struct {
-	codec int // index in reportCodecs
-	spawn bool
+	codec  int // index in reportCodecs
+	spawn  bool
+	verify restore.Verify // how the restore checks chunks (the default: the pack store's seals)
 }
 
-// reportVariants: each codec with the crew, and raw with goroutines spawned per call beside it.
-var reportVariants = []restoreVariant{{0, false}, {1, false}, {1, true}}
+// reportVariants: each codec with the crew, raw with goroutines spawned per call beside it, and
+// raw checked by BLAKE3 (--verify full) instead of the seals.
+var reportVariants = []restoreVariant{{0, false, restore.VerifySealed}, {1, false, restore.VerifySealed}, {1, true, restore.VerifySealed}, {1, false, restore.VerifyFull}}
 
 // breakdownMin is the smallest context whose restore TestGPUReport breaks down (reads, BLAKE3,
 // copies; workers).
@@ -372,7 +374,7 @@ func restoreRows(t *testing.T, ctx context.Context, m *engine.Model, newIn func(
 				in := newInFor(n)
 				made := time.Since(t0)
 				t1 := time.Now()
-				rr, err := restore.IntoWith(ctx, cs.store, in, best.full.Checkpoint, restore.IntoOptions{Spawn: v.spawn})
+				rr, err := restore.IntoWith(ctx, cs.store, in, best.full.Checkpoint, restore.IntoOptions{Spawn: v.spawn, Verify: v.verify})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -446,6 +448,9 @@ func restoreRows(t *testing.T, ctx context.Context, m *engine.Model, newIn func(
 			name := string(cs.codec)
 			if v.spawn {
 				name += ", spawned"
+			}
+			if v.verify == restore.VerifyFull {
+				name += ", verify full (BLAKE3)"
 			}
 			sameK := same
 			if k > 0 {
