@@ -230,6 +230,9 @@ type PackOptions struct {
 	// LockTimeout is how long OpenPack waits for another process to let go of the lock; 0
 	// means it fails at once. The error wraps ErrLocked.
 	LockTimeout time.Duration
+	// NoMap makes Gets pread instead of reading through a mapping of the pack files (see
+	// pack_map_unix.go): for comparisons.
+	NoMap bool
 }
 
 // Pack is a Store that keeps many chunks per file: append-only pack files with an in-memory
@@ -311,8 +314,10 @@ type packFile struct {
 	// active pack's blocks are allocated ahead of the writes (see Pack.preallocate).
 	writeback bool
 
-	rw     sync.RWMutex // readers hold it shared during a pread; Compact takes it to close f
-	closed bool         // guarded by rw
+	rw        sync.RWMutex // readers hold it shared during a read; Compact takes it to close f
+	closed    bool         // guarded by rw
+	m         []byte       // guarded by rw: the read-only mapping of f, once made (pack_map_unix.go)
+	mapFailed bool         // guarded by rw: mapping f failed; reads pread
 
 	// Guarded by Pack.mu.
 	size    int64   // end of the last reserved record
@@ -759,7 +764,7 @@ func (p *Pack) Close() error {
 			if pf.alloc > 0 && pf.alloc != math.MaxInt64 {
 				errs = append(errs, releaseAhead(pf.f))
 			}
-			errs = append(errs, pf.f.Close())
+			errs = append(errs, pf.unmap(), pf.f.Close())
 		}
 		pf.rw.Unlock()
 	}
@@ -823,6 +828,9 @@ func (p *Pack) readPayload(d Digest, read func(pf *packFile, e packEntry) error)
 			return fmt.Errorf("chunk %s: pack %d is gone (store closed?)", d, e.pack)
 		}
 		pf.rw.RLock()
+		if !pf.closed {
+			p.mapping(pf) // may let go of pf.rw for a moment: closed is checked after
+		}
 		if pf.closed {
 			pf.rw.RUnlock()
 			p.mu.RLock()
@@ -881,6 +889,23 @@ func (p *Pack) get(ctx context.Context, d Digest, dst []byte, bySeal bool) ([]by
 			}
 			sealOK = true
 			return nil
+		}
+		if m := pf.m; m != nil && payloadOff+int64(e.length) <= int64(len(m)) {
+			src := m[payloadOff : payloadOff+int64(e.length)]
+			return readMapped(d, func() error {
+				if e.codec == CodecRaw {
+					dst = append(dst[:0], src...)
+					return check(dst)
+				}
+				if err := check(src); err != nil {
+					return err
+				}
+				var err error
+				if dst, err = Decode(dst, e.codec, src, size); err != nil {
+					return &CorruptError{Digest: d, Reason: err.Error()}
+				}
+				return nil
+			})
 		}
 		if e.codec == CodecRaw {
 			if cap(dst) < size {

@@ -162,7 +162,7 @@ func (p *Pack) Compact(ctx context.Context) (CompactStats, error) {
 		pf.rw.Lock()
 		if !pf.closed {
 			pf.closed = true
-			errs = append(errs, pf.f.Close())
+			errs = append(errs, pf.unmap(), pf.f.Close())
 		}
 		pf.rw.Unlock()
 		if err := os.Remove(pf.path); err != nil {

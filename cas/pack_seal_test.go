@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -146,5 +147,40 @@ func TestPackSealIsNoDefenceAgainstRewrites(t *testing.T) {
 	var ce *CorruptError
 	if _, err := p.Get(ctx, info.Digest, nil); !errors.As(err, &ce) {
 		t.Fatalf("Get of a resealed rewrite: %v", err)
+	}
+}
+
+// TestPackMappedReadFault: a mapped page that cannot be read (here: the file cut short behind
+// the store's back, which the lock normally prevents; an I/O error under the page cache acts
+// alike) fails the Get with an error instead of killing the process with SIGBUS.
+func TestPackMappedReadFault(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	p, err := OpenPack(dir, PackOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	data := make([]byte, 64<<10)
+	rng := rand.New(rand.NewPCG(5, 6))
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	info, err := p.Put(ctx, data, HintNone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p.GetSealed(ctx, info.Digest, nil); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("get: %v", err)
+	}
+	e := p.index[info.Digest]
+	if p.packs[e.pack].m == nil {
+		t.Skip("pack files are not mapped here")
+	}
+	if err := os.Truncate(filepath.Join(dir, packName(e.pack)), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.GetSealed(ctx, info.Digest, nil); err == nil || !strings.Contains(err.Error(), "fault") {
+		t.Fatalf("get of a vanished page: %v", err)
 	}
 }

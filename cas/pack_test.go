@@ -36,6 +36,14 @@ func TestPackConformance(t *testing.T) {
 	})
 }
 
+// TestPackPreadConformance runs the suite with Gets that pread instead of reading through the
+// pack files' mappings.
+func TestPackPreadConformance(t *testing.T) {
+	castest.Run(t, func(t *testing.T) cas.Store {
+		return openPack(t, t.TempDir(), cas.PackOptions{MaxPackSize: 4 << 20, NoMap: true})
+	})
+}
+
 // TestPackReopenedConformance runs the suite on stores that were written, closed and reopened
 // before use (the suite's data then shares the packs with what the reopen scanned), with small
 // packs so that the suite rolls over many of them. NoSync keeps it quick (the suite above runs
