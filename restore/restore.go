@@ -9,23 +9,26 @@
 // A restore never touches an existing instance: it builds a new one and returns it only on
 // success, so a caller swaps its live instance only when the restore worked.
 //
-// Speed. The floor is copying the KV bytes into place while hashing them (BLAKE3), on every
-// core. Two things kept a restore off it, and both are dealt with outside the decode loop:
+// Speed. The floor is copying the KV bytes into place while checking them, on every core: against
+// the pack store's seals (CRC-32C, the default, VerifySealed) or their digests (BLAKE3,
+// VerifyFull, about ten times the work). Two things kept a restore off it, and both are dealt
+// with outside the decode loop:
 //   - Page faults. Fresh linear memory faults in a page at a time as the chunks land (on
 //     2-core VMs 10–50 ms per 64 MiB). Restore makes its instance for the checkpoint's
 //     context (engine.InstanceOptions.Context), so the KV blocks are allocated and populated
 //     when the instance is made, as llama.cpp's context clears its KV buffer when it is made;
 //     IntoWith callers should do the same.
-//   - The codec. Raw chunks (checkpoint.KVCodecRaw) are one pread straight into place and a
-//     hash (a pack store: cas.Pack), which is the floor; float16-plane chunks decode at about
-//     1 GB/s a core. See BenchmarkRestore1B and BenchmarkVerifyCopy1B.
+//   - The codec. Raw chunks (checkpoint.KVCodecRaw) are one copy straight into place out of
+//     the pack file's mapping and a check (a pack store: cas.Pack); float16-plane chunks decode
+//     at about 1 GB/s a core. See BenchmarkRestore1B and BenchmarkVerifyCopy1B.
 //
 // And one inside it: waking the workers. Goroutines started per call wake their threads one
 // after another; on a 16-core host the last began 0.6-0.8 ms into a 3 ms restore. The
 // decode's workers are therefore a crew parked on a futex and woken by one system call (see
-// DecodeWith): all 16 decoding within 0.1 ms. What is left of a raw restore there is BLAKE3
+// DecodeWith): all 16 decoding within 0.1 ms. What was left of a raw restore there was BLAKE3
 // (about 2.4 GB/s a core with zeebo/blake3's AVX2 code) and the pread's copy
-// (docs/bench/cuda-notes-2026-11-26.md, "Restore on the host's cores").
+// (docs/bench/cuda-notes-2026-11-26.md, "Restore on the host's cores"); sealed verification
+// and mapped pack files took both down (BENCHMARKS.md).
 package restore
 
 import (
