@@ -113,6 +113,27 @@ func copyTree(t *testing.T, src, dst string) {
 	}
 }
 
+// crashAfter runs commit (one CommitBatch) and copies the data directory as a crash would leave
+// it after the commit returned and before its entry was applied to the index file; then it
+// lets the apply go on and closes d. It returns the copy.
+func (d *journalDir) crashAfter(commit func() error) string {
+	d.t.Helper()
+	hold, held := make(chan struct{}), make(chan struct{})
+	d.ix.j.beforeApply = func() {
+		close(held)
+		<-hold
+	}
+	if err := commit(); err != nil {
+		d.t.Fatal(err)
+	}
+	<-held
+	crash := filepath.Join(d.t.TempDir(), "crash")
+	copyTree(d.t, d.dir, crash)
+	close(hold)
+	d.close()
+	return crash
+}
+
 func (d *journalDir) wantHead(want ID, chunks ...string) {
 	d.t.Helper()
 	r, err := d.ix.Ref(RefSession, "s")
@@ -177,20 +198,11 @@ func TestJournalReplaysAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.wantHead(first, "one", "two")
-	hold, held := make(chan struct{}), make(chan struct{})
-	d.ix.j.beforeApply = func() {
-		close(held)
-		<-hold
-	}
-	second, err := d.commit(first, first, "one", "three")
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-held
-	crash := filepath.Join(t.TempDir(), "crash")
-	copyTree(t, dir, crash)
-	close(hold)
-	d.close()
+	var second ID
+	crash := d.crashAfter(func() (err error) {
+		second, err = d.commit(first, first, "one", "three")
+		return err
+	})
 
 	// The copy: the index file lacks the second commit; the pack holds it.
 	parts := []string{"one", "three"}
@@ -309,21 +321,12 @@ func TestJournalCarriesDeltas(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.wantHead(head, refs...)
-	hold, held := make(chan struct{}), make(chan struct{})
-	d.ix.j.beforeApply = func() {
-		close(held)
-		<-hold
-	}
-	next, err := d.commitOn(head, head, refs, "block 400")
+	var next ID
+	crash := d.crashAfter(func() (err error) {
+		next, err = d.commitOn(head, head, refs, "block 400")
+		return err
+	})
 	refs = append(refs, "block 400")
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-held
-	crash := filepath.Join(t.TempDir(), "crash")
-	copyTree(t, dir, crash)
-	close(hold)
-	d.close()
 	c := openJournalDir(t, crash)
 	defer c.close()
 	c.wantHead(next, refs...)
