@@ -159,12 +159,14 @@ func (ix *Index) commitJournaled(ctx context.Context, batch cas.Batch, jb cas.Jo
 		batch.Discard()
 		return err
 	}
-	seq := ix.j.seq + 1
+	// The number is spent even when the commit fails: its entry may still reach the disk (see
+	// cas.JournalBatch), and a later entry must never share its number.
+	ix.j.seq++
+	seq := ix.j.seq
 	release, err := jb.CommitJournal(ctx, encodeJournal(ix.j.epoch, seq, p))
 	if err != nil {
 		return err
 	}
-	ix.j.seq = seq
 	done := make(chan struct{})
 	ix.j.pendMu.Lock()
 	ix.j.pending = done
@@ -276,13 +278,14 @@ func (ix *Index) initJournal(readOnly bool) error {
 		return 0
 	})
 	for _, e := range todo {
-		if e.seq != ix.j.seq+1 {
-			if e.seq == ix.j.seq {
-				continue // the same entry twice (a copy a crash left)
-			}
-			return fmt.Errorf("%w: journal entry %d missing (applied up to %d, next found %d)", ErrCorruptIndex, ix.j.seq+1, ix.j.seq, e.seq)
+		// In order; a number missing is a commit that failed before its entry was durable.
+		if e.seq <= ix.j.seq {
+			continue // the same entry twice (a copy a crash left)
 		}
 		c, err := ix.resolve(e)
+		if err == nil {
+			err = ix.inStore(c.Chunks)
+		}
 		var p *prepared
 		if err == nil {
 			p, err = ix.prepareAt(c, e.now)
@@ -290,12 +293,44 @@ func (ix *Index) initJournal(readOnly bool) error {
 		if err == nil {
 			err = ix.apply(p, e.seq)
 		}
+		if err != nil && refused(err) {
+			// Applied in order, an acknowledged entry finds the index as its check did, its
+			// chunks durable before it: one refused was never acknowledged (its barrier failed
+			// and its bytes reached the disk anyway, without all of its chunks). Skip it.
+			err = nil
+		}
 		if err != nil {
 			return fmt.Errorf("apply journal entry %d: %w", e.seq, err)
 		}
 		ix.j.seq = e.seq
 	}
 	return nil
+}
+
+// inStore checks that the store holds every chunk of infos (a *MissingChunksError otherwise):
+// an entry's chunks were made durable before the entry, unless its barrier failed.
+func (ix *Index) inStore(infos []cas.Info) error {
+	var missing []cas.Digest
+	for _, in := range infos {
+		if _, err := ix.store.Stat(context.Background(), in.Digest); err != nil {
+			if !errors.Is(err, cas.ErrNotFound) {
+				return err
+			}
+			missing = append(missing, in.Digest)
+		}
+	}
+	if len(missing) > 0 {
+		return &MissingChunksError{Missing: missing}
+	}
+	return nil
+}
+
+// refused reports whether err is a commit's refusal (what a check finds), not a failure of the
+// index file.
+func refused(err error) bool {
+	var lm *LengthMismatchError
+	return errors.Is(err, ErrMissingChunks) || errors.Is(err, ErrMissingParent) || errors.Is(err, ErrConflict) ||
+		errors.Is(err, ErrManifestNotFound) || errors.As(err, &lm)
 }
 
 // journalEntry is a decoded journal entry: the commit with its manifests still in stored form

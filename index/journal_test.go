@@ -423,3 +423,49 @@ func TestJournalCheckRefusesWhatTheTransactionWould(t *testing.T) {
 	}
 	d.wantHead(head, "p", "q")
 }
+
+// TestJournalSkipsUnacknowledgedEntries: an entry whose commit failed (its barrier did not
+// return) can still reach the disk without its chunks; the reopened index skips it, and the
+// entries after it apply.
+func TestJournalSkipsUnacknowledgedEntries(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	d := openJournalDir(t, dir)
+	first, err := d.commit(ID{}, ID{}, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.wantHead(first, "a")
+	// An entry that names a chunk no store holds, numbered as the next commit would be, written
+	// as a failed barrier may leave it (checked by nobody, then durable).
+	ghost := ChunkRef{Digest: cas.Sum([]byte("lost with its barrier")), Length: 21}
+	e, err := (&Manifest{Kind: "file", Parent: first, Regions: []Region{{Name: "r", Chunks: []ChunkRef{ghost}}}}).Encoded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := d.ix.prepare(Commit{Chunks: []cas.Info{{Digest: ghost.Digest, Size: 21, StoredSize: 21, Codec: cas.CodecRaw}}, Manifests: []*Encoded{e},
+		Ref: &RefMove{Kind: RefSession, Name: "s", Expected: first, Target: e.ID()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.ix.j.mu.Lock()
+	d.ix.j.seq++
+	payload := encodeJournal(d.ix.j.epoch, d.ix.j.seq, p)
+	d.ix.j.mu.Unlock()
+	b := cas.NewBatch(d.store)
+	if _, err := b.(cas.JournalBatch).CommitJournal(ctx, payload); err != nil {
+		t.Fatal(err)
+	}
+	// The index file has applied neither entry when the crash comes.
+	var second ID
+	crash := d.crashAfter(func() (err error) {
+		second, err = d.commit(first, first, "b")
+		return err
+	})
+	c := openJournalDir(t, crash)
+	defer c.close()
+	c.wantHead(second, "b")
+	if _, err := c.ix.Manifest(e.ID()); !errors.Is(err, ErrManifestNotFound) {
+		t.Fatalf("the unacknowledged entry's manifest: %v", err)
+	}
+}
