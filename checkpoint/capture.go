@@ -218,7 +218,7 @@ func takeSnapshot(model *engine.Model, in *engine.Instance, opts CaptureOptions,
 			return nil, fmt.Errorf("checkpoint: save logits: %w", err)
 		}
 	}
-	regions, err := in.KVRegions()
+	table, err := in.KVTable()
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: KV regions: %w", err)
 	}
@@ -226,8 +226,8 @@ func takeSnapshot(model *engine.Model, in *engine.Instance, opts CaptureOptions,
 	if st.Position == 0 {
 		return nil, fmt.Errorf("checkpoint: %w: nothing has been fed yet", ErrEmpty)
 	}
-	if len(regions) != nb*layout.Layers {
-		return nil, fmt.Errorf("checkpoint: guest lists %d KV regions for %d layers × %d blocks", len(regions), layout.Layers, nb)
+	if len(table) != layout.Layers || len(table[0]) != nb {
+		return nil, fmt.Errorf("checkpoint: guest lists KV blocks of %d layers for %d layers × %d blocks", len(table), layout.Layers, nb)
 	}
 	cp := &Checkpoint{
 		Model: model.Fingerprint(), ModelSource: opts.ModelSource, Vocab: model.Hyper().Vocab,
@@ -239,18 +239,16 @@ func takeSnapshot(model *engine.Model, in *engine.Instance, opts CaptureOptions,
 	if opts.Parent != nil {
 		cp.Parent = opts.Parent.ID
 	}
+	refs := make([]index.ChunkRef, layout.Layers*nb) // one allocation for every layer's
 	for l := range cp.KV {
-		cp.KV[l] = make([]index.ChunkRef, nb)
+		cp.KV[l] = refs[l*nb : (l+1)*nb : (l+1)*nb]
 	}
 
 	// Known blocks: from the parent and opts.Reuse, where their tokens are a prefix of ours.
+	// A block not known keeps a zero reference until Commit stores it.
 	known := opts.Reuse
 	if opts.Parent != nil && opts.Parent.Layout == layout {
 		known = append([]Blocks{opts.Parent.Known()}, known...)
-	}
-	have := make([][]bool, layout.Layers)
-	for l := range have {
-		have[l] = make([]bool, nb)
 	}
 	for _, k := range known {
 		if len(k.KV) != layout.Layers {
@@ -259,27 +257,25 @@ func takeSnapshot(model *engine.Model, in *engine.Instance, opts CaptureOptions,
 		common := commonPrefix(k.Tokens, st.Tokens)
 		for l := range k.KV {
 			for b := 0; b < len(k.KV[l]) && b < nb && min((b+1)*layout.BlockSize, st.Position) <= common; b++ {
-				if !have[l][b] && k.KV[l][b].Length == int64(layout.BlockBytes) {
+				if cp.KV[l][b].Digest.IsZero() && k.KV[l][b].Length == int64(layout.BlockBytes) {
 					cp.KV[l][b] = k.KV[l][b]
-					have[l][b] = true
 				}
 			}
 		}
 	}
 
 	mem := in.Memory()
-	for _, r := range regions {
-		if r.Block >= nb || r.Layer >= layout.Layers {
-			return nil, fmt.Errorf("checkpoint: guest region %+v outside position %d", r, st.Position)
+	for l, offs := range table {
+		for b, off := range offs {
+			if !cp.KV[l][b].Digest.IsZero() {
+				continue
+			}
+			end := uint64(off) + uint64(layout.BlockBytes)
+			if end > uint64(len(mem)) {
+				return nil, fmt.Errorf("checkpoint: guest block %d of layer %d at %d outside memory", b, l, off)
+			}
+			snap.jobs = append(snap.jobs, job{data: mem[off:end:end], l: l, b: b})
 		}
-		if have[r.Layer][r.Block] {
-			continue
-		}
-		end := uint64(r.Offset) + uint64(r.Length)
-		if end > uint64(len(mem)) || int(r.Length) != layout.BlockBytes {
-			return nil, fmt.Errorf("checkpoint: guest region %+v outside memory", r)
-		}
-		snap.jobs = append(snap.jobs, job{data: mem[r.Offset:end:end], l: r.Layer, b: r.Block})
 	}
 	if own && len(snap.jobs) > 0 {
 		snap.copyBlocks(layout.BlockBytes, opts.Workers)
@@ -486,10 +482,8 @@ func (s *Snapshot) Commit(ctx context.Context, ix *index.Index) (*Result, error)
 	var encode time.Duration
 	ixTime, err := ix.CommitBatch(ctx, batch, func() (index.Commit, error) {
 		t0 := time.Now()
-		m, err := cp.Manifest()
-		if err == nil {
-			enc, err = m.Encoded()
-		}
+		var err error
+		enc, err = cp.Encoded()
 		encode = time.Since(t0)
 		if err != nil {
 			return index.Commit{}, fmt.Errorf("checkpoint: manifest: %w", err)

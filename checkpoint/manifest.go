@@ -101,16 +101,33 @@ func (c *Checkpoint) Chunks() int {
 	return n
 }
 
-// Manifest builds the index manifest of c. It checks c's consistency first.
+// Manifest builds the index manifest of c. It checks c's consistency first. The manifest
+// shares no memory with c.
 func (c *Checkpoint) Manifest() (*index.Manifest, error) {
+	return c.manifest(slices.Clone)
+}
+
+// Encoded builds and encodes the index manifest of c (as Manifest and then Encoded would,
+// without the copy in between).
+func (c *Checkpoint) Encoded() (*index.Encoded, error) {
+	m, err := c.manifest(func(refs []index.ChunkRef) []index.ChunkRef { return refs })
+	if err != nil {
+		return nil, err
+	}
+	return m.Encoded() // copies the regions' chunks
+}
+
+// manifest is Manifest, with each of c's chunk lists passed through own.
+func (c *Checkpoint) manifest(own func([]index.ChunkRef) []index.ChunkRef) (*index.Manifest, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	m := &index.Manifest{Kind: Kind, Parent: c.Parent, Meta: map[string]index.Value{}}
+	m := &index.Manifest{Kind: Kind, Parent: c.Parent, Meta: make(map[string]index.Value, 24),
+		Regions: make([]index.Region, 0, len(c.KV)+1)}
 	for l, blocks := range c.KV {
-		m.Regions = append(m.Regions, index.Region{Name: KVRegionName(l), Chunks: slices.Clone(blocks)})
+		m.Regions = append(m.Regions, index.Region{Name: KVRegionName(l), Chunks: own(blocks)})
 	}
-	m.Regions = append(m.Regions, index.Region{Name: RegionState, Chunks: slices.Clone(c.State)})
+	m.Regions = append(m.Regions, index.Region{Name: RegionState, Chunks: own(c.State)})
 	u := func(k string, v int) { m.Meta[k] = index.Uint64(uint64(v)) }
 	m.Meta[KeySchema] = index.Uint64(SchemaVersion)
 	m.Meta[KeyModel] = index.DigestValue(c.Model)

@@ -194,6 +194,52 @@ func TestKVLayout(t *testing.T) {
 	}
 }
 
+// TestKVTable: the table KVTable keeps, asking the guest only for new blocks, equals
+// KVRegions at every step: an empty instance, growth within a block and across blocks, and
+// blocks allocated ahead of the position (AllocKV).
+func TestKVTable(t *testing.T) {
+	m := testModel(t, "small", gguf.TypeF32)
+	in := newInst(t, m, InstanceOptions{KVType: KVF32, BlockSize: 8})
+	check := func(step string) {
+		t.Helper()
+		table, err := in.KVTable()
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		regs, err := in.KVRegions()
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		n := 0
+		for l, offs := range table {
+			for b, off := range offs {
+				if n >= len(regs) || regs[n] != (KVRegion{Layer: l, Block: b, Offset: off, Length: uint32(in.Layout().BlockBytes)}) {
+					t.Fatalf("%s: table entry %d/%d at %d differs from KVRegions %v", step, l, b, off, regs)
+				}
+				n++
+			}
+		}
+		if len(table) != in.Layout().Layers || n != len(regs) {
+			t.Fatalf("%s: table of %d layers lists %d blocks, KVRegions %d", step, len(table), n, len(regs))
+		}
+	}
+	check("empty")
+	for i, n := range []int{3, 4, 1, 9, 16} {
+		if err := in.Prefill(prompt(n, m.Hyper().Vocab, i)); err != nil {
+			t.Fatal(err)
+		}
+		check(fmt.Sprintf("after %d more tokens", n))
+	}
+	if _, err := in.AllocKV(64); err != nil {
+		t.Fatal(err)
+	}
+	check("blocks allocated ahead")
+	if err := in.Prefill(prompt(9, m.Hyper().Vocab, 9)); err != nil {
+		t.Fatal(err)
+	}
+	check("into the blocks allocated ahead")
+}
+
 // TestStateRoundTrip is what checkpoint/restore does: copy the KV regions and the small state
 // of one instance into a fresh one (AllocKV, write blocks, LoadState); both then continue
 // identically, logit for logit, with no forward pass needed for the first token.

@@ -169,6 +169,10 @@ type Instance struct {
 	stHead, stLogits int
 	stPending        bool
 
+	// kvTable[l][b]: the offset of layer l's KV block b, for the blocks the guest has listed so
+	// far (KVTable): a block never moves once allocated (guest/ABI.md).
+	kvTable [][]uint32
+
 	// logitsTop > 0: the guest's logits are partial, only the logitsTop best exact and -Inf
 	// everywhere else (MarkLogitsTop), until they change (a feed or a state load clears it).
 	logitsTop int
@@ -181,7 +185,7 @@ const maxThreads = 1024
 var guestExports = []string{
 	"abi_version", "init", "set_sampler", "buf", "feed", "sample", "step", "position", "tokens",
 	"logits", "kv_regions", "kv_alloc", "state_save", "state_load", "last_error", "nop_loop",
-	"logits_in", "state_load_split", "state_save_head", "sample_mode",
+	"logits_in", "state_load_split", "state_save_head", "sample_mode", "kv_regions_from",
 }
 
 // NewInstance starts a guest for the model: instantiates the module on fresh linear memory,
@@ -693,6 +697,58 @@ func (in *Instance) KVRegions() ([]KVRegion, error) {
 		return nil, err
 	}
 	return in.parseRegions("kv_regions", off)
+}
+
+// KVTable returns the offsets of the KV block regions in use (those holding positions
+// [0, Position)): table[l][b] is where layer l's block b starts in Memory(), for
+// Layout().BlockBytes bytes, BlockAlign-aligned and inside memory. It asks the guest only for
+// the blocks allocated since the last call (a block never moves once allocated), so its cost
+// grows with the new blocks, not with the context. The slices are the instance's: read them,
+// do not modify or keep them past the next call into the instance.
+func (in *Instance) KVTable() ([][]uint32, error) {
+	pos, err := in.Position()
+	if err != nil {
+		return nil, err
+	}
+	nb := (pos + in.layout.BlockSize - 1) / in.layout.BlockSize
+	if in.kvTable == nil {
+		in.kvTable = make([][]uint32, in.layout.Layers)
+	}
+	if have := len(in.kvTable[0]); have < nb {
+		off, err := in.callU32("kv_regions_from", int32(have))
+		if err != nil {
+			return nil, err
+		}
+		regs, err := in.parseRegions("kv_regions_from", off)
+		if err != nil {
+			return nil, err
+		}
+		if err := in.remember(regs, have, nb); err != nil {
+			return nil, err
+		}
+	}
+	out := make([][]uint32, len(in.kvTable))
+	for l, t := range in.kvTable {
+		out[l] = t[:nb:nb]
+	}
+	return out, nil
+}
+
+// remember appends regions, which must be blocks [from, to) of every layer in layer-major
+// order, to the table KVTable keeps.
+func (in *Instance) remember(regs []KVRegion, from, to int) error {
+	if len(regs) != (to-from)*in.layout.Layers {
+		return fmt.Errorf("%w: %d KV regions listed for blocks [%d, %d) of %d layers", ErrGuest, len(regs), from, to, in.layout.Layers)
+	}
+	for i, r := range regs {
+		if r.Layer != i/(to-from) || r.Block != from+i%(to-from) {
+			return fmt.Errorf("%w: KV region %d is %+v, want layer %d block %d", ErrGuest, i, r, i/(to-from), from+i%(to-from))
+		}
+	}
+	for _, r := range regs {
+		in.kvTable[r.Layer] = append(in.kvTable[r.Layer], r.Offset)
+	}
+	return nil
 }
 
 // AllocKV makes sure KV blocks cover positions [0, npos) and returns their regions (like

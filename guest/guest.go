@@ -23,4 +23,4 @@ var Fingerprint = blake3.Sum256(Wasm)
 func FingerprintHex() string { return hex.EncodeToString(Fingerprint[:]) }
 
 // ABIVersion is the value the guest's abi_version export returns; the engine refuses others.
-const ABIVersion = 2
+const ABIVersion = 3

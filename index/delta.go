@@ -207,8 +207,46 @@ func makeDelta(baseID ID, base []byte, bl refLayout, data []byte, nl refLayout) 
 	if len(out) > len(data)/maxDeltaFraction {
 		return nil
 	}
-	if got, err := applyDelta(base, out[len(deltaMagic)+32:]); err != nil || !bytes.Equal(got, data) {
+	// Literals are data's own bytes; each copy must repeat data where it lands. Checked here,
+	// without rebuilding data, so a wrong refLayout yields no delta rather than a wrong one.
+	if !copiesMatch(base, out[len(deltaMagic)+32:], data) {
 		return nil
 	}
 	return out
+}
+
+// copiesMatch reports whether ops, applied to base, rebuild data: every operation parses and
+// lies within bounds, each copy's bytes equal data's at the same place, and the output ends
+// exactly at data's end. Literal bytes are taken as they are (makeDelta takes them from data).
+func copiesMatch(base, ops, data []byte) bool {
+	pos := 0
+	for len(ops) > 0 {
+		op := ops[0]
+		a, n := binary.Uvarint(ops[1:])
+		if n <= 0 {
+			return false
+		}
+		ops = ops[1+n:]
+		switch op {
+		case opCopy:
+			m, k := binary.Uvarint(ops)
+			if k <= 0 || a > uint64(len(base)) || m > uint64(len(base))-a || m > uint64(len(data)-pos) {
+				return false
+			}
+			ops = ops[k:]
+			if !bytes.Equal(base[a:a+m], data[pos:pos+int(m)]) {
+				return false
+			}
+			pos += int(m)
+		case opLiteral:
+			if a > uint64(len(ops)) || a > uint64(len(data)-pos) || !bytes.Equal(ops[:a], data[pos:pos+int(a)]) {
+				return false
+			}
+			ops = ops[a:]
+			pos += int(a)
+		default:
+			return false
+		}
+	}
+	return pos == len(data)
 }

@@ -208,3 +208,65 @@ func TestSchemaOneUpgraded(t *testing.T) {
 		t.Fatalf("schema after opening a schema-1 index for writing: %d, %v", v, err)
 	}
 }
+
+// TestCopiesMatch checks makeDelta's check against applyDelta: ops rebuild data exactly when
+// applyDelta's output equals data.
+func TestCopiesMatch(t *testing.T) {
+	base := []byte("0123456789")
+	ops := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	uv := func(v uint64) []byte { return binary.AppendUvarint(nil, v) }
+	for _, tc := range []struct {
+		ops  []byte
+		data string
+	}{
+		{ops([]byte{opCopy}, uv(2), uv(3), []byte{opLiteral}, uv(2), []byte("ab")), "234ab"},
+		{ops([]byte{opCopy}, uv(2), uv(3), []byte{opLiteral}, uv(2), []byte("ab")), "234ac"},
+		{ops([]byte{opCopy}, uv(2), uv(3), []byte{opLiteral}, uv(2), []byte("ab")), "234ab!"},
+		{ops([]byte{opCopy}, uv(2), uv(3)), "23"},
+		{ops([]byte{opCopy}, uv(2), uv(3)), "235"},
+		{ops([]byte{opCopy}, uv(8), uv(3)), "89"},
+		{ops([]byte{opCopy}, uv(1<<63), uv(1<<63)), ""},
+		{ops([]byte{opLiteral}, uv(5), []byte("ab")), "ab"},
+		{ops([]byte{7}, uv(1)), ""},
+		{nil, ""},
+		{nil, "x"},
+	} {
+		got, err := applyDelta(base, tc.ops)
+		want := err == nil && string(got) == tc.data
+		if copiesMatch(base, tc.ops, []byte(tc.data)) != want {
+			t.Errorf("copiesMatch(%x, %q) = %v, applyDelta gives %q, %v", tc.ops, tc.data, !want, got, err)
+		}
+	}
+}
+
+// TestDeltaWrongLayout: a refLayout that does not describe the bytes yields no delta (the full
+// form is stored), never a delta that rebuilds other bytes.
+func TestDeltaWrongLayout(t *testing.T) {
+	f := newFixture(t)
+	_, ms := f.chain(ID{}, 2, 16, "w")
+	base, _, err := ms[0].Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _, err := ms[1].Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	baseID := ID{1}
+	bl, nl := layoutOf(ms[0], len(base)), layoutOf(ms[1], len(data))
+	if makeDelta(baseID, base, bl, data, nl) == nil {
+		t.Fatal("no delta for a right layout")
+	}
+	for i := range nl.refsAt {
+		for _, shift := range []int{-1, 1, 32} {
+			wrong := nl
+			wrong.refsAt = append([]int(nil), nl.refsAt...)
+			wrong.refsAt[i] += shift
+			if d := makeDelta(baseID, base, bl, data, wrong); d != nil {
+				if got, err := applyDelta(base, d[len(deltaMagic)+32:]); err != nil || !bytes.Equal(got, data) {
+					t.Fatalf("region %d shifted by %d: a delta that rebuilds other bytes", i, shift)
+				}
+			}
+		}
+	}
+}

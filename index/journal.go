@@ -105,7 +105,8 @@ func (ix *Index) view(fn func(tx *bolt.Tx) error) error {
 //
 // When the store journals (cas.JournalStore, with cas.JournalBatch batches), the commit is
 // checked, then written as a journal entry made durable with the chunks by one barrier, and
-// applied to the index file in the background (see the journal above): when CommitBatch
+// applied to the index file in the background (see the journal above); a batch that holds its
+// chunks in memory (cas.Retainer's Flush) writes them while build runs. When CommitBatch
 // returns nil the commit is durable and visible to every reader of this Index, which waits for
 // the apply if it has not finished. Otherwise it is batch.Commit, then Commit: three barriers.
 // Errors are Commit's, or the batch's; after an error nothing of c is committed (the chunks may
@@ -127,37 +128,58 @@ func (ix *Index) CommitBatch(ctx context.Context, batch cas.Batch, build func() 
 		err = ix.Commit(ctx, c)
 		return time.Since(t0), err
 	}
+	// A batch that holds its chunks in memory writes them (and starts their writeback) while
+	// the commit is built and checked: the barrier then has less left to wait for.
+	flushed := make(chan error, 1)
+	if f, ok := batch.(flusher); ok {
+		go func() { flushed <- f.Flush() }()
+	} else {
+		flushed <- nil
+	}
 	c, err := build()
 	if err != nil {
+		<-flushed
 		batch.Discard()
 		return 0, err
 	}
-	return 0, ix.commitJournaled(ctx, batch, jb, c)
+	return 0, ix.commitJournaled(ctx, batch, jb, c, flushed)
 }
 
-// commitJournaled is CommitBatch's journal path.
-func (ix *Index) commitJournaled(ctx context.Context, batch cas.Batch, jb cas.JournalBatch, c Commit) error {
-	if err := ctxErr(ctx); err != nil {
+// flusher is a batch that can write the chunks it holds before its commit (cas.Retainer).
+type flusher interface{ Flush() error }
+
+// commitJournaled is CommitBatch's journal path; flushed delivers the outcome of the batch's
+// early write (the batch is not used before it does).
+func (ix *Index) commitJournaled(ctx context.Context, batch cas.Batch, jb cas.JournalBatch, c Commit, flushed <-chan error) error {
+	discard := func(err error) error {
+		if flushed != nil {
+			<-flushed
+		}
 		batch.Discard()
 		return err
+	}
+	if err := ctxErr(ctx); err != nil {
+		return discard(err)
 	}
 	ix.j.mu.Lock()
 	defer ix.j.mu.Unlock()
 	if err := ix.waitApplied(); err != nil {
-		batch.Discard()
-		return err
+		return discard(err)
 	}
 	if ix.db.IsReadOnly() {
-		batch.Discard()
-		return fmt.Errorf("%w: %s", ErrReadOnly, ix.path)
+		return discard(fmt.Errorf("%w: %s", ErrReadOnly, ix.path))
 	}
 	p, err := ix.prepare(c)
 	if err == nil {
 		err = ix.db.View(p.check)
 	}
 	if err != nil {
-		batch.Discard()
-		return err
+		return discard(err)
+	}
+	err = <-flushed
+	flushed = nil
+	if err != nil {
+		return discard(fmt.Errorf("write the batch's chunks: %w", err))
 	}
 	// The number is spent even when the commit fails: its entry may still reach the disk (see
 	// cas.JournalBatch), and a later entry must never share its number.

@@ -231,11 +231,28 @@ func (m *Manifest) Validate() error {
 // that breaks the rules: bad kind, empty or duplicate region names, chunk lengths out of range,
 // bad metadata keys or values, or an encoding larger than MaxManifestSize.
 func (m *Manifest) Encode() ([]byte, ID, error) {
-	b, err := m.encode(make([]byte, 0, 256))
+	b, err := m.encode(make([]byte, 0, m.sizeHint()))
 	if err != nil {
 		return nil, ID{}, err
 	}
 	return b, cas.Sum(b), nil
+}
+
+// sizeHint is an upper bound of m's encoded size for a buffer to encode it into in one
+// allocation (capped at MaxManifestSize plus a little: a larger manifest is refused anyway).
+func (m *Manifest) sizeHint() int {
+	n := len(manifestMagic) + 2*binary.MaxVarintLen64 + len(m.Kind) + len(m.Parent)
+	for _, r := range m.Regions {
+		n += 2*binary.MaxVarintLen64 + len(r.Name) + len(r.Chunks)*(len(cas.Digest{})+binary.MaxVarintLen64)
+		if n > MaxManifestSize {
+			return MaxManifestSize + 1
+		}
+	}
+	n += binary.MaxVarintLen64
+	for k, v := range m.Meta {
+		n += 3*binary.MaxVarintLen64 + len(k) + len(v.s) + len(v.b) + len(v.d)
+	}
+	return min(n, MaxManifestSize+1)
 }
 
 func (m *Manifest) encode(b []byte) ([]byte, error) {
@@ -268,7 +285,8 @@ func (m *Manifest) encode(b []byte) ([]byte, error) {
 		}
 		b = appendStr(b, r.Name)
 		b = binary.AppendUvarint(b, uint64(len(r.Chunks)))
-		for j, c := range r.Chunks {
+		for j := range r.Chunks {
+			c := &r.Chunks[j]
 			if c.Length < 1 || c.Length > MaxChunkLength {
 				return nil, badf("region %q chunk %d (%s): length %d out of range 1..%d", trunc(r.Name), j, c.Digest, c.Length, MaxChunkLength)
 			}

@@ -22,7 +22,7 @@ import (
 )
 
 // abiVersion is returned by the abi_version export; the host refuses a guest with another one.
-const abiVersion = 2
+const abiVersion = 3
 
 func main() {}
 
@@ -459,6 +459,18 @@ func kvRegionsExport() uint32 {
 	return regions(pos)
 }
 
+// kv_regions_from is kv_regions for the blocks first, first+1, … of each layer only (none when
+// first is past the last block in use): a host that remembers the regions it was given asks
+// only for the new ones, since a block, once allocated, never moves.
+//
+//go:wasmexport kv_regions_from
+func kvRegionsFromExport(first uint32) uint32 {
+	if !ready {
+		return 0
+	}
+	return regionsFrom(first, pos)
+}
+
 // kv_alloc makes sure blocks cover positions [0, npos) and returns their regions like
 // kv_regions (0 on error). Restore calls it on a fresh instance, writes the blocks' bytes
 // into the regions, then calls state_load.
@@ -479,15 +491,20 @@ func kvAllocExport(npos uint32) uint32 {
 	return regions(npos)
 }
 
-func regions(npos uint32) uint32 {
+func regions(npos uint32) uint32 { return regionsFrom(0, npos) }
+
+// regionsFrom returns the record of the regions of blocks [first, blocks covering npos) of
+// every layer, layer-major.
+func regionsFrom(first, npos uint32) uint32 {
 	nb := (npos + blockSize - 1) / blockSize
-	cnt := nb * cfg.layers
+	first = min(first, nb)
+	cnt := (nb - first) * cfg.layers
 	out := record(8 + cnt*16)
 	binary.LittleEndian.PutUint32(out, 4+cnt*16)
 	binary.LittleEndian.PutUint32(out[4:], cnt)
 	p := out[8:]
 	for l := uint32(0); l < cfg.layers; l++ {
-		for b := uint32(0); b < nb; b++ {
+		for b := first; b < nb; b++ {
 			binary.LittleEndian.PutUint32(p[0:], l)
 			binary.LittleEndian.PutUint32(p[4:], b)
 			binary.LittleEndian.PutUint32(p[8:], tables[l][b])
