@@ -181,7 +181,7 @@ func runBenchRestore(c *cli, args []string) error {
 	}
 	c.printf("driftstore bench restore: backend %s, %d threads, %d workers, KV %s stored %s, checkpoints keep %s, instances made for the context %v, huge pages %v, %s/%s, %d CPUs; restores verify %s; verify-and-copy (%s) %.2f GB/s\n",
 		res.Backend, res.Threads, res.Workers, res.KV, res.KVCodec, logits, res.Reserve, res.HugePages, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), res.Verify, verifyHashName(benchVerify), res.CopyVerifyGBs)
-	c.printf("times in ms (restore, incr16, store16, and re-prefill up to 1024 tokens: best of %d); restore and re-prefill into a ready fresh instance (making one: inst, which with --reserve includes making the context's KV memory resident); incr16: checkpoint after 16 new tokens, the session head moved with it (of which isync: the commit — with a pack store's journal, checking it and the one barrier of its chunks and its journal entry; iindex: waiting for an index transaction, 0 with the journal), isnap: the turn latency of the same checkpoint deferred (the snapshot: state and those blocks copied), store16: hashing and storing those blocks alone into the same kind of store with the same durability and codec\n", *reps)
+	c.printf("times in ms (restore, incr16, store16, and re-prefill up to 1024 tokens: best of %d); restore and re-prefill into a ready fresh instance (making one: inst, which with --reserve includes making the context's KV memory resident); incr16: checkpoint after 16 new tokens, the session head moved with it (of which isync: the commit — with a pack store's journal, checking it and the one barrier of its chunks and its journal entry; iindex: waiting for an index transaction, 0 with the journal), isnap: the turn latency of the same checkpoint deferred (the snapshot: state and those blocks copied), store16: hashing and storing those blocks alone (each with a byte changed: new chunks) into the same store\n", *reps)
 	c.printf("%-13s %5s %9s %8s %7s %6s %6s %6s %7s %6s %6s %8s %7s %6s %8s %9s %9s %7s %7s %8s %7s %6s\n",
 		"model", "ctx", "KV", "ckpt", "incr16", "isync", "iindex", "isnap", "store16", "incr ×", "inst", "restore", "decode", "load", "TTFT rst", "reprefill", "TTFT pref", "TTFT ×", "rst ×", "B/token", "floor", "×floor")
 	for _, r := range res.Rows {
@@ -432,22 +432,9 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 		if n+16*reps <= model.Hyper().CtxMax {
 			// Incremental (best of reps): rewind the live instance to the checkpoint, then reps
 			// times feed 16 new tokens and checkpoint with the previous checkpoint as parent;
-			// each against the same blocks hashed and stored alone into another data
-			// directory's store: the same kind of store (pack files in a new data directory),
-			// the same durability and codec, warm (its pack file open) as r's is.
-			fr, err := repo.Open(filepath.Join(tmp, fmt.Sprintf("%s-%d-floor", name, n)), repo.Options{})
-			if err != nil {
-				r.Close()
-				return nil, nil, 0, err
-			}
-			defer fr.Close()
-			if regs, err := live.KVRegions(); err == nil && len(regs) > 0 {
-				_, err = cas.PutAll(ctx, fr.Store(), workers, [][]byte{slices.Clone(live.Memory()[regs[0].Offset : regs[0].Offset+regs[0].Length])}, benchKVCodec.Hint(cp.Layout))
-			}
-			if err != nil {
-				r.Close()
-				return nil, nil, 0, err
-			}
+			// each against the same blocks hashed and stored alone into the same store (so into
+			// the same pack file, in the same state), each with its first and last byte changed
+			// so that they are new chunks of the same size.
 			in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers, HugePages: benchHugePages, Verify: benchVerify})
 			if err != nil {
 				r.Close()
@@ -484,7 +471,10 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 				for _, rg := range regs { // the blocks the 16 tokens touched: new, or changed since the parent
 					old := parent.KV[rg.Layer]
 					if rg.Block >= len(old) || old[rg.Block] != incr.Checkpoint.KV[rg.Layer][rg.Block] {
-						blocks = append(blocks, slices.Clone(mem[rg.Offset:rg.Offset+rg.Length]))
+						bl := slices.Clone(mem[rg.Offset : rg.Offset+rg.Length])
+						bl[0] ^= 0x5a
+						bl[len(bl)-1] ^= byte(rep + 1)
+						blocks = append(blocks, bl)
 					}
 				}
 				hint := benchKVCodec.Hint(checkpoint.LayoutOf(live.Layout()))
@@ -495,7 +485,7 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 					return nil, nil, 0, err
 				}
 				t0 := time.Now()
-				if _, err := cas.PutAll(ctx, fr.Store(), workers, blocks, hint); err != nil {
+				if _, err := cas.PutAll(ctx, r.Store(), workers, blocks, hint); err != nil {
 					r.Close()
 					return nil, nil, 0, err
 				}
