@@ -142,10 +142,12 @@ func benchIncremental(b *testing.B, m *engine.Model, npos int, codec checkpoint.
 	for b.Loop() {
 		b.StopTimer()
 		turn := cptest.Tokens(16, incr1BHyper.Vocab, 1000+rep)
-		if err := in.Prefill(turn); err != nil {
+		// in last: the checkpoint follows its own turn, as in a session (the other
+		// instance's prefill would leave in's state out of the caches).
+		if err := in2.Prefill(turn); err != nil {
 			b.Fatal(err)
 		}
-		if err := in2.Prefill(turn); err != nil {
+		if err := in.Prefill(turn); err != nil {
 			b.Fatal(err)
 		}
 		rep++
