@@ -200,7 +200,7 @@ func TestMatMul(t *testing.T) {
 	pool := cpu.NewPool(2)
 	defer pool.Close()
 	r := rand.New(rand.NewPCG(1, 2))
-	shapes := []struct{ rows, cols int }{{288, 288}, {100, 768}, {72, 40}, {33, 20}, {1000, 2048}}
+	shapes := []struct{ rows, cols int }{{288, 288}, {100, 768}, {72, 40}, {33, 20}, {1000, 2048}, {64, 8192}}
 	for _, ty := range []DType{F32, F16, BF16, Q8_0} {
 		for _, sh := range shapes {
 			if ty == Q8_0 && sh.cols%32 != 0 {
@@ -525,6 +525,9 @@ func TestKVAttention(t *testing.T) {
 		{32, 8, 64, 16, F16, [][2]int{{0, 40}, {40, 1}, {41, 7}}},
 		{32, 8, 64, 32, F32, [][2]int{{0, 33}, {33, 1}}},
 		{32, 8, 64, 16, F16, [][2]int{{0, 1500}, {1500, 1}}},
+		{16, 2, 128, 16, F16, [][2]int{{0, 70}, {70, 1}, {71, 2}}},
+		{4, 4, 20, 8, F16, [][2]int{{0, 9}, {9, 1}, {10, 1}}},
+		{12, 4, 32, 16, F32, [][2]int{{0, 31}, {31, 1}, {32, 1}}},
 	}
 	for ci, c := range cases {
 		l := KVLayout{BlockSize: c.bsize, NKVHeads: c.nkv, HeadDim: c.hd, KVType: c.kv}
@@ -588,6 +591,17 @@ func TestKVAttention(t *testing.T) {
 			}
 			if i := bitsEqual(got, readF32(t, ob, 0, len(q))); i >= 0 {
 				t.Fatalf("%s: second run differs at %d", name, i)
+			}
+			{ // ds_attn_dec (decode's kernel) against ds_attn: the same bits
+				attnDec, attnMQ = !attnDec, false
+				err := s.Attention(ob.Ptr, qb.Ptr, n, c.heads, pos0, l, dblocks)
+				attnDec, attnMQ = !attnDec, true
+				if err != nil {
+					t.Fatal(err)
+				}
+				if i := bitsEqual(got, readF32(t, ob, 0, len(q))); i >= 0 {
+					t.Fatalf("%s: ds_attn_dec and ds_attn differ at %d (attnDec %v)", name, i, attnDec)
+				}
 			}
 			if n > 1 { // ds_attn_mq against ds_attn, one token's query per block: the same bits
 				attnMQ = false

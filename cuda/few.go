@@ -1,6 +1,9 @@
 package cuda
 
-import "fmt"
+import (
+	"fmt"
+	"os"
+)
 
 // Few-token products: which kernels run them, and one launch for several products of the same
 // activations.
@@ -134,10 +137,14 @@ func (s *Stream) fuseFew(out DevPtr, ostride int, w *Weights, x DevPtr, xstride,
 			nt = 8
 		}
 		blocks := 0
+		sp := mvSplit(w.Type, w.Rows, w.Cols)
 		for _, m := range mats {
-			blocks += ceilDiv(m.w.Rows, 8)
+			if mvSplit(m.w.Type, m.w.Rows, m.w.Cols) != sp { // one S per launch
+				return false, nil
+			}
+			blocks += ceilDiv(m.w.Rows, 8/sp)
 		}
-		name = mvmName(w.Type, nt, vec)
+		name = mvmName(w.Type, nt, vec) + mvSuffix(sp)
 		grid, block = [3]uint32{uint32(ceilDiv(n, nt)), uint32(blocks), 1}, [3]uint32{256, 1, 1}
 		a.ptr(x).i32(xstride).i32(w.Cols).i32(n).i32(len(mats))
 	} else {
@@ -210,7 +217,8 @@ func (s *Stream) fuseSwiGLU(out, gate, up DevPtr, count int) (bool, error) {
 	if lf.n > 1 {
 		nt = 8
 	}
-	name := mvswName(g.w.Type, nt, lf.x%16 == 0 && lf.xstride%4 == 0)
+	sp := mvSplit(g.w.Type, rows, g.w.Cols)
+	name := mvswName(g.w.Type, nt, lf.x%16 == 0 && lf.xstride%4 == 0) + mvSuffix(sp)
 	f, ok := s.d.fns[name]
 	if !ok {
 		return true, fmt.Errorf("cuda: no kernel %s", name)
@@ -218,7 +226,7 @@ func (s *Stream) fuseSwiGLU(out, gate, up DevPtr, count int) (bool, error) {
 	var a argSlots
 	a.ptr(lf.x).i32(lf.xstride).i32(g.w.Cols).i32(lf.n).ptr(g.out).ptr(u.out).i32(rows).
 		ptr(g.w.data.Ptr).ptr(g.w.scalePtr()).ptr(u.w.data.Ptr).ptr(u.w.scalePtr()).i32(rows)
-	s.rerecord(lf.rec, f, [3]uint32{uint32(ceilDiv(lf.n, nt)), uint32(ceilDiv(rows, 8)), 1}, [3]uint32{256, 1, 1}, 0, &a)
+	s.rerecord(lf.rec, f, [3]uint32{uint32(ceilDiv(lf.n, nt)), uint32(ceilDiv(rows, 8/sp)), 1}, [3]uint32{256, 1, 1}, 0, &a)
 	lf.nmat = 0
 	return true, nil
 }
@@ -289,6 +297,44 @@ func tcqName(r int, t DType, vec bool) string {
 var tcqNames = [12]string{"ds_tcq1_f16", "ds_tcq1_f16v", "ds_tcq1_q8", "ds_tcq1_q8v",
 	"ds_tcq2_f16", "ds_tcq2_f16v", "ds_tcq2_q8", "ds_tcq2_q8v",
 	"ds_tcq4_f16", "ds_tcq4_f16v", "ds_tcq4_q8", "ds_tcq4_q8v"}
+
+// mvSplit: the warps that share a row of a CUDA-core GEMV (ds_mv, ds_mvm, ds_mvsw; kernels.cu
+// "matrix times activations") of a [rows][cols] matrix of type t: 8 for F16 and 4 for Q8_0
+// (the kernels with suffix _s8, _s4) where the matrix has at most 65536 warps' worth of rows
+// and every lane keeps at least one 8-column group, else 1. A function of the type and shape
+// only: it fixes the order of each row's sums, so a token's bits do not depend on n. On an
+// H100 (tcbench mvs, CUDA graphs, µs per 1B layer's products, one warp per row -> split):
+// F16 q+k+v 6.7 -> 6.1, o 5.5 -> 4.5, gate+up 24.8 -> 23.1, down 16.2 -> 12.9; Q8_0 (4) o 4.3
+// -> 3.6, down 12.2 -> 8.6, q+k+v and gate+up within 0.2 either way; the lm head (128256 rows)
+// keeps one warp per row (169 µs; 180-185 split).
+func mvSplit(t DType, rows, cols int) int {
+	s := 1
+	switch t {
+	case F16:
+		s = 8
+	case Q8_0:
+		s = 4
+	}
+	if s == 1 || mvSplitOff || rows*s > 65536 || cols>>3 < 32*s {
+		return 1
+	}
+	return s
+}
+
+// mvSplitOff: DRIFTSTORE_CUDA_MV_SPLIT=1 keeps one warp per row everywhere (A/B runs; the order
+// of operations before the split).
+var mvSplitOff = os.Getenv("DRIFTSTORE_CUDA_MV_SPLIT") == "1"
+
+// mvSuffix names the instance of a split: "" (one warp per row), "_s8", "_s4".
+func mvSuffix(s int) string {
+	switch s {
+	case 8:
+		return "_s8"
+	case 4:
+		return "_s4"
+	}
+	return ""
+}
 
 // mvmName is the fused CUDA-core GEMV for F16 or Q8_0 weights, nt tokens per block (1 or 8).
 func mvmName(t DType, nt int, vec bool) string {

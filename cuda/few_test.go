@@ -21,7 +21,8 @@ func TestFewTokenFused(t *testing.T) {
 		rows []int
 		cols int
 	}
-	shapes := []shape{{[]int{1000, 130, 48}, 2080}, {[]int{2048, 512, 512}, 2048}, {[]int{2200, 2200}, 512}, {[]int{64, 300}, 8192}}
+	shapes := []shape{{[]int{1000, 130, 48}, 2080}, {[]int{2048, 512, 512}, 2048}, {[]int{2200, 2200}, 512}, {[]int{64, 300}, 8192},
+		{[]int{6000, 64, 520}, 4096}} // CUDA cores: one warp per row at 2200x512 (mvSplit), split elsewhere
 	type variant struct {
 		name  string
 		cores bool
@@ -239,74 +240,77 @@ func TestSwiGLUFused(t *testing.T) {
 	if err := fused.SetDeferred(true); err != nil {
 		t.Fatal(err)
 	}
-	const rows, cols = 1000, 2080
-	for _, ty := range []DType{F16, Q8_0} {
-		var ws [2]*Weights
-		for i := range ws {
-			raw, _ := encode(r, ty, rows, cols)
-			w, err := d.UploadWeights(ty, rows, cols, raw)
-			if err != nil {
-				t.Fatal(err)
+	// 1000x992: one warp per row; 1002x4128: split (mvSplit: 8 F16, 4 Q8_0), a partial block.
+	for _, sh := range [][2]int{{1000, 992}, {1002, 4128}} {
+		rows, cols := sh[0], sh[1]
+		for _, ty := range []DType{F16, Q8_0} {
+			var ws [2]*Weights
+			for i := range ws {
+				raw, _ := encode(r, ty, rows, cols)
+				w, err := d.UploadWeights(ty, rows, cols, raw)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer w.Free()
+				w.CUDACores = true
+				ws[i] = w
 			}
-			defer w.Free()
-			w.CUDACores = true
-			ws[i] = w
-		}
-		x := randF32(r, 8*cols+1, 1)
-		xb := devBuf(t, d, x, len(x))
-		for _, n := range []int{1, 3, 8} {
-			for _, mis := range []int{0, 1} {
-				for _, inPlace := range []bool{true, false} {
-					xp := xb.Ptr + DevPtr(4*mis)
-					run := func(s *Stream) (g, u, o []float32, launches int) {
-						t.Helper()
-						gb, ub, ob := devBuf(t, d, nil, n*rows), devBuf(t, d, nil, n*rows), devBuf(t, d, nil, n*rows)
-						defer gb.Free()
-						defer ub.Free()
-						defer ob.Free()
-						out := ob.Ptr
+			x := randF32(r, 8*cols+1, 1)
+			xb := devBuf(t, d, x, len(x))
+			for _, n := range []int{1, 3, 8} {
+				for _, mis := range []int{0, 1} {
+					for _, inPlace := range []bool{true, false} {
+						xp := xb.Ptr + DevPtr(4*mis)
+						run := func(s *Stream) (g, u, o []float32, launches int) {
+							t.Helper()
+							gb, ub, ob := devBuf(t, d, nil, n*rows), devBuf(t, d, nil, n*rows), devBuf(t, d, nil, n*rows)
+							defer gb.Free()
+							defer ub.Free()
+							defer ob.Free()
+							out := ob.Ptr
+							if inPlace {
+								out = gb.Ptr
+							}
+							before := 0
+							if s.q != nil {
+								before = len(s.q.recs.fns)
+							}
+							if err := s.MatMul(gb.Ptr, ws[0], xp, n); err != nil {
+								t.Fatal(err)
+							}
+							if err := s.MatMul(ub.Ptr, ws[1], xp, n); err != nil {
+								t.Fatal(err)
+							}
+							if err := s.SwiGLU(out, gb.Ptr, ub.Ptr, n*rows); err != nil {
+								t.Fatal(err)
+							}
+							if s.q != nil {
+								launches = len(s.q.recs.fns) - before
+							}
+							if err := s.Sync(); err != nil {
+								t.Fatal(err)
+							}
+							return readF32(t, gb, 0, n*rows), readF32(t, ub, 0, n*rows), readF32(t, ob, 0, n*rows), launches
+						}
+						g1, u1, o1, _ := run(eager)
+						g2, u2, o2, k := run(fused)
+						want := 2
 						if inPlace {
-							out = gb.Ptr
+							want = 1
 						}
-						before := 0
-						if s.q != nil {
-							before = len(s.q.recs.fns)
+						if k != want {
+							t.Errorf("%v n=%d in place %v: %d launches, want %d", ty, n, inPlace, k, want)
 						}
-						if err := s.MatMul(gb.Ptr, ws[0], xp, n); err != nil {
-							t.Fatal(err)
-						}
-						if err := s.MatMul(ub.Ptr, ws[1], xp, n); err != nil {
-							t.Fatal(err)
-						}
-						if err := s.SwiGLU(out, gb.Ptr, ub.Ptr, n*rows); err != nil {
-							t.Fatal(err)
-						}
-						if s.q != nil {
-							launches = len(s.q.recs.fns) - before
-						}
-						if err := s.Sync(); err != nil {
-							t.Fatal(err)
-						}
-						return readF32(t, gb, 0, n*rows), readF32(t, ub, 0, n*rows), readF32(t, ob, 0, n*rows), launches
-					}
-					g1, u1, o1, _ := run(eager)
-					g2, u2, o2, k := run(fused)
-					want := 2
-					if inPlace {
-						want = 1
-					}
-					if k != want {
-						t.Errorf("%v n=%d in place %v: %d launches, want %d", ty, n, inPlace, k, want)
-					}
-					for i, p := range [][2][]float32{{g1, g2}, {u1, u2}, {o1, o2}} {
-						if j := bitsEqual(p[0], p[1]); j >= 0 {
-							t.Errorf("%v n=%d mis%d in place %v: output %d differs from the separate launches' at token %d row %d",
-								ty, n, mis, inPlace, i, j/rows, j%rows)
+						for i, p := range [][2][]float32{{g1, g2}, {u1, u2}, {o1, o2}} {
+							if j := bitsEqual(p[0], p[1]); j >= 0 {
+								t.Errorf("%v n=%d mis%d in place %v: output %d differs from the separate launches' at token %d row %d",
+									ty, n, mis, inPlace, i, j/rows, j%rows)
+							}
 						}
 					}
 				}
 			}
+			xb.Free()
 		}
-		xb.Free()
 	}
 }

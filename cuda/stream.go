@@ -5,23 +5,35 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math"
+	"os"
+	"strings"
 	"unsafe"
 )
 
 // kernelNames lists every kernel Open resolves.
 func kernelNames() []string {
 	names := []string{"ds_mv_any", "ds_rmsnorm", "ds_rope", "ds_rope2", "ds_rope_kv", "ds_store_kv", "ds_attn",
-		"ds_attn_combine", "ds_attn_mq", "ds_attn_tc32", "ds_attn_tc48", "ds_attn_tc64", "ds_attn_tc128", "ds_swiglu", "ds_add", "ds_add_rmsnorm", "ds_embed", "ds_softmax", "ds_argmax", "ds_nop",
+		"ds_attn_combine", "ds_attn_mq", "ds_attn_dec1", "ds_attn_dec2", "ds_attn_dec4", "ds_attn_tc32", "ds_attn_tc48", "ds_attn_tc64", "ds_attn_tc128", "ds_swiglu", "ds_add", "ds_add_rmsnorm", "ds_embed", "ds_softmax", "ds_argmax", "ds_nop",
 		"ds_sum_words", "ds_fill_words", "ds_tcv_f16", "ds_tcm_f16", "ds_tcv_q8", "ds_tcm_q8", "ds_tcb_f16", "ds_tcb_q8",
 		"ds_f32_to_f16", "ds_f32_to_f16v", "ds_q8_to_f16",
 	}
 	names = append(names, tcrNames[:]...)
 	names = append(names, tcqNames[:]...)
-	names = append(names, mvmNames[:]...)
-	names = append(names, mvswNames[:]...)
+	for _, n := range append(mvmNames[:], mvswNames[:]...) {
+		sf := "_s8" // the split instances (few.go, mvSplit)
+		if strings.Contains(n, "_q8_") {
+			sf = "_s4"
+		}
+		names = append(names, n, n+sf)
+	}
 	for _, t := range []DType{F32, F16, BF16, Q8_0} {
 		for _, shape := range []string{"1x1", "1x8", "4x8"} {
-			names = append(names, "ds_mv_"+t.suffix()+"_"+shape, "ds_mv_"+t.suffix()+"_"+shape+"v")
+			for _, sf := range []string{"", "_s8", "_s4"} {
+				if sf == "_s8" && t != F16 || sf == "_s4" && t != Q8_0 {
+					continue
+				}
+				names = append(names, "ds_mv_"+t.suffix()+"_"+shape+sf, "ds_mv_"+t.suffix()+"_"+shape+"v"+sf)
+			}
 		}
 	}
 	return names
@@ -303,8 +315,9 @@ func (s *Stream) matMulOwn(out DevPtr, ostride int, w *Weights, x DevPtr, xstrid
 			rw = 4
 		}
 	}
-	name := mvName(w.Type, rw, nt, x%16 == 0 && xstride%4 == 0)
-	grid := [3]uint32{uint32(ceilDiv(n, nt)), uint32(ceilDiv(w.Rows, 8*rw)), 1}
+	sp := mvSplit(w.Type, w.Rows, w.Cols)
+	name := mvName(w.Type, rw, nt, x%16 == 0 && xstride%4 == 0) + mvSuffix(sp)
+	grid := [3]uint32{uint32(ceilDiv(n, nt)), uint32(ceilDiv(w.Rows, 8/sp*rw)), 1}
 	return s.launch(name, grid, [3]uint32{256, 1, 1}, 0, &a)
 }
 
@@ -712,6 +725,22 @@ func (s *Stream) AttentionTable(out, q DevPtr, n, nheads, pos0 int, l KVLayout, 
 					return err
 				}
 			}
+			if attnDec && l.HeadDim <= 128 {
+				// One block per KV head, token and split: the query heads of the KV head share
+				// its staged K and V (ds_attn_dec, ds_attn's bits).
+				a.ptr(o).ptr(qq).i32(ng).i32(nheads).i32(pos0 + t0).i32(l.BlockSize).i32(l.NKVHeads).i32(l.HeadDim).
+					i32(int(l.KVType)).ptr(tab).f32(scale).i32(ns).ptr(part).ptr(cnt)
+				name := "ds_attn_dec4"
+				if l.HeadDim <= 32 {
+					name = "ds_attn_dec1"
+				} else if l.HeadDim <= 64 {
+					name = "ds_attn_dec2"
+				}
+				if err := s.launch(name, [3]uint32{uint32(l.NKVHeads), uint32(ng), uint32(ns)}, [3]uint32{128, 1, 1}, 0, &a); err != nil {
+					return err
+				}
+				continue
+			}
 			a.ptr(o).ptr(qq).i32(ng).i32(nheads).i32(pos0 + t0).i32(l.BlockSize).i32(l.NKVHeads).i32(l.HeadDim).
 				i32(int(l.KVType)).ptr(tab).f32(scale).i32(ns).i32(attnChunk).ptr(part).ptr(cnt)
 			if err := s.launch("ds_attn", [3]uint32{uint32(nheads), uint32(ng), uint32(ns)}, [3]uint32{128, 1, 1}, 0, &a); err != nil {
@@ -759,6 +788,12 @@ func (s *Stream) attentionTC(out, q DevPtr, n, nheads, pos0 int, l KVLayout, tab
 // attnMQ lets several query tokens share K/V loads (ds_attn_mq); tests and benchmarks turn it
 // off to compare with ds_attn, which must give the same bits.
 var attnMQ = true
+
+// attnDec sends decode's attention (one query token, or several with attnMQ off) with head
+// dimensions up to 128 to ds_attn_dec (one block per KV head: its query heads share the staged
+// K and V) instead of ds_attn (one block per query head); the same bits. Tests turn it off to
+// compare the two; DRIFTSTORE_CUDA_ATTN_DEC=0 turns it off (A/B runs).
+var attnDec = os.Getenv("DRIFTSTORE_CUDA_ATTN_DEC") != "0"
 
 const (
 	attnChunk     = 32       // positions per attention block (ATT_CHUNK in kernels.cu)

@@ -81,34 +81,47 @@ __device__ __forceinline__ float ld1(int ty, const void* __restrict__ w,
 
 // ---- matrix times activations --------------------------------------------------------------
 // out[t*ostride + r] = sum_c W[r][c] * x[t*xstride + c] for r < rows, t < n.
-// One warp computes RW rows x NT tokens. Lane l takes the 8-column groups l, l+32, l+64, ...
-// of the row, summing each group's products in column order with fmaf into one partial per
-// (row, token); the 32 partials are then added by a fixed butterfly. The order of operations
-// for one (row, token) is therefore the same for every RW, NT and n: a token's outputs are
-// bit-identical whether it is multiplied alone (decode) or in a batch (prefill).
+// S warps share a row ("slices" k = 0..S-1, S in {1, 2, 4, 8}, a compile-time constant of each
+// kernel instance, chosen by package cuda's mvSplit, a function of the matrix's type and shape
+// only): lane l of slice k is the virtual
+// lane vl = 32k + l and takes the 8-column groups vl, vl + 32S, vl + 64S, ... of the row,
+// summing each group's products in column order with fmaf into one partial per (row, token);
+// each slice's 32 partials are added by a fixed butterfly, then the S slice sums in slice order
+// ((s0 + s1) + s2) + ... (S == 1: the butterfly's sum, the order before the split existed).
+// The order of operations for one (row, token) is therefore the same for every RW, NT and n:
+// a token's outputs are bit-identical whether it is multiplied alone (decode) or in a batch
+// (prefill), and in ds_mv, ds_mvm and ds_mvsw alike. One warp computes RW rows x NT tokens of
+// its slice; a block of 256 threads holds 8/S row groups.
 // Needs cols % 8 == 0 and 16-byte aligned weight rows (the host checks). VEC: x is 16-byte
 // aligned with xstride % 4 == 0, so x loads are float4. Grid: x = token tiles, y = row groups
-// (by). U: the lane loop's unrolling (loads in flight; not the order of operations): one
-// token, 4 (F16, F32, BF16) or 2 (Q8_0: on an H100 in CUDA graphs 2048x8192 12.0 us against
-// 16.0 with 4, 512x2048 4.3 against 5.4; docs/bench/cuda-notes-2026-11-26.md, "ds_mvm").
-template <int TY, int RW, int NT, bool VEC, int U = (NT == 1 ? (TY == DT_Q8_0 ? 2 : 4) : 1)>
+// (by) of 8/S*RW rows. U: the lane loop's unrolling (loads in flight; not the order of
+// operations): with S == 1 and one token, 4 (F16, F32, BF16) or 2 (Q8_0: on an H100 in CUDA
+// graphs 2048x8192 12.0 us against 16.0 with 4, 512x2048 4.3 against 5.4;
+// docs/bench/cuda-notes-2026-11-26.md, "ds_mvm"); with S > 1, 1 (tcbench mvs, H100, F16: down
+// 2048x8192 12.9 us with S 8 and U 1, 13.6-14.5 with U 2-8, 16.2 with S 1; o 2048x2048 4.5
+// with S 8 and U 1, 4.8-5.2 with U 2-4, 5.4 with S 1).
+#define MV_U(TY, NT, S) ((S) > 1 ? 1 : (NT) == 1 ? ((TY) == DT_Q8_0 ? 2 : 4) : 1)
+template <int TY, int RW, int NT, bool VEC, int S, int U = MV_U(TY, NT, S)>
 __device__ __forceinline__ void mv_body(float* __restrict__ out, int ostride,
                                         const void* __restrict__ w,
                                         const __half* __restrict__ sc,
                                         const float* __restrict__ x, int xstride, int rows,
                                         int cols, int n, int by) {
+    __shared__ float red[8][RW * NT];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int r0 = (by * (blockDim.x >> 5) + warp) * RW;
+    int g = warp / S, k = warp - g * S;
+    int r0 = (by * (8 / S) + g) * RW;
     int t0 = blockIdx.x * NT;
-    if (r0 >= rows) return;
+    bool live = r0 < rows;
+    if (S == 1 && !live) return;  // no barrier below with one slice
     float acc[RW][NT];
 #pragma unroll
     for (int i = 0; i < RW; i++)
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[i][t] = 0.f;
-    int nv = cols >> 3;
+    int nv = live ? cols >> 3 : 0;
 #pragma unroll(U)
-    for (int v = lane; v < nv; v += 32) {
+    for (int v = 32 * k + lane; v < nv; v += 32 * S) {
         float f[RW][8];
 #pragma unroll
         for (int i = 0; i < RW; i++) {
@@ -139,49 +152,80 @@ __device__ __forceinline__ void mv_body(float* __restrict__ out, int ostride,
             }
         }
     }
+    if (S == 1) {
+#pragma unroll
+        for (int i = 0; i < RW; i++)
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                float s = warp_sum(acc[i][t]);
+                if (lane == ((i * NT + t) & 31) && (RW == 1 || r0 + i < rows) &&
+                    (NT == 1 || t0 + t < n))
+                    out[(size_t)(t0 + t) * ostride + r0 + i] = s;
+            }
+        return;
+    }
 #pragma unroll
     for (int i = 0; i < RW; i++)
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             float s = warp_sum(acc[i][t]);
-            if (lane == ((i * NT + t) & 31) && (RW == 1 || r0 + i < rows) &&
-                (NT == 1 || t0 + t < n))
-                out[(size_t)(t0 + t) * ostride + r0 + i] = s;
+            if (lane == 0) red[warp][i * NT + t] = s;
         }
+    __syncthreads();
+    if (k == 0 && live) {
+#pragma unroll
+        for (int i = 0; i < RW; i++)
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                if (lane == ((i * NT + t) & 31) && (RW == 1 || r0 + i < rows) &&
+                    (NT == 1 || t0 + t < n)) {
+                    float s = red[warp][i * NT + t];
+                    for (int j = 1; j < S; j++) s += red[warp + j][i * NT + t];
+                    out[(size_t)(t0 + t) * ostride + r0 + i] = s;
+                }
+            }
+    }
 }
 
-#define MV_KERNEL(name, TY, RW, NT, VEC)                                                        \
+// Kernels: ds_mv_<type>_<RW>x<NT>[v] with one warp per row (S 1), and for F16 and Q8_0 the
+// split instances ds_mv_f16_..._s8 (S 8) and ds_mv_q8_..._s4 (S 4); package cuda picks by
+// mvSplit. S is a compile-time constant in each (a switch on S at run time in one kernel made
+// the fused q+k+v product 1.5-2 us slower on an H100).
+#define MV_KERNEL(name, TY, RW, NT, VEC, S)                                                     \
     extern "C" __global__ void __launch_bounds__(256)                                           \
         name(float* out, int ostride, const void* w, const __half* sc, const float* x,          \
              int xstride, int rows, int cols, int n) {                                          \
-        mv_body<TY, RW, NT, VEC>(out, ostride, w, sc, x, xstride, rows, cols, n, blockIdx.y);   \
+        mv_body<TY, RW, NT, VEC, S>(out, ostride, w, sc, x, xstride, rows, cols, n, blockIdx.y);\
     }
-#define MV_TYPE(suffix, TY)                                                                     \
-    MV_KERNEL(ds_mv_##suffix##_1x1, TY, 1, 1, false)                                            \
-    MV_KERNEL(ds_mv_##suffix##_1x1v, TY, 1, 1, true)                                            \
-    MV_KERNEL(ds_mv_##suffix##_1x8, TY, 1, 8, false)                                            \
-    MV_KERNEL(ds_mv_##suffix##_1x8v, TY, 1, 8, true)                                            \
-    MV_KERNEL(ds_mv_##suffix##_4x8, TY, 4, 8, false)                                            \
-    MV_KERNEL(ds_mv_##suffix##_4x8v, TY, 4, 8, true)
-MV_TYPE(f32, DT_F32)
-MV_TYPE(f16, DT_F16)
-MV_TYPE(bf16, DT_BF16)
-MV_TYPE(q8, DT_Q8_0)
+#define MV_TYPE(suffix, TY, S, ss)                                                              \
+    MV_KERNEL(ds_mv_##suffix##_1x1##ss, TY, 1, 1, false, S)                                     \
+    MV_KERNEL(ds_mv_##suffix##_1x1v##ss, TY, 1, 1, true, S)                                     \
+    MV_KERNEL(ds_mv_##suffix##_1x8##ss, TY, 1, 8, false, S)                                     \
+    MV_KERNEL(ds_mv_##suffix##_1x8v##ss, TY, 1, 8, true, S)                                     \
+    MV_KERNEL(ds_mv_##suffix##_4x8##ss, TY, 4, 8, false, S)                                     \
+    MV_KERNEL(ds_mv_##suffix##_4x8v##ss, TY, 4, 8, true, S)
+MV_TYPE(f32, DT_F32, 1, )
+MV_TYPE(f16, DT_F16, 1, )
+MV_TYPE(bf16, DT_BF16, 1, )
+MV_TYPE(q8, DT_Q8_0, 1, )
+MV_TYPE(f16, DT_F16, 8, _s8)
+MV_TYPE(q8, DT_Q8_0, 4, _s4)
 
 // mvm: ds_mv of up to three matrices (nmat) with the same cols and the same activations in one
 // launch (the deferred stream fuses consecutive products of one input: q, k, v; gate, up).
-// blockIdx.y runs over matrix 0's row groups of 8*RW rows, then matrix 1's, then matrix 2's;
-// each row's outputs are those of a separate ds_mv launch, bit for bit.
+// blockIdx.y runs over matrix 0's row groups of 8/S*RW rows, then matrix 1's, then matrix
+// 2's (one S for all: the host fuses only products of equal S); each row's outputs are those
+// of a separate ds_mv launch, bit for bit.
 struct MvmMat {
     float* out;
     const void* w;
     const __half* sc;
     int ostride, rows;
 };
-template <int TY, int RW, int NT, bool VEC, int U = (NT == 1 ? (TY == DT_Q8_0 ? 2 : 4) : 1)>
+template <int TY, int RW, int NT, bool VEC, int S>
 __device__ __forceinline__ void mvm_body(const float* __restrict__ x, int xstride, int cols, int n,
                                          int nmat, MvmMat m0, MvmMat m1, MvmMat m2) {
-    const int rpb = (blockDim.x >> 5) * RW;
+    const int rpb = 8 / S * RW;
     int by = blockIdx.y;
     MvmMat m = m0;
     int nb = (m0.rows + rpb - 1) / rpb;
@@ -194,50 +238,55 @@ __device__ __forceinline__ void mvm_body(const float* __restrict__ x, int xstrid
             m = m2;
         }
     }
-    mv_body<TY, RW, NT, VEC, U>(m.out, m.ostride, m.w, m.sc, x, xstride, m.rows, cols, n, by);
+    mv_body<TY, RW, NT, VEC, S>(m.out, m.ostride, m.w, m.sc, x, xstride, m.rows, cols, n, by);
 }
-#define MVM_KERNEL(name, TY, RW, NT, VEC)                                                       \
+#define MVM_KERNEL(name, TY, RW, NT, VEC, S)                                                    \
     extern "C" __global__ void __launch_bounds__(256)                                           \
         name(const float* x, int xstride, int cols, int n, int nmat, float* out0, int ostride0, \
              const void* w0, const __half* sc0, int rows0, float* out1, int ostride1,           \
              const void* w1, const __half* sc1, int rows1, float* out2, int ostride2,           \
              const void* w2, const __half* sc2, int rows2) {                                    \
-        mvm_body<TY, RW, NT, VEC>(x, xstride, cols, n, nmat, MvmMat{out0, w0, sc0, ostride0, rows0}, \
-                                  MvmMat{out1, w1, sc1, ostride1, rows1},                       \
-                                  MvmMat{out2, w2, sc2, ostride2, rows2});                      \
+        mvm_body<TY, RW, NT, VEC, S>(x, xstride, cols, n, nmat, MvmMat{out0, w0, sc0, ostride0, rows0}, \
+                                     MvmMat{out1, w1, sc1, ostride1, rows1},                    \
+                                     MvmMat{out2, w2, sc2, ostride2, rows2});                   \
     }
-#define MVM_TYPE(suffix, TY)                                                                    \
-    MVM_KERNEL(ds_mvm_##suffix##_1x1, TY, 1, 1, false)                                          \
-    MVM_KERNEL(ds_mvm_##suffix##_1x1v, TY, 1, 1, true)                                          \
-    MVM_KERNEL(ds_mvm_##suffix##_1x8, TY, 1, 8, false)                                          \
-    MVM_KERNEL(ds_mvm_##suffix##_1x8v, TY, 1, 8, true)
-MVM_TYPE(f16, DT_F16)
-MVM_TYPE(q8, DT_Q8_0)
+#define MVM_TYPE(suffix, TY, S, ss)                                                             \
+    MVM_KERNEL(ds_mvm_##suffix##_1x1##ss, TY, 1, 1, false, S)                                   \
+    MVM_KERNEL(ds_mvm_##suffix##_1x1v##ss, TY, 1, 1, true, S)                                   \
+    MVM_KERNEL(ds_mvm_##suffix##_1x8##ss, TY, 1, 8, false, S)                                   \
+    MVM_KERNEL(ds_mvm_##suffix##_1x8v##ss, TY, 1, 8, true, S)
+MVM_TYPE(f16, DT_F16, 1, )
+MVM_TYPE(q8, DT_Q8_0, 1, )
+MVM_TYPE(f16, DT_F16, 8, _s8)
+MVM_TYPE(q8, DT_Q8_0, 4, _s4)
 
 // mvsw: the gate and up products of one input and the SwiGLU of the two in one launch (the
 // deferred stream fuses ds_mvm of gate and up with the ds_swiglu that follows, in place over
-// gate's output). Warp w of block b takes row r = 8b + w of both matrices, summed exactly as
-// mv_body sums one row (lane l: the 8-column groups l, l+32, ..., in column order, then the
-// fixed butterfly), so g and u are ds_mv's bits; it writes up[t][r] = u and gate[t][r] =
-// g / (1 + exp(-g)) * u, ds_swiglu's expression. Grid (ceil(n/NT), ceil(rows/8)), 256 threads.
-template <int TY, int NT, bool VEC, int U>
+// gate's output). Slice k of row group g of block b takes row r = (8/S)b + g of both matrices
+// (S passed by the host as for ds_mv, warp = gS + k), summed exactly as mv_body sums one row,
+// so g and u are ds_mv's bits; it writes up[t][r] = u and gate[t][r] = g / (1 + exp(-g)) * u, ds_swiglu's
+// expression. Grid (ceil(n/NT), ceil(rows/(8/S))), 256 threads.
+template <int TY, int NT, bool VEC, int S, int U = MV_U(TY, NT, S)>
 __device__ __forceinline__ void mvsw_body(const float* __restrict__ x, int xstride, int cols, int n,
                                           float* __restrict__ og, float* __restrict__ ou,
                                           int ostride, const void* __restrict__ wg,
                                           const __half* __restrict__ sg, const void* __restrict__ wu,
                                           const __half* __restrict__ su, int rows) {
+    __shared__ float red[8][2 * NT];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int r = blockIdx.y * (blockDim.x >> 5) + warp;
+    int gi = warp / S, k = warp - gi * S;
+    int r = blockIdx.y * (8 / S) + gi;
     int t0 = blockIdx.x * NT;
-    if (r >= rows) return;
+    bool live = r < rows;
+    if (S == 1 && !live) return;  // no barrier below with one slice
     float acc[2][NT];
 #pragma unroll
     for (int i = 0; i < 2; i++)
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[i][t] = 0.f;
-    int nv = cols >> 3;
+    int nv = live ? cols >> 3 : 0;
 #pragma unroll(U)
-    for (int v = lane; v < nv; v += 32) {
+    for (int v = 32 * k + lane; v < nv; v += 32 * S) {
         float f[2][8];
         ld8<TY>(wg, sg, (size_t)r * cols + (size_t)v * 8, f[0]);
         ld8<TY>(wu, su, (size_t)r * cols + (size_t)v * 8, f[1]);
@@ -261,9 +310,32 @@ __device__ __forceinline__ void mvsw_body(const float* __restrict__ x, int xstri
             }
         }
     }
+    if (S > 1) {
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float g = warp_sum(acc[0][t]), u = warp_sum(acc[1][t]);
+            if (lane == 0) {
+                red[warp][2 * t] = g;
+                red[warp][2 * t + 1] = u;
+            }
+        }
+        __syncthreads();
+        if (k != 0 || !live) return;
+    }
 #pragma unroll
     for (int t = 0; t < NT; t++) {
-        float g = warp_sum(acc[0][t]), u = warp_sum(acc[1][t]);
+        float g, u;
+        if (S == 1) {
+            g = warp_sum(acc[0][t]);
+            u = warp_sum(acc[1][t]);
+        } else {
+            g = red[warp][2 * t];
+            u = red[warp][2 * t + 1];
+            for (int j = 1; j < S; j++) {
+                g += red[warp + j][2 * t];
+                u += red[warp + j][2 * t + 1];
+            }
+        }
         if (lane == (t & 31) && (NT == 1 || t0 + t < n)) {
             size_t i = (size_t)(t0 + t) * ostride + r;
             ou[i] = u;
@@ -271,20 +343,21 @@ __device__ __forceinline__ void mvsw_body(const float* __restrict__ x, int xstri
         }
     }
 }
-#define MVSW_KERNEL(name, TY, NT, VEC)                                                          \
+#define MVSW_KERNEL(name, TY, NT, VEC, S)                                                       \
     extern "C" __global__ void __launch_bounds__(256)                                           \
         name(const float* x, int xstride, int cols, int n, float* og, float* ou, int ostride,   \
              const void* wg, const __half* sg, const void* wu, const __half* su, int rows) {    \
-        mvsw_body<TY, NT, VEC, (NT == 1 ? (TY == DT_Q8_0 ? 2 : 4) : 1)>(                        \
-            x, xstride, cols, n, og, ou, ostride, wg, sg, wu, su, rows);                        \
+        mvsw_body<TY, NT, VEC, S>(x, xstride, cols, n, og, ou, ostride, wg, sg, wu, su, rows);  \
     }
-#define MVSW_TYPE(suffix, TY)                                                                   \
-    MVSW_KERNEL(ds_mvsw_##suffix##_1x1, TY, 1, false)                                           \
-    MVSW_KERNEL(ds_mvsw_##suffix##_1x1v, TY, 1, true)                                           \
-    MVSW_KERNEL(ds_mvsw_##suffix##_1x8, TY, 8, false)                                           \
-    MVSW_KERNEL(ds_mvsw_##suffix##_1x8v, TY, 8, true)
-MVSW_TYPE(f16, DT_F16)
-MVSW_TYPE(q8, DT_Q8_0)
+#define MVSW_TYPE(suffix, TY, S, ss)                                                            \
+    MVSW_KERNEL(ds_mvsw_##suffix##_1x1##ss, TY, 1, false, S)                                    \
+    MVSW_KERNEL(ds_mvsw_##suffix##_1x1v##ss, TY, 1, true, S)                                    \
+    MVSW_KERNEL(ds_mvsw_##suffix##_1x8##ss, TY, 8, false, S)                                    \
+    MVSW_KERNEL(ds_mvsw_##suffix##_1x8v##ss, TY, 8, true, S)
+MVSW_TYPE(f16, DT_F16, 1, )
+MVSW_TYPE(q8, DT_Q8_0, 1, )
+MVSW_TYPE(f16, DT_F16, 8, _s8)
+MVSW_TYPE(q8, DT_Q8_0, 4, _s4)
 
 // ---- tensor-core matrix products (F16 and Q8_0 weights) -------------------------------------
 // out[t*ostride + r] = sum_c W[r][c] * x[t*xstride + c], on the tensor cores (mma.sync
@@ -1375,7 +1448,8 @@ extern "C" __global__ void ds_rope_kv(float* q, int nheads, int stride, float* k
 // ---- attention ------------------------------------------------------------------------------
 // attn_merge merges the nsplit partial results of ds_attn for token t, head h in split order
 // (ds_attn_combine's arithmetic; CG: the partials read past L1, written by other blocks of the
-// same launch).
+// same launch). The products are added with explicit fmaf (what a += x * f contracted to), so
+// attn_merge_warp's bits do not hang on the compiler's contraction.
 template <bool CG>
 __device__ __forceinline__ float ldpart(const float* p) { return CG ? __ldcg(p) : *p; }
 template <bool CG>
@@ -1387,15 +1461,76 @@ __device__ __forceinline__ void attn_merge(float* __restrict__ out, const float*
     float L = 0.f;
     for (int s = 0; s < nsplit; s++) {
         float ms = ldpart<CG>(pp + s * (hd + 2));
-        if (ms != -INFINITY) L += ldpart<CG>(pp + s * (hd + 2) + 1) * expf(ms - M);
+        if (ms != -INFINITY) L = fmaf(ldpart<CG>(pp + s * (hd + 2) + 1), expf(ms - M), L);
     }
     for (int e = threadIdx.x; e < hd; e += blockDim.x) {
         float a = 0.f;
         for (int s = 0; s < nsplit; s++) {
             float ms = ldpart<CG>(pp + s * (hd + 2));
-            if (ms != -INFINITY) a += ldpart<CG>(pp + s * (hd + 2) + 2 + e) * expf(ms - M);
+            if (ms != -INFINITY) a = fmaf(ldpart<CG>(pp + s * (hd + 2) + 2 + e), expf(ms - M), a);
         }
         out[((size_t)t * nheads + h) * hd + e] = a / L;
+    }
+}
+
+// attn_merge_warp: attn_merge for one (token, head) by one warp, the same arithmetic per element
+// (the products added with fmaf, as in attn_merge); the partials read past
+// L1 (written by other blocks). Up to 32 splits, lane s loads split s's max and sum and
+// computes its factor exp(m_s - M) once, the splits' values then loaded together and added in
+// split order; more splits go one at a time as in attn_merge.
+__device__ __forceinline__ void attn_merge_warp(float* __restrict__ out, const float* part, int t, int h,
+                                                int nheads, int hd, int nsplit) {
+    const float* pp = part + ((size_t)t * nheads + h) * nsplit * (hd + 2);
+    int lane = threadIdx.x & 31;
+    if (nsplit > 32) {
+        float M = -INFINITY;
+        for (int s = 0; s < nsplit; s++) M = fmaxf(M, __ldcg(pp + s * (hd + 2)));
+        float L = 0.f;
+        for (int s = 0; s < nsplit; s++) {
+            float ms = __ldcg(pp + s * (hd + 2));
+            if (ms != -INFINITY) L = fmaf(__ldcg(pp + s * (hd + 2) + 1), expf(ms - M), L);
+        }
+        for (int e = lane; e < hd; e += 32) {
+            float a = 0.f;
+            for (int s = 0; s < nsplit; s++) {
+                float ms = __ldcg(pp + s * (hd + 2));
+                if (ms != -INFINITY) a = fmaf(__ldcg(pp + s * (hd + 2) + 2 + e), expf(ms - M), a);
+            }
+            out[((size_t)t * nheads + h) * hd + e] = a / L;
+        }
+        return;
+    }
+    float ms = -INFINITY, ls = 0.f;
+    if (lane < nsplit) {
+        ms = __ldcg(pp + lane * (hd + 2));
+        ls = __ldcg(pp + lane * (hd + 2) + 1);
+    }
+    float M = -INFINITY;
+    for (int s = 0; s < nsplit; s++) M = fmaxf(M, __shfl_sync(0xffffffffu, ms, s));
+    float f = ms == -INFINITY ? 0.f : expf(ms - M);
+    float L = 0.f;
+    for (int s = 0; s < nsplit; s++) {
+        float m_s = __shfl_sync(0xffffffffu, ms, s), l_s = __shfl_sync(0xffffffffu, ls, s);
+        float f_s = __shfl_sync(0xffffffffu, f, s);
+        if (m_s != -INFINITY) L = fmaf(l_s, f_s, L);
+    }
+    for (int j = 0; j < (hd + 31) / 32; j++) {  // the same trip count in every lane (shuffles)
+        int e = lane + 32 * j;
+        float a = 0.f;
+        for (int s0 = 0; s0 < nsplit; s0 += 8) {
+            float xv[8], fv[8], mv[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                int s = s0 + k;
+                mv[k] = __shfl_sync(0xffffffffu, ms, s & 31);
+                fv[k] = __shfl_sync(0xffffffffu, f, s & 31);
+                xv[k] = s < nsplit && e < hd ? __ldcg(pp + s * (hd + 2) + 2 + e) : 0.f;
+            }
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                if (s0 + k < nsplit && mv[k] != -INFINITY) a = fmaf(xv[k], fv[k], a);
+        }
+        if (e < hd) out[((size_t)t * nheads + h) * hd + e] = a / L;
     }
 }
 
@@ -1518,6 +1653,180 @@ extern "C" __global__ void __launch_bounds__(128)
         }
     }
 }
+
+// attn_dec: ds_attn for a few query tokens (decode), with exactly ds_attn's arithmetic for every
+// (token, head, split) — the same score sums (lanes over head elements, the same fmaf order and
+// butterfly), the max, weights and weight sum in position order, the V sums in position order,
+// the same outputs and partials — laid out for parallelism: a block takes one token, one split
+// and one KV head, stages the chunk's K and V rows of that head in shared memory once (16-byte
+// loads where aligned, every load in flight together), and each warp takes one of the G =
+// nheads/nkv query heads that read them: the 32 positions' score butterflies reduced together
+// (31 shuffles; position i's score ends in lane i, in warp_sum's bits), the max and the weight
+// sum gathered by shuffles in position order, the V sums from shared memory. The split that
+// finishes last for (token, KV head) (counter cnt[t*nheads + kvh*G], reset to 0) merges the G
+// heads' splits, a warp per head (attn_merge_warp: attn_merge's arithmetic). Grid (nkv, n,
+// nsplit), 128 threads; hd <= 32*J, J in {1, 2, 4}.
+template <int J>
+__device__ __forceinline__ void attn_dec_body(float* __restrict__ out, const float* __restrict__ q,
+                                              int nheads, int pos0, int bsize, int nkv, int hd,
+                                              int kvtype, const u64* __restrict__ blocks,
+                                              float scale, int nsplit, float* part,
+                                              unsigned* cnt) {
+    __shared__ float sk[ATT_CHUNK][32 * J], sv[ATT_CHUNK][32 * J];
+    __shared__ unsigned last;
+    int kvh = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    int G = nheads / nkv;
+    int ctx = pos0 + t + 1;
+    int lo = s * ATT_CHUNK, hi = min(ctx, lo + ATT_CHUNK), np = max(0, hi - lo);
+    int row = nkv * hd;
+    size_t vofs = (size_t)bsize * row;
+    float qv[J];  // the query of head kvh*G + hh, loaded while K and V are staged
+    auto loadq = [&](int hh) {
+        const float* qp = q + ((size_t)t * nheads + kvh * G + hh) * hd;
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            int e = lane + 32 * j;
+            qv[j] = e < hd ? qp[e] : 0.f;
+        }
+    };
+    if (warp < G) loadq(warp);
+    if (kvtype == DT_F16 && (hd & 7) == 0) {
+        int ng = hd >> 3;
+        for (int idx = threadIdx.x; idx < ATT_CHUNK * ng; idx += blockDim.x) {
+            int i = idx / ng, e = (idx - i * ng) * 8, p = lo + i;
+            float kk[8], vv[8];
+#pragma unroll
+            for (int c = 0; c < 8; c++) kk[c] = vv[c] = 0.f;
+            if (p < hi) {
+                const __half* b = (const __half*)blocks[p / bsize] + (size_t)(p % bsize) * row + (size_t)kvh * hd + e;
+                if (((uintptr_t)b & 15) == 0 && ((vofs * 2) & 15) == 0) {
+                    uint4 ku = *(const uint4*)b, vu = *(const uint4*)(b + vofs);
+                    const __half2* kh = (const __half2*)&ku;
+                    const __half2* vh = (const __half2*)&vu;
+#pragma unroll
+                    for (int c = 0; c < 4; c++) {
+                        float2 a = __half22float2(kh[c]), d = __half22float2(vh[c]);
+                        kk[2 * c] = a.x; kk[2 * c + 1] = a.y;
+                        vv[2 * c] = d.x; vv[2 * c + 1] = d.y;
+                    }
+                } else {
+#pragma unroll
+                    for (int c = 0; c < 8; c++) {
+                        kk[c] = __half2float(b[c]);
+                        vv[c] = __half2float(b[vofs + c]);
+                    }
+                }
+            }
+            *(float4*)&sk[i][e] = make_float4(kk[0], kk[1], kk[2], kk[3]);
+            *(float4*)&sk[i][e + 4] = make_float4(kk[4], kk[5], kk[6], kk[7]);
+            *(float4*)&sv[i][e] = make_float4(vv[0], vv[1], vv[2], vv[3]);
+            *(float4*)&sv[i][e + 4] = make_float4(vv[4], vv[5], vv[6], vv[7]);
+        }
+    } else {
+        for (int idx = threadIdx.x; idx < ATT_CHUNK * hd; idx += blockDim.x) {
+            int i = idx / hd, e = idx - i * hd, p = lo + i;
+            float kk = 0.f, vv = 0.f;
+            if (p < hi) {
+                size_t off = (size_t)(p % bsize) * row + (size_t)kvh * hd + e;
+                if (kvtype == DT_F16) {
+                    const __half* b = (const __half*)blocks[p / bsize];
+                    kk = __half2float(b[off]);
+                    vv = __half2float(b[vofs + off]);
+                } else {
+                    const float* b = (const float*)blocks[p / bsize];
+                    kk = b[off];
+                    vv = b[vofs + off];
+                }
+            }
+            sk[i][e] = kk;
+            sv[i][e] = vv;
+        }
+    }
+    __syncthreads();
+    for (int hh = warp; hh < G; hh += nw) {
+        int h = kvh * G + hh;
+        if (hh != warp) loadq(hh);
+        // The 32 positions' lane partials, then their butterflies all at once: at the step of
+        // offset o each lane keeps the half of its positions whose bit o matches its own and
+        // adds its partner's value for them, the pairs of warp_sum's butterfly (xor 16, 8, 4,
+        // 2, 1), so lane i ends with position lo + i's sum in warp_sum's bits, after 31 shuffles
+        // instead of 160.
+        float d[ATT_CHUNK];
+#pragma unroll
+        for (int i = 0; i < ATT_CHUNK; i++) {
+            d[i] = 0.f;
+#pragma unroll
+            for (int j = 0; j < J; j++)
+                if (lane + 32 * j < hd) d[i] = fmaf(qv[j], sk[i][lane + 32 * j], d[i]);
+        }
+#pragma unroll
+        for (int o = 16, c = 32; o > 0; o >>= 1, c >>= 1) {
+            bool up = (lane & o) != 0;
+#pragma unroll
+            for (int j = 0; j < c / 2; j++) {
+                float send = up ? d[j] : d[j + c / 2], keep = up ? d[j + c / 2] : d[j];
+                d[j] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+            }
+        }
+        float sc = lane < np ? d[0] * scale : -INFINITY;  // lane i: position lo + i's score
+        float m = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < ATT_CHUNK; i++) m = fmaxf(m, __shfl_sync(0xffffffffu, sc, i));
+        float wt = sc == -INFINITY ? 0.f : expf(sc - m);
+        float l = 0.f;
+        float a[J];
+#pragma unroll
+        for (int j = 0; j < J; j++) a[j] = 0.f;
+#pragma unroll
+        for (int i = 0; i < ATT_CHUNK; i++) {
+            float wi = __shfl_sync(0xffffffffu, wt, i);
+            l += wi;
+#pragma unroll
+            for (int j = 0; j < J; j++)
+                if (i < np && lane + 32 * j < hd) a[j] = fmaf(wi, sv[i][lane + 32 * j], a[j]);
+        }
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            int e = lane + 32 * j;
+            if (e < hd) {
+                if (nsplit == 1) {
+                    out[((size_t)t * nheads + h) * hd + e] = a[j] / l;
+                } else {
+                    part[(((size_t)t * nheads + h) * nsplit + s) * (hd + 2) + 2 + e] = a[j];
+                }
+            }
+        }
+        if (nsplit > 1 && lane == 0) {
+            float* pp = part + (((size_t)t * nheads + h) * nsplit + s) * (hd + 2);
+            pp[0] = m;
+            pp[1] = l;
+        }
+    }
+    if (nsplit > 1) {
+        unsigned* c = cnt + (size_t)t * nheads + (size_t)kvh * G;
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) last = atomicAdd(c, 1u) == (unsigned)(nsplit - 1);
+        __syncthreads();
+        if (last) {
+            __threadfence();
+            for (int hh = warp; hh < G; hh += nw) attn_merge_warp(out, part, t, kvh * G + hh, nheads, hd, nsplit);
+            if (threadIdx.x == 0) *c = 0;
+        }
+    }
+}
+#define ATTN_DEC_KERNEL(J)                                                                          \
+    extern "C" __global__ void __launch_bounds__(128)                                               \
+        ds_attn_dec##J(float* out, const float* q, int n, int nheads, int pos0, int bsize, int nkv, \
+                       int hd, int kvtype, const u64* blocks, float scale, int nsplit, float* part, \
+                       unsigned* cnt) {                                                             \
+        attn_dec_body<J>(out, q, nheads, pos0, bsize, nkv, hd, kvtype, blocks, scale, nsplit,       \
+                         part, cnt);                                                                \
+    }
+ATTN_DEC_KERNEL(1)
+ATTN_DEC_KERNEL(2)
+ATTN_DEC_KERNEL(4)
 
 // attn_mq: ds_attn for several query tokens at once, with exactly ds_attn's arithmetic for
 // every (token, head, split): the same score sums (lanes over head elements, the same fmaf

@@ -11,6 +11,9 @@
 //   ./tcbench checktcq  the ds_tcq instances alone (several matrices per launch, segment groups)
 //   ./tcbench tcq       one 1B layer's decode products in CUDA graphs: present kernels vs ds_tcq
 //                       (time runs it too)
+//   ./tcbench mvs       the CUDA-core GEMV of one 1B layer and the lm head with 1, 2, 4, 8 warps
+//                       per row and mv_split's (package cuda's mvSplit) choice, in CUDA graphs
+//                       (and their bits)
 //   ./tcbench ncu       each kernel once (F16 and Q8_0, 8192x2048, n = 1), for ncu
 #include "../kernels/kernels.cu"
 
@@ -44,6 +47,14 @@ __global__ void __launch_bounds__(256) h_tcr4_q8(float* out, int ostride, const 
 }
 
 static int g_sms;
+
+// mv_split: warps per row of the CUDA-core GEMV, package cuda's mvSplit (few.go): 8 (F16) or 4
+// (Q8_0) where rows * S <= 65536 and cols / 8 >= 32 S, else 1 (the kernels without suffix).
+static int mv_split_t(int ty, int rows, int cols) {
+    int s = ty == DT_F16 ? 8 : 4;
+    return (long long)rows * s > 65536 || (cols >> 3) < 32 * s ? 1 : s;
+}
+static int mv_rows_per_block(int ty, int rows, int cols, int rw) { return 8 / mv_split_t(ty, rows, cols) * rw; }
 
 static uint64_t rng = 88172645463325252ull;
 static uint64_t next() {
@@ -124,13 +135,15 @@ static void launch(const std::string& k, const Mat& m, int copy, float* out, con
     nw = std::min(nw, nseg);
     size_t sh = (size_t)nseg * 128 * 4;
     if (k == "gemv") {
-        dim3 grid(1, (rows + 7) / 8);
+        int rpb = mv_rows_per_block(m.ty, rows, cols, 1);
+        bool sp = mv_split_t(m.ty, rows, cols) > 1;
+        dim3 grid(n == 1 ? 1 : (n + 7) / 8, (rows + rpb - 1) / rpb);
         if (n == 1) {
-            if (f16) (vec ? ds_mv_f16_1x1v : ds_mv_f16_1x1)<<<grid, 256, 0, st>>>(out, rows, w, sc, x, xstride, rows, cols, n);
-            else (vec ? ds_mv_q8_1x1v : ds_mv_q8_1x1)<<<grid, 256, 0, st>>>(out, rows, w, sc, x, xstride, rows, cols, n);
+            if (f16) (sp ? (vec ? ds_mv_f16_1x1v_s8 : ds_mv_f16_1x1_s8) : (vec ? ds_mv_f16_1x1v : ds_mv_f16_1x1))<<<grid, 256, 0, st>>>(out, rows, w, sc, x, xstride, rows, cols, n);
+            else (sp ? (vec ? ds_mv_q8_1x1v_s4 : ds_mv_q8_1x1_s4) : (vec ? ds_mv_q8_1x1v : ds_mv_q8_1x1))<<<grid, 256, 0, st>>>(out, rows, w, sc, x, xstride, rows, cols, n);
         } else {
-            if (f16) (vec ? ds_mv_f16_1x8v : ds_mv_f16_1x8)<<<grid, 256, 0, st>>>(out, rows, w, sc, x, xstride, rows, cols, n);
-            else (vec ? ds_mv_q8_1x8v : ds_mv_q8_1x8)<<<grid, 256, 0, st>>>(out, rows, w, sc, x, xstride, rows, cols, n);
+            if (f16) (sp ? (vec ? ds_mv_f16_1x8v_s8 : ds_mv_f16_1x8_s8) : (vec ? ds_mv_f16_1x8v : ds_mv_f16_1x8))<<<grid, 256, 0, st>>>(out, rows, w, sc, x, xstride, rows, cols, n);
+            else (sp ? (vec ? ds_mv_q8_1x8v_s4 : ds_mv_q8_1x8_s4) : (vec ? ds_mv_q8_1x8v : ds_mv_q8_1x8))<<<grid, 256, 0, st>>>(out, rows, w, sc, x, xstride, rows, cols, n);
         }
     } else if (k == "tcv") {
         dim3 grid(rg, nseg, 1);
@@ -415,7 +428,11 @@ static void launch_mvm(const std::vector<const Mat*>& ms, int copy, const std::v
     bool f16 = ms[0]->ty == DT_F16;
     bool vec = ((uintptr_t)x % 16 == 0) && xstride % 4 == 0;
     decltype(&ds_mvm_f16_1x1) f;
-    if (n == 1) f = f16 ? (vec ? ds_mvm_f16_1x1v : ds_mvm_f16_1x1) : (vec ? ds_mvm_q8_1x1v : ds_mvm_q8_1x1);
+    bool sp = mv_split_t(ms[0]->ty, ms[0]->rows, ms[0]->cols) > 1;  // the host fuses equal splits only
+    if (sp) {
+        if (n == 1) f = f16 ? (vec ? ds_mvm_f16_1x1v_s8 : ds_mvm_f16_1x1_s8) : (vec ? ds_mvm_q8_1x1v_s4 : ds_mvm_q8_1x1_s4);
+        else f = f16 ? (vec ? ds_mvm_f16_1x8v_s8 : ds_mvm_f16_1x8_s8) : (vec ? ds_mvm_q8_1x8v_s4 : ds_mvm_q8_1x8_s4);
+    } else if (n == 1) f = f16 ? (vec ? ds_mvm_f16_1x1v : ds_mvm_f16_1x1) : (vec ? ds_mvm_q8_1x1v : ds_mvm_q8_1x1);
     else f = f16 ? (vec ? ds_mvm_f16_1x8v : ds_mvm_f16_1x8) : (vec ? ds_mvm_q8_1x8v : ds_mvm_q8_1x8);
     float* o[3] = {nullptr, nullptr, nullptr};
     const void* w[3] = {nullptr, nullptr, nullptr};
@@ -426,7 +443,8 @@ static void launch_mvm(const std::vector<const Mat*>& ms, int copy, const std::v
         w[i] = ms[i]->w[copy % ms[i]->ncopy];
         sc[i] = ms[i]->sc[copy % ms[i]->ncopy];
         rows[i] = ms[i]->rows;
-        blocks += (rows[i] + 7) / 8;
+        int rpb = mv_rows_per_block(ms[0]->ty, rows[i], ms[0]->cols, 1);
+        blocks += (rows[i] + rpb - 1) / rpb;
     }
     dim3 grid(n == 1 ? 1 : (n + 7) / 8, blocks);
     f<<<grid, 256, 0, st>>>(x, xstride, ms[0]->cols, n, (int)ms.size(), o[0], rows[0], w[0], sc[0], rows[0],
@@ -438,7 +456,7 @@ static void launch_mvm(const std::vector<const Mat*>& ms, int copy, const std::v
 template <int TY, int U>
 __global__ void __launch_bounds__(256) h_mv_u(float* out, int ostride, const void* w, const __half* sc,
                                               const float* x, int xstride, int rows, int cols, int n) {
-    mv_body<TY, 1, 1, true, U>(out, ostride, w, sc, x, xstride, rows, cols, n, blockIdx.y);
+    mv_body<TY, 1, 1, true, 1, U>(out, ostride, w, sc, x, xstride, rows, cols, n, blockIdx.y);
 }
 template <int U>
 static void launch_mv_u(const Mat& m, int copy, float* out, const float* x, int xstride, cudaStream_t st) {
@@ -508,7 +526,7 @@ static int check_tcq() {
                                 printf("check FAIL mvm %s mat %zu of %zu (%dx%d) n=%d mis=%d: %zu of %zu differ from ds_mv\n",
                                        ty == DT_F16 ? "F16" : "Q8_0", i, mats.size(), mats[i].rows, cb.cols, n, mis, diff, a.size());
                             }
-                            if (n == 1 && mis == 0) {  // the unrolled variants
+                            if (n == 1 && mis == 0 && mv_split_t(ty, mats[i].rows, cb.cols) == 1) {  // the unrolled variants (one warp per row)
                                 for (int u = 0; u < 3; u++) {
                                     CK(cudaMemset(outs[i], 0xff, (size_t)8 * mats[i].rows * 4));
                                     if (u == 0) launch_mv_u<2>(mats[i], 0, outs[i], x, cb.cols, 0);
@@ -680,6 +698,204 @@ static int time_tcq() {
     return 0;
 }
 
+// The CUDA-core GEMV with S warps per row forced (mv_split's choices and the others), one
+// token: ds_mv, ds_mvm (several matrices), ds_mvsw (gate, up, SwiGLU).
+template <int TY, int S>
+__global__ void __launch_bounds__(256) h_mvs(float* out, int ostride, const void* w, const __half* sc,
+                                             const float* x, int xstride, int rows, int cols, int n) {
+    mv_body<TY, 1, 1, true, S>(out, ostride, w, sc, x, xstride, rows, cols, n, blockIdx.y);
+}
+template <int TY, int S>
+__global__ void __launch_bounds__(256) h_mvms(const float* x, int xstride, int cols, int n, int nmat,
+                                              float* out0, int ostride0, const void* w0, const __half* sc0, int rows0,
+                                              float* out1, int ostride1, const void* w1, const __half* sc1, int rows1,
+                                              float* out2, int ostride2, const void* w2, const __half* sc2, int rows2) {
+    mvm_body<TY, 1, 1, true, S>(x, xstride, cols, n, nmat, MvmMat{out0, w0, sc0, ostride0, rows0},
+                                MvmMat{out1, w1, sc1, ostride1, rows1}, MvmMat{out2, w2, sc2, ostride2, rows2});
+}
+template <int TY, int S>
+__global__ void __launch_bounds__(256) h_mvsws(const float* x, int xstride, int cols, int n, float* og, float* ou,
+                                               int ostride, const void* wg, const __half* sg, const void* wu,
+                                               const __half* su, int rows) {
+    mvsw_body<TY, 1, true, S>(x, xstride, cols, n, og, ou, ostride, wg, sg, wu, su, rows);
+}
+template <int TY, int S, int U>
+__global__ void __launch_bounds__(256) h_mvsu(float* out, int ostride, const void* w, const __half* sc,
+                                              const float* x, int xstride, int rows, int cols, int n) {
+    mv_body<TY, 1, 1, true, S, U>(out, ostride, w, sc, x, xstride, rows, cols, n, blockIdx.y);
+}
+// launch_mvsu: ds_mv with S warps per row and the lane loop unrolled U times (one matrix).
+template <int S, int U>
+static void launch_mvsu(const Mat& m, int copy, float* out, const float* x, cudaStream_t st) {
+    dim3 grid(1, (m.rows + 8 / S - 1) / (8 / S));
+    if (m.ty == DT_F16) h_mvsu<DT_F16, S, U><<<grid, 256, 0, st>>>(out, m.rows, m.w[copy % m.ncopy], m.sc[copy % m.ncopy], x, m.cols, m.rows, m.cols, 1);
+    else h_mvsu<DT_Q8_0, S, U><<<grid, 256, 0, st>>>(out, m.rows, m.w[copy % m.ncopy], m.sc[copy % m.ncopy], x, m.cols, m.rows, m.cols, 1);
+    CK(cudaGetLastError());
+}
+
+// launch_mvs: the products of ms (one matrix: ds_mv; two with swiglu: ds_mvsw; else ds_mvm)
+// with S warps per row (0: the exported kernels, mv_split's S).
+template <int TY, int S>
+static void launch_mvs_t(const std::vector<const Mat*>& ms, int copy, const std::vector<float*>& outs,
+                         const float* x, int xstride, bool swiglu, cudaStream_t st) {
+    int cols = ms[0]->cols;
+    auto W = [&](size_t i) { return ms[i]->w[copy % ms[i]->ncopy]; };
+    auto SC = [&](size_t i) { return ms[i]->sc[copy % ms[i]->ncopy]; };
+    int rows0 = ms[0]->rows;
+    if (swiglu) {
+        int rpb = S ? 8 / S : mv_rows_per_block(TY, rows0, cols, 1);
+        bool sp = mv_split_t(TY, rows0, cols) > 1;
+        dim3 grid(1, (rows0 + rpb - 1) / rpb);
+        if (S) h_mvsws<TY, S ? S : 1><<<grid, 256, 0, st>>>(x, xstride, cols, 1, outs[0], outs[1], rows0, W(0), SC(0), W(1), SC(1), rows0);
+        else if (TY == DT_F16) (sp ? ds_mvsw_f16_1x1v_s8 : ds_mvsw_f16_1x1v)<<<grid, 256, 0, st>>>(x, xstride, cols, 1, outs[0], outs[1], rows0, W(0), SC(0), W(1), SC(1), rows0);
+        else (sp ? ds_mvsw_q8_1x1v_s4 : ds_mvsw_q8_1x1v)<<<grid, 256, 0, st>>>(x, xstride, cols, 1, outs[0], outs[1], rows0, W(0), SC(0), W(1), SC(1), rows0);
+    } else if (ms.size() == 1) {
+        int rpb = S ? 8 / S : mv_rows_per_block(TY, rows0, cols, 1);
+        bool sp = mv_split_t(TY, rows0, cols) > 1;
+        dim3 grid(1, (rows0 + rpb - 1) / rpb);
+        if (S) h_mvs<TY, S ? S : 1><<<grid, 256, 0, st>>>(outs[0], rows0, W(0), SC(0), x, xstride, rows0, cols, 1);
+        else if (TY == DT_F16) (sp ? ds_mv_f16_1x1v_s8 : ds_mv_f16_1x1v)<<<grid, 256, 0, st>>>(outs[0], rows0, W(0), SC(0), x, xstride, rows0, cols, 1);
+        else (sp ? ds_mv_q8_1x1v_s4 : ds_mv_q8_1x1v)<<<grid, 256, 0, st>>>(outs[0], rows0, W(0), SC(0), x, xstride, rows0, cols, 1);
+    } else {
+        float* o[3] = {nullptr, nullptr, nullptr};
+        const void* w[3] = {nullptr, nullptr, nullptr};
+        const __half* sc[3] = {nullptr, nullptr, nullptr};
+        int rows[3] = {0, 0, 0}, blocks = 0;
+        for (size_t i = 0; i < ms.size(); i++) {
+            o[i] = outs[i];
+            w[i] = W(i);
+            sc[i] = SC(i);
+            rows[i] = ms[i]->rows;
+            int rpb = S ? 8 / S : mv_rows_per_block(TY, rows[i], cols, 1);
+            blocks += (rows[i] + rpb - 1) / rpb;
+        }
+        dim3 grid(1, blocks);
+        bool sp = mv_split_t(TY, rows[0], cols) > 1;
+        if (S) h_mvms<TY, S ? S : 1><<<grid, 256, 0, st>>>(x, xstride, cols, 1, (int)ms.size(), o[0], rows[0], w[0], sc[0], rows[0],
+                                o[1], rows[1], w[1], sc[1], rows[1], o[2], rows[2], w[2], sc[2], rows[2]);
+        else (TY == DT_F16 ? (sp ? ds_mvm_f16_1x1v_s8 : ds_mvm_f16_1x1v) : (sp ? ds_mvm_q8_1x1v_s4 : ds_mvm_q8_1x1v))<<<grid, 256, 0, st>>>(
+            x, xstride, cols, 1, (int)ms.size(), o[0], rows[0], w[0], sc[0], rows[0],
+            o[1], rows[1], w[1], sc[1], rows[1], o[2], rows[2], w[2], sc[2], rows[2]);
+    }
+    CK(cudaGetLastError());
+}
+static void launch_mvs(int ty, int S, const std::vector<const Mat*>& ms, int copy, const std::vector<float*>& outs,
+                       const float* x, int xstride, bool swiglu, cudaStream_t st) {
+#define MVS_CASE(s_)                                                                                    \
+    case s_:                                                                                            \
+        if (ty == DT_F16) launch_mvs_t<DT_F16, s_>(ms, copy, outs, x, xstride, swiglu, st);             \
+        else launch_mvs_t<DT_Q8_0, s_>(ms, copy, outs, x, xstride, swiglu, st);                         \
+        break;
+    switch (S) {
+        MVS_CASE(0)
+        MVS_CASE(1)
+        MVS_CASE(2)
+        MVS_CASE(4)
+        MVS_CASE(8)
+    }
+#undef MVS_CASE
+}
+
+// time_mvs: the decode's CUDA-core products of one 1B layer and the lm head, one token, in
+// CUDA graphs (weights rotated past L2), with 1, 2, 4, 8 warps per row and mv_split's choice
+// ("rule"); first each forced S against the rule's bits where S matches (same bits), and the
+// rule's ds_mv/ds_mvm/ds_mvsw against each other (ds_mvsw's up output against ds_mv).
+static int time_mvs() {
+    struct Combo { const char* name; std::vector<int> rows; int cols; bool swiglu; };
+    std::vector<Combo> combos = {{"qkv", {2048, 512, 512}, 2048, false}, {"o", {2048}, 2048, false},
+                                 {"gateup", {8192, 8192}, 2048, true}, {"down", {2048}, 8192, false},
+                                 {"lmhead", {128256}, 2048, false}};
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    int bad = 0;
+    for (int ty : {DT_F16, DT_Q8_0}) {
+        double layer[6] = {0, 0, 0, 0, 0, 0};
+        for (auto& cb : combos) {
+            std::vector<Mat> mats;
+            size_t bytes = 0;
+            for (int r : cb.rows) {
+                mats.push_back(make_mat(ty, r, cb.cols, (size_t)320 << 20));
+                bytes += mats.back().wbytes + mats.back().sbytes;
+            }
+            std::vector<const Mat*> mp;
+            for (auto& m : mats) mp.push_back(&m);
+            float* dx;
+            std::vector<float> hx((size_t)cb.cols);
+            for (auto& v : hx) v = unif();
+            CK(cudaMalloc(&dx, hx.size() * 4));
+            CK(cudaMemcpy(dx, hx.data(), hx.size() * 4, cudaMemcpyHostToDevice));
+            std::vector<float*> outs, refs;
+            for (auto& m : mats) {
+                float *o, *r;
+                CK(cudaMalloc(&o, (size_t)m.rows * 4));
+                CK(cudaMalloc(&r, (size_t)m.rows * 4));
+                outs.push_back(o);
+                refs.push_back(r);
+            }
+            // Bits: the rule's launch, then the forced S equal to each matrix's rule.
+            launch_mvs(ty, 0, mp, 0, refs, dx, cb.cols, cb.swiglu, st);
+            int Srule = mv_split_t(ty, cb.rows[0], cb.cols);
+            bool same = true;
+            for (int r : cb.rows) same = same && mv_split_t(ty, r, cb.cols) == Srule;
+            if (same) {
+                launch_mvs(ty, Srule, mp, 0, outs, dx, cb.cols, cb.swiglu, st);
+                CK(cudaStreamSynchronize(st));
+                for (size_t i = 0; i < mats.size(); i++) {
+                    std::vector<uint32_t> a(mats[i].rows), b(mats[i].rows);
+                    CK(cudaMemcpy(a.data(), refs[i], a.size() * 4, cudaMemcpyDeviceToHost));
+                    CK(cudaMemcpy(b.data(), outs[i], b.size() * 4, cudaMemcpyDeviceToHost));
+                    size_t diff = 0;
+                    for (size_t e = 0; e < a.size(); e++) diff += a[e] != b[e];
+                    if (diff) { bad++; printf("check FAIL mvs %s %s S=%d mat %zu: %zu differ\n", ty == DT_F16 ? "F16" : "Q8_0", cb.name, Srule, i, diff); }
+                }
+            }
+            if (cb.swiglu) {  // up's output against ds_mv of up alone
+                std::vector<const Mat*> one = {mp[1]};
+                std::vector<float*> o1 = {outs[1]};
+                launch_mvs(ty, 0, one, 0, o1, dx, cb.cols, false, st);
+                CK(cudaStreamSynchronize(st));
+                std::vector<uint32_t> a(mats[1].rows), b(mats[1].rows);
+                CK(cudaMemcpy(a.data(), refs[1], a.size() * 4, cudaMemcpyDeviceToHost));
+                CK(cudaMemcpy(b.data(), outs[1], b.size() * 4, cudaMemcpyDeviceToHost));
+                size_t diff = 0;
+                for (size_t e = 0; e < a.size(); e++) diff += a[e] != b[e];
+                if (diff) { bad++; printf("check FAIL mvsw up vs ds_mv %s: %zu differ\n", ty == DT_F16 ? "F16" : "Q8_0", diff); }
+            }
+            auto gb = [&](double us) { return bytes / (us * 1e-6) / 1e9; };
+            printf("%-4s %-7s %6.1f MB rule S=%d:", ty == DT_F16 ? "F16" : "Q8_0", cb.name, bytes / 1e6, Srule);
+            int col = 0;
+            for (int S : {1, 2, 4, 8, 0}) {
+                if (S > 1 && cb.rows[0] > 8448) { col++; continue; }  // the lm head: gridDim.y past 65535 at S 8
+                double t = time_graph([&](int i) { launch_mvs(ty, S, mp, i, outs, dx, cb.cols, cb.swiglu, st); }, st);
+                printf("  %s%d %7.2f us %4.0f GB/s", S ? "S" : "rule", S, t, gb(t));
+                if (strcmp(cb.name, "lmhead") != 0) layer[col] += t;
+                col++;
+            }
+            printf("\n");
+            if (mats.size() == 1 && !cb.swiglu && cb.rows[0] < 8192) {  // loads in flight per lane
+                const Mat& m = mats[0];
+                double u[6] = {
+                    time_graph([&](int i) { launch_mvsu<1, 8>(m, i, outs[0], dx, st); }, st),
+                    time_graph([&](int i) { launch_mvsu<2, 1>(m, i, outs[0], dx, st); }, st),
+                    time_graph([&](int i) { launch_mvsu<4, 1>(m, i, outs[0], dx, st); }, st),
+                    time_graph([&](int i) { launch_mvsu<4, 4>(m, i, outs[0], dx, st); }, st),
+                    time_graph([&](int i) { launch_mvsu<8, 1>(m, i, outs[0], dx, st); }, st),
+                    time_graph([&](int i) { launch_mvsu<8, 2>(m, i, outs[0], dx, st); }, st)};
+                printf("     unrolled: S1U8 %.2f  S2U1 %.2f  S4U1 %.2f  S4U4 %.2f  S8U1 %.2f  S8U2 %.2f us\n", u[0], u[1], u[2], u[3], u[4], u[5]);
+            }
+            CK(cudaFree(dx));
+            for (auto o : outs) CK(cudaFree(o));
+            for (auto o : refs) CK(cudaFree(o));
+            for (auto& m : mats) free_mat(m);
+        }
+        printf("%-4s LAYER (us, qkv+o+gateup+down): S1 %.1f  S2 %.1f  S4 %.1f  S8 %.1f  rule %.1f\n", ty == DT_F16 ? "F16" : "Q8_0",
+               layer[0], layer[1], layer[2], layer[3], layer[4]);
+    }
+    CK(cudaStreamDestroy(st));
+    printf("check mvs: %s\n", bad ? "FAIL" : "forced S = rule's bits");
+    return bad ? 1 : 0;
+}
+
 int main(int argc, char** argv) {
     std::string mode = argc > 1 ? argv[1] : "check";
     CK(cudaMalloc(&g_part, (size_t)64 << 20));
@@ -695,6 +911,7 @@ int main(int argc, char** argv) {
     if (mode == "time") return timing(false) | time_tcq();
     if (mode == "quick") return timing(true);
     if (mode == "ncu") return ncu_mode();
-    fprintf(stderr, "usage: tcbench check|checktcq|time|tcq|quick|ncu\n");
+    if (mode == "mvs") return time_mvs();
+    fprintf(stderr, "usage: tcbench check|checktcq|time|tcq|quick|ncu|mvs\n");
     return 2;
 }
