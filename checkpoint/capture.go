@@ -483,7 +483,7 @@ func (s *Snapshot) Commit(ctx context.Context, ix *index.Index) (*Result, error)
 	ixTime, err := ix.CommitBatch(ctx, batch, func() (index.Commit, error) {
 		t0 := time.Now()
 		var err error
-		enc, err = cp.Encoded()
+		enc, err = cp.encoded()
 		encode = time.Since(t0)
 		if err != nil {
 			return index.Commit{}, fmt.Errorf("checkpoint: manifest: %w", err)

@@ -50,7 +50,9 @@ const RegionState = "state"
 // KVRegionName is the name of layer l's KV region: "kv/L".
 func KVRegionName(l int) string { return "kv/" + strconv.Itoa(l) }
 
-// Checkpoint is the decoded form of a checkpoint manifest.
+// Checkpoint is the decoded form of a checkpoint manifest. A Checkpoint made by Capture or
+// Snapshot.Commit shares its KV and State lists with the index that committed it: read
+// them, never modify them.
 type Checkpoint struct {
 	ID          index.ID   // the manifest's ID (zero until committed or parsed)
 	Parent      index.ID   // the checkpoint this one follows; zero for none
@@ -107,14 +109,14 @@ func (c *Checkpoint) Manifest() (*index.Manifest, error) {
 	return c.manifest(slices.Clone)
 }
 
-// Encoded builds and encodes the index manifest of c (as Manifest and then Encoded would,
-// without the copy in between).
-func (c *Checkpoint) Encoded() (*index.Encoded, error) {
+// encoded builds and encodes the index manifest of c, sharing c's chunk lists with the result
+// (index.Manifest.EncodedOwned): c's KV and State must not change afterwards.
+func (c *Checkpoint) encoded() (*index.Encoded, error) {
 	m, err := c.manifest(func(refs []index.ChunkRef) []index.ChunkRef { return refs })
 	if err != nil {
 		return nil, err
 	}
-	return m.Encoded() // copies the regions' chunks
+	return m.EncodedOwned()
 }
 
 // manifest is Manifest, with each of c's chunk lists passed through own.
