@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/driftstore/driftstore/cas"
 )
 
 // # Stored forms of a manifest (index schema 2)
@@ -123,20 +126,15 @@ func layoutOf(m *Manifest, size int) refLayout {
 
 // refsLen is the length of the encoding of refs.
 func refsLen(refs []ChunkRef) int {
-	n := 0
-	for _, c := range refs {
-		n += len(c.Digest) + uvarintLen(uint64(c.Length))
+	n := len(refs) * len(cas.Digest{})
+	for i := range refs {
+		n += uvarintLen(uint64(refs[i].Length))
 	}
 	return n
 }
 
 func uvarintLen(v uint64) int {
-	n := 1
-	for v >= 0x80 {
-		v >>= 7
-		n++
-	}
-	return n
+	return (bits.Len64(v|1) + 6) / 7
 }
 
 // makeDelta returns the delta form of the manifest with canonical encoding data and refLayout nl
@@ -166,10 +164,7 @@ func makeDelta(baseID ID, base []byte, bl refLayout, data []byte, nl refLayout) 
 			continue
 		}
 		old := bl.regions[i].Chunks
-		k := 0
-		for k < len(r.Chunks) && k < len(old) && r.Chunks[k] == old[k] {
-			k++
-		}
+		k := commonRefs(r.Chunks, old)
 		if k == 0 {
 			continue
 		}
@@ -191,6 +186,11 @@ func makeDelta(baseID ID, base []byte, bl refLayout, data []byte, nl refLayout) 
 		nt := data[nl.end:]
 		if p := bytes.LastIndex(nt, bt[len(bt)-anchor:]); p >= 0 {
 			i, j := len(bt)-anchor, p
+			// Backwards a run at a time while the runs are equal, then byte by byte.
+			const run = 256
+			for i >= run && j >= run && bytes.Equal(bt[i-run:i], nt[j-run:j]) {
+				i, j = i-run, j-run
+			}
 			for i > 0 && j > 0 && bt[i-1] == nt[j-1] {
 				i, j = i-1, j-1
 			}

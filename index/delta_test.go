@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/driftstore/driftstore/cas"
 )
 
 // storedValue returns the bytes the manifests bucket holds for id.
@@ -267,6 +269,52 @@ func TestDeltaWrongLayout(t *testing.T) {
 					t.Fatalf("region %d shifted by %d: a delta that rebuilds other bytes", i, shift)
 				}
 			}
+		}
+	}
+}
+
+// TestCommonRefs: the common prefix found a run of references at a time equals the one found
+// reference by reference, wherever the first difference is (in the digest or the length).
+func TestCommonRefs(t *testing.T) {
+	refs := func(n int) []ChunkRef {
+		out := make([]ChunkRef, n)
+		for i := range out {
+			out[i] = ChunkRef{Digest: cas.Sum([]byte{byte(i), byte(i >> 8)}), Length: int64(i + 1)}
+		}
+		return out
+	}
+	naive := func(a, b []ChunkRef) int {
+		k := 0
+		for k < len(a) && k < len(b) && a[k] == b[k] {
+			k++
+		}
+		return k
+	}
+	for _, n := range []int{0, 1, 63, 64, 65, 200, 256} {
+		for _, at := range []int{-1, 0, 1, 62, 63, 64, 65, 127, 128, 199, 255} {
+			for _, field := range []string{"digest", "length"} {
+				a, b := refs(n), refs(n)
+				if at >= 0 && at < n {
+					if field == "digest" {
+						b[at].Digest[31] ^= 1
+					} else {
+						b[at].Length++
+					}
+				}
+				for _, bl := range []int{n, n / 2, max(0, n-1)} {
+					if got, want := commonRefs(a, b[:bl]), naive(a, b[:bl]); got != want {
+						t.Fatalf("n %d, %s differs at %d, b of %d: commonRefs %d, want %d", n, field, at, bl, got, want)
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestUvarintLen(t *testing.T) {
+	for _, v := range []uint64{0, 1, 127, 128, 1<<14 - 1, 1 << 14, 32 << 10, 1<<21 - 1, 1 << 21, 1<<63 - 1, 1 << 63, ^uint64(0)} {
+		if got, want := uvarintLen(v), len(binary.AppendUvarint(nil, v)); got != want {
+			t.Errorf("uvarintLen(%d) = %d, want %d", v, got, want)
 		}
 	}
 }

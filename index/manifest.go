@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/driftstore/driftstore/cas"
 )
@@ -74,6 +75,36 @@ type ChunkRef struct {
 	Digest cas.Digest
 	Length int64
 }
+
+// commonRefs returns the length of the longest common prefix of a and b. It compares the
+// lists as bytes, a run of references at a time (a ChunkRef is 40 bytes without padding, so
+// its bytes are equal exactly when the references are): a checkpoint's lists share thousands
+// of references with its parent's.
+func commonRefs(a, b []ChunkRef) int {
+	n := min(len(a), len(b))
+	const run = 64
+	k := 0
+	for ; k+run <= n; k += run {
+		if !bytes.Equal(refBytes(a[k:k+run]), refBytes(b[k:k+run])) {
+			break
+		}
+	}
+	for k < n && a[k] == b[k] {
+		k++
+	}
+	return k
+}
+
+// refBytes views refs as their bytes.
+func refBytes(refs []ChunkRef) []byte {
+	if len(refs) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&refs[0])), len(refs)*int(unsafe.Sizeof(refs[0])))
+}
+
+// A ChunkRef has no padding: commonRefs compares references as bytes.
+var _ [0]struct{} = [unsafe.Sizeof(ChunkRef{}) - unsafe.Sizeof(cas.Digest{}) - 8]struct{}{}
 
 // Size is the region's length in bytes.
 func (r Region) Size() int64 {

@@ -358,7 +358,8 @@ func checkChunks(chunks *bolt.Bucket, m *Manifest, parent []Region, pending map[
 		if i < len(parent) && parent[i].Name == r.Name {
 			known = parent[i].Chunks
 		}
-		for j, c := range r.Chunks {
+		for j := commonRefs(known, r.Chunks); j < len(r.Chunks); j++ {
+			c := r.Chunks[j]
 			if j < len(known) && known[j] == c {
 				continue
 			}
