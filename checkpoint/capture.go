@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sync/errgroup"
 
@@ -250,15 +252,25 @@ func takeSnapshot(model *engine.Model, in *engine.Instance, opts CaptureOptions,
 	if opts.Parent != nil && opts.Parent.Layout == layout {
 		known = append([]Blocks{opts.Parent.Known()}, known...)
 	}
+	// Block b is known from k when the tokens it holds, [b*BlockSize, min((b+1)*BlockSize,
+	// position)), are all in the common prefix: the first common/BlockSize blocks, or all of
+	// them when every token is.
+	blockBytes := int64(layout.BlockBytes)
 	for _, k := range known {
 		if len(k.KV) != layout.Layers {
 			continue
 		}
 		common := commonPrefix(k.Tokens, st.Tokens)
+		nk := common / layout.BlockSize
+		if common == st.Position {
+			nk = nb
+		}
 		for l := range k.KV {
-			for b := 0; b < len(k.KV[l]) && b < nb && min((b+1)*layout.BlockSize, st.Position) <= common; b++ {
-				if cp.KV[l][b].Digest.IsZero() && k.KV[l][b].Length == int64(layout.BlockBytes) {
-					cp.KV[l][b] = k.KV[l][b]
+			src := k.KV[l][:min(nk, len(k.KV[l]))]
+			dst := cp.KV[l][:len(src)]
+			for b := range src {
+				if dst[b].Length == 0 && src[b].Length == blockBytes {
+					dst[b] = src[b]
 				}
 			}
 		}
@@ -267,7 +279,7 @@ func takeSnapshot(model *engine.Model, in *engine.Instance, opts CaptureOptions,
 	mem := in.Memory()
 	for l, offs := range table {
 		for b, off := range offs {
-			if !cp.KV[l][b].Digest.IsZero() {
+			if cp.KV[l][b].Length != 0 { // known
 				continue
 			}
 			end := uint64(off) + uint64(layout.BlockBytes)
@@ -568,12 +580,23 @@ func (j *job) name() string {
 
 func commonPrefix(a, b []int32) int {
 	n := min(len(a), len(b))
-	for i := 0; i < n; i++ {
-		if a[i] != b[i] {
-			return i
+	i := 0
+	// A run at a time as bytes first: histories share thousands of tokens.
+	const run = 256
+	for ; i+run <= n; i += run {
+		if !bytes.Equal(int32Bytes(a[i:i+run]), int32Bytes(b[i:i+run])) {
+			break
 		}
 	}
-	return n
+	for i < n && a[i] == b[i] {
+		i++
+	}
+	return i
+}
+
+// int32Bytes views s as its bytes.
+func int32Bytes(s []int32) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s))), 4*len(s))
 }
 
 // parallel runs fn(ctx, i) for i in [0, n) on at most workers goroutines, stopping at the first
