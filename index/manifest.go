@@ -270,21 +270,26 @@ func (m *Manifest) Encode() ([]byte, ID, error) {
 	return b, cas.Sum(b), nil
 }
 
-// sizeHint is an upper bound of m's encoded size for a buffer to encode it into in one
-// allocation (capped at MaxManifestSize plus a little: a larger manifest is refused anyway).
+// sizeHint is an upper bound of m's encoded size, for a buffer to encode it into in one
+// allocation; for a manifest that may be larger than MaxManifestSize (to be refused) it is
+// small, and the encoding grows its buffer until it refuses.
 func (m *Manifest) sizeHint() int {
+	const small = 256
 	n := len(manifestMagic) + 2*binary.MaxVarintLen64 + len(m.Kind) + len(m.Parent)
 	for _, r := range m.Regions {
 		n += 2*binary.MaxVarintLen64 + len(r.Name) + len(r.Chunks)*(len(cas.Digest{})+binary.MaxVarintLen64)
 		if n > MaxManifestSize {
-			return MaxManifestSize + 1
+			return small
 		}
 	}
 	n += binary.MaxVarintLen64
 	for k, v := range m.Meta {
 		n += 3*binary.MaxVarintLen64 + len(k) + len(v.s) + len(v.b) + len(v.d)
+		if n > MaxManifestSize {
+			return small
+		}
 	}
-	return min(n, MaxManifestSize+1)
+	return n
 }
 
 func (m *Manifest) encode(b []byte) ([]byte, error) {
