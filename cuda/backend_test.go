@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -266,8 +267,9 @@ func BenchmarkGenerate(b *testing.B) {
 }
 
 // BenchmarkDecode: decode of the 1B-shaped F16 model (DRIFTSTORE_BENCH_TYPE=q8_0: Q8_0; KV
-// on the device) after a 24-token prompt, b.N tokens in one Generate call (run it with
-// -test.benchtime 512x); reports ms/token. Made for profiles of the host side of a decode step
+// on the device) after a 24-token prompt (DRIFTSTORE_BENCH_CONTEXT=N: an N-token prompt, for
+// decode at long contexts), b.N tokens in one Generate call (run it with -test.benchtime
+// 512x); reports ms/token. Made for profiles of the host side of a decode step
 // (-test.cpuprofile, nsys) and A/B runs (scripts/gpu-check.sh ab).
 func BenchmarkDecode(b *testing.B) {
 	be := newCUDABackend(b, KVDevice)
@@ -278,6 +280,14 @@ func BenchmarkDecode(b *testing.B) {
 		typ = gguf.TypeQ8_0
 	default:
 		b.Fatalf("DRIFTSTORE_BENCH_TYPE=%q: want f16 or q8_0", v)
+	}
+	np := 24
+	if v := os.Getenv("DRIFTSTORE_BENCH_CONTEXT"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 8000 {
+			b.Fatalf("DRIFTSTORE_BENCH_CONTEXT=%q: want a prompt length of 1 to 8000 tokens", v)
+		}
+		np = n
 	}
 	path := synthModel(b, "llama-3.2-1b", typ)
 	e, err := engine.New(engine.Options{Backend: be, CacheDir: moduleCache(b)})
@@ -295,7 +305,7 @@ func BenchmarkDecode(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer in.Close()
-	if err := in.Prefill(promptTokens(24, 128256)); err != nil {
+	if err := in.Prefill(promptTokens(np, 128256)); err != nil {
 		b.Fatal(err)
 	}
 	if _, err := in.Generate(8, nil); err != nil {

@@ -1474,63 +1474,71 @@ __device__ __forceinline__ void attn_merge(float* __restrict__ out, const float*
 }
 
 // attn_merge_warp: attn_merge for one (token, head) by one warp, the same arithmetic per element
-// (the products added with fmaf, as in attn_merge); the partials read past
-// L1 (written by other blocks). Up to 32 splits, lane s loads split s's max and sum and
-// computes its factor exp(m_s - M) once, the splits' values then loaded together and added in
-// split order; more splits go one at a time as in attn_merge.
+// (the products added with fmaf, as in attn_merge; the same max, factors exp(m_s - M), weight
+// sum and element sums, each in split order); the partials read past L1 (written by other
+// blocks). Any number of splits, lane-parallel: the max over every split's m_s (lanes over
+// splits, then a butterfly: a max does not depend on its order, and M's sign of zero does not
+// change any exp(m_s - M)); then the splits in groups of 32, lane s of a group loading split s's
+// max and sum and computing its factor once, shared by shuffles, and 32/J splits' values (J
+// elements per lane) loaded together before they are added, with the weight sum, in split
+// order. hd <= 32*J.
+template <int J>
 __device__ __forceinline__ void attn_merge_warp(float* __restrict__ out, const float* part, int t, int h,
                                                 int nheads, int hd, int nsplit) {
-    const float* pp = part + ((size_t)t * nheads + h) * nsplit * (hd + 2);
-    int lane = threadIdx.x & 31;
-    if (nsplit > 32) {
-        float M = -INFINITY;
-        for (int s = 0; s < nsplit; s++) M = fmaxf(M, __ldcg(pp + s * (hd + 2)));
-        float L = 0.f;
-        for (int s = 0; s < nsplit; s++) {
-            float ms = __ldcg(pp + s * (hd + 2));
-            if (ms != -INFINITY) L = fmaf(__ldcg(pp + s * (hd + 2) + 1), expf(ms - M), L);
-        }
-        for (int e = lane; e < hd; e += 32) {
-            float a = 0.f;
-            for (int s = 0; s < nsplit; s++) {
-                float ms = __ldcg(pp + s * (hd + 2));
-                if (ms != -INFINITY) a = fmaf(__ldcg(pp + s * (hd + 2) + 2 + e), expf(ms - M), a);
-            }
-            out[((size_t)t * nheads + h) * hd + e] = a / L;
-        }
-        return;
-    }
-    float ms = -INFINITY, ls = 0.f;
+    constexpr int MB = 32 / J;  // splits whose J values per lane are loaded together
+    const size_t st = (size_t)hd + 2;
+    const float* pp = part + ((size_t)t * nheads + h) * nsplit * st;
+    const int lane = threadIdx.x & 31;
+    float ms0 = -INFINITY, ls0 = 0.f;  // the first group's, kept for the sums
     if (lane < nsplit) {
-        ms = __ldcg(pp + lane * (hd + 2));
-        ls = __ldcg(pp + lane * (hd + 2) + 1);
+        ms0 = __ldcg(pp + lane * st);
+        ls0 = __ldcg(pp + lane * st + 1);
     }
-    float M = -INFINITY;
-    for (int s = 0; s < nsplit; s++) M = fmaxf(M, __shfl_sync(0xffffffffu, ms, s));
-    float f = ms == -INFINITY ? 0.f : expf(ms - M);
-    float L = 0.f;
-    for (int s = 0; s < nsplit; s++) {
-        float m_s = __shfl_sync(0xffffffffu, ms, s), l_s = __shfl_sync(0xffffffffu, ls, s);
-        float f_s = __shfl_sync(0xffffffffu, f, s);
-        if (m_s != -INFINITY) L = fmaf(l_s, f_s, L);
-    }
-    for (int j = 0; j < (hd + 31) / 32; j++) {  // the same trip count in every lane (shuffles)
-        int e = lane + 32 * j;
-        float a = 0.f;
-        for (int s0 = 0; s0 < nsplit; s0 += 8) {
-            float xv[8], fv[8], mv[8];
+    float M = ms0;
+    for (int s = lane + 32; s < nsplit; s += 32) M = fmaxf(M, __ldcg(pp + s * st));
 #pragma unroll
-            for (int k = 0; k < 8; k++) {
-                int s = s0 + k;
-                mv[k] = __shfl_sync(0xffffffffu, ms, s & 31);
-                fv[k] = __shfl_sync(0xffffffffu, f, s & 31);
-                xv[k] = s < nsplit && e < hd ? __ldcg(pp + s * (hd + 2) + 2 + e) : 0.f;
+    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    float L = 0.f, a[J];
+#pragma unroll
+    for (int j = 0; j < J; j++) a[j] = 0.f;
+    for (int g0 = 0; g0 < nsplit; g0 += 32) {  // the same trip counts in every lane (shuffles)
+        const int ng = min(32, nsplit - g0);
+        float ms = ms0, ls = ls0;
+        if (g0 > 0) {
+            ms = -INFINITY;
+            ls = 0.f;
+            if (lane < ng) {
+                ms = __ldcg(pp + (g0 + lane) * st);
+                ls = __ldcg(pp + (g0 + lane) * st + 1);
             }
-#pragma unroll
-            for (int k = 0; k < 8; k++)
-                if (s0 + k < nsplit && mv[k] != -INFINITY) a = fmaf(xv[k], fv[k], a);
         }
-        if (e < hd) out[((size_t)t * nheads + h) * hd + e] = a / L;
+        const float f = ms == -INFINITY ? 0.f : expf(ms - M);
+        const unsigned live = __ballot_sync(0xffffffffu, lane < ng && ms != -INFINITY);
+        for (int k0 = 0; k0 < ng; k0 += MB) {
+            float xv[MB][J];
+#pragma unroll
+            for (int k = 0; k < MB; k++)
+#pragma unroll
+                for (int j = 0; j < J; j++) {
+                    int e = lane + 32 * j;
+                    xv[k][j] = k0 + k < ng && e < hd ? __ldcg(pp + (g0 + k0 + k) * st + 2 + e) : 0.f;
+                }
+#pragma unroll
+            for (int k = 0; k < MB; k++) {
+                float f_k = __shfl_sync(0xffffffffu, f, k0 + k);  // k0 + k < 32
+                float l_k = __shfl_sync(0xffffffffu, ls, k0 + k);
+                if ((live >> (k0 + k)) & 1u) {
+                    L = fmaf(l_k, f_k, L);
+#pragma unroll
+                    for (int j = 0; j < J; j++) a[j] = fmaf(xv[k][j], f_k, a[j]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+        int e = lane + 32 * j;
+        if (e < hd) out[((size_t)t * nheads + h) * hd + e] = a[j] / L;
     }
 }
 
@@ -1811,7 +1819,7 @@ __device__ __forceinline__ void attn_dec_body(float* __restrict__ out, const flo
         __syncthreads();
         if (last) {
             __threadfence();
-            for (int hh = warp; hh < G; hh += nw) attn_merge_warp(out, part, t, kvh * G + hh, nheads, hd, nsplit);
+            for (int hh = warp; hh < G; hh += nw) attn_merge_warp<J>(out, part, t, kvh * G + hh, nheads, hd, nsplit);
             if (threadIdx.x == 0) *c = 0;
         }
     }
