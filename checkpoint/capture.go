@@ -1,7 +1,6 @@
 package checkpoint
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sync/errgroup"
 
@@ -17,6 +15,7 @@ import (
 	"github.com/driftstore/driftstore/engine"
 	"github.com/driftstore/driftstore/guest"
 	"github.com/driftstore/driftstore/index"
+	"github.com/driftstore/driftstore/internal/prefix"
 )
 
 // Blocks are KV block chunks known to hold the KV of a token prefix: KV[l] lists layer l's
@@ -260,7 +259,7 @@ func takeSnapshot(model *engine.Model, in *engine.Instance, opts CaptureOptions,
 		if len(k.KV) != layout.Layers {
 			continue
 		}
-		common := commonPrefix(k.Tokens, st.Tokens)
+		common := prefix.Common(k.Tokens, st.Tokens)
 		nk := common / layout.BlockSize
 		if common == st.Position {
 			nk = nb
@@ -576,27 +575,6 @@ func (j *job) name() string {
 		return "state"
 	}
 	return fmt.Sprintf("layer %d block %d", j.l, j.b)
-}
-
-func commonPrefix(a, b []int32) int {
-	n := min(len(a), len(b))
-	i := 0
-	// A run at a time as bytes first: histories share thousands of tokens.
-	const run = 256
-	for ; i+run <= n; i += run {
-		if !bytes.Equal(int32Bytes(a[i:i+run]), int32Bytes(b[i:i+run])) {
-			break
-		}
-	}
-	for i < n && a[i] == b[i] {
-		i++
-	}
-	return i
-}
-
-// int32Bytes views s as its bytes.
-func int32Bytes(s []int32) []byte {
-	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s))), 4*len(s))
 }
 
 // parallel runs fn(ctx, i) for i in [0, n) on at most workers goroutines, stopping at the first

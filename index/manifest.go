@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/driftstore/driftstore/cas"
+	"github.com/driftstore/driftstore/internal/prefix"
 )
 
 // ID names a manifest: the BLAKE3-256 of its canonical encoding. It is the same type as a chunk
@@ -76,34 +77,12 @@ type ChunkRef struct {
 	Length int64
 }
 
-// commonRefs returns the length of the longest common prefix of a and b. It compares the
-// lists as bytes, a run of references at a time (a ChunkRef is 40 bytes without padding, so
-// its bytes are equal exactly when the references are): a checkpoint's lists share thousands
-// of references with its parent's.
-func commonRefs(a, b []ChunkRef) int {
-	n := min(len(a), len(b))
-	const run = 64
-	k := 0
-	for ; k+run <= n; k += run {
-		if !bytes.Equal(refBytes(a[k:k+run]), refBytes(b[k:k+run])) {
-			break
-		}
-	}
-	for k < n && a[k] == b[k] {
-		k++
-	}
-	return k
-}
+// commonRefs returns the length of the longest common prefix of a and b, comparing runs of
+// references as bytes (a checkpoint's lists share thousands with its parent's).
+func commonRefs(a, b []ChunkRef) int { return prefix.Common(a, b) }
 
-// refBytes views refs as their bytes.
-func refBytes(refs []ChunkRef) []byte {
-	if len(refs) == 0 {
-		return nil
-	}
-	return unsafe.Slice((*byte)(unsafe.Pointer(&refs[0])), len(refs)*int(unsafe.Sizeof(refs[0])))
-}
-
-// A ChunkRef has no padding: commonRefs compares references as bytes.
+// A ChunkRef has no padding, so its bytes are equal exactly when the references are (what
+// prefix.Common needs).
 var _ [0]struct{} = [unsafe.Sizeof(ChunkRef{}) - unsafe.Sizeof(cas.Digest{}) - 8]struct{}{}
 
 // Size is the region's length in bytes.
