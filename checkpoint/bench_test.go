@@ -20,7 +20,7 @@ import (
 )
 
 // incr1BHyper has the checkpoint shape of Llama-3.2-1B: 16 layers of 8 KV heads of 64 (32 KiB
-// of f16 KV a token, 256 KiB blocks of 16 positions) and its 128256-entry vocabulary (513 KB
+// of f16 KV a token, blocks of 16 positions of one layer: 32 KiB) and its 128256-entry vocabulary (513 KB
 // of logits in every checkpoint), around small matrices, so that a benchmark builds a
 // 4096-token state in seconds. The cost of a checkpoint depends only on the KV layout, the
 // vocabulary and the position, not on the weights.
