@@ -232,7 +232,11 @@ func (s *Stream) fuseSwiGLU(out, gate, up DevPtr, count int) (bool, error) {
 }
 
 // mvswName is the fused gate/up/SwiGLU kernel for F16 or Q8_0 weights, nt tokens per block.
-func mvswName(t DType, nt int, vec bool) string {
+func mvswName(t DType, nt int, vec bool) string { return mvVariant(&mvswNames, t, nt, vec) }
+
+// mvVariant picks from names, laid out as mvmNames and mvswNames are, the kernel for weights
+// of type t (F16 or Q8_0), nt tokens per block (1 or 8) and vectorized loads or not.
+func mvVariant(names *[8]string, t DType, nt int, vec bool) string {
 	i := 0
 	if t == Q8_0 {
 		i = 4
@@ -243,7 +247,7 @@ func mvswName(t DType, nt int, vec bool) string {
 	if vec {
 		i++
 	}
-	return mvswNames[i]
+	return names[i]
 }
 
 var mvswNames = [8]string{"ds_mvsw_f16_1x1", "ds_mvsw_f16_1x1v", "ds_mvsw_f16_1x8", "ds_mvsw_f16_1x8v",
@@ -337,19 +341,7 @@ func mvSuffix(s int) string {
 }
 
 // mvmName is the fused CUDA-core GEMV for F16 or Q8_0 weights, nt tokens per block (1 or 8).
-func mvmName(t DType, nt int, vec bool) string {
-	i := 0
-	if t == Q8_0 {
-		i = 4
-	}
-	if nt == 8 {
-		i += 2
-	}
-	if vec {
-		i++
-	}
-	return mvmNames[i]
-}
+func mvmName(t DType, nt int, vec bool) string { return mvVariant(&mvmNames, t, nt, vec) }
 
 var mvmNames = [8]string{"ds_mvm_f16_1x1", "ds_mvm_f16_1x1v", "ds_mvm_f16_1x8", "ds_mvm_f16_1x8v",
 	"ds_mvm_q8_1x1", "ds_mvm_q8_1x1v", "ds_mvm_q8_1x8", "ds_mvm_q8_1x8v"}

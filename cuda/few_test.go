@@ -1,8 +1,10 @@
 package cuda
 
 import (
+	"bytes"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 )
 
@@ -311,6 +313,40 @@ func TestSwiGLUFused(t *testing.T) {
 				}
 			}
 			xb.Free()
+		}
+	}
+}
+
+// TestMVKernelNames needs no GPU: every kernel the CUDA-core GEMV paths can name (ds_mvm,
+// ds_mvsw; F16 and Q8_0, 1 or 8 tokens a block, vectorized or not, with the type's row split
+// or without) is an entry of the embedded PTX, named for its type, tokens and loads.
+func TestMVKernelNames(t *testing.T) {
+	seen := map[string]bool{}
+	for _, name := range []func(DType, int, bool) string{mvmName, mvswName} {
+		for _, typ := range []DType{F16, Q8_0} {
+			split := map[DType]int{F16: 8, Q8_0: 4}[typ]
+			for _, nt := range []int{1, 8} {
+				for _, vec := range []bool{false, true} {
+					for _, sp := range []int{1, split} {
+						base := name(typ, nt, vec)
+						want := map[DType]string{F16: "_f16_", Q8_0: "_q8_"}[typ] + map[int]string{1: "1x1", 8: "1x8"}[nt]
+						if vec {
+							want += "v"
+						}
+						if !strings.HasSuffix(base, want) {
+							t.Errorf("%s for type %v, %d tokens, vec %v: want a name ending %q", base, typ, nt, vec, want)
+						}
+						n := base + mvSuffix(sp)
+						if seen[n] {
+							t.Fatalf("%s named twice", n)
+						}
+						seen[n] = true
+						if !bytes.Contains(kernelsPTX, []byte(".entry "+n+"(")) {
+							t.Errorf("%s (type %v, %d tokens, vec %v, split %d) is not in the PTX", n, typ, nt, vec, sp)
+						}
+					}
+				}
+			}
 		}
 	}
 }
