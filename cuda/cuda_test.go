@@ -528,6 +528,7 @@ func TestKVAttention(t *testing.T) {
 		{16, 2, 128, 16, F16, [][2]int{{0, 70}, {70, 1}, {71, 2}}},
 		{4, 4, 20, 8, F16, [][2]int{{0, 9}, {9, 1}, {10, 1}}},
 		{12, 4, 32, 16, F32, [][2]int{{0, 31}, {31, 1}, {32, 1}}},
+		{4, 1, 64, 32, F16, [][2]int{{0, 4130}, {4130, 1}, {4131, 1}}}, // 130, 131 splits: past the merge's 128 kept in registers
 	}
 	for ci, c := range cases {
 		l := KVLayout{BlockSize: c.bsize, NKVHeads: c.nkv, HeadDim: c.hd, KVType: c.kv}
@@ -601,6 +602,19 @@ func TestKVAttention(t *testing.T) {
 				}
 				if i := bitsEqual(got, readF32(t, ob, 0, len(q))); i >= 0 {
 					t.Fatalf("%s: ds_attn_dec and ds_attn differ at %d (attnDec %v)", name, i, attnDec)
+				}
+			}
+			// ds_attn_dec with other numbers of splits per block (8 is capped by its shared
+			// memory): a split's partial and the merge do not depend on the block.
+			for _, spb := range []int{1, 2, 3, 8} {
+				attnSPB, attnMQ = spb, false
+				err := s.Attention(ob.Ptr, qb.Ptr, n, c.heads, pos0, l, dblocks)
+				attnSPB, attnMQ = 0, true
+				if err != nil {
+					t.Fatal(err)
+				}
+				if i := bitsEqual(got, readF32(t, ob, 0, len(q))); i >= 0 {
+					t.Fatalf("%s: ds_attn_dec with %d splits per block differs at %d (attnDec %v)", name, spb, i, attnDec)
 				}
 			}
 			if n > 1 { // ds_attn_mq against ds_attn, one token's query per block: the same bits

@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"math"
 	"os"
+	"strconv"
 	"strings"
 	"unsafe"
 )
@@ -726,17 +727,19 @@ func (s *Stream) AttentionTable(out, q DevPtr, n, nheads, pos0 int, l KVLayout, 
 				}
 			}
 			if attnDec && l.HeadDim <= 128 {
-				// One block per KV head, token and split: the query heads of the KV head share
-				// its staged K and V (ds_attn_dec, ds_attn's bits).
-				a.ptr(o).ptr(qq).i32(ng).i32(nheads).i32(pos0 + t0).i32(l.BlockSize).i32(l.NKVHeads).i32(l.HeadDim).
-					i32(int(l.KVType)).ptr(tab).f32(scale).i32(ns).ptr(part).ptr(cnt)
-				name := "ds_attn_dec4"
+				// One block per KV head, token and spb consecutive splits: the query heads of the
+				// KV head share its staged K and V (ds_attn_dec, ds_attn's bits).
+				j := 4
 				if l.HeadDim <= 32 {
-					name = "ds_attn_dec1"
+					j = 1
 				} else if l.HeadDim <= 64 {
-					name = "ds_attn_dec2"
+					j = 2
 				}
-				if err := s.launch(name, [3]uint32{uint32(l.NKVHeads), uint32(ng), uint32(ns)}, [3]uint32{128, 1, 1}, 0, &a); err != nil {
+				spb, threads, shmem := attnDecShape(ns, ng, nheads, l)
+				a.ptr(o).ptr(qq).i32(ng).i32(nheads).i32(pos0 + t0).i32(l.BlockSize).i32(l.NKVHeads).i32(l.HeadDim).
+					i32(int(l.KVType)).ptr(tab).f32(scale).i32(ns).i32(spb).ptr(part).ptr(cnt)
+				grid := [3]uint32{uint32(l.NKVHeads), uint32(ng), uint32(ceilDiv(ns, spb))}
+				if err := s.launch(fmt.Sprintf("ds_attn_dec%d", j), grid, [3]uint32{uint32(threads), 1, 1}, uint32(shmem), &a); err != nil {
 					return err
 				}
 				continue
@@ -795,11 +798,40 @@ var attnMQ = true
 // compare the two; DRIFTSTORE_CUDA_ATTN_DEC=0 turns it off (A/B runs).
 var attnDec = os.Getenv("DRIFTSTORE_CUDA_ATTN_DEC") != "0"
 
+// attnSPB, when positive, is the number of splits each ds_attn_dec block takes (capped by its
+// shared memory) instead of attnDecShape's choice; tests set it to check that a split's result
+// does not depend on its block, DRIFTSTORE_CUDA_ATTN_SPB sets it for A/B runs.
+var attnSPB, _ = strconv.Atoi(os.Getenv("DRIFTSTORE_CUDA_ATTN_SPB"))
+
+// attnDecShape picks ds_attn_dec's splits per block, threads per block and dynamic shared
+// memory for ns splits of ng tokens: about attnDecBlocks blocks in all (fewer, longer blocks as
+// the context grows: each stages all its splits' K and V at once, and fewer blocks arrive at
+// the merge), at most ATT_DEC_SPB splits and attnDecShared bytes of staged K and V (float,
+// ATT_KS per head element and split) per block, a warp per (split, query head) pair up to 8
+// warps, never fewer than 4. A split's partial is the same whichever block computes it, so the
+// choice changes no result.
+func attnDecShape(ns, ng, nheads int, l KVLayout) (spb, threads, shmem int) {
+	perSplit := 2 * l.HeadDim * attnDecKS * 4 // K and V of one split, staged
+	most := min(attnDecSPB, max(1, attnDecShared/perSplit))
+	spb = ceilDiv(ns*ng*l.NKVHeads, attnDecBlocks)
+	if attnSPB > 0 {
+		spb = attnSPB
+	}
+	spb = max(1, min(spb, most, ns))
+	g := nheads / l.NKVHeads
+	threads = 32 * max(4, min(8, spb*g))
+	return spb, threads, spb * perSplit
+}
+
 const (
 	attnChunk     = 32       // positions per attention block (ATT_CHUNK in kernels.cu)
 	mqTokens      = 8        // tokens per ds_attn_mq block (MQ_TOK)
 	attnPartBytes = 64 << 20 // bound on the attention partials of one launch
 	attnTCRows    = 64       // query rows (token, head) per ds_attn_tc block (FA_ROWS)
+	attnDecSPB    = 8        // most splits per ds_attn_dec block (ATT_DEC_SPB)
+	attnDecShared = 46 << 10 // bound on ds_attn_dec's dynamic shared memory (static: 2 KiB)
+	attnDecKS     = 36       // floats per staged row of ds_attn_dec (ATT_KS)
+	attnDecBlocks = 396      // ds_attn_dec blocks aimed at: three per SM of an H100
 )
 
 func (s *Stream) elementwise(name string, count int, args *argSlots) error {

@@ -1665,31 +1665,73 @@ extern "C" __global__ void __launch_bounds__(128)
 // attn_dec: ds_attn for a few query tokens (decode), with exactly ds_attn's arithmetic for every
 // (token, head, split) — the same score sums (lanes over head elements, the same fmaf order and
 // butterfly), the max, weights and weight sum in position order, the V sums in position order,
-// the same outputs and partials — laid out for parallelism: a block takes one token, one split
-// and one KV head, stages the chunk's K and V rows of that head in shared memory once (16-byte
-// loads where aligned, every load in flight together), and each warp takes one of the G =
-// nheads/nkv query heads that read them: the 32 positions' score butterflies reduced together
-// (31 shuffles; position i's score ends in lane i, in warp_sum's bits), the max and the weight
-// sum gathered by shuffles in position order, the V sums from shared memory. The split that
-// finishes last for (token, KV head) (counter cnt[t*nheads + kvh*G], reset to 0) merges the G
-// heads' splits, a warp per head (attn_merge_warp: attn_merge's arithmetic). Grid (nkv, n,
-// nsplit), 128 threads; hd <= 32*J, J in {1, 2, 4}.
-template <int J>
+// the same outputs and partials — laid out for parallelism: a block takes one token, one KV head
+// and spb consecutive splits (block z: splits z*spb ..), stages their K and V rows of that head
+// in shared memory at once, as float, transposed (head element e's 32 positions of a split in
+// one row of ATT_KS floats: a lane reads 4 positions in one 16-byte load, and the staging's
+// stores, consecutive threads at consecutive positions, meet no bank conflict), each position's
+// row found once; each warp takes (split, query head) pairs of the G = nheads/nkv query heads
+// that read them: the 32 positions' score butterflies reduced together (31 shuffles; position
+// i's score ends in lane i, in warp_sum's bits), the max and the weight sum gathered by shuffles
+// in position order, the V sums. Each split's partial is written as ds_attn writes it. The
+// block that finishes last for (token, KV head) (counter cnt[t*nheads + kvh*G], reset to 0)
+// merges the G heads' splits, a warp per head (attn_merge_warp: attn_merge's arithmetic). Grid
+// (nkv, n, ceil(nsplit/spb)), a multiple of 32 threads up to 256; dynamic shared memory
+// spb * 2 * hd * ATT_KS floats; hd <= 32*J, J in {1, 2, 4}; spb <= ATT_DEC_SPB.
+#define ATT_DEC_SPB 8
+#define ATT_KS (ATT_CHUNK + 4)
+__device__ __forceinline__ float kvf(__half x) { return __half2float(x); }
+__device__ __forceinline__ float kvf(float x) { return x; }
+// kv_unpack: the 16 bytes u as 16/sizeof(T) floats of the KV type T.
+__device__ __forceinline__ void kv_unpack(uint4 u, float* f, __half) {
+    const __half2* h = (const __half2*)&u;
+#pragma unroll
+    for (int c = 0; c < 4; c++) {
+        float2 x = __half22float2(h[c]);
+        f[2 * c] = x.x;
+        f[2 * c + 1] = x.y;
+    }
+}
+__device__ __forceinline__ void kv_unpack(uint4 u, float* f, float) {
+    f[0] = __uint_as_float(u.x);
+    f[1] = __uint_as_float(u.y);
+    f[2] = __uint_as_float(u.z);
+    f[3] = __uint_as_float(u.w);
+}
+__device__ __forceinline__ float f4at(const float4& v, int u) {
+    return u == 0 ? v.x : u == 1 ? v.y : u == 2 ? v.z : v.w;
+}
+// bfly_step: one level (offset O) of the 32 score butterflies: each lane keeps the half of its
+// positions whose bit O matches its own and adds its partner's value for them (warp_sum's pairs).
+// O is a template argument so that every index into d is a constant (d stays in registers).
+template <int O>
+__device__ __forceinline__ void bfly_step(float (&d)[ATT_CHUNK], int lane) {
+    const bool up = (lane & O) != 0;
+#pragma unroll
+    for (int j = 0; j < O; j++) {
+        float send = up ? d[j] : d[j + O], keep = up ? d[j + O] : d[j];
+        d[j] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+    }
+}
+template <int J, typename T>
 __device__ __forceinline__ void attn_dec_body(float* __restrict__ out, const float* __restrict__ q,
                                               int nheads, int pos0, int bsize, int nkv, int hd,
-                                              int kvtype, const u64* __restrict__ blocks,
-                                              float scale, int nsplit, float* part,
-                                              unsigned* cnt) {
-    __shared__ float sk[ATT_CHUNK][32 * J], sv[ATT_CHUNK][32 * J];
-    __shared__ unsigned last;
-    int kvh = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
+                                              const u64* __restrict__ blocks, float scale,
+                                              int nsplit, int spb, float* part, unsigned* cnt,
+                                              float* dsm, const void** sbpv, unsigned& last) {
+    constexpr int EPC = 16 / (int)sizeof(T);  // elements per 16-byte piece
+    const T** sbp = (const T**)sbpv;          // staged position i's K row of this KV head
+    int kvh = blockIdx.x, t = blockIdx.y;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     int G = nheads / nkv;
     int ctx = pos0 + t + 1;
-    int lo = s * ATT_CHUNK, hi = min(ctx, lo + ATT_CHUNK), np = max(0, hi - lo);
+    int sp0 = blockIdx.z * spb, nsb = min(spb, nsplit - sp0);  // this block's splits
+    int lo0 = sp0 * ATT_CHUNK, npos = max(0, min(ctx, lo0 + nsb * ATT_CHUNK) - lo0);
     int row = nkv * hd;
     size_t vofs = (size_t)bsize * row;
-    float qv[J];  // the query of head kvh*G + hh, loaded while K and V are staged
+    const int SS = hd * ATT_KS;  // one split's K (then its V): dsm[k*2*SS + e*ATT_KS + position]
+    float qv[J];                 // the query of head kvh*G + qh, loaded while K and V are staged
+    int qh = -1;
     auto loadq = [&](int hh) {
         const float* qp = q + ((size_t)t * nheads + kvh * G + hh) * hd;
 #pragma unroll
@@ -1697,86 +1739,88 @@ __device__ __forceinline__ void attn_dec_body(float* __restrict__ out, const flo
             int e = lane + 32 * j;
             qv[j] = e < hd ? qp[e] : 0.f;
         }
+        qh = hh;
     };
-    if (warp < G) loadq(warp);
-    if (kvtype == DT_F16 && (hd & 7) == 0) {
-        int ng = hd >> 3;
-        for (int idx = threadIdx.x; idx < ATT_CHUNK * ng; idx += blockDim.x) {
-            int i = idx / ng, e = (idx - i * ng) * 8, p = lo + i;
-            float kk[8], vv[8];
-#pragma unroll
-            for (int c = 0; c < 8; c++) kk[c] = vv[c] = 0.f;
-            if (p < hi) {
-                const __half* b = (const __half*)blocks[p / bsize] + (size_t)(p % bsize) * row + (size_t)kvh * hd + e;
-                if (((uintptr_t)b & 15) == 0 && ((vofs * 2) & 15) == 0) {
-                    uint4 ku = *(const uint4*)b, vu = *(const uint4*)(b + vofs);
-                    const __half2* kh = (const __half2*)&ku;
-                    const __half2* vh = (const __half2*)&vu;
-#pragma unroll
-                    for (int c = 0; c < 4; c++) {
-                        float2 a = __half22float2(kh[c]), d = __half22float2(vh[c]);
-                        kk[2 * c] = a.x; kk[2 * c + 1] = a.y;
-                        vv[2 * c] = d.x; vv[2 * c + 1] = d.y;
-                    }
+    for (int i = threadIdx.x; i < npos; i += blockDim.x) {
+        int p = lo0 + i;
+        sbp[i] = (const T*)blocks[p / bsize] + (size_t)(p % bsize) * row + (size_t)kvh * hd;
+    }
+    if (warp < nsb * G) loadq(warp % G);
+    __syncthreads();
+    const int P = nsb * ATT_CHUNK;  // staged positions; rows past npos are left unwritten: they
+                                    // only enter the sums of positions past the context, whose
+                                    // scores are -inf and whose V terms are skipped (the
+                                    // butterfly keeps positions apart)
+    if (hd % EPC == 0 && (vofs * sizeof(T)) % 16 == 0) {
+        int nc = hd / EPC;
+#pragma unroll 2
+        for (int idx = threadIdx.x; idx < P * nc; idx += blockDim.x) {
+            int c = idx / P, i = idx - c * P;
+            if (i < npos) {
+                const T* kb = sbp[i] + c * EPC;
+                float kf[EPC], vf[EPC];
+                if (((uintptr_t)kb & 15) == 0) {
+                    kv_unpack(*(const uint4*)kb, kf, T());
+                    kv_unpack(*(const uint4*)(kb + vofs), vf, T());
                 } else {
 #pragma unroll
-                    for (int c = 0; c < 8; c++) {
-                        kk[c] = __half2float(b[c]);
-                        vv[c] = __half2float(b[vofs + c]);
+                    for (int u = 0; u < EPC; u++) {
+                        kf[u] = kvf(kb[u]);
+                        vf[u] = kvf(kb[vofs + u]);
                     }
                 }
+                float* dk = dsm + (i >> 5) * 2 * SS + c * EPC * ATT_KS + (i & 31);
+#pragma unroll
+                for (int u = 0; u < EPC; u++) {
+                    dk[u * ATT_KS] = kf[u];
+                    dk[SS + u * ATT_KS] = vf[u];
+                }
             }
-            *(float4*)&sk[i][e] = make_float4(kk[0], kk[1], kk[2], kk[3]);
-            *(float4*)&sk[i][e + 4] = make_float4(kk[4], kk[5], kk[6], kk[7]);
-            *(float4*)&sv[i][e] = make_float4(vv[0], vv[1], vv[2], vv[3]);
-            *(float4*)&sv[i][e + 4] = make_float4(vv[4], vv[5], vv[6], vv[7]);
         }
     } else {
-        for (int idx = threadIdx.x; idx < ATT_CHUNK * hd; idx += blockDim.x) {
-            int i = idx / hd, e = idx - i * hd, p = lo + i;
-            float kk = 0.f, vv = 0.f;
-            if (p < hi) {
-                size_t off = (size_t)(p % bsize) * row + (size_t)kvh * hd + e;
-                if (kvtype == DT_F16) {
-                    const __half* b = (const __half*)blocks[p / bsize];
-                    kk = __half2float(b[off]);
-                    vv = __half2float(b[vofs + off]);
-                } else {
-                    const float* b = (const float*)blocks[p / bsize];
-                    kk = b[off];
-                    vv = b[vofs + off];
-                }
+        for (int idx = threadIdx.x; idx < P * hd; idx += blockDim.x) {
+            int e = idx / P, i = idx - e * P;
+            if (i < npos) {
+                const T* kb = sbp[i];
+                float* dk = dsm + (i >> 5) * 2 * SS + e * ATT_KS + (i & 31);
+                dk[0] = kvf(kb[e]);
+                dk[SS] = kvf(kb[vofs + e]);
             }
-            sk[i][e] = kk;
-            sv[i][e] = vv;
         }
     }
     __syncthreads();
-    for (int hh = warp; hh < G; hh += nw) {
-        int h = kvh * G + hh;
-        if (hh != warp) loadq(hh);
-        // The 32 positions' lane partials, then their butterflies all at once: at the step of
-        // offset o each lane keeps the half of its positions whose bit o matches its own and
-        // adds its partner's value for them, the pairs of warp_sum's butterfly (xor 16, 8, 4,
-        // 2, 1), so lane i ends with position lo + i's sum in warp_sum's bits, after 31 shuffles
+    for (int pi = warp; pi < nsb * G; pi += nw) {
+        int k = pi / G, hh = pi - k * G, h = kvh * G + hh, s = sp0 + k;
+        int lo = s * ATT_CHUNK, hi = min(ctx, lo + ATT_CHUNK), np = max(0, hi - lo);
+        const float* kr = dsm + (size_t)k * 2 * SS;
+        const float* vr = kr + SS;
+        if (hh != qh) loadq(hh);
+        // The 32 positions' lane partials (4 positions a load), then their butterflies all at
+        // once: lane i ends with position lo + i's sum in warp_sum's bits, after 31 shuffles
         // instead of 160.
         float d[ATT_CHUNK];
 #pragma unroll
-        for (int i = 0; i < ATT_CHUNK; i++) {
-            d[i] = 0.f;
+        for (int i = 0; i < ATT_CHUNK; i++) d[i] = 0.f;
 #pragma unroll
-            for (int j = 0; j < J; j++)
-                if (lane + 32 * j < hd) d[i] = fmaf(qv[j], sk[i][lane + 32 * j], d[i]);
-        }
+        for (int j = 0; j < J; j++) {
+            int e = lane + 32 * j;
+            if (e < hd) {
+                const float4* kp = (const float4*)(kr + e * ATT_KS);
 #pragma unroll
-        for (int o = 16, c = 32; o > 0; o >>= 1, c >>= 1) {
-            bool up = (lane & o) != 0;
-#pragma unroll
-            for (int j = 0; j < c / 2; j++) {
-                float send = up ? d[j] : d[j + c / 2], keep = up ? d[j + c / 2] : d[j];
-                d[j] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+                for (int i4 = 0; i4 < ATT_CHUNK / 4; i4++) {
+                    float4 kk = kp[i4];
+                    d[4 * i4] = fmaf(qv[j], kk.x, d[4 * i4]);
+                    d[4 * i4 + 1] = fmaf(qv[j], kk.y, d[4 * i4 + 1]);
+                    d[4 * i4 + 2] = fmaf(qv[j], kk.z, d[4 * i4 + 2]);
+                    d[4 * i4 + 3] = fmaf(qv[j], kk.w, d[4 * i4 + 3]);
+                }
             }
         }
+        bfly_step<16>(d, lane);
+        bfly_step<8>(d, lane);
+        bfly_step<4>(d, lane);
+        bfly_step<2>(d, lane);
+        bfly_step<1>(d, lane);
         float sc = lane < np ? d[0] * scale : -INFINITY;  // lane i: position lo + i's score
         float m = -INFINITY;
 #pragma unroll
@@ -1787,12 +1831,22 @@ __device__ __forceinline__ void attn_dec_body(float* __restrict__ out, const flo
 #pragma unroll
         for (int j = 0; j < J; j++) a[j] = 0.f;
 #pragma unroll
-        for (int i = 0; i < ATT_CHUNK; i++) {
-            float wi = __shfl_sync(0xffffffffu, wt, i);
-            l += wi;
+        for (int i4 = 0; i4 < ATT_CHUNK / 4; i4++) {
+            float4 vv[J];
 #pragma unroll
-            for (int j = 0; j < J; j++)
-                if (i < np && lane + 32 * j < hd) a[j] = fmaf(wi, sv[i][lane + 32 * j], a[j]);
+            for (int j = 0; j < J; j++) {
+                int e = lane + 32 * j;
+                vv[j] = e < hd ? *(const float4*)(vr + e * ATT_KS + 4 * i4) : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int i = 4 * i4 + u;
+                float wi = __shfl_sync(0xffffffffu, wt, i);
+                l += wi;
+#pragma unroll
+                for (int j = 0; j < J; j++)
+                    if (i < np && lane + 32 * j < hd) a[j] = fmaf(wi, f4at(vv[j], u), a[j]);
+            }
         }
 #pragma unroll
         for (int j = 0; j < J; j++) {
@@ -1815,7 +1869,7 @@ __device__ __forceinline__ void attn_dec_body(float* __restrict__ out, const flo
         unsigned* c = cnt + (size_t)t * nheads + (size_t)kvh * G;
         __threadfence();
         __syncthreads();
-        if (threadIdx.x == 0) last = atomicAdd(c, 1u) == (unsigned)(nsplit - 1);
+        if (threadIdx.x == 0) last = atomicAdd(c, 1u) == gridDim.z - 1;
         __syncthreads();
         if (last) {
             __threadfence();
@@ -1824,13 +1878,20 @@ __device__ __forceinline__ void attn_dec_body(float* __restrict__ out, const flo
         }
     }
 }
-#define ATTN_DEC_KERNEL(J)                                                                          \
-    extern "C" __global__ void __launch_bounds__(128)                                               \
-        ds_attn_dec##J(float* out, const float* q, int n, int nheads, int pos0, int bsize, int nkv, \
-                       int hd, int kvtype, const u64* blocks, float scale, int nsplit, float* part, \
-                       unsigned* cnt) {                                                             \
-        attn_dec_body<J>(out, q, nheads, pos0, bsize, nkv, hd, kvtype, blocks, scale, nsplit,       \
-                         part, cnt);                                                                \
+#define ATTN_DEC_KERNEL(J)                                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 3)                                               \
+        ds_attn_dec##J(float* out, const float* q, int n, int nheads, int pos0, int bsize, int nkv,    \
+                       int hd, int kvtype, const u64* blocks, float scale, int nsplit, int spb,        \
+                       float* part, unsigned* cnt) {                                                   \
+        extern __shared__ __align__(16) float dec_kv[];                                                \
+        __shared__ const void* sbp[ATT_DEC_SPB * ATT_CHUNK];                                           \
+        __shared__ unsigned last;                                                                      \
+        if (kvtype == DT_F16)                                                                          \
+            attn_dec_body<J, __half>(out, q, nheads, pos0, bsize, nkv, hd, blocks, scale, nsplit, spb, \
+                                     part, cnt, dec_kv, sbp, last);                                    \
+        else                                                                                           \
+            attn_dec_body<J, float>(out, q, nheads, pos0, bsize, nkv, hd, blocks, scale, nsplit, spb,  \
+                                    part, cnt, dec_kv, sbp, last);                                     \
     }
 ATTN_DEC_KERNEL(1)
 ATTN_DEC_KERNEL(2)
