@@ -93,12 +93,12 @@ type Result struct {
 	// and writing the chunks, making them durable and committing the manifest that records
 	// them (Store: index.CommitBatch); what is left (Commit).
 	Prepare, Store, Commit time.Duration
-	// Parts of Store: hashing, encoding and writing the chunks (Put); building, encoding and
-	// hashing the manifest (Encode); and the rest of the commit (Sync: where the store
-	// journals, checking the commit and the one barrier of the chunks and the journal entry;
-	// elsewhere, the chunks' barrier, which runs beside Encode, and the index transaction with
-	// its own two, which is also Index). With the journal Index is 0: the index file is brought
-	// up to date in the background.
+	// Parts of Store: hashing, encoding and writing the chunks (Put); building the manifest
+	// (Encode); and the rest of the commit (Sync: where the store journals, the one barrier of
+	// the chunks and the journal entry, beside which the manifest is encoded, hashed and
+	// checked; elsewhere, the chunks' barrier, which runs beside Encode, then the manifest's
+	// encoding and the index transaction with its own two barriers, which is also Index). With
+	// the journal Index is 0: the index file is brought up to date in the background.
 	Put, Sync, Encode, Index time.Duration
 }
 
@@ -489,19 +489,21 @@ func (s *Snapshot) Commit(ctx context.Context, ix *index.Index) (*Result, error)
 	// context is built, encoded and hashed, and the manifest is committed after it. Either
 	// way the manifest is committed only with every chunk it names durable and recorded.
 	// Chunks the parent names at the same place are not looked up again (index.PutManifest).
-	var enc *index.Encoded
+	// The manifest is handed over unencoded: with a journal, the index encodes, hashes and
+	// checks it while the barrier runs (index.Deferred).
+	var next *index.Deferred
 	var encode time.Duration
 	ixTime, err := ix.CommitBatch(ctx, batch, func() (index.Commit, error) {
 		t0 := time.Now()
 		var err error
-		enc, err = cp.encoded()
+		next, err = cp.deferred()
 		encode = time.Since(t0)
 		if err != nil {
 			return index.Commit{}, fmt.Errorf("checkpoint: manifest: %w", err)
 		}
-		commit := index.Commit{Chunks: infos, Manifests: []*index.Encoded{enc}}
+		commit := index.Commit{Chunks: infos, Next: next}
 		if mv := opts.MoveRef; mv != nil {
-			commit.Ref = &index.RefMove{Kind: mv.Kind, Name: mv.Name, Expected: mv.Expected, Target: enc.ID()}
+			commit.Ref = &index.RefMove{Kind: mv.Kind, Name: mv.Name, Expected: mv.Expected, ToNext: true}
 		}
 		return commit, nil
 	})
@@ -509,7 +511,7 @@ func (s *Snapshot) Commit(ctx context.Context, ix *index.Index) (*Result, error)
 		return nil, fmt.Errorf("checkpoint: commit %d chunks and the manifest: %w", len(jobs), err)
 	}
 	stored := time.Now()
-	cp.ID = enc.ID()
+	cp.ID = next.Encoded().ID()
 	res := &Result{
 		Checkpoint: cp, Position: cp.Position, Blocks: nb * layout.Layers, BlocksWritten: written,
 		KVBytes: cp.KVBytes(), BytesWritten: bytesWritten.Load(), Duration: s.duration + time.Since(start),

@@ -109,14 +109,14 @@ func (c *Checkpoint) Manifest() (*index.Manifest, error) {
 	return c.manifest(slices.Clone)
 }
 
-// encoded builds and encodes the index manifest of c, sharing c's chunk lists with the result
-// (index.Manifest.EncodedOwned): c's KV and State must not change afterwards.
-func (c *Checkpoint) encoded() (*index.Encoded, error) {
+// deferred builds the index manifest of c, sharing c's chunk lists with it, for a commit to
+// encode (index.Defer): c's KV and State must not change afterwards.
+func (c *Checkpoint) deferred() (*index.Deferred, error) {
 	m, err := c.manifest(func(refs []index.ChunkRef) []index.ChunkRef { return refs })
 	if err != nil {
 		return nil, err
 	}
-	return m.EncodedOwned()
+	return index.Defer(m), nil
 }
 
 // manifest is Manifest, with each of c's chunk lists passed through own.

@@ -106,7 +106,9 @@ func (ix *Index) view(fn func(tx *bolt.Tx) error) error {
 // When the store journals (cas.JournalStore, with cas.JournalBatch batches), the commit is
 // checked, then written as a journal entry made durable with the chunks by one barrier, and
 // applied to the index file in the background (see the journal above); a batch that holds its
-// chunks in memory (cas.Retainer's Flush) writes them while build runs. When CommitBatch
+// chunks in memory (cas.Retainer's Flush) writes them while build runs. A Next manifest whose
+// parent this Index committed recently is written to the entry before it is encoded, and
+// encoded, hashed and checked while the barrier runs (see Deferred). When CommitBatch
 // returns nil the commit is durable and visible to every reader of this Index, which waits for
 // the apply if it has not finished. Otherwise it is batch.Commit, then Commit: three barriers.
 // Errors are Commit's, or the batch's; after an error nothing of c is committed (the chunks may
@@ -118,6 +120,9 @@ func (ix *Index) CommitBatch(ctx context.Context, batch cas.Batch, build func() 
 		synced := make(chan error, 1)
 		go func() { synced <- batch.Commit(ctx) }()
 		c, err := build()
+		if err == nil {
+			c, err = c.settled() // Next encoded while the barrier runs
+		}
 		if serr := <-synced; serr != nil {
 			return 0, serr
 		}
@@ -128,67 +133,156 @@ func (ix *Index) CommitBatch(ctx context.Context, batch cas.Batch, build func() 
 		err = ix.Commit(ctx, c)
 		return time.Since(t0), err
 	}
-	// A batch that holds its chunks in memory writes them (and starts their writeback) while
-	// the commit is built and checked: the barrier then has less left to wait for.
-	flushed := make(chan error, 1)
-	if f, ok := batch.(flusher); ok {
-		go func() { flushed <- f.Flush() }()
-	} else {
-		flushed <- nil
-	}
+	// One goroutine writes the batch's chunks held in memory (and starts their writeback) while
+	// the commit is built, then the journal entry it is handed, and waits for the barrier.
+	bar := startBarrier(ctx, batch, jb)
 	c, err := build()
 	if err != nil {
-		<-flushed
-		batch.Discard()
+		bar.abandon()
 		return 0, err
 	}
-	return 0, ix.commitJournaled(ctx, batch, jb, c, flushed)
+	return 0, ix.commitJournaled(ctx, bar, c)
 }
 
 // flusher is a batch that can write the chunks it holds before its commit (cas.Retainer).
 type flusher interface{ Flush() error }
 
-// commitJournaled is CommitBatch's journal path; flushed delivers the outcome of the batch's
-// early write (the batch is not used before it does).
-func (ix *Index) commitJournaled(ctx context.Context, batch cas.Batch, jb cas.JournalBatch, c Commit, flushed <-chan error) error {
-	discard := func(err error) error {
-		if flushed != nil {
-			<-flushed
+// barrier is a journaled commit's writer: a goroutine that writes the batch's chunks, then the
+// journal entry handed to it (commit), and makes both durable with one barrier; or discards
+// the batch (abandon). Handing the entry to the goroutine already running, rather than starting
+// one, spares a thread's wake-up on each side of the barrier.
+type barrier struct {
+	entry   chan []byte // one entry, or closed to abandon
+	done    chan struct{}
+	release func() // the entry's pin, once done and err is nil
+	err     error
+}
+
+// startBarrier starts batch's writer.
+func startBarrier(ctx context.Context, batch cas.Batch, jb cas.JournalBatch) *barrier {
+	b := &barrier{entry: make(chan []byte, 1), done: make(chan struct{})}
+	go func() {
+		defer close(b.done)
+		var ferr error
+		if f, ok := batch.(flusher); ok {
+			ferr = f.Flush()
 		}
-		batch.Discard()
+		entry, ok := <-b.entry
+		if !ok || ferr != nil {
+			batch.Discard()
+			b.err = errAbandoned
+			if ferr != nil {
+				b.err = fmt.Errorf("write the batch's chunks: %w", ferr)
+			}
+			return
+		}
+		b.release, b.err = jb.CommitJournal(ctx, entry)
+	}()
+	return b
+}
+
+var errAbandoned = errors.New("index: journaled commit abandoned")
+
+// commit hands the writer the journal entry; wait returns the outcome.
+func (b *barrier) commit(entry []byte) { b.entry <- entry }
+
+// wait waits for the writer and returns the entry's pin, or the error of the chunks' write or
+// of the barrier (the entry may be durable all the same, see cas.JournalBatch).
+func (b *barrier) wait() (release func(), err error) {
+	<-b.done
+	return b.release, b.err
+}
+
+// abandon discards the batch, nothing handed to the writer, and returns err.
+func (b *barrier) abandon() {
+	close(b.entry)
+	<-b.done
+}
+
+// commitJournaled is CommitBatch's journal path, bar the batch's writer.
+//
+// A commit is checked, written as a journal entry and made durable with its chunks by one
+// barrier, then handed to the background apply. A commit whose Next manifest's parent this
+// Index committed recently goes another way: its entry carries Next in kept form (see
+// kept.go), written before Next is encoded, and Next is encoded, planned and checked while the
+// barrier runs. A commit refused then has a durable entry: its number is recorded as applied
+// (skipJournaled), so no reopen applies it.
+func (ix *Index) commitJournaled(ctx context.Context, bar *barrier, c Commit) error {
+	fail := func(err error) error {
+		bar.abandon()
 		return err
 	}
 	if err := ctxErr(ctx); err != nil {
-		return discard(err)
+		return fail(err)
+	}
+	if err := c.validNext(); err != nil {
+		return fail(err)
 	}
 	ix.j.mu.Lock()
 	defer ix.j.mu.Unlock()
 	if err := ix.waitApplied(); err != nil {
-		return discard(err)
+		return fail(err)
 	}
 	if ix.db.IsReadOnly() {
-		return discard(fmt.Errorf("%w: %s", ErrReadOnly, ix.path))
+		return fail(fmt.Errorf("%w: %s", ErrReadOnly, ix.path))
 	}
-	p, err := ix.prepare(c)
-	if err == nil {
-		err = ix.db.View(p.check)
+	now := ix.now()
+	var kept []byte // Next's kept form, when it goes in before its encoding
+	if c.Next != nil && len(c.Manifests) == 0 && !c.Next.m.Parent.IsZero() {
+		if parent, ok := ix.recentManifest(c.Next.m.Parent); ok {
+			var err error
+			if kept, err = encodeKept(c.Next.m, parent.id, parent.regions); err != nil {
+				return fail(err)
+			}
+		}
 	}
-	if err != nil {
-		return discard(err)
+	check := func() (*prepared, error) {
+		sc, err := c.settled()
+		if err != nil {
+			return nil, err
+		}
+		p, err := ix.prepareAt(sc, now)
+		if err != nil {
+			return nil, err
+		}
+		return p, ix.db.View(p.check)
 	}
-	err = <-flushed
-	flushed = nil
-	if err != nil {
-		return discard(fmt.Errorf("write the batch's chunks: %w", err))
+	var p *prepared
+	if kept == nil {
+		var err error
+		if p, err = check(); err != nil {
+			return fail(err)
+		}
 	}
 	// The number is spent even when the commit fails: its entry may still reach the disk (see
 	// cas.JournalBatch), and a later entry must never share its number.
 	ix.j.seq++
 	seq := ix.j.seq
-	release, err := jb.CommitJournal(ctx, encodeJournal(ix.j.epoch, seq, p))
-	if err != nil {
-		return err
+	if p != nil {
+		bar.commit(encodeJournal(ix.j.epoch, seq, now, p.c.Chunks, p.forms(), p.c.Ref))
+		release, err := bar.wait()
+		if err != nil {
+			return err
+		}
+		ix.applyLater(p, seq, release)
+		return nil
 	}
+	bar.commit(encodeJournal(ix.j.epoch, seq, now, c.Chunks, [][]byte{kept}, c.Ref))
+	p, err := check()
+	release, berr := bar.wait()
+	if berr != nil {
+		return berr
+	}
+	if err != nil {
+		return ix.skipJournaled(seq, release, err)
+	}
+	ix.applyLater(p, seq, release)
+	return nil
+}
+
+// applyLater applies prepared commit p, journaled as seq, in the background (see the journal
+// above); release unpins its entry once the apply is durable.
+func (ix *Index) applyLater(p *prepared, seq uint64, release func()) {
 	done := make(chan struct{})
 	ix.j.pendMu.Lock()
 	ix.j.pending = done
@@ -209,7 +303,26 @@ func (ix *Index) commitJournaled(ctx context.Context, batch cas.Batch, jb cas.Jo
 		ix.j.pendMu.Unlock()
 		close(done)
 	}()
-	return nil
+}
+
+// skipJournaled records entry seq, durable but refused by its check (cause), as applied, so that
+// no reopen applies it, and returns cause. When that fails the journal's error is made sticky:
+// no write reaches the index file before a reopen, whose replay then finds the index as the
+// check did and refuses the entry the same way. Called with j.mu held.
+func (ix *Index) skipJournaled(seq uint64, release func(), cause error) error {
+	err := ix.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keyJournalApplied, binary.AppendUvarint(nil, seq))
+	})
+	if err != nil {
+		ix.j.pendMu.Lock()
+		if ix.j.err == nil {
+			ix.j.err = &JournalError{Seq: seq, Err: fmt.Errorf("record the refused entry as skipped: %w", err)}
+		}
+		ix.j.pendMu.Unlock()
+		return fmt.Errorf("%w (its journal entry %d is durable; recording it as skipped failed: %v)", cause, seq, err)
+	}
+	release()
+	return cause
 }
 
 // apply commits prepared commit p, journaled as seq, to the index file (synced) and records seq as
@@ -352,49 +465,61 @@ func (ix *Index) inStore(infos []cas.Info) error {
 func refused(err error) bool {
 	var lm *LengthMismatchError
 	return errors.Is(err, ErrMissingChunks) || errors.Is(err, ErrMissingParent) || errors.Is(err, ErrConflict) ||
-		errors.Is(err, ErrManifestNotFound) || errors.As(err, &lm)
+		errors.Is(err, ErrManifestNotFound) || errors.As(err, &lm) ||
+		// A kept form's manifest is checked against the encoding's rules only after its entry is
+		// written (see commitJournaled): one that breaks them was refused, never acknowledged.
+		errors.Is(err, ErrBadManifest)
 }
 
 // journalEntry is a decoded journal entry: the commit with its manifests still in stored form
 // (full, or a delta against a base; see delta.go), which resolve turns into a Commit.
 type journalEntry struct {
-	epoch [16]byte
-	seq   uint64
-	now   time.Time
-	c     Commit   // Manifests nil
-	forms [][]byte // the manifests' stored forms, in order
+	epoch     [16]byte
+	seq       uint64
+	now       time.Time
+	c         Commit   // Manifests nil
+	forms     [][]byte // the manifests' forms, in order
+	refToLast bool     // c.Ref's target is the last manifest's ID
 }
 
-// encodeJournal encodes the journal entry of prepared commit p: magic, epoch, sequence number,
-// the commit's time, its chunk infos, its manifests as the transaction will store them (a
-// delta against the base its plan found, else the canonical bytes: an entry grows with what
-// the checkpoint adds, not with its context) and its ref move.
-//
-//	"DSJ\x01" epoch(16) uvarint seq  varint now(Unix ns)
-//	uvarint n, n × (digest(32) uvarint size uvarint stored byte codec varint modtime)
-//	uvarint m, m × (uvarint len, stored form)
-//	byte ref (0 none, 1 set) [byte kind, uvarint len, name, expected(32), target(32)]
-func encodeJournal(epoch [16]byte, seq uint64, p *prepared) []byte {
-	c := p.c
-	forms := make([][]byte, len(c.Manifests))
-	n := len(journalMagic) + 16 + 3*binary.MaxVarintLen64 + len(c.Chunks)*(32+4*binary.MaxVarintLen64) + 1
-	for i, e := range c.Manifests {
+// forms returns the stored forms of p's manifests, as the transaction will store them: a
+// delta against the base its plan found, else the canonical bytes.
+func (p *prepared) forms() [][]byte {
+	forms := make([][]byte, len(p.c.Manifests))
+	for i, e := range p.c.Manifests {
 		forms[i] = e.data
 		if d := p.plans[i].delta; d != nil {
 			forms[i] = d
 		}
-		n += binary.MaxVarintLen64 + len(forms[i])
 	}
-	if c.Ref != nil {
-		n += 1 + binary.MaxVarintLen64 + len(c.Ref.Name) + 64
+	return forms
+}
+
+// encodeJournal encodes a journal entry: magic, epoch, sequence number, the commit's time, its
+// chunk infos, its manifests' forms (a delta against a base, a kept form, or the canonical
+// bytes: an entry grows with what the checkpoint adds, not with its context) and its ref move.
+// A move to the next manifest (ToNext) is written as one to the entry's last manifest.
+//
+//	"DSJ\x01" epoch(16) uvarint seq  varint now(Unix ns)
+//	uvarint n, n × (digest(32) uvarint size uvarint stored byte codec varint modtime)
+//	uvarint m, m × (uvarint len, form)
+//	byte ref (0 none, 1 set, 2 set to the last manifest)
+//	     [byte kind, uvarint len, name, expected(32), (ref 1) target(32)]
+func encodeJournal(epoch [16]byte, seq uint64, now time.Time, chunks []cas.Info, forms [][]byte, ref *RefMove) []byte {
+	n := len(journalMagic) + 16 + 3*binary.MaxVarintLen64 + len(chunks)*(32+4*binary.MaxVarintLen64) + 1
+	for _, f := range forms {
+		n += binary.MaxVarintLen64 + len(f)
+	}
+	if ref != nil {
+		n += 1 + binary.MaxVarintLen64 + len(ref.Name) + 64
 	}
 	b := make([]byte, 0, n)
 	b = append(b, journalMagic...)
 	b = append(b, epoch[:]...)
 	b = binary.AppendUvarint(b, seq)
-	b = binary.AppendVarint(b, p.now.UnixNano())
-	b = binary.AppendUvarint(b, uint64(len(c.Chunks)))
-	for _, in := range c.Chunks {
+	b = binary.AppendVarint(b, now.UnixNano())
+	b = binary.AppendUvarint(b, uint64(len(chunks)))
+	for _, in := range chunks {
 		b = append(b, in.Digest[:]...)
 		b = binary.AppendUvarint(b, uint64(in.Size))
 		b = binary.AppendUvarint(b, uint64(in.StoredSize))
@@ -406,14 +531,21 @@ func encodeJournal(epoch [16]byte, seq uint64, p *prepared) []byte {
 		b = binary.AppendUvarint(b, uint64(len(f)))
 		b = append(b, f...)
 	}
-	if c.Ref == nil {
+	if ref == nil {
 		return append(b, 0)
 	}
-	b = append(b, 1, byte(c.Ref.Kind))
-	b = binary.AppendUvarint(b, uint64(len(c.Ref.Name)))
-	b = append(b, c.Ref.Name...)
-	b = append(b, c.Ref.Expected[:]...)
-	return append(b, c.Ref.Target[:]...)
+	kind := byte(1)
+	if ref.ToNext {
+		kind = 2
+	}
+	b = append(b, kind, byte(ref.Kind))
+	b = binary.AppendUvarint(b, uint64(len(ref.Name)))
+	b = append(b, ref.Name...)
+	b = append(b, ref.Expected[:]...)
+	if ref.ToNext {
+		return b
+	}
+	return append(b, ref.Target[:]...)
 }
 
 // decodeJournal decodes a journal entry strictly, but for its manifests, left in stored form
@@ -445,14 +577,18 @@ func decodeJournal(b []byte) (*journalEntry, error) {
 		}
 		e.forms = append(e.forms, f)
 	}
-	switch r.byte() {
+	switch ref := r.byte(); ref {
 	case 0:
-	case 1:
+	case 1, 2:
 		mv := &RefMove{Kind: RefKind(r.byte())}
 		mv.Name = string(r.bytes(int(r.count(1))))
 		mv.Expected = ID(r.bytes(32))
-		mv.Target = ID(r.bytes(32))
-		e.c.Ref = mv
+		if ref == 1 {
+			mv.Target = ID(r.bytes(32))
+		} else if len(e.forms) == 0 {
+			r.fail()
+		}
+		e.c.Ref, e.refToLast = mv, ref == 2
 	default:
 		r.fail()
 	}
@@ -475,6 +611,14 @@ func (ix *Index) resolve(e *journalEntry) (Commit, error) {
 	err := ix.db.View(func(tx *bolt.Tx) error {
 		mb := tx.Bucket(bucketManifests)
 		for i, f := range e.forms {
+			if base, ok := keptBase(f); ok {
+				m, err := ix.resolveKept(mb, c.Manifests, base, f)
+				if err != nil {
+					return fmt.Errorf("journal entry %d: manifest %d: %w", e.seq, i, err)
+				}
+				c.Manifests = append(c.Manifests, m)
+				continue
+			}
 			data := f
 			if bytes.HasPrefix(f, []byte(deltaMagic)) && len(f) >= len(deltaMagic)+32 {
 				base := ID(f[len(deltaMagic) : len(deltaMagic)+32])
@@ -496,7 +640,43 @@ func (ix *Index) resolve(e *journalEntry) (Commit, error) {
 		}
 		return nil
 	})
+	if err == nil && e.refToLast {
+		mv := *c.Ref
+		mv.Target = c.Manifests[len(c.Manifests)-1].id
+		c.Ref = &mv
+	}
 	return c, err
+}
+
+// resolveKept rebuilds the manifest of kept form f, whose base is an earlier manifest of the
+// entry (one of earlier) or one in the index.
+func (ix *Index) resolveKept(mb *bolt.Bucket, earlier []*Encoded, base ID, f []byte) (*Encoded, error) {
+	var regions []Region
+	if j := slices.IndexFunc(earlier, func(m *Encoded) bool { return m.id == base }); j >= 0 {
+		regions = earlier[j].m.Regions
+	} else {
+		v := mb.Get(base[:])
+		if v == nil {
+			return nil, fmt.Errorf("%w: the base of its kept form, %s", ErrMissingParent, base)
+		}
+		data, err := storedBytes(mb, v)
+		if err == nil && cas.Sum(data) != base {
+			err = fmt.Errorf("stored bytes hash to %s", cas.Sum(data))
+		}
+		var bm *Manifest
+		if err == nil {
+			bm, err = decodeRegions(data)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: manifest %s: %w", ErrCorruptIndex, base, err)
+		}
+		regions = bm.Regions
+	}
+	m, err := decodeKept(f, regions)
+	if err != nil {
+		return nil, err
+	}
+	return m.EncodedOwned()
 }
 
 // journalReader reads a journal entry; after the first error every read returns zeros.

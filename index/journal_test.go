@@ -286,7 +286,7 @@ func TestJournalEntryRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	epoch := [16]byte{1, 2, 3}
-	b := encodeJournal(epoch, 7, p)
+	b := encodeJournal(epoch, 7, p.now, p.c.Chunks, p.forms(), p.c.Ref)
 	e, err := decodeJournal(b)
 	if err != nil || e.epoch != epoch || e.seq != 7 || !e.now.Equal(now) {
 		t.Fatalf("decode: %v %+v", err, e)
@@ -363,7 +363,7 @@ func FuzzJournalEntry(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		f.Add(encodeJournal([16]byte{9}, 1, p))
+		f.Add(encodeJournal([16]byte{9}, 1, p.now, p.c.Chunks, p.forms(), p.c.Ref))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, err := decodeJournal(b)
@@ -450,7 +450,7 @@ func TestJournalSkipsUnacknowledgedEntries(t *testing.T) {
 	}
 	d.ix.j.mu.Lock()
 	d.ix.j.seq++
-	payload := encodeJournal(d.ix.j.epoch, d.ix.j.seq, p)
+	payload := encodeJournal(d.ix.j.epoch, d.ix.j.seq, p.now, p.c.Chunks, p.forms(), p.c.Ref)
 	d.ix.j.mu.Unlock()
 	b := cas.NewBatch(d.store)
 	if _, err := b.(cas.JournalBatch).CommitJournal(ctx, payload); err != nil {
@@ -467,5 +467,164 @@ func TestJournalSkipsUnacknowledgedEntries(t *testing.T) {
 	c.wantHead(second, "b")
 	if _, err := c.ix.Manifest(e.ID()); !errors.Is(err, ErrManifestNotFound) {
 		t.Fatalf("the unacknowledged entry's manifest: %v", err)
+	}
+}
+
+// commitNext is commitOn with the manifest handed over unencoded (Commit.Next) and the ref
+// moved to it (ToNext): a kept form goes into the journal when the parent is recent.
+func (d *journalDir) commitNext(parent, expected ID, old []string, parts ...string) (ID, error) {
+	ctx := context.Background()
+	release := d.ix.HoldGC()
+	defer release()
+	b := cas.NewBatch(d.store)
+	defer b.Discard()
+	var infos []cas.Info
+	var refs []ChunkRef
+	for _, p := range old {
+		refs = append(refs, ChunkRef{Digest: cas.Sum([]byte(p)), Length: int64(len(p))})
+	}
+	for _, p := range parts {
+		in, err := b.Put(ctx, []byte(p), cas.HintNone)
+		if err != nil {
+			return ID{}, err
+		}
+		infos = append(infos, in)
+		refs = append(refs, ChunkRef{Digest: in.Digest, Length: in.Size})
+	}
+	m := &Manifest{Kind: "file", Parent: parent, Regions: []Region{{Name: "r", Chunks: refs}},
+		Meta: map[string]Value{"turn": Uint64(uint64(len(refs)))}}
+	want, err := (&Manifest{Kind: m.Kind, Parent: parent, Regions: m.Regions, Meta: m.Meta}).Encoded()
+	if err != nil {
+		return ID{}, err
+	}
+	next := Defer(m)
+	if _, err := d.ix.CommitBatch(ctx, b, func() (Commit, error) {
+		return Commit{Chunks: infos, Next: next, Ref: &RefMove{Kind: RefSession, Name: "s", Expected: expected, ToNext: true}}, nil
+	}); err != nil {
+		return ID{}, err
+	}
+	if e := next.Encoded(); e == nil || e.ID() != want.ID() || !bytes.Equal(e.Bytes(), want.Bytes()) {
+		return ID{}, fmt.Errorf("committed %v, want the encoding of %s", e, want.ID())
+	}
+	return want.ID(), nil
+}
+
+// journalForms returns the forms of the manifests of every journal entry in d's store, in the
+// store's order.
+func (d *journalDir) journalForms() [][][]byte {
+	d.t.Helper()
+	var forms [][][]byte
+	if err := d.store.JournalEntries(func(b []byte) error {
+		e, err := decodeJournal(b)
+		if err != nil {
+			return err
+		}
+		var fs [][]byte
+		for _, f := range e.forms {
+			fs = append(fs, bytes.Clone(f))
+		}
+		forms = append(forms, fs)
+		return nil
+	}); err != nil {
+		d.t.Fatal(err)
+	}
+	return forms
+}
+
+// TestJournalCarriesKeptForms: a manifest handed over unencoded, whose parent the index
+// committed recently, is journaled in kept form (its new references only), and a replay after
+// a crash rebuilds it and moves the ref to it; one whose parent is not recent goes the usual way.
+func TestJournalCarriesKeptForms(t *testing.T) {
+	dir := t.TempDir()
+	d := openJournalDir(t, dir)
+	var refs []string
+	for i := 0; i < 400; i++ {
+		refs = append(refs, fmt.Sprintf("block %d", i))
+	}
+	head, err := d.commitNext(ID{}, ID{}, nil, refs...) // no parent: encoded first
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.wantHead(head, refs...)
+	var next ID
+	crash := d.crashAfter(func() (err error) {
+		next, err = d.commitNext(head, head, refs, "block 400")
+		return err
+	})
+	refs = append(refs, "block 400")
+	c := openJournalDir(t, crash)
+	defer c.close()
+	c.wantHead(next, refs...)
+	forms := c.journalForms()
+	if len(forms) != 2 || len(forms[0]) != 1 || len(forms[1]) != 1 {
+		t.Fatalf("journal forms %d", len(forms))
+	}
+	if bytes.HasPrefix(forms[0][0], []byte(keptMagic)) || !bytes.HasPrefix(forms[1][0], []byte(keptMagic)) {
+		t.Fatalf("forms start %q and %q: want the second only in kept form", forms[0][0][:4], forms[1][0][:4])
+	}
+	if base, _ := keptBase(forms[1][0]); base != head || len(forms[1][0]) > 200 {
+		t.Fatalf("kept form of %d bytes on %s, want a small one on %s", len(forms[1][0]), base, head)
+	}
+	// The replayed index goes on: a third commit, on a parent it did not commit itself.
+	third, err := c.commitNext(next, next, refs, "block 401")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.wantHead(third, append(refs, "block 401")...)
+}
+
+// TestJournalKeptRefused: a kept-form commit refused by the check that runs beside its barrier
+// fails with the check's error, and its entry, durable, is never applied: not by this index,
+// nor by one reopened on the same files after what the check missed was supplied directly (the
+// entry's number is recorded as applied); the next commit goes through.
+func TestJournalKeptRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		expected func(head ID) ID
+		old      []string
+		want     error
+	}{
+		{"ref moved meanwhile", func(ID) ID { return ID{7} }, nil, ErrConflict},
+		{"chunk missing", func(head ID) ID { return head }, []string{"stored later"}, ErrMissingChunks},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			d := openJournalDir(t, dir)
+			head, err := d.commitNext(ID{}, ID{}, nil, "a", "b")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = d.commitNext(head, tc.expected(head), append([]string{"a", "b"}, tc.old...), "c")
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("refused commit: %v, want %v", err, tc.want)
+			}
+			d.wantHead(head, "a", "b")
+			// What the check missed, supplied directly: a replay's check would now pass.
+			in, err := d.store.Put(ctx, []byte("stored later"), cas.HintNone)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := d.ix.RecordChunks(ctx, []cas.Info{in}); err != nil {
+				t.Fatal(err)
+			}
+			crash := filepath.Join(t.TempDir(), "crash")
+			copyTree(t, dir, crash)
+			next, err := d.commitNext(head, head, []string{"a", "b"}, "d")
+			if err != nil {
+				t.Fatal(err)
+			}
+			d.wantHead(next, "a", "b", "d")
+			d.close()
+			c := openJournalDir(t, crash)
+			defer c.close()
+			if forms := c.journalForms(); len(forms) != 2 || !bytes.HasPrefix(forms[1][0], []byte(keptMagic)) {
+				t.Fatalf("%d journal entries: want the refused one durable, in kept form", len(forms))
+			}
+			c.wantHead(head, "a", "b")
+			if _, err := c.ix.Chunk(cas.Sum([]byte("c"))); !errors.Is(err, ErrChunkNotRecorded) {
+				t.Fatalf("the refused commit's chunk is recorded: %v", err)
+			}
+		})
 	}
 }

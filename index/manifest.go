@@ -272,6 +272,15 @@ func (m *Manifest) sizeHint() int {
 }
 
 func (m *Manifest) encode(b []byte) ([]byte, error) {
+	return m.encodeKeeping(append(b, manifestMagic...), nil)
+}
+
+// encodeKeeping appends m's encoding after the magic to b, checking the encoding's rules (see
+// Encode). With keep nil that is the canonical encoding; otherwise each region's chunk list is
+// written as keep[i] (the number of its first references that the kept form takes from its
+// base: see kept.go), the count of the rest, then the rest. Only the rest is checked: the first
+// keep[i] references are the base's, checked when it was encoded.
+func (m *Manifest) encodeKeeping(b []byte, keep []int) ([]byte, error) {
 	if !validKind(m.Kind) {
 		return nil, badf("kind %q: want 1..%d characters of [a-z0-9._-]", trunc(m.Kind), MaxKindLen)
 	}
@@ -282,7 +291,6 @@ func (m *Manifest) encode(b []byte) ([]byte, error) {
 		return nil, badf("%d metadata entries, at most %d", len(m.Meta), MaxMetaEntries)
 	}
 	size := 0 // running size, checked against MaxManifestSize as we go (cheap, no overflow)
-	b = append(b, manifestMagic...)
 	b = appendStr(b, m.Kind)
 	b = append(b, m.Parent[:]...)
 	b = binary.AppendUvarint(b, uint64(len(m.Regions)))
@@ -300,15 +308,20 @@ func (m *Manifest) encode(b []byte) ([]byte, error) {
 			return nil, badf("larger than %d bytes", MaxManifestSize)
 		}
 		b = appendStr(b, r.Name)
-		b = binary.AppendUvarint(b, uint64(len(r.Chunks)))
+		chunks := r.Chunks
+		if keep != nil {
+			b = binary.AppendUvarint(b, uint64(keep[i]))
+			chunks = chunks[keep[i]:]
+		}
+		b = binary.AppendUvarint(b, uint64(len(chunks)))
 		// Written in place (thousands of references: append's checks and a memmove call for
 		// each digest cost more than the bytes): the digest as one 32-byte store, the length.
-		b = slices.Grow(b, len(r.Chunks)*(len(cas.Digest{})+binary.MaxVarintLen64))
+		b = slices.Grow(b, len(chunks)*(len(cas.Digest{})+binary.MaxVarintLen64))
 		out, w := b[len(b):cap(b)], 0
-		for j := range r.Chunks {
-			c := &r.Chunks[j]
+		for j := range chunks {
+			c := &chunks[j]
 			if c.Length < 1 || c.Length > MaxChunkLength {
-				return nil, badf("region %q chunk %d (%s): length %d out of range 1..%d", trunc(r.Name), j, c.Digest, c.Length, MaxChunkLength)
+				return nil, badf("region %q chunk %d (%s): length %d out of range 1..%d", trunc(r.Name), len(r.Chunks)-len(chunks)+j, c.Digest, c.Length, MaxChunkLength)
 			}
 			*(*cas.Digest)(out[w:]) = c.Digest
 			w += len(c.Digest)
@@ -496,7 +509,12 @@ func (d *decoder) manifest() (*Manifest, error) {
 }
 
 // headAndRegions reads the kind, parent and regions of m, after the magic.
-func (d *decoder) headAndRegions(m *Manifest) error {
+func (d *decoder) headAndRegions(m *Manifest) error { return d.headAndRegionsKept(m, nil, false) }
+
+// headAndRegionsKept is headAndRegions, and with kept set reads the kept form's chunk lists
+// (see encodeKeeping), taking region i's first references from base[i], which must have the
+// same name.
+func (d *decoder) headAndRegionsKept(m *Manifest, base []Region, kept bool) error {
 	var err error
 	if m.Kind, err = d.str("kind", MaxKindLen); err != nil {
 		return err
@@ -518,14 +536,31 @@ func (d *decoder) headAndRegions(m *Manifest) error {
 		if r.Name, err = d.str("region name", MaxNameLen); err != nil {
 			return err
 		}
-		nc, err := d.count("chunk count", math.MaxInt32, 33)
+		var from []ChunkRef // the references taken from base
+		if kept {
+			k, err := d.uvarint("kept chunk count")
+			if err != nil {
+				return err
+			}
+			if k > 0 {
+				if i >= len(base) || base[i].Name != r.Name {
+					return d.errf("region %d (%q) keeps %d chunks of a base that has no such region", i, trunc(r.Name), k)
+				}
+				if k > uint64(len(base[i].Chunks)) {
+					return d.errf("region %q keeps %d chunks of a base region of %d", trunc(r.Name), k, len(base[i].Chunks))
+				}
+				from = base[i].Chunks[:k]
+			}
+		}
+		nc, err := d.count("chunk count", math.MaxInt32-uint64(len(from)), 33)
 		if err != nil {
 			return err
 		}
-		if nc > 0 {
-			r.Chunks = make([]ChunkRef, nc)
+		if n := len(from) + nc; n > 0 {
+			r.Chunks = make([]ChunkRef, n)
 		}
-		for j := range r.Chunks {
+		copy(r.Chunks, from)
+		for j := len(from); j < len(r.Chunks); j++ {
 			dg, err := d.bytes(32, "chunk digest")
 			if err != nil {
 				return err

@@ -78,17 +78,83 @@ type Commit struct {
 	// Chunks) and its parent present or earlier in the list. Their regions are kept (the
 	// index remembers recent manifests): do not modify them afterwards.
 	Manifests []*Encoded
+	// Next, when not nil, is one more manifest, committed after Manifests, handed over before
+	// it is encoded: the commit encodes it, and CommitBatch with a journal does so while the
+	// barrier runs (see Deferred).
+	Next *Deferred
 	// Ref, when set, is moved last, with compare-and-swap (as CompareAndSwapRef): its target
-	// may be one of Manifests.
+	// may be one of Manifests, or Next.
 	Ref *RefMove
 }
 
 // RefMove is a compare-and-swap of ref Kind/Name from Expected (zero: the ref must not exist) to
-// Target (zero: delete it).
+// Target (zero: delete it), or, with ToNext, to the commit's Next manifest (Target must then be
+// zero: Next's ID is not known before the commit encodes it).
 type RefMove struct {
 	Kind             RefKind
 	Name             string
 	Expected, Target ID
+	ToNext           bool
+}
+
+// Deferred is a manifest handed to a commit unencoded (Commit.Next). The commit encodes it (as
+// EncodedOwned: its regions and their chunk lists become the index's, and nobody may modify
+// them afterwards). CommitBatch, when its store journals and the manifest's parent is one this
+// Index committed recently, writes it to the journal in kept form (the references it shares
+// with its parent left out, see kept.go) and encodes, hashes and checks it while the journal
+// entry's barrier runs: for a checkpoint of a long context, the work that grows with the
+// context leaves the commit's critical path. A Deferred is committed once.
+type Deferred struct {
+	m   *Manifest
+	enc *Encoded
+}
+
+// Defer hands m to a commit (see Deferred); m must not be modified afterwards.
+func Defer(m *Manifest) *Deferred { return &Deferred{m: m} }
+
+// Encoded returns the manifest's encoding once the commit that carried d encoded it (always
+// when the commit returned nil); nil before.
+func (d *Deferred) Encoded() *Encoded { return d.enc }
+
+// encode encodes d once.
+func (d *Deferred) encode() (*Encoded, error) {
+	if d.enc == nil {
+		e, err := d.m.EncodedOwned()
+		if err != nil {
+			return nil, err
+		}
+		d.enc = e
+	}
+	return d.enc, nil
+}
+
+// validNext checks that a move to the next manifest comes with one, and names no target.
+func (c Commit) validNext() error {
+	if mv := c.Ref; mv != nil && mv.ToNext && (c.Next == nil || !mv.Target.IsZero()) {
+		return fmt.Errorf("move %s %q to the next manifest: the commit has no next manifest, or the move also names a target", mv.Kind, mv.Name)
+	}
+	return nil
+}
+
+// settled returns c with its Next encoded and appended to its Manifests, and its ref's ToNext
+// resolved to Next's ID. c itself is not modified (but for Next's encoding).
+func (c Commit) settled() (Commit, error) {
+	if err := c.validNext(); err != nil {
+		return Commit{}, err
+	}
+	if c.Next == nil {
+		return c, nil
+	}
+	e, err := c.Next.encode()
+	if err != nil {
+		return Commit{}, err
+	}
+	c.Manifests = append(c.Manifests[:len(c.Manifests):len(c.Manifests)], e)
+	c.Next = nil
+	if mv := c.Ref; mv != nil && mv.ToNext {
+		c.Ref = &RefMove{Kind: mv.Kind, Name: mv.Name, Expected: mv.Expected, Target: e.ID()}
+	}
+	return c, nil
 }
 
 // Commit commits c in one transaction. Errors are those of RecordChunks, PutManifest (a
@@ -97,6 +163,10 @@ type RefMove struct {
 // is committed.
 func (ix *Index) Commit(ctx context.Context, c Commit) error {
 	if err := ctxErr(ctx); err != nil {
+		return err
+	}
+	c, err := c.settled()
+	if err != nil {
 		return err
 	}
 	p, err := ix.prepare(c)
@@ -124,6 +194,9 @@ func (ix *Index) prepare(c Commit) (*prepared, error) { return ix.prepareAt(c, i
 
 // prepareAt prepares c for a transaction that records now as its time.
 func (ix *Index) prepareAt(c Commit, now time.Time) (*prepared, error) {
+	if c.Next != nil || (c.Ref != nil && c.Ref.ToNext) {
+		return nil, fmt.Errorf("index: commit with its next manifest not settled") // see Commit.settled
+	}
 	if err := validInfos(c.Chunks); err != nil {
 		return nil, err
 	}
