@@ -831,7 +831,7 @@ const (
 	attnDecSPB    = 8        // most splits per ds_attn_dec block (ATT_DEC_SPB)
 	attnDecShared = 46 << 10 // bound on ds_attn_dec's dynamic shared memory (static: 2 KiB)
 	attnDecKS     = 36       // floats per staged row of ds_attn_dec (ATT_KS)
-	attnDecBlocks = 396      // ds_attn_dec blocks aimed at: three per SM of an H100
+	attnDecBlocks = 396      // ds_attn_dec blocks aimed at (3 per SM of an H100; at 128 registers 2 of 256 threads fit at once)
 )
 
 func (s *Stream) elementwise(name string, count int, args *argSlots) error {

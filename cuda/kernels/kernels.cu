@@ -1879,7 +1879,7 @@ __device__ __forceinline__ void attn_dec_body(float* __restrict__ out, const flo
     }
 }
 #define ATTN_DEC_KERNEL(J)                                                                             \
-    extern "C" __global__ void __launch_bounds__(256, 3)                                               \
+    extern "C" __global__ void __launch_bounds__(256, 2)                                               \
         ds_attn_dec##J(float* out, const float* q, int n, int nheads, int pos0, int bsize, int nkv,    \
                        int hd, int kvtype, const u64* blocks, float scale, int nsplit, int spb,        \
                        float* part, unsigned* cnt) {                                                   \
