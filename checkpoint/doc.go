@@ -79,18 +79,22 @@ package checkpoint
 // which asks the guest only for blocks allocated since it last asked (engine.Instance.KVTable).
 // The chunks go through one store batch (cas.NewBatch) and index.CommitBatch: where the store
 // journals (a pack store), the chunks and a journal entry holding the index commit (chunk
-// records, the manifest as its delta form, the head's move) are made durable by one barrier,
-// and the index file catches up in the background; elsewhere the chunks' barrier comes first
-// and one index transaction follows. Either way a chunk is never recorded without the manifest
-// or the manifest committed without its chunks durable and recorded. The manifest of the whole
+// records, the manifest, the head's move) are made durable by one barrier, and the index file
+// catches up in the background; elsewhere the chunks' barrier comes first and one index
+// transaction follows. Either way a chunk is never recorded without the manifest or the
+// manifest committed without its chunks durable and recorded. The manifest of the whole
 // context (a list of chunk references, about 35 bytes per block: 143 KB at 4096 positions of
-// the Llama-3.2-1B shape) is built and encoded in one buffer while the batch's chunks are
-// written, and handed to the index without a copy of its lists (index.Manifest.EncodedOwned:
-// the committed Checkpoint's KV and State lists are read-only from then on). The index compares
-// them with the parent's, a run of references at a time, looks up only the chunks the parent
-// does not name at the same place, and stores the manifest as a delta against the session's
-// last full manifest (index/delta.go). What still grows with the context is that manifest:
-// built, hashed and compared, ≈ 0.5 ms at 4096 positions on this project's 2-core machine.
+// the Llama-3.2-1B shape) is handed to the index unencoded, sharing the checkpoint's lists
+// (index.Defer: the committed Checkpoint's KV and State lists are read-only from then on). When
+// the parent is a manifest the index committed recently, the journal entry carries the
+// manifest in kept form — the references it shares with its parent left out, so the entry
+// grows with the new tokens — written before the manifest is encoded; the encoding, its hash
+// (the ID), the comparison with the parent (a run of references at a time, looking up only the
+// chunks the parent does not name at the same place) and the commit's check run while the
+// entry's barrier does. The index stores the manifest as a delta against the session's last
+// full manifest (index/delta.go). What still grows with the context is that work beside the
+// barrier (≈ 0.2 ms of CPU at 4096 positions on this project's 2-core machine) and the
+// snapshot's reference lists.
 // Result's phases say where the time goes (BenchmarkIncremental1B measures them).
 // A session's head moves by compare-and-swap in the same commit (CaptureOptions.MoveRef; package
 // session).

@@ -133,98 +133,57 @@ func (ix *Index) CommitBatch(ctx context.Context, batch cas.Batch, build func() 
 		err = ix.Commit(ctx, c)
 		return time.Since(t0), err
 	}
-	// One goroutine writes the batch's chunks held in memory (and starts their writeback) while
-	// the commit is built, then the journal entry it is handed, and waits for the barrier.
-	bar := startBarrier(ctx, batch, jb)
+	// A batch that holds its chunks in memory writes them (and starts their writeback) while
+	// the commit is built (and checked): the barrier then has less left to wait for.
+	flushed := make(chan error, 1)
+	if f, ok := batch.(flusher); ok {
+		go func() { flushed <- f.Flush() }()
+	} else {
+		flushed <- nil
+	}
 	c, err := build()
 	if err != nil {
-		bar.abandon()
+		<-flushed
+		batch.Discard()
 		return 0, err
 	}
-	return 0, ix.commitJournaled(ctx, bar, c)
+	return 0, ix.commitJournaled(ctx, batch, jb, c, flushed)
 }
 
 // flusher is a batch that can write the chunks it holds before its commit (cas.Retainer).
 type flusher interface{ Flush() error }
 
-// barrier is a journaled commit's writer: a goroutine that writes the batch's chunks, then the
-// journal entry handed to it (commit), and makes both durable with one barrier; or discards
-// the batch (abandon). Handing the entry to the goroutine already running, rather than starting
-// one, spares a thread's wake-up on each side of the barrier.
-type barrier struct {
-	entry   chan []byte // one entry, or closed to abandon
-	done    chan struct{}
-	release func() // the entry's pin, once done and err is nil
-	err     error
-}
-
-// startBarrier starts batch's writer.
-func startBarrier(ctx context.Context, batch cas.Batch, jb cas.JournalBatch) *barrier {
-	b := &barrier{entry: make(chan []byte, 1), done: make(chan struct{})}
-	go func() {
-		defer close(b.done)
-		var ferr error
-		if f, ok := batch.(flusher); ok {
-			ferr = f.Flush()
-		}
-		entry, ok := <-b.entry
-		if !ok || ferr != nil {
-			batch.Discard()
-			b.err = errAbandoned
-			if ferr != nil {
-				b.err = fmt.Errorf("write the batch's chunks: %w", ferr)
-			}
-			return
-		}
-		b.release, b.err = jb.CommitJournal(ctx, entry)
-	}()
-	return b
-}
-
-var errAbandoned = errors.New("index: journaled commit abandoned")
-
-// commit hands the writer the journal entry; wait returns the outcome.
-func (b *barrier) commit(entry []byte) { b.entry <- entry }
-
-// wait waits for the writer and returns the entry's pin, or the error of the chunks' write or
-// of the barrier (the entry may be durable all the same, see cas.JournalBatch).
-func (b *barrier) wait() (release func(), err error) {
-	<-b.done
-	return b.release, b.err
-}
-
-// abandon discards the batch, nothing handed to the writer, and returns err.
-func (b *barrier) abandon() {
-	close(b.entry)
-	<-b.done
-}
-
-// commitJournaled is CommitBatch's journal path, bar the batch's writer.
+// commitJournaled is CommitBatch's journal path; flushed delivers the outcome of the batch's
+// early write (the batch is not used before it does).
 //
-// A commit is checked, written as a journal entry and made durable with its chunks by one
-// barrier, then handed to the background apply. A commit whose Next manifest's parent this
-// Index committed recently goes another way: its entry carries Next in kept form (see
-// kept.go), written before Next is encoded, and Next is encoded, planned and checked while the
-// barrier runs. A commit refused then has a durable entry: its number is recorded as applied
-// (skipJournaled), so no reopen applies it.
-func (ix *Index) commitJournaled(ctx context.Context, bar *barrier, c Commit) error {
-	fail := func(err error) error {
-		bar.abandon()
+// A commit is checked while the batch's chunks are written, then written as a journal entry
+// and made durable with its chunks by one barrier, then handed to the background apply. A
+// commit whose Next manifest's parent this Index committed recently goes another way: its
+// entry carries Next in kept form (see kept.go), written before Next is encoded, and Next is
+// encoded, planned and checked on another goroutine while the barrier runs. A commit refused
+// then has a durable entry: its number is recorded as applied (skipJournaled), so no reopen
+// applies it.
+func (ix *Index) commitJournaled(ctx context.Context, batch cas.Batch, jb cas.JournalBatch, c Commit, flushed <-chan error) error {
+	discard := func(err error) error {
+		if flushed != nil {
+			<-flushed
+		}
+		batch.Discard()
 		return err
 	}
 	if err := ctxErr(ctx); err != nil {
-		return fail(err)
+		return discard(err)
 	}
 	if err := c.validNext(); err != nil {
-		return fail(err)
+		return discard(err)
 	}
 	ix.j.mu.Lock()
 	defer ix.j.mu.Unlock()
 	if err := ix.waitApplied(); err != nil {
-		return fail(err)
+		return discard(err)
 	}
 	if ix.db.IsReadOnly() {
-		return fail(fmt.Errorf("%w: %s", ErrReadOnly, ix.path))
+		return discard(fmt.Errorf("%w: %s", ErrReadOnly, ix.path))
 	}
 	now := ix.now()
 	var kept []byte // Next's kept form, when it goes in before its encoding
@@ -232,51 +191,63 @@ func (ix *Index) commitJournaled(ctx context.Context, bar *barrier, c Commit) er
 		if parent, ok := ix.recentManifest(c.Next.m.Parent); ok {
 			var err error
 			if kept, err = encodeKept(c.Next.m, parent.id, parent.regions); err != nil {
-				return fail(err)
+				return discard(err)
 			}
 		}
 	}
-	check := func() (*prepared, error) {
+	type checked struct {
+		p   *prepared
+		err error
+	}
+	check := func() checked {
 		sc, err := c.settled()
 		if err != nil {
-			return nil, err
+			return checked{err: err}
 		}
 		p, err := ix.prepareAt(sc, now)
-		if err != nil {
-			return nil, err
+		if err == nil {
+			err = ix.db.View(p.check)
 		}
-		return p, ix.db.View(p.check)
+		return checked{p, err}
 	}
-	var p *prepared
+	result := make(chan checked, 1) // the check's outcome: before the barrier, or beside it
 	if kept == nil {
-		var err error
-		if p, err = check(); err != nil {
-			return fail(err)
+		r := check()
+		if r.err != nil {
+			return discard(r.err)
 		}
+		result <- r
+	}
+	if err := <-flushed; err != nil {
+		flushed = nil
+		return discard(fmt.Errorf("write the batch's chunks: %w", err))
+	}
+	if kept != nil {
+		// Started once the chunks are written (work beside the write slows it, on a machine
+		// of few cores, more than work beside the barrier's wait).
+		go func() { result <- check() }()
 	}
 	// The number is spent even when the commit fails: its entry may still reach the disk (see
 	// cas.JournalBatch), and a later entry must never share its number.
 	ix.j.seq++
 	seq := ix.j.seq
-	if p != nil {
-		bar.commit(encodeJournal(ix.j.epoch, seq, now, p.c.Chunks, p.forms(), p.c.Ref))
-		release, err := bar.wait()
-		if err != nil {
-			return err
-		}
-		ix.applyLater(p, seq, release)
-		return nil
+	var entry []byte
+	if kept == nil {
+		r := <-result
+		entry = encodeJournal(ix.j.epoch, seq, now, r.p.c.Chunks, r.p.forms(), r.p.c.Ref)
+		result <- r
+	} else {
+		entry = encodeJournal(ix.j.epoch, seq, now, c.Chunks, [][]byte{kept}, c.Ref)
 	}
-	bar.commit(encodeJournal(ix.j.epoch, seq, now, c.Chunks, [][]byte{kept}, c.Ref))
-	p, err := check()
-	release, berr := bar.wait()
-	if berr != nil {
-		return berr
-	}
+	release, err := jb.CommitJournal(ctx, entry)
+	r := <-result
 	if err != nil {
-		return ix.skipJournaled(seq, release, err)
+		return err
 	}
-	ix.applyLater(p, seq, release)
+	if r.err != nil {
+		return ix.skipJournaled(seq, release, r.err)
+	}
+	ix.applyLater(r.p, seq, release)
 	return nil
 }
 

@@ -533,7 +533,8 @@ func (d *journalDir) journalForms() [][][]byte {
 
 // TestJournalCarriesKeptForms: a manifest handed over unencoded, whose parent the index
 // committed recently, is journaled in kept form (its new references only), and a replay after
-// a crash rebuilds it and moves the ref to it; one whose parent is not recent goes the usual way.
+// a crash rebuilds it (here on a base the index stores as a delta) and moves the ref to it; one
+// whose parent is not recent goes the usual way.
 func TestJournalCarriesKeptForms(t *testing.T) {
 	dir := t.TempDir()
 	d := openJournalDir(t, dir)
@@ -546,31 +547,38 @@ func TestJournalCarriesKeptForms(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.wantHead(head, refs...)
-	var next ID
-	crash := d.crashAfter(func() (err error) {
-		next, err = d.commitNext(head, head, refs, "block 400")
-		return err
-	})
-	refs = append(refs, "block 400")
-	c := openJournalDir(t, crash)
-	defer c.close()
-	c.wantHead(next, refs...)
-	forms := c.journalForms()
-	if len(forms) != 2 || len(forms[0]) != 1 || len(forms[1]) != 1 {
-		t.Fatalf("journal forms %d", len(forms))
-	}
-	if bytes.HasPrefix(forms[0][0], []byte(keptMagic)) || !bytes.HasPrefix(forms[1][0], []byte(keptMagic)) {
-		t.Fatalf("forms start %q and %q: want the second only in kept form", forms[0][0][:4], forms[1][0][:4])
-	}
-	if base, _ := keptBase(forms[1][0]); base != head || len(forms[1][0]) > 200 {
-		t.Fatalf("kept form of %d bytes on %s, want a small one on %s", len(forms[1][0]), base, head)
-	}
-	// The replayed index goes on: a third commit, on a parent it did not commit itself.
-	third, err := c.commitNext(next, next, refs, "block 401")
+	second, err := d.commitNext(head, head, refs, "block 400")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.wantHead(third, append(refs, "block 401")...)
+	refs = append(refs, "block 400")
+	d.wantHead(second, refs...)
+	var third ID
+	crash := d.crashAfter(func() (err error) {
+		third, err = d.commitNext(second, second, refs, "block 401")
+		return err
+	})
+	refs = append(refs, "block 401")
+	c := openJournalDir(t, crash)
+	defer c.close()
+	c.wantHead(third, refs...)
+	forms := c.journalForms()
+	if len(forms) != 3 {
+		t.Fatalf("%d journal entries, want 3", len(forms))
+	}
+	for i, base := range []ID{{}, head, second} {
+		f := forms[i][0]
+		got, kept := keptBase(f)
+		if kept != (i > 0) || got != base || (kept && len(f) > 200) {
+			t.Fatalf("entry %d: a form of %d bytes starting %q: want the kept form on %s", i, len(f), f[:4], base)
+		}
+	}
+	// The replayed index goes on: a commit on a parent it did not commit itself.
+	fourth, err := c.commitNext(third, third, refs, "block 402")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.wantHead(fourth, append(refs, "block 402")...)
 }
 
 // TestJournalKeptRefused: a kept-form commit refused by the check that runs beside its barrier
