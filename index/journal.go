@@ -210,22 +210,22 @@ func (ix *Index) commitJournaled(ctx context.Context, batch cas.Batch, jb cas.Jo
 		}
 		return checked{p, err}
 	}
-	result := make(chan checked, 1) // the check's outcome: before the barrier, or beside it
+	var r checked
 	if kept == nil {
-		r := check()
-		if r.err != nil {
+		if r = check(); r.err != nil {
 			return discard(r.err)
 		}
-		result <- r
 	}
 	if err := <-flushed; err != nil {
 		flushed = nil
 		return discard(fmt.Errorf("write the batch's chunks: %w", err))
 	}
+	var beside chan checked // the kept form's check, beside the barrier
 	if kept != nil {
 		// Started once the chunks are written (work beside the write slows it, on a machine
 		// of few cores, more than work beside the barrier's wait).
-		go func() { result <- check() }()
+		beside = make(chan checked, 1)
+		go func() { beside <- check() }()
 	}
 	// The number is spent even when the commit fails: its entry may still reach the disk (see
 	// cas.JournalBatch), and a later entry must never share its number.
@@ -233,14 +233,14 @@ func (ix *Index) commitJournaled(ctx context.Context, batch cas.Batch, jb cas.Jo
 	seq := ix.j.seq
 	var entry []byte
 	if kept == nil {
-		r := <-result
 		entry = encodeJournal(ix.j.epoch, seq, now, r.p.c.Chunks, r.p.forms(), r.p.c.Ref)
-		result <- r
 	} else {
 		entry = encodeJournal(ix.j.epoch, seq, now, c.Chunks, [][]byte{kept}, c.Ref)
 	}
 	release, err := jb.CommitJournal(ctx, entry)
-	r := <-result
+	if beside != nil {
+		r = <-beside
+	}
 	if err != nil {
 		return err
 	}

@@ -103,7 +103,7 @@ type RefMove struct {
 // Index committed recently, writes it to the journal in kept form (the references it shares
 // with its parent left out, see kept.go) and encodes, hashes and checks it while the journal
 // entry's barrier runs: for a checkpoint of a long context, the work that grows with the
-// context leaves the commit's critical path. A Deferred is committed once.
+// context leaves the commit's critical path. A Deferred belongs to one commit at a time.
 type Deferred struct {
 	m   *Manifest
 	enc *Encoded
