@@ -55,21 +55,12 @@ func (d *journalDir) commitOn(parent, expected ID, old []string, parts ...string
 	defer release()
 	b := cas.NewBatch(d.store)
 	defer b.Discard()
-	var infos []cas.Info
-	var refs []ChunkRef
-	for _, p := range old {
-		refs = append(refs, ChunkRef{Digest: cas.Sum([]byte(p)), Length: int64(len(p))})
-	}
-	for _, p := range parts {
-		in, err := b.Put(ctx, []byte(p), cas.HintNone)
-		if err != nil {
-			return ID{}, err
-		}
-		infos = append(infos, in)
-		refs = append(refs, ChunkRef{Digest: in.Digest, Length: in.Size})
+	infos, refs, err := putParts(ctx, b, old, parts)
+	if err != nil {
+		return ID{}, err
 	}
 	var id ID
-	_, err := d.ix.CommitBatch(ctx, b, func() (Commit, error) {
+	_, err = d.ix.CommitBatch(ctx, b, func() (Commit, error) {
 		e, err := (&Manifest{Kind: "file", Parent: parent, Regions: []Region{{Name: "r", Chunks: refs}}}).Encoded()
 		if err != nil {
 			return Commit{}, err
@@ -78,6 +69,25 @@ func (d *journalDir) commitOn(parent, expected ID, old []string, parts ...string
 		return Commit{Chunks: infos, Manifests: []*Encoded{e}, Ref: &RefMove{Kind: RefSession, Name: "s", Expected: expected, Target: id}}, nil
 	})
 	return id, err
+}
+
+// putParts puts parts in b as new chunks and returns their infos, and the references of old
+// (chunks already stored and recorded) followed by those of parts.
+func putParts(ctx context.Context, b cas.Batch, old, parts []string) ([]cas.Info, []ChunkRef, error) {
+	var infos []cas.Info
+	var refs []ChunkRef
+	for _, p := range old {
+		refs = append(refs, ChunkRef{Digest: cas.Sum([]byte(p)), Length: int64(len(p))})
+	}
+	for _, p := range parts {
+		in, err := b.Put(ctx, []byte(p), cas.HintNone)
+		if err != nil {
+			return nil, nil, err
+		}
+		infos = append(infos, in)
+		refs = append(refs, ChunkRef{Digest: in.Digest, Length: in.Size})
+	}
+	return infos, refs, nil
 }
 
 // copyTree copies the regular files under src to dst: the bytes on disk at this moment, as a
@@ -478,18 +488,9 @@ func (d *journalDir) commitNext(parent, expected ID, old []string, parts ...stri
 	defer release()
 	b := cas.NewBatch(d.store)
 	defer b.Discard()
-	var infos []cas.Info
-	var refs []ChunkRef
-	for _, p := range old {
-		refs = append(refs, ChunkRef{Digest: cas.Sum([]byte(p)), Length: int64(len(p))})
-	}
-	for _, p := range parts {
-		in, err := b.Put(ctx, []byte(p), cas.HintNone)
-		if err != nil {
-			return ID{}, err
-		}
-		infos = append(infos, in)
-		refs = append(refs, ChunkRef{Digest: in.Digest, Length: in.Size})
+	infos, refs, err := putParts(ctx, b, old, parts)
+	if err != nil {
+		return ID{}, err
 	}
 	m := &Manifest{Kind: "file", Parent: parent, Regions: []Region{{Name: "r", Chunks: refs}},
 		Meta: map[string]Value{"turn": Uint64(uint64(len(refs)))}}
