@@ -93,12 +93,13 @@ type Result struct {
 	// and writing the chunks, making them durable and committing the manifest that records
 	// them (Store: index.CommitBatch); what is left (Commit).
 	Prepare, Store, Commit time.Duration
-	// Parts of Store: hashing, encoding and writing the chunks (Put); building the manifest
-	// (Encode); and the rest of the commit (Sync: where the store journals, the one barrier of
-	// the chunks and the journal entry, beside which the manifest is encoded, hashed and
-	// checked; elsewhere, the chunks' barrier, which runs beside Encode, then the manifest's
-	// encoding and the index transaction with its own two barriers, which is also Index). With
-	// the journal Index is 0: the index file is brought up to date in the background.
+	// Parts of Store: hashing, encoding and writing the chunks (Put), and the rest of the commit
+	// (Sync: where the store journals, writing the chunks, then the one barrier of the chunks
+	// and the journal entry, beside which the manifest is encoded, hashed and checked;
+	// elsewhere, the chunks' barrier, then the index transaction with its own two barriers,
+	// which is also Index). Encode, within Sync, is the time spent building the manifest, beside
+	// the chunks' write or barrier. With the journal Index is 0: the index file is brought up
+	// to date in the background.
 	Put, Sync, Encode, Index time.Duration
 }
 
@@ -516,7 +517,7 @@ func (s *Snapshot) Commit(ctx context.Context, ix *index.Index) (*Result, error)
 		Checkpoint: cp, Position: cp.Position, Blocks: nb * layout.Layers, BlocksWritten: written,
 		KVBytes: cp.KVBytes(), BytesWritten: bytesWritten.Load(), Duration: s.duration + time.Since(start),
 		Prepare: s.duration, Store: stored.Sub(start),
-		Put: put.Sub(start), Encode: encode, Sync: stored.Sub(put) - encode, Index: ixTime,
+		Put: put.Sub(start), Encode: encode, Sync: stored.Sub(put), Index: ixTime,
 	}
 	res.Commit = res.Duration - res.Prepare - res.Store
 	for i := range jobs {

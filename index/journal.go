@@ -133,41 +133,66 @@ func (ix *Index) CommitBatch(ctx context.Context, batch cas.Batch, build func() 
 		err = ix.Commit(ctx, c)
 		return time.Since(t0), err
 	}
-	// A batch that holds its chunks in memory writes them (and starts their writeback) while
-	// the commit is built (and checked): the barrier then has less left to wait for.
-	flushed := make(chan error, 1)
+	// The commit is built (and a kept form made, see keptForm) on another goroutine while this
+	// one writes the batch's chunks held in memory and starts their writeback: the barrier then
+	// has less left to wait for.
+	type built struct {
+		c    Commit
+		kept []byte
+		err  error
+	}
+	ready := make(chan built, 1)
+	go func() {
+		c, err := build()
+		var kept []byte
+		if err == nil {
+			kept, err = ix.keptForm(c)
+		}
+		ready <- built{c, kept, err}
+	}()
+	var ferr error
 	if f, ok := batch.(flusher); ok {
-		go func() { flushed <- f.Flush() }()
-	} else {
-		flushed <- nil
+		ferr = f.Flush()
 	}
-	c, err := build()
-	if err != nil {
-		<-flushed
+	b := <-ready
+	if b.err == nil && ferr != nil {
+		b.err = fmt.Errorf("write the batch's chunks: %w", ferr)
+	}
+	if b.err != nil {
 		batch.Discard()
-		return 0, err
+		return 0, b.err
 	}
-	return 0, ix.commitJournaled(ctx, batch, jb, c, flushed)
+	return 0, ix.commitJournaled(ctx, batch, jb, b.c, b.kept)
 }
 
 // flusher is a batch that can write the chunks it holds before its commit (cas.Retainer).
 type flusher interface{ Flush() error }
 
-// commitJournaled is CommitBatch's journal path; flushed delivers the outcome of the batch's
-// early write (the batch is not used before it does).
+// keptForm returns the kept form of c's Next manifest when its parent is one this Index
+// committed recently (its regions at hand, once the commit being applied, if any, is) and Next
+// is c's only manifest; else nil.
+func (ix *Index) keptForm(c Commit) ([]byte, error) {
+	if err := c.validNext(); err != nil || c.Next == nil || len(c.Manifests) > 0 || c.Next.m.Parent.IsZero() {
+		return nil, err
+	}
+	ix.waitApplied() // its error fails the commit later, under j.mu
+	parent, ok := ix.recentManifest(c.Next.m.Parent)
+	if !ok {
+		return nil, nil
+	}
+	return encodeKept(c.Next.m, parent.id, parent.regions)
+}
+
+// commitJournaled is CommitBatch's journal path, the batch's chunks written.
 //
-// A commit is checked while the batch's chunks are written, then written as a journal entry
-// and made durable with its chunks by one barrier, then handed to the background apply. A
-// commit whose Next manifest's parent this Index committed recently goes another way: its
-// entry carries Next in kept form (see kept.go), written before Next is encoded, and Next is
-// encoded, planned and checked on another goroutine while the barrier runs. A commit refused
-// then has a durable entry: its number is recorded as applied (skipJournaled), so no reopen
-// applies it.
-func (ix *Index) commitJournaled(ctx context.Context, batch cas.Batch, jb cas.JournalBatch, c Commit, flushed <-chan error) error {
+// A commit is checked, then written as a journal entry and made durable with its chunks by
+// one barrier, then handed to the background apply. A commit whose Next manifest's parent this
+// Index committed recently goes another way: its entry carries Next in kept form (kept, see
+// kept.go), written before Next is encoded, and Next is encoded, planned and checked on another
+// goroutine while the barrier runs. A commit refused then has a durable entry: its number is
+// recorded as applied (skipJournaled), so no reopen applies it.
+func (ix *Index) commitJournaled(ctx context.Context, batch cas.Batch, jb cas.JournalBatch, c Commit, kept []byte) error {
 	discard := func(err error) error {
-		if flushed != nil {
-			<-flushed
-		}
 		batch.Discard()
 		return err
 	}
@@ -186,15 +211,6 @@ func (ix *Index) commitJournaled(ctx context.Context, batch cas.Batch, jb cas.Jo
 		return discard(fmt.Errorf("%w: %s", ErrReadOnly, ix.path))
 	}
 	now := ix.now()
-	var kept []byte // Next's kept form, when it goes in before its encoding
-	if c.Next != nil && len(c.Manifests) == 0 && !c.Next.m.Parent.IsZero() {
-		if parent, ok := ix.recentManifest(c.Next.m.Parent); ok {
-			var err error
-			if kept, err = encodeKept(c.Next.m, parent.id, parent.regions); err != nil {
-				return discard(err)
-			}
-		}
-	}
 	type checked struct {
 		p   *prepared
 		err error
@@ -216,14 +232,8 @@ func (ix *Index) commitJournaled(ctx context.Context, batch cas.Batch, jb cas.Jo
 			return discard(r.err)
 		}
 	}
-	if err := <-flushed; err != nil {
-		flushed = nil
-		return discard(fmt.Errorf("write the batch's chunks: %w", err))
-	}
 	var beside chan checked // the kept form's check, beside the barrier
 	if kept != nil {
-		// Started once the chunks are written (work beside the write slows it, on a machine
-		// of few cores, more than work beside the barrier's wait).
 		beside = make(chan checked, 1)
 		go func() { beside <- check() }()
 	}

@@ -40,7 +40,7 @@ type benchRestoreRow struct {
 	IncrMS         float64 `json:"checkpoint_incr16_ms"`
 	IncrBlocks     int     `json:"checkpoint_incr16_blocks"`
 	IncrCommitMS   float64 `json:"checkpoint_incr16_commit_ms"`   // of IncrMS: recording the chunks and committing the manifest
-	IncrSyncMS     float64 `json:"checkpoint_incr16_sync_ms"`     // of IncrMS: the chunks' durability barrier
+	IncrSyncMS     float64 `json:"checkpoint_incr16_sync_ms"`     // of IncrMS: the commit after the puts (the chunks' write and barrier, see checkpoint.Result)
 	IncrIndexMS    float64 `json:"checkpoint_incr16_index_ms"`    // of IncrMS: the index transaction, its syncs included
 	IncrFloorMS    float64 `json:"incr16_hash_store_blocks_ms"`   // hashing and storing those blocks alone
 	IncrSnapMS     float64 `json:"checkpoint_incr16_snapshot_ms"` // its turn latency when deferred (serve --defer-checkpoints): the snapshot
