@@ -16,7 +16,7 @@ import (
 // region i's first keep references being base's region i's (which has the same name). It is
 // made from the decoded manifest and base's regions alone, without the canonical encoding, so
 // that a journaled commit can write it before the manifest is encoded and hashed (see
-// commitDeferred); only journal entries carry it. Reading it rebuilds the manifest, whose
+// commitJournaled); only journal entries carry it. Reading it rebuilds the manifest, whose
 // encoding and ID are then computed as for any other.
 
 // keptMagic starts a kept form (version 1).
