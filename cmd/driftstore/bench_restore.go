@@ -93,6 +93,7 @@ func runBenchRestore(c *cli, args []string) error {
 	kvFlag := fs.String("kv", "f16", "KV cache element type")
 	threads := fs.Int("threads", runtime.NumCPU(), "host threads for the compute ops")
 	reps := fs.Int("reps", 3, "repetitions of each restore and re-prefill (best is reported)")
+	incrReps := fs.Int("incr-reps", 9, "incremental checkpoints of 16 new tokens per context, each beside storing its blocks alone (medians are reported: a barrier's time is long-tailed)")
 	turns := fs.Int("turns", 8, "turns of the stored-bytes conversation (0: skip)")
 	codecFlag := fs.String("kv-codec", "float", "how checkpoints store KV blocks: float (the float16 byte-plane codec for f16 KV) or raw (no hint: raw, zstd only where it pays)")
 	plain := fs.Bool("plain-kv", false, "the same as --kv-codec raw")
@@ -132,8 +133,8 @@ func runBenchRestore(c *cli, args []string) error {
 	if err != nil {
 		return usageError("--kv: %v", err)
 	}
-	if *reps < 1 || *threads < 1 {
-		return usageError("--reps and --threads must be positive")
+	if *reps < 1 || *threads < 1 || *incrReps < 1 {
+		return usageError("--reps, --incr-reps and --threads must be positive")
 	}
 	eng, err := engine.New(engine.Options{CacheDir: engine.ModuleCacheDir(c.globals.data)})
 	if err != nil {
@@ -161,7 +162,7 @@ func runBenchRestore(c *cli, args []string) error {
 			return err
 		}
 		model.Fingerprint()
-		rows, conv, gbs, err := benchRestoreModel(ctx, c, model, path, preset, tmp, contexts, kv, *threads, workers, *reps, *turns)
+		rows, conv, gbs, err := benchRestoreModel(ctx, c, model, path, preset, tmp, contexts, kv, *threads, workers, *reps, *incrReps, *turns)
 		model.Close()
 		if err != nil {
 			return err
@@ -181,7 +182,7 @@ func runBenchRestore(c *cli, args []string) error {
 	}
 	c.printf("driftstore bench restore: backend %s, %d threads, %d workers, KV %s stored %s, checkpoints keep %s, instances made for the context %v, huge pages %v, %s/%s, %d CPUs; restores verify %s; verify-and-copy (%s) %.2f GB/s\n",
 		res.Backend, res.Threads, res.Workers, res.KV, res.KVCodec, logits, res.Reserve, res.HugePages, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), res.Verify, verifyHashName(benchVerify), res.CopyVerifyGBs)
-	c.printf("times in ms (restore, incr16, store16, and re-prefill up to 1024 tokens: best of %d); restore and re-prefill into a ready fresh instance (making one: inst, which with --reserve includes making the context's KV memory resident); incr16: checkpoint after 16 new tokens, the session head moved with it (of which isync: the commit after the chunks are hashed — with a pack store's journal, writing them and the one barrier of them and the journal entry, the manifest encoded and checked beside it; iindex: waiting for an index transaction, 0 with the journal), isnap: the turn latency of the same checkpoint deferred (the snapshot: state and those blocks copied), store16: hashing and storing those blocks alone (each with a byte changed: new chunks) into the same store\n", *reps)
+	c.printf("times in ms (restore, and re-prefill up to 1024 tokens: best of %d; incr16, isync, iindex, isnap, store16 and incr ×: medians of %d); restore and re-prefill into a ready fresh instance (making one: inst, which with --reserve includes making the context's KV memory resident); incr16: checkpoint after 16 new tokens, the session head moved with it (of which isync: the commit after the chunks are hashed — with a pack store's journal, writing them and the one barrier of them and the journal entry, the manifest encoded and checked beside it; iindex: waiting for an index transaction, 0 with the journal), isnap: the turn latency of the same checkpoint deferred (the snapshot: state and those blocks copied), store16: hashing and storing those blocks alone (each with a byte changed: new chunks) into the same store\n", *reps, *incrReps)
 	c.printf("%-13s %5s %9s %8s %7s %6s %6s %6s %7s %6s %6s %8s %7s %6s %8s %9s %9s %7s %7s %8s %7s %6s\n",
 		"model", "ctx", "KV", "ckpt", "incr16", "isync", "iindex", "isnap", "store16", "incr ×", "inst", "restore", "decode", "load", "TTFT rst", "reprefill", "TTFT pref", "TTFT ×", "rst ×", "B/token", "floor", "×floor")
 	for _, r := range res.Rows {
@@ -259,7 +260,7 @@ func verifyCopySpeed(data []byte, blockLen, workers int) float64 {
 }
 
 func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, name, tmp string, contexts []int, kv engine.KVType,
-	threads, workers, reps, turns int) ([]benchRestoreRow, *benchRestoreConv, float64, error) {
+	threads, workers, reps, incrReps, turns int) ([]benchRestoreRow, *benchRestoreConv, float64, error) {
 	vocab := model.Hyper().Vocab
 	for len(contexts) > 0 && contexts[len(contexts)-1] > model.Hyper().CtxMax {
 		c.logf("  %s: skipping context %d, beyond its context length %d\n", name, contexts[len(contexts)-1], model.Hyper().CtxMax)
@@ -429,12 +430,13 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 			row.RestoreSpeedup = row.PrefillMS / row.RestoreMS
 		}
 
-		if n+16*reps <= model.Hyper().CtxMax {
-			// Incremental (best of reps): rewind the live instance to the checkpoint, then reps
-			// times feed 16 new tokens and checkpoint with the previous checkpoint as parent;
-			// each against the same blocks hashed and stored alone into the same store (so into
-			// the same pack file, in the same state), each with its first and last byte changed
-			// so that they are new chunks of the same size.
+		if n+16*incrReps <= model.Hyper().CtxMax {
+			// Incremental (medians of incrReps): rewind the live instance to the checkpoint, then
+			// incrReps times feed 16 new tokens and checkpoint with the previous checkpoint as
+			// parent; each beside the same blocks hashed and stored alone into the same store (so
+			// into the same pack file, in the same state), each with its first and last byte
+			// changed so that they are new chunks of the same size, before or after the
+			// checkpoint in turn.
 			in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers, HugePages: benchHugePages, Verify: benchVerify})
 			if err != nil {
 				r.Close()
@@ -443,10 +445,45 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 			live.Close()
 			live = in
 			parent := cp
-			for rep := 0; rep < reps; rep++ {
+			var incrs, syncs, indexes, commits, snaps, floors []time.Duration
+			for rep := 0; rep < incrReps; rep++ {
+				pos0 := n + 16*rep // the position before this rep's tokens
 				if err := live.Prefill(benchTokens(16, vocab, uint32(1000+rep))); err != nil {
 					r.Close()
 					return nil, nil, 0, err
+				}
+				// The blocks the 16 tokens touched (from pos0's block on), copied with a byte
+				// changed at each end: new chunks of the same size.
+				var blocks [][]byte
+				regs, err := live.KVRegions()
+				if err != nil {
+					r.Close()
+					return nil, nil, 0, err
+				}
+				mem := live.Memory()
+				bs := live.Layout().BlockSize
+				for _, rg := range regs {
+					if rg.Block >= pos0/bs {
+						bl := slices.Clone(mem[rg.Offset : rg.Offset+rg.Length])
+						bl[0] ^= 0x5a
+						bl[len(bl)-1] ^= byte(rep + 1)
+						blocks = append(blocks, bl)
+					}
+				}
+				hint := benchKVCodec.Hint(checkpoint.LayoutOf(live.Layout()))
+				store16 := func() error {
+					t0 := time.Now()
+					_, err := cas.PutAll(ctx, r.Store(), workers, blocks, hint)
+					floors = append(floors, time.Since(t0))
+					return err
+				}
+				// Which goes first alternates: the one that follows the other finds its
+				// blocks in the CPU's caches (a 1B model's prefill has just flushed them).
+				if rep%2 == 1 {
+					if err := store16(); err != nil {
+						r.Close()
+						return nil, nil, 0, err
+					}
 				}
 				// The turn latency of this checkpoint deferred: the snapshot alone (released: the
 				// Capture below stores the same checkpoint).
@@ -456,49 +493,35 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 					return nil, nil, 0, err
 				}
 				snap.Release()
-				if rep == 0 || ms(snap.Duration()) < row.IncrSnapMS {
-					row.IncrSnapMS = ms(snap.Duration())
-				}
+				snaps = append(snaps, snap.Duration())
 				incr, err := checkpoint.Capture(ctx, r.Index(), model, live, checkpoint.CaptureOptions{Parent: parent, Workers: workers, KVCodec: benchKVCodec, KeepLogits: benchKeepLogits,
 					MoveRef: &index.RefMove{Kind: index.RefSession, Name: "bench", Expected: parent.ID}})
 				if err != nil {
 					r.Close()
 					return nil, nil, 0, err
 				}
-				var blocks [][]byte
-				regs, _ := live.KVRegions()
-				mem := live.Memory()
-				for _, rg := range regs { // the blocks the 16 tokens touched: new, or changed since the parent
-					old := parent.KV[rg.Layer]
-					if rg.Block >= len(old) || old[rg.Block] != incr.Checkpoint.KV[rg.Layer][rg.Block] {
-						bl := slices.Clone(mem[rg.Offset : rg.Offset+rg.Length])
-						bl[0] ^= 0x5a
-						bl[len(bl)-1] ^= byte(rep + 1)
-						blocks = append(blocks, bl)
-					}
+				if incr.BlocksWritten != len(blocks) {
+					r.Close()
+					return nil, nil, 0, fmt.Errorf("bench: %d blocks touched by 16 tokens at %d, the checkpoint wrote %d", len(blocks), pos0, incr.BlocksWritten)
 				}
-				hint := benchKVCodec.Hint(checkpoint.LayoutOf(live.Layout()))
 				// The checkpoint applied to the index file first (a read waits for that), so
-				// that its background transaction does not share the disk with the store below.
+				// that its background transaction does not share the disk with the store.
 				if _, err := r.Index().HasManifest(incr.Checkpoint.ID); err != nil {
 					r.Close()
 					return nil, nil, 0, err
 				}
-				t0 := time.Now()
-				if _, err := cas.PutAll(ctx, r.Store(), workers, blocks, hint); err != nil {
-					r.Close()
-					return nil, nil, 0, err
+				if rep%2 == 0 {
+					if err := store16(); err != nil {
+						r.Close()
+						return nil, nil, 0, err
+					}
 				}
-				fl := time.Since(t0)
-				if rep == 0 || ms(incr.Duration) < row.IncrMS {
-					row.IncrMS, row.IncrBlocks, row.IncrCommitMS = ms(incr.Duration), incr.BlocksWritten, ms(incr.Commit)
-					row.IncrSyncMS, row.IncrIndexMS = ms(incr.Sync), ms(incr.Index)
-				}
-				if rep == 0 || ms(fl) < row.IncrFloorMS {
-					row.IncrFloorMS = ms(fl)
-				}
+				incrs, syncs, indexes = append(incrs, incr.Duration), append(syncs, incr.Sync), append(indexes, incr.Index)
+				commits, row.IncrBlocks = append(commits, incr.Commit), incr.BlocksWritten
 				parent = incr.Checkpoint
 			}
+			row.IncrMS, row.IncrSyncMS, row.IncrIndexMS = ms(medianDuration(incrs)), ms(medianDuration(syncs)), ms(medianDuration(indexes))
+			row.IncrSnapMS, row.IncrFloorMS, row.IncrCommitMS = ms(medianDuration(snaps)), ms(medianDuration(floors)), ms(medianDuration(commits))
 		}
 		// Back to n tokens for the next context: restore the full checkpoint into the live slot.
 		in, _, err := restore.Restore(ctx, r.Store(), model, cp, restore.Options{Instance: iopts, Workers: workers, HugePages: benchHugePages, Verify: benchVerify})
@@ -520,6 +543,12 @@ func benchRestoreModel(ctx context.Context, c *cli, model *engine.Model, path, n
 		conv = cv
 	}
 	return rows, conv, gbs, nil
+}
+
+// medianDuration returns the median of ds (the upper one of an even count); ds is sorted.
+func medianDuration(ds []time.Duration) time.Duration {
+	slices.Sort(ds)
+	return ds[len(ds)/2]
 }
 
 // sameTopLogits reports whether in's and live's best k logits are the same ids with the same
