@@ -2,6 +2,8 @@ package cuda
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"unsafe"
 )
 
@@ -10,8 +12,13 @@ import (
 // A decode step issues about 270 small kernels; launched one by one, the host's launch cost
 // (≈ 4 µs each) and the gaps between kernels on the device exceed the kernels' own work. A
 // deferred stream (Stream.SetDeferred) records launches and copies instead of issuing them and
-// issues them in order at the next flush: when flushEvery kernels have been recorded (so the
-// device starts while the host records the rest), or when the stream is synchronized. A run of
+// issues them in order at the next flush: when enough kernels have been recorded, or when the
+// stream is synchronized. "Enough" starts small after each Sync (flushFirst) and doubles with
+// every flush up to flushEvery: after a Sync the device is idle, so the first kernels of a
+// step are issued as soon as a few are recorded, and the device runs them while the host
+// records the rest (the host records a kernel in a few µs, the device runs one in about ten).
+// A flush happens before a kernel is added, never after, so the kernel recorded last stays
+// unissued until the next operation, which may still fuse with it. A run of
 // consecutive kernels is replayed through a CUDA graph when the same run (the same kernels in
 // the same order, at the same place since the last Sync) was seen before: the graph's nodes
 // whose parameters or grid changed (positions, context lengths, buffers) are updated in place
@@ -120,6 +127,7 @@ type graphEntry struct {
 
 const (
 	flushEvery = 64 // kernels recorded before the queue is issued without waiting for a Sync
+	flushFirst = 8  // the same, for the first flush after a Sync (see flushStart)
 	graphMin   = 8  // shorter runs are launched directly
 	maxGraphs  = 48 // instantiated graphs kept per stream (least recently used dropped)
 )
@@ -130,6 +138,7 @@ type deferQ struct {
 	recs    kernelRecs
 	arena   []byte
 	pending int // kernels recorded since the last flush
+	limit   int // pending kernels at which the next record flushes first
 	piece   int // kernel runs issued since the last Sync
 	graphs  map[graphKey]*graphEntry
 	seen    map[graphKey]int
@@ -165,10 +174,20 @@ func (s *Stream) SetDeferred(on bool) error {
 		return err
 	}
 	if s.q == nil {
-		s.q = &deferQ{graphs: map[graphKey]*graphEntry{}, seen: map[graphKey]int{}, noGraph: !graphsAvailable()}
+		s.q = &deferQ{graphs: map[graphKey]*graphEntry{}, seen: map[graphKey]int{}, noGraph: !graphsAvailable(),
+			limit: flushStart}
 	}
 	return nil
 }
+
+// flushStart is the first flush's size after a Sync: flushFirst, or DRIFTSTORE_CUDA_FLUSH
+// (1..flushEvery; flushEvery gives every flush the same size, as before flushFirst existed).
+var flushStart = func() int {
+	if n, err := strconv.Atoi(os.Getenv("DRIFTSTORE_CUDA_FLUSH")); err == nil && n >= 1 && n <= flushEvery {
+		return n
+	}
+	return flushFirst
+}()
 
 func (s *Stream) freeGraphs() {
 	if s.q == nil {
@@ -180,9 +199,15 @@ func (s *Stream) freeGraphs() {
 	}
 }
 
-// record appends a kernel launch to the queue; it issues the queue when it is long enough.
+// record appends a kernel launch to the queue, after issuing the queue when it is long enough.
 func (s *Stream) record(f cuFunction, grid, block [3]uint32, shmem uint32, args *argSlots) error {
 	q := s.q
+	if q.pending >= q.limit {
+		q.limit = min(2*q.limit, flushEvery)
+		if err := s.flush(); err != nil {
+			return err
+		}
+	}
 	k := len(q.recs.fns)
 	q.recs.add(f, grid, block, shmem, args)
 	if n := len(q.ops); n > 0 && q.ops[n-1].kind == opKernels {
@@ -191,9 +216,6 @@ func (s *Stream) record(f cuFunction, grid, block [3]uint32, shmem uint32, args 
 		q.ops = append(q.ops, pendingOp{kind: opKernels, lo: k, hi: k + 1})
 	}
 	q.pending++
-	if q.pending >= flushEvery {
-		return s.flush()
-	}
 	return nil
 }
 

@@ -182,7 +182,7 @@ func (s *Stream) Close() error {
 func (s *Stream) Sync() error {
 	ferr := s.flush()
 	if s.q != nil {
-		s.q.piece = 0
+		s.q.piece, s.q.limit = 0, flushStart
 	}
 	if err := s.d.drv.streamSync(s.s); err != nil {
 		return err

@@ -1,0 +1,67 @@
+package cuda
+
+import (
+	"math/rand/v2"
+	"slices"
+	"testing"
+)
+
+// TestDeferredFlushSchedule checks when a deferred stream issues what it recorded: after each
+// Sync the first flush comes once flushStart kernels are recorded and each later one at twice
+// the size of the one before, up to flushEvery; and a flush comes before a kernel is recorded,
+// so the kernel recorded last can still fuse with the next operation (here an Add recorded as
+// the flushStart-th kernel, then an RMSNorm of its output: one ds_add_rmsnorm).
+func TestDeferredFlushSchedule(t *testing.T) {
+	d := device(t)
+	s := newStream(t, d)
+	if err := s.SetDeferred(true); err != nil {
+		t.Fatal(err)
+	}
+	var want []int
+	total := 0
+	for l := flushStart; total < 200; l = min(2*l, flushEvery) {
+		want = append(want, l)
+		total += l
+	}
+	for step := range 2 {
+		var got []int
+		for range total + 5 {
+			before := s.q.pending
+			if err := s.Nop(); err != nil {
+				t.Fatal(err)
+			}
+			if s.q.pending != before+1 {
+				got = append(got, before)
+			}
+		}
+		if !slices.Equal(got, want) || s.q.pending != 5 {
+			t.Fatalf("step %d: flushes of %v kernels, %d left; want %v, 5 left", step, got, s.q.pending, want)
+		}
+		if err := s.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	const dim = 256
+	r := rand.New(rand.NewPCG(21, 22))
+	xb, yb, wb := devBuf(t, d, randF32(r, dim, 2), dim), devBuf(t, d, randF32(r, dim, 2), dim), devBuf(t, d, randF32(r, dim, 1), dim)
+	sum, out := devBuf(t, d, nil, dim), devBuf(t, d, nil, dim)
+	for range flushStart - 1 {
+		if err := s.Nop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Add(sum.Ptr, xb.Ptr, yb.Ptr, dim); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RMSNorm(out.Ptr, sum.Ptr, wb.Ptr, dim, 1, 1e-5); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(s.q.recs.fns); n != flushStart || s.q.recs.fns[n-1] != d.fns["ds_add_rmsnorm"] {
+		t.Fatalf("%d kernels pending after %d Nops, Add and RMSNorm; want %d, the last ds_add_rmsnorm",
+			n, flushStart-1, flushStart)
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
