@@ -349,7 +349,13 @@ func (s *Stream) issueKernels(lo, hi int) error {
 		delete(q.graphs, old)
 	}
 	e := &graphEntry{nodes: make([]cuGraphNode, n), used: q.tick}
-	g, x, err := s.d.drv.graphBuild(&q.recs, lo, hi, e.nodes)
+	g, x, err := s.d.drv.graphBuild(&q.recs, lo, hi, e.nodes, s.d.pdl.Load())
+	if err != nil && s.d.pdl.Load() {
+		// Programmatic edges refused: full dependencies from now on, for every stream (the
+		// kernels' griddepcontrol.wait then returns at once).
+		s.d.pdl.Store(false)
+		g, x, err = s.d.drv.graphBuild(&q.recs, lo, hi, e.nodes, false)
+	}
 	if err != nil {
 		// No graphs on this driver or for these kernels: launch directly from now on.
 		q.noGraph = true

@@ -65,3 +65,56 @@ func TestDeferredFlushSchedule(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestGraphChain runs steps of dependent kernels through a deferred stream (each Add reads
+// what the one before wrote and overwrites what it read: every hazard between neighbours) and
+// checks every element, so a graph that let a kernel start before the one before it finished
+// would show. On compute capability 9.0 and newer the graphs must have been built with
+// programmatic edges (pdl.go) unless DRIFTSTORE_CUDA_PDL=0.
+func TestGraphChain(t *testing.T) {
+	d := device(t)
+	s := newStream(t, d)
+	if err := s.SetDeferred(true); err != nil {
+		t.Fatal(err)
+	}
+	const n, adds, steps = 1 << 22, 48, 4
+	ones := make([]float32, n)
+	for i := range ones {
+		ones[i] = 1
+	}
+	a, b, y := devBuf(t, d, make([]float32, n), n), devBuf(t, d, make([]float32, n), n), devBuf(t, d, ones, n)
+	for range steps {
+		for i := range adds {
+			src, dst := a, b
+			if i%2 == 1 {
+				src, dst = b, a
+			}
+			if err := s.Add(dst.Ptr, src.Ptr, y.Ptr, n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		b    *Buffer
+		want float32
+	}{{"a", a, adds * steps}, {"b", b, adds*steps - 1}} {
+		for i, v := range readF32(t, c.b, 0, n) {
+			if v != c.want {
+				t.Fatalf("%s[%d] = %v after %d steps of %d adds, want %v", c.name, i, v, steps, adds, c.want)
+			}
+		}
+	}
+	replays, _, _ := s.GraphStats()
+	info := d.Info()
+	t.Logf("%s (sm_%d%d): %d graph replays, PDL %v", info.Name, info.CC[0], info.CC[1], replays, info.PDL)
+	if graphsAvailable() && replays == 0 {
+		t.Fatal("no kernel run was replayed through a graph")
+	}
+	if info.CC[0] >= 9 && !pdlOff && pdlEdgesAvailable() && !info.PDL {
+		t.Fatal("compute capability 9.0 or newer, but the graphs were built without programmatic edges")
+	}
+}

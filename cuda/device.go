@@ -35,6 +35,9 @@ type Info struct {
 	// HostPtrIsDevPtr: registered host memory has the same address on the device, so one
 	// mapping covers ranges registered separately (the region's growths).
 	HostPtrIsDevPtr bool
+	// PDL: CUDA graphs are built with programmatic edges and the kernels wait for the one
+	// before in griddepcontrol.wait (compute capability 9.0 and newer; pdl.go).
+	PDL bool
 }
 
 // Device is one GPU with driftstore's kernels loaded. Its methods are safe for concurrent
@@ -52,6 +55,7 @@ type Device struct {
 	tcw       int    // warps per block of ds_tcr2/ds_tcr8; 0: chosen per matrix (tcrShape)
 	fewTC     bool   // DRIFTSTORE_CUDA_FEW=tc: few-token products on the tensor cores always (few.go)
 	tcqForce  [2]int // tests: ds_tcq's row tiles per warp and segment groups (0: tcqShape's)
+	pdl       atomic.Bool // graphs with programmatic edges (pdl.go); cleared if a build refuses them
 
 	gemm       atomic.Pointer[GEMMOptions] // products of batches (gemm.go); never nil after Open
 	blasBroken atomic.Bool                 // GEMMAuto: a cuBLAS handle could not be made
@@ -138,9 +142,21 @@ func Open(ordinal int) (*Device, error) {
 			return nil, fmt.Errorf("cuda: DRIFTSTORE_CUDA_PTX: %w", err)
 		}
 	}
-	if d.mod, err = drv.loadModule(ptx); err != nil {
-		drv.release()
-		return nil, fmt.Errorf("cuda: load kernels on %s: %w", d.info.Name, err)
+	if d.info.CC[0] >= 9 && !pdlOff && graphsAvailable() && pdlEdgesAvailable() {
+		// The kernels with griddepcontrol at their heads; where the driver refuses them, the
+		// kernels as compiled, without PDL.
+		if p, n, err := pdlPTX(ptx); err == nil && n > 0 {
+			if m, err := drv.loadModule(p); err == nil {
+				d.mod = m
+				d.pdl.Store(true)
+			}
+		}
+	}
+	if d.mod == nil {
+		if d.mod, err = drv.loadModule(ptx); err != nil {
+			drv.release()
+			return nil, fmt.Errorf("cuda: load kernels on %s: %w", d.info.Name, err)
+		}
 	}
 	for _, name := range kernelNames() {
 		f, err := drv.function(d.mod, name)
@@ -160,7 +176,11 @@ func Open(ordinal int) (*Device, error) {
 }
 
 // Info describes the device.
-func (d *Device) Info() Info { return d.info }
+func (d *Device) Info() Info {
+	i := d.info
+	i.PDL = d.pdl.Load()
+	return i
+}
 
 // Close unloads the kernels and releases the context. Buffers, weights, streams and
 // registrations must be released first. Idempotent.

@@ -84,6 +84,12 @@ typedef struct {
 	X(cuGraphExecDestroy, "cuGraphExecDestroy", (CUgraphExec), (a0))
 DS_GFUNCS(DS_PTR)
 
+// CUgraphEdgeData (cuda.h, CUDA 12.3 and later): an edge's ports and type.
+typedef struct {
+	unsigned char from_port, to_port, type, reserved[5];
+} ds_edge_data;
+static CUresult (*p_cuGraphAddDependencies_v2)(CUgraph, const CUgraphNode*, const CUgraphNode*, const ds_edge_data*, size_t);
+
 // ds_load opens libcuda.so.1 and resolves every entry point. Returns NULL or an error text.
 static const char *ds_load(void) {
 	ds_lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -103,6 +109,8 @@ static const char *ds_load(void) {
 #define DS_GSYM(name, sym, args, call) p_##name = (CUresult (*) args)dlsym(ds_lib, sym); if (!p_##name) ds_graphs = 0;
 	ds_graphs = 1;
 	DS_GFUNCS(DS_GSYM)
+	// Programmatic edges (programmatic dependent launch) are optional too.
+	p_cuGraphAddDependencies_v2 = (CUresult (*)(CUgraph, const CUgraphNode*, const CUgraphNode*, const ds_edge_data*, size_t))dlsym(ds_lib, "cuGraphAddDependencies_v2");
 	return NULL;
 }
 
@@ -186,6 +194,7 @@ static CUresult ds_event_destroy(CUcontext c, CUevent e) { BIND(c); return p_cuE
 #define DS_MAXARGS 24
 
 static int ds_has_graphs(void) { return ds_graphs; }
+static int ds_has_pdl_edges(void) { return ds_graphs && p_cuGraphAddDependencies_v2 != NULL; }
 
 // Kernel records, as package cuda keeps them: fns[k]; dims[7k..7k+6] = grid x,y,z, block
 // x,y,z, dynamic shared bytes; args[DS_MAXARGS*k + i] = parameter i (one 8-byte slot each);
@@ -219,20 +228,30 @@ static CUresult ds_launch_many(CUcontext c, CUstream s, int n, CUfunction *fns,
 }
 
 // ds_graph_build makes a graph of n recorded kernels, each depending on the one before, and
-// instantiates it; nodes receives the n node handles (for later parameter updates).
+// instantiates it; nodes receives the n node handles (for later parameter updates). With pdl
+// the edges are programmatic (CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC from the upstream
+// kernel's CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC): a kernel may be launched once every block
+// of the one before has run griddepcontrol.launch_dependents, and waits for its completion
+// in griddepcontrol.wait (package cuda's pdl.go).
 static CUresult ds_graph_build(CUcontext c, int n, CUfunction *fns, const unsigned *dims,
-		uint64_t *args, const int *nargs, CUgraph *g, CUgraphExec *x, CUgraphNode *nodes) {
+		uint64_t *args, const int *nargs, int pdl, CUgraph *g, CUgraphExec *x, CUgraphNode *nodes) {
 	BIND(c);
 	*g = NULL;
 	*x = NULL;
+	if (pdl && !p_cuGraphAddDependencies_v2) return 801; // CUDA_ERROR_NOT_SUPPORTED
 	CUresult r = p_cuGraphCreate(g, 0);
 	if (r) return r;
 	void *params[DS_MAXARGS];
 	ds_knode_params p;
-	for (int k = 0; k < n; k++) {
+	ds_edge_data e = {1, 0, 1, {0}}; // from_port PROGRAMMATIC, to_port 0, type PROGRAMMATIC
+	for (int k = 0; k < n && !r; k++) {
 		ds_fill(&p, params, fns[k], dims + 7 * (size_t)k, args + (size_t)k * DS_MAXARGS, nargs[k]);
-		r = p_cuGraphAddKernelNode(&nodes[k], *g, k ? &nodes[k - 1] : NULL, k ? 1 : 0, &p);
-		if (r) break;
+		if (!pdl) {
+			r = p_cuGraphAddKernelNode(&nodes[k], *g, k ? &nodes[k - 1] : NULL, k ? 1 : 0, &p);
+			continue;
+		}
+		r = p_cuGraphAddKernelNode(&nodes[k], *g, NULL, 0, &p);
+		if (!r && k) r = p_cuGraphAddDependencies_v2(*g, &nodes[k - 1], &nodes[k], &e, 1);
 	}
 	if (!r) r = p_cuGraphInstantiateWithFlags(x, *g, 0);
 	if (r) { p_cuGraphDestroy(*g); *g = NULL; *x = NULL; }
@@ -584,6 +603,9 @@ const maxArgs = 24
 // graphsAvailable reports whether the driver has the graph entry points (after load).
 func graphsAvailable() bool { return C.ds_has_graphs() != 0 }
 
+// pdlEdgesAvailable reports whether the driver can make programmatic graph edges (after load).
+func pdlEdgesAvailable() bool { return C.ds_has_pdl_edges() != 0 }
+
 // launchMany launches recorded kernels in order (see kernelRecs for the layout).
 func (d *drvDevice) launchMany(s cuStream, r *kernelRecs, lo, hi int) error {
 	if hi <= lo {
@@ -594,14 +616,18 @@ func (d *drvDevice) launchMany(s cuStream, r *kernelRecs, lo, hi int) error {
 		(*C.int)(unsafe.Pointer(&r.nargs[lo]))))
 }
 
-// graphBuild makes and instantiates a graph of the recorded kernels [lo, hi), in order;
-// nodes (hi-lo long) receives their node handles.
-func (d *drvDevice) graphBuild(r *kernelRecs, lo, hi int, nodes []cuGraphNode) (cuGraph, cuGraphExec, error) {
+// graphBuild makes and instantiates a graph of the recorded kernels [lo, hi), in order, with
+// programmatic edges if pdl (pdl.go); nodes (hi-lo long) receives their node handles.
+func (d *drvDevice) graphBuild(r *kernelRecs, lo, hi int, nodes []cuGraphNode, pdl bool) (cuGraph, cuGraphExec, error) {
 	var g C.CUgraph
 	var x C.CUgraphExec
+	p := C.int(0)
+	if pdl {
+		p = 1
+	}
 	err := errOf("cuGraph (build)", C.ds_graph_build(d.ctx, C.int(hi-lo), &r.fns[lo],
 		(*C.uint)(unsafe.Pointer(&r.dims[7*lo])), (*C.uint64_t)(unsafe.Pointer(&r.args[maxArgs*lo])),
-		(*C.int)(unsafe.Pointer(&r.nargs[lo])), &g, &x, &nodes[0]))
+		(*C.int)(unsafe.Pointer(&r.nargs[lo])), p, &g, &x, &nodes[0]))
 	return g, x, err
 }
 

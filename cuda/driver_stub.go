@@ -23,9 +23,10 @@ type (
 const maxArgs = 24
 
 func graphsAvailable() bool { return false }
+func pdlEdgesAvailable() bool { return false }
 
 func (d *drvDevice) launchMany(cuStream, *kernelRecs, int, int) error { return load() }
-func (d *drvDevice) graphBuild(*kernelRecs, int, int, []cuGraphNode) (cuGraph, cuGraphExec, error) {
+func (d *drvDevice) graphBuild(*kernelRecs, int, int, []cuGraphNode, bool) (cuGraph, cuGraphExec, error) {
 	return nil, nil, load()
 }
 func (d *drvDevice) graphRun(cuStream, cuGraphExec, []cuGraphNode, []int32, *kernelRecs, int, int) error {

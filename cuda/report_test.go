@@ -107,7 +107,7 @@ func TestGPUReport(t *testing.T) {
 	gemmEnv := gpu.Device().GEMM()
 	e := newEngine(t, gpu)
 	var rep report
-	rep.add("device: %s (sm_%d%d, %d SMs, %d MiB), driver API %d; GOMAXPROCS %d", info.Name, info.CC[0], info.CC[1], info.SMs, info.TotalMem>>20, info.DriverVersion, runtime.GOMAXPROCS(0))
+	rep.add("device: %s (sm_%d%d, %d SMs, %d MiB), driver API %d; GOMAXPROCS %d; graphs with PDL %v", info.Name, info.CC[0], info.CC[1], info.SMs, info.TotalMem>>20, info.DriverVersion, runtime.GOMAXPROCS(0), info.PDL)
 	var perf, rest, breakdown []string
 	restoreOnly := os.Getenv(ReportEnv) == "restore"
 	// Printed even when a measurement fails half way (t.Fatal runs the deferred calls).
