@@ -50,11 +50,11 @@ type Device struct {
 
 	closeOnce sync.Once
 	Stats     Stats
-	tc        bool   // tensor-core matmuls for F16 and Q8_0 (see Device.tensorCores)
-	tcv       tcMode // the few-token tensor-core kernel (all give the same results)
-	tcw       int    // warps per block of ds_tcr2/ds_tcr8; 0: chosen per matrix (tcrShape)
-	fewTC     bool   // DRIFTSTORE_CUDA_FEW=tc: few-token products on the tensor cores always (few.go)
-	tcqForce  [2]int // tests: ds_tcq's row tiles per warp and segment groups (0: tcqShape's)
+	tc        bool        // tensor-core matmuls for F16 and Q8_0 (see Device.tensorCores)
+	tcv       tcMode      // the few-token tensor-core kernel (all give the same results)
+	tcw       int         // warps per block of ds_tcr2/ds_tcr8; 0: chosen per matrix (tcrShape)
+	fewTC     bool        // DRIFTSTORE_CUDA_FEW=tc: few-token products on the tensor cores always (few.go)
+	tcqForce  [2]int      // tests: ds_tcq's row tiles per warp and segment groups (0: tcqShape's)
 	pdl       atomic.Bool // graphs with programmatic edges (pdl.go); cleared if a build refuses them
 
 	gemm       atomic.Pointer[GEMMOptions] // products of batches (gemm.go); never nil after Open

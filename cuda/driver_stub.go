@@ -22,7 +22,7 @@ type (
 
 const maxArgs = 24
 
-func graphsAvailable() bool { return false }
+func graphsAvailable() bool   { return false }
 func pdlEdgesAvailable() bool { return false }
 
 func (d *drvDevice) launchMany(cuStream, *kernelRecs, int, int) error { return load() }
