@@ -46,6 +46,11 @@
 #   GPU_CHECK_EAGER=1      also runs BenchmarkGenerate with DRIFTSTORE_CUDA_EAGER=1 (every kernel
 #                          launched as its op is called: the comparison for deferral and graphs)
 #   DRIFTSTORE_CUDA_PTX    kernels to load instead of the embedded PTX (e.g. fresh from gen-ptx.sh)
+#   DRIFTSTORE_CUDA_PDL=0  CUDA graphs without programmatic dependent launch (cuda/pdl.go; it is on
+#                          by default on compute capability 9.0 and newer)
+#   DRIFTSTORE_CUDA_FLUSH  kernels a deferred stream records after a Sync before it issues them
+#                          (1-64, default 8; each next flush twice as many, up to 64; 64 gives
+#                          the fixed 64 of before: cuda/deferred.go)
 #   DRIFTSTORE_CUDA_TC=0   F16/Q8_0 matrix products on the CUDA cores instead of the tensor cores
 #   DRIFTSTORE_CUDA_TCV    the few-token (n <= 8) tensor-core kernels, all with the same results:
 #                          stream (default: ds_tcr2 or ds_tcr8, picked per matrix), warp
