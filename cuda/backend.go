@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/driftstore/driftstore/engine"
@@ -43,6 +44,37 @@ type BackendOptions struct {
 	// GEMM, when not nil, replaces the GEMM options the environment gave the device
 	// (DRIFTSTORE_CUDA_GEMM...; gemm.go): whether prefill products may run through cuBLAS.
 	GEMM *GEMMOptions
+	// Profile times every Exec's Syncs with CUDA events (Backend.Profile): where a step's
+	// wall time goes between the device's kernels, the copy back into linear memory and the
+	// host. For measurement: it adds three event records and a flush boundary to each Sync.
+	// Ignored with Eager.
+	Profile bool
+}
+
+// Profile sums, over the Syncs of a backend's Execs made with BackendOptions.Profile, where
+// the time between one Sync's return and the next went. Kernels: device time from the
+// first issue of the kernels queued since the previous Sync to the end of the last of them
+// (any wait of the device for the host in between included); CopyBack: the copy of what they
+// wrote back into linear memory; Wall: host time from the previous Sync's return (or the
+// first op) to this one's. Wall − Kernels − CopyBack is the time the device had nothing of
+// this Exec's to run: the host's work before the first issue, and the Sync's wake-up.
+type Profile struct {
+	Syncs                   int
+	Kernels, CopyBack, Wall time.Duration
+}
+
+// Profile returns the sums since the last ResetProfile (zero without BackendOptions.Profile).
+func (b *Backend) Profile() Profile {
+	b.profMu.Lock()
+	defer b.profMu.Unlock()
+	return b.prof
+}
+
+// ResetProfile zeroes the sums.
+func (b *Backend) ResetProfile() {
+	b.profMu.Lock()
+	b.prof = Profile{}
+	b.profMu.Unlock()
 }
 
 // Backend is the CUDA engine.Backend: weights uploaded once per model, the instances' linear
@@ -52,6 +84,9 @@ type Backend struct {
 	d    *Device
 	reg  *Registrar
 	opts BackendOptions
+
+	profMu sync.Mutex
+	prof   Profile
 }
 
 var _ engine.Backend = (*Backend)(nil)
@@ -153,7 +188,11 @@ func (w *cudaWeights) NewExec(threads int) (engine.Exec, error) {
 	}
 	s.stableX = true // the mirror changes only through the stream's operations
 	if !w.b.opts.Eager {
-		if err := s.SetDeferred(true); err != nil {
+		err = s.SetDeferred(true)
+		if err == nil && w.b.opts.Profile {
+			err = s.setProfile()
+		}
+		if err != nil {
 			s.Close()
 			return nil, err
 		}
@@ -336,12 +375,43 @@ func (e *Exec) hostPieces(o, n int, f func(rel int, dev DevPtr, n int)) {
 	}
 }
 
+// addProfile adds the Sync just done to the backend's Profile.
+func (e *Exec) addProfile() error {
+	p := e.s.prof
+	now := time.Now()
+	wall := now.Sub(p.last)
+	p.last, p.started = now, false
+	k, err := e.s.d.drv.eventElapsed(p.start, p.kern)
+	if err != nil {
+		return err
+	}
+	c, err := e.s.d.drv.eventElapsed(p.kern, p.copied)
+	if err != nil {
+		return err
+	}
+	ms := func(v float32) time.Duration { return time.Duration(float64(v) * 1e6) }
+	b := e.w.b
+	b.profMu.Lock()
+	b.prof.Syncs++
+	b.prof.Kernels += ms(k)
+	b.prof.CopyBack += ms(c)
+	b.prof.Wall += wall
+	b.profMu.Unlock()
+	return nil
+}
+
 // Sync copies what the ops wrote back into linear memory and waits for the stream.
 func (e *Exec) Sync() error {
 	if !e.queued {
 		return nil
 	}
 	var err error
+	if e.s.prof != nil {
+		// Everything before the copies issued, then the event that ends the kernels.
+		if err = e.s.flush(); err == nil {
+			err = e.s.d.drv.eventRecord(e.s.prof.kern, e.s.s)
+		}
+	}
 	for _, iv := range e.dirty {
 		e.hostPieces(iv.lo, iv.hi-iv.lo, func(rel int, dev DevPtr, n int) {
 			if err == nil {
@@ -349,8 +419,16 @@ func (e *Exec) Sync() error {
 			}
 		})
 	}
+	if e.s.prof != nil && err == nil {
+		if err = e.s.flush(); err == nil {
+			err = e.s.d.drv.eventRecord(e.s.prof.copied, e.s.s)
+		}
+	}
 	if serr := e.s.Sync(); err == nil {
 		err = serr
+	}
+	if e.s.prof != nil && err == nil {
+		err = e.addProfile()
 	}
 	e.dirty, e.valid, e.queued = e.dirty[:0], e.valid[:0], false
 	if err != nil {

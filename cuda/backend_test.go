@@ -155,6 +155,7 @@ func TestBackendMatchesCPU(t *testing.T) {
 	bd := newCUDABackendOpts(t, BackendOptions{KV: KVDevice, GEMM: own})
 	bh := newCUDABackendOpts(t, BackendOptions{KV: KVHost, GEMM: own})
 	be := newCUDABackendOpts(t, BackendOptions{KV: KVDevice, Eager: true, GEMM: own})
+	bp := newCUDABackendOpts(t, BackendOptions{KV: KVDevice, GEMM: own, Profile: true})
 	for _, typ := range []gguf.Type{gguf.TypeQ8_0, gguf.TypeF16} {
 		path := synthModel(t, "tiny", typ)
 		for _, kv := range []engine.KVType{engine.KVF16, engine.KVF32} {
@@ -178,6 +179,16 @@ func TestBackendMatchesCPU(t *testing.T) {
 			ge := runModel(t, be, path, kv, prompt, 16, false)
 			if bitsEqual(g1.logits, ge.logits) >= 0 || bitsEqual(g1.last, ge.last) >= 0 || string(g1.kv) != string(ge.kv) {
 				t.Fatalf("%s: eager launches and graph replays give different results", name)
+			}
+			// Profiled: the same results, and device intervals that fit in the host's.
+			bp.ResetProfile()
+			gp := runModel(t, bp, path, kv, prompt, 16, false)
+			if bitsEqual(g1.logits, gp.logits) >= 0 || bitsEqual(g1.last, gp.last) >= 0 || string(g1.kv) != string(gp.kv) {
+				t.Fatalf("%s: a profiled backend gives different results", name)
+			}
+			if p := bp.Profile(); p.Syncs < 16 || p.Kernels <= 0 || p.CopyBack <= 0 ||
+				p.Kernels+p.CopyBack > p.Wall+time.Duration(p.Syncs)*10*time.Microsecond {
+				t.Fatalf("%s: profile of a prefill and 16 steps: %+v", name, p)
 			}
 			var maxRef, maxDiff float64
 			for i := range ref.logits {
@@ -272,7 +283,9 @@ func BenchmarkGenerate(b *testing.B) {
 // 512x); reports ms/token. Made for profiles of the host side of a decode step
 // (-test.cpuprofile, nsys) and A/B runs (scripts/gpu-check.sh ab).
 func BenchmarkDecode(b *testing.B) {
-	be := newCUDABackend(b, KVDevice)
+	// DRIFTSTORE_BENCH_PROFILE=1: where a step's time goes (BackendOptions.Profile).
+	profile := os.Getenv("DRIFTSTORE_BENCH_PROFILE") == "1"
+	be := newCUDABackendOpts(b, BackendOptions{KV: KVDevice, Profile: profile})
 	typ := gguf.TypeF16
 	switch v := os.Getenv("DRIFTSTORE_BENCH_TYPE"); v {
 	case "", "f16":
@@ -311,12 +324,21 @@ func BenchmarkDecode(b *testing.B) {
 	if _, err := in.Generate(8, nil); err != nil {
 		b.Fatal(err)
 	}
+	be.ResetProfile()
 	b.ResetTimer()
 	t0 := time.Now()
 	if _, err := in.Generate(b.N, nil); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(time.Since(t0).Microseconds())/float64(b.N)/1000, "ms/token")
+	if profile {
+		p := be.Profile()
+		per := func(d time.Duration) float64 { return d.Seconds() * 1e3 / float64(b.N) }
+		b.ReportMetric(per(p.Kernels), "kernels-ms/token")
+		b.ReportMetric(per(p.CopyBack), "copyback-ms/token")
+		b.ReportMetric(per(p.Wall-p.Kernels-p.CopyBack), "idle-ms/token")
+		b.ReportMetric(float64(p.Syncs)/float64(b.N), "syncs/token")
+	}
 }
 
 // BenchmarkPrefill: one prefill of 512 or 2048 tokens (batches of 512) of the 1B-shaped F16

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"time"
 	"unsafe"
 )
 
@@ -258,7 +259,14 @@ func (s *Stream) flush() error {
 		return nil
 	}
 	var err error
+	if p := s.prof; p != nil && !p.started {
+		p.started = true
+		err = s.d.drv.eventRecord(p.start, s.s)
+	}
 	for _, op := range q.ops {
+		if err != nil {
+			break
+		}
 		switch op.kind {
 		case opKernels:
 			err = s.issueKernels(op.lo, op.hi)
@@ -268,9 +276,6 @@ func (s *Stream) flush() error {
 			err = s.d.drv.htodAsync(op.dst, q.arena[op.lo:op.hi], s.s)
 		case opDtoH:
 			err = s.d.drv.dtohAsyncAddr(op.haddr, op.src, op.n, s.s)
-		}
-		if err != nil {
-			break
 		}
 	}
 	q.ops, q.arena, q.pending = q.ops[:0], q.arena[:0], 0
@@ -372,5 +377,27 @@ func (s *Stream) issueKernels(lo, hi int) error {
 		return fmt.Errorf("cuda: graph launch: %w", err)
 	}
 	q.replays++
+	return nil
+}
+
+// streamProf holds a profiled stream's events (BackendOptions.Profile): start is recorded by
+// the first flush after a Sync, kern and copied by Exec.Sync before and after its copies.
+type streamProf struct {
+	start, kern, copied cuEvent
+	started             bool
+	last                time.Time // the previous Sync's return
+}
+
+// setProfile makes s a profiled stream. s must be deferred.
+func (s *Stream) setProfile() error {
+	p := &streamProf{last: time.Now()}
+	for _, ev := range []*cuEvent{&p.start, &p.kern, &p.copied} {
+		var err error
+		if *ev, err = s.d.drv.eventCreate(); err != nil {
+			s.prof = p // Close destroys what was made
+			return err
+		}
+	}
+	s.prof = p
 	return nil
 }

@@ -80,11 +80,12 @@ type Stream struct {
 	small   *Buffer // token ids in, argmax out
 	tables  map[uint64]*table
 	t0, t1  cuEvent
-	q       *deferQ  // non-nil: deferred mode (deferred.go)
-	blas    *blasRec // the cuBLAS handle, from the first cuBLAS product on (gemm.go)
-	xh, wh  *Buffer  // cuBLAS products: F16 activations, dequantized Q8_0 weights
-	seq     uint64   // operations queued (kernels, copies): tells whether xh is still current
-	xhOf    xhKey    // what xh holds, valid while seq == xhSeq and stableX
+	prof    *streamProf // non-nil: a profiled Exec's stream (BackendOptions.Profile)
+	q       *deferQ     // non-nil: deferred mode (deferred.go)
+	blas    *blasRec    // the cuBLAS handle, from the first cuBLAS product on (gemm.go)
+	xh, wh  *Buffer     // cuBLAS products: F16 activations, dequantized Q8_0 weights
+	seq     uint64      // operations queued (kernels, copies): tells whether xh is still current
+	xhOf    xhKey       // what xh holds, valid while seq == xhSeq and stableX
 	xhSeq   uint64
 	// stableX: device memory that products read changes only through this stream's
 	// operations (the backend's Exec and its mirror), so cuBLAS products may reuse the F16
@@ -169,6 +170,14 @@ func (s *Stream) Close() error {
 	}
 	if s.t1 != nil {
 		s.d.drv.eventDestroy(s.t1)
+	}
+	if p := s.prof; p != nil {
+		for _, ev := range []cuEvent{p.start, p.kern, p.copied} {
+			if ev != nil {
+				s.d.drv.eventDestroy(ev)
+			}
+		}
+		s.prof = nil
 	}
 	if e := s.d.drv.streamDestroy(s.s); err == nil {
 		err = e
