@@ -48,6 +48,9 @@
 #   DRIFTSTORE_CUDA_PTX    kernels to load instead of the embedded PTX (e.g. fresh from gen-ptx.sh)
 #   DRIFTSTORE_CUDA_PDL=0  CUDA graphs without programmatic dependent launch (cuda/pdl.go; it is on
 #                          by default on compute capability 9.0 and newer)
+#   DRIFTSTORE_BENCH_PROFILE=1  BenchmarkDecode also reports where a step goes (device time of the
+#                          kernels, of the copy back into linear memory, and device idle; cuda's
+#                          BackendOptions.Profile)
 #   DRIFTSTORE_CUDA_FLUSH  kernels a deferred stream records after a Sync before it issues them
 #                          (1-64, default 8; each next flush twice as many, up to 64; 64 gives
 #                          the fixed 64 of before: cuda/deferred.go)
