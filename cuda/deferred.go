@@ -183,12 +183,19 @@ func (s *Stream) SetDeferred(on bool) error {
 
 // flushStart is the first flush's size after a Sync: flushFirst, or DRIFTSTORE_CUDA_FLUSH
 // (1..flushEvery; flushEvery gives every flush the same size, as before flushFirst existed).
-var flushStart = func() int {
-	if n, err := strconv.Atoi(os.Getenv("DRIFTSTORE_CUDA_FLUSH")); err == nil && n >= 1 && n <= flushEvery {
-		return n
+// An invalid value leaves flushFirst and makes Open fail with flushErr.
+var flushStart, flushErr = parseFlush(os.Getenv("DRIFTSTORE_CUDA_FLUSH"))
+
+func parseFlush(v string) (int, error) {
+	if v == "" {
+		return flushFirst, nil
 	}
-	return flushFirst
-}()
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > flushEvery {
+		return flushFirst, fmt.Errorf("cuda: DRIFTSTORE_CUDA_FLUSH=%q: want the kernels of a step's first flush, 1 to %d", v, flushEvery)
+	}
+	return n, nil
+}
 
 func (s *Stream) freeGraphs() {
 	if s.q == nil {

@@ -118,3 +118,19 @@ func TestGraphChain(t *testing.T) {
 		t.Fatal("compute capability 9.0 or newer, but the graphs were built without programmatic edges")
 	}
 }
+
+// TestParseFlush: DRIFTSTORE_CUDA_FLUSH takes 1..flushEvery; anything else is refused (Open
+// fails) rather than silently replaced by the default. Needs no GPU.
+func TestParseFlush(t *testing.T) {
+	for _, c := range []struct {
+		v    string
+		want int
+		ok   bool
+	}{{"", flushFirst, true}, {"1", 1, true}, {"8", 8, true}, {"64", 64, true},
+		{"0", flushFirst, false}, {"65", flushFirst, false}, {"-3", flushFirst, false}, {"eight", flushFirst, false}} {
+		n, err := parseFlush(c.v)
+		if n != c.want || (err == nil) != c.ok {
+			t.Errorf("parseFlush(%q) = %d, %v; want %d, ok %v", c.v, n, err, c.want, c.ok)
+		}
+	}
+}

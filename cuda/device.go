@@ -117,6 +117,10 @@ func Open(ordinal int) (*Device, error) {
 		return nil, fmt.Errorf("%w: device %d (%s) cannot map host memory with unified addressing", ErrUnavailable, ordinal, d.info.Name)
 	}
 	d.info.HostPtrIsDevPtr = hp != 0
+	if flushErr != nil {
+		drv.release()
+		return nil, flushErr
+	}
 	d.tc = d.info.CC[0] >= 8 && os.Getenv("DRIFTSTORE_CUDA_TC") != "0"
 	if d.tcv, err = parseTCMode(os.Getenv("DRIFTSTORE_CUDA_TCV")); err != nil {
 		drv.release()
